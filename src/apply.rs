@@ -1,0 +1,274 @@
+//! The replica side: apply upstream changes (full row images) idempotently, in one
+//! transaction per batch, refusing a batch that does not continue from what was applied.
+//!
+//! While applying, `sync_ctx.applying = 1` silences the logging triggers and the upstream
+//! change rows are copied into `changes` verbatim, so a replica's log carries the upstream's
+//! seq numbers (an edge node serves its own subscribers from it).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::model::{Change, Edge, Entity, Event, Kind, Note, Op, Vector};
+use crate::ops;
+use crate::query::ChangeFilter;
+use crate::schema;
+
+/// The highest upstream seq applied (0 when nothing has been).
+pub fn applied_seq(conn: &Connection) -> Result<i64> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'applied_seq'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+fn set_applied(conn: &Connection, seq: i64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO meta(key, value) VALUES ('applied_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute([seq.to_string()])?;
+    Ok(())
+}
+
+/// What a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Changes applied.
+    pub applied: usize,
+    /// Changes skipped because they were already applied.
+    pub skipped: usize,
+    /// The applied seq after the batch.
+    pub seq: i64,
+}
+
+fn begin_applying(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO sync_ctx(one, applying) VALUES (1, 1) ON CONFLICT(one) DO UPDATE SET applying = 1;",
+    )?;
+    Ok(())
+}
+
+fn end_applying(conn: &Connection, ok: bool) -> Result<()> {
+    if ok {
+        conn.execute_batch("DELETE FROM sync_ctx; COMMIT;")?;
+    } else {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    Ok(())
+}
+
+fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    begin_applying(conn)?;
+    match f() {
+        Ok(v) => {
+            end_applying(conn, true)?;
+            Ok(v)
+        }
+        Err(e) => {
+            end_applying(conn, false)?;
+            Err(e)
+        }
+    }
+}
+
+/// Apply a batch of changes that continues from `prev`. A batch whose `prev` is ahead of
+/// what was applied shows a gap and is refused, with nothing written; changes at or below
+/// the applied seq are skipped, so re-delivery is harmless.
+pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result<ApplyOutcome> {
+    let mut last = i64::MIN;
+    for c in changes {
+        if c.seq <= last {
+            return Err(Error::invalid(format!("changes out of order: seq {} after {last}", c.seq)));
+        }
+        if c.seq <= prev {
+            return Err(Error::invalid(format!("change seq {} is not after the batch's prev {prev}", c.seq)));
+        }
+        last = c.seq;
+    }
+    in_tx(conn, || {
+        let applied = applied_seq(conn)?;
+        if prev > applied {
+            return Err(Error::Cursor(format!(
+                "gap: the batch continues from seq {prev} but this replica has applied up to {applied}; resubscribe from {applied}"
+            )));
+        }
+        let mut out = ApplyOutcome { seq: applied, ..Default::default() };
+        for c in changes {
+            if c.seq <= applied {
+                out.skipped += 1;
+                continue;
+            }
+            apply_row(conn, c)?;
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                c.seq,
+                c.tx,
+                c.ts,
+                c.ns,
+                c.kind.as_str(),
+                c.op.as_str(),
+                c.id,
+                c.model,
+                c.data,
+                c.embedding.as_deref().map(crate::model::embedding_to_blob)
+            ])?;
+            out.applied += 1;
+            out.seq = c.seq;
+        }
+        set_applied(conn, out.seq)?;
+        Ok(out)
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(c: &Change) -> Result<T> {
+    let data = c
+        .data
+        .as_deref()
+        .ok_or_else(|| Error::invalid(format!("upsert change {} has no data", c.seq)))?;
+    serde_json::from_str(data).map_err(|e| Error::invalid(format!("change {}: invalid {} row image: {e}", c.seq, c.kind)))
+}
+
+/// Write one change's row image (or delete its row) without logging it.
+pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
+    ops::check_key("namespace", &c.ns)?;
+    ops::check_key("id", &c.id)?;
+    match c.op {
+        Op::Delete => {
+            match c.kind {
+                Kind::Vector => {
+                    let model = c.model.as_deref().ok_or_else(|| Error::invalid(format!("vector change {} has no model", c.seq)))?;
+                    conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3")?
+                        .execute(params![c.ns, c.id, model])?;
+                }
+                k => {
+                    conn.prepare_cached(&format!("DELETE FROM {} WHERE ns = ?1 AND id = ?2", k.table()))?
+                        .execute(params![c.ns, c.id])?;
+                }
+            }
+            Ok(())
+        }
+        Op::Upsert => {
+            let key_ok = |id: &str| {
+                if id == c.id {
+                    Ok(())
+                } else {
+                    Err(Error::invalid(format!("change {}: row image id {id:?} differs from the change id {:?}", c.seq, c.id)))
+                }
+            };
+            match c.kind {
+                Kind::Entity => {
+                    let r: Entity = decode(c)?;
+                    key_ok(&r.id)?;
+                    ops::write_entity(conn, &c.ns, &r, true)
+                }
+                Kind::Edge => {
+                    let r: Edge = decode(c)?;
+                    key_ok(&r.id)?;
+                    ops::write_edge(conn, &c.ns, &r, true)
+                }
+                Kind::Note => {
+                    let r: Note = decode(c)?;
+                    key_ok(&r.id)?;
+                    ops::write_note(conn, &c.ns, &r, true)
+                }
+                Kind::Event => {
+                    let r: Event = decode(c)?;
+                    key_ok(&r.id)?;
+                    ops::write_event(conn, &c.ns, &r)
+                }
+                Kind::Vector => {
+                    let mut obj: serde_json::Map<String, serde_json::Value> = decode(c)?;
+                    let emb = c
+                        .embedding
+                        .clone()
+                        .ok_or_else(|| Error::invalid(format!("vector change {} has no embedding", c.seq)))?;
+                    ops::check_embedding(&emb)?;
+                    obj.insert("embedding".into(), serde_json::to_value(&emb)?);
+                    let r: Vector = serde_json::from_value(serde_json::Value::Object(obj))
+                        .map_err(|e| Error::invalid(format!("change {}: invalid vector row image: {e}", c.seq)))?;
+                    key_ok(&r.subject)?;
+                    if c.model.as_deref().is_some_and(|m| m != r.model) {
+                        return Err(Error::invalid(format!("change {}: model differs from its row image", c.seq)));
+                    }
+                    schema::ensure_model(conn, &r.model, r.embedding.len())?;
+                    ops::write_vector(conn, &c.ns, &r, true)
+                }
+            }
+        }
+    }
+}
+
+/// Replace the state of the namespaces `filter` covers with a snapshot, in one transaction:
+/// clear them, write every row, and set the applied seq to `at`. The replica's copy of the log
+/// is cleared too: it restarts at `at`.
+pub fn apply_snapshot(conn: &Connection, filter: &ChangeFilter, at: i64, rows: &[Change]) -> Result<ApplyOutcome> {
+    in_tx(conn, || {
+        clear(conn, filter)?;
+        for r in rows {
+            if r.op != Op::Upsert {
+                return Err(Error::invalid(format!("snapshot row for {:?} is not an upsert", r.id)));
+            }
+            apply_row(conn, r)?;
+        }
+        set_applied(conn, at)?;
+        Ok(ApplyOutcome { applied: rows.len(), skipped: 0, seq: at })
+    })
+}
+
+/// Snapshot application in steps, for snapshots that arrive in chunks: `begin` clears and opens
+/// the transaction, `rows` writes each chunk, `finish` commits at the snapshot's seq. Nothing
+/// is visible to readers of other connections until `finish`; an error or `abort` leaves the
+/// previous state untouched.
+pub struct SnapshotApply<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> SnapshotApply<'c> {
+    /// Open the transaction and clear the covered namespaces.
+    pub fn begin(conn: &'c Connection, filter: &ChangeFilter) -> Result<Self> {
+        begin_applying(conn)?;
+        let me = SnapshotApply { conn, open: true };
+        clear(conn, filter)?;
+        Ok(me)
+    }
+
+    /// Write one chunk of rows.
+    pub fn rows(&mut self, rows: &[Change]) -> Result<()> {
+        for r in rows {
+            apply_row(self.conn, r)?;
+        }
+        Ok(())
+    }
+
+    /// Commit, recording `at` as the applied seq.
+    pub fn finish(mut self, at: i64) -> Result<()> {
+        set_applied(self.conn, at)?;
+        self.open = false;
+        end_applying(self.conn, true)
+    }
+}
+
+impl Drop for SnapshotApply<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = end_applying(self.conn, false);
+        }
+    }
+}
+
+fn clear(conn: &Connection, filter: &ChangeFilter) -> Result<()> {
+    let ns = filter.namespaces.as_ref().map(serde_json::to_string).transpose()?;
+    for k in Kind::ALL {
+        if filter.kinds.as_ref().is_none_or(|ks| ks.contains(&k)) {
+            conn.execute(
+                &format!("DELETE FROM {} WHERE ?1 IS NULL OR ns IN (SELECT value FROM json_each(?1))", k.table()),
+                [&ns],
+            )?;
+        }
+    }
+    conn.execute("DELETE FROM changes", [])?;
+    Ok(())
+}

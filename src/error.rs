@@ -1,0 +1,82 @@
+//! Typed errors callers can match on. Every variant says what went wrong in words a user can act on.
+
+use thiserror::Error;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the library can fail with.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller's input is wrong (bad JSON, a missing field, a wrong dimension count...).
+    #[error("{0}")]
+    Invalid(String),
+    /// An input is larger than the node accepts.
+    #[error("{what} is too large: {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A referenced row does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// One op of a multi-op write failed; nothing of the write was committed.
+    #[error("op {index} failed: {source}")]
+    Op {
+        /// Zero-based position of the failing op.
+        index: usize,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The database file was written by a newer hivesync.
+    #[error("the database schema is version {found}, newer than this build supports ({supported}); upgrade hivesync to open it")]
+    SchemaTooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// No pooled connection became free in time.
+    #[error("no database connection became free within {0:?}; the node is overloaded, retry later or raise the reader count")]
+    PoolTimeout(std::time::Duration),
+    /// The store was opened read-only.
+    #[error("the store is read-only (follower mode): send writes to the primary node")]
+    ReadOnly,
+    /// A cursor or sequence number outside what the log holds.
+    #[error("{0}")]
+    Cursor(String),
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// JSON could not be encoded or decoded.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A file could not be read or written.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// An [`Error::Invalid`] with the given message.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// True when the error is the caller's fault (bad input), not the node's.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Cursor(_) => true,
+            Error::Op { source, .. } => source.is_client_error(),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! hivesync: an edge sync node. A SQLite knowledge store (entities, edges, notes, events,
+//! FTS5 full-text and sqlite-vec vector search) whose every change lands, in the same
+//! transaction, in an ordered change log that the node streams over WebSockets.
+//!
+//! Modules, shared by the native node and the wasm replica unless marked native:
+//! - [`model`]: the record types, the one JSON write shape ([`model::WriteOp`]) and [`model::Change`].
+//! - [`error`]: typed errors.
+//! - [`schema`]: the one schema: DDL, triggers keeping FTS5 / vec0 / `changes` in step, migrations.
+//! - [`ops`]: validation of write ops and the row-level write statements.
+//! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
+//! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side).
+//! - `store` (native): the pooled store (one writer, N readers, WAL, background checkpoints).
+//!
+//! ```
+//! use hivesync::{model::{Kind, WriteOp}, schema, ops, query};
+//! let conn = schema::open_in_memory(&Default::default())?;
+//! ops::execute(&conn, &WriteOp::upsert(Kind::Entity, "default",
+//!     serde_json::json!({"id": "ada", "kind": "person", "name": "Ada Lovelace"})), 1)?;
+//! let hits = query::search(&conn, &query::SearchQuery { text: "lovelace".into(), ..Default::default() }, 1)?;
+//! assert_eq!(hits[0].id, "ada");
+//! # Ok::<(), hivesync::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod query;
+pub mod schema;
+#[cfg(feature = "node")]
+pub mod store;
+
+pub use error::{Error, Result};

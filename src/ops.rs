@@ -1,0 +1,611 @@
+//! Write ops: validate the one JSON write shape into typed rows, and write rows with SQL.
+//!
+//! The node's write path ([`execute`]) and the replica's apply path ([`crate::apply`]) share
+//! the row-level statements here, so both targets write rows the same way. Everything runs
+//! inside the caller's transaction; nothing here commits.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::model::{embedding_to_blob, Edge, Entity, Event, Kind, Note, Op, Vector, WriteOp};
+use crate::schema;
+
+/// Longest id or namespace accepted, in bytes.
+pub const MAX_ID: usize = 512;
+/// Longest name, kind, relation or verb accepted, in bytes.
+pub const MAX_NAME: usize = 16 * 1024;
+/// Longest free text (description, content) accepted, in bytes: 1 MiB keeps one op well inside
+/// the protocol's frame limit and keeps FTS5 tokenizing time per op in the milliseconds.
+pub const MAX_TEXT: usize = 1024 * 1024;
+/// Largest JSON object (properties, event data) accepted, serialized, in bytes.
+pub const MAX_JSON: usize = 1024 * 1024;
+
+/// Current time in microseconds since the Unix epoch.
+pub fn now_us(conn: &Connection) -> Result<i64> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = conn;
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| Error::invalid(format!("system clock before 1970: {e}")))?;
+        Ok(d.as_micros() as i64)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // No SystemTime on wasm32-unknown-unknown; SQLite asks the host for the time.
+        Ok(conn.query_row(&format!("SELECT {}", schema::NOW_US), [], |r| r.get(0))?)
+    }
+}
+
+fn new_id(conn: &Connection) -> Result<String> {
+    let mut b: [u8; 16] = conn.prepare_cached("SELECT randomblob(16)")?.query_row([], |r| {
+        let v: Vec<u8> = r.get(0)?;
+        Ok(v.try_into().unwrap_or([0u8; 16]))
+    })?;
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+}
+
+/// Check an id or a namespace.
+pub fn check_key(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(format!("{what} must not be empty")));
+    }
+    if s.len() > MAX_ID {
+        return Err(Error::TooLarge { what: "id", size: s.len(), limit: MAX_ID });
+    }
+    if s.contains('\0') {
+        return Err(Error::invalid(format!("{what} {s:?} contains a NUL character")));
+    }
+    Ok(())
+}
+
+fn check_name(what: &'static str, s: &str, required: bool) -> Result<()> {
+    if required && s.trim().is_empty() {
+        return Err(Error::invalid(format!("{what} must not be empty")));
+    }
+    if s.len() > MAX_NAME {
+        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_NAME });
+    }
+    Ok(())
+}
+
+fn check_text(what: &'static str, s: &str) -> Result<()> {
+    if s.len() > MAX_TEXT {
+        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_TEXT });
+    }
+    Ok(())
+}
+
+fn json_obj(what: &'static str, m: &Map<String, Value>) -> Result<String> {
+    let s = serde_json::to_string(m)?;
+    if s.len() > MAX_JSON {
+        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_JSON });
+    }
+    Ok(s)
+}
+
+fn parse_data<T: for<'de> Deserialize<'de>>(kind: Kind, data: &Value) -> Result<T> {
+    T::deserialize(data).map_err(|e| Error::invalid(format!("invalid {kind} data: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntityIn {
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    properties: Map<String, Value>,
+    #[serde(default)]
+    tags: Vec<String>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeIn {
+    id: Option<String>,
+    source: String,
+    target: String,
+    relation: String,
+    weight: Option<f64>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteIn {
+    id: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    name: String,
+    content: String,
+    salience: Option<f64>,
+    expires_at: Option<i64>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    id: Option<String>,
+    verb: String,
+    actor: Option<String>,
+    outcome: Option<String>,
+    target: Option<String>,
+    #[serde(default)]
+    data: Map<String, Value>,
+    duration_us: Option<i64>,
+    created_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorIn {
+    subject: String,
+    model: String,
+    embedding: Vec<f64>,
+    kind: Option<String>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// Check an embedding: finite values only, a sane dimension count.
+pub fn check_embedding(v: &[f32]) -> Result<()> {
+    if v.is_empty() || v.len() > schema::MAX_DIMS {
+        return Err(Error::invalid(format!(
+            "an embedding needs 1 to {} dimensions, got {}",
+            schema::MAX_DIMS,
+            v.len()
+        )));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(format!(
+            "embedding value {i} is {}: only finite numbers are allowed",
+            v[i]
+        )));
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return Err(Error::invalid("an all-zero embedding has no direction: cosine distance is undefined"));
+    }
+    Ok(())
+}
+
+fn to_f32(v: &[f64]) -> Result<Vec<f32>> {
+    let out: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+    if let Some(i) = v.iter().zip(&out).position(|(a, b)| a.is_finite() && !b.is_finite()) {
+        return Err(Error::invalid(format!("embedding value {i} ({}) does not fit in an f32", v[i])));
+    }
+    Ok(out)
+}
+
+/// Result of one executed op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpResult {
+    /// The row's id (for vectors, the subject).
+    pub id: String,
+}
+
+/// Validate and execute one write op inside the caller's transaction.
+pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
+    check_key("namespace", &op.ns)?;
+    if op.ns.chars().any(char::is_control) {
+        return Err(Error::invalid(format!("namespace {:?} contains a control character", op.ns)));
+    }
+    match op.op {
+        Op::Upsert => {
+            if op.id.is_some() || op.model.is_some() {
+                return Err(Error::invalid(
+                    "an upsert carries its key inside `data`; `id` and `model` belong to deletes",
+                ));
+            }
+            let data = op
+                .data
+                .as_ref()
+                .ok_or_else(|| Error::invalid(format!("upsert of {} needs `data`", op.kind)))?;
+            upsert(conn, op.kind, &op.ns, data, now)
+        }
+        Op::Delete => {
+            if op.data.is_some() {
+                return Err(Error::invalid("a delete carries `id` (and `model` for vectors), not `data`"));
+            }
+            let id = op
+                .id
+                .as_deref()
+                .ok_or_else(|| Error::invalid(format!("delete of {} needs `id`", op.kind)))?;
+            check_key("id", id)?;
+            delete(conn, op.kind, &op.ns, id, op.model.as_deref())?;
+            Ok(OpResult { id: id.to_string() })
+        }
+    }
+}
+
+fn exists(conn: &Connection, table: &str, ns: &str, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT 1 FROM {table} WHERE ns = ?1 AND id = ?2"))?
+        .query_row(params![ns, id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn upsert(conn: &Connection, kind: Kind, ns: &str, data: &Value, now: i64) -> Result<OpResult> {
+    if !data.is_object() {
+        return Err(Error::invalid(format!("`data` of a {kind} upsert must be a JSON object")));
+    }
+    match kind {
+        Kind::Entity => {
+            let e: EntityIn = parse_data(kind, data)?;
+            let id = match e.id {
+                Some(id) => id,
+                None => new_id(conn)?,
+            };
+            check_key("id", &id)?;
+            let row = Entity {
+                id,
+                kind: e.kind.unwrap_or_else(|| "thing".into()),
+                name: e.name,
+                description: e.description,
+                properties: e.properties,
+                tags: e.tags,
+                created_at: e.created_at.unwrap_or(now),
+                updated_at: e.updated_at.unwrap_or(now),
+            };
+            check_name("entity kind", &row.kind, true)?;
+            check_name("entity name", &row.name, true)?;
+            check_text("entity description", &row.description)?;
+            for t in &row.tags {
+                check_name("tag", t, true)?;
+            }
+            write_entity(conn, ns, &row, false)?;
+            Ok(OpResult { id: row.id })
+        }
+        Kind::Edge => {
+            let e: EdgeIn = parse_data(kind, data)?;
+            check_key("edge source", &e.source)?;
+            check_key("edge target", &e.target)?;
+            check_name("edge relation", &e.relation, true)?;
+            for end in [&e.source, &e.target] {
+                if !exists(conn, "entities", ns, end)? {
+                    return Err(Error::NotFound(format!(
+                        "edge endpoint {end:?} is not an entity in namespace {ns:?}: write the entity first"
+                    )));
+                }
+            }
+            let existing: Option<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3 AND relation = ?4",
+                )?
+                .query_row(params![ns, e.source, e.target, e.relation], |r| r.get(0))
+                .optional()?;
+            let id = match (e.id, existing) {
+                (Some(id), Some(ex)) if id != ex => {
+                    return Err(Error::invalid(format!(
+                        "edge {:?} -[{}]-> {:?} already exists with id {ex:?}; update it by that id or delete it first",
+                        e.source, e.relation, e.target
+                    )))
+                }
+                (Some(id), _) => id,
+                (None, Some(ex)) => ex,
+                (None, None) => new_id(conn)?,
+            };
+            check_key("id", &id)?;
+            let weight = e.weight.unwrap_or(1.0);
+            if !weight.is_finite() {
+                return Err(Error::invalid("edge weight must be a finite number"));
+            }
+            let row = Edge {
+                id,
+                source: e.source,
+                target: e.target,
+                relation: e.relation,
+                weight,
+                properties: e.properties,
+                created_at: e.created_at.unwrap_or(now),
+                updated_at: e.updated_at.unwrap_or(now),
+            };
+            write_edge(conn, ns, &row, false)?;
+            Ok(OpResult { id: row.id })
+        }
+        Kind::Note => {
+            let n: NoteIn = parse_data(kind, data)?;
+            let id = match n.id {
+                Some(id) => id,
+                None => new_id(conn)?,
+            };
+            check_key("id", &id)?;
+            let salience = n.salience.unwrap_or(0.5);
+            if !salience.is_finite() {
+                return Err(Error::invalid("note salience must be a finite number"));
+            }
+            let row = Note {
+                id,
+                kind: n.kind.unwrap_or_else(|| "note".into()),
+                name: n.name,
+                content: n.content,
+                salience,
+                expires_at: n.expires_at,
+                properties: n.properties,
+                created_at: n.created_at.unwrap_or(now),
+                updated_at: n.updated_at.unwrap_or(now),
+            };
+            check_name("note kind", &row.kind, true)?;
+            check_name("note name", &row.name, false)?;
+            check_text("note content", &row.content)?;
+            write_note(conn, ns, &row, false)?;
+            Ok(OpResult { id: row.id })
+        }
+        Kind::Event => {
+            let e: EventIn = parse_data(kind, data)?;
+            let id = match e.id {
+                Some(id) => id,
+                None => new_id(conn)?,
+            };
+            check_key("id", &id)?;
+            check_name("event verb", &e.verb, true)?;
+            for s in [&e.actor, &e.outcome, &e.target].into_iter().flatten() {
+                check_name("event field", s, false)?;
+            }
+            let row = Event {
+                id,
+                verb: e.verb,
+                actor: e.actor,
+                outcome: e.outcome,
+                target: e.target,
+                data: e.data,
+                duration_us: e.duration_us,
+                created_at: e.created_at.unwrap_or(now),
+            };
+            write_event(conn, ns, &row)?;
+            Ok(OpResult { id: row.id })
+        }
+        Kind::Vector => {
+            let v: VectorIn = parse_data(kind, data)?;
+            check_key("vector subject", &v.subject)?;
+            let embedding = to_f32(&v.embedding)?;
+            check_embedding(&embedding)?;
+            let subject_kind: Option<String> = conn
+                .prepare_cached(
+                    "SELECT kind FROM entities WHERE ns = ?1 AND id = ?2
+                     UNION ALL SELECT kind FROM notes WHERE ns = ?1 AND id = ?2 LIMIT 1",
+                )?
+                .query_row(params![ns, v.subject], |r| r.get(0))
+                .optional()?;
+            let subject_kind = subject_kind.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "vector subject {:?} is not an entity or note in namespace {ns:?}: write it first",
+                    v.subject
+                ))
+            })?;
+            schema::ensure_model(conn, &v.model, embedding.len())?;
+            let row = Vector {
+                subject: v.subject,
+                model: v.model,
+                kind: v.kind.unwrap_or(subject_kind),
+                embedding,
+                created_at: v.created_at.unwrap_or(now),
+                updated_at: v.updated_at.unwrap_or(now),
+            };
+            write_vector(conn, ns, &row, false)?;
+            Ok(OpResult { id: row.subject })
+        }
+    }
+}
+
+/// The `ON CONFLICT` tail: the write path keeps the stored `created_at`; a replica copies the
+/// upstream row image whole.
+fn created_clause(replica: bool) -> &'static str {
+    if replica {
+        ", created_at = excluded.created_at"
+    } else {
+        ""
+    }
+}
+
+/// Insert or replace an entity row.
+pub fn write_entity(conn: &Connection, ns: &str, e: &Entity, replica: bool) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO entities(ns, id, kind, name, description, properties, tags, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(ns, id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+           description = excluded.description, properties = excluded.properties, tags = excluded.tags,
+           updated_at = excluded.updated_at{}",
+        created_clause(replica)
+    ))?
+    .execute(params![
+        ns,
+        e.id,
+        e.kind,
+        e.name,
+        e.description,
+        json_obj("entity properties", &e.properties)?,
+        serde_json::to_string(&e.tags)?,
+        e.created_at,
+        e.updated_at
+    ])?;
+    Ok(())
+}
+
+/// Insert or replace an edge row.
+pub fn write_edge(conn: &Connection, ns: &str, e: &Edge, replica: bool) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO edges(ns, id, source, target, relation, weight, properties, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(ns, id) DO UPDATE SET source = excluded.source, target = excluded.target,
+           relation = excluded.relation, weight = excluded.weight, properties = excluded.properties,
+           updated_at = excluded.updated_at{}",
+        created_clause(replica)
+    ))?
+    .execute(params![
+        ns,
+        e.id,
+        e.source,
+        e.target,
+        e.relation,
+        e.weight,
+        json_obj("edge properties", &e.properties)?,
+        e.created_at,
+        e.updated_at
+    ])?;
+    Ok(())
+}
+
+/// Insert or replace a note row.
+pub fn write_note(conn: &Connection, ns: &str, n: &Note, replica: bool) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO notes(ns, id, kind, name, content, salience, expires_at, properties, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT(ns, id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+           content = excluded.content, salience = excluded.salience, expires_at = excluded.expires_at,
+           properties = excluded.properties, updated_at = excluded.updated_at{}",
+        created_clause(replica)
+    ))?
+    .execute(params![
+        ns,
+        n.id,
+        n.kind,
+        n.name,
+        n.content,
+        n.salience,
+        n.expires_at,
+        json_obj("note properties", &n.properties)?,
+        n.created_at,
+        n.updated_at
+    ])?;
+    Ok(())
+}
+
+/// Append an event row; an id already stored is left as it is (events are append-only, and
+/// re-sending one must be harmless).
+pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events(ns, id, verb, actor, outcome, target, data, duration_us, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(ns, id) DO NOTHING",
+    )?
+    .execute(params![
+        ns,
+        e.id,
+        e.verb,
+        e.actor,
+        e.outcome,
+        e.target,
+        json_obj("event data", &e.data)?,
+        e.duration_us,
+        e.created_at
+    ])?;
+    Ok(())
+}
+
+/// Insert or replace a vector row (its model must be registered).
+pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
+           embedding = excluded.embedding, updated_at = excluded.updated_at{}",
+        created_clause(replica)
+    ))?
+    .execute(params![ns, v.subject, v.model, v.kind, embedding_to_blob(&v.embedding), v.created_at, v.updated_at])?;
+    Ok(())
+}
+
+/// Delete a row. Deleting an entity or note also deletes its vectors (explicitly, so each is
+/// logged); deleting an entity deletes its edges (by trigger, logged too).
+pub fn delete(conn: &Connection, kind: Kind, ns: &str, id: &str, model: Option<&str>) -> Result<()> {
+    match kind {
+        Kind::Event => {
+            return Err(Error::invalid("events are append-only and cannot be deleted"));
+        }
+        Kind::Vector => {
+            let model = model.ok_or_else(|| Error::invalid("delete of a vector needs `model` as well as `id`"))?;
+            conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3")?
+                .execute(params![ns, id, model])?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    if model.is_some() {
+        return Err(Error::invalid(format!("`model` applies to vector deletes, not {kind}")));
+    }
+    let n = conn
+        .prepare_cached(&format!("DELETE FROM {} WHERE ns = ?1 AND id = ?2", kind.table()))?
+        .execute(params![ns, id])?;
+    if n > 0 && matches!(kind, Kind::Entity | Kind::Note) {
+        let other = if kind == Kind::Entity { "notes" } else { "entities" };
+        if !exists(conn, other, ns, id)? {
+            conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2")?.execute(params![ns, id])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn db() -> Connection {
+        schema::open_in_memory(&Default::default()).unwrap()
+    }
+
+    #[test]
+    fn generated_ids_are_uuid_v4() {
+        let c = db();
+        let id = new_id(&c).unwrap();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_id(&c).unwrap());
+    }
+
+    #[test]
+    fn bad_ops_are_refused_with_reasons() {
+        let c = db();
+        let now = 1;
+        let cases = [
+            (WriteOp::upsert(Kind::Entity, "default", json!({"name": ""})), "empty"),
+            (WriteOp::upsert(Kind::Entity, "default", json!({"name": "a", "colour": 1})), "unknown field"),
+            (WriteOp::upsert(Kind::Entity, "", json!({"name": "a"})), "namespace"),
+            (WriteOp::upsert(Kind::Entity, "default", json!([1])), "JSON object"),
+            (WriteOp::upsert(Kind::Edge, "default", json!({"source": "a", "target": "b", "relation": "r"})), "write the entity first"),
+            (WriteOp::upsert(Kind::Vector, "default", json!({"subject": "a", "model": "m", "embedding": [1.0]})), "write it first"),
+            (WriteOp::delete(Kind::Event, "default", "x"), "append-only"),
+            (WriteOp::delete(Kind::Vector, "default", "x"), "model"),
+        ];
+        for (op, want) in cases {
+            let e = execute(&c, &op, now).unwrap_err().to_string();
+            assert!(e.contains(want), "{op:?}: {e}");
+        }
+        let big = "x".repeat(MAX_TEXT + 1);
+        let e = execute(&c, &WriteOp::upsert(Kind::Entity, "d", json!({"name": "a", "description": big})), now)
+            .unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn embeddings_must_be_finite_and_match_the_model() {
+        let c = db();
+        execute(&c, &WriteOp::upsert(Kind::Entity, "d", json!({"id": "a", "name": "A"})), 1).unwrap();
+        let v = |emb: Value| WriteOp::upsert(Kind::Vector, "d", json!({"subject": "a", "model": "m", "embedding": emb}));
+        execute(&c, &v(json!([1.0, 0.0, 0.0])), 1).unwrap();
+        let e = execute(&c, &v(json!([1.0, 0.0])), 1).unwrap_err().to_string();
+        assert!(e.contains("3 dimensions"), "{e}");
+        let e = execute(&c, &v(json!([1.0, 1e300, 0.0])), 1).unwrap_err().to_string();
+        assert!(e.contains("f32"), "{e}");
+        assert!(check_embedding(&[f32::NAN, 1.0]).unwrap_err().to_string().contains("NaN"));
+        assert!(check_embedding(&[f32::INFINITY]).is_err());
+        assert!(check_embedding(&[0.0, 0.0]).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! The change log read side: head and horizon, changes after a cursor, and consistent
+//! snapshots of current state.
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Change, Kind};
+use crate::schema::row_image_sql;
+
+/// Which changes a reader wants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeFilter {
+    /// Only these namespaces; all when `None`.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// Only these kinds; all when `None`.
+    #[serde(default)]
+    pub kinds: Option<Vec<Kind>>,
+}
+
+impl ChangeFilter {
+    /// True when a change in `ns` of `kind` passes the filter.
+    pub fn matches(&self, ns: &str, kind: Kind) -> bool {
+        self.namespaces.as_ref().is_none_or(|n| n.iter().any(|x| x == ns))
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+
+    fn sql_params(&self) -> Result<(Option<String>, Option<String>)> {
+        let ns = self.namespaces.as_ref().map(serde_json::to_string).transpose()?;
+        let kinds = self
+            .kinds
+            .as_ref()
+            .map(|k| serde_json::to_string(&k.iter().map(|k| k.as_str()).collect::<Vec<_>>()))
+            .transpose()?;
+        Ok((ns, kinds))
+    }
+}
+
+/// The last seq written (0 for an empty log). Survives trimming: it is AUTOINCREMENT's counter.
+pub fn head(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0),
+                        coalesce((SELECT max(seq) FROM changes), 0))",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The oldest seq still in the log (head + 1 when the log is empty). A reader whose cursor is
+/// below `horizon - 1` has missed trimmed changes and needs a snapshot.
+pub fn horizon(conn: &Connection) -> Result<i64> {
+    let min: Option<i64> = conn.prepare_cached("SELECT min(seq) FROM changes")?.query_row([], |r| r.get(0))?;
+    match min {
+        Some(m) => Ok(m),
+        None => Ok(head(conn)? + 1),
+    }
+}
+
+pub(crate) fn change_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
+    let kind: String = r.get(4)?;
+    let op: String = r.get(5)?;
+    let emb: Option<Vec<u8>> = r.get(9)?;
+    let bad = |what: &str, v: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?} in changes").into())
+    };
+    Ok(Change {
+        seq: r.get(0)?,
+        tx: r.get(1)?,
+        ts: r.get(2)?,
+        ns: r.get(3)?,
+        kind: kind.parse().map_err(|_| bad("kind", kind.clone()))?,
+        op: op.parse().map_err(|_| bad("op", op.clone()))?,
+        id: r.get(6)?,
+        model: r.get(7)?,
+        data: r.get(8)?,
+        embedding: emb.and_then(|b| crate::model::blob_to_embedding(&b)),
+    })
+}
+
+/// Changes with seq > `after` passing `filter`, ascending, at most about `limit`: the last
+/// transaction is completed past `limit`, so a batch never splits a commit.
+pub fn changes_since(conn: &Connection, after: i64, filter: &ChangeFilter, limit: usize) -> Result<Vec<Change>> {
+    let (ns, kinds) = filter.sql_params()?;
+    let limit = limit.clamp(1, 1_000_000) as i64;
+    let cols = "seq, tx, ts, ns, kind, op, id, model, data, embedding";
+    let cond = "(?2 IS NULL OR ns IN (SELECT value FROM json_each(?2)))
+                AND (?3 IS NULL OR kind IN (SELECT value FROM json_each(?3)))";
+    let mut out: Vec<Change> = {
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {cols} FROM changes WHERE seq > ?1 AND {cond} ORDER BY seq LIMIT ?4"))?;
+        let rows = stmt.query_map(params![after, ns, kinds, limit], change_from_row)?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if out.len() as i64 == limit {
+        if let Some(last) = out.last() {
+            let (last_seq, last_tx) = (last.seq, last.tx);
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {cols} FROM changes WHERE seq > ?1 AND tx = ?4 AND {cond} ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map(params![last_seq, ns, kinds, last_tx], change_from_row)?;
+            for c in rows {
+                out.push(c?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A consistent image of current state.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The seq the image was taken at: every change up to it is in, none after it.
+    pub at: i64,
+    /// Every row, as an upsert change with `seq = at`.
+    pub rows: Vec<Change>,
+}
+
+/// Read every row passing `filter` in one read transaction, handing them to `sink` in chunks of
+/// at most `chunk` rows (entities, notes, edges, vectors, then events, so endpoints come
+/// first). Returns the seq the snapshot was taken at.
+pub fn snapshot(
+    conn: &Connection,
+    filter: &ChangeFilter,
+    chunk: usize,
+    mut sink: impl FnMut(i64, Vec<Change>) -> Result<()>,
+) -> Result<i64> {
+    let chunk = chunk.max(1);
+    if !conn.is_autocommit() {
+        return Err(Error::invalid("snapshot needs a connection with no open transaction"));
+    }
+    conn.execute_batch("BEGIN")?;
+    let res = (|| {
+        let at = head(conn)?;
+        let (ns, _) = filter.sql_params()?;
+        let mut buf = Vec::with_capacity(chunk);
+        for kind in Kind::ALL {
+            if !filter.kinds.as_ref().is_none_or(|k| k.contains(&kind)) {
+                continue;
+            }
+            let (id, model, ts, emb) = match kind {
+                Kind::Vector => ("subject", "model", "updated_at", "embedding"),
+                Kind::Event => ("id", "NULL", "created_at", "NULL"),
+                _ => ("id", "NULL", "updated_at", "NULL"),
+            };
+            let sql = format!(
+                "SELECT ?2, ?2, {ts}, ns, '{k}', 'upsert', {id}, {model}, {img}, {emb} FROM {t}
+                 WHERE (?1 IS NULL OR ns IN (SELECT value FROM json_each(?1))) ORDER BY rowid",
+                k = kind.as_str(),
+                img = row_image_sql(kind, ""),
+                t = kind.table()
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![ns, at])?;
+            while let Some(r) = rows.next()? {
+                buf.push(change_from_row(r)?);
+                if buf.len() == chunk {
+                    sink(at, std::mem::replace(&mut buf, Vec::with_capacity(chunk)))?;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            sink(at, buf)?;
+        }
+        Ok(at)
+    })();
+    // A read transaction: ending it cannot lose anything, so COMMIT whatever happened.
+    let _ = conn.execute_batch("COMMIT");
+    res
+}

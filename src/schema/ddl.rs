@@ -1,0 +1,204 @@
+//! The DDL of migration 1 and the SQL fragments shared by triggers and reads.
+
+use rusqlite::Connection;
+
+use super::SchemaOptions;
+use crate::error::Result;
+use crate::model::Kind;
+
+/// Current time in microseconds since the Unix epoch, as an SQL expression. `julianday` rather
+/// than `unixepoch('subsec')` because the sqlite3 shells found on servers (3.40) lack the latter,
+/// and a plain-SQL insert from one must still get its timestamps.
+pub const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+
+/// The JSON row image of a row of `kind`, with columns read through `p` (`new.`, `e.`...).
+/// Triggers (for `changes`) and snapshot reads use this one definition, so a row captured by a
+/// trigger and the same row read into a snapshot are byte-identical.
+pub fn row_image_sql(kind: Kind, p: &str) -> String {
+    match kind {
+        Kind::Entity => format!(
+            "json_object('id',{p}id,'kind',{p}kind,'name',{p}name,'description',{p}description,\
+             'properties',json({p}properties),'tags',json({p}tags),\
+             'created_at',{p}created_at,'updated_at',{p}updated_at)"
+        ),
+        Kind::Edge => format!(
+            "json_object('id',{p}id,'source',{p}source,'target',{p}target,'relation',{p}relation,\
+             'weight',{p}weight,'properties',json({p}properties),\
+             'created_at',{p}created_at,'updated_at',{p}updated_at)"
+        ),
+        Kind::Note => format!(
+            "json_object('id',{p}id,'kind',{p}kind,'name',{p}name,'content',{p}content,\
+             'salience',{p}salience,'expires_at',{p}expires_at,'properties',json({p}properties),\
+             'created_at',{p}created_at,'updated_at',{p}updated_at)"
+        ),
+        Kind::Event => format!(
+            "json_object('id',{p}id,'verb',{p}verb,'actor',{p}actor,'outcome',{p}outcome,\
+             'target',{p}target,'data',json({p}data),'duration_us',{p}duration_us,\
+             'created_at',{p}created_at)"
+        ),
+        Kind::Vector => format!(
+            "json_object('subject',{p}subject,'model',{p}model,'kind',{p}kind,\
+             'created_at',{p}created_at,'updated_at',{p}updated_at)"
+        ),
+    }
+}
+
+/// The id column of a kind's row key (vectors: the subject; their model is the second half).
+fn id_col(kind: Kind) -> &'static str {
+    if kind == Kind::Vector {
+        "subject"
+    } else {
+        "id"
+    }
+}
+
+const NOT_APPLYING: &str = "NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying = 1)";
+const NEXT_SEQ: &str =
+    "(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1)";
+
+/// `INSERT INTO changes` for an upsert of the row `new`, or a delete of the row `old`.
+fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
+    let r = if op == "upsert" { "new." } else { "old." };
+    let id = id_col(kind);
+    let model = if kind == Kind::Vector { format!("{r}model") } else { "NULL".into() };
+    let (data, emb) = if op == "upsert" {
+        let emb = if kind == Kind::Vector { "new.embedding" } else { "NULL" };
+        (row_image_sql(kind, "new."), emb)
+    } else {
+        ("NULL".to_string(), "NULL")
+    };
+    format!(
+        "INSERT INTO changes(tx, ts, ns, kind, op, id, model, data, embedding)
+         SELECT coalesce((SELECT tx FROM sync_ctx), {NEXT_SEQ}), coalesce((SELECT ts FROM sync_ctx), {NOW_US}),
+                {r}ns, '{kind}', '{op}', {r}{id}, {model}, {data}, {emb}
+         WHERE {NOT_APPLYING} {extra_cond};",
+        kind = kind.as_str()
+    )
+}
+
+/// Triggers that log every insert, update and delete of `kind` into `changes`, plus `extra`
+/// statements per event (derived-index upkeep).
+fn log_triggers(kind: Kind, on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    let t = kind.table();
+    let id = id_col(kind);
+    let key_moved = if kind == Kind::Vector {
+        "AND (old.ns IS NOT new.ns OR old.subject IS NOT new.subject OR old.model IS NOT new.model)"
+            .to_string()
+    } else {
+        format!("AND (old.ns IS NOT new.ns OR old.{id} IS NOT new.{id})")
+    };
+    format!(
+        "CREATE TRIGGER {t}_ai AFTER INSERT ON {t} BEGIN
+           {on_insert}
+           {ins}
+         END;
+         CREATE TRIGGER {t}_au AFTER UPDATE ON {t} BEGIN
+           {on_update}
+           {moved}
+           {upd}
+         END;
+         CREATE TRIGGER {t}_ad AFTER DELETE ON {t} BEGIN
+           {del}
+           {on_delete}
+         END;",
+        ins = log_sql(kind, "upsert", ""),
+        moved = log_sql(kind, "delete", &key_moved),
+        upd = log_sql(kind, "upsert", ""),
+        del = log_sql(kind, "delete", ""),
+    )
+}
+
+pub(super) fn migration_1(conn: &Connection, opts: &SchemaOptions) -> Result<()> {
+    let tok = opts.tokenizer.fts_arg();
+    let now = NOW_US;
+    let mut sql = format!(
+        "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta(key, value) VALUES ('fts_tokenizer', '{tok_name}');
+
+CREATE TABLE entities(
+  ns TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{{}}',
+  tags TEXT NOT NULL DEFAULT '[]',
+  created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+  UNIQUE(ns, id));
+CREATE INDEX entities_kind ON entities(ns, kind);
+
+CREATE TABLE edges(
+  ns TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+  relation TEXT NOT NULL, weight REAL NOT NULL DEFAULT 1.0, properties TEXT NOT NULL DEFAULT '{{}}',
+  created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+  UNIQUE(ns, id), UNIQUE(ns, source, target, relation));
+CREATE INDEX edges_in ON edges(ns, target, relation);
+
+CREATE TABLE notes(
+  ns TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'note', name TEXT NOT NULL DEFAULT '',
+  content TEXT NOT NULL, salience REAL NOT NULL DEFAULT 0.5, expires_at INTEGER,
+  properties TEXT NOT NULL DEFAULT '{{}}',
+  created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+  UNIQUE(ns, id));
+CREATE INDEX notes_kind ON notes(ns, kind);
+
+CREATE TABLE events(
+  ns TEXT NOT NULL, id TEXT NOT NULL, verb TEXT NOT NULL, actor TEXT, outcome TEXT, target TEXT,
+  data TEXT NOT NULL DEFAULT '{{}}', duration_us INTEGER,
+  created_at INTEGER NOT NULL DEFAULT ({now}),
+  UNIQUE(ns, id));
+CREATE INDEX events_time ON events(ns, created_at);
+
+CREATE TABLE vectors(
+  ns TEXT NOT NULL, subject TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',
+  embedding BLOB NOT NULL,
+  created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+  UNIQUE(ns, subject, model));
+CREATE INDEX vectors_model ON vectors(model);
+
+-- One row per vector model; its vec0 index is vec_<rowid> (a name no user text reaches).
+CREATE TABLE vector_models(
+  model TEXT NOT NULL UNIQUE, dims INTEGER NOT NULL CHECK (dims > 0),
+  created_at INTEGER NOT NULL DEFAULT ({now}));
+
+CREATE TABLE changes(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, tx INTEGER NOT NULL, ts INTEGER NOT NULL,
+  ns TEXT NOT NULL, kind TEXT NOT NULL, op TEXT NOT NULL, id TEXT NOT NULL, model TEXT,
+  data TEXT, embedding BLOB);
+
+CREATE TABLE sync_ctx(
+  one INTEGER PRIMARY KEY CHECK (one = 1), tx INTEGER, ts INTEGER,
+  applying INTEGER NOT NULL DEFAULT 0);
+
+CREATE VIRTUAL TABLE entities_fts USING fts5(
+  name, description, tags, content='entities', content_rowid='rowid', tokenize='{tok}');
+CREATE VIRTUAL TABLE notes_fts USING fts5(
+  name, content, content='notes', content_rowid='rowid', tokenize='{tok}');
+",
+        tok_name = if tok == "trigram" { "trigram" } else { "unicode61" },
+    );
+    sql.push_str(&log_triggers(
+        Kind::Entity,
+        "INSERT INTO entities_fts(rowid, name, description, tags)
+           VALUES (new.rowid, new.name, new.description, new.tags);",
+        "INSERT INTO entities_fts(entities_fts, rowid, name, description, tags)
+           VALUES ('delete', old.rowid, old.name, old.description, old.tags);
+         INSERT INTO entities_fts(rowid, name, description, tags)
+           VALUES (new.rowid, new.name, new.description, new.tags);",
+        // Edges never outlive their endpoints; the cascade is logged by the edge triggers.
+        "INSERT INTO entities_fts(entities_fts, rowid, name, description, tags)
+           VALUES ('delete', old.rowid, old.name, old.description, old.tags);
+         DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);",
+    ));
+    sql.push_str(&log_triggers(
+        Kind::Note,
+        "INSERT INTO notes_fts(rowid, name, content) VALUES (new.rowid, new.name, new.content);",
+        "INSERT INTO notes_fts(notes_fts, rowid, name, content)
+           VALUES ('delete', old.rowid, old.name, old.content);
+         INSERT INTO notes_fts(rowid, name, content) VALUES (new.rowid, new.name, new.content);",
+        "INSERT INTO notes_fts(notes_fts, rowid, name, content)
+           VALUES ('delete', old.rowid, old.name, old.content);",
+    ));
+    sql.push_str(&log_triggers(Kind::Edge, "", "", ""));
+    sql.push_str(&log_triggers(Kind::Event, "", "", ""));
+    sql.push_str(&log_triggers(Kind::Vector, "", "", ""));
+    conn.execute_batch(&sql)?;
+    Ok(())
+}

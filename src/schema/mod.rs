@@ -1,0 +1,178 @@
+//! The one schema, native and wasm: DDL, triggers and versioned, forward-only migrations.
+//!
+//! Base tables (`entities`, `edges`, `notes`, `events`, `vectors`) are the truth. Triggers keep
+//! the derived indexes (FTS5 external-content tables, one sqlite-vec `vec0` table per vector
+//! model) and the change log (`changes`) in step, so a write made with plain SQL by another
+//! program is indexed and captured exactly like a write made through the store.
+//!
+//! The trigger that writes `changes` reads an optional one-row table, `sync_ctx`: the store
+//! puts the transaction's `tx` and `ts` there for the length of its transaction (so all changes
+//! of one commit share a `tx`), and a replica sets `applying = 1` while it applies upstream
+//! changes, whose log rows it copies verbatim instead.
+
+mod ddl;
+mod models;
+
+pub use ddl::{row_image_sql, NOW_US};
+pub use models::{ensure_model, model_by_name, models, ModelInfo, MAX_DIMS};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// Newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Which FTS5 tokenizer the full-text indexes use. Chosen when the database is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tokenizer {
+    /// Words, case- and diacritic-insensitive: right for most languages.
+    #[default]
+    Unicode61,
+    /// Three-character substrings: matches inside CJK text and partial words.
+    Trigram,
+}
+
+impl Tokenizer {
+    fn fts_arg(self) -> &'static str {
+        match self {
+            Tokenizer::Unicode61 => "unicode61 remove_diacritics 2",
+            Tokenizer::Trigram => "trigram",
+        }
+    }
+
+    /// Parse `unicode61` or `trigram`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "unicode61" => Ok(Tokenizer::Unicode61),
+            "trigram" => Ok(Tokenizer::Trigram),
+            other => Err(Error::invalid(format!(
+                "unknown tokenizer {other:?}: expected unicode61 or trigram"
+            ))),
+        }
+    }
+}
+
+/// Options that only matter when a database is first created.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SchemaOptions {
+    /// FTS5 tokenizer for the entity and note indexes.
+    pub tokenizer: Tokenizer,
+}
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    up: fn(&Connection, &SchemaOptions) -> Result<()>,
+}
+
+/// Append only: a released migration is never edited, a change is a new entry.
+const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "base tables, fts5, change log", up: ddl::migration_1 }];
+
+/// Register sqlite-vec with every connection this process opens from now on.
+#[allow(unsafe_code)]
+pub fn register_extensions() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_vec_init has the signature of an SQLite extension entry point; the
+        // crates declare it with no arguments, so it is cast to the type auto_extension takes,
+        // as both crates' documentation does.
+        unsafe {
+            #[cfg(not(target_arch = "wasm32"))]
+            let init = sqlite_vec::sqlite3_vec_init as *const ();
+            #[cfg(target_arch = "wasm32")]
+            let init = sqlite_wasm_vec::sqlite3_vec_init as *const ();
+            rusqlite::ffi::sqlite3_auto_extension(Some(std::mem::transmute::<
+                *const (),
+                unsafe extern "C" fn(
+                    *mut rusqlite::ffi::sqlite3,
+                    *mut *mut std::os::raw::c_char,
+                    *const rusqlite::ffi::sqlite3_api_routines,
+                ) -> std::os::raw::c_int,
+            >(init)));
+        }
+    });
+}
+
+/// The version recorded in the file's migration ledger (0 for a new file).
+pub fn current_version(conn: &Connection) -> Result<i64> {
+    let has_ledger: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_ledger {
+        return Ok(0);
+    }
+    Ok(conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?)
+}
+
+/// Fail with [`Error::SchemaTooNew`] when the file was written by a newer build.
+pub fn check_version(conn: &Connection) -> Result<i64> {
+    let found = current_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    Ok(found)
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`], each migration in its own transaction with its
+/// ledger row. Returns the version now in force.
+pub fn migrate(conn: &Connection, opts: &SchemaOptions) -> Result<i64> {
+    let current = check_version(conn)?;
+    if current == SCHEMA_VERSION {
+        return Ok(current);
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations(
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let res = (m.up)(conn, opts).and_then(|()| {
+            conn.execute(
+                &format!("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?1, ?2, {NOW_US})"),
+                rusqlite::params![m.version, m.name],
+            )?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Ok(SCHEMA_VERSION)
+}
+
+/// The tokenizer the file's indexes were created with.
+pub fn tokenizer(conn: &Connection) -> Result<Tokenizer> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'fts_tokenizer'", [], |r| r.get(0))
+        .optional()?;
+    Tokenizer::parse(v.as_deref().unwrap_or("unicode61"))
+}
+
+/// Open a private in-memory database with the schema: for tests, tools and the wasm replica.
+pub fn open_in_memory(opts: &SchemaOptions) -> Result<Connection> {
+    register_extensions();
+    let conn = Connection::open_in_memory()?;
+    configure(&conn)?;
+    migrate(&conn, opts)?;
+    Ok(conn)
+}
+
+/// Per-connection settings every connection needs, on both targets.
+pub fn configure(conn: &Connection) -> Result<()> {
+    // Triggers cascade (entity delete -> edge deletes) and must fire from within triggers.
+    conn.pragma_update(None, "recursive_triggers", false)?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! WAL checkpoints off the write path.
+//!
+//! The writer runs with `wal_autocheckpoint = 0`, so no commit ever pays for a checkpoint. This
+//! thread, on its own connection, runs a PASSIVE checkpoint (which never blocks the writer or
+//! readers) whenever the WAL passes a size threshold, and again when writes go quiet. After a
+//! complete checkpoint the writer wraps the WAL back to its start, and `journal_size_limit`
+//! truncates the file, so the WAL stays bounded under constant writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::Result;
+
+/// Checkpoint when the WAL file passes this many bytes: 4 MiB is about 1,000 pages of 4 KiB,
+/// SQLite's own autocheckpoint default.
+pub const WAL_THRESHOLD_BYTES: u64 = 4 * 1024 * 1024;
+/// How often the thread looks at the WAL size.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Counters the checkpointer exposes (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct CheckpointStats {
+    /// Checkpoints run.
+    pub runs: AtomicU64,
+    /// Frames copied back into the database.
+    pub frames: AtomicU64,
+}
+
+/// The checkpoint thread; stops when dropped.
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Shared counters.
+    pub stats: Arc<CheckpointStats>,
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+impl Checkpointer {
+    /// Start checkpointing the database at `path`.
+    pub fn start(path: &Path, busy_timeout: Duration) -> Result<Checkpointer> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(busy_timeout)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(CheckpointStats::default());
+        let wal = wal_path(path);
+        let (stop2, stats2) = (stop.clone(), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("hivesync-checkpoint".into())
+            .spawn(move || run(conn, &wal, &stop2, &stats2))?;
+        Ok(Checkpointer { stop, handle: Some(handle), stats })
+    }
+}
+
+fn run(conn: Connection, wal: &Path, stop: &AtomicBool, stats: &CheckpointStats) {
+    let mut last_size = 0u64;
+    let mut quiet_ticks = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        quiet_ticks = if size == last_size { quiet_ticks + 1 } else { 0 };
+        last_size = size;
+        // Checkpoint when the WAL is big, or when it has content and writes paused for ~1 s.
+        let due = size > WAL_THRESHOLD_BYTES || (size > 0 && quiet_ticks == 20);
+        if !due {
+            continue;
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+            Ok((_log, done)) => {
+                stats.runs.fetch_add(1, Ordering::Relaxed);
+                stats.frames.fetch_add(done.max(0) as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "wal checkpoint failed; will retry"),
+        }
+    }
+    // A last full checkpoint so a clean shutdown leaves a small WAL.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

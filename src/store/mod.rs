@@ -1,0 +1,344 @@
+//! The native store: the pool, the write path, reads, retention and integrity checks.
+//!
+//! ```no_run
+//! use hivesync::{model::{Kind, WriteOp}, store::Store};
+//! let store = Store::open("hivesync.db", Default::default())?;
+//! let w = store.write(&[WriteOp::upsert(Kind::Entity, "default",
+//!     serde_json::json!({"id": "ada", "kind": "person", "name": "Ada Lovelace"}))])?;
+//! println!("committed up to seq {}", w.seq);
+//! # Ok::<(), hivesync::Error>(())
+//! ```
+
+mod checkpoint;
+mod pool;
+
+pub use checkpoint::{CheckpointStats, Checkpointer, WAL_THRESHOLD_BYTES};
+pub use pool::{Location, Pool, PoolConfig, Reader};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Change, Edge, Entity, Event, Kind, Note, Vector, WriteOp};
+use crate::query::{self, ChangeFilter, Direction, Hop, HybridHit, KnnHit, KnnQuery, ListQuery, Neighbor, SearchHit, SearchQuery, Snapshot};
+use crate::schema::{self, SchemaOptions};
+use crate::{apply, ops};
+
+/// How to open a store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Pool settings.
+    pub pool: PoolConfig,
+    /// Settings used only when the file is created.
+    pub schema: SchemaOptions,
+}
+
+/// What a committed write did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The last seq committed (the log head after this write).
+    pub seq: i64,
+    /// The id of each op's row, in op order.
+    pub ids: Vec<String>,
+}
+
+/// The store: a pooled SQLite knowledge base with a change log.
+pub struct Store {
+    pool: Pool,
+    checkpointer: Option<Checkpointer>,
+}
+
+impl Store {
+    /// Open (creating if needed) the database file at `path`.
+    pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let read_only = opts.pool.read_only;
+        let busy = opts.pool.busy_timeout;
+        let pool = Pool::open(Location::File(path.clone()), opts.pool, &opts.schema)?;
+        let checkpointer = if read_only { None } else { Some(Checkpointer::start(&path, busy)?) };
+        Ok(Store { pool, checkpointer })
+    }
+
+    /// A private in-memory store (one connection), for tests and tools.
+    pub fn open_in_memory(opts: StoreOptions) -> Result<Store> {
+        Ok(Store { pool: Pool::open(Location::Memory, opts.pool, &opts.schema)?, checkpointer: None })
+    }
+
+    /// The pool, for callers that run their own SQL.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Checkpoint counters, when this store checkpoints.
+    pub fn checkpoint_stats(&self) -> Option<Arc<CheckpointStats>> {
+        self.checkpointer.as_ref().map(|c| c.stats.clone())
+    }
+
+    /// Apply `ops` in one transaction: all commit, or none does (the error names the op).
+    pub fn write(&self, ops: &[WriteOp]) -> Result<WriteResult> {
+        let mut conn = self.pool.writer()?;
+        write_ops(&mut conn, ops)
+    }
+
+    /// Upsert one row.
+    pub fn upsert(&self, kind: Kind, ns: &str, data: serde_json::Value) -> Result<WriteResult> {
+        self.write(&[WriteOp::upsert(kind, ns, data)])
+    }
+
+    /// Delete one row (vectors: use [`Store::write`] with `model` set).
+    pub fn delete(&self, kind: Kind, ns: &str, id: &str) -> Result<WriteResult> {
+        self.write(&[WriteOp::delete(kind, ns, id)])
+    }
+
+    /// Append an event.
+    pub fn append_event(&self, ns: &str, data: serde_json::Value) -> Result<WriteResult> {
+        self.upsert(Kind::Event, ns, data)
+    }
+
+    /// Run `f` on a pooled reader.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let r = self.pool.reader()?;
+        f(&r)
+    }
+
+    /// One entity.
+    pub fn get_entity(&self, ns: &str, id: &str) -> Result<Option<Entity>> {
+        self.read(|c| query::get_entity(c, ns, id))
+    }
+    /// One edge.
+    pub fn get_edge(&self, ns: &str, id: &str) -> Result<Option<Edge>> {
+        self.read(|c| query::get_edge(c, ns, id))
+    }
+    /// One note.
+    pub fn get_note(&self, ns: &str, id: &str) -> Result<Option<Note>> {
+        self.read(|c| query::get_note(c, ns, id))
+    }
+    /// One event.
+    pub fn get_event(&self, ns: &str, id: &str) -> Result<Option<Event>> {
+        self.read(|c| query::get_event(c, ns, id))
+    }
+    /// One vector.
+    pub fn get_vector(&self, ns: &str, subject: &str, model: &str) -> Result<Option<Vector>> {
+        self.read(|c| query::get_vector(c, ns, subject, model))
+    }
+    /// A page of entities.
+    pub fn list_entities(&self, q: &ListQuery) -> Result<Vec<Entity>> {
+        self.read(|c| query::list_entities(c, q))
+    }
+    /// A page of edges.
+    pub fn list_edges(&self, q: &ListQuery) -> Result<Vec<Edge>> {
+        self.read(|c| query::list_edges(c, q))
+    }
+    /// A page of unexpired notes.
+    pub fn list_notes(&self, q: &ListQuery) -> Result<Vec<Note>> {
+        self.read(|c| query::list_notes(c, q, ops::now_us(c)?))
+    }
+    /// A page of events.
+    pub fn list_events(&self, q: &ListQuery) -> Result<Vec<Event>> {
+        self.read(|c| query::list_events(c, q))
+    }
+    /// Full-text search.
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
+        self.read(|c| query::search(c, q, ops::now_us(c)?))
+    }
+    /// Exact KNN.
+    pub fn knn(&self, q: &KnnQuery) -> Result<Vec<KnnHit>> {
+        self.read(|c| query::knn(c, q))
+    }
+    /// Hybrid (RRF) search.
+    pub fn hybrid(&self, text: &SearchQuery, vector: &KnnQuery, limit: usize) -> Result<Vec<HybridHit>> {
+        self.read(|c| query::hybrid(c, text, vector, limit, ops::now_us(c)?))
+    }
+    /// Edges around a node.
+    pub fn neighbors(&self, ns: &str, id: &str, dir: Direction, relation: Option<&str>, limit: usize) -> Result<Vec<Neighbor>> {
+        self.read(|c| query::neighbors(c, ns, id, dir, relation, limit))
+    }
+    /// Multi-hop traversal.
+    pub fn traverse(&self, ns: &str, start: &str, dir: Direction, relation: Option<&str>, depth: u32, limit: usize) -> Result<Vec<Hop>> {
+        self.read(|c| query::traverse(c, ns, start, dir, relation, depth, limit))
+    }
+    /// Changes after `after`.
+    pub fn changes_since(&self, after: i64, filter: &ChangeFilter, limit: usize) -> Result<Vec<Change>> {
+        self.read(|c| query::changes_since(c, after, filter, limit))
+    }
+    /// The log head (last seq written).
+    pub fn head(&self) -> Result<i64> {
+        self.read(query::head)
+    }
+    /// The oldest seq still in the log.
+    pub fn horizon(&self) -> Result<i64> {
+        self.read(query::horizon)
+    }
+    /// A consistent snapshot of current state, whole.
+    pub fn snapshot(&self, filter: &ChangeFilter) -> Result<Snapshot> {
+        let mut rows = Vec::new();
+        let at = self.read(|c| query::snapshot(c, filter, 4096, |_, mut chunk| {
+            rows.append(&mut chunk);
+            Ok(())
+        }))?;
+        Ok(Snapshot { at, rows })
+    }
+
+    /// Apply upstream changes (edge mode: this store is a replica of another node).
+    pub fn apply_changes(&self, prev: i64, changes: &[Change]) -> Result<apply::ApplyOutcome> {
+        let conn = self.pool.writer()?;
+        apply::apply_changes(&conn, prev, changes)
+    }
+
+    /// Trim the change log: drop changes older than `max_age_us` (by `ts`) and all but the
+    /// newest `max_count`. Returns how many were removed. The head never moves back.
+    pub fn trim_changes(&self, max_count: Option<u64>, max_age_us: Option<i64>) -> Result<usize> {
+        let conn = self.pool.writer()?;
+        let mut removed = 0;
+        if let Some(n) = max_count {
+            let head = query::head(&conn)?;
+            removed += conn.execute("DELETE FROM changes WHERE seq <= ?1", [head - n as i64])?;
+        }
+        if let Some(age) = max_age_us {
+            let cutoff = ops::now_us(&conn)? - age;
+            // Trim whole transactions only, from the oldest end, so the log stays a suffix.
+            let upto: Option<i64> = conn.query_row(
+                "SELECT max(seq) FROM changes WHERE tx IN (SELECT tx FROM changes GROUP BY tx HAVING max(ts) < ?1)
+                 AND seq < coalesce((SELECT min(seq) FROM changes WHERE ts >= ?1), 9223372036854775807)",
+                [cutoff],
+                |r| r.get(0),
+            )?;
+            if let Some(u) = upto {
+                removed += conn.execute("DELETE FROM changes WHERE seq <= ?1", [u])?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Integrity check: SQLite's own, FTS5 and vec0 against the base tables, the log's
+    /// continuity, and references between rows.
+    pub fn check(&self) -> Result<CheckReport> {
+        match self.pool.writer() {
+            Ok(conn) => check(&conn),
+            Err(Error::ReadOnly) => {
+                let r = self.pool.reader()?;
+                check(&r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The write transaction: `sync_ctx` gives every change of the commit the same `tx` (the seq of
+/// its first change) and `ts`.
+pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<WriteResult> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = ops::now_us(&tx)?;
+    tx.prepare_cached(
+        "INSERT INTO sync_ctx(one, tx, ts, applying)
+         VALUES (1, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1, ?1, 0)
+         ON CONFLICT(one) DO UPDATE SET tx = excluded.tx, ts = excluded.ts, applying = 0",
+    )?
+    .execute([now])?;
+    let mut ids = Vec::with_capacity(ops_.len());
+    for (index, op) in ops_.iter().enumerate() {
+        let r = ops::execute(&tx, op, now).map_err(|e| Error::Op { index, source: Box::new(e) })?;
+        ids.push(r.id);
+    }
+    tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
+    let seq = query::head(&tx)?;
+    tx.commit()?;
+    Ok(WriteResult { seq, ids })
+}
+
+/// The result of [`Store::check`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// True when no problem was found.
+    pub ok: bool,
+    /// Each problem, in words.
+    pub problems: Vec<String>,
+    /// Rows per table.
+    pub rows: Vec<(String, i64)>,
+    /// Log head and horizon.
+    pub head: i64,
+    /// Oldest seq kept.
+    pub horizon: i64,
+}
+
+fn check(conn: &Connection) -> Result<CheckReport> {
+    let mut problems = Vec::new();
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let msgs: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    if msgs != ["ok"] {
+        problems.extend(msgs.into_iter().map(|m| format!("sqlite integrity: {m}")));
+    }
+    for fts in ["entities_fts", "notes_fts"] {
+        // With rank = 1, FTS5 also compares its index with the external content table.
+        if let Err(e) = conn.execute(&format!("INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)"), []) {
+            problems.push(format!("{fts} disagrees with its base table: {e}; rebuild it with `INSERT INTO {fts}({fts}) VALUES ('rebuild')`"));
+        }
+    }
+    for m in schema::models(conn)? {
+        let base: i64 = conn.query_row("SELECT count(*) FROM vectors WHERE model = ?1", [&m.model], |r| r.get(0))?;
+        let idx: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", m.table), [], |r| r.get(0))?;
+        let missing: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM vectors v WHERE v.model = ?1 AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.rowid = v.rowid)", m.table),
+            [&m.model],
+            |r| r.get(0),
+        )?;
+        if base != idx || missing != 0 {
+            problems.push(format!(
+                "vec0 index of model {:?} has {idx} vectors, the vectors table {base} ({missing} missing from the index)",
+                m.model
+            ));
+        }
+    }
+    let unindexed: i64 = conn.query_row(
+        "SELECT count(*) FROM vectors WHERE model NOT IN (SELECT model FROM vector_models)",
+        [],
+        |r| r.get(0),
+    )?;
+    if unindexed > 0 {
+        problems.push(format!("{unindexed} vectors belong to no registered model (written with plain SQL?) and are not indexed"));
+    }
+    let (n, lo, hi): (i64, Option<i64>, Option<i64>) =
+        conn.query_row("SELECT count(*), min(seq), max(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        if hi - lo + 1 != n {
+            problems.push(format!("change log has gaps: {n} changes between seq {lo} and {hi}"));
+        }
+    }
+    let dangling: i64 = conn.query_row(
+        "SELECT count(*) FROM edges e WHERE NOT EXISTS (SELECT 1 FROM entities x WHERE x.ns = e.ns AND x.id = e.source)
+            OR NOT EXISTS (SELECT 1 FROM entities x WHERE x.ns = e.ns AND x.id = e.target)",
+        [],
+        |r| r.get(0),
+    )?;
+    if dangling > 0 {
+        problems.push(format!("{dangling} edges point at entities that do not exist"));
+    }
+    let orphans: i64 = conn.query_row(
+        "SELECT count(*) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM entities x WHERE x.ns = v.ns AND x.id = v.subject)
+            AND NOT EXISTS (SELECT 1 FROM notes x WHERE x.ns = v.ns AND x.id = v.subject)",
+        [],
+        |r| r.get(0),
+    )?;
+    if orphans > 0 {
+        problems.push(format!("{orphans} vectors embed subjects that do not exist"));
+    }
+    let mut rows = Vec::new();
+    for t in ["entities", "edges", "notes", "events", "vectors", "changes"] {
+        rows.push((t.to_string(), conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?));
+    }
+    Ok(CheckReport {
+        ok: problems.is_empty(),
+        problems,
+        rows,
+        head: query::head(conn)?,
+        horizon: query::horizon(conn)?,
+    })
+}
+
+/// Count changes in the log, for tests and tools.
+pub fn count_changes(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM changes", params![], |r| r.get(0))?)
+}
