@@ -26,9 +26,13 @@ pub mod apply;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod protocol;
 pub mod query;
 pub mod schema;
 #[cfg(feature = "node")]
 pub mod store;
+#[cfg(feature = "node")]
+pub mod node;
 
 pub use error::{Error, Result};
+

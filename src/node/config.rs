@@ -1,0 +1,143 @@
+//! The node's TOML config file: tokens (stored as SHA-256 hashes, never the secret), their
+//! namespace scopes, anonymous access, and change-log retention.
+//!
+//! ```toml
+//! name = "edge-1"            # shown in `welcome`
+//! anonymous = "auto"         # auto | never | always (see below)
+//!
+//! [[token]]
+//! name = "alice"
+//! sha256 = "<hex of sha256(secret)>"   # `hivesync token` makes one
+//! read = ["*"]                          # exact names, "prefix*", or "*"
+//! write = ["default"]
+//!
+//! [retention]
+//! max_changes = 1000000      # keep at most this many changes
+//! max_age_secs = 604800      # and none older than this
+//! interval_secs = 60         # how often to trim
+//! ```
+//!
+//! `anonymous = "auto"` (the default) lets clients without a token in only when no tokens are
+//! configured and the node listens on a loopback address; `always` lets them in anywhere
+//! (with `anonymous_read` / `anonymous_write` scopes, all by default); `never` refuses them.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::protocol::Scope;
+
+/// When clients without a token are let in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// Only with no tokens configured and a loopback listener.
+    #[default]
+    Auto,
+    /// Never.
+    Never,
+    /// Always, on any listener.
+    Always,
+}
+
+/// One token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name, for logs and errors.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    /// Namespaces it may read.
+    #[serde(default)]
+    pub read: Scope,
+    /// Namespaces it may write.
+    #[serde(default)]
+    pub write: Scope,
+}
+
+/// Change-log retention.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep at most this many changes.
+    pub max_changes: Option<u64>,
+    /// Drop changes older than this.
+    pub max_age_secs: Option<u64>,
+    /// Seconds between trims (default 60).
+    pub interval_secs: Option<u64>,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node name.
+    pub name: Option<String>,
+    /// Anonymous access policy.
+    #[serde(default)]
+    pub anonymous: Anonymous,
+    /// Scope of anonymous readers (default all).
+    pub anonymous_read: Option<Scope>,
+    /// Scope of anonymous writers (default all).
+    pub anonymous_write: Option<Scope>,
+    /// Tokens.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+    /// Retention.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Seconds a subscriber may go without draining its queue before it is dropped with
+    /// `overloaded` (default 30).
+    pub stall_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    /// Parse and check a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
+    }
+
+    /// Parse and check config text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
+        for t in &c.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::invalid(format!(
+                    "token {:?}: sha256 must be 64 hex digits (the hash of the secret, from `hivesync token`), not the secret itself",
+                    t.name
+                )));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Lowercase hex SHA-256 of a token secret.
+pub fn hash_token(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_and_refuses_plain_secrets() {
+        let h = hash_token("s3cret");
+        let c = Config::parse(&format!(
+            "name = \"n\"\n[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nread = [\"*\"]\nwrite = [\"x\"]\n[retention]\nmax_changes = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(c.tokens[0].read, Scope::all());
+        assert_eq!(c.retention.max_changes, Some(10));
+        let e = Config::parse("[[token]]\nname = \"a\"\nsha256 = \"s3cret\"\n").unwrap_err();
+        assert!(e.to_string().contains("64 hex"), "{e}");
+        assert!(Config::parse("colour = 1").unwrap_err().to_string().contains("unknown field"));
+    }
+}

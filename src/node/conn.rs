@@ -1,0 +1,418 @@
+//! One WebSocket connection: the tokio shell around the protocol's [`Session`]. It moves
+//! bytes, runs the session's actions (writes, subscriptions) and nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::hub::{EncodedChange, WindowRead};
+use super::metrics::SubStats;
+use super::NodeState;
+use crate::error::Error;
+use crate::model::Change;
+use crate::protocol::{changes_frame, encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg, Session};
+use crate::query::{self, ChangeFilter};
+
+/// Frames queued per connection before its subscriptions stop pulling: with batches of at
+/// most [`BATCH_BYTES`], this bounds a connection's queued memory to about 16 MiB in the worst
+/// case and a few KiB when idle.
+const OUT_QUEUE: usize = 16;
+/// Most changes per `changes` frame.
+const BATCH: usize = 1000;
+/// Most encoded bytes per `changes` frame (a transaction is never split, so one may exceed it).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Rows per `snapshot` frame.
+const SNAPSHOT_CHUNK: usize = 1000;
+
+enum Out {
+    Frame(Message),
+    Close(u16, String),
+}
+
+fn to_message(f: Frame) -> Message {
+    match f {
+        Frame::Text(s) => Message::Text(s.into()),
+        Frame::Binary(b) => Message::Binary(b.into()),
+    }
+}
+
+/// The error code a store error maps to.
+pub(crate) fn code_for(e: &Error) -> ErrorCode {
+    match e {
+        Error::PoolTimeout(_) => ErrorCode::Overloaded,
+        Error::ReadOnly => ErrorCode::Forbidden,
+        Error::TooLarge { .. } => ErrorCode::TooLarge,
+        Error::Op { source, .. } => code_for(source),
+        e if e.is_client_error() => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
+fn is_capacity(e: &axum::Error) -> bool {
+    let s = e.to_string();
+    s.contains("Space limit exceeded") || s.contains("too long") || s.contains("Message too big")
+}
+
+/// Serve one upgraded connection until it closes.
+pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encoding) {
+    let conn_id = node.next_conn.fetch_add(1, Relaxed);
+    node.metrics.connections.fetch_add(1, Relaxed);
+    node.metrics.connections_total.fetch_add(1, Relaxed);
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let metrics = node.metrics.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            match o {
+                Out::Frame(m) => {
+                    let n = match &m {
+                        Message::Text(t) => t.len(),
+                        Message::Binary(b) => b.len(),
+                        _ => 0,
+                    };
+                    if sink.send(m).await.is_err() {
+                        break;
+                    }
+                    metrics.frames_out.fetch_add(1, Relaxed);
+                    metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                }
+                Out::Close(code, reason) => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut session = Session::new(enc);
+    let mut subs: HashMap<String, (JoinHandle<()>, Arc<SubStats>)> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let mut shutdown = node.shutdown.clone();
+    let send = |m: ServerMsg| Out::Frame(to_message(encode_server(enc, &m)));
+    'conn: loop {
+        let actions = tokio::select! {
+            msg = stream.next() => {
+                node.metrics.frames_in.fetch_add(1, Relaxed);
+                match msg {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
+                    Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) if is_capacity(&e) => session.on_oversized(),
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = conn_id, error = %e, "connection read failed");
+                        break;
+                    }
+                }
+            }
+            Some((sub, stalled)) = ended_rx.recv() => {
+                session.subscription_ended(&sub);
+                subs.remove(&sub);
+                node.metrics.remove_sub(conn_id, &sub);
+                if stalled {
+                    // The client stopped reading: its queue is full, so the error frame may never
+                    // leave; end the connection so its memory is freed. It resumes from its cursor.
+                    writer.abort();
+                    break 'conn;
+                }
+                continue;
+            }
+            _ = shutdown.changed() => {
+                let _ = out_tx.send(Out::Close(1001, "node shutting down".into())).await;
+                break;
+            }
+        };
+        for a in actions {
+            match a {
+                Action::Send(m) => {
+                    if out_tx.send(send(m)).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Action::Welcome => {
+                    let s = node.store.clone();
+                    let hh = tokio::task::spawn_blocking(move || Ok::<_, Error>((s.head()?, s.horizon()?))).await;
+                    let m = match hh {
+                        Ok(Ok((head, horizon))) => {
+                            ServerMsg::Welcome { protocol: crate::protocol::PROTOCOL_VERSION, node: node.name.clone(), head, horizon }
+                        }
+                        _ => ServerMsg::Error(ErrorMsg::new(ErrorCode::Internal, "cannot read the change log head")),
+                    };
+                    if out_tx.send(send(m)).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Action::Subscribe { sub, from, filter, read } => {
+                    let stats = node.metrics.add_sub(conn_id, &sub);
+                    let task = tokio::spawn(run_sub(SubCtx {
+                        node: node.clone(),
+                        sub: sub.clone(),
+                        from,
+                        filter,
+                        read,
+                        enc,
+                        out: out_tx.clone(),
+                        stats: stats.clone(),
+                        ended: ended_tx.clone(),
+                    }));
+                    subs.insert(sub, (task, stats));
+                }
+                Action::Unsubscribe { sub } => {
+                    if let Some((t, _)) = subs.remove(&sub) {
+                        t.abort();
+                    }
+                    node.metrics.remove_sub(conn_id, &sub);
+                }
+                Action::Ack { sub, seq } => {
+                    if let Some((_, s)) = subs.get(&sub) {
+                        s.acked.store(seq, Relaxed);
+                    }
+                }
+                Action::Write { req, ops } => {
+                    let m = write(&node, req, ops).await;
+                    if out_tx.send(send(m)).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Action::Close { reason } => {
+                    let _ = out_tx.send(Out::Close(1008, reason)).await;
+                    break 'conn;
+                }
+            }
+        }
+    }
+    for (sub, (t, _)) in subs.drain() {
+        t.abort();
+        node.metrics.remove_sub(conn_id, &sub);
+    }
+    drop(out_tx);
+    if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+        tracing::debug!(conn = conn_id, "writer did not finish in time");
+    }
+    node.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+async fn write(node: &Arc<NodeState>, req: String, ops: Vec<crate::model::WriteOp>) -> ServerMsg {
+    if node.read_only {
+        node.metrics.write_errors.fetch_add(1, Relaxed);
+        return ServerMsg::Error(ErrorMsg {
+            code: ErrorCode::Forbidden,
+            message: "this node is a read-only follower: send writes to the primary".into(),
+            sub: None,
+            req: Some(req),
+        });
+    }
+    let t0 = Instant::now();
+    let s = node.store.clone();
+    let res = tokio::task::spawn_blocking(move || s.write(&ops)).await;
+    match res {
+        Ok(Ok(r)) => {
+            node.metrics.observe_write(t0.elapsed());
+            node.hub.wake();
+            ServerMsg::Written { req, seq: r.seq }
+        }
+        Ok(Err(e)) => {
+            node.metrics.write_errors.fetch_add(1, Relaxed);
+            ServerMsg::Error(ErrorMsg { code: code_for(&e), message: e.to_string(), sub: None, req: Some(req) })
+        }
+        Err(e) => {
+            node.metrics.write_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "write task failed");
+            ServerMsg::Error(ErrorMsg { code: ErrorCode::Internal, message: "the write failed inside the node".into(), sub: None, req: Some(req) })
+        }
+    }
+}
+
+struct SubCtx {
+    node: Arc<NodeState>,
+    sub: String,
+    from: Option<i64>,
+    filter: ChangeFilter,
+    read: Scope,
+    enc: Encoding,
+    out: mpsc::Sender<Out>,
+    stats: Arc<SubStats>,
+    ended: mpsc::UnboundedSender<(String, bool)>,
+}
+
+enum SubEnd {
+    Done,
+    Stalled,
+    Failed(ErrorMsg),
+}
+
+async fn run_sub(ctx: SubCtx) {
+    let end = serve_sub(&ctx).await;
+    let stalled = matches!(end, SubEnd::Stalled);
+    match end {
+        SubEnd::Done => {}
+        SubEnd::Stalled => {
+            ctx.node.metrics.stalled_drops.fetch_add(1, Relaxed);
+            let m = ErrorMsg {
+                code: ErrorCode::Overloaded,
+                message: "subscriber stopped reading; dropped: reconnect and resume from your last applied seq".into(),
+                sub: Some(ctx.sub.clone()),
+                req: None,
+            };
+            let _ = ctx.out.try_send(Out::Frame(to_message(encode_server(ctx.enc, &ServerMsg::Error(m)))));
+        }
+        SubEnd::Failed(mut m) => {
+            m.sub = Some(ctx.sub.clone());
+            let _ = ctx.out.send(Out::Frame(to_message(encode_server(ctx.enc, &ServerMsg::Error(m))))).await;
+        }
+    }
+    let _ = ctx.ended.send((ctx.sub.clone(), stalled));
+}
+
+impl SubCtx {
+    fn pass(&self, ns: &str, kind: crate::model::Kind) -> bool {
+        self.filter.matches(ns, kind) && self.read.allows(ns)
+    }
+
+    /// Queue a frame, waiting at most the stall timeout for room.
+    async fn push(&self, m: Message) -> Result<(), SubEnd> {
+        match tokio::time::timeout(self.node.stall_timeout, self.out.send(Out::Frame(m))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SubEnd::Done),
+            Err(_) => Err(SubEnd::Stalled),
+        }
+    }
+}
+
+fn failed(code: ErrorCode, message: impl Into<String>) -> SubEnd {
+    SubEnd::Failed(ErrorMsg::new(code, message))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> Result<T, SubEnd> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(failed(code_for(&e), e.to_string())),
+        Err(_) => Err(failed(ErrorCode::Internal, "a read task failed inside the node")),
+    }
+}
+
+async fn serve_sub(ctx: &SubCtx) -> SubEnd {
+    match serve_sub_inner(ctx).await {
+        Ok(()) => SubEnd::Done,
+        Err(e) => e,
+    }
+}
+
+async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
+    let node = &ctx.node;
+    let s = node.store.clone();
+    let (head, horizon) = blocking(move || Ok((s.head()?, s.horizon()?))).await?;
+    let (mut scan, mut sent) = match ctx.from {
+        Some(f) if f > head => {
+            return Err(failed(
+                ErrorCode::BadRequest,
+                format!("cursor from the future: from={f} but this node's log ends at {head}; the replica belongs to another node or was restored from elsewhere: subscribe without `from` to take a snapshot"),
+            ))
+        }
+        Some(f) if f >= horizon - 1 => (f, f),
+        _ => {
+            let at = snapshot(ctx).await?;
+            (at, at)
+        }
+    };
+    ctx.stats.sent.store(sent, Relaxed);
+    let mut live = false;
+    let mut head_rx = node.hub.subscribe_head();
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        let head_now = *head_rx.borrow_and_update();
+        let read = node.hub.read(scan, BATCH, BATCH_BYTES, ctx.enc, |ns, k| ctx.pass(ns, k));
+        let (parts, scanned): (Vec<Arc<EncodedChange>>, i64) = match read {
+            WindowRead::Changes(cs, scanned) => (cs, scanned),
+            WindowRead::Behind => {
+                let (s, filter, from) = (node.store.clone(), ctx.filter.clone(), scan);
+                let (rows, scanned) = blocking(move || {
+                    s.read(|c| {
+                        c.execute_batch("BEGIN")?;
+                        let r = (|| {
+                            let head = query::head(c)?;
+                            let rows = query::changes_since(c, from, &filter, BATCH)?;
+                            let scanned = if rows.len() < BATCH { head } else { rows.last().map_or(head, |r| r.seq) };
+                            Ok((rows, scanned))
+                        })();
+                        let _ = c.execute_batch("COMMIT");
+                        r
+                    })
+                })
+                .await?;
+                let cs = rows.iter().filter(|c| ctx.pass(&c.ns, c.kind)).map(|c| Arc::new(EncodedChange::new(c))).collect();
+                (cs, scanned)
+            }
+        };
+        if let Some(last) = parts.last().map(|c| c.seq) {
+            let f = changes_frame(ctx.enc, &ctx.sub, sent, parts.iter().map(|c| c.bytes(ctx.enc)));
+            ctx.push(to_message(f)).await?;
+            sent = last;
+            ctx.stats.sent.store(sent, Relaxed);
+        }
+        scan = scan.max(scanned);
+        if scan >= head_now && scan >= node.hub.head() {
+            if !live {
+                live = true;
+                let m = ServerMsg::Live { sub: ctx.sub.clone(), seq: scan };
+                ctx.push(to_message(encode_server(ctx.enc, &m))).await?;
+            }
+            ctx.stats.sent.store(scan.max(sent), Relaxed);
+            tokio::select! {
+                r = head_rx.changed() => if r.is_err() { return Ok(()) },
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Send a consistent snapshot in chunks from one read transaction; returns its seq.
+async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
+    let s = ctx.node.store.clone();
+    let (mut filter, read, enc, sub, out) = (ctx.filter.clone(), ctx.read.clone(), ctx.enc, ctx.sub.clone(), ctx.out.clone());
+    let stall = ctx.node.stall_timeout;
+    blocking(move || {
+        s.read(|c| {
+            if filter.namespaces.is_none() && !read.is_all() {
+                let all = query::namespaces(c)?;
+                filter.namespaces = Some(all.into_iter().filter(|n| read.allows(n)).collect());
+            }
+            let mut pending: Option<(i64, Vec<Change>)> = None;
+            let deadline_send = |m: ServerMsg| -> crate::Result<()> {
+                let mut msg = Out::Frame(to_message(encode_server(enc, &m)));
+                let t0 = Instant::now();
+                // blocking_send would wait forever on a client that stopped reading.
+                loop {
+                    match out.try_send(msg) {
+                        Ok(()) => return Ok(()),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::invalid("connection closed")),
+                        Err(mpsc::error::TrySendError::Full(m)) => {
+                            if t0.elapsed() > stall {
+                                return Err(Error::PoolTimeout(stall));
+                            }
+                            msg = m;
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                }
+            };
+            let at = query::snapshot(c, &filter, SNAPSHOT_CHUNK, |at, rows| {
+                if let Some((a, prev)) = pending.replace((at, rows)) {
+                    deadline_send(ServerMsg::Snapshot { sub: sub.clone(), at: a, rows: prev, done: false })?;
+                }
+                Ok(())
+            })?;
+            let rows = pending.map(|(_, r)| r).unwrap_or_default();
+            deadline_send(ServerMsg::Snapshot { sub: sub.clone(), at, rows, done: true })?;
+            Ok(at)
+        })
+    })
+    .await
+}

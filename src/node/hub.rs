@@ -1,0 +1,220 @@
+//! The fan-out hub: one tailer reads each commit from the change log once, encodes every
+//! change once per encoding, and appends it to an in-memory window that all subscriptions
+//! read from. The writer never waits for a subscriber: it only wakes the tailer; subscribers
+//! pull from the window at their own pace, and one that falls behind the window's start
+//! reads from the log instead.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::{watch, Notify};
+
+use crate::model::{Change, Kind};
+use crate::protocol::{encode_change_bin, encode_change_json, Encoding};
+use crate::query::{self, ChangeFilter};
+use crate::store::Store;
+
+/// A change encoded once for every subscriber.
+#[derive(Debug)]
+pub struct EncodedChange {
+    /// Its seq.
+    pub seq: i64,
+    /// Its commit group.
+    pub tx: i64,
+    /// Its namespace (for filtering).
+    pub ns: String,
+    /// Its kind (for filtering).
+    pub kind: Kind,
+    /// JSON fragment.
+    pub json: Box<[u8]>,
+    /// Postcard fragment.
+    pub bin: Box<[u8]>,
+}
+
+impl EncodedChange {
+    /// Encode `c` both ways.
+    pub fn new(c: &Change) -> Self {
+        let mut json = Vec::with_capacity(256);
+        encode_change_json(&mut json, c);
+        let mut bin = Vec::with_capacity(128);
+        encode_change_bin(&mut bin, c);
+        EncodedChange { seq: c.seq, tx: c.tx, ns: c.ns.clone(), kind: c.kind, json: json.into(), bin: bin.into() }
+    }
+
+    /// The fragment for `enc`.
+    pub fn bytes(&self, enc: Encoding) -> &[u8] {
+        match enc {
+            Encoding::Json => &self.json,
+            Encoding::Bin => &self.bin,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.json.len() + self.bin.len() + self.ns.len() + 64
+    }
+}
+
+/// Window limits: 100,000 changes or 64 MiB, whichever comes first. A subscriber within the
+/// window is served from memory; one further behind is served from the log on disk.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    /// Most changes held.
+    pub max_changes: usize,
+    /// Most encoded bytes held.
+    pub max_bytes: usize,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        WindowLimits { max_changes: 100_000, max_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+struct Window {
+    changes: VecDeque<Arc<EncodedChange>>,
+    bytes: usize,
+    /// Every change with seq > covered_from is in the window.
+    covered_from: i64,
+}
+
+/// What a read of the window found.
+pub enum WindowRead {
+    /// The cursor is older than the window: read the log.
+    Behind,
+    /// Changes after the cursor (possibly none), and the position scanned up to.
+    Changes(Vec<Arc<EncodedChange>>, i64),
+}
+
+/// The hub.
+pub struct Hub {
+    window: RwLock<Window>,
+    limits: WindowLimits,
+    head: watch::Sender<i64>,
+    wake: Notify,
+}
+
+impl Hub {
+    /// A hub whose window starts at `head`.
+    pub fn new(head: i64, limits: WindowLimits) -> Arc<Hub> {
+        Arc::new(Hub {
+            window: RwLock::new(Window { changes: VecDeque::new(), bytes: 0, covered_from: head }),
+            limits,
+            head: watch::channel(head).0,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Tell the tailer there may be new commits.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The last seq published.
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever the head moves.
+    pub fn subscribe_head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// The oldest cursor the window can serve.
+    pub fn covered_from(&self) -> i64 {
+        self.window.read().covered_from
+    }
+
+    /// Publish changes read from the log (ascending, whole transactions).
+    pub fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
+        let Some(last) = changes.last().map(|c| c.seq) else { return };
+        {
+            let mut w = self.window.write();
+            for c in changes {
+                w.bytes += c.size();
+                w.changes.push_back(c);
+            }
+            while w.changes.len() > self.limits.max_changes || w.bytes > self.limits.max_bytes {
+                let Some(c) = w.changes.pop_front() else { break };
+                w.bytes -= c.size();
+                w.covered_from = c.seq;
+            }
+        }
+        self.head.send_replace(last);
+    }
+
+    /// Changes after `cursor` passing `pass`, at most about `max` of them (a transaction is
+    /// never split) and about `max_bytes` encoded bytes in `enc`.
+    pub fn read(&self, cursor: i64, max: usize, max_bytes: usize, enc: Encoding, pass: impl Fn(&str, Kind) -> bool) -> WindowRead {
+        let w = self.window.read();
+        if cursor < w.covered_from {
+            return WindowRead::Behind;
+        }
+        // Seqs in the window are ascending, so find the first after the cursor by bisection.
+        let start = w.changes.partition_point(|c| c.seq <= cursor);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut scanned = cursor;
+        let mut last_tx = None;
+        for c in w.changes.range(start..) {
+            let full = out.len() >= max || bytes >= max_bytes;
+            if full && last_tx != Some(c.tx) {
+                break;
+            }
+            scanned = c.seq;
+            last_tx = Some(c.tx);
+            if pass(&c.ns, c.kind) {
+                bytes += c.bytes(enc).len();
+                out.push(c.clone());
+            }
+        }
+        if start == w.changes.len() {
+            scanned = scanned.max(w.changes.back().map_or(w.covered_from, |c| c.seq));
+        }
+        WindowRead::Changes(out, scanned)
+    }
+}
+
+/// The tailer: wakes on commits (and on a timer, to catch external writers whose file events
+/// were missed), reads new changes from the log and publishes them.
+pub async fn run_tailer(store: Arc<Store>, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut last = hub.head();
+    loop {
+        tokio::select! {
+            _ = hub.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            let s = store.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                s.read(|c| query::changes_since(c, last, &ChangeFilter::default(), 10_000))
+                    .map(|cs| cs.iter().map(|c| Arc::new(EncodedChange::new(c))).collect::<Vec<_>>())
+            })
+            .await;
+            match res {
+                Ok(Ok(batch)) if batch.is_empty() => break,
+                Ok(Ok(batch)) => {
+                    let n = batch.len();
+                    if let Some(c) = batch.last() {
+                        last = c.seq;
+                    }
+                    hub.publish(batch);
+                    if n < 10_000 {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the change log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "change log reader panicked");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Counters and gauges, rendered as Prometheus text at `/metrics`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Upper bounds (seconds) of the write-latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Per-subscription progress.
+#[derive(Default, Debug)]
+pub struct SubStats {
+    /// Last seq sent.
+    pub sent: AtomicI64,
+    /// Last seq the client acknowledged.
+    pub acked: AtomicI64,
+}
+
+/// All metrics of a node.
+#[derive(Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Writes committed.
+    pub writes: AtomicU64,
+    /// Writes refused or failed.
+    pub write_errors: AtomicU64,
+    /// Subscribers dropped for not draining their queue.
+    pub stalled_drops: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_us: AtomicU64,
+    subs: Mutex<HashMap<(u64, String), Arc<SubStats>>>,
+}
+
+impl Metrics {
+    /// Record one write's commit latency.
+    pub fn observe_write(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.writes.fetch_add(1, Relaxed);
+    }
+
+    /// Register a subscription; returns its stats.
+    pub fn add_sub(&self, conn: u64, sub: &str) -> Arc<SubStats> {
+        let s = Arc::new(SubStats::default());
+        self.subs.lock().insert((conn, sub.to_string()), s.clone());
+        s
+    }
+
+    /// Forget a subscription.
+    pub fn remove_sub(&self, conn: u64, sub: &str) {
+        self.subs.lock().remove(&(conn, sub.to_string()));
+    }
+
+    /// A subscription's stats.
+    pub fn sub(&self, conn: u64, sub: &str) -> Option<Arc<SubStats>> {
+        self.subs.lock().get(&(conn, sub.to_string())).cloned()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, head: i64) -> String {
+        let mut o = String::new();
+        let mut g = |name: &str, kind: &str, help: &str, v: String| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        g("hivesync_connections", "gauge", "Open WebSocket connections.", self.connections.load(Relaxed).to_string());
+        g("hivesync_connections_total", "counter", "Connections accepted.", self.connections_total.load(Relaxed).to_string());
+        g("hivesync_head_seq", "gauge", "Last seq in the change log.", head.to_string());
+        g("hivesync_frames_out_total", "counter", "Frames sent.", self.frames_out.load(Relaxed).to_string());
+        g("hivesync_bytes_out_total", "counter", "Bytes sent.", self.bytes_out.load(Relaxed).to_string());
+        g("hivesync_frames_in_total", "counter", "Frames received.", self.frames_in.load(Relaxed).to_string());
+        g("hivesync_write_errors_total", "counter", "Writes refused or failed.", self.write_errors.load(Relaxed).to_string());
+        g("hivesync_stalled_drops_total", "counter", "Subscribers dropped for stalling.", self.stalled_drops.load(Relaxed).to_string());
+        let subs = self.subs.lock();
+        g("hivesync_subscriptions", "gauge", "Active subscriptions.", subs.len().to_string());
+        let _ = writeln!(o, "# HELP hivesync_subscription_lag Changes between the head and what a subscription was sent.\n# TYPE hivesync_subscription_lag gauge");
+        for ((conn, sub), s) in subs.iter() {
+            let sub = sub.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = writeln!(o, "hivesync_subscription_lag{{conn=\"{conn}\",sub=\"{sub}\"}} {}", (head - s.sent.load(Relaxed)).max(0));
+        }
+        drop(subs);
+        let _ = writeln!(o, "# HELP hivesync_write_commit_seconds Write commit latency.\n# TYPE hivesync_write_commit_seconds histogram");
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(o, "hivesync_write_commit_seconds_bucket{{le=\"{b}\"}} {}", self.latency_buckets[i].load(Relaxed));
+        }
+        let n = self.writes.load(Relaxed);
+        let _ = writeln!(o, "hivesync_write_commit_seconds_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(o, "hivesync_write_commit_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "hivesync_write_commit_seconds_count {n}");
+        o
+    }
+}

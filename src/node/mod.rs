@@ -1,0 +1,299 @@
+//! The sync node (native): a tokio server on one port with the WebSocket feed at `/v1/sync`,
+//! `/healthz`, `/metrics` and the demo page at `/`.
+//!
+//! - [`config`]: the TOML config (tokens, anonymous access, retention).
+//! - [`auth`]: token checks, reloaded when the config file changes.
+//! - [`hub`]: the change-log tailer and the shared in-memory window of encoded changes.
+//! - `conn`: one connection: the protocol session's shell, subscriptions and writes.
+//! - [`metrics`]: Prometheus counters.
+//! - `watch`: the `hivesync watch` client.
+
+pub mod auth;
+pub mod config;
+mod conn;
+pub mod hub;
+pub mod metrics;
+mod watch;
+
+pub use watch::{watch_blocking, WatchArgs};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch as tokio_watch;
+
+use crate::protocol::{Encoding, MAX_FRAME_BYTES};
+use crate::store::{PoolConfig, Store, StoreOptions};
+use auth::Auth;
+use config::Config;
+use hub::{Hub, WindowLimits};
+use metrics::Metrics;
+
+/// `hivesync serve` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HIVESYNC_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// TOML config file (tokens, retention); reloaded when it changes.
+    #[arg(long, env = "HIVESYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Follower mode: never write; stream what appears in a file something else replicates.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Milliseconds between checks of the log for commits made by other processes, beside
+    /// file notifications (default 1000, or 100 in read-only mode where notifications may
+    /// not arrive).
+    #[arg(long)]
+    pub poll_ms: Option<u64>,
+    /// Read connections in the pool.
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+}
+
+/// Everything a connection needs.
+pub(crate) struct NodeState {
+    pub(crate) store: Arc<Store>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) name: String,
+    pub(crate) shutdown: tokio_watch::Receiver<bool>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) read_only: bool,
+}
+
+/// A running node (for tests and embedding).
+pub struct NodeHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    shutdown: tokio_watch::Sender<bool>,
+    join: tokio::task::JoinHandle<()>,
+    _watchers: Vec<notify::RecommendedWatcher>,
+}
+
+impl NodeHandle {
+    /// Stop the node and wait for it to finish.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.join.await;
+    }
+}
+
+/// Start a node on `listener` over `store`.
+pub async fn start(
+    store: Arc<Store>,
+    listener: tokio::net::TcpListener,
+    config: Config,
+    config_path: Option<PathBuf>,
+    args: &ServeArgs,
+) -> anyhow::Result<NodeHandle> {
+    let addr = listener.local_addr()?;
+    let auth = Auth::new(config.clone(), addr);
+    if !auth.anonymous_allowed() && config.tokens.is_empty() {
+        tracing::warn!("no tokens configured and anonymous access is off for {addr}: every client will be refused; add [[token]] entries to the config");
+    }
+    let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
+    let s = store.clone();
+    let head = tokio::task::spawn_blocking(move || s.head()).await??;
+    let hub = Hub::new(head, WindowLimits::default());
+    let read_only = args.read_only;
+    let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
+    let node = Arc::new(NodeState {
+        store: store.clone(),
+        hub: hub.clone(),
+        auth: auth.clone(),
+        metrics: Arc::new(Metrics::default()),
+        name: config.name.clone().unwrap_or_else(|| format!("hivesync@{addr}")),
+        shutdown: shutdown_rx.clone(),
+        next_conn: AtomicU64::new(1),
+        stall_timeout: Duration::from_secs(config.stall_timeout_secs.unwrap_or(30)),
+        read_only,
+    });
+    let mut watchers = Vec::new();
+    if let Some(p) = config_path {
+        watchers.extend(auth.watch(p));
+    }
+    if let Some(db) = store.pool().path() {
+        watchers.extend(watch_db(db, hub.clone()));
+    }
+    tokio::spawn(hub::run_tailer(store.clone(), hub.clone(), poll, shutdown_rx.clone()));
+    if !read_only {
+        tokio::spawn(run_retention(store.clone(), auth.clone(), shutdown_rx.clone()));
+    }
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/sync", get(ws_upgrade))
+        .with_state(node);
+    let mut sd = shutdown_rx.clone();
+    let join = tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = sd.changed().await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "server failed");
+        }
+    });
+    Ok(NodeHandle { addr, shutdown: shutdown_tx, join, _watchers: watchers })
+}
+
+/// Notice commits by other processes: a notification on the database or its WAL wakes the
+/// tailer (the tailer's poll catches what notifications miss).
+fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let name = db.file_name()?.to_string_lossy().to_string();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_modify() || ev.kind.is_create() {
+                if ev.paths.iter().any(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&name))) {
+                    hub.wake();
+                }
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
+    .ok()?;
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
+        .ok()?;
+    Some(w)
+}
+
+async fn run_retention(store: Arc<Store>, auth: Auth, mut shutdown: tokio_watch::Receiver<bool>) {
+    loop {
+        let r = auth.config().retention.clone();
+        let every = Duration::from_secs(r.interval_secs.unwrap_or(60).max(1));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if r.max_changes.is_none() && r.max_age_secs.is_none() {
+            continue;
+        }
+        let s = store.clone();
+        let age = r.max_age_secs.map(|a| a as i64 * 1_000_000);
+        match tokio::task::spawn_blocking(move || s.trim_changes(r.max_changes, age)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "change log trimmed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "trimming the change log failed"),
+            _ => {}
+        }
+    }
+}
+
+async fn ws_upgrade(State(node): State<Arc<NodeState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let Some(enc) = Encoding::negotiate(offered.iter().map(String::as_str)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json or hivesync.v1.bin (or none, for JSON)\n"),
+        )
+            .into_response();
+    };
+    let ws = if offered.is_empty() { ws } else { ws.protocols([enc.name()]) };
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| conn::handle(socket, node, enc))
+}
+
+async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
+    let s = node.store.clone();
+    match tokio::task::spawn_blocking(move || s.head()).await {
+        Ok(Ok(head)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}}}\n", node.read_only),
+        )
+            .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"unavailable\"}\n").into_response(),
+    }
+}
+
+async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render(node.hub.head())).into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
+
+/// Run `hivesync serve` until SIGINT or SIGTERM.
+pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        if args.upstream.is_some() {
+            anyhow::bail!("--upstream (edge mode) is not implemented yet in this build; run the node without it");
+        }
+        let config = match &args.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        let opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
+        let db2 = db.to_path_buf();
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&db2, opts))
+                .await?
+                .with_context(|| format!("opening {}", db.display()))?,
+        );
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}: is another node running there? pick another address with --listen", args.listen))?;
+        let handle = start(store.clone(), listener, config, args.config.clone(), &args).await?;
+        tracing::info!(
+            "hivesync serving {} on http://{} (feed ws://{}/v1/sync, head seq {}{})",
+            db.display(),
+            handle.addr,
+            handle.addr,
+            store.head()?,
+            if args.read_only { ", read-only follower" } else { "" }
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing connections");
+        tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.ok();
+        drop(store);
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
