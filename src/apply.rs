@@ -77,10 +77,16 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
     let mut last = i64::MIN;
     for c in changes {
         if c.seq <= last {
-            return Err(Error::invalid(format!("changes out of order: seq {} after {last}", c.seq)));
+            return Err(Error::invalid(format!(
+                "changes out of order: seq {} after {last}",
+                c.seq
+            )));
         }
         if c.seq <= prev {
-            return Err(Error::invalid(format!("change seq {} is not after the batch's prev {prev}", c.seq)));
+            return Err(Error::invalid(format!(
+                "change seq {} is not after the batch's prev {prev}",
+                c.seq
+            )));
         }
         last = c.seq;
     }
@@ -91,7 +97,10 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
                 "gap: the batch continues from seq {prev} but this replica has applied up to {applied}; resubscribe from {applied}"
             )));
         }
-        let mut out = ApplyOutcome { seq: applied, ..Default::default() };
+        let mut out = ApplyOutcome {
+            seq: applied,
+            ..Default::default()
+        };
         for c in changes {
             if c.seq <= applied {
                 out.skipped += 1;
@@ -127,7 +136,12 @@ fn decode<T: serde::de::DeserializeOwned>(c: &Change) -> Result<T> {
         .data
         .as_deref()
         .ok_or_else(|| Error::invalid(format!("upsert change {} has no data", c.seq)))?;
-    serde_json::from_str(data).map_err(|e| Error::invalid(format!("change {}: invalid {} row image: {e}", c.seq, c.kind)))
+    serde_json::from_str(data).map_err(|e| {
+        Error::invalid(format!(
+            "change {}: invalid {} row image: {e}",
+            c.seq, c.kind
+        ))
+    })
 }
 
 /// Write one change's row image (or delete its row) without logging it.
@@ -138,13 +152,20 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
         Op::Delete => {
             match c.kind {
                 Kind::Vector => {
-                    let model = c.model.as_deref().ok_or_else(|| Error::invalid(format!("vector change {} has no model", c.seq)))?;
-                    conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3")?
-                        .execute(params![c.ns, c.id, model])?;
+                    let model = c.model.as_deref().ok_or_else(|| {
+                        Error::invalid(format!("vector change {} has no model", c.seq))
+                    })?;
+                    conn.prepare_cached(
+                        "DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
+                    )?
+                    .execute(params![c.ns, c.id, model])?;
                 }
                 k => {
-                    conn.prepare_cached(&format!("DELETE FROM {} WHERE ns = ?1 AND id = ?2", k.table()))?
-                        .execute(params![c.ns, c.id])?;
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {} WHERE ns = ?1 AND id = ?2",
+                        k.table()
+                    ))?
+                    .execute(params![c.ns, c.id])?;
                 }
             }
             Ok(())
@@ -154,7 +175,10 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
                 if id == c.id {
                     Ok(())
                 } else {
-                    Err(Error::invalid(format!("change {}: row image id {id:?} differs from the change id {:?}", c.seq, c.id)))
+                    Err(Error::invalid(format!(
+                        "change {}: row image id {id:?} differs from the change id {:?}",
+                        c.seq, c.id
+                    )))
                 }
             };
             match c.kind {
@@ -180,17 +204,24 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
                 }
                 Kind::Vector => {
                     let mut obj: serde_json::Map<String, serde_json::Value> = decode(c)?;
-                    let emb = c
-                        .embedding
-                        .clone()
-                        .ok_or_else(|| Error::invalid(format!("vector change {} has no embedding", c.seq)))?;
+                    let emb = c.embedding.clone().ok_or_else(|| {
+                        Error::invalid(format!("vector change {} has no embedding", c.seq))
+                    })?;
                     ops::check_embedding(&emb)?;
                     obj.insert("embedding".into(), serde_json::to_value(&emb)?);
                     let r: Vector = serde_json::from_value(serde_json::Value::Object(obj))
-                        .map_err(|e| Error::invalid(format!("change {}: invalid vector row image: {e}", c.seq)))?;
+                        .map_err(|e| {
+                            Error::invalid(format!(
+                                "change {}: invalid vector row image: {e}",
+                                c.seq
+                            ))
+                        })?;
                     key_ok(&r.subject)?;
                     if c.model.as_deref().is_some_and(|m| m != r.model) {
-                        return Err(Error::invalid(format!("change {}: model differs from its row image", c.seq)));
+                        return Err(Error::invalid(format!(
+                            "change {}: model differs from its row image",
+                            c.seq
+                        )));
                     }
                     schema::ensure_model(conn, &r.model, r.embedding.len())?;
                     ops::write_vector(conn, &c.ns, &r, true)
@@ -203,17 +234,29 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
 /// Replace the state of the namespaces `filter` covers with a snapshot, in one transaction:
 /// clear them, write every row, and set the applied seq to `at`. The replica's copy of the log
 /// is cleared too: it restarts at `at`.
-pub fn apply_snapshot(conn: &Connection, filter: &ChangeFilter, at: i64, rows: &[Change]) -> Result<ApplyOutcome> {
+pub fn apply_snapshot(
+    conn: &Connection,
+    filter: &ChangeFilter,
+    at: i64,
+    rows: &[Change],
+) -> Result<ApplyOutcome> {
     in_tx(conn, || {
         clear(conn, filter)?;
         for r in rows {
             if r.op != Op::Upsert {
-                return Err(Error::invalid(format!("snapshot row for {:?} is not an upsert", r.id)));
+                return Err(Error::invalid(format!(
+                    "snapshot row for {:?} is not an upsert",
+                    r.id
+                )));
             }
             apply_row(conn, r)?;
         }
         set_applied(conn, at)?;
-        Ok(ApplyOutcome { applied: rows.len(), skipped: 0, seq: at })
+        Ok(ApplyOutcome {
+            applied: rows.len(),
+            skipped: 0,
+            seq: at,
+        })
     })
 }
 
@@ -260,11 +303,18 @@ impl Drop for SnapshotApply<'_> {
 }
 
 fn clear(conn: &Connection, filter: &ChangeFilter) -> Result<()> {
-    let ns = filter.namespaces.as_ref().map(serde_json::to_string).transpose()?;
+    let ns = filter
+        .namespaces
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
     for k in Kind::ALL {
         if filter.kinds.as_ref().is_none_or(|ks| ks.contains(&k)) {
             conn.execute(
-                &format!("DELETE FROM {} WHERE ?1 IS NULL OR ns IN (SELECT value FROM json_each(?1))", k.table()),
+                &format!(
+                    "DELETE FROM {} WHERE ?1 IS NULL OR ns IN (SELECT value FROM json_each(?1))",
+                    k.table()
+                ),
                 [&ns],
             )?;
         }

@@ -71,7 +71,9 @@ impl Error {
     /// True when the error is the caller's fault (bad input), not the node's.
     pub fn is_client_error(&self) -> bool {
         match self {
-            Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Cursor(_) => true,
+            Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Cursor(_) => {
+                true
+            }
             Error::Op { source, .. } => source.is_client_error(),
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 e.code == rusqlite::ErrorCode::ConstraintViolation

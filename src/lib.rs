@@ -25,14 +25,15 @@
 pub mod apply;
 pub mod error;
 pub mod model;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod ops;
 pub mod protocol;
 pub mod query;
 pub mod schema;
 #[cfg(feature = "node")]
 pub mod store;
-#[cfg(feature = "node")]
-pub mod node;
 
 pub use error::{Error, Result};
-
+/// The rusqlite this crate is built with (so callers use the same `Connection` type).
+pub use rusqlite;

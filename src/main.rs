@@ -13,10 +13,19 @@ use hivesync::store::{Store, StoreOptions};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "hivesync", version, about = "An edge sync node: a SQLite knowledge store streamed as a change feed over WebSockets")]
+#[command(
+    name = "hivesync",
+    version,
+    about = "An edge sync node: a SQLite knowledge store streamed as a change feed over WebSockets"
+)]
 struct Cli {
     /// Database file.
-    #[arg(long, global = true, env = "HIVESYNC_DB", default_value = "./hivesync.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "HIVESYNC_DB",
+        default_value = "./hivesync.db"
+    )]
     db: PathBuf,
     /// Print results as JSON, one object per line.
     #[arg(long, global = true)]
@@ -189,7 +198,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Serve(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.cmd, Cmd::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -207,7 +220,8 @@ fn main() -> ExitCode {
 }
 
 fn open(cli: &Cli) -> Result<Store> {
-    Store::open(&cli.db, StoreOptions::default()).with_context(|| format!("opening {}", cli.db.display()))
+    Store::open(&cli.db, StoreOptions::default())
+        .with_context(|| format!("opening {}", cli.db.display()))
 }
 
 fn out() -> BufWriter<std::io::StdoutLock<'static>> {
@@ -232,7 +246,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Init { tokenizer } => {
             let tok = Tokenizer::parse(tokenizer)?;
             let existed = cli.db.exists();
-            let store = Store::open(&cli.db, StoreOptions { schema: SchemaOptions { tokenizer: tok }, ..Default::default() })?;
+            let store = Store::open(
+                &cli.db,
+                StoreOptions {
+                    schema: SchemaOptions { tokenizer: tok },
+                    ..Default::default()
+                },
+            )?;
             let actual = store.read(hivesync::schema::tokenizer)?;
             if existed && actual != tok {
                 bail!("{} already exists with the {actual:?} tokenizer; the tokenizer is chosen when a database is created", cli.db.display());
@@ -240,9 +260,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} ready (tokenizer {actual:?})", cli.db.display());
             Ok(())
         }
-        Cmd::Put { kind_or_op, data, ns } => {
+        Cmd::Put {
+            kind_or_op,
+            data,
+            ns,
+        } => {
             let op = match data {
-                Some(d) => WriteOp::upsert(kind_or_op.parse::<Kind>()?, ns.clone(), parse_json("the row", d)?),
+                Some(d) => WriteOp::upsert(
+                    kind_or_op.parse::<Kind>()?,
+                    ns.clone(),
+                    parse_json("the row", d)?,
+                ),
                 None => {
                     if !kind_or_op.trim_start().starts_with('{') {
                         bail!("give the row as JSON after the kind: hivesync put {kind_or_op} '{{\"name\":\"...\"}}'");
@@ -255,21 +283,50 @@ fn run(cli: Cli) -> Result<()> {
             if json_out {
                 print_json(&mut out(), &json!({"seq": r.seq, "id": r.ids[0]}))
             } else {
-                let verb = if op.op == Op::Upsert { "upserted" } else { "deleted" };
-                println!("{verb} {} {} in {} (seq {})", op.kind, r.ids[0], op.ns, r.seq);
+                let verb = if op.op == Op::Upsert {
+                    "upserted"
+                } else {
+                    "deleted"
+                };
+                println!(
+                    "{verb} {} {} in {} (seq {})",
+                    op.kind, r.ids[0], op.ns, r.seq
+                );
                 Ok(())
             }
         }
-        Cmd::Get { kind, id, ns, model } => {
+        Cmd::Get {
+            kind,
+            id,
+            ns,
+            model,
+        } => {
             let store = open(&cli)?;
             let v: Option<Value> = match kind {
-                Kind::Entity => store.get_entity(ns, id)?.map(serde_json::to_value).transpose()?,
-                Kind::Edge => store.get_edge(ns, id)?.map(serde_json::to_value).transpose()?,
-                Kind::Note => store.get_note(ns, id)?.map(serde_json::to_value).transpose()?,
-                Kind::Event => store.get_event(ns, id)?.map(serde_json::to_value).transpose()?,
+                Kind::Entity => store
+                    .get_entity(ns, id)?
+                    .map(serde_json::to_value)
+                    .transpose()?,
+                Kind::Edge => store
+                    .get_edge(ns, id)?
+                    .map(serde_json::to_value)
+                    .transpose()?,
+                Kind::Note => store
+                    .get_note(ns, id)?
+                    .map(serde_json::to_value)
+                    .transpose()?,
+                Kind::Event => store
+                    .get_event(ns, id)?
+                    .map(serde_json::to_value)
+                    .transpose()?,
                 Kind::Vector => {
-                    let model = model.as_deref().context("a vector is keyed by subject and model: add --model")?;
-                    store.get_vector(ns, id, model)?.map(serde_json::to_value).transpose()?
+                    let model = model
+                        .as_deref()
+                        .context("a vector is keyed by subject and model: add --model")?;
+                    store
+                        .get_vector(ns, id, model)?
+                        .map(serde_json::to_value)
+                        .transpose()?
                 }
             };
             match v {
@@ -281,7 +338,12 @@ fn run(cli: Cli) -> Result<()> {
                 None => bail!("no {kind} {id:?} in namespace {ns:?}"),
             }
         }
-        Cmd::Delete { kind, id, ns, model } => {
+        Cmd::Delete {
+            kind,
+            id,
+            ns,
+            model,
+        } => {
             let store = open(&cli)?;
             let mut op = WriteOp::delete(*kind, ns.clone(), id.clone());
             op.model = model.clone();
@@ -293,37 +355,91 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
-        Cmd::List { kind, ns, kind_filter, after, limit } => {
+        Cmd::List {
+            kind,
+            ns,
+            kind_filter,
+            after,
+            limit,
+        } => {
             let store = open(&cli)?;
-            let q = ListQuery { ns: ns.clone(), kind: kind_filter.clone(), after: after.clone(), limit: *limit };
+            let q = ListQuery {
+                ns: ns.clone(),
+                kind: kind_filter.clone(),
+                after: after.clone(),
+                limit: *limit,
+            };
             let rows: Vec<Value> = match kind {
-                Kind::Entity => store.list_entities(&q)?.into_iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-                Kind::Edge => store.list_edges(&q)?.into_iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-                Kind::Note => store.list_notes(&q)?.into_iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-                Kind::Event => store.list_events(&q)?.into_iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-                Kind::Vector => bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`"),
+                Kind::Entity => store
+                    .list_entities(&q)?
+                    .into_iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?,
+                Kind::Edge => store
+                    .list_edges(&q)?
+                    .into_iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?,
+                Kind::Note => store
+                    .list_notes(&q)?
+                    .into_iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?,
+                Kind::Event => store
+                    .list_events(&q)?
+                    .into_iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?,
+                Kind::Vector => {
+                    bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
+                }
             };
             let mut w = out();
             for r in rows {
                 if json_out {
                     print_json(&mut w, &r)?;
                 } else {
-                    let label = r.get("name").or_else(|| r.get("relation")).or_else(|| r.get("verb")).cloned().unwrap_or(Value::Null);
-                    writeln!(w, "{}\t{}", r["id"].as_str().unwrap_or(""), label.as_str().unwrap_or(""))?;
+                    let label = r
+                        .get("name")
+                        .or_else(|| r.get("relation"))
+                        .or_else(|| r.get("verb"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    writeln!(
+                        w,
+                        "{}\t{}",
+                        r["id"].as_str().unwrap_or(""),
+                        label.as_str().unwrap_or("")
+                    )?;
                 }
             }
             Ok(())
         }
-        Cmd::Search { text, ns, kind, limit } => {
+        Cmd::Search {
+            text,
+            ns,
+            kind,
+            limit,
+        } => {
             let store = open(&cli)?;
-            let q = SearchQuery { text: text.join(" "), ns: ns.clone(), kind: kind.clone(), records: None, limit: *limit };
+            let q = SearchQuery {
+                text: text.join(" "),
+                ns: ns.clone(),
+                kind: kind.clone(),
+                records: None,
+                limit: *limit,
+            };
             let hits = store.search(&q)?;
             let mut w = out();
             for h in &hits {
                 if json_out {
                     print_json(&mut w, h)?;
                 } else {
-                    writeln!(w, "{:>8.4}  {} {}/{} [{}] {}\n         {}", h.score, h.record, h.ns, h.id, h.kind, h.name, h.snippet)?;
+                    writeln!(
+                        w,
+                        "{:>8.4}  {} {}/{} [{}] {}\n         {}",
+                        h.score, h.record, h.ns, h.id, h.kind, h.name, h.snippet
+                    )?;
                 }
             }
             if hits.is_empty() && !json_out {
@@ -331,20 +447,37 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Knn { model, vector, like, k, ns, kind } => {
+        Cmd::Knn {
+            model,
+            vector,
+            like,
+            k,
+            ns,
+            kind,
+        } => {
             let store = open(&cli)?;
             let embedding: Vec<f32> = match (vector, like) {
-                (Some(v), _) => serde_json::from_str(v).context("--vector must be a JSON array of numbers")?,
+                (Some(v), _) => {
+                    serde_json::from_str(v).context("--vector must be a JSON array of numbers")?
+                }
                 (None, Some(s)) => {
                     let ns_ = ns.as_deref().unwrap_or("default");
                     store
                         .get_vector(ns_, s, model)?
-                        .with_context(|| format!("{s:?} has no {model:?} vector in namespace {ns_:?}"))?
+                        .with_context(|| {
+                            format!("{s:?} has no {model:?} vector in namespace {ns_:?}")
+                        })?
                         .embedding
                 }
                 (None, None) => bail!("give the query as --vector '[...]' or --like SUBJECT"),
             };
-            let hits = store.knn(&KnnQuery { model: model.clone(), embedding, k: *k, ns: ns.clone(), kind: kind.clone() })?;
+            let hits = store.knn(&KnnQuery {
+                model: model.clone(),
+                embedding,
+                k: *k,
+                ns: ns.clone(),
+                kind: kind.clone(),
+            })?;
             let mut w = out();
             for h in &hits {
                 if json_out {
@@ -355,7 +488,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Neighbors { id, ns, direction, relation, depth, limit } => {
+        Cmd::Neighbors {
+            id,
+            ns,
+            direction,
+            relation,
+            depth,
+            limit,
+        } => {
             let store = open(&cli)?;
             let mut w = out();
             if *depth <= 1 {
@@ -363,8 +503,16 @@ fn run(cli: Cli) -> Result<()> {
                     if json_out {
                         print_json(&mut w, &n)?;
                     } else {
-                        let arrow = if n.direction == Direction::Out { "->" } else { "<-" };
-                        writeln!(w, "{id} -[{}]{arrow} {}  (weight {}, edge {})", n.edge.relation, n.node, n.edge.weight, n.edge.id)?;
+                        let arrow = if n.direction == Direction::Out {
+                            "->"
+                        } else {
+                            "<-"
+                        };
+                        writeln!(
+                            w,
+                            "{id} -[{}]{arrow} {}  (weight {}, edge {})",
+                            n.edge.relation, n.node, n.edge.weight, n.edge.id
+                        )?;
                     }
                 }
             } else {
@@ -372,7 +520,15 @@ fn run(cli: Cli) -> Result<()> {
                     if json_out {
                         print_json(&mut w, &h)?;
                     } else {
-                        writeln!(w, "{}{}  (depth {}, via {} from {})", "  ".repeat(h.depth as usize - 1), h.node, h.depth, h.relation, h.from)?;
+                        writeln!(
+                            w,
+                            "{}{}  (depth {}, via {} from {})",
+                            "  ".repeat(h.depth as usize - 1),
+                            h.node,
+                            h.depth,
+                            h.relation,
+                            h.from
+                        )?;
                     }
                 }
             }
@@ -382,7 +538,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Export { ns, output } => export(&cli, ns, output.as_ref()),
         Cmd::Changes { from, ns, limit } => {
             let store = open(&cli)?;
-            let filter = ChangeFilter { namespaces: (!ns.is_empty()).then(|| ns.clone()), kinds: None };
+            let filter = ChangeFilter {
+                namespaces: (!ns.is_empty()).then(|| ns.clone()),
+                kinds: None,
+            };
             let mut w = out();
             for c in store.changes_since(*from, &filter, *limit)? {
                 let mut b = Vec::new();
@@ -430,14 +589,21 @@ fn import(cli: &Cli, file: &PathBuf, batch: usize) -> Result<()> {
         if t.is_empty() {
             continue;
         }
-        let op = WriteOp::from_json(t).with_context(|| format!("line {}: nothing was imported; fix the line and run again", i + 1))?;
+        let op = WriteOp::from_json(t).with_context(|| {
+            format!(
+                "line {}: nothing was imported; fix the line and run again",
+                i + 1
+            )
+        })?;
         ops.push((i + 1, op));
     }
     let store = open(cli)?;
     let bar = indicatif::ProgressBar::new(ops.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} ops ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} importing [{bar:40}] {pos}/{len} ops ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut done = 0usize;
     let mut last_seq = 0;
@@ -475,10 +641,15 @@ fn import(cli: &Cli, file: &PathBuf, batch: usize) -> Result<()> {
 fn export(cli: &Cli, ns: &[String], output: Option<&PathBuf>) -> Result<()> {
     let store = open(cli)?;
     let mut w: Box<dyn Write> = match output {
-        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => Box::new(out()),
     };
-    let filter = ChangeFilter { namespaces: (!ns.is_empty()).then(|| ns.to_vec()), kinds: None };
+    let filter = ChangeFilter {
+        namespaces: (!ns.is_empty()).then(|| ns.to_vec()),
+        kinds: None,
+    };
     let mut n = 0usize;
     let at = store.read(|c| {
         hivesync::query::snapshot(c, &filter, 4096, |_, rows| {

@@ -33,7 +33,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order an export writes them (endpoints before the rows that need them).
-    pub const ALL: [Kind; 5] = [Kind::Entity, Kind::Note, Kind::Edge, Kind::Vector, Kind::Event];
+    pub const ALL: [Kind; 5] = [
+        Kind::Entity,
+        Kind::Note,
+        Kind::Edge,
+        Kind::Vector,
+        Kind::Event,
+    ];
 
     /// The name used on the wire and in the `changes.kind` column.
     pub fn as_str(self) -> &'static str {
@@ -262,12 +268,26 @@ fn default_ns() -> String {
 impl WriteOp {
     /// An upsert of `data` into `kind` in `ns`.
     pub fn upsert(kind: Kind, ns: impl Into<String>, data: Value) -> Self {
-        WriteOp { op: Op::Upsert, kind, ns: ns.into(), data: Some(data), id: None, model: None }
+        WriteOp {
+            op: Op::Upsert,
+            kind,
+            ns: ns.into(),
+            data: Some(data),
+            id: None,
+            model: None,
+        }
     }
 
     /// A delete of the row `id` of `kind` in `ns`.
     pub fn delete(kind: Kind, ns: impl Into<String>, id: impl Into<String>) -> Self {
-        WriteOp { op: Op::Delete, kind, ns: ns.into(), data: None, id: Some(id.into()), model: None }
+        WriteOp {
+            op: Op::Delete,
+            kind,
+            ns: ns.into(),
+            data: None,
+            id: Some(id.into()),
+            model: None,
+        }
     }
 
     /// Parse one op from JSON text, with an error that says what was wrong.
@@ -318,7 +338,11 @@ pub fn blob_to_embedding(b: &[u8]) -> Option<Vec<f32>> {
     if b.len() % 4 != 0 {
         return None;
     }
-    Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

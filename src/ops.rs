@@ -40,14 +40,23 @@ pub fn now_us(conn: &Connection) -> Result<i64> {
 }
 
 fn new_id(conn: &Connection) -> Result<String> {
-    let mut b: [u8; 16] = conn.prepare_cached("SELECT randomblob(16)")?.query_row([], |r| {
-        let v: Vec<u8> = r.get(0)?;
-        Ok(v.try_into().unwrap_or([0u8; 16]))
-    })?;
+    let mut b: [u8; 16] = conn
+        .prepare_cached("SELECT randomblob(16)")?
+        .query_row([], |r| {
+            let v: Vec<u8> = r.get(0)?;
+            Ok(v.try_into().unwrap_or([0u8; 16]))
+        })?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 /// Check an id or a namespace.
@@ -56,10 +65,16 @@ pub fn check_key(what: &str, s: &str) -> Result<()> {
         return Err(Error::invalid(format!("{what} must not be empty")));
     }
     if s.len() > MAX_ID {
-        return Err(Error::TooLarge { what: "id", size: s.len(), limit: MAX_ID });
+        return Err(Error::TooLarge {
+            what: "id",
+            size: s.len(),
+            limit: MAX_ID,
+        });
     }
     if s.contains('\0') {
-        return Err(Error::invalid(format!("{what} {s:?} contains a NUL character")));
+        return Err(Error::invalid(format!(
+            "{what} {s:?} contains a NUL character"
+        )));
     }
     Ok(())
 }
@@ -69,14 +84,22 @@ fn check_name(what: &'static str, s: &str, required: bool) -> Result<()> {
         return Err(Error::invalid(format!("{what} must not be empty")));
     }
     if s.len() > MAX_NAME {
-        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_NAME });
+        return Err(Error::TooLarge {
+            what,
+            size: s.len(),
+            limit: MAX_NAME,
+        });
     }
     Ok(())
 }
 
 fn check_text(what: &'static str, s: &str) -> Result<()> {
     if s.len() > MAX_TEXT {
-        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_TEXT });
+        return Err(Error::TooLarge {
+            what,
+            size: s.len(),
+            limit: MAX_TEXT,
+        });
     }
     Ok(())
 }
@@ -84,7 +107,11 @@ fn check_text(what: &'static str, s: &str) -> Result<()> {
 fn json_obj(what: &'static str, m: &Map<String, Value>) -> Result<String> {
     let s = serde_json::to_string(m)?;
     if s.len() > MAX_JSON {
-        return Err(Error::TooLarge { what, size: s.len(), limit: MAX_JSON });
+        return Err(Error::TooLarge {
+            what,
+            size: s.len(),
+            limit: MAX_JSON,
+        });
     }
     Ok(s)
 }
@@ -180,15 +207,24 @@ pub fn check_embedding(v: &[f32]) -> Result<()> {
         )));
     }
     if v.iter().all(|x| *x == 0.0) {
-        return Err(Error::invalid("an all-zero embedding has no direction: cosine distance is undefined"));
+        return Err(Error::invalid(
+            "an all-zero embedding has no direction: cosine distance is undefined",
+        ));
     }
     Ok(())
 }
 
 fn to_f32(v: &[f64]) -> Result<Vec<f32>> {
     let out: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    if let Some(i) = v.iter().zip(&out).position(|(a, b)| a.is_finite() && !b.is_finite()) {
-        return Err(Error::invalid(format!("embedding value {i} ({}) does not fit in an f32", v[i])));
+    if let Some(i) = v
+        .iter()
+        .zip(&out)
+        .position(|(a, b)| a.is_finite() && !b.is_finite())
+    {
+        return Err(Error::invalid(format!(
+            "embedding value {i} ({}) does not fit in an f32",
+            v[i]
+        )));
     }
     Ok(out)
 }
@@ -204,7 +240,10 @@ pub struct OpResult {
 pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
     check_key("namespace", &op.ns)?;
     if op.ns.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("namespace {:?} contains a control character", op.ns)));
+        return Err(Error::invalid(format!(
+            "namespace {:?} contains a control character",
+            op.ns
+        )));
     }
     match op.op {
         Op::Upsert => {
@@ -221,7 +260,9 @@ pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
         }
         Op::Delete => {
             if op.data.is_some() {
-                return Err(Error::invalid("a delete carries `id` (and `model` for vectors), not `data`"));
+                return Err(Error::invalid(
+                    "a delete carries `id` (and `model` for vectors), not `data`",
+                ));
             }
             let id = op
                 .id
@@ -244,7 +285,9 @@ fn exists(conn: &Connection, table: &str, ns: &str, id: &str) -> Result<bool> {
 
 fn upsert(conn: &Connection, kind: Kind, ns: &str, data: &Value, now: i64) -> Result<OpResult> {
     if !data.is_object() {
-        return Err(Error::invalid(format!("`data` of a {kind} upsert must be a JSON object")));
+        return Err(Error::invalid(format!(
+            "`data` of a {kind} upsert must be a JSON object"
+        )));
     }
     match kind {
         Kind::Entity => {
@@ -518,35 +561,65 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
            embedding = excluded.embedding, updated_at = excluded.updated_at{}",
         created_clause(replica)
     ))?
-    .execute(params![ns, v.subject, v.model, v.kind, embedding_to_blob(&v.embedding), v.created_at, v.updated_at])?;
+    .execute(params![
+        ns,
+        v.subject,
+        v.model,
+        v.kind,
+        embedding_to_blob(&v.embedding),
+        v.created_at,
+        v.updated_at
+    ])?;
     Ok(())
 }
 
 /// Delete a row. Deleting an entity or note also deletes its vectors (explicitly, so each is
 /// logged); deleting an entity deletes its edges (by trigger, logged too).
-pub fn delete(conn: &Connection, kind: Kind, ns: &str, id: &str, model: Option<&str>) -> Result<()> {
+pub fn delete(
+    conn: &Connection,
+    kind: Kind,
+    ns: &str,
+    id: &str,
+    model: Option<&str>,
+) -> Result<()> {
     match kind {
         Kind::Event => {
-            return Err(Error::invalid("events are append-only and cannot be deleted"));
+            return Err(Error::invalid(
+                "events are append-only and cannot be deleted",
+            ));
         }
         Kind::Vector => {
-            let model = model.ok_or_else(|| Error::invalid("delete of a vector needs `model` as well as `id`"))?;
-            conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3")?
-                .execute(params![ns, id, model])?;
+            let model = model.ok_or_else(|| {
+                Error::invalid("delete of a vector needs `model` as well as `id`")
+            })?;
+            conn.prepare_cached(
+                "DELETE FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
+            )?
+            .execute(params![ns, id, model])?;
             return Ok(());
         }
         _ => {}
     }
     if model.is_some() {
-        return Err(Error::invalid(format!("`model` applies to vector deletes, not {kind}")));
+        return Err(Error::invalid(format!(
+            "`model` applies to vector deletes, not {kind}"
+        )));
     }
     let n = conn
-        .prepare_cached(&format!("DELETE FROM {} WHERE ns = ?1 AND id = ?2", kind.table()))?
+        .prepare_cached(&format!(
+            "DELETE FROM {} WHERE ns = ?1 AND id = ?2",
+            kind.table()
+        ))?
         .execute(params![ns, id])?;
     if n > 0 && matches!(kind, Kind::Entity | Kind::Note) {
-        let other = if kind == Kind::Entity { "notes" } else { "entities" };
+        let other = if kind == Kind::Entity {
+            "notes"
+        } else {
+            "entities"
+        };
         if !exists(conn, other, ns, id)? {
-            conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2")?.execute(params![ns, id])?;
+            conn.prepare_cached("DELETE FROM vectors WHERE ns = ?1 AND subject = ?2")?
+                .execute(params![ns, id])?;
         }
     }
     Ok(())
@@ -575,12 +648,38 @@ mod tests {
         let c = db();
         let now = 1;
         let cases = [
-            (WriteOp::upsert(Kind::Entity, "default", json!({"name": ""})), "empty"),
-            (WriteOp::upsert(Kind::Entity, "default", json!({"name": "a", "colour": 1})), "unknown field"),
-            (WriteOp::upsert(Kind::Entity, "", json!({"name": "a"})), "namespace"),
-            (WriteOp::upsert(Kind::Entity, "default", json!([1])), "JSON object"),
-            (WriteOp::upsert(Kind::Edge, "default", json!({"source": "a", "target": "b", "relation": "r"})), "write the entity first"),
-            (WriteOp::upsert(Kind::Vector, "default", json!({"subject": "a", "model": "m", "embedding": [1.0]})), "write it first"),
+            (
+                WriteOp::upsert(Kind::Entity, "default", json!({"name": ""})),
+                "empty",
+            ),
+            (
+                WriteOp::upsert(Kind::Entity, "default", json!({"name": "a", "colour": 1})),
+                "unknown field",
+            ),
+            (
+                WriteOp::upsert(Kind::Entity, "", json!({"name": "a"})),
+                "namespace",
+            ),
+            (
+                WriteOp::upsert(Kind::Entity, "default", json!([1])),
+                "JSON object",
+            ),
+            (
+                WriteOp::upsert(
+                    Kind::Edge,
+                    "default",
+                    json!({"source": "a", "target": "b", "relation": "r"}),
+                ),
+                "write the entity first",
+            ),
+            (
+                WriteOp::upsert(
+                    Kind::Vector,
+                    "default",
+                    json!({"subject": "a", "model": "m", "embedding": [1.0]}),
+                ),
+                "write it first",
+            ),
             (WriteOp::delete(Kind::Event, "default", "x"), "append-only"),
             (WriteOp::delete(Kind::Vector, "default", "x"), "model"),
         ];
@@ -589,22 +688,44 @@ mod tests {
             assert!(e.contains(want), "{op:?}: {e}");
         }
         let big = "x".repeat(MAX_TEXT + 1);
-        let e = execute(&c, &WriteOp::upsert(Kind::Entity, "d", json!({"name": "a", "description": big})), now)
-            .unwrap_err();
+        let e = execute(
+            &c,
+            &WriteOp::upsert(Kind::Entity, "d", json!({"name": "a", "description": big})),
+            now,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
     }
 
     #[test]
     fn embeddings_must_be_finite_and_match_the_model() {
         let c = db();
-        execute(&c, &WriteOp::upsert(Kind::Entity, "d", json!({"id": "a", "name": "A"})), 1).unwrap();
-        let v = |emb: Value| WriteOp::upsert(Kind::Vector, "d", json!({"subject": "a", "model": "m", "embedding": emb}));
+        execute(
+            &c,
+            &WriteOp::upsert(Kind::Entity, "d", json!({"id": "a", "name": "A"})),
+            1,
+        )
+        .unwrap();
+        let v = |emb: Value| {
+            WriteOp::upsert(
+                Kind::Vector,
+                "d",
+                json!({"subject": "a", "model": "m", "embedding": emb}),
+            )
+        };
         execute(&c, &v(json!([1.0, 0.0, 0.0])), 1).unwrap();
-        let e = execute(&c, &v(json!([1.0, 0.0])), 1).unwrap_err().to_string();
+        let e = execute(&c, &v(json!([1.0, 0.0])), 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 dimensions"), "{e}");
-        let e = execute(&c, &v(json!([1.0, 1e300, 0.0])), 1).unwrap_err().to_string();
+        let e = execute(&c, &v(json!([1.0, 1e300, 0.0])), 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("f32"), "{e}");
-        assert!(check_embedding(&[f32::NAN, 1.0]).unwrap_err().to_string().contains("NaN"));
+        assert!(check_embedding(&[f32::NAN, 1.0])
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
         assert!(check_embedding(&[f32::INFINITY]).is_err());
         assert!(check_embedding(&[0.0, 0.0]).is_err());
     }

@@ -160,7 +160,12 @@ pub struct ErrorMsg {
 impl ErrorMsg {
     /// An error with no sub or req.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorMsg { code, message: message.into(), sub: None, req: None }
+        ErrorMsg {
+            code,
+            message: message.into(),
+            sub: None,
+            req: None,
+        }
     }
 }
 
@@ -243,9 +248,18 @@ fn json_f32s(out: &mut Vec<u8>, v: &[f32]) {
 /// ["model":..,]"data":{row image}|null}`. A vector's embedding goes inside `data`.
 pub fn encode_change_json(out: &mut Vec<u8>, c: &Change) {
     use std::io::Write;
-    let _ = write!(out, "{{\"seq\":{},\"tx\":{},\"ts\":{},\"ns\":", c.seq, c.tx, c.ts);
+    let _ = write!(
+        out,
+        "{{\"seq\":{},\"tx\":{},\"ts\":{},\"ns\":",
+        c.seq, c.tx, c.ts
+    );
     json_str(out, &c.ns);
-    let _ = write!(out, ",\"kind\":\"{}\",\"op\":\"{}\",\"id\":", c.kind.as_str(), c.op.as_str());
+    let _ = write!(
+        out,
+        ",\"kind\":\"{}\",\"op\":\"{}\",\"id\":",
+        c.kind.as_str(),
+        c.op.as_str()
+    );
     json_str(out, &c.id);
     if let Some(m) = &c.model {
         out.extend_from_slice(b",\"model\":");
@@ -298,13 +312,20 @@ impl JsonChange<'_> {
             None => (None, None),
             Some(raw) if raw.get() == "null" => (None, None),
             Some(raw) if self.kind == Kind::Vector => {
-                let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get())
-                    .map_err(|e| Error::invalid(format!("change {}: vector data is not an object: {e}", self.seq)))?;
+                let mut obj: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(raw.get()).map_err(|e| {
+                        Error::invalid(format!(
+                            "change {}: vector data is not an object: {e}",
+                            self.seq
+                        ))
+                    })?;
                 let emb = obj
                     .remove("embedding")
                     .map(serde_json::from_value::<Vec<f32>>)
                     .transpose()
-                    .map_err(|e| Error::invalid(format!("change {}: bad embedding: {e}", self.seq)))?;
+                    .map_err(|e| {
+                        Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
+                    })?;
                 (Some(serde_json::to_string(&obj)?), emb)
             }
             Some(raw) => (Some(raw.get().to_string()), None),
@@ -350,7 +371,11 @@ struct JsonServerAny<'a> {
 }
 
 fn need<T>(v: Option<T>, ty: &str, field: &str) -> Result<T> {
-    v.ok_or_else(|| Error::invalid(format!("malformed message from node: `{ty}` without `{field}`")))
+    v.ok_or_else(|| {
+        Error::invalid(format!(
+            "malformed message from node: `{ty}` without `{field}`"
+        ))
+    })
 }
 
 fn json_changes(out: &mut Vec<u8>, changes: &[Change]) {
@@ -369,12 +394,25 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
     use std::io::Write;
     let mut out = Vec::with_capacity(128);
     match m {
-        ServerMsg::Welcome { protocol, node, head, horizon } => {
-            let _ = write!(out, "{{\"type\":\"welcome\",\"protocol\":{protocol},\"node\":");
+        ServerMsg::Welcome {
+            protocol,
+            node,
+            head,
+            horizon,
+        } => {
+            let _ = write!(
+                out,
+                "{{\"type\":\"welcome\",\"protocol\":{protocol},\"node\":"
+            );
             json_str(&mut out, node);
             let _ = write!(out, ",\"head\":{head},\"horizon\":{horizon}}}");
         }
-        ServerMsg::Snapshot { sub, at, rows, done } => {
+        ServerMsg::Snapshot {
+            sub,
+            at,
+            rows,
+            done,
+        } => {
             out.extend_from_slice(b"{\"type\":\"snapshot\",\"sub\":");
             json_str(&mut out, sub);
             let _ = write!(out, ",\"at\":{at},\"rows\":");
@@ -412,11 +450,14 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
 
 /// Decode a node message from JSON text (client side).
 pub fn decode_server_json(text: &str) -> Result<ServerMsg> {
-    let m: JsonServerAny<'_> =
-        serde_json::from_str(text).map_err(|e| Error::invalid(format!("malformed message from node: {e}")))?;
+    let m: JsonServerAny<'_> = serde_json::from_str(text)
+        .map_err(|e| Error::invalid(format!("malformed message from node: {e}")))?;
     let ty = m.ty.as_str();
     let changes = |v: Option<Vec<JsonChange<'_>>>, f: &str| -> Result<Vec<Change>> {
-        need(v, ty, f)?.into_iter().map(JsonChange::into_change).collect()
+        need(v, ty, f)?
+            .into_iter()
+            .map(JsonChange::into_change)
+            .collect()
     };
     Ok(match ty {
         "welcome" => ServerMsg::Welcome {
@@ -436,15 +477,25 @@ pub fn decode_server_json(text: &str) -> Result<ServerMsg> {
             prev: need(m.prev, ty, "prev")?,
             changes: changes(m.changes, "changes")?,
         },
-        "live" => ServerMsg::Live { sub: need(m.sub, ty, "sub")?, seq: need(m.seq, ty, "seq")? },
-        "written" => ServerMsg::Written { req: need(m.req, ty, "req")?, seq: need(m.seq, ty, "seq")? },
+        "live" => ServerMsg::Live {
+            sub: need(m.sub, ty, "sub")?,
+            seq: need(m.seq, ty, "seq")?,
+        },
+        "written" => ServerMsg::Written {
+            req: need(m.req, ty, "req")?,
+            seq: need(m.seq, ty, "seq")?,
+        },
         "error" => ServerMsg::Error(ErrorMsg {
             code: need(m.code, ty, "code")?,
             message: need(m.message, ty, "message")?,
             sub: m.sub,
             req: m.req,
         }),
-        other => return Err(Error::invalid(format!("unknown message type {other:?} from node"))),
+        other => {
+            return Err(Error::invalid(format!(
+                "unknown message type {other:?} from node"
+            )))
+        }
     })
 }
 
@@ -482,11 +533,22 @@ struct BinWriteOp {
 
 #[derive(Serialize, Deserialize)]
 enum BinClientMsg {
-    Hello { token: Option<String>, client: Option<String> },
+    Hello {
+        token: Option<String>,
+        client: Option<String>,
+    },
     Subscribe(Subscribe),
-    Write { req: String, ops: Vec<BinWriteOp> },
-    Unsubscribe { sub: String },
-    Ack { sub: String, seq: i64 },
+    Write {
+        req: String,
+        ops: Vec<BinWriteOp>,
+    },
+    Unsubscribe {
+        sub: String,
+    },
+    Ack {
+        sub: String,
+        seq: i64,
+    },
 }
 
 /// Binary form of a change: field order is the wire format.
@@ -552,22 +614,72 @@ fn bin_change(c: &Change) -> BinChange<'_> {
 
 #[derive(Serialize)]
 enum BinServerRef<'a> {
-    Welcome { protocol: u32, node: &'a str, head: i64, horizon: i64 },
-    Snapshot { sub: &'a str, at: i64, rows: Vec<BinChange<'a>>, done: bool },
-    Changes { sub: &'a str, prev: i64, changes: Vec<BinChange<'a>> },
-    Live { sub: &'a str, seq: i64 },
-    Written { req: &'a str, seq: i64 },
-    Error { code: ErrorCode, message: &'a str, sub: Option<&'a str>, req: Option<&'a str> },
+    Welcome {
+        protocol: u32,
+        node: &'a str,
+        head: i64,
+        horizon: i64,
+    },
+    Snapshot {
+        sub: &'a str,
+        at: i64,
+        rows: Vec<BinChange<'a>>,
+        done: bool,
+    },
+    Changes {
+        sub: &'a str,
+        prev: i64,
+        changes: Vec<BinChange<'a>>,
+    },
+    Live {
+        sub: &'a str,
+        seq: i64,
+    },
+    Written {
+        req: &'a str,
+        seq: i64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        sub: Option<&'a str>,
+        req: Option<&'a str>,
+    },
 }
 
 #[derive(Deserialize)]
 enum BinServerOwned {
-    Welcome { protocol: u32, node: String, head: i64, horizon: i64 },
-    Snapshot { sub: String, at: i64, rows: Vec<BinChangeOwned>, done: bool },
-    Changes { sub: String, prev: i64, changes: Vec<BinChangeOwned> },
-    Live { sub: String, seq: i64 },
-    Written { req: String, seq: i64 },
-    Error { code: ErrorCode, message: String, sub: Option<String>, req: Option<String> },
+    Welcome {
+        protocol: u32,
+        node: String,
+        head: i64,
+        horizon: i64,
+    },
+    Snapshot {
+        sub: String,
+        at: i64,
+        rows: Vec<BinChangeOwned>,
+        done: bool,
+    },
+    Changes {
+        sub: String,
+        prev: i64,
+        changes: Vec<BinChangeOwned>,
+    },
+    Live {
+        sub: String,
+        seq: i64,
+    },
+    Written {
+        req: String,
+        seq: i64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        sub: Option<String>,
+        req: Option<String>,
+    },
 }
 
 /// Postcard's variant index of `Changes` in the server enum (see [`changes_frame`]).
@@ -583,39 +695,90 @@ pub fn encode_change_bin(out: &mut Vec<u8>, c: &Change) {
 /// Encode a node message in binary.
 pub fn encode_server_bin(m: &ServerMsg) -> Vec<u8> {
     let r = match m {
-        ServerMsg::Welcome { protocol, node, head, horizon } => {
-            BinServerRef::Welcome { protocol: *protocol, node, head: *head, horizon: *horizon }
-        }
-        ServerMsg::Snapshot { sub, at, rows, done } => {
-            BinServerRef::Snapshot { sub, at: *at, rows: rows.iter().map(bin_change).collect(), done: *done }
-        }
-        ServerMsg::Changes { sub, prev, changes } => {
-            BinServerRef::Changes { sub, prev: *prev, changes: changes.iter().map(bin_change).collect() }
-        }
+        ServerMsg::Welcome {
+            protocol,
+            node,
+            head,
+            horizon,
+        } => BinServerRef::Welcome {
+            protocol: *protocol,
+            node,
+            head: *head,
+            horizon: *horizon,
+        },
+        ServerMsg::Snapshot {
+            sub,
+            at,
+            rows,
+            done,
+        } => BinServerRef::Snapshot {
+            sub,
+            at: *at,
+            rows: rows.iter().map(bin_change).collect(),
+            done: *done,
+        },
+        ServerMsg::Changes { sub, prev, changes } => BinServerRef::Changes {
+            sub,
+            prev: *prev,
+            changes: changes.iter().map(bin_change).collect(),
+        },
         ServerMsg::Live { sub, seq } => BinServerRef::Live { sub, seq: *seq },
         ServerMsg::Written { req, seq } => BinServerRef::Written { req, seq: *seq },
-        ServerMsg::Error(e) => {
-            BinServerRef::Error { code: e.code, message: &e.message, sub: e.sub.as_deref(), req: e.req.as_deref() }
-        }
+        ServerMsg::Error(e) => BinServerRef::Error {
+            code: e.code,
+            message: &e.message,
+            sub: e.sub.as_deref(),
+            req: e.req.as_deref(),
+        },
     };
     postcard::to_allocvec(&r).unwrap_or_default()
 }
 
 /// Decode a node message from binary (client side).
 pub fn decode_server_bin(bytes: &[u8]) -> Result<ServerMsg> {
-    let m: BinServerOwned =
-        postcard::from_bytes(bytes).map_err(|e| Error::invalid(format!("malformed binary message from node: {e}")))?;
+    let m: BinServerOwned = postcard::from_bytes(bytes)
+        .map_err(|e| Error::invalid(format!("malformed binary message from node: {e}")))?;
     Ok(match m {
-        BinServerOwned::Welcome { protocol, node, head, horizon } => ServerMsg::Welcome { protocol, node, head, horizon },
-        BinServerOwned::Snapshot { sub, at, rows, done } => {
-            ServerMsg::Snapshot { sub, at, rows: rows.into_iter().map(Change::from).collect(), done }
-        }
-        BinServerOwned::Changes { sub, prev, changes } => {
-            ServerMsg::Changes { sub, prev, changes: changes.into_iter().map(Change::from).collect() }
-        }
+        BinServerOwned::Welcome {
+            protocol,
+            node,
+            head,
+            horizon,
+        } => ServerMsg::Welcome {
+            protocol,
+            node,
+            head,
+            horizon,
+        },
+        BinServerOwned::Snapshot {
+            sub,
+            at,
+            rows,
+            done,
+        } => ServerMsg::Snapshot {
+            sub,
+            at,
+            rows: rows.into_iter().map(Change::from).collect(),
+            done,
+        },
+        BinServerOwned::Changes { sub, prev, changes } => ServerMsg::Changes {
+            sub,
+            prev,
+            changes: changes.into_iter().map(Change::from).collect(),
+        },
         BinServerOwned::Live { sub, seq } => ServerMsg::Live { sub, seq },
         BinServerOwned::Written { req, seq } => ServerMsg::Written { req, seq },
-        BinServerOwned::Error { code, message, sub, req } => ServerMsg::Error(ErrorMsg { code, message, sub, req }),
+        BinServerOwned::Error {
+            code,
+            message,
+            sub,
+            req,
+        } => ServerMsg::Error(ErrorMsg {
+            code,
+            message,
+            sub,
+            req,
+        }),
     })
 }
 
@@ -646,7 +809,8 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
 
 /// Decode a client message from binary, with an error that says what was wrong.
 pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
-    let b: BinClientMsg = postcard::from_bytes(bytes).map_err(|e| Error::invalid(format!("malformed binary message: {e}")))?;
+    let b: BinClientMsg = postcard::from_bytes(bytes)
+        .map_err(|e| Error::invalid(format!("malformed binary message: {e}")))?;
     Ok(match b {
         BinClientMsg::Hello { token, client } => ClientMsg::Hello { token, client },
         BinClientMsg::Subscribe(s) => ClientMsg::Subscribe(s),
@@ -660,8 +824,17 @@ pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
                         .data
                         .map(|d| serde_json::from_str(&d))
                         .transpose()
-                        .map_err(|e| Error::invalid(format!("op {i}: `data` is not valid JSON: {e}")))?;
-                    Ok(WriteOp { op: o.op, kind: o.kind, ns: o.ns, data, id: o.id, model: o.model })
+                        .map_err(|e| {
+                            Error::invalid(format!("op {i}: `data` is not valid JSON: {e}"))
+                        })?;
+                    Ok(WriteOp {
+                        op: o.op,
+                        kind: o.kind,
+                        ns: o.ns,
+                        data,
+                        id: o.id,
+                        model: o.model,
+                    })
                 })
                 .collect::<Result<_>>()?,
         },
@@ -689,7 +862,12 @@ pub enum Frame {
 
 /// Assemble a `changes` frame from changes already encoded one by one in `enc` (JSON
 /// fragments or postcard fragments), without re-encoding them.
-pub fn changes_frame<'a>(enc: Encoding, sub: &str, prev: i64, parts: impl ExactSizeIterator<Item = &'a [u8]>) -> Frame {
+pub fn changes_frame<'a>(
+    enc: Encoding,
+    sub: &str,
+    prev: i64,
+    parts: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> Frame {
     match enc {
         Encoding::Json => {
             use std::io::Write;
@@ -707,7 +885,8 @@ pub fn changes_frame<'a>(enc: Encoding, sub: &str, prev: i64, parts: impl ExactS
             Frame::Text(String::from_utf8(out).unwrap_or_default())
         }
         Encoding::Bin => {
-            let mut out = postcard::to_allocvec(&(BIN_CHANGES_VARIANT, sub, prev, parts.len())).unwrap_or_default();
+            let mut out = postcard::to_allocvec(&(BIN_CHANGES_VARIANT, sub, prev, parts.len()))
+                .unwrap_or_default();
             for p in parts {
                 out.extend_from_slice(p);
             }
@@ -834,7 +1013,11 @@ fn check_client_id(what: &str, id: &str) -> std::result::Result<(), String> {
 impl Session {
     /// A new connection speaking `encoding`.
     pub fn new(encoding: Encoding) -> Self {
-        Session { encoding, principal: None, subs: Default::default() }
+        Session {
+            encoding,
+            principal: None,
+            subs: Default::default(),
+        }
     }
 
     /// The encoding.
@@ -860,7 +1043,10 @@ impl Session {
     /// A text frame arrived.
     pub fn on_text(&mut self, text: &str, auth: &dyn Authorizer) -> Vec<Action> {
         if self.encoding == Encoding::Bin {
-            return vec![err(ErrorCode::BadRequest, "this connection speaks hivesync.v1.bin: send binary frames")];
+            return vec![err(
+                ErrorCode::BadRequest,
+                "this connection speaks hivesync.v1.bin: send binary frames",
+            )];
         }
         match decode_client_json(text) {
             Ok(m) => self.on_message(m, auth),
@@ -871,7 +1057,10 @@ impl Session {
     /// A binary frame arrived.
     pub fn on_binary(&mut self, bytes: &[u8], auth: &dyn Authorizer) -> Vec<Action> {
         if self.encoding == Encoding::Json {
-            return vec![err(ErrorCode::BadRequest, "this connection speaks hivesync.v1.json: send text frames holding JSON")];
+            return vec![err(
+                ErrorCode::BadRequest,
+                "this connection speaks hivesync.v1.json: send text frames holding JSON",
+            )];
         }
         match decode_client_bin(bytes) {
             Ok(m) => self.on_message(m, auth),
@@ -883,8 +1072,15 @@ impl Session {
     /// resynchronise, so the connection ends.
     pub fn on_oversized(&mut self) -> Vec<Action> {
         vec![
-            err(ErrorCode::TooLarge, format!("frame larger than {MAX_FRAME_BYTES} bytes; split the write into smaller ones")),
-            Action::Close { reason: "frame too large".into() },
+            err(
+                ErrorCode::TooLarge,
+                format!(
+                    "frame larger than {MAX_FRAME_BYTES} bytes; split the write into smaller ones"
+                ),
+            ),
+            Action::Close {
+                reason: "frame too large".into(),
+            },
         ]
     }
 
@@ -897,59 +1093,114 @@ impl Session {
                         self.principal = Some(p);
                         vec![Action::Welcome]
                     }
-                    Err(AuthError(why)) => vec![err(ErrorCode::Unauthorized, why), Action::Close { reason: "unauthorized".into() }],
+                    Err(AuthError(why)) => vec![
+                        err(ErrorCode::Unauthorized, why),
+                        Action::Close {
+                            reason: "unauthorized".into(),
+                        },
+                    ],
                 },
-                _ => vec![err(ErrorCode::BadRequest, "say hello first: {\"type\":\"hello\",\"token\":\"...\"}")],
+                _ => vec![err(
+                    ErrorCode::BadRequest,
+                    "say hello first: {\"type\":\"hello\",\"token\":\"...\"}",
+                )],
             };
         };
         match m {
-            ClientMsg::Hello { .. } => vec![err(ErrorCode::BadRequest, "hello was already received on this connection")],
+            ClientMsg::Hello { .. } => vec![err(
+                ErrorCode::BadRequest,
+                "hello was already received on this connection",
+            )],
             ClientMsg::Subscribe(s) => {
                 let fail = |code, message: String| {
-                    vec![Action::Send(ServerMsg::Error(ErrorMsg { code, message, sub: Some(s.sub.clone()), req: None }))]
+                    vec![Action::Send(ServerMsg::Error(ErrorMsg {
+                        code,
+                        message,
+                        sub: Some(s.sub.clone()),
+                        req: None,
+                    }))]
                 };
                 if let Err(e) = check_client_id("sub", &s.sub) {
                     return fail(ErrorCode::BadRequest, e);
                 }
                 if self.subs.contains(&s.sub) {
-                    return fail(ErrorCode::BadRequest, format!("subscription {:?} is already active; unsubscribe first", s.sub));
+                    return fail(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "subscription {:?} is already active; unsubscribe first",
+                            s.sub
+                        ),
+                    );
                 }
                 if self.subs.len() >= MAX_SUBS_PER_CONNECTION {
-                    return fail(ErrorCode::TooLarge, format!("at most {MAX_SUBS_PER_CONNECTION} subscriptions per connection"));
+                    return fail(
+                        ErrorCode::TooLarge,
+                        format!("at most {MAX_SUBS_PER_CONNECTION} subscriptions per connection"),
+                    );
                 }
                 if let Some(f) = s.from {
                     if f < 0 {
-                        return fail(ErrorCode::BadRequest, format!("`from` must be 0 or more, got {f}"));
+                        return fail(
+                            ErrorCode::BadRequest,
+                            format!("`from` must be 0 or more, got {f}"),
+                        );
                     }
                 }
                 if let Some(ns) = &s.namespaces {
                     if let Some(bad) = ns.iter().find(|n| !p.read.allows(n)) {
-                        return fail(ErrorCode::Forbidden, format!("token {:?} may not read namespace {bad:?}", p.name));
+                        return fail(
+                            ErrorCode::Forbidden,
+                            format!("token {:?} may not read namespace {bad:?}", p.name),
+                        );
                     }
                 }
                 self.subs.insert(s.sub.clone());
                 vec![Action::Subscribe {
                     sub: s.sub,
                     from: s.from,
-                    filter: ChangeFilter { namespaces: s.namespaces, kinds: s.kinds },
+                    filter: ChangeFilter {
+                        namespaces: s.namespaces,
+                        kinds: s.kinds,
+                    },
                     read: p.read.clone(),
                 }]
             }
             ClientMsg::Write { req, ops } => {
                 let fail = |code, message: String| {
-                    vec![Action::Send(ServerMsg::Error(ErrorMsg { code, message, sub: None, req: Some(req.clone()) }))]
+                    vec![Action::Send(ServerMsg::Error(ErrorMsg {
+                        code,
+                        message,
+                        sub: None,
+                        req: Some(req.clone()),
+                    }))]
                 };
                 if let Err(e) = check_client_id("req", &req) {
                     return fail(ErrorCode::BadRequest, e);
                 }
                 if ops.is_empty() {
-                    return fail(ErrorCode::BadRequest, "a write needs at least one op".into());
+                    return fail(
+                        ErrorCode::BadRequest,
+                        "a write needs at least one op".into(),
+                    );
                 }
                 if ops.len() > MAX_OPS_PER_WRITE {
-                    return fail(ErrorCode::TooLarge, format!("{} ops in one write; the limit is {MAX_OPS_PER_WRITE}", ops.len()));
+                    return fail(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} ops in one write; the limit is {MAX_OPS_PER_WRITE}",
+                            ops.len()
+                        ),
+                    );
                 }
-                if let Some((i, op)) = ops.iter().enumerate().find(|(_, o)| !p.write.allows(&o.ns)) {
-                    return fail(ErrorCode::Forbidden, format!("op {i}: token {:?} may not write namespace {:?}", p.name, op.ns));
+                if let Some((i, op)) = ops.iter().enumerate().find(|(_, o)| !p.write.allows(&o.ns))
+                {
+                    return fail(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "op {i}: token {:?} may not write namespace {:?}",
+                            p.name, op.ns
+                        ),
+                    );
                 }
                 vec![Action::Write { req, ops }]
             }
@@ -969,7 +1220,10 @@ impl Session {
                 if self.subs.contains(&sub) {
                     vec![Action::Ack { sub, seq }]
                 } else {
-                    vec![err(ErrorCode::BadRequest, format!("ack for unknown subscription {sub:?}"))]
+                    vec![err(
+                        ErrorCode::BadRequest,
+                        format!("ack for unknown subscription {sub:?}"),
+                    )]
                 }
             }
         }

@@ -19,7 +19,10 @@ pub struct Auth {
 impl Auth {
     /// Auth for a node listening on `addr` with `config`.
     pub fn new(config: Config, addr: SocketAddr) -> Auth {
-        Auth { inner: Arc::new(RwLock::new(Arc::new(config))), loopback: addr.ip().is_loopback() }
+        Auth {
+            inner: Arc::new(RwLock::new(Arc::new(config))),
+            loopback: addr.ip().is_loopback(),
+        }
     }
 
     /// The config in force.
@@ -65,7 +68,10 @@ impl Auth {
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; changes need a restart"))
         .ok()?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
         if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(error = %e, "cannot watch the config file; changes need a restart");
             return None;
@@ -91,15 +97,24 @@ impl Authorizer for Auth {
                         write: c.anonymous_write.clone().unwrap_or_else(Scope::all),
                     })
                 } else {
-                    Err(AuthError("this node requires a token: send {\"type\":\"hello\",\"token\":\"...\"}".into()))
+                    Err(AuthError(
+                        "this node requires a token: send {\"type\":\"hello\",\"token\":\"...\"}"
+                            .into(),
+                    ))
                 }
             }
             Some(t) => {
                 let h = hash_token(t);
                 c.tokens
                     .iter()
-                    .find(|k| constant_time_eq(k.sha256.to_ascii_lowercase().as_bytes(), h.as_bytes()))
-                    .map(|k| Principal { name: k.name.clone(), read: k.read.clone(), write: k.write.clone() })
+                    .find(|k| {
+                        constant_time_eq(k.sha256.to_ascii_lowercase().as_bytes(), h.as_bytes())
+                    })
+                    .map(|k| Principal {
+                        name: k.name.clone(),
+                        read: k.read.clone(),
+                        write: k.write.clone(),
+                    })
                     .ok_or_else(|| AuthError("unknown token".into()))
             }
         }

@@ -138,6 +138,9 @@ mod tests {
         assert_eq!(c.retention.max_changes, Some(10));
         let e = Config::parse("[[token]]\nname = \"a\"\nsha256 = \"s3cret\"\n").unwrap_err();
         assert!(e.to_string().contains("64 hex"), "{e}");
-        assert!(Config::parse("colour = 1").unwrap_err().to_string().contains("unknown field"));
+        assert!(Config::parse("colour = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
     }
 }

@@ -16,7 +16,10 @@ use super::metrics::SubStats;
 use super::NodeState;
 use crate::error::Error;
 use crate::model::Change;
-use crate::protocol::{changes_frame, encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg, Session};
+use crate::protocol::{
+    changes_frame, encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg,
+    Session,
+};
 use crate::query::{self, ChangeFilter};
 
 /// Frames queued per connection before its subscriptions stop pulling: with batches of at
@@ -83,7 +86,12 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                     metrics.bytes_out.fetch_add(n as u64, Relaxed);
                 }
                 Out::Close(code, reason) => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
                     break;
                 }
             }
@@ -138,18 +146,32 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                 }
                 Action::Welcome => {
                     let s = node.store.clone();
-                    let hh = tokio::task::spawn_blocking(move || Ok::<_, Error>((s.head()?, s.horizon()?))).await;
+                    let hh = tokio::task::spawn_blocking(move || {
+                        Ok::<_, Error>((s.head()?, s.horizon()?))
+                    })
+                    .await;
                     let m = match hh {
-                        Ok(Ok((head, horizon))) => {
-                            ServerMsg::Welcome { protocol: crate::protocol::PROTOCOL_VERSION, node: node.name.clone(), head, horizon }
-                        }
-                        _ => ServerMsg::Error(ErrorMsg::new(ErrorCode::Internal, "cannot read the change log head")),
+                        Ok(Ok((head, horizon))) => ServerMsg::Welcome {
+                            protocol: crate::protocol::PROTOCOL_VERSION,
+                            node: node.name.clone(),
+                            head,
+                            horizon,
+                        },
+                        _ => ServerMsg::Error(ErrorMsg::new(
+                            ErrorCode::Internal,
+                            "cannot read the change log head",
+                        )),
                     };
                     if out_tx.send(send(m)).await.is_err() {
                         break 'conn;
                     }
                 }
-                Action::Subscribe { sub, from, filter, read } => {
+                Action::Subscribe {
+                    sub,
+                    from,
+                    filter,
+                    read,
+                } => {
                     let stats = node.metrics.add_sub(conn_id, &sub);
                     let task = tokio::spawn(run_sub(SubCtx {
                         node: node.clone(),
@@ -193,7 +215,10 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
         node.metrics.remove_sub(conn_id, &sub);
     }
     drop(out_tx);
-    if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
         tracing::debug!(conn = conn_id, "writer did not finish in time");
     }
     node.metrics.connections.fetch_sub(1, Relaxed);
@@ -220,12 +245,22 @@ async fn write(node: &Arc<NodeState>, req: String, ops: Vec<crate::model::WriteO
         }
         Ok(Err(e)) => {
             node.metrics.write_errors.fetch_add(1, Relaxed);
-            ServerMsg::Error(ErrorMsg { code: code_for(&e), message: e.to_string(), sub: None, req: Some(req) })
+            ServerMsg::Error(ErrorMsg {
+                code: code_for(&e),
+                message: e.to_string(),
+                sub: None,
+                req: Some(req),
+            })
         }
         Err(e) => {
             node.metrics.write_errors.fetch_add(1, Relaxed);
             tracing::error!(error = %e, "write task failed");
-            ServerMsg::Error(ErrorMsg { code: ErrorCode::Internal, message: "the write failed inside the node".into(), sub: None, req: Some(req) })
+            ServerMsg::Error(ErrorMsg {
+                code: ErrorCode::Internal,
+                message: "the write failed inside the node".into(),
+                sub: None,
+                req: Some(req),
+            })
         }
     }
 }
@@ -261,11 +296,20 @@ async fn run_sub(ctx: SubCtx) {
                 sub: Some(ctx.sub.clone()),
                 req: None,
             };
-            let _ = ctx.out.try_send(Out::Frame(to_message(encode_server(ctx.enc, &ServerMsg::Error(m)))));
+            let _ = ctx.out.try_send(Out::Frame(to_message(encode_server(
+                ctx.enc,
+                &ServerMsg::Error(m),
+            ))));
         }
         SubEnd::Failed(mut m) => {
             m.sub = Some(ctx.sub.clone());
-            let _ = ctx.out.send(Out::Frame(to_message(encode_server(ctx.enc, &ServerMsg::Error(m))))).await;
+            let _ = ctx
+                .out
+                .send(Out::Frame(to_message(encode_server(
+                    ctx.enc,
+                    &ServerMsg::Error(m),
+                ))))
+                .await;
         }
     }
     let _ = ctx.ended.send((ctx.sub.clone(), stalled));
@@ -290,11 +334,16 @@ fn failed(code: ErrorCode, message: impl Into<String>) -> SubEnd {
     SubEnd::Failed(ErrorMsg::new(code, message))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> Result<T, SubEnd> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, SubEnd> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(failed(code_for(&e), e.to_string())),
-        Err(_) => Err(failed(ErrorCode::Internal, "a read task failed inside the node")),
+        Err(_) => Err(failed(
+            ErrorCode::Internal,
+            "a read task failed inside the node",
+        )),
     }
 }
 
@@ -328,7 +377,9 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
     let mut shutdown = node.shutdown.clone();
     loop {
         let head_now = *head_rx.borrow_and_update();
-        let read = node.hub.read(scan, BATCH, BATCH_BYTES, ctx.enc, |ns, k| ctx.pass(ns, k));
+        let read = node
+            .hub
+            .read(scan, BATCH, BATCH_BYTES, ctx.enc, |ns, k| ctx.pass(ns, k));
         let (parts, scanned): (Vec<Arc<EncodedChange>>, i64) = match read {
             WindowRead::Changes(cs, scanned) => (cs, scanned),
             WindowRead::Behind => {
@@ -339,7 +390,11 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                         let r = (|| {
                             let head = query::head(c)?;
                             let rows = query::changes_since(c, from, &filter, BATCH)?;
-                            let scanned = if rows.len() < BATCH { head } else { rows.last().map_or(head, |r| r.seq) };
+                            let scanned = if rows.len() < BATCH {
+                                head
+                            } else {
+                                rows.last().map_or(head, |r| r.seq)
+                            };
                             Ok((rows, scanned))
                         })();
                         let _ = c.execute_batch("COMMIT");
@@ -347,12 +402,21 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                     })
                 })
                 .await?;
-                let cs = rows.iter().filter(|c| ctx.pass(&c.ns, c.kind)).map(|c| Arc::new(EncodedChange::new(c))).collect();
+                let cs = rows
+                    .iter()
+                    .filter(|c| ctx.pass(&c.ns, c.kind))
+                    .map(|c| Arc::new(EncodedChange::new(c)))
+                    .collect();
                 (cs, scanned)
             }
         };
         if let Some(last) = parts.last().map(|c| c.seq) {
-            let f = changes_frame(ctx.enc, &ctx.sub, sent, parts.iter().map(|c| c.bytes(ctx.enc)));
+            let f = changes_frame(
+                ctx.enc,
+                &ctx.sub,
+                sent,
+                parts.iter().map(|c| c.bytes(ctx.enc)),
+            );
             ctx.push(to_message(f)).await?;
             sent = last;
             ctx.stats.sent.store(sent, Relaxed);
@@ -361,7 +425,10 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
         if scan >= head_now && scan >= node.hub.head() {
             if !live {
                 live = true;
-                let m = ServerMsg::Live { sub: ctx.sub.clone(), seq: scan };
+                let m = ServerMsg::Live {
+                    sub: ctx.sub.clone(),
+                    seq: scan,
+                };
                 ctx.push(to_message(encode_server(ctx.enc, &m))).await?;
             }
             ctx.stats.sent.store(scan.max(sent), Relaxed);
@@ -376,7 +443,13 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
 /// Send a consistent snapshot in chunks from one read transaction; returns its seq.
 async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
     let s = ctx.node.store.clone();
-    let (mut filter, read, enc, sub, out) = (ctx.filter.clone(), ctx.read.clone(), ctx.enc, ctx.sub.clone(), ctx.out.clone());
+    let (mut filter, read, enc, sub, out) = (
+        ctx.filter.clone(),
+        ctx.read.clone(),
+        ctx.enc,
+        ctx.sub.clone(),
+        ctx.out.clone(),
+    );
     let stall = ctx.node.stall_timeout;
     blocking(move || {
         s.read(|c| {
@@ -392,7 +465,9 @@ async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
                 loop {
                     match out.try_send(msg) {
                         Ok(()) => return Ok(()),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::invalid("connection closed")),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(Error::invalid("connection closed"))
+                        }
                         Err(mpsc::error::TrySendError::Full(m)) => {
                             if t0.elapsed() > stall {
                                 return Err(Error::PoolTimeout(stall));
@@ -405,12 +480,22 @@ async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
             };
             let at = query::snapshot(c, &filter, SNAPSHOT_CHUNK, |at, rows| {
                 if let Some((a, prev)) = pending.replace((at, rows)) {
-                    deadline_send(ServerMsg::Snapshot { sub: sub.clone(), at: a, rows: prev, done: false })?;
+                    deadline_send(ServerMsg::Snapshot {
+                        sub: sub.clone(),
+                        at: a,
+                        rows: prev,
+                        done: false,
+                    })?;
                 }
                 Ok(())
             })?;
             let rows = pending.map(|(_, r)| r).unwrap_or_default();
-            deadline_send(ServerMsg::Snapshot { sub: sub.clone(), at, rows, done: true })?;
+            deadline_send(ServerMsg::Snapshot {
+                sub: sub.clone(),
+                at,
+                rows,
+                done: true,
+            })?;
             Ok(at)
         })
     })

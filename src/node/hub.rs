@@ -40,7 +40,14 @@ impl EncodedChange {
         encode_change_json(&mut json, c);
         let mut bin = Vec::with_capacity(128);
         encode_change_bin(&mut bin, c);
-        EncodedChange { seq: c.seq, tx: c.tx, ns: c.ns.clone(), kind: c.kind, json: json.into(), bin: bin.into() }
+        EncodedChange {
+            seq: c.seq,
+            tx: c.tx,
+            ns: c.ns.clone(),
+            kind: c.kind,
+            json: json.into(),
+            bin: bin.into(),
+        }
     }
 
     /// The fragment for `enc`.
@@ -68,7 +75,10 @@ pub struct WindowLimits {
 
 impl Default for WindowLimits {
     fn default() -> Self {
-        WindowLimits { max_changes: 100_000, max_bytes: 64 * 1024 * 1024 }
+        WindowLimits {
+            max_changes: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -99,7 +109,11 @@ impl Hub {
     /// A hub whose window starts at `head`.
     pub fn new(head: i64, limits: WindowLimits) -> Arc<Hub> {
         Arc::new(Hub {
-            window: RwLock::new(Window { changes: VecDeque::new(), bytes: 0, covered_from: head }),
+            window: RwLock::new(Window {
+                changes: VecDeque::new(),
+                bytes: 0,
+                covered_from: head,
+            }),
             limits,
             head: watch::channel(head).0,
             wake: Notify::new(),
@@ -128,7 +142,9 @@ impl Hub {
 
     /// Publish changes read from the log (ascending, whole transactions).
     pub fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
-        let Some(last) = changes.last().map(|c| c.seq) else { return };
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return;
+        };
         {
             let mut w = self.window.write();
             for c in changes {
@@ -136,7 +152,9 @@ impl Hub {
                 w.changes.push_back(c);
             }
             while w.changes.len() > self.limits.max_changes || w.bytes > self.limits.max_bytes {
-                let Some(c) = w.changes.pop_front() else { break };
+                let Some(c) = w.changes.pop_front() else {
+                    break;
+                };
                 w.bytes -= c.size();
                 w.covered_from = c.seq;
             }
@@ -146,7 +164,14 @@ impl Hub {
 
     /// Changes after `cursor` passing `pass`, at most about `max` of them (a transaction is
     /// never split) and about `max_bytes` encoded bytes in `enc`.
-    pub fn read(&self, cursor: i64, max: usize, max_bytes: usize, enc: Encoding, pass: impl Fn(&str, Kind) -> bool) -> WindowRead {
+    pub fn read(
+        &self,
+        cursor: i64,
+        max: usize,
+        max_bytes: usize,
+        enc: Encoding,
+        pass: impl Fn(&str, Kind) -> bool,
+    ) -> WindowRead {
         let w = self.window.read();
         if cursor < w.covered_from {
             return WindowRead::Behind;
@@ -178,7 +203,12 @@ impl Hub {
 
 /// The tailer: wakes on commits (and on a timer, to catch external writers whose file events
 /// were missed), reads new changes from the log and publishes them.
-pub async fn run_tailer(store: Arc<Store>, hub: Arc<Hub>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_tailer(
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last = hub.head();
     loop {
         tokio::select! {
@@ -190,7 +220,11 @@ pub async fn run_tailer(store: Arc<Store>, hub: Arc<Hub>, poll: Duration, mut sh
             let s = store.clone();
             let res = tokio::task::spawn_blocking(move || {
                 s.read(|c| query::changes_since(c, last, &ChangeFilter::default(), 10_000))
-                    .map(|cs| cs.iter().map(|c| Arc::new(EncodedChange::new(c))).collect::<Vec<_>>())
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|c| Arc::new(EncodedChange::new(c)))
+                            .collect::<Vec<_>>()
+                    })
             })
             .await;
             match res {

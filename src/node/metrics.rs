@@ -9,7 +9,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Per-subscription progress.
 #[derive(Default, Debug)]
@@ -80,29 +82,89 @@ impl Metrics {
         let mut g = |name: &str, kind: &str, help: &str, v: String| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        g("hivesync_connections", "gauge", "Open WebSocket connections.", self.connections.load(Relaxed).to_string());
-        g("hivesync_connections_total", "counter", "Connections accepted.", self.connections_total.load(Relaxed).to_string());
-        g("hivesync_head_seq", "gauge", "Last seq in the change log.", head.to_string());
-        g("hivesync_frames_out_total", "counter", "Frames sent.", self.frames_out.load(Relaxed).to_string());
-        g("hivesync_bytes_out_total", "counter", "Bytes sent.", self.bytes_out.load(Relaxed).to_string());
-        g("hivesync_frames_in_total", "counter", "Frames received.", self.frames_in.load(Relaxed).to_string());
-        g("hivesync_write_errors_total", "counter", "Writes refused or failed.", self.write_errors.load(Relaxed).to_string());
-        g("hivesync_stalled_drops_total", "counter", "Subscribers dropped for stalling.", self.stalled_drops.load(Relaxed).to_string());
+        g(
+            "hivesync_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_connections_total",
+            "counter",
+            "Connections accepted.",
+            self.connections_total.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_head_seq",
+            "gauge",
+            "Last seq in the change log.",
+            head.to_string(),
+        );
+        g(
+            "hivesync_frames_out_total",
+            "counter",
+            "Frames sent.",
+            self.frames_out.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_bytes_out_total",
+            "counter",
+            "Bytes sent.",
+            self.bytes_out.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_frames_in_total",
+            "counter",
+            "Frames received.",
+            self.frames_in.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_write_errors_total",
+            "counter",
+            "Writes refused or failed.",
+            self.write_errors.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_stalled_drops_total",
+            "counter",
+            "Subscribers dropped for stalling.",
+            self.stalled_drops.load(Relaxed).to_string(),
+        );
         let subs = self.subs.lock();
-        g("hivesync_subscriptions", "gauge", "Active subscriptions.", subs.len().to_string());
+        g(
+            "hivesync_subscriptions",
+            "gauge",
+            "Active subscriptions.",
+            subs.len().to_string(),
+        );
         let _ = writeln!(o, "# HELP hivesync_subscription_lag Changes between the head and what a subscription was sent.\n# TYPE hivesync_subscription_lag gauge");
         for ((conn, sub), s) in subs.iter() {
-            let sub = sub.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            let _ = writeln!(o, "hivesync_subscription_lag{{conn=\"{conn}\",sub=\"{sub}\"}} {}", (head - s.sent.load(Relaxed)).max(0));
+            let sub = sub
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                o,
+                "hivesync_subscription_lag{{conn=\"{conn}\",sub=\"{sub}\"}} {}",
+                (head - s.sent.load(Relaxed)).max(0)
+            );
         }
         drop(subs);
         let _ = writeln!(o, "# HELP hivesync_write_commit_seconds Write commit latency.\n# TYPE hivesync_write_commit_seconds histogram");
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(o, "hivesync_write_commit_seconds_bucket{{le=\"{b}\"}} {}", self.latency_buckets[i].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "hivesync_write_commit_seconds_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Relaxed)
+            );
         }
         let n = self.writes.load(Relaxed);
         let _ = writeln!(o, "hivesync_write_commit_seconds_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(o, "hivesync_write_commit_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            o,
+            "hivesync_write_commit_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(o, "hivesync_write_commit_seconds_count {n}");
         o
     }

@@ -117,7 +117,10 @@ pub async fn start(
         hub: hub.clone(),
         auth: auth.clone(),
         metrics: Arc::new(Metrics::default()),
-        name: config.name.clone().unwrap_or_else(|| format!("hivesync@{addr}")),
+        name: config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("hivesync@{addr}")),
         shutdown: shutdown_rx.clone(),
         next_conn: AtomicU64::new(1),
         stall_timeout: Duration::from_secs(config.stall_timeout_secs.unwrap_or(30)),
@@ -130,9 +133,18 @@ pub async fn start(
     if let Some(db) = store.pool().path() {
         watchers.extend(watch_db(db, hub.clone()));
     }
-    tokio::spawn(hub::run_tailer(store.clone(), hub.clone(), poll, shutdown_rx.clone()));
+    tokio::spawn(hub::run_tailer(
+        store.clone(),
+        hub.clone(),
+        poll,
+        shutdown_rx.clone(),
+    ));
     if !read_only {
-        tokio::spawn(run_retention(store.clone(), auth.clone(), shutdown_rx.clone()));
+        tokio::spawn(run_retention(
+            store.clone(),
+            auth.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     let app = Router::new()
         .route("/", get(index))
@@ -151,7 +163,12 @@ pub async fn start(
             tracing::error!(error = %e, "server failed");
         }
     });
-    Ok(NodeHandle { addr, shutdown: shutdown_tx, join, _watchers: watchers })
+    Ok(NodeHandle {
+        addr,
+        shutdown: shutdown_tx,
+        join,
+        _watchers: watchers,
+    })
 }
 
 /// Notice commits by other processes: a notification on the database or its WAL wakes the
@@ -162,7 +179,10 @@ fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if ev.kind.is_modify() || ev.kind.is_create() {
-                if ev.paths.iter().any(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&name))) {
+                if ev.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|f| f.to_string_lossy().starts_with(&name))
+                }) {
                     hub.wake();
                 }
             }
@@ -170,7 +190,10 @@ fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
     })
     .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
     .ok()?;
-    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     w.watch(dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
         .ok()?;
@@ -198,7 +221,11 @@ async fn run_retention(store: Arc<Store>, auth: Auth, mut shutdown: tokio_watch:
     }
 }
 
-async fn ws_upgrade(State(node): State<Arc<NodeState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -212,7 +239,11 @@ async fn ws_upgrade(State(node): State<Arc<NodeState>>, headers: HeaderMap, ws: 
         )
             .into_response();
     };
-    let ws = if offered.is_empty() { ws } else { ws.protocols([enc.name()]) };
+    let ws = if offered.is_empty() {
+        ws
+    } else {
+        ws.protocols([enc.name()])
+    };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| conn::handle(socket, node, enc))
@@ -223,15 +254,26 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
     match tokio::task::spawn_blocking(move || s.head()).await {
         Ok(Ok(head)) => (
             [(header::CONTENT_TYPE, "application/json")],
-            format!("{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}}}\n", node.read_only),
+            format!(
+                "{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}}}\n",
+                node.read_only
+            ),
         )
             .into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"unavailable\"}\n").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"unavailable\"}\n",
+        )
+            .into_response(),
     }
 }
 
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render(node.hub.head())).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(node.hub.head()),
+    )
+        .into_response()
 }
 
 async fn index() -> Html<&'static str> {
@@ -240,7 +282,9 @@ async fn index() -> Html<&'static str> {
 
 /// Run `hivesync serve` until SIGINT or SIGTERM.
 pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         if args.upstream.is_some() {
             anyhow::bail!("--upstream (edge mode) is not implemented yet in this build; run the node without it");

@@ -34,7 +34,9 @@ pub struct WatchArgs {
 
 /// Run the watcher until interrupted (or until live, with `--until-live`).
 pub fn watch_blocking(args: WatchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(watch(args))
 }
 
@@ -52,7 +54,10 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             End::Done => return Ok(()),
             End::Fatal(e) => return Err(e),
             End::Reconnect(why) => {
-                eprintln!("disconnected ({why}); reconnecting in {backoff:?} from seq {}", cursor.map_or("snapshot".into(), |c| c.to_string()));
+                eprintln!(
+                    "disconnected ({why}); reconnecting in {backoff:?} from seq {}",
+                    cursor.map_or("snapshot".into(), |c| c.to_string())
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -71,14 +76,28 @@ fn print(args: &WatchArgs, out: &mut impl Write, c: &crate::model::Change) -> st
         out.write_all(b"\n")
     } else {
         let data = c.data.as_deref().unwrap_or("");
-        writeln!(out, "#{} {} {} {}/{} {}", c.seq, c.op.as_str(), c.kind, c.ns, c.id, data)
+        writeln!(
+            out,
+            "#{} {} {} {}/{} {}",
+            c.seq,
+            c.op.as_str(),
+            c.kind,
+            c.ns,
+            c.id,
+            data
+        )
     }
 }
 
 async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
     let mut req = match args.url.as_str().into_client_request() {
         Ok(r) => r,
-        Err(e) => return End::Fatal(anyhow::anyhow!("bad URL {:?}: {e}; expected ws://host:port/v1/sync", args.url)),
+        Err(e) => {
+            return End::Fatal(anyhow::anyhow!(
+                "bad URL {:?}: {e}; expected ws://host:port/v1/sync",
+                args.url
+            ))
+        }
     };
     if let Ok(v) = SUBPROTOCOL_JSON.parse() {
         req.headers_mut().insert("Sec-WebSocket-Protocol", v);
@@ -88,8 +107,14 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
         Err(e) => return End::Reconnect(format!("cannot connect to {}: {e}", args.url)),
     };
     let (mut tx, mut rx) = ws.split();
-    let hello = ClientMsg::Hello { token: args.token.clone(), client: Some("hivesync-watch".into()) };
-    if let Err(e) = tx.send(Message::Text(protocol::encode_client_json(&hello).into())).await {
+    let hello = ClientMsg::Hello {
+        token: args.token.clone(),
+        client: Some("hivesync-watch".into()),
+    };
+    if let Err(e) = tx
+        .send(Message::Text(protocol::encode_client_json(&hello).into()))
+        .await
+    {
         return End::Reconnect(e.to_string());
     }
     let mut stdout = std::io::stdout().lock();
@@ -100,7 +125,12 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
     } {
         let text = match msg {
             Ok(Message::Text(t)) => t,
-            Ok(Message::Close(f)) => return End::Reconnect(format!("node closed the connection: {}", f.map(|f| f.reason.to_string()).unwrap_or_default())),
+            Ok(Message::Close(f)) => {
+                return End::Reconnect(format!(
+                    "node closed the connection: {}",
+                    f.map(|f| f.reason.to_string()).unwrap_or_default()
+                ))
+            }
             Ok(_) => continue,
             Err(e) => return End::Reconnect(e.to_string()),
         };
@@ -121,7 +151,10 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
                     namespaces: (!args.ns.is_empty()).then(|| args.ns.clone()),
                     kinds: None,
                 });
-                if let Err(e) = tx.send(Message::Text(protocol::encode_client_json(&sub).into())).await {
+                if let Err(e) = tx
+                    .send(Message::Text(protocol::encode_client_json(&sub).into()))
+                    .await
+                {
                     return End::Reconnect(e.to_string());
                 }
             }
@@ -139,7 +172,9 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
             ServerMsg::Changes { prev, changes, .. } => {
                 let expected = cursor.or(snapshot_at).unwrap_or(0);
                 if prev != expected {
-                    return End::Reconnect(format!("gap: batch continues from {prev}, last seen {expected}"));
+                    return End::Reconnect(format!(
+                        "gap: batch continues from {prev}, last seen {expected}"
+                    ));
                 }
                 for c in &changes {
                     if print(args, &mut stdout, c).is_err() {
@@ -149,8 +184,13 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
                 }
                 let _ = stdout.flush();
                 if let Some(c) = *cursor {
-                    let ack = ClientMsg::Ack { sub: "watch".into(), seq: c };
-                    let _ = tx.send(Message::Text(protocol::encode_client_json(&ack).into())).await;
+                    let ack = ClientMsg::Ack {
+                        sub: "watch".into(),
+                        seq: c,
+                    };
+                    let _ = tx
+                        .send(Message::Text(protocol::encode_client_json(&ack).into()))
+                        .await;
                 }
             }
             ServerMsg::Live { seq, .. } => {

@@ -16,17 +16,45 @@ fn change(seq: i64, kind: Kind, emb: Option<Vec<f32>>) -> Change {
 }
 
 fn all_msgs() -> Vec<ServerMsg> {
-    let rows = vec![change(5, Kind::Entity, None), change(6, Kind::Vector, Some(vec![0.25, -1.0]))];
+    let rows = vec![
+        change(5, Kind::Entity, None),
+        change(6, Kind::Vector, Some(vec![0.25, -1.0])),
+    ];
     let mut del = change(7, Kind::Edge, None);
     del.op = Op::Delete;
     del.data = None;
     vec![
-        ServerMsg::Welcome { protocol: 1, node: "n".into(), head: 10, horizon: 1 },
-        ServerMsg::Snapshot { sub: "s1".into(), at: 10, rows: rows.clone(), done: true },
-        ServerMsg::Changes { sub: "s1".into(), prev: 4, changes: vec![rows[0].clone(), rows[1].clone(), del] },
-        ServerMsg::Live { sub: "s1".into(), seq: 10 },
-        ServerMsg::Written { req: "w1".into(), seq: 11 },
-        ServerMsg::Error(ErrorMsg { code: ErrorCode::Forbidden, message: "no".into(), sub: Some("s1".into()), req: None }),
+        ServerMsg::Welcome {
+            protocol: 1,
+            node: "n".into(),
+            head: 10,
+            horizon: 1,
+        },
+        ServerMsg::Snapshot {
+            sub: "s1".into(),
+            at: 10,
+            rows: rows.clone(),
+            done: true,
+        },
+        ServerMsg::Changes {
+            sub: "s1".into(),
+            prev: 4,
+            changes: vec![rows[0].clone(), rows[1].clone(), del],
+        },
+        ServerMsg::Live {
+            sub: "s1".into(),
+            seq: 10,
+        },
+        ServerMsg::Written {
+            req: "w1".into(),
+            seq: 11,
+        },
+        ServerMsg::Error(ErrorMsg {
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+            sub: Some("s1".into()),
+            req: None,
+        }),
     ]
 }
 
@@ -34,7 +62,8 @@ fn all_msgs() -> Vec<ServerMsg> {
 fn server_messages_roundtrip_in_both_encodings() {
     for m in all_msgs() {
         let text = encode_server_json(&m);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert!(v["type"].is_string(), "{text}");
         assert_eq!(decode_server_json(&text).unwrap(), m, "{text}");
         assert_eq!(decode_server_bin(&encode_server_bin(&m)).unwrap(), m);
@@ -48,14 +77,19 @@ fn json_changes_follow_the_design_shape() {
     assert_eq!(v["type"], "changes");
     assert_eq!(v["prev"], 4);
     assert_eq!(v["changes"][0]["data"]["name"], "Ada");
-    assert_eq!(v["changes"][1]["data"]["embedding"], serde_json::json!([0.25, -1.0]));
+    assert_eq!(
+        v["changes"][1]["data"]["embedding"],
+        serde_json::json!([0.25, -1.0])
+    );
     assert_eq!(v["changes"][1]["model"], "m");
     assert!(v["changes"][2]["data"].is_null());
 }
 
 #[test]
 fn assembled_frames_equal_whole_encodings() {
-    let ServerMsg::Changes { changes, .. } = &all_msgs()[2] else { unreachable!() };
+    let ServerMsg::Changes { changes, .. } = &all_msgs()[2] else {
+        unreachable!()
+    };
     for enc in [Encoding::Json, Encoding::Bin] {
         let parts: Vec<Vec<u8>> = changes
             .iter()
@@ -77,12 +111,19 @@ fn assembled_frames_equal_whole_encodings() {
 fn client_messages_roundtrip_and_reject_junk() {
     let w = ClientMsg::Write {
         req: "w1".into(),
-        ops: vec![WriteOp::upsert(Kind::Entity, "default", serde_json::json!({"name": "Ada", "n": 1.5}))],
+        ops: vec![WriteOp::upsert(
+            Kind::Entity,
+            "default",
+            serde_json::json!({"name": "Ada", "n": 1.5}),
+        )],
     };
     assert_eq!(decode_client_bin(&encode_client_bin(&w)).unwrap(), w);
     assert_eq!(decode_client_json(&encode_client_json(&w)).unwrap(), w);
     let s = decode_client_json(r#"{"type":"subscribe","sub":"s1","from":42,"namespaces":["default"],"kinds":["entity","note"]}"#).unwrap();
-    assert!(matches!(s, ClientMsg::Subscribe(Subscribe { from: Some(42), .. })));
+    assert!(matches!(
+        s,
+        ClientMsg::Subscribe(Subscribe { from: Some(42), .. })
+    ));
     for (bad, want) in [
         ("{", "malformed JSON"),
         (r#"{"type":"teleport"}"#, "unknown message type"),
@@ -101,7 +142,11 @@ struct Tokens;
 impl Authorizer for Tokens {
     fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, AuthError> {
         match token {
-            Some("good") => Ok(Principal { name: "t".into(), read: Scope(vec!["a".into(), "team-*".into()]), write: Scope(vec!["a".into()]) }),
+            Some("good") => Ok(Principal {
+                name: "t".into(),
+                read: Scope(vec!["a".into(), "team-*".into()]),
+                write: Scope(vec!["a".into()]),
+            }),
             _ => Err(AuthError("unknown token".into())),
         }
     }
@@ -126,31 +171,73 @@ fn codes(actions: &[Action]) -> Vec<String> {
 #[test]
 fn session_enforces_hello_auth_and_scopes() {
     let mut s = Session::new(Encoding::Json);
-    let sub = |ns: &str| format!(r#"{{"type":"subscribe","sub":"s1","from":0,"namespaces":["{ns}"]}}"#);
+    let sub =
+        |ns: &str| format!(r#"{{"type":"subscribe","sub":"s1","from":0,"namespaces":["{ns}"]}}"#);
     assert_eq!(codes(&s.on_text(&sub("a"), &Tokens)), ["error:BadRequest"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"hello","token":"bad"}"#, &Tokens)), ["error:Unauthorized", "close"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"hello","token":"good"}"#, &Tokens)), ["welcome"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"hello","token":"good"}"#, &Tokens)), ["error:BadRequest"]);
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"hello","token":"bad"}"#, &Tokens)),
+        ["error:Unauthorized", "close"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"hello","token":"good"}"#, &Tokens)),
+        ["welcome"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"hello","token":"good"}"#, &Tokens)),
+        ["error:BadRequest"]
+    );
     assert_eq!(codes(&s.on_text(&sub("b"), &Tokens)), ["error:Forbidden"]);
     assert_eq!(codes(&s.on_text(&sub("team-x"), &Tokens)), ["subscribe"]);
-    assert_eq!(codes(&s.on_text(&sub("a"), &Tokens)), ["error:BadRequest"], "duplicate sub id");
-    let w = |ns: &str| format!(r#"{{"type":"write","req":"w","ops":[{{"op":"delete","kind":"entity","ns":"{ns}","id":"x"}}]}}"#);
+    assert_eq!(
+        codes(&s.on_text(&sub("a"), &Tokens)),
+        ["error:BadRequest"],
+        "duplicate sub id"
+    );
+    let w = |ns: &str| {
+        format!(
+            r#"{{"type":"write","req":"w","ops":[{{"op":"delete","kind":"entity","ns":"{ns}","id":"x"}}]}}"#
+        )
+    };
     assert_eq!(codes(&s.on_text(&w("a"), &Tokens)), ["write"]);
-    assert_eq!(codes(&s.on_text(&w("team-x"), &Tokens)), ["error:Forbidden"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"write","req":"w","ops":[]}"#, &Tokens)), ["error:BadRequest"]);
-    assert_eq!(codes(&s.on_binary(&[1, 2, 3], &Tokens)), ["error:BadRequest"]);
+    assert_eq!(
+        codes(&s.on_text(&w("team-x"), &Tokens)),
+        ["error:Forbidden"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"write","req":"w","ops":[]}"#, &Tokens)),
+        ["error:BadRequest"]
+    );
+    assert_eq!(
+        codes(&s.on_binary(&[1, 2, 3], &Tokens)),
+        ["error:BadRequest"]
+    );
     assert_eq!(codes(&s.on_text("not json", &Tokens)), ["error:BadRequest"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"ack","sub":"s1","seq":3}"#, &Tokens)), ["ack"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"unsubscribe","sub":"s1"}"#, &Tokens)), ["unsubscribe"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"unsubscribe","sub":"s1"}"#, &Tokens)), ["error:BadRequest"]);
-    assert_eq!(codes(&s.on_text(r#"{"type":"subscribe","sub":"s2","from":-1}"#, &Tokens)), ["error:BadRequest"]);
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"ack","sub":"s1","seq":3}"#, &Tokens)),
+        ["ack"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"unsubscribe","sub":"s1"}"#, &Tokens)),
+        ["unsubscribe"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"unsubscribe","sub":"s1"}"#, &Tokens)),
+        ["error:BadRequest"]
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"subscribe","sub":"s2","from":-1}"#, &Tokens)),
+        ["error:BadRequest"]
+    );
     assert_eq!(codes(&s.on_oversized()), ["error:TooLarge", "close"]);
 }
 
 #[test]
 fn negotiation_defaults_to_json_and_refuses_strangers() {
     assert_eq!(Encoding::negotiate([]), Some(Encoding::Json));
-    assert_eq!(Encoding::negotiate(["x", "hivesync.v1.bin"]), Some(Encoding::Bin));
+    assert_eq!(
+        Encoding::negotiate(["x", "hivesync.v1.bin"]),
+        Some(Encoding::Bin)
+    );
     assert_eq!(Encoding::negotiate(["graphql-ws"]), None);
 }
 
@@ -160,6 +247,7 @@ fn decodes_a_real_changes_frame() {
     decode_server_json(t).unwrap();
     let t = r#"{"type":"live","sub":"watch","seq":7}"#;
     decode_server_json(t).unwrap();
-    let t = r#"{"type":"welcome","protocol":1,"node":"hivesync@127.0.0.1:7070","head":7,"horizon":1}"#;
+    let t =
+        r#"{"type":"welcome","protocol":1,"node":"hivesync@127.0.0.1:7070","head":7,"horizon":1}"#;
     decode_server_json(t).unwrap();
 }

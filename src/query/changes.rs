@@ -22,12 +22,18 @@ pub struct ChangeFilter {
 impl ChangeFilter {
     /// True when a change in `ns` of `kind` passes the filter.
     pub fn matches(&self, ns: &str, kind: Kind) -> bool {
-        self.namespaces.as_ref().is_none_or(|n| n.iter().any(|x| x == ns))
+        self.namespaces
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|x| x == ns))
             && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
     }
 
     fn sql_params(&self) -> Result<(Option<String>, Option<String>)> {
-        let ns = self.namespaces.as_ref().map(serde_json::to_string).transpose()?;
+        let ns = self
+            .namespaces
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         let kinds = self
             .kinds
             .as_ref()
@@ -50,7 +56,9 @@ pub fn head(conn: &Connection) -> Result<i64> {
 /// The oldest seq still in the log (head + 1 when the log is empty). A reader whose cursor is
 /// below `horizon - 1` has missed trimmed changes and needs a snapshot.
 pub fn horizon(conn: &Connection) -> Result<i64> {
-    let min: Option<i64> = conn.prepare_cached("SELECT min(seq) FROM changes")?.query_row([], |r| r.get(0))?;
+    let min: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM changes")?
+        .query_row([], |r| r.get(0))?;
     match min {
         Some(m) => Ok(m),
         None => Ok(head(conn)? + 1),
@@ -62,7 +70,11 @@ pub(crate) fn change_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change>
     let op: String = r.get(5)?;
     let emb: Option<Vec<u8>> = r.get(9)?;
     let bad = |what: &str, v: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("bad {what} {v:?} in changes").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad {what} {v:?} in changes").into(),
+        )
     };
     Ok(Change {
         seq: r.get(0)?,
@@ -80,15 +92,21 @@ pub(crate) fn change_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change>
 
 /// Changes with seq > `after` passing `filter`, ascending, at most about `limit`: the last
 /// transaction is completed past `limit`, so a batch never splits a commit.
-pub fn changes_since(conn: &Connection, after: i64, filter: &ChangeFilter, limit: usize) -> Result<Vec<Change>> {
+pub fn changes_since(
+    conn: &Connection,
+    after: i64,
+    filter: &ChangeFilter,
+    limit: usize,
+) -> Result<Vec<Change>> {
     let (ns, kinds) = filter.sql_params()?;
     let limit = limit.clamp(1, 1_000_000) as i64;
     let cols = "seq, tx, ts, ns, kind, op, id, model, data, embedding";
     let cond = "(?2 IS NULL OR ns IN (SELECT value FROM json_each(?2)))
                 AND (?3 IS NULL OR kind IN (SELECT value FROM json_each(?3)))";
     let mut out: Vec<Change> = {
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {cols} FROM changes WHERE seq > ?1 AND {cond} ORDER BY seq LIMIT ?4"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols} FROM changes WHERE seq > ?1 AND {cond} ORDER BY seq LIMIT ?4"
+        ))?;
         let rows = stmt.query_map(params![after, ns, kinds, limit], change_from_row)?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -127,7 +145,9 @@ pub fn snapshot(
 ) -> Result<i64> {
     let chunk = chunk.max(1);
     if !conn.is_autocommit() {
-        return Err(Error::invalid("snapshot needs a connection with no open transaction"));
+        return Err(Error::invalid(
+            "snapshot needs a connection with no open transaction",
+        ));
     }
     conn.execute_batch("BEGIN")?;
     let res = (|| {

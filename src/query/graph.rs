@@ -30,7 +30,9 @@ impl std::str::FromStr for Direction {
             "out" => Ok(Direction::Out),
             "in" => Ok(Direction::In),
             "both" => Ok(Direction::Both),
-            o => Err(Error::invalid(format!("unknown direction {o:?}: expected out, in or both"))),
+            o => Err(Error::invalid(format!(
+                "unknown direction {o:?}: expected out, in or both"
+            ))),
         }
     }
 }
@@ -67,8 +69,16 @@ pub fn neighbors(
         let rows = stmt.query_map(params![ns, id, relation, lim], |r| r.get::<_, String>(0))?;
         for j in rows {
             let edge: Edge = decode(&j?)?;
-            let node = if d == Direction::Out { edge.target.clone() } else { edge.source.clone() };
-            out.push(Neighbor { node, direction: d, edge });
+            let node = if d == Direction::Out {
+                edge.target.clone()
+            } else {
+                edge.source.clone()
+            };
+            out.push(Neighbor {
+                node,
+                direction: d,
+                edge,
+            });
         }
         Ok(())
     };

@@ -29,12 +29,25 @@ pub(crate) fn clamp_limit(limit: usize) -> i64 {
 }
 
 fn decode<T: DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| Error::invalid(format!("stored row does not decode ({e}): {json}")))
+    serde_json::from_str(json)
+        .map_err(|e| Error::invalid(format!("stored row does not decode ({e}): {json}")))
 }
 
-fn get_row<T: DeserializeOwned>(conn: &Connection, kind: Kind, ns: &str, id: &str) -> Result<Option<T>> {
-    let sql = format!("SELECT {} FROM {} WHERE ns = ?1 AND id = ?2", row_image_sql(kind, ""), kind.table());
-    let json: Option<String> = conn.prepare_cached(&sql)?.query_row(params![ns, id], |r| r.get(0)).optional()?;
+fn get_row<T: DeserializeOwned>(
+    conn: &Connection,
+    kind: Kind,
+    ns: &str,
+    id: &str,
+) -> Result<Option<T>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE ns = ?1 AND id = ?2",
+        row_image_sql(kind, ""),
+        kind.table()
+    );
+    let json: Option<String> = conn
+        .prepare_cached(&sql)?
+        .query_row(params![ns, id], |r| r.get(0))
+        .optional()?;
     json.map(|j| decode(&j)).transpose()
 }
 
@@ -56,7 +69,12 @@ pub fn get_event(conn: &Connection, ns: &str, id: &str) -> Result<Option<Event>>
 }
 
 /// One vector.
-pub fn get_vector(conn: &Connection, ns: &str, subject: &str, model: &str) -> Result<Option<Vector>> {
+pub fn get_vector(
+    conn: &Connection,
+    ns: &str,
+    subject: &str,
+    model: &str,
+) -> Result<Option<Vector>> {
     let sql = format!(
         "SELECT {}, embedding FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
         row_image_sql(Kind::Vector, "")
@@ -70,7 +88,8 @@ pub fn get_vector(conn: &Connection, ns: &str, subject: &str, model: &str) -> Re
 
 pub(crate) fn vector_from(json: &str, blob: &[u8]) -> Result<Vector> {
     let mut obj: serde_json::Map<String, serde_json::Value> = decode(json)?;
-    let emb = blob_to_embedding(blob).ok_or_else(|| Error::invalid("stored embedding is not a whole number of f32s"))?;
+    let emb = blob_to_embedding(blob)
+        .ok_or_else(|| Error::invalid("stored embedding is not a whole number of f32s"))?;
     obj.insert("embedding".into(), serde_json::to_value(emb)?);
     Ok(serde_json::from_value(serde_json::Value::Object(obj))?)
 }
@@ -88,7 +107,12 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
-fn list_rows<T: DeserializeOwned>(conn: &Connection, kind: Kind, q: &ListQuery, extra: &str) -> Result<Vec<T>> {
+fn list_rows<T: DeserializeOwned>(
+    conn: &Connection,
+    kind: Kind,
+    q: &ListQuery,
+    extra: &str,
+) -> Result<Vec<T>> {
     let kcol = match kind {
         Kind::Edge => "relation",
         Kind::Event => "verb",
@@ -101,7 +125,9 @@ fn list_rows<T: DeserializeOwned>(conn: &Connection, kind: Kind, q: &ListQuery, 
         kind.table()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![q.ns, q.kind, q.after, clamp_limit(q.limit)], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(params![q.ns, q.kind, q.after, clamp_limit(q.limit)], |r| {
+        r.get::<_, String>(0)
+    })?;
     let mut out = Vec::new();
     for j in rows {
         out.push(decode(&j?)?);
@@ -119,7 +145,12 @@ pub fn list_edges(conn: &Connection, q: &ListQuery) -> Result<Vec<Edge>> {
 }
 /// Notes in id order, leaving out expired ones.
 pub fn list_notes(conn: &Connection, q: &ListQuery, now_us: i64) -> Result<Vec<Note>> {
-    list_rows(conn, Kind::Note, q, &format!("AND (expires_at IS NULL OR expires_at > {now_us})"))
+    list_rows(
+        conn,
+        Kind::Note,
+        q,
+        &format!("AND (expires_at IS NULL OR expires_at > {now_us})"),
+    )
 }
 /// Events in id order.
 pub fn list_events(conn: &Connection, q: &ListQuery) -> Result<Vec<Event>> {
@@ -131,7 +162,10 @@ pub fn counts(conn: &Connection, ns: Option<&str>) -> Result<Vec<(Kind, i64)>> {
     let mut out = Vec::new();
     for k in Kind::ALL {
         let n: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM {} WHERE ?1 IS NULL OR ns = ?1", k.table()))?
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM {} WHERE ?1 IS NULL OR ns = ?1",
+                k.table()
+            ))?
             .query_row([ns], |r| r.get(0))?;
         out.push((k, n));
     }

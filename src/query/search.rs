@@ -89,10 +89,21 @@ pub fn fts_query(text: &str) -> Option<String> {
     }
 }
 
-fn search_table(conn: &Connection, record: Kind, fts: &str, q: &SearchQuery, now_us: i64) -> Result<Vec<SearchHit>> {
+fn search_table(
+    conn: &Connection,
+    record: Kind,
+    fts: &str,
+    q: &SearchQuery,
+    now_us: i64,
+) -> Result<Vec<SearchHit>> {
     let (table, fts_table, weights, extra) = match record {
         Kind::Entity => ("entities", "entities_fts", "10.0, 3.0, 5.0", String::new()),
-        _ => ("notes", "notes_fts", "10.0, 3.0", format!("AND (t.expires_at IS NULL OR t.expires_at > {now_us})")),
+        _ => (
+            "notes",
+            "notes_fts",
+            "10.0, 3.0",
+            format!("AND (t.expires_at IS NULL OR t.expires_at > {now_us})"),
+        ),
     };
     let sql = format!(
         "SELECT t.ns, t.id, t.kind, t.name, snippet({fts_table}, -1, '[', ']', '…', 16), -bm25({fts_table}, {weights}) AS score
@@ -140,10 +151,19 @@ mod tests {
     #[test]
     fn user_text_becomes_a_safe_query() {
         assert_eq!(fts_query("ada lovelace").unwrap(), r#""ada" "lovelace""#);
-        assert_eq!(fts_query(r#"say "hello world" now"#).unwrap(), r#""say" "hello world" "now""#);
+        assert_eq!(
+            fts_query(r#"say "hello world" now"#).unwrap(),
+            r#""say" "hello world" "now""#
+        );
         assert_eq!(fts_query("comp*").unwrap(), r#""comp"*"#);
-        assert_eq!(fts_query("AND OR NOT (x:").unwrap(), r#""AND" "OR" "NOT" "(x:""#);
-        assert_eq!(fts_query(r#"unbalanced "quote"#).unwrap(), r#""unbalanced" "quote""#);
+        assert_eq!(
+            fts_query("AND OR NOT (x:").unwrap(),
+            r#""AND" "OR" "NOT" "(x:""#
+        );
+        assert_eq!(
+            fts_query(r#"unbalanced "quote"#).unwrap(),
+            r#""unbalanced" "quote""#
+        );
         assert!(fts_query("  * - ( ) \" ").is_none());
     }
 }

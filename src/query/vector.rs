@@ -45,7 +45,10 @@ pub struct KnnHit {
 /// The `k` nearest vectors to the query, nearest first. Exact: vec0 scans every vector.
 pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     let Some(model) = model_by_name(conn, &q.model)? else {
-        return Err(Error::NotFound(format!("no vectors exist for model {:?}", q.model)));
+        return Err(Error::NotFound(format!(
+            "no vectors exist for model {:?}",
+            q.model
+        )));
     };
     if q.embedding.len() != model.dims {
         return Err(Error::invalid(format!(
@@ -75,12 +78,21 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     let blob = embedding_to_blob(&q.embedding);
     let k = clamp_limit(q.k.min(4096));
     let map = |r: &rusqlite::Row<'_>| {
-        Ok(KnnHit { ns: r.get(0)?, subject: r.get(1)?, kind: r.get(2)?, distance: r.get(3)? })
+        Ok(KnnHit {
+            ns: r.get(0)?,
+            subject: r.get(1)?,
+            kind: r.get(2)?,
+            distance: r.get(3)?,
+        })
     };
     let rows = match (&q.ns, &q.kind) {
-        (None, None) => stmt.query_map(params![blob, k], map)?.collect::<rusqlite::Result<Vec<_>>>(),
+        (None, None) => stmt
+            .query_map(params![blob, k], map)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
         (Some(ns), None) => stmt.query_map(params![blob, k, ns], map)?.collect(),
-        (None, Some(kind)) => stmt.query_map(params![blob, k, rusqlite::types::Null, kind], map)?.collect(),
+        (None, Some(kind)) => stmt
+            .query_map(params![blob, k, rusqlite::types::Null, kind], map)?
+            .collect(),
         (Some(ns), Some(kind)) => stmt.query_map(params![blob, k, ns, kind], map)?.collect(),
     };
     Ok(rows?)
@@ -108,18 +120,30 @@ const RRF_K: f64 = 60.0;
 
 /// Text and vector search fused by reciprocal rank. `text.limit` and `vector.k` set how deep
 /// each list goes; `limit` how many fused hits come back.
-pub fn hybrid(conn: &Connection, text: &SearchQuery, vector: &KnnQuery, limit: usize, now_us: i64) -> Result<Vec<HybridHit>> {
+pub fn hybrid(
+    conn: &Connection,
+    text: &SearchQuery,
+    vector: &KnnQuery,
+    limit: usize,
+    now_us: i64,
+) -> Result<Vec<HybridHit>> {
     let mut fused: HashMap<(String, String), HybridHit> = HashMap::new();
     let texts = search(conn, text, now_us)?;
-    for (i, h) in texts.into_iter().filter(|h| matches!(h.record, Kind::Entity | Kind::Note)).enumerate() {
-        let e = fused.entry((h.ns.clone(), h.id.clone())).or_insert_with(|| HybridHit {
-            ns: h.ns,
-            id: h.id,
-            score: 0.0,
-            text_rank: None,
-            vector_rank: None,
-            snippet: None,
-        });
+    for (i, h) in texts
+        .into_iter()
+        .filter(|h| matches!(h.record, Kind::Entity | Kind::Note))
+        .enumerate()
+    {
+        let e = fused
+            .entry((h.ns.clone(), h.id.clone()))
+            .or_insert_with(|| HybridHit {
+                ns: h.ns,
+                id: h.id,
+                score: 0.0,
+                text_rank: None,
+                vector_rank: None,
+                snippet: None,
+            });
         if e.text_rank.is_none() {
             e.text_rank = Some(i + 1);
             e.score += 1.0 / (RRF_K + (i + 1) as f64);
@@ -127,14 +151,16 @@ pub fn hybrid(conn: &Connection, text: &SearchQuery, vector: &KnnQuery, limit: u
         }
     }
     for (i, h) in knn(conn, vector)?.into_iter().enumerate() {
-        let e = fused.entry((h.ns.clone(), h.subject.clone())).or_insert_with(|| HybridHit {
-            ns: h.ns,
-            id: h.subject,
-            score: 0.0,
-            text_rank: None,
-            vector_rank: None,
-            snippet: None,
-        });
+        let e = fused
+            .entry((h.ns.clone(), h.subject.clone()))
+            .or_insert_with(|| HybridHit {
+                ns: h.ns,
+                id: h.subject,
+                score: 0.0,
+                text_rank: None,
+                vector_rank: None,
+                snippet: None,
+            });
         if e.vector_rank.is_none() {
             e.vector_rank = Some(i + 1);
             e.score += 1.0 / (RRF_K + (i + 1) as f64);

@@ -60,9 +60,17 @@ const NEXT_SEQ: &str =
 fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
     let r = if op == "upsert" { "new." } else { "old." };
     let id = id_col(kind);
-    let model = if kind == Kind::Vector { format!("{r}model") } else { "NULL".into() };
+    let model = if kind == Kind::Vector {
+        format!("{r}model")
+    } else {
+        "NULL".into()
+    };
     let (data, emb) = if op == "upsert" {
-        let emb = if kind == Kind::Vector { "new.embedding" } else { "NULL" };
+        let emb = if kind == Kind::Vector {
+            "new.embedding"
+        } else {
+            "NULL"
+        };
         (row_image_sql(kind, "new."), emb)
     } else {
         ("NULL".to_string(), "NULL")

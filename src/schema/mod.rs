@@ -67,8 +67,11 @@ struct Migration {
 }
 
 /// Append only: a released migration is never edited, a change is a new entry.
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "base tables, fts5, change log", up: ddl::migration_1 }];
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "base tables, fts5, change log",
+    up: ddl::migration_1,
+}];
 
 /// Register sqlite-vec with every connection this process opens from now on.
 #[allow(unsafe_code)]
@@ -105,14 +108,21 @@ pub fn current_version(conn: &Connection) -> Result<i64> {
     if !has_ledger {
         return Ok(0);
     }
-    Ok(conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Fail with [`Error::SchemaTooNew`] when the file was written by a newer build.
 pub fn check_version(conn: &Connection) -> Result<i64> {
     let found = current_version(conn)?;
     if found > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew { found, supported: SCHEMA_VERSION });
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     Ok(found)
 }
@@ -151,7 +161,11 @@ pub fn migrate(conn: &Connection, opts: &SchemaOptions) -> Result<i64> {
 /// The tokenizer the file's indexes were created with.
 pub fn tokenizer(conn: &Connection) -> Result<Tokenizer> {
     let v: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'fts_tokenizer'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'fts_tokenizer'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     Tokenizer::parse(v.as_deref().unwrap_or("unicode61"))
 }

@@ -22,7 +22,11 @@ pub struct ModelInfo {
 fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelInfo> {
     let id: i64 = r.get(0)?;
     let dims: i64 = r.get(2)?;
-    Ok(ModelInfo { model: r.get(1)?, dims: dims as usize, table: format!("vec_{id}") })
+    Ok(ModelInfo {
+        model: r.get(1)?,
+        dims: dims as usize,
+        table: format!("vec_{id}"),
+    })
 }
 
 /// The model named `model`, if registered.
@@ -35,7 +39,8 @@ pub fn model_by_name(conn: &Connection, model: &str) -> Result<Option<ModelInfo>
 
 /// All registered models.
 pub fn models(conn: &Connection) -> Result<Vec<ModelInfo>> {
-    let mut stmt = conn.prepare_cached("SELECT rowid, model, dims FROM vector_models ORDER BY rowid")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT rowid, model, dims FROM vector_models ORDER BY rowid")?;
     let rows = stmt.query_map([], info_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -66,7 +71,10 @@ pub fn ensure_model(conn: &Connection, model: &str, dims: usize) -> Result<Model
             "an embedding needs 1 to {MAX_DIMS} dimensions, got {dims}"
         )));
     }
-    conn.execute("INSERT INTO vector_models(model, dims) VALUES (?1, ?2)", rusqlite::params![model, dims as i64])?;
+    conn.execute(
+        "INSERT INTO vector_models(model, dims) VALUES (?1, ?2)",
+        rusqlite::params![model, dims as i64],
+    )?;
     let id = conn.last_insert_rowid();
     let t = format!("vec_{id}");
     let m = sql_literal(model);
@@ -87,5 +95,9 @@ pub fn ensure_model(conn: &Connection, model: &str, dims: usize) -> Result<Model
          INSERT INTO {t}(rowid, embedding, ns, kind)
            SELECT rowid, embedding, ns, kind FROM vectors WHERE model = {m};"
     ))?;
-    Ok(ModelInfo { model: model.to_string(), dims, table: t })
+    Ok(ModelInfo {
+        model: model.to_string(),
+        dims,
+        table: t,
+    })
 }

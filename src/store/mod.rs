@@ -12,7 +12,7 @@
 mod checkpoint;
 mod pool;
 
-pub use checkpoint::{CheckpointStats, Checkpointer, WAL_THRESHOLD_BYTES};
+pub use checkpoint::{CheckpointStats, Checkpointer, WAL_HARD_LIMIT_BYTES, WAL_THRESHOLD_BYTES};
 pub use pool::{Location, Pool, PoolConfig, Reader};
 
 use std::path::Path;
@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{Change, Edge, Entity, Event, Kind, Note, Vector, WriteOp};
-use crate::query::{self, ChangeFilter, Direction, Hop, HybridHit, KnnHit, KnnQuery, ListQuery, Neighbor, SearchHit, SearchQuery, Snapshot};
+use crate::query::{
+    self, ChangeFilter, Direction, Hop, HybridHit, KnnHit, KnnQuery, ListQuery, Neighbor,
+    SearchHit, SearchQuery, Snapshot,
+};
 use crate::schema::{self, SchemaOptions};
 use crate::{apply, ops};
 
@@ -56,15 +59,21 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let read_only = opts.pool.read_only;
-        let busy = opts.pool.busy_timeout;
         let pool = Pool::open(Location::File(path.clone()), opts.pool, &opts.schema)?;
-        let checkpointer = if read_only { None } else { Some(Checkpointer::start(&path, busy)?) };
+        let checkpointer = if read_only {
+            None
+        } else {
+            Some(Checkpointer::start(&path)?)
+        };
         Ok(Store { pool, checkpointer })
     }
 
     /// A private in-memory store (one connection), for tests and tools.
     pub fn open_in_memory(opts: StoreOptions) -> Result<Store> {
-        Ok(Store { pool: Pool::open(Location::Memory, opts.pool, &opts.schema)?, checkpointer: None })
+        Ok(Store {
+            pool: Pool::open(Location::Memory, opts.pool, &opts.schema)?,
+            checkpointer: None,
+        })
     }
 
     /// The pool, for callers that run their own SQL.
@@ -149,19 +158,44 @@ impl Store {
         self.read(|c| query::knn(c, q))
     }
     /// Hybrid (RRF) search.
-    pub fn hybrid(&self, text: &SearchQuery, vector: &KnnQuery, limit: usize) -> Result<Vec<HybridHit>> {
+    pub fn hybrid(
+        &self,
+        text: &SearchQuery,
+        vector: &KnnQuery,
+        limit: usize,
+    ) -> Result<Vec<HybridHit>> {
         self.read(|c| query::hybrid(c, text, vector, limit, ops::now_us(c)?))
     }
     /// Edges around a node.
-    pub fn neighbors(&self, ns: &str, id: &str, dir: Direction, relation: Option<&str>, limit: usize) -> Result<Vec<Neighbor>> {
+    pub fn neighbors(
+        &self,
+        ns: &str,
+        id: &str,
+        dir: Direction,
+        relation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Neighbor>> {
         self.read(|c| query::neighbors(c, ns, id, dir, relation, limit))
     }
     /// Multi-hop traversal.
-    pub fn traverse(&self, ns: &str, start: &str, dir: Direction, relation: Option<&str>, depth: u32, limit: usize) -> Result<Vec<Hop>> {
+    pub fn traverse(
+        &self,
+        ns: &str,
+        start: &str,
+        dir: Direction,
+        relation: Option<&str>,
+        depth: u32,
+        limit: usize,
+    ) -> Result<Vec<Hop>> {
         self.read(|c| query::traverse(c, ns, start, dir, relation, depth, limit))
     }
     /// Changes after `after`.
-    pub fn changes_since(&self, after: i64, filter: &ChangeFilter, limit: usize) -> Result<Vec<Change>> {
+    pub fn changes_since(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Result<Vec<Change>> {
         self.read(|c| query::changes_since(c, after, filter, limit))
     }
     /// The log head (last seq written).
@@ -175,10 +209,12 @@ impl Store {
     /// A consistent snapshot of current state, whole.
     pub fn snapshot(&self, filter: &ChangeFilter) -> Result<Snapshot> {
         let mut rows = Vec::new();
-        let at = self.read(|c| query::snapshot(c, filter, 4096, |_, mut chunk| {
-            rows.append(&mut chunk);
-            Ok(())
-        }))?;
+        let at = self.read(|c| {
+            query::snapshot(c, filter, 4096, |_, mut chunk| {
+                rows.append(&mut chunk);
+                Ok(())
+            })
+        })?;
         Ok(Snapshot { at, rows })
     }
 
@@ -240,7 +276,10 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
     .execute([now])?;
     let mut ids = Vec::with_capacity(ops_.len());
     for (index, op) in ops_.iter().enumerate() {
-        let r = ops::execute(&tx, op, now).map_err(|e| Error::Op { index, source: Box::new(e) })?;
+        let r = ops::execute(&tx, op, now).map_err(|e| Error::Op {
+            index,
+            source: Box::new(e),
+        })?;
         ids.push(r.id);
     }
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
@@ -267,19 +306,30 @@ pub struct CheckReport {
 fn check(conn: &Connection) -> Result<CheckReport> {
     let mut problems = Vec::new();
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-    let msgs: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let msgs: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     if msgs != ["ok"] {
         problems.extend(msgs.into_iter().map(|m| format!("sqlite integrity: {m}")));
     }
     for fts in ["entities_fts", "notes_fts"] {
         // With rank = 1, FTS5 also compares its index with the external content table.
-        if let Err(e) = conn.execute(&format!("INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)"), []) {
+        if let Err(e) = conn.execute(
+            &format!("INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)"),
+            [],
+        ) {
             problems.push(format!("{fts} disagrees with its base table: {e}; rebuild it with `INSERT INTO {fts}({fts}) VALUES ('rebuild')`"));
         }
     }
     for m in schema::models(conn)? {
-        let base: i64 = conn.query_row("SELECT count(*) FROM vectors WHERE model = ?1", [&m.model], |r| r.get(0))?;
-        let idx: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", m.table), [], |r| r.get(0))?;
+        let base: i64 = conn.query_row(
+            "SELECT count(*) FROM vectors WHERE model = ?1",
+            [&m.model],
+            |r| r.get(0),
+        )?;
+        let idx: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", m.table), [], |r| {
+            r.get(0)
+        })?;
         let missing: i64 = conn.query_row(
             &format!("SELECT count(*) FROM vectors v WHERE v.model = ?1 AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.rowid = v.rowid)", m.table),
             [&m.model],
@@ -300,11 +350,16 @@ fn check(conn: &Connection) -> Result<CheckReport> {
     if unindexed > 0 {
         problems.push(format!("{unindexed} vectors belong to no registered model (written with plain SQL?) and are not indexed"));
     }
-    let (n, lo, hi): (i64, Option<i64>, Option<i64>) =
-        conn.query_row("SELECT count(*), min(seq), max(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let (n, lo, hi): (i64, Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT count(*), min(seq), max(seq) FROM changes",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     if let (Some(lo), Some(hi)) = (lo, hi) {
         if hi - lo + 1 != n {
-            problems.push(format!("change log has gaps: {n} changes between seq {lo} and {hi}"));
+            problems.push(format!(
+                "change log has gaps: {n} changes between seq {lo} and {hi}"
+            ));
         }
     }
     let dangling: i64 = conn.query_row(
@@ -314,7 +369,9 @@ fn check(conn: &Connection) -> Result<CheckReport> {
         |r| r.get(0),
     )?;
     if dangling > 0 {
-        problems.push(format!("{dangling} edges point at entities that do not exist"));
+        problems.push(format!(
+            "{dangling} edges point at entities that do not exist"
+        ));
     }
     let orphans: i64 = conn.query_row(
         "SELECT count(*) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM entities x WHERE x.ns = v.ns AND x.id = v.subject)
@@ -323,11 +380,16 @@ fn check(conn: &Connection) -> Result<CheckReport> {
         |r| r.get(0),
     )?;
     if orphans > 0 {
-        problems.push(format!("{orphans} vectors embed subjects that do not exist"));
+        problems.push(format!(
+            "{orphans} vectors embed subjects that do not exist"
+        ));
     }
     let mut rows = Vec::new();
     for t in ["entities", "edges", "notes", "events", "vectors", "changes"] {
-        rows.push((t.to_string(), conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?));
+        rows.push((
+            t.to_string(),
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?,
+        ));
     }
     Ok(CheckReport {
         ok: problems.is_empty(),

@@ -79,7 +79,11 @@ fn server_pragmas(conn: &Connection, cfg: &PoolConfig) -> Result<()> {
 impl Pool {
     /// Open the pool: the writer first (which creates the file, sets WAL and migrates), then
     /// the readers.
-    pub fn open(location: Location, config: PoolConfig, opts: &schema::SchemaOptions) -> Result<Pool> {
+    pub fn open(
+        location: Location,
+        config: PoolConfig,
+        opts: &schema::SchemaOptions,
+    ) -> Result<Pool> {
         schema::register_extensions();
         let mut pool = Pool {
             readers: ArrayQueue::new(config.readers.max(1)),
@@ -119,10 +123,16 @@ impl Pool {
         Ok(pool)
     }
 
-    fn open_writer(path: &Path, cfg: &PoolConfig, opts: &schema::SchemaOptions) -> Result<Connection> {
+    fn open_writer(
+        path: &Path,
+        cfg: &PoolConfig,
+        opts: &schema::SchemaOptions,
+    ) -> Result<Connection> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         server_pragmas(&conn, cfg)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -171,24 +181,34 @@ impl Pool {
     /// The writer, waiting for the one in use to be returned.
     pub fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
         let w = self.writer.as_ref().ok_or(Error::ReadOnly)?;
-        w.try_lock_for(self.config.checkout_timeout).ok_or(Error::PoolTimeout(self.config.checkout_timeout))
+        w.try_lock_for(self.config.checkout_timeout)
+            .ok_or(Error::PoolTimeout(self.config.checkout_timeout))
     }
 
     /// A reader, waiting up to the checkout timeout for one to be free.
     pub fn reader(&self) -> Result<Reader<'_>> {
         let Some(_) = self.path() else {
             let w = self.writer()?;
-            return Ok(Reader { pool: self, inner: ReaderInner::Writer(w) });
+            return Ok(Reader {
+                pool: self,
+                inner: ReaderInner::Writer(w),
+            });
         };
         let deadline = Instant::now() + self.config.checkout_timeout;
         loop {
             if let Some(conn) = self.readers.pop() {
-                return Ok(Reader { pool: self, inner: ReaderInner::Pooled(Some(conn)) });
+                return Ok(Reader {
+                    pool: self,
+                    inner: ReaderInner::Pooled(Some(conn)),
+                });
             }
             let mut g = self.returned.0.lock();
             // Re-check under the lock so a return between pop and wait is not missed.
             if let Some(conn) = self.readers.pop() {
-                return Ok(Reader { pool: self, inner: ReaderInner::Pooled(Some(conn)) });
+                return Ok(Reader {
+                    pool: self,
+                    inner: ReaderInner::Pooled(Some(conn)),
+                });
             }
             if self.returned.1.wait_until(&mut g, deadline).timed_out() {
                 return Err(Error::PoolTimeout(self.config.checkout_timeout));

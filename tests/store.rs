@@ -1,0 +1,594 @@
+//! Integration tests of the store on real database files.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use hivesync::model::{Kind, Op, WriteOp};
+use hivesync::query::{ChangeFilter, Direction, KnnQuery, ListQuery, SearchQuery};
+use hivesync::store::{PoolConfig, Store, StoreOptions};
+use hivesync::Error;
+use serde_json::json;
+
+fn file_store(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path().join("t.db"), StoreOptions::default()).unwrap()
+}
+
+fn ent(ns: &str, id: &str, name: &str) -> WriteOp {
+    WriteOp::upsert(
+        Kind::Entity,
+        ns,
+        json!({"id": id, "kind": "person", "name": name}),
+    )
+}
+
+#[test]
+fn writes_commit_together_or_not_at_all() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let r = s
+        .write(&[ent("d", "a", "Ada"), ent("d", "b", "Bob")])
+        .unwrap();
+    assert_eq!(r.seq, 2);
+    assert_eq!(r.ids, ["a", "b"]);
+    let bad = WriteOp::upsert(
+        Kind::Edge,
+        "d",
+        json!({"source": "a", "target": "nobody", "relation": "knows"}),
+    );
+    let e = s
+        .write(&[ent("d", "c", "Cy"), ent("d", "a", "Ada renamed"), bad])
+        .unwrap_err();
+    assert!(matches!(e, Error::Op { index: 2, .. }), "{e}");
+    assert!(e.to_string().contains("nobody"), "{e}");
+    assert!(s.get_entity("d", "c").unwrap().is_none());
+    assert_eq!(s.get_entity("d", "a").unwrap().unwrap().name, "Ada");
+    assert_eq!(
+        s.head().unwrap(),
+        2,
+        "a rolled-back write leaves no change behind"
+    );
+    // All changes of one write share a tx: the seq of its first change.
+    let ch = s.changes_since(0, &ChangeFilter::default(), 10).unwrap();
+    assert_eq!(ch.iter().map(|c| c.tx).collect::<Vec<_>>(), [1, 1]);
+}
+
+#[test]
+fn odd_ids_and_text_roundtrip() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let ids = [
+        "it's",
+        "a\"b",
+        "x'); DROP TABLE entities; --",
+        "路径/with/slashes",
+        "emoji 🐝",
+        " spaced ",
+        &"z".repeat(512),
+    ];
+    for id in ids {
+        s.write(&[ent("odd ns ✓", id, "name")]).unwrap();
+        let e = s.get_entity("odd ns ✓", id).unwrap().unwrap();
+        assert_eq!(e.id, id);
+    }
+    for bad in ["", &"z".repeat(513), "nul\0byte"] {
+        assert!(s.write(&[ent("d", bad, "n")]).is_err(), "{bad:?}");
+    }
+    let big = "word ".repeat(300_000);
+    let e = s
+        .write(&[WriteOp::upsert(
+            Kind::Note,
+            "d",
+            json!({"id": "n", "content": big}),
+        )])
+        .unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert!(s.get_note("d", "n").unwrap().is_none());
+    let near = "w".repeat(hivesync::ops::MAX_TEXT);
+    s.write(&[WriteOp::upsert(
+        Kind::Note,
+        "d",
+        json!({"id": "n", "content": near}),
+    )])
+    .unwrap();
+}
+
+#[test]
+fn bad_json_values_are_refused_with_reasons() {
+    assert!(WriteOp::from_json("{not json")
+        .unwrap_err()
+        .to_string()
+        .contains("invalid write op"));
+    assert!(WriteOp::from_json(
+        r#"{"op":"upsert","kind":"entity","data":{"name":"x","embedding":[1e999]}}"#
+    )
+    .is_err());
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[ent("d", "a", "Ada")]).unwrap();
+    let v = |e: serde_json::Value| {
+        WriteOp::upsert(
+            Kind::Vector,
+            "d",
+            json!({"subject": "a", "model": "m", "embedding": e}),
+        )
+    };
+    s.write(&[v(json!([1.0, 2.0, 3.0]))]).unwrap();
+    let e = s.write(&[v(json!([1.0, 2.0]))]).unwrap_err().to_string();
+    assert!(e.contains("has 3 dimensions"), "{e}");
+    let e = s
+        .write(&[v(json!([1.0, "x", 3.0]))])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid vector data"), "{e}");
+    let e = s
+        .write(&[WriteOp::upsert(
+            Kind::Entity,
+            "d",
+            json!({"name": "x", "properties": [1]}),
+        )])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid entity data"), "{e}");
+    assert_eq!(s.head().unwrap(), 2);
+}
+
+#[test]
+fn search_ranks_filters_and_survives_hostile_text() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[
+        WriteOp::upsert(Kind::Entity, "d", json!({"id": "1", "kind": "person", "name": "Ada Lovelace", "description": "wrote the first program"})),
+        WriteOp::upsert(Kind::Entity, "d", json!({"id": "2", "kind": "machine", "name": "Analytical Engine", "description": "Ada wrote a program for it"})),
+        WriteOp::upsert(Kind::Entity, "e", json!({"id": "3", "kind": "person", "name": "Ada Yonath"})),
+        WriteOp::upsert(Kind::Note, "d", json!({"id": "n1", "content": "the first program ever published"})),
+        WriteOp::upsert(Kind::Note, "d", json!({"id": "n2", "content": "expired program", "expires_at": 1})),
+    ])
+    .unwrap();
+    let q = |text: &str, ns: Option<&str>, kind: Option<&str>| {
+        let q = SearchQuery {
+            text: text.into(),
+            ns: ns.map(Into::into),
+            kind: kind.map(Into::into),
+            records: None,
+            limit: 10,
+        };
+        s.search(&q)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        q("ada", Some("d"), None)[0],
+        "1",
+        "a name match outranks a description match"
+    );
+    assert_eq!(q("ada", None, Some("person")).len(), 2);
+    assert_eq!(q("ada", Some("e"), None), ["3"]);
+    assert_eq!(q("\"first program\"", Some("d"), None).len(), 2);
+    assert_eq!(
+        q("\"program first\"", Some("d"), None).len(),
+        0,
+        "phrases keep word order"
+    );
+    assert!(
+        !q("progr*", Some("d"), None).contains(&"n2".to_string()),
+        "expired notes are hidden"
+    );
+    let hits = s
+        .search(&SearchQuery {
+            text: "lovelace".into(),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(hits[0].snippet, "Ada [Lovelace]");
+    for hostile in [
+        "\"",
+        "AND",
+        "ada OR",
+        "NEAR(",
+        "a:b",
+        "*",
+        "^x",
+        "-(-)",
+        "col:ada",
+        "'",
+        "\u{0}",
+        "ada\"\"\"",
+        "((((",
+        "ada NOT",
+        "🐝",
+    ] {
+        s.search(&SearchQuery {
+            text: hostile.into(),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn knn_and_hybrid() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let mut ops = Vec::new();
+    for (i, (ns, kind)) in [("d", "a"), ("d", "b"), ("e", "a"), ("d", "a")]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("v{i}");
+        ops.push(WriteOp::upsert(
+            Kind::Entity,
+            *ns,
+            json!({"id": id, "kind": kind, "name": format!("vector number {i}")}),
+        ));
+        let angle = i as f32 * 0.3;
+        ops.push(WriteOp::upsert(
+            Kind::Vector,
+            *ns,
+            json!({"subject": id, "model": "m2", "embedding": [angle.cos(), angle.sin()]}),
+        ));
+    }
+    s.write(&ops).unwrap();
+    let q = |ns: Option<&str>, kind: Option<&str>, k| {
+        let q = KnnQuery {
+            model: "m2".into(),
+            embedding: vec![1.0, 0.0],
+            k,
+            ns: ns.map(Into::into),
+            kind: kind.map(Into::into),
+        };
+        s.knn(&q)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.subject)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(None, None, 10), ["v0", "v1", "v2", "v3"]);
+    assert_eq!(q(None, None, 2), ["v0", "v1"]);
+    assert_eq!(q(Some("d"), None, 10), ["v0", "v1", "v3"]);
+    assert_eq!(q(Some("d"), Some("a"), 10), ["v0", "v3"]);
+    assert_eq!(q(None, Some("a"), 1), ["v0"]);
+    let e = s
+        .knn(&KnnQuery {
+            model: "m2".into(),
+            embedding: vec![1.0],
+            k: 1,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("2 dimensions"), "{e}");
+    assert!(s
+        .knn(&KnnQuery {
+            model: "nope".into(),
+            embedding: vec![1.0],
+            k: 1,
+            ..Default::default()
+        })
+        .is_err());
+    let text = SearchQuery {
+        text: "number 3".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let vector = KnnQuery {
+        model: "m2".into(),
+        embedding: vec![1.0, 0.0],
+        k: 10,
+        ..Default::default()
+    };
+    let h = s.hybrid(&text, &vector, 10).unwrap();
+    assert_eq!(h[0].id, "v3", "in both lists beats first in one: {h:?}");
+    assert!(h[0].text_rank.is_some() && h[0].vector_rank.is_some());
+}
+
+#[test]
+fn graph_neighbors_and_traversal() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let mut ops: Vec<WriteOp> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|i| ent("g", i, i))
+        .collect();
+    for (src, dst, rel) in [
+        ("a", "b", "knows"),
+        ("b", "c", "knows"),
+        ("c", "a", "knows"),
+        ("c", "d", "likes"),
+        ("d", "e", "knows"),
+    ] {
+        ops.push(WriteOp::upsert(
+            Kind::Edge,
+            "g",
+            json!({"source": src, "target": dst, "relation": rel}),
+        ));
+    }
+    s.write(&ops).unwrap();
+    let n = |id, dir, rel: Option<&str>| {
+        s.neighbors("g", id, dir, rel, 10)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.node)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(n("c", Direction::Out, None), ["a", "d"]);
+    assert_eq!(n("c", Direction::Out, Some("likes")), ["d"]);
+    assert_eq!(n("c", Direction::In, None), ["b"]);
+    assert_eq!(n("c", Direction::Both, None).len(), 3);
+    let t = s.traverse("g", "a", Direction::Out, None, 10, 100).unwrap();
+    let got: Vec<_> = t.iter().map(|h| (h.node.as_str(), h.depth)).collect();
+    assert_eq!(
+        got,
+        [("b", 1), ("c", 2), ("d", 3), ("e", 4)],
+        "the cycle a->b->c->a ends"
+    );
+    assert_eq!(
+        s.traverse("g", "a", Direction::Out, Some("knows"), 10, 100)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.traverse("g", "a", Direction::Out, None, 2, 100)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.traverse("g", "a", Direction::Out, None, 10, 3)
+            .unwrap()
+            .len(),
+        3
+    );
+    // One edge per (source, target, relation): a second upsert without id updates it.
+    let r = s
+        .upsert(
+            Kind::Edge,
+            "g",
+            json!({"source": "a", "target": "b", "relation": "knows", "weight": 0.5}),
+        )
+        .unwrap();
+    assert_eq!(s.get_edge("g", &r.ids[0]).unwrap().unwrap().weight, 0.5);
+    assert_eq!(
+        s.list_edges(&ListQuery {
+            ns: "g".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .len(),
+        5
+    );
+    let e = s
+        .upsert(
+            Kind::Edge,
+            "g",
+            json!({"id": "other", "source": "a", "target": "b", "relation": "knows"}),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+#[test]
+fn changes_filter_and_never_split_a_transaction() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[ent("a", "1", "x"), ent("b", "2", "x"), ent("a", "3", "x")])
+        .unwrap();
+    s.write(&[ent("a", "4", "x")]).unwrap();
+    let all = ChangeFilter::default();
+    assert_eq!(
+        s.changes_since(0, &all, 1).unwrap().len(),
+        3,
+        "the limit stretches to the end of the transaction"
+    );
+    let only_a = ChangeFilter {
+        namespaces: Some(vec!["a".into()]),
+        kinds: None,
+    };
+    let seqs: Vec<i64> = s
+        .changes_since(0, &only_a, 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, [1, 3, 4]);
+    let notes_only = ChangeFilter {
+        namespaces: None,
+        kinds: Some(vec![Kind::Note]),
+    };
+    assert!(s.changes_since(0, &notes_only, 10).unwrap().is_empty());
+    assert!(s.changes_since(4, &all, 10).unwrap().is_empty());
+}
+
+#[test]
+fn snapshot_is_consistent_and_trimming_keeps_the_head() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    for i in 0..50 {
+        s.write(&[ent("d", &format!("e{i}"), "x")]).unwrap();
+    }
+    s.delete(Kind::Entity, "d", "e0").unwrap();
+    let snap = s.snapshot(&ChangeFilter::default()).unwrap();
+    assert_eq!(snap.at, 51);
+    assert_eq!(snap.rows.len(), 49);
+    assert!(snap.rows.iter().all(|r| r.op == Op::Upsert && r.seq == 51));
+    assert_eq!(s.trim_changes(Some(10), None).unwrap(), 41);
+    assert_eq!((s.horizon().unwrap(), s.head().unwrap()), (42, 51));
+    assert_eq!(s.trim_changes(Some(0), None).unwrap(), 10);
+    assert_eq!((s.horizon().unwrap(), s.head().unwrap()), (52, 51));
+    let r = s.write(&[ent("d", "new", "x")]).unwrap();
+    assert_eq!(r.seq, 52, "seqs never repeat after the log was emptied");
+    assert!(s.check().unwrap().ok);
+}
+
+#[test]
+fn pool_times_out_replaces_bad_readers_and_degrades_in_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = PoolConfig {
+        readers: 1,
+        checkout_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let s = Store::open(
+        d.path().join("p.db"),
+        StoreOptions {
+            pool: cfg,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    {
+        let r = s.pool().reader().unwrap();
+        let t0 = Instant::now();
+        let e = s.pool().reader().err().unwrap();
+        assert!(matches!(e, Error::PoolTimeout(_)), "{e}");
+        assert!(t0.elapsed() >= Duration::from_millis(190));
+        assert!(e.to_string().contains("overloaded"));
+        r.execute_batch("BEGIN; SELECT count(*) FROM entities;")
+            .unwrap();
+    }
+    // The reader came back inside a transaction: it is cleaned up, and sees new commits.
+    s.write(&[ent("d", "a", "Ada")]).unwrap();
+    assert!(s.pool().reader().unwrap().is_autocommit());
+    assert!(s.get_entity("d", "a").unwrap().is_some());
+    let m = Store::open_in_memory(StoreOptions::default()).unwrap();
+    m.write(&[ent("d", "a", "Ada")]).unwrap();
+    assert_eq!(m.get_entity("d", "a").unwrap().unwrap().name, "Ada");
+}
+
+#[test]
+fn readers_see_commits_while_the_writer_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(file_store(&d));
+    let w = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                s.write(&[ent("d", &format!("e{i}"), "x")]).unwrap();
+            }
+        })
+    };
+    let mut last = 0;
+    while last < 200 {
+        let h = s.head().unwrap();
+        assert!(h >= last, "the head never goes back");
+        last = h;
+    }
+    w.join().unwrap();
+}
+
+#[test]
+fn wal_stays_bounded_under_constant_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let wal = d.path().join("t.db-wal");
+    let text = "lorem ipsum dolor sit amet ".repeat(40);
+    let mut max_wal = 0;
+    let t0 = Instant::now();
+    let mut i = 0;
+    // About 60 MB of rows and index pages: far more than the bound if nothing checkpointed.
+    while i < 40_000 {
+        let ops: Vec<WriteOp> = (i..i + 500)
+            .map(|j| {
+                WriteOp::upsert(
+                    Kind::Entity,
+                    "d",
+                    json!({"id": format!("e{j}"), "name": "n", "description": text}),
+                )
+            })
+            .collect();
+        s.write(&ops).unwrap();
+        i += 500;
+        max_wal = max_wal.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let db = std::fs::metadata(d.path().join("t.db")).unwrap().len();
+    println!(
+        "wrote 40000 rows in {:?}; db {} MB, max WAL {} MB",
+        t0.elapsed(),
+        db >> 20,
+        max_wal >> 20
+    );
+    assert!(max_wal < 40 << 20, "WAL grew to {max_wal} bytes");
+    assert!(
+        s.checkpoint_stats()
+            .unwrap()
+            .runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[test]
+fn newer_schema_and_read_only_mode() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("v.db");
+    drop(Store::open(&path, StoreOptions::default()).unwrap());
+    let ro = PoolConfig {
+        read_only: true,
+        ..Default::default()
+    };
+    let r = Store::open(
+        &path,
+        StoreOptions {
+            pool: ro.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        r.write(&[ent("d", "a", "A")]).unwrap_err(),
+        Error::ReadOnly
+    ));
+    assert_eq!(r.head().unwrap(), 0);
+    drop(r);
+    let e = Store::open(
+        d.path().join("missing.db"),
+        StoreOptions {
+            pool: ro,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
+        .unwrap();
+    drop(c);
+    let e = Store::open(&path, StoreOptions::default()).err().unwrap();
+    assert!(matches!(e, Error::SchemaTooNew { found: 99, .. }), "{e}");
+}
+
+#[test]
+fn corrupt_files_and_broken_indexes_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("c.db");
+    std::fs::write(
+        &path,
+        b"this is not a database, just some bytes that are long enough to look like a header....",
+    )
+    .unwrap();
+    let e = Store::open(&path, StoreOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("not a database"), "{e}");
+
+    let s = file_store(&d);
+    s.write(&[ent("d", "a", "Ada"), ent("d", "b", "Bob")])
+        .unwrap();
+    assert!(s.check().unwrap().ok);
+    {
+        let w = s.pool().writer().unwrap();
+        // Break the FTS index behind the triggers' back.
+        w.execute("INSERT INTO entities_fts(entities_fts, rowid, name, description, tags) VALUES ('delete', 1, 'Ada', '', '[]')", []).unwrap();
+    }
+    let r = s.check().unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.problems.iter().any(|p| p.contains("entities_fts")),
+        "{:?}",
+        r.problems
+    );
+}
