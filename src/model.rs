@@ -335,7 +335,7 @@ pub fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
 
 /// Decode a little-endian f32 blob; `None` when its length is not a multiple of 4.
 pub fn blob_to_embedding(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(

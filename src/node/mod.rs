@@ -177,15 +177,13 @@ fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let name = db.file_name()?.to_string_lossy().to_string();
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.kind.is_modify() || ev.kind.is_create() {
-                if ev.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|f| f.to_string_lossy().starts_with(&name))
-                }) {
-                    hub.wake();
-                }
-            }
+        let Ok(ev) = ev else { return };
+        let ours = ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(&name))
+        });
+        if (ev.kind.is_modify() || ev.kind.is_create()) && ours {
+            hub.wake();
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
