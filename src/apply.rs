@@ -240,30 +240,55 @@ pub fn apply_snapshot(
     at: i64,
     rows: &[Change],
 ) -> Result<ApplyOutcome> {
-    in_tx(conn, || {
-        clear(conn, filter)?;
-        for r in rows {
-            if r.op != Op::Upsert {
-                return Err(Error::invalid(format!(
-                    "snapshot row for {:?} is not an upsert",
-                    r.id
-                )));
-            }
-            apply_row(conn, r)?;
-        }
-        set_applied(conn, at)?;
-        Ok(ApplyOutcome {
-            applied: rows.len(),
-            skipped: 0,
-            seq: at,
-        })
+    let mut s = SnapshotApply::begin(conn, filter)?;
+    s.rows(rows)?;
+    s.finish(at)?;
+    Ok(ApplyOutcome {
+        applied: rows.len(),
+        skipped: 0,
+        seq: at,
     })
 }
 
-/// Snapshot application in steps, for snapshots that arrive in chunks: `begin` clears and opens
-/// the transaction, `rows` writes each chunk, `finish` commits at the snapshot's seq. Nothing
-/// is visible to readers of other connections until `finish`; an error or `abort` leaves the
-/// previous state untouched.
+/// Snapshot application in steps, for snapshots that arrive in chunks: `snapshot_begin` opens
+/// the transaction and clears the covered namespaces, `snapshot_rows` writes each chunk,
+/// `snapshot_finish` commits at the snapshot's seq, `snapshot_abort` rolls back. Nothing is
+/// visible to other connections until the commit; an abort leaves the previous state.
+pub fn snapshot_begin(conn: &Connection, filter: &ChangeFilter) -> Result<()> {
+    begin_applying(conn)?;
+    if let Err(e) = clear(conn, filter) {
+        let _ = end_applying(conn, false);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Write one chunk of snapshot rows (inside [`snapshot_begin`]'s transaction).
+pub fn snapshot_rows(conn: &Connection, rows: &[Change]) -> Result<()> {
+    for r in rows {
+        if r.op != Op::Upsert {
+            return Err(Error::invalid(format!(
+                "snapshot row for {:?} is not an upsert",
+                r.id
+            )));
+        }
+        apply_row(conn, r)?;
+    }
+    Ok(())
+}
+
+/// Commit the snapshot, recording `at` as the applied seq.
+pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
+    set_applied(conn, at)?;
+    end_applying(conn, true)
+}
+
+/// Abandon a snapshot in progress.
+pub fn snapshot_abort(conn: &Connection) {
+    let _ = end_applying(conn, false);
+}
+
+/// [`snapshot_begin`] .. [`snapshot_finish`] as a guard that aborts when dropped unfinished.
 pub struct SnapshotApply<'c> {
     conn: &'c Connection,
     open: bool,
@@ -272,32 +297,26 @@ pub struct SnapshotApply<'c> {
 impl<'c> SnapshotApply<'c> {
     /// Open the transaction and clear the covered namespaces.
     pub fn begin(conn: &'c Connection, filter: &ChangeFilter) -> Result<Self> {
-        begin_applying(conn)?;
-        let me = SnapshotApply { conn, open: true };
-        clear(conn, filter)?;
-        Ok(me)
+        snapshot_begin(conn, filter)?;
+        Ok(SnapshotApply { conn, open: true })
     }
 
     /// Write one chunk of rows.
     pub fn rows(&mut self, rows: &[Change]) -> Result<()> {
-        for r in rows {
-            apply_row(self.conn, r)?;
-        }
-        Ok(())
+        snapshot_rows(self.conn, rows)
     }
 
     /// Commit, recording `at` as the applied seq.
     pub fn finish(mut self, at: i64) -> Result<()> {
-        set_applied(self.conn, at)?;
         self.open = false;
-        end_applying(self.conn, true)
+        snapshot_finish(self.conn, at)
     }
 }
 
 impl Drop for SnapshotApply<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = end_applying(self.conn, false);
+            snapshot_abort(self.conn);
         }
     }
 }

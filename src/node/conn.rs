@@ -106,20 +106,10 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
     let send = |m: ServerMsg| Out::Frame(to_message(encode_server(enc, &m)));
     'conn: loop {
         let actions = tokio::select! {
-            msg = stream.next() => {
-                node.metrics.frames_in.fetch_add(1, Relaxed);
-                match msg {
-                    None | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
-                    Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) if is_capacity(&e) => session.on_oversized(),
-                    Some(Err(e)) => {
-                        tracing::debug!(conn = conn_id, error = %e, "connection read failed");
-                        break;
-                    }
-                }
-            }
+            // Ended subscriptions first (a failed one is reported here before the client hears of
+            // it, so the client's next frames see it gone), then shutdown (not starved by a
+            // chatty client), then the client's frames.
+            biased;
             Some((sub, stalled)) = ended_rx.recv() => {
                 session.subscription_ended(&sub);
                 subs.remove(&sub);
@@ -135,6 +125,20 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
             _ = shutdown.changed() => {
                 let _ = out_tx.send(Out::Close(1001, "node shutting down".into())).await;
                 break;
+            }
+            msg = stream.next() => {
+                node.metrics.frames_in.fetch_add(1, Relaxed);
+                match msg {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
+                    Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) if is_capacity(&e) => session.on_oversized(),
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = conn_id, error = %e, "connection read failed");
+                        break;
+                    }
+                }
             }
         };
         for a in actions {
@@ -302,14 +306,14 @@ async fn run_sub(ctx: SubCtx) {
             ))));
         }
         SubEnd::Failed(mut m) => {
+            // Tell the session before the client: a client that reads this error and reuses
+            // the subscription id must not be refused as a duplicate of the ended one.
+            let _ = ctx.ended.send((ctx.sub.clone(), false));
+            // The task is no longer the session's to abort: bound the wait for queue room.
             m.sub = Some(ctx.sub.clone());
-            let _ = ctx
-                .out
-                .send(Out::Frame(to_message(encode_server(
-                    ctx.enc,
-                    &ServerMsg::Error(m),
-                ))))
-                .await;
+            let frame = Out::Frame(to_message(encode_server(ctx.enc, &ServerMsg::Error(m))));
+            let _ = tokio::time::timeout(ctx.node.stall_timeout, ctx.out.send(frame)).await;
+            return;
         }
     }
     let _ = ctx.ended.send((ctx.sub.clone(), stalled));

@@ -201,6 +201,24 @@ impl Hub {
     }
 }
 
+/// After a wake-up that found nothing new, look again after these delays before falling back
+/// to the slow poll. Another process's commit raises its file notification when it writes its
+/// WAL frames, but becomes visible only when it then updates the WAL index, which raises no
+/// event (shared memory) and may come milliseconds later (with `synchronous=FULL` the writer
+/// syncs the WAL in between); a read on the notification alone can miss it. Doubling delays
+/// keep the extra latency under the commit's own delay, for a few cheap reads per wake-up.
+const RECHECK_AFTER: [Duration; 9] = [
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+    Duration::from_millis(32),
+    Duration::from_millis(64),
+    Duration::from_millis(128),
+    Duration::from_millis(256),
+];
+
 /// The tailer: wakes on commits (and on a timer, to catch external writers whose file events
 /// were missed), reads new changes from the log and publishes them.
 pub async fn run_tailer(
@@ -210,12 +228,16 @@ pub async fn run_tailer(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last = hub.head();
+    // Index into RECHECK_AFTER of the next quick re-read, when one is pending.
+    let mut recheck: Option<usize> = None;
     loop {
-        tokio::select! {
-            _ = hub.wake.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+        let wait = recheck.map_or(poll, |i| RECHECK_AFTER[i]);
+        let woken = tokio::select! {
+            _ = hub.wake.notified() => true,
+            _ = tokio::time::sleep(wait) => false,
             _ = shutdown.changed() => return,
-        }
+        };
+        let mut found = false;
         loop {
             let s = store.clone();
             let res = tokio::task::spawn_blocking(move || {
@@ -230,6 +252,7 @@ pub async fn run_tailer(
             match res {
                 Ok(Ok(batch)) if batch.is_empty() => break,
                 Ok(Ok(batch)) => {
+                    found = true;
                     let n = batch.len();
                     if let Some(c) = batch.last() {
                         last = c.seq;
@@ -250,5 +273,12 @@ pub async fn run_tailer(
                 }
             }
         }
+        recheck = if found {
+            None
+        } else if woken {
+            Some(0)
+        } else {
+            recheck.map(|i| i + 1).filter(|&i| i < RECHECK_AFTER.len())
+        };
     }
 }

@@ -14,19 +14,20 @@ mod conn;
 pub mod hub;
 pub mod metrics;
 mod watch;
+pub mod web;
 
 pub use watch::{watch_blocking, WatchArgs};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch as tokio_watch;
@@ -61,6 +62,9 @@ pub struct ServeArgs {
     /// Read connections in the pool.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
+    /// Directory of the browser replica's files (default: wasm/web, when built).
+    #[arg(long, env = "HIVESYNC_WEB")]
+    pub web: Option<PathBuf>,
 }
 
 /// Everything a connection needs.
@@ -82,14 +86,26 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     shutdown: tokio_watch::Sender<bool>,
     join: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
     _watchers: Vec<notify::RecommendedWatcher>,
 }
+
+/// Longest wait, on stop, for WebSocket connections to send their close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl NodeHandle {
     /// Stop the node and wait for it to finish.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.join.await;
+        // The server's graceful shutdown does not wait for upgraded (WebSocket) connections:
+        // wait for them to send their close frames (1001), or a process exiting right after
+        // would reset them instead.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let open = || self.metrics.connections.load(Relaxed);
+        while open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -112,11 +128,12 @@ pub async fn start(
     let hub = Hub::new(head, WindowLimits::default());
     let read_only = args.read_only;
     let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
+    let metrics = Arc::new(Metrics::default());
     let node = Arc::new(NodeState {
         store: store.clone(),
         hub: hub.clone(),
         auth: auth.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         name: config
             .name
             .clone()
@@ -146,12 +163,24 @@ pub async fn start(
             shutdown_rx.clone(),
         ));
     }
+    let web_dir = web::find_web_dir(args.web.as_deref());
+    match &web_dir {
+        Some(d) => tracing::info!("serving the browser replica from {}", d.display()),
+        None => tracing::info!(
+            "browser replica not built (bash wasm/build.sh): / serves the status page"
+        ),
+    }
+    let web_routes = Router::new()
+        .route("/", get(web::index))
+        .route("/{name}", get(web::asset))
+        .route("/pkg/{name}", get(web::pkg))
+        .with_state(web_dir);
     let app = Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sync", get(ws_upgrade))
-        .with_state(node);
+        .with_state(node)
+        .merge(web_routes);
     let mut sd = shutdown_rx.clone();
     let join = tokio::spawn(async move {
         let res = axum::serve(listener, app)
@@ -167,6 +196,7 @@ pub async fn start(
         addr,
         shutdown: shutdown_tx,
         join,
+        metrics,
         _watchers: watchers,
     })
 }
@@ -272,10 +302,6 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         node.metrics.render(node.hub.head()),
     )
         .into_response()
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }
 
 /// Run `hivesync serve` until SIGINT or SIGTERM.

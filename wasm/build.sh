@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build the browser replica: wasm32 release build, wasm-bindgen (ES module for browsers and
+# Node), and wasm-opt when available. Output: wasm/web/pkg/ (served by the node at /pkg/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CFLAGS_wasm32_unknown_unknown="${CFLAGS_wasm32_unknown_unknown:--fdouble-square-bracket-attributes}"
+WB_VERSION=0.2.130
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$WB_VERSION"; then
+  echo "wasm-bindgen-cli $WB_VERSION is needed: cargo install wasm-bindgen-cli --version $WB_VERSION" >&2
+  exit 1
+fi
+cargo build -p hivesync-wasm --target wasm32-unknown-unknown --profile wasm-release
+out=wasm/web/pkg
+rm -rf "$out"
+wasm-bindgen --target web --out-dir "$out" --out-name hivesync_wasm \
+  target/wasm32-unknown-unknown/wasm-release/hivesync_wasm.wasm
+# Debian's binaryen (108) miscompiles this module; only the npm build (>= 132) is used.
+if [ -x wasm/node_modules/.bin/wasm-opt ]; then
+  wasm/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals \
+    "$out/hivesync_wasm_bg.wasm" -o "$out/hivesync_wasm_bg.wasm"
+fi
+raw=$(stat -c %s "$out/hivesync_wasm_bg.wasm")
+gz=$(gzip -9 -c "$out/hivesync_wasm_bg.wasm" | wc -c)
+echo "built $out: wasm $raw bytes, $gz bytes gzipped"

@@ -1,0 +1,76 @@
+import { openReplica } from './hivesync.js';
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
+const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
+
+const db = await openReplica({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`, name: 'demo' });
+$('storage').textContent = db.opened.storage;
+window.hivesync = db; // for the console (and the end-to-end test)
+
+function showStatus(s) {
+  const state = s.live ? 'live' : s.online ? 'connecting' : 'offline';
+  $('status').textContent = s.error ? `stopped: ${s.error}` : state;
+  $('status').className = `pill ${state}`;
+  $('seq').textContent = s.seq;
+  $('lag').textContent = s.lag;
+}
+
+async function renderRecent() {
+  const r = await db.sql('SELECT ns, id, kind, name FROM entities ORDER BY updated_at DESC, rowid DESC LIMIT 20');
+  $('recent').innerHTML = r.rows.map(([ns, id, kind, name]) =>
+    `<li data-id="${esc(id)}"><b>${esc(name)}</b> <small>${esc(kind)} · ${esc(ns)}/${esc(id)}</small></li>`).join('');
+}
+
+async function similar(ns, id) {
+  const models = await db.models();
+  for (const { model } of models) {
+    const v = await db.get('vector', ns, id, model);
+    if (!v) continue;
+    const hits = await db.knn({ model, embedding: v.embedding, k: 10, ns });
+    $('mode').textContent = `nearest to ${id} by ${model} (cosine)`;
+    $('results').innerHTML = hits.map((h) =>
+      `<li data-id="${esc(h.subject)}">${esc(h.subject)} <small>${esc(h.kind)} · distance ${h.distance.toFixed(4)}</small></li>`).join('');
+    return;
+  }
+}
+
+async function renderSearch() {
+  const text = $('q').value.trim();
+  if (!text) { $('results').innerHTML = ''; $('mode').textContent = ''; return; }
+  let hits = await db.search({ text, limit: 20 });
+  let mode = 'full-text';
+  const models = await db.models();
+  // With vectors present, fuse the text hits with the neighbours of the best hit's vector.
+  if (models.length && hits.length) {
+    const top = hits[0];
+    const v = await db.get('vector', top.ns, top.id, models[0].model);
+    if (v) {
+      const fused = await db.hybrid({ text, limit: 20 }, { model: models[0].model, embedding: v.embedding, k: 20 }, 20);
+      const byId = new Map(hits.map((h) => [h.ns + '/' + h.id, h]));
+      hits = fused.map((f) => byId.get(f.ns + '/' + f.id) ?? { ns: f.ns, id: f.id, name: f.id, kind: 'similar', snippet: '', record: 'entity', score: f.score });
+      mode = `hybrid: full-text + ${models[0].model} vectors`;
+    }
+  }
+  $('mode').textContent = `${hits.length} hits · ${mode}`;
+  $('results').innerHTML = hits.map((h) =>
+    `<li data-id="${esc(h.id)}"><b>${esc(h.name || h.id)}</b> <small>${esc(h.record)} ${esc(h.kind)} · ${esc(h.ns)}/${esc(h.id)}</small>` +
+    `${models.length ? ` <button class="link" data-similar="${esc(h.ns)}|${esc(h.id)}">similar</button>` : ''}` +
+    `<br><span>${snippet(h.snippet)}</span></li>`).join('');
+}
+
+$('results').addEventListener('click', (e) => {
+  const s = e.target.dataset?.similar;
+  if (s) { const [ns, id] = s.split('|'); similar(ns, id); }
+});
+$('q').addEventListener('input', () => renderSearch().catch((e) => { $('error').textContent = e.message; }));
+let pending = false;
+db.on('applied', () => {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(async () => { pending = false; await renderRecent(); if ($('q').value) await renderSearch(); });
+});
+db.on('status', showStatus);
+db.on('error', (e) => { $('error').textContent = e.message; });
+showStatus(await db.status());
+await renderRecent();

@@ -1,0 +1,57 @@
+// The replica's Worker: SQLite (OPFS-persisted) and the sync client run here, off the main
+// thread. The page talks to it through hivesync.js.
+import init, { Replica } from './pkg/hivesync_wasm.js';
+import { SyncClient } from './sync.js';
+
+let replica = null;
+let client = null;
+const emit = (event) => postMessage({ event });
+
+async function open(opts) {
+  await init();
+  const name = opts.name ?? 'hivesync';
+  if (opts.persist !== false) {
+    try {
+      replica = await Replica.openPersistent(name);
+    } catch (e) {
+      emit({ type: 'error', message: `persistence unavailable, keeping the replica in memory: ${e.message ?? e}` });
+    }
+  }
+  if (!replica) replica = Replica.openMemory();
+  if (opts.url) {
+    client = new SyncClient(replica, { ...opts, onEvent: emit });
+    client.start();
+  }
+  return { storage: replica.storage, seq: replica.appliedSeq() };
+}
+
+const json = (s) => JSON.parse(s);
+const methods = {
+  open,
+  status: () => client ? client.status() : { type: 'status', seq: replica.appliedSeq(), live: false, online: false, storage: replica.storage },
+  search: (q) => json(replica.search(JSON.stringify(q))),
+  knn: (q) => json(replica.knn(JSON.stringify(q))),
+  hybrid: (t, k, limit) => json(replica.hybrid(JSON.stringify(t), JSON.stringify(k), limit ?? 20)),
+  get: (kind, ns, id, model) => json(replica.get(kind, ns, id, model)),
+  list: (kind, ns, o = {}) => json(replica.list(kind, ns, o.kind, o.after, o.limit ?? 100)),
+  neighbors: (ns, id, o = {}) => json(replica.neighbors(ns, id, o.direction ?? 'out', o.relation, o.limit ?? 100)),
+  traverse: (ns, id, o = {}) => json(replica.traverse(ns, id, o.direction ?? 'out', o.relation, o.depth ?? 2, o.limit ?? 100)),
+  sql: (q, params) => json(replica.sql(q, params ? JSON.stringify(params) : undefined)),
+  models: () => json(replica.models()),
+  exportBytes: () => replica.exportBytes(),
+  importBytes: (bytes) => replica.importBytes(bytes),
+  write: (ops) => { if (!client) throw new Error('no node configured'); return client.write(ops); },
+  stop: () => client?.stop(),
+  start: () => client?.start(),
+};
+
+onmessage = async (e) => {
+  const { id, method, args } = e.data;
+  try {
+    if (!replica && method !== 'open') throw new Error('replica not open yet');
+    const result = await methods[method](...(args ?? []));
+    postMessage({ id, result });
+  } catch (err) {
+    postMessage({ id, error: String(err?.message ?? err) });
+  }
+};
