@@ -23,6 +23,8 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+#[cfg(test)]
+mod conformance;
 pub mod error;
 pub mod model;
 #[cfg(feature = "node")]

@@ -348,6 +348,8 @@ pub fn blob_to_embedding(b: &[u8]) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn write_op_rejects_unknown_fields_and_kinds() {

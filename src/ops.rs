@@ -629,6 +629,8 @@ pub fn delete(
 mod tests {
     use super::*;
     use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn db() -> Connection {
         schema::open_in_memory(&Default::default()).unwrap()

@@ -13,12 +13,15 @@ missing=()
 command -v clang >/dev/null || missing+=(clang)
 command -v llvm-ar >/dev/null || missing+=(llvm)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v node >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "clang, llvm-ar, sqlite3: present"
+  echo "clang, llvm-ar, sqlite3, chromium, chromedriver, node: present"
 fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
@@ -26,6 +29,19 @@ else
   echo "rust target wasm32-unknown-unknown: present"
 fi
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+# wasm-bindgen-cli must match the wasm-bindgen crate exactly (pinned in wasm/Cargo.toml).
+WB_VERSION=0.2.130
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$WB_VERSION"; then
+  echo "installing wasm-bindgen-cli $WB_VERSION (a few minutes, once)"
+  cargo install wasm-bindgen-cli --version "$WB_VERSION"
+else
+  echo "wasm-bindgen-cli $WB_VERSION: present"
+fi
+if [ ! -x wasm/node_modules/.bin/wasm-opt ] || [ ! -d wasm/node_modules/playwright-core ]; then
+  (cd wasm && npm ci --no-audit --no-fund)
+else
+  echo "wasm/node_modules: present"
+fi
 
 # clang 14 needs this flag for sqlite-wasm-vec's C shim (see toolchain notes).
 export CFLAGS_wasm32_unknown_unknown="${CFLAGS_wasm32_unknown_unknown:--fdouble-square-bracket-attributes}"
@@ -40,5 +56,21 @@ step "wasm32: the shared modules and the browser crate compile"
 cargo check -p hivesync --no-default-features --target wasm32-unknown-unknown
 cargo check -p hivesync-wasm --target wasm32-unknown-unknown
 
-step "cargo test"
+step "cargo test (native: unit, integration, property, end-to-end over sockets)"
 cargo test
+
+step "wasm32 unit tests of the shared modules and the replica, in Node"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
+cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica
+
+step "the same, in headless Chromium (plus OPFS persistence in a dedicated Worker)"
+WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
+  cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
+WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
+  cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test opfs
+
+step "browser replica build and end-to-end test (node + CLI + page in Chromium)"
+bash wasm/build.sh
+cargo build --bin hivesync
+(cd wasm && node --test test/)

@@ -1,4 +1,6 @@
 use super::*;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn change(seq: i64, kind: Kind, emb: Option<Vec<f32>>) -> Change {
     Change {

@@ -147,6 +147,8 @@ pub fn search(conn: &Connection, q: &SearchQuery, now_us: i64) -> Result<Vec<Sea
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn user_text_becomes_a_safe_query() {

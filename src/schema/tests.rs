@@ -2,6 +2,8 @@ use super::*;
 use crate::model::{Kind, Op, WriteOp};
 use crate::{ops, query};
 use serde_json::json;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn db() -> Connection {
     open_in_memory(&SchemaOptions::default()).unwrap()

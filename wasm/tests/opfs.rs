@@ -1,0 +1,55 @@
+//! OPFS persistence: only inside a dedicated Worker in a browser (run with
+//! WASM_BINDGEN_USE_BROWSER=1).
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used)]
+
+use hivesync::model::{Change, Kind, Op};
+use hivesync::protocol::{encode_server_bin, ServerMsg};
+use hivesync_wasm::Replica;
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+fn entity(seq: i64, id: &str) -> Change {
+    Change {
+        seq,
+        tx: seq,
+        ts: 1,
+        ns: "default".into(),
+        kind: Kind::Entity,
+        op: Op::Upsert,
+        id: id.into(),
+        model: None,
+        data: Some(format!(
+            r#"{{"id":"{id}","kind":"k","name":"persisted {id}","description":"","properties":{{}},"tags":[],"created_at":1,"updated_at":1}}"#
+        )),
+        embedding: None,
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_persistent_replica_survives_reopening() {
+    let name = format!("t{}", js_sys_now());
+    {
+        let mut r = Replica::open_persistent(name.clone()).await.unwrap();
+        assert_eq!(r.storage(), "opfs");
+        let b = ServerMsg::Changes {
+            sub: "s".into(),
+            prev: 0,
+            changes: vec![entity(1, "a"), entity(2, "b")],
+        };
+        r.handle_frame(&encode_server_bin(&b)).unwrap();
+    }
+    let r = Replica::open_persistent(name).await.unwrap();
+    assert_eq!(r.applied_seq().unwrap(), 2.0);
+    assert!(r
+        .search(r#"{"text":"persisted"}"#)
+        .unwrap()
+        .contains("\"b\""));
+}
+
+fn js_sys_now() -> u64 {
+    // A name per run, so a previous run's file does not count.
+    (hivesync::ops::now_us(&hivesync::rusqlite::Connection::open_in_memory().unwrap()).unwrap())
+        as u64
+}
