@@ -21,6 +21,7 @@
 //! # Ok::<(), hivesync::Error>(())
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod apply;
 #[cfg(test)]

@@ -310,6 +310,7 @@ pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let signal = shutdown_signal()?;
         if args.upstream.is_some() {
             anyhow::bail!("--upstream (edge mode) is not implemented yet in this build; run the node without it");
         }
@@ -336,7 +337,7 @@ pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
             store.head()?,
             if args.read_only { ", read-only follower" } else { "" }
         );
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down: closing connections");
         tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.ok();
         drop(store);
@@ -345,23 +346,25 @@ pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Register SIGINT and SIGTERM handlers now (before the port is bound, so a signal that comes
+/// right after startup still shuts down cleanly) and return a future that ends on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

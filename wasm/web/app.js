@@ -73,4 +73,6 @@ db.on('applied', () => {
 db.on('status', showStatus);
 db.on('error', (e) => { $('error').textContent = e.message; });
 showStatus(await db.status());
+const q = new URLSearchParams(location.search).get('q');
+if (q) { $('q').value = q; await renderSearch(); }
 await renderRecent();

@@ -1,0 +1,197 @@
+//! Browser replica benchmarks (issue 4), each against its baseline in the same run:
+//! - apply rate of binary `changes` frames (decode + apply, one transaction per frame) in wasm
+//!   under Node and under headless Chromium, against native apply of the same frames;
+//! - wasm module size after wasm-opt, gzipped;
+//! - page open to first search answer with 10,000 entities already persisted in OPFS.
+//!
+//! Needs the browser build (`bash wasm/build.sh`) and `npm ci` in wasm/; without them only the
+//! native part runs. Run: `cargo bench --bench replica`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use hivesync::model::{Change, Kind, Op};
+use hivesync::protocol::{decode_server_bin, encode_server_bin, ServerMsg};
+use hivesync::{apply, schema};
+
+const CHANGES: usize = 50_000;
+const PER_FRAME: usize = 500;
+const ROUNDS: usize = 3;
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    format!(
+        "{cpu}, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
+}
+
+fn frames() -> Vec<Vec<u8>> {
+    const W: [&str; 12] = [
+        "graph", "vector", "sync", "replica", "node", "edge", "search", "index", "query", "commit",
+        "log", "cursor",
+    ];
+    let mut seed = 7u64;
+    let mut word = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        W[(seed % W.len() as u64) as usize]
+    };
+    let mut out = Vec::new();
+    let mut seq = 0i64;
+    while (seq as usize) < CHANGES {
+        let prev = seq;
+        let mut changes = Vec::with_capacity(PER_FRAME);
+        for _ in 0..PER_FRAME {
+            seq += 1;
+            let desc: Vec<&str> = (0..20).map(|_| word()).collect();
+            let data = serde_json::json!({"id": format!("e{seq}"), "kind": "thing", "name": format!("{} {} {seq}", word(), word()),
+                "description": desc.join(" "), "properties": {}, "tags": [word()], "created_at": seq, "updated_at": seq});
+            changes.push(Change {
+                seq,
+                tx: prev + 1,
+                ts: seq,
+                ns: "default".into(),
+                kind: Kind::Entity,
+                op: Op::Upsert,
+                id: format!("e{seq}"),
+                model: None,
+                data: Some(data.to_string()),
+                embedding: None,
+            });
+        }
+        out.push(encode_server_bin(&ServerMsg::Changes {
+            sub: "s".into(),
+            prev,
+            changes,
+        }));
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn native(frames: &[Vec<u8>]) -> f64 {
+    let mut ms = Vec::new();
+    for _ in 0..ROUNDS {
+        let conn = schema::open_in_memory(&Default::default()).unwrap();
+        let t0 = Instant::now();
+        for f in frames {
+            let ServerMsg::Changes { prev, changes, .. } = decode_server_bin(f).unwrap() else {
+                unreachable!()
+            };
+            apply::apply_changes(&conn, prev, &changes).unwrap();
+        }
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    median(ms)
+}
+
+fn node_script(wasm_dir: &Path, script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("node")
+        .arg(wasm_dir.join("bench").join(script))
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last()?).ok()
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let wasm_dir = root.join("wasm");
+    println!("# replica benchmarks on {}", machine());
+    let frames = frames();
+    let native_ms = native(&frames);
+    let native_rate = CHANGES as f64 / native_ms * 1e3;
+    println!("native apply: {CHANGES} changes in {} frames: {native_ms:.0} ms, {native_rate:.0} changes/s", frames.len());
+
+    let built = wasm_dir.join("web/pkg/hivesync_wasm_bg.wasm");
+    if !built.is_file() || !wasm_dir.join("node_modules/playwright-core").is_dir() {
+        println!("wasm parts skipped: run `bash wasm/build.sh` and `npm ci` in wasm/ first");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hivesync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("frames.bin");
+    let mut buf = Vec::new();
+    for f in &frames {
+        buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        buf.extend_from_slice(f);
+    }
+    std::fs::write(&path, buf).unwrap();
+    let p = path.to_str().unwrap();
+    let rounds = ROUNDS.to_string();
+    for script in ["apply-node.mjs", "apply-chromium.mjs"] {
+        if let Some(v) = node_script(&wasm_dir, script, &[p, &rounds]) {
+            let ms = median(
+                v["ms"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect(),
+            );
+            let n = v["changes"].as_f64().unwrap();
+            let rate = n / ms * 1e3;
+            println!(
+                "wasm apply in {:<8}: {n:.0} changes: {ms:.0} ms, {rate:.0} changes/s = {:.2}x native (goal >= 0.35x{})",
+                v["where"].as_str().unwrap_or("?"),
+                rate / native_rate,
+                if script == "apply-node.mjs" { ", and >= 100000/s" } else { "" }
+            );
+        }
+    }
+    let raw = std::fs::metadata(&built).unwrap().len();
+    let gz = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -9 -c '{}' | wc -c", built.display()))
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    println!("wasm size: {raw} bytes raw, {gz} bytes gzipped (goal <= 700 KB = 716800 bytes)");
+    if let Some(v) = node_script(
+        &wasm_dir,
+        "page-open.mjs",
+        &[env!("CARGO_BIN_EXE_hivesync"), "10000", "7"],
+    ) {
+        let ms = median(
+            v["ms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect(),
+        );
+        println!(
+            "page open to first search answer, {} entities in {}: median {ms:.0} ms over {} visits {:?} (goal <= 500 ms); first sync of all rows {} ms",
+            v["entities"], v["storage"], v["ms"].as_array().unwrap().len(), v["ms"], v["firstSyncMs"]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
