@@ -49,6 +49,7 @@ fn begin_applying(conn: &Connection) -> Result<()> {
 
 fn end_applying(conn: &Connection, ok: bool) -> Result<()> {
     if ok {
+        schema::drain_fts_queue(conn)?;
         conn.execute_batch("DELETE FROM sync_ctx; COMMIT;")?;
     } else {
         let _ = conn.execute_batch("ROLLBACK");

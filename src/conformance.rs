@@ -103,6 +103,7 @@ fn dataset(conn: &Connection) -> crate::Result<()> {
         ops::execute(conn, op, NOW)?;
     }
     ops::execute(conn, &WriteOp::delete(Kind::Entity, "a", "e4"), NOW)?;
+    schema::drain_fts_queue(conn)?;
     conn.execute_batch("COMMIT")?;
     Ok(())
 }

@@ -241,12 +241,15 @@ pub async fn run_tailer(
         loop {
             let s = store.clone();
             let res = tokio::task::spawn_blocking(move || {
-                s.read(|c| query::changes_since(c, last, &ChangeFilter::default(), 10_000))
-                    .map(|cs| {
-                        cs.iter()
-                            .map(|c| Arc::new(EncodedChange::new(c)))
-                            .collect::<Vec<_>>()
-                    })
+                let cs = s.read(|c| query::changes_since(c, last, &ChangeFilter::default(), 10_000))?;
+                if !cs.is_empty() {
+                    // Another program's commit leaves its full-text updates queued: apply them
+                    // so its rows become searchable (a no-op after hivesync's own writes).
+                    if let Err(e) = s.drain_fts_if_pending() {
+                        tracing::warn!(error = %e, "applying queued full-text updates failed; will retry");
+                    }
+                }
+                Ok::<_, crate::Error>(cs.iter().map(|c| Arc::new(EncodedChange::new(c))).collect::<Vec<_>>())
             })
             .await;
             match res {

@@ -5,6 +5,9 @@
 //! model) and the change log (`changes`) in step, so a write made with plain SQL by another
 //! program is indexed and captured exactly like a write made through the store.
 //!
+//! Full-text updates are queued by the triggers in `fts_queue` and applied in bulk before
+//! hivesync commits ([`drain_fts_queue`]; why: see migration 2 in ddl.rs).
+//!
 //! The trigger that writes `changes` reads an optional one-row table, `sync_ctx`: the store
 //! puts the transaction's `tx` and `ts` there for the length of its transaction (so all changes
 //! of one commit share a `tx`), and a replica sets `applying = 1` while it applies upstream
@@ -13,7 +16,7 @@
 mod ddl;
 mod models;
 
-pub use ddl::{row_image_sql, NOW_US};
+pub use ddl::{drain_fts_queue, fts_queue_pending, row_image_sql, NOW_US};
 pub use models::{ensure_model, model_by_name, models, ModelInfo, MAX_DIMS};
 
 use rusqlite::{Connection, OptionalExtension};
@@ -67,11 +70,18 @@ struct Migration {
 }
 
 /// Append only: a released migration is never edited, a change is a new entry.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "base tables, fts5, change log",
-    up: ddl::migration_1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "base tables, fts5, change log",
+        up: ddl::migration_1,
+    },
+    Migration {
+        version: 2,
+        name: "full-text updates through a per-transaction queue",
+        up: ddl::migration_2,
+    },
+];
 
 /// Register sqlite-vec with every connection this process opens from now on.
 #[allow(unsafe_code)]

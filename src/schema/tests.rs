@@ -10,6 +10,8 @@ fn db() -> Connection {
 }
 
 fn search_ids(c: &Connection, text: &str) -> Vec<String> {
+    // What every hivesync transaction does before it commits (and a node does for others').
+    drain_fts_queue(c).unwrap();
     let q = query::SearchQuery {
         text: text.into(),
         limit: 10,

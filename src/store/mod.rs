@@ -65,7 +65,10 @@ impl Store {
         } else {
             Some(Checkpointer::start(&path)?)
         };
-        Ok(Store { pool, checkpointer })
+        let store = Store { pool, checkpointer };
+        // Full-text updates queued by other programs since the last hivesync transaction.
+        store.drain_fts_if_pending()?;
+        Ok(store)
     }
 
     /// A private in-memory store (one connection), for tests and tools.
@@ -149,8 +152,22 @@ impl Store {
     pub fn list_events(&self, q: &ListQuery) -> Result<Vec<Event>> {
         self.read(|c| query::list_events(c, q))
     }
+    /// Apply full-text updates that other programs' writes queued (see `schema`), when this
+    /// store can write and there are any. Returns how many were applied.
+    pub fn drain_fts_if_pending(&self) -> Result<usize> {
+        if self.pool.is_read_only() || !self.read(schema::fts_queue_pending)? {
+            return Ok(0);
+        }
+        let mut conn = self.pool.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = schema::drain_fts_queue(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Full-text search.
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
+        self.drain_fts_if_pending()?;
         self.read(|c| query::search(c, q, ops::now_us(c)?))
     }
     /// Exact KNN.
@@ -164,6 +181,7 @@ impl Store {
         vector: &KnnQuery,
         limit: usize,
     ) -> Result<Vec<HybridHit>> {
+        self.drain_fts_if_pending()?;
         self.read(|c| query::hybrid(c, text, vector, limit, ops::now_us(c)?))
     }
     /// Edges around a node.
@@ -252,6 +270,7 @@ impl Store {
     /// Integrity check: SQLite's own, FTS5 and vec0 against the base tables, the log's
     /// continuity, and references between rows.
     pub fn check(&self) -> Result<CheckReport> {
+        self.drain_fts_if_pending()?;
         match self.pool.writer() {
             Ok(conn) => check(&conn),
             Err(Error::ReadOnly) => {
@@ -282,6 +301,7 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
         })?;
         ids.push(r.id);
     }
+    schema::drain_fts_queue(&tx)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;
     tx.commit()?;

@@ -4,7 +4,9 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
 
+performance.mark('app-start');
 const db = await openReplica({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`, name: 'demo' });
+performance.mark('replica-open');
 $('storage').textContent = db.opened.storage;
 window.hivesync = db; // for the console (and the end-to-end test)
 
@@ -74,5 +76,5 @@ db.on('status', showStatus);
 db.on('error', (e) => { $('error').textContent = e.message; });
 showStatus(await db.status());
 const q = new URLSearchParams(location.search).get('q');
-if (q) { $('q').value = q; await renderSearch(); }
+if (q) { $('q').value = q; await renderSearch(); performance.mark('first-search'); }
 await renderRecent();

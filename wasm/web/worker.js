@@ -8,7 +8,9 @@ let client = null;
 const emit = (event) => postMessage({ event });
 
 async function open(opts) {
+  const t0 = performance.now();
   await init();
+  const tInit = performance.now();
   const name = opts.name ?? 'hivesync';
   if (opts.persist !== false) {
     try {
@@ -18,11 +20,14 @@ async function open(opts) {
     }
   }
   if (!replica) replica = Replica.openMemory();
+  const tOpen = performance.now();
   if (opts.url) {
     client = new SyncClient(replica, { ...opts, onEvent: emit });
     client.start();
   }
-  return { storage: replica.storage, seq: replica.appliedSeq() };
+  // Where opening spent its time (ms), for diagnosing slow starts.
+  const timings = { wasm: Math.round(tInit - t0), db: Math.round(tOpen - tInit) };
+  return { storage: replica.storage, seq: replica.appliedSeq(), timings };
 }
 
 const json = (s) => JSON.parse(s);
