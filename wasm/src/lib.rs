@@ -419,7 +419,7 @@ impl Replica {
         }
         let mut tmp = Connection::open_in_memory().map_err(js_err)?;
         let len = image.len();
-        tmp.deserialize_read_exact(rusqlite::MAIN_DB, image.as_slice(), len, true)
+        tmp.deserialize_read_exact(rusqlite::MAIN_DB, image.as_slice(), len, false)
             .map_err(js_err)?;
         schema::check_version(&tmp).map_err(js_err)?;
         let ok: String = tmp
@@ -428,7 +428,25 @@ impl Replica {
         if ok != "ok" {
             return Err(JsError::new(&format!("the database file is damaged: {ok}")));
         }
-        {
+        if self.storage == "memory" {
+            // The checked copy simply becomes the replica.
+            schema::configure(&tmp).map_err(js_err)?;
+            self.conn = tmp;
+        } else {
+            // Backup into a file needs equal page sizes (the wasm build defaults to 8192, the
+            // native one to 4096): rebuild the replica's file with the source's page size first.
+            let page: i64 = tmp
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(js_err)?;
+            let ours: i64 = self
+                .conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(js_err)?;
+            if page != ours {
+                self.conn
+                    .execute_batch(&format!("PRAGMA page_size = {page}; VACUUM;"))
+                    .map_err(js_err)?;
+            }
             let b = rusqlite::backup::Backup::new(&tmp, &mut self.conn).map_err(js_err)?;
             b.run_to_completion(1024, std::time::Duration::ZERO, None)
                 .map_err(js_err)?;

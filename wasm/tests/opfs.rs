@@ -53,3 +53,29 @@ fn js_sys_now() -> u64 {
     (hivesync::ops::now_us(&hivesync::rusqlite::Connection::open_in_memory().unwrap()).unwrap())
         as u64
 }
+
+#[wasm_bindgen_test]
+async fn a_persistent_replica_imports_a_file_with_another_page_size() {
+    // The native node writes 4096-byte pages, the wasm build 8192-byte ones.
+    let mut src = hivesync::rusqlite::Connection::open_in_memory().unwrap();
+    src.execute_batch("PRAGMA page_size = 4096").unwrap();
+    hivesync::schema::register_extensions();
+    hivesync::schema::configure(&src).unwrap();
+    hivesync::schema::migrate(&src, &Default::default()).unwrap();
+    let op = hivesync::model::WriteOp::upsert(
+        hivesync::model::Kind::Entity,
+        "default",
+        serde_json::json!({"id": "imp", "name": "imported row"}),
+    );
+    hivesync::ops::execute(&src, &op, 1).unwrap();
+    hivesync::schema::drain_fts_queue(&src).unwrap();
+    let bytes = src.serialize(hivesync::rusqlite::MAIN_DB).unwrap().to_vec();
+    let mut r = Replica::open_persistent(format!("imp{}", js_sys_now()))
+        .await
+        .unwrap();
+    r.import_bytes(&bytes).unwrap();
+    assert!(r
+        .search(r#"{"text":"imported"}"#)
+        .unwrap()
+        .contains("\"imp\""));
+}
