@@ -208,6 +208,14 @@ pub(crate) fn run() -> crate::Result<Value> {
         .collect();
     out.insert("changes".into(), Value::Array(ch));
     out.insert("head".into(), json!(query::head(&c)?));
+    out.insert(
+        "digest".into(),
+        serde_json::to_value(query::digest(&c, None)?)?,
+    );
+    out.insert(
+        "digest_b".into(),
+        serde_json::to_value(query::digest(&c, Some(&["b".to_string()]))?)?,
+    );
     Ok(round(Value::Object(out)))
 }
 

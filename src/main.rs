@@ -185,6 +185,12 @@ enum Cmd {
     },
     /// Check the database: SQLite integrity, FTS5 and vec0 against the base tables, the log.
     Check,
+    /// Print a digest (SHA-256) of the logical state, to compare a node with its replicas.
+    Digest {
+        /// Only these namespaces (repeatable); all when absent.
+        #[arg(long)]
+        ns: Vec<String>,
+    },
     /// Create the database file (with a chosen tokenizer) without starting a node.
     Init {
         /// FTS5 tokenizer: unicode61 (words) or trigram (CJK text, substrings).
@@ -550,6 +556,17 @@ fn run(cli: Cli) -> Result<()> {
                 w.write_all(b"\n")?;
             }
             Ok(())
+        }
+        Cmd::Digest { ns } => {
+            let store = open(&cli)?;
+            let d = store.digest((!ns.is_empty()).then_some(ns.as_slice()))?;
+            if json_out {
+                print_json(&mut out(), &d)
+            } else {
+                let counts: Vec<String> = d.rows.iter().map(|(k, n)| format!("{k}s={n}")).collect();
+                println!("{}  {}", d.sha256, counts.join(" "));
+                Ok(())
+            }
         }
         Cmd::Check => {
             let store = open(&cli)?;

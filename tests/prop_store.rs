@@ -280,6 +280,12 @@ fn run(steps: &[Vec<Step>]) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.at, b.at);
     prop_assert_eq!(a.rows, b.rows, "row images differ between node and replica");
     prop_assert!(replica.check().unwrap().ok);
+    prop_assert_eq!(store.digest(None).unwrap(), replica.digest(None).unwrap());
+    let b = ["b".to_string()];
+    prop_assert_eq!(
+        store.digest(Some(&b)).unwrap(),
+        replica.digest(Some(&b)).unwrap()
+    );
     Ok(())
 }
 

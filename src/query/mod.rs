@@ -3,11 +3,13 @@
 //! the caller picks the connection (a pooled reader natively, the replica's one in wasm).
 
 mod changes;
+mod digest;
 mod graph;
 mod search;
 mod vector;
 
 pub use changes::{changes_since, head, horizon, snapshot, ChangeFilter, Snapshot};
+pub use digest::{digest, StateDigest};
 pub use graph::{neighbors, traverse, Direction, Hop, Neighbor};
 pub use search::{fts_query, search, SearchHit, SearchQuery};
 pub use vector::{hybrid, knn, HybridHit, KnnHit, KnnQuery};

@@ -165,6 +165,12 @@ impl Store {
         Ok(n)
     }
 
+    /// A digest of the logical state of `namespaces` (all when `None`), comparable with any
+    /// replica's.
+    pub fn digest(&self, namespaces: Option<&[String]>) -> Result<query::StateDigest> {
+        self.read(|c| query::digest(c, namespaces))
+    }
+
     /// Full-text search.
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
         self.drain_fts_if_pending()?;

@@ -335,6 +335,15 @@ impl Replica {
         to_json(&query::hybrid(&self.conn, &t, &k, limit, now).map_err(js_err)?)
     }
 
+    /// A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
+    /// all when absent): equal to the node's `hivesync digest` for the same rows.
+    pub fn digest(&self, namespaces_json: Option<String>) -> Result<String, JsError> {
+        let ns: Option<Vec<String>> = namespaces_json
+            .map(|t| parse("namespaces", &t))
+            .transpose()?;
+        to_json(&query::digest(&self.conn, ns.as_deref()).map_err(js_err)?)
+    }
+
     /// The vector models this replica holds, as JSON.
     pub fn models(&self) -> Result<String, JsError> {
         let m: Vec<Value> = schema::models(&self.conn)

@@ -85,7 +85,11 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     await page.waitForSelector('#results li[data-id="ada"]', { timeout: 5000 });
 
     // Node back (with a write made while it was down), page reloaded: the replica comes back
-    // from OPFS and resumes after its stored seq instead of starting over.
+    // from OPFS and resumes after its stored seq instead of starting over. (The sync client is
+    // stopped first, or it would reconnect on its own before the reload.)
+    await page.evaluate(() => window.hivesync.disconnect());
+    const stored = (await page.evaluate(() => window.hivesync.status())).seq;
+    assert.equal(stored, seqOnline);
     cli(db, 'put', 'entity', '{"id":"barbara","kind":"person","name":"Barbara Liskov"}');
     node = startNode(db, port);
     await waitHealthy(port);
@@ -96,6 +100,10 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     const st = await page.evaluate(() => window.hivesync.status());
     assert.equal(st.resumedFrom, seqOnline, `resumed from ${st.resumedFrom}, expected the stored seq ${seqOnline}`);
     assert.ok(st.live);
+    // The page's copy and the node's file hold the same logical state.
+    const mine = await page.evaluate(() => window.hivesync.digest());
+    const theirs = JSON.parse(cli(db, '--json', 'digest'));
+    assert.equal(mine.sha256, theirs.sha256, 'replica digest equals the node digest');
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();

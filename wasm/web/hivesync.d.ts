@@ -57,6 +57,7 @@ export declare class HivesyncReplica {
   traverse(ns: string, id: string, opts?: { direction?: Direction; relation?: string; depth?: number; limit?: number }): Promise<Hop[]>;
   sql(query: string, params?: unknown[]): Promise<{ columns: string[]; rows: unknown[][] }>;
   models(): Promise<{ model: string; dims: number }[]>;
+  digest(namespaces?: string[]): Promise<{ sha256: string; rows: [Kind, number][]; namespaces: string[] | null }>;
   exportBytes(): Promise<Uint8Array>;
   importBytes(bytes: Uint8Array): Promise<void>;
   write(ops: WriteOp[]): Promise<number>;

@@ -51,6 +51,8 @@ export class HivesyncReplica {
   traverse(ns, id, opts) { return this.call('traverse', ns, id, opts); }
   sql(query, params) { return this.call('sql', query, params); }
   models() { return this.call('models'); }
+  /** SHA-256 of the logical state (optionally of some namespaces): equal to `hivesync digest` on the node. */
+  digest(namespaces) { return this.call('digest', namespaces); }
   exportBytes() { return this.call('exportBytes'); }
   importBytes(bytes) { return this.call('importBytes', bytes); }
   write(ops) { return this.call('write', ops); }

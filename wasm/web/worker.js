@@ -43,6 +43,7 @@ const methods = {
   traverse: (ns, id, o = {}) => json(replica.traverse(ns, id, o.direction ?? 'out', o.relation, o.depth ?? 2, o.limit ?? 100)),
   sql: (q, params) => json(replica.sql(q, params ? JSON.stringify(params) : undefined)),
   models: () => json(replica.models()),
+  digest: (namespaces) => json(replica.digest(namespaces ? JSON.stringify(namespaces) : undefined)),
   exportBytes: () => replica.exportBytes(),
   importBytes: (bytes) => replica.importBytes(bytes),
   write: (ops) => { if (!client) throw new Error('no node configured'); return client.write(ops); },
