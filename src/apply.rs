@@ -281,6 +281,17 @@ pub fn snapshot_rows(conn: &Connection, rows: &[Change]) -> Result<()> {
 /// Commit the snapshot, recording `at` as the applied seq.
 pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
     set_applied(conn, at)?;
+    // The log restarts at `at`: its head must say so even though it holds no change yet, so a
+    // node serving this copy (edge mode) reports the upstream's position.
+    conn.execute(
+        "INSERT INTO sqlite_sequence(name, seq) SELECT 'changes', ?1
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'changes')",
+        [at],
+    )?;
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'changes'",
+        [at],
+    )?;
     end_applying(conn, true)
 }
 

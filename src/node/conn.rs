@@ -239,6 +239,38 @@ async fn write(node: &Arc<NodeState>, req: String, ops: Vec<crate::model::WriteO
         });
     }
     let t0 = Instant::now();
+    if let Some(up) = &node.upstream {
+        // Edge mode: the upstream owns the log; its answer is ours.
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let err = |m: &str| {
+            ServerMsg::Error(ErrorMsg {
+                code: ErrorCode::Overloaded,
+                message: m.into(),
+                sub: None,
+                req: Some(req.clone()),
+            })
+        };
+        if up
+            .forward
+            .send(super::upstream::Forward { ops, reply })
+            .await
+            .is_err()
+        {
+            return err("the upstream link is not running");
+        }
+        return match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(seq))) => {
+                node.metrics.observe_write(t0.elapsed());
+                ServerMsg::Written { req, seq }
+            }
+            Ok(Ok(Err(mut e))) => {
+                node.metrics.write_errors.fetch_add(1, Relaxed);
+                e.req = Some(req);
+                ServerMsg::Error(e)
+            }
+            _ => err("the upstream did not answer the write within 30 s; it may or may not have committed"),
+        };
+    }
     let s = node.store.clone();
     let res = tokio::task::spawn_blocking(move || s.write(&ops)).await;
     match res {
@@ -388,10 +420,16 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
             WindowRead::Changes(cs, scanned) => (cs, scanned),
             WindowRead::Behind => {
                 let (s, filter, from) = (node.store.clone(), ctx.filter.clone(), scan);
-                let (rows, scanned) = blocking(move || {
+                let read = blocking(move || {
                     s.read(|c| {
                         c.execute_batch("BEGIN")?;
                         let r = (|| {
+                            // Retention (or an edge node's re-sync) may have trimmed the log
+                            // past this subscription while it caught up: the changes it missed
+                            // are gone, so it gets a fresh snapshot instead of a silent gap.
+                            if from < query::horizon(c)? - 1 {
+                                return Ok(None);
+                            }
                             let head = query::head(c)?;
                             let rows = query::changes_since(c, from, &filter, BATCH)?;
                             let scanned = if rows.len() < BATCH {
@@ -399,13 +437,20 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                             } else {
                                 rows.last().map_or(head, |r| r.seq)
                             };
-                            Ok((rows, scanned))
+                            Ok(Some((rows, scanned)))
                         })();
                         let _ = c.execute_batch("COMMIT");
                         r
                     })
                 })
                 .await?;
+                let Some((rows, scanned)) = read else {
+                    let at = snapshot(ctx).await?;
+                    scan = at;
+                    sent = at;
+                    ctx.stats.sent.store(sent, Relaxed);
+                    continue;
+                };
                 let cs = rows
                     .iter()
                     .filter(|c| ctx.pass(&c.ns, c.kind))

@@ -140,6 +140,19 @@ impl Hub {
         self.window.read().covered_from
     }
 
+    /// Forget the window after the log restarted at `at` (an edge node re-synced from a
+    /// snapshot): subscriptions behind `at` then read the log, find it trimmed, and take a
+    /// snapshot themselves.
+    pub fn reset(&self, at: i64) {
+        {
+            let mut w = self.window.write();
+            w.changes.clear();
+            w.bytes = 0;
+            w.covered_from = at;
+        }
+        self.head.send_replace(at);
+    }
+
     /// Publish changes read from the log (ascending, whole transactions).
     pub fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
         let Some(last) = changes.last().map(|c| c.seq) else {
@@ -238,6 +251,8 @@ pub async fn run_tailer(
             _ = shutdown.changed() => return,
         };
         let mut found = false;
+        // After a reset (edge re-sync) the log restarts past what this loop last read.
+        last = last.max(hub.covered_from());
         loop {
             let s = store.clone();
             let res = tokio::task::spawn_blocking(move || {

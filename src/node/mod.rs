@@ -13,6 +13,7 @@ pub mod config;
 mod conn;
 pub mod hub;
 pub mod metrics;
+pub mod upstream;
 mod watch;
 pub mod web;
 
@@ -51,9 +52,13 @@ pub struct ServeArgs {
     /// Follower mode: never write; stream what appears in a file something else replicates.
     #[arg(long)]
     pub read_only: bool,
-    /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy.
+    /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy;
+    /// writes received here are forwarded to it.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Token this edge presents to its upstream.
+    #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN")]
+    pub upstream_token: Option<String>,
     /// Milliseconds between checks of the log for commits made by other processes, beside
     /// file notifications (default 1000, or 100 in read-only mode where notifications may
     /// not arrive).
@@ -78,6 +83,7 @@ pub(crate) struct NodeState {
     pub(crate) next_conn: AtomicU64,
     pub(crate) stall_timeout: Duration,
     pub(crate) read_only: bool,
+    pub(crate) upstream: Option<upstream::Upstream>,
 }
 
 /// A running node (for tests and embedding).
@@ -142,6 +148,16 @@ pub async fn start(
         next_conn: AtomicU64::new(1),
         stall_timeout: Duration::from_secs(config.stall_timeout_secs.unwrap_or(30)),
         read_only,
+        upstream: match &args.upstream {
+            Some(url) => Some(upstream::start(
+                url.clone(),
+                args.upstream_token.clone(),
+                store.clone(),
+                hub.clone(),
+                shutdown_rx.clone(),
+            )?),
+            None => None,
+        },
     });
     let mut watchers = Vec::new();
     if let Some(p) = config_path {
@@ -280,13 +296,21 @@ async fn ws_upgrade(
 async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
     let s = node.store.clone();
     match tokio::task::spawn_blocking(move || s.head()).await {
-        Ok(Ok(head)) => (
-            [(header::CONTENT_TYPE, "application/json")],
+        Ok(Ok(head)) => ([(header::CONTENT_TYPE, "application/json")], {
+            let upstream = match &node.upstream {
+                Some(u) => format!(
+                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"applied\":{}}}",
+                    u.state.connected.load(Relaxed),
+                    u.state.live.load(Relaxed),
+                    u.state.applied.load(Relaxed)
+                ),
+                None => String::new(),
+            };
             format!(
-                "{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}}}\n",
+                "{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}{upstream}}}\n",
                 node.read_only
-            ),
-        )
+            )
+        })
             .into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -311,8 +335,8 @@ pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let signal = shutdown_signal()?;
-        if args.upstream.is_some() {
-            anyhow::bail!("--upstream (edge mode) is not implemented yet in this build; run the node without it");
+        if args.upstream.is_some() && args.read_only {
+            anyhow::bail!("--upstream and --read-only exclude each other: an edge node writes what it receives from upstream into its own file");
         }
         let config = match &args.config {
             Some(p) => Config::load(p)?,
