@@ -51,15 +51,30 @@ pub enum Error {
     /// A cursor or sequence number outside what the log holds.
     #[error("{0}")]
     Cursor(String),
-    /// SQLite reported an error.
+    /// The disk holding the database is full; the write was rolled back whole.
+    #[error("the disk holding the database is full: nothing of this write was committed; free space and retry")]
+    DiskFull,
+    /// SQLite reported an error. (Not a `#[source]`: its message is already in ours, and
+    /// error-chain printers would repeat it.)
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// JSON could not be encoded or decoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
     /// A file could not be read or written.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                Error::DiskFull
+            }
+            _ => Error::Sqlite(e),
+        }
+    }
 }
 
 impl Error {

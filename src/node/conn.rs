@@ -48,7 +48,7 @@ fn to_message(f: Frame) -> Message {
 /// The error code a store error maps to.
 pub(crate) fn code_for(e: &Error) -> ErrorCode {
     match e {
-        Error::PoolTimeout(_) => ErrorCode::Overloaded,
+        Error::PoolTimeout(_) | Error::DiskFull => ErrorCode::Overloaded,
         Error::ReadOnly => ErrorCode::Forbidden,
         Error::TooLarge { .. } => ErrorCode::TooLarge,
         Error::Op { source, .. } => code_for(source),

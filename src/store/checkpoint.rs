@@ -103,13 +103,20 @@ fn run(conn: Connection, wal: &Path, stop: &AtomicBool, stats: &CheckpointStats)
         match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         }) {
-            Ok((_log, done)) => {
+            Ok((log, done)) => {
                 stats.runs.fetch_add(1, Ordering::Relaxed);
                 stats
                     .frames
                     .fetch_add(done.max(0) as u64, Ordering::Relaxed);
+                if done < log {
+                    // Readers held back part of the WAL: try again after another quiet second.
+                    quiet_ticks = 0;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "wal checkpoint failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "wal checkpoint failed; retrying in about a second");
+                quiet_ticks = 0;
+            }
         }
     }
     // A last full checkpoint so a clean shutdown leaves a small WAL.
