@@ -74,3 +74,6 @@ step "browser replica build and end-to-end test (node + CLI + page in Chromium)"
 bash wasm/build.sh
 cargo build --bin hivesync
 (cd wasm && node --test test/)
+
+step "fuzzing: every target for 20 s (long runs: bash tests/fuzz/run.sh 3600)"
+bash tests/fuzz/run.sh 20
