@@ -217,3 +217,73 @@ async fn a_read_only_follower_streams_what_another_process_writes() {
     assert!(e.message.contains("read-only"), "{e:?}");
     assert!(!common::cli(&db, &["get", "entity", "x"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_relays_converges_and_forwards_writes_once() {
+    let primary = Node::start().await;
+    let region = Node::start_with(NodeOpts {
+        config: None,
+        args: vec!["--upstream".into(), primary.url()],
+    })
+    .await;
+    let city = Node::start_with(NodeOpts {
+        config: None,
+        args: vec!["--upstream".into(), region.url()],
+    })
+    .await;
+    wait_live_upstream(&region).await;
+    wait_live_upstream(&city).await;
+    let mut sub = Client::connect(&city.url()).await;
+    sub.hello(None).await;
+    sub.subscribe("s", Some(0), None).await;
+    // Load on the primary while a write goes in at the far end of the chain.
+    for i in 0..30 {
+        primary.cli_put(
+            "entity",
+            "default",
+            &json!({"id": format!("p{i}"), "name": format!("primary {i}")}),
+        );
+    }
+    let mut w = Client::connect(&city.url()).await;
+    w.hello(None).await;
+    let seq = w
+        .write(
+            "w1",
+            vec![common::entity(
+                "default",
+                "from-city",
+                "written at the city relay",
+            )],
+        )
+        .await;
+    assert_eq!(
+        until_id(&mut sub, "from-city").await,
+        seq,
+        "same seq numbers at every hop"
+    );
+    // Applied once: exactly one change for it in the primary's log.
+    let o = common::cli(
+        &primary.db,
+        &["changes", "--from", "0", "--limit", "100000"],
+    );
+    let log = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"from-city\"")).count(),
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (p, r, c) = (primary.head().await, region.head().await, city.head().await);
+        if p == r && r == c {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relays did not catch up: {p} {r} {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = digest(&primary.db);
+    assert_eq!(digest(&region.db), d);
+    assert_eq!(digest(&city.db), d);
+}

@@ -92,6 +92,9 @@ pub struct Config {
     /// Seconds a subscriber may go without draining its queue before it is dropped with
     /// `overloaded` (default 30).
     pub stall_timeout_secs: Option<u64>,
+    /// Where writes go when this node is a read-only follower (named in its refusals), e.g.
+    /// `ws://primary.internal:7070/v1/sync`.
+    pub primary: Option<String>,
 }
 
 impl Config {

@@ -233,7 +233,10 @@ async fn write(node: &Arc<NodeState>, req: String, ops: Vec<crate::model::WriteO
         node.metrics.write_errors.fetch_add(1, Relaxed);
         return ServerMsg::Error(ErrorMsg {
             code: ErrorCode::Forbidden,
-            message: "this node is a read-only follower: send writes to the primary".into(),
+            message: match &node.auth.config().primary {
+                Some(p) => format!("this node is a read-only follower: send writes to the primary at {p}"),
+                None => "this node is a read-only follower: send writes to the primary (set `primary` in this node's config to name it here)".into(),
+            },
             sub: None,
             req: Some(req),
         });
