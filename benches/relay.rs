@@ -1,0 +1,159 @@
+//! Added latency per relay hop: changes written to a primary at a steady rate reach a
+//! subscriber of the primary (direct) and a subscriber of an edge relay (`--upstream`), in the
+//! same run; the difference of their commit-to-receipt latencies is the hop's cost.
+//! Run: `cargo bench --bench relay` (HIVESYNC_RELAY_SECS, HIVESYNC_RELAY_RATE to change load).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use hivesync::model::{Kind, WriteOp};
+use hivesync::node::{config::Config, ServeArgs};
+use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
+use hivesync::store::{Store, StoreOptions};
+use tokio_tungstenite::tungstenite::Message;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+fn args(addr: std::net::SocketAddr, upstream: Option<String>) -> ServeArgs {
+    ServeArgs {
+        listen: addr,
+        config: None,
+        read_only: false,
+        upstream,
+        upstream_token: None,
+        poll_ms: None,
+        readers: 4,
+        web: None,
+    }
+}
+
+async fn node(
+    dir: &std::path::Path,
+    name: &str,
+    upstream: Option<String>,
+) -> (hivesync::node::NodeHandle, String) {
+    let store = Arc::new(Store::open(dir.join(name), StoreOptions::default()).unwrap());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = args(l.local_addr().unwrap(), upstream);
+    let h = hivesync::node::start(store, l, Config::default(), None, &a)
+        .await
+        .unwrap();
+    let url = format!("ws://{}/v1/sync", h.addr);
+    (h, url)
+}
+
+/// Subscribe from `from` and collect receipt latencies (µs) of changes carrying `t_us`.
+async fn subscriber(url: String, from: i64, n: usize) -> Vec<i64> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let hello = ClientMsg::Hello {
+        token: None,
+        client: None,
+    };
+    ws.send(Message::Text(protocol::encode_client_json(&hello).into()))
+        .await
+        .unwrap();
+    let sub = ClientMsg::Subscribe(Subscribe {
+        sub: "s".into(),
+        from: Some(from),
+        namespaces: None,
+        kinds: None,
+    });
+    ws.send(Message::Text(protocol::encode_client_json(&sub).into()))
+        .await
+        .unwrap();
+    let mut lat = Vec::with_capacity(n);
+    while lat.len() < n {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            break;
+        };
+        let got = now_us();
+        if let ServerMsg::Changes { changes, .. } = protocol::decode_server_json(&t).unwrap() {
+            for c in changes {
+                let v: serde_json::Value =
+                    serde_json::from_str(c.data.as_deref().unwrap_or("{}")).unwrap();
+                if let Some(t) = v["properties"]["t_us"].as_i64() {
+                    lat.push(got - t);
+                }
+            }
+        }
+    }
+    lat
+}
+
+fn pct(v: &mut [i64], p: f64) -> f64 {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+fn main() {
+    let secs: u64 = std::env::var("HIVESYNC_RELAY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rate: u64 = std::env::var("HIVESYNC_RELAY_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# relay hop latency on {cpu}, {} cores, load {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        load.trim()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, purl) = node(dir.path(), "primary.db", None).await;
+        let (r, rurl) = node(dir.path(), "relay.db", Some(purl.clone())).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = (secs * rate) as usize;
+        let direct = tokio::spawn(subscriber(purl.clone(), 0, n));
+        let relayed = tokio::spawn(subscriber(rurl.clone(), 0, n));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (mut w, _) = tokio_tungstenite::connect_async(purl.as_str()).await.unwrap();
+        let hello = ClientMsg::Hello { token: None, client: None };
+        w.send(Message::Text(protocol::encode_client_json(&hello).into())).await.unwrap();
+        let (mut wtx, mut wrx) = w.split();
+        tokio::spawn(async move { while wrx.next().await.is_some() {} });
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        for i in 0..n {
+            tick.tick().await;
+            let op = WriteOp::upsert(Kind::Entity, "default", serde_json::json!({"id": format!("e{i}"), "name": "x", "properties": {"t_us": now_us()}}));
+            let m = ClientMsg::Write { req: format!("w{i}"), ops: vec![op] };
+            wtx.send(Message::Text(protocol::encode_client_json(&m).into())).await.unwrap();
+        }
+        let mut d = tokio::time::timeout(Duration::from_secs(60), direct).await.unwrap().unwrap();
+        let mut e = tokio::time::timeout(Duration::from_secs(60), relayed).await.unwrap().unwrap();
+        println!("{n} changes at {rate}/s over socket writes to the primary");
+        println!("{:<28} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+        let (d50, d99, dmax) = (pct(&mut d, 0.5), pct(&mut d, 0.99), pct(&mut d, 1.0));
+        let (e50, e99, emax) = (pct(&mut e, 0.5), pct(&mut e, 0.99), pct(&mut e, 1.0));
+        println!("{:<28} {d50:>9.3} {d99:>9.3} {dmax:>9.3}", "direct (primary)");
+        println!("{:<28} {e50:>9.3} {e99:>9.3} {emax:>9.3}", "through one relay");
+        println!("{:<28} {:>9.3} {:>9.3}            (goal: p99 added <= 1 ms per hop)", "added by the hop", e50 - d50, e99 - d99);
+        r.stop().await;
+        p.stop().await;
+    });
+}
