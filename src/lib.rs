@@ -9,13 +9,18 @@
 //! - [`ops`]: validation of write ops and the row-level write statements.
 //! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
 //! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side).
+//! - [`protocol`]: wire protocol v1: messages, JSON and postcard codecs, the sans-IO session.
 //! - `store` (native): the pooled store (one writer, N readers, WAL, background checkpoints).
+//! - `node` (native): the server: WebSocket feed, fan-out hub, auth, metrics, edge mode, watch client.
 //!
 //! ```
 //! use hivesync::{model::{Kind, WriteOp}, schema, ops, query};
 //! let conn = schema::open_in_memory(&Default::default())?;
 //! ops::execute(&conn, &WriteOp::upsert(Kind::Entity, "default",
 //!     serde_json::json!({"id": "ada", "kind": "person", "name": "Ada Lovelace"})), 1)?;
+//! // Full-text updates are queued by the triggers and applied in bulk before a commit
+//! // (the store and the replica do this in every transaction).
+//! schema::drain_fts_queue(&conn)?;
 //! let hits = query::search(&conn, &query::SearchQuery { text: "lovelace".into(), ..Default::default() }, 1)?;
 //! assert_eq!(hits[0].id, "ada");
 //! # Ok::<(), hivesync::Error>(())
