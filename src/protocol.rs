@@ -820,13 +820,15 @@ pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, o)| {
+                    // `"data":null` in JSON decodes as no data; so must its binary form.
                     let data = o
                         .data
-                        .map(|d| serde_json::from_str(&d))
+                        .map(|d| serde_json::from_str::<serde_json::Value>(&d))
                         .transpose()
                         .map_err(|e| {
                             Error::invalid(format!("op {i}: `data` is not valid JSON: {e}"))
-                        })?;
+                        })?
+                        .filter(|v| !v.is_null());
                     Ok(WriteOp {
                         op: o.op,
                         kind: o.kind,

@@ -131,3 +131,27 @@ fn floats_survive_write_log_and_replica_unchanged() {
     let path = fuzz_dir().join("regressions/decode_json/float-roundtrip-vector-data.json");
     checks::check("decode_json", &std::fs::read(path).unwrap());
 }
+
+/// Found by the `decode_bin` check (regressions/decode_bin/write-delete-null-data.bin): a
+/// binary `write` whose op carries `data` as the JSON text `null` decoded to `Some(Null)`,
+/// while the same op in JSON (`"data":null`) decodes to no data, so one message meant two
+/// things: the delete below was refused over binary ("a delete carries `id` ..., not `data`")
+/// and applied over JSON. Both encodings now decode it to no data.
+#[test]
+fn binary_write_with_null_data_decodes_as_json_does() {
+    use hivesync::model::{Kind, WriteOp};
+    use hivesync::protocol::{decode_client_bin, decode_client_json, ClientMsg};
+
+    let path = fuzz_dir().join("regressions/decode_bin/write-delete-null-data.bin");
+    let bin = decode_client_bin(&std::fs::read(path).unwrap()).unwrap();
+    let json = decode_client_json(
+        r#"{"type":"write","req":"w","ops":[{"op":"delete","kind":"entity","ns":"a","id":"x","data":null}]}"#,
+    )
+    .unwrap();
+    let want = ClientMsg::Write {
+        req: "w".into(),
+        ops: vec![WriteOp::delete(Kind::Entity, "a", "x")],
+    };
+    assert_eq!(bin, want);
+    assert_eq!(json, want);
+}

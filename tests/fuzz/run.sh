@@ -15,7 +15,8 @@
 #   FUZZ_SANITIZER  none (default) or address. cargo-fuzz passes no nightly-only flag with
 #                   `--sanitizer none`, so that works on stable Rust as it is; the sanitizers
 #                   need `-Zsanitizer`, which RUSTC_BOOTSTRAP=1 unlocks on a stable compiler
-#                   (its ASan runtime ships with the standard library).
+#                   (its ASan runtime ships with the standard library). Known leaks in
+#                   third-party C code are suppressed with lsan.supp.
 #
 # Inputs that reach new code go to tests/fuzz/work/<target>/ (not committed; delete it to
 # start from the seeds again); the seeds in tests/fuzz/corpus/<target>/ are only read.
@@ -43,6 +44,8 @@ if [ "$sanitizer" != none ]; then
   export RUSTC_BOOTSTRAP=1
   # A separate build: the instrumentation differs.
   opts+=(--target-dir "target/$sanitizer")
+  # Known leaks in third-party C code (each explained in the file).
+  export LSAN_OPTIONS="suppressions=$PWD/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 fi
 
 echo "== building the fuzz targets (sanitizer: $sanitizer)"
