@@ -17,9 +17,10 @@
 //!    each, pipelined), from the first write until every subscriber has every change; 100 and
 //!    1,000 subscribers. Baseline: the raw server broadcasting pre-encoded `changes` frames of
 //!    the same bytes and count (one frame per written batch, encoded from the very changes the
-//!    node logged) to the same number of clients. A second hivesync run ("direct") commits the
-//!    same burst with `Store::write` from a plain thread on the node's own store (the node
-//!    notices the commits through its file watcher), to tell the fan-out from the ingestion.
+//!    node logged) to the same number of clients. The node's run includes its ingestion of the
+//!    burst (SQLite commits), which the raw server does not do; so a second run ("window")
+//!    commits the burst first and then has the N connections subscribe from the seq before it,
+//!    timing only the fan-out from the node's in-memory window.
 //! 3. **memory**: resident memory per idle subscriber. The real `hivesync serve` binary runs as
 //!    a child process; its VmRSS (and RssAnon) is read from /proc/<pid>/status before and after
 //!    10,000 connections each send `hello` + `subscribe` (from = head), get `live` and idle.
@@ -288,6 +289,11 @@ fn cpu_now(tck: f64) -> Cpu {
         by,
         machine_busy: (total - idle) / tck,
     }
+}
+
+/// CPU seconds the server runtime's threads used between two readings.
+fn srv_secs(a: &Cpu, b: &Cpu) -> f64 {
+    b.by.get("srv").copied().unwrap_or(0.0) - a.by.get("srv").copied().unwrap_or(0.0)
 }
 
 /// "srv 1.52 s, cli 0.80 s, other processes 0.10 s" between two readings.
@@ -1015,7 +1021,14 @@ struct FanRun {
     complete: usize,
 }
 
-fn fan_report(label: &str, n: usize, total: u64, t0: Instant, outs: &[SubOut]) -> FanRun {
+fn fan_report(
+    label: &str,
+    n: usize,
+    total: u64,
+    t0: Instant,
+    outs: &[SubOut],
+    cpu: (&Cpu, &Cpu),
+) -> FanRun {
     let complete = outs.iter().filter(|o| o.done.is_some()).count();
     let end = outs.iter().filter_map(|o| o.done).max().unwrap_or(t0);
     let elapsed = end.duration_since(t0).as_secs_f64();
@@ -1027,12 +1040,13 @@ fn fan_report(label: &str, n: usize, total: u64, t0: Instant, outs: &[SubOut]) -
     let rate = delivered as f64 / elapsed;
     println!(
         "  {label:<8} {n:>5} subs: {} deliveries in {elapsed:.2} s = {}/s ({:.0} MB/s), {complete}/{n} complete, \
-         {:.1} frames/sub, {:.0} B/change, {gaps} gaps, {bad} bad frames",
+         {:.1} frames/sub, {:.0} B/change, {gaps} gaps, {bad} bad frames; server CPU {:.0} ns/delivery",
         delivered,
         si(rate),
         bytes as f64 / elapsed / 1e6,
         frames as f64 / n as f64,
         bytes as f64 / delivered.max(1) as f64,
+        srv_secs(cpu.0, cpu.1) * 1e9 / delivered.max(1) as f64,
     );
     FanRun {
         rate,
@@ -1041,94 +1055,136 @@ fn fan_report(label: &str, n: usize, total: u64, t0: Instant, outs: &[SubOut]) -
     }
 }
 
-/// hivesync: subscribers, then a burst of writes through the node's socket. Returns the run and
-/// the seq the burst starts after.
-/// hivesync: `n` subscribers, then a burst of `total` changes in writes of `batch` ops, sent
-/// through the node's WebSocket (pipelined), or with `direct` committed by a plain thread with
-/// `Store::write` on the node's own store (the node notices them through its file watcher):
-/// the latter leaves the node only the fan-out to do. Returns the run and the seq the burst
-/// starts after.
-async fn fanout_node(
-    addr: SocketAddr,
-    direct: Option<Arc<Store>>,
-    n: usize,
-    total: usize,
-    batch: usize,
-    run: usize,
-    tck: f64,
-) -> (FanRun, i64) {
-    let label = if direct.is_some() {
-        "direct"
-    } else {
-        "hivesync"
-    };
-    let (conns, failed) = open_many(addr, n, 128 * 1024, 100).await;
-    if !failed.is_empty() {
-        println!("  {} subscribers failed: {}", failed.len(), failed[0]);
-    }
-    let head0 = conns.first().map_or(0, |c| c.1);
-    let writes = total.div_ceil(batch);
-    let mut w = match direct {
-        None => Some(writer(addr, writes).await),
-        Some(_) => None,
-    };
-    // Build every op before the clock starts.
+fn fanout_batches(total: usize, batch: usize, tag: &str) -> Vec<Vec<WriteOp>> {
     let desc =
         "a fan-out benchmark entity with a description of about a hundred bytes, like a short note";
-    let batches: Vec<Vec<WriteOp>> = (0..writes)
+    (0..total.div_ceil(batch))
         .map(|b| {
             (b * batch..((b + 1) * batch).min(total))
                 .map(|i| {
                     WriteOp::upsert(
                         Kind::Entity,
                         "default",
-                        json!({"id": format!("fan{run}{label}-{i}"), "kind": "bench", "name": format!("fan-out change {i}"),
+                        json!({"id": format!("fan{tag}-{i}"), "kind": "bench", "name": format!("fan-out change {i}"),
                                "description": desc, "properties": {"i": i}}),
                     )
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+/// Open `n` connections that said `hello` and have not subscribed yet.
+async fn open_idle(addr: SocketAddr, n: usize) -> Vec<(Ws, i64)> {
+    let sem = Arc::new(Semaphore::new(100));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws_connect(addr, 128 * 1024).await.expect("connect");
+            let head = hello(&mut ws).await.expect("hello");
+            drop(permit);
+            (ws, head)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// hivesync, as the brief has it ("live"): `n` subscribers at the head, then a burst of `total`
+/// changes in pipelined writes of `batch` ops through the node's WebSocket; timed from the
+/// first write until every subscriber has every change, so the node's ingestion of the burst
+/// is inside the time. With `window`, the burst is committed (and published) first and the
+/// clock starts when the `n` connections subscribe from the seq before it: the node then only
+/// fans out from its in-memory window. Returns the run and the seq the burst starts after.
+async fn fanout_node(
+    addr: SocketAddr,
+    window: bool,
+    n: usize,
+    total: usize,
+    batch: usize,
+    run: usize,
+    tck: f64,
+) -> (FanRun, i64) {
+    let label = if window { "window" } else { "hivesync" };
+    let batches = fanout_batches(total, batch, &format!("{run}{label}"));
+    let writes = batches.len();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut w = writer(addr, writes).await;
+    if window {
+        let conns = open_idle(addr, n).await;
+        let head0 = conns.first().map_or(0, |c| c.1);
+        let t_write = Instant::now();
+        for (b, ops) in batches.into_iter().enumerate() {
+            send_write(&mut w, b, ops).await;
+        }
+        let wo = w.answers.await.unwrap();
+        let wsecs = t_write.elapsed().as_secs_f64();
+        // The tailer publishes within milliseconds of a commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu0 = cpu_now(tck);
+        let t0 = Instant::now();
+        let subs: Vec<_> = conns
+            .into_iter()
+            .map(|(mut ws, _)| {
+                tokio::spawn(async move {
+                    let sub = ClientMsg::Subscribe(Subscribe {
+                        sub: SUB.into(),
+                        from: Some(head0),
+                        namespaces: None,
+                        kinds: None,
+                    });
+                    if send_msg(&mut ws, &sub).await.is_err() {
+                        return SubOut::default();
+                    }
+                    subscriber(ws, head0, total as u64, None, deadline).await
+                })
+            })
+            .collect();
+        let mut outs = Vec::with_capacity(n);
+        for s in subs {
+            outs.push(s.await.unwrap());
+        }
+        let cpu1 = cpu_now(tck);
+        let r = fan_report(label, n, total as u64, t0, &outs, (&cpu0, &cpu1));
+        println!(
+            "           (burst of {} writes committed beforehand in {wsecs:.2} s, {} errors); {}",
+            wo.ok,
+            wo.errors,
+            cpu_delta(&cpu0, &cpu1)
+        );
+        return (r, head0);
+    }
+    let (conns, failed) = open_many(addr, n, 128 * 1024, 100).await;
+    if !failed.is_empty() {
+        println!("  {} subscribers failed: {}", failed.len(), failed[0]);
+    }
+    let head0 = conns.first().map_or(0, |c| c.1);
     let subs: Vec<_> = conns
         .into_iter()
         .map(|(ws, live)| tokio::spawn(subscriber(ws, live, total as u64, None, deadline)))
         .collect();
     let cpu0 = cpu_now(tck);
     let t0 = Instant::now();
-    let direct_writes = match (&mut w, direct) {
-        (Some(w), _) => {
-            for (b, ops) in batches.into_iter().enumerate() {
-                send_write(w, b, ops).await;
-            }
-            None
-        }
-        (None, Some(store)) => Some(std::thread::spawn(move || {
-            let ok = batches
-                .iter()
-                .filter(|ops| store.write(ops).is_ok())
-                .count();
-            (ok as u64, (batches.len() - ok) as u64, Some(Instant::now()))
-        })),
-        (None, None) => None,
-    };
+    for (b, ops) in batches.into_iter().enumerate() {
+        send_write(&mut w, b, ops).await;
+    }
     let mut outs = Vec::with_capacity(n);
     for s in subs {
         outs.push(s.await.unwrap());
     }
-    let (ok, errors, wdone) = match (w, direct_writes) {
-        (Some(w), _) => {
-            let wo = w.answers.await.unwrap();
-            (wo.ok, wo.errors, wo.done)
-        }
-        (None, Some(t)) => t.join().unwrap(),
-        (None, None) => (0, 0, None),
-    };
+    let wo = w.answers.await.unwrap();
     let cpu1 = cpu_now(tck);
-    let r = fan_report(label, n, total as u64, t0, &outs);
+    let r = fan_report(label, n, total as u64, t0, &outs, (&cpu0, &cpu1));
     println!(
-        "           {ok} writes ({errors} errors) committed in {:.2} s; {}",
-        wdone.map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64()),
+        "           {} writes ({} errors) committed in {:.2} s; {}",
+        wo.ok,
+        wo.errors,
+        wo.done
+            .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64()),
         cpu_delta(&cpu0, &cpu1)
     );
     (r, head0)
@@ -1196,7 +1252,7 @@ async fn fanout_raw(
         outs.push(s.await.unwrap());
     }
     let cpu1 = cpu_now(tck);
-    let r = fan_report("raw", n, total as u64, t0, &outs);
+    let r = fan_report("raw", n, total as u64, t0, &outs, (&cpu0, &cpu1));
     println!(
         "           {} frames lost to broadcast lag; {}",
         st.lagged.load(Relaxed) - lag0,
@@ -1593,13 +1649,13 @@ fn main() {
         }
         if s.has("fanout") {
             println!(
-                "\n[2] fan-out: {} changes written in batches of {} (hivesync: pipelined writes through the node's WebSocket; direct: Store::write from a thread)",
+                "\n[2] fan-out: {} changes written in batches of {} (pipelined writes through the node's WebSocket; \"window\": committed first, then all subscribe from before it)",
                 s.fan_changes, s.fan_batch
             );
             for (run, &n) in s.fan_subs.iter().enumerate() {
                 let (h, head0) = cli.block_on(fanout_node(
                     naddr,
-                    None,
+                    false,
                     n,
                     s.fan_changes,
                     s.fan_batch,
@@ -1609,7 +1665,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(300));
                 let (d, _) = cli.block_on(fanout_node(
                     naddr,
-                    Some(store.clone()),
+                    true,
                     n,
                     s.fan_changes,
                     s.fan_batch,
@@ -1658,7 +1714,7 @@ fn main() {
                     goal: ">= 0.5x".into(),
                 });
                 rows.push(Row {
-                    what: "  same, burst committed by Store::write (fan-out only)".into(),
+                    what: "  same, burst committed first: fan-out from the window only".into(),
                     node: cell(&d),
                     base,
                     ratio: ratio(&d),
