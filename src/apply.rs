@@ -47,14 +47,21 @@ fn begin_applying(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Commit (or roll back) the apply transaction. A commit that fails (the queue drain, a full
+/// disk at COMMIT) rolls back too: the connection must never be left inside a transaction, or
+/// every later apply on it would fail with "cannot start a transaction within a transaction".
 fn end_applying(conn: &Connection, ok: bool) -> Result<()> {
     if ok {
-        schema::drain_fts_queue(conn)?;
-        conn.execute_batch("DELETE FROM sync_ctx; COMMIT;")?;
+        let res = schema::drain_fts_queue(conn)
+            .and_then(|_| Ok(conn.execute_batch("DELETE FROM sync_ctx; COMMIT;")?));
+        if res.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        res
     } else {
         let _ = conn.execute_batch("ROLLBACK");
+        Ok(())
     }
-    Ok(())
 }
 
 fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -280,6 +287,14 @@ pub fn snapshot_rows(conn: &Connection, rows: &[Change]) -> Result<()> {
 
 /// Commit the snapshot, recording `at` as the applied seq.
 pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
+    if let Err(e) = snapshot_mark(conn, at) {
+        snapshot_abort(conn);
+        return Err(e);
+    }
+    end_applying(conn, true)
+}
+
+fn snapshot_mark(conn: &Connection, at: i64) -> Result<()> {
     set_applied(conn, at)?;
     // The log restarts at `at`: its head must say so even though it holds no change yet, so a
     // node serving this copy (edge mode) reports the upstream's position.
@@ -292,7 +307,7 @@ pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
         "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'changes'",
         [at],
     )?;
-    end_applying(conn, true)
+    Ok(())
 }
 
 /// Abandon a snapshot in progress.

@@ -240,6 +240,13 @@ fn print_json(w: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+fn values<T: serde::Serialize>(rows: Vec<T>) -> Result<Vec<Value>> {
+    Ok(rows
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?)
+}
+
 fn parse_json(what: &str, s: &str) -> Result<Value> {
     serde_json::from_str(s).with_context(|| format!("{what} is not valid JSON"))
 }
@@ -376,26 +383,10 @@ fn run(cli: Cli) -> Result<()> {
                 limit: *limit,
             };
             let rows: Vec<Value> = match kind {
-                Kind::Entity => store
-                    .list_entities(&q)?
-                    .into_iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?,
-                Kind::Edge => store
-                    .list_edges(&q)?
-                    .into_iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?,
-                Kind::Note => store
-                    .list_notes(&q)?
-                    .into_iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?,
-                Kind::Event => store
-                    .list_events(&q)?
-                    .into_iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?,
+                Kind::Entity => values(store.list_entities(&q)?)?,
+                Kind::Edge => values(store.list_edges(&q)?)?,
+                Kind::Note => values(store.list_notes(&q)?)?,
+                Kind::Event => values(store.list_events(&q)?)?,
                 Kind::Vector => {
                     bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
                 }

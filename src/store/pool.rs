@@ -223,7 +223,12 @@ impl Pool {
         // A reader that comes back inside a transaction, or whose last use failed badly, is
         // closed and replaced rather than handed to the next caller.
         let healthy = conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok();
-        let conn = if healthy && conn.query_row("SELECT 1", [], |_| Ok(())).is_ok() {
+        let conn = if healthy
+            && conn
+                .prepare_cached("SELECT 1")
+                .and_then(|mut s| s.query_row([], |_| Ok(())))
+                .is_ok()
+        {
             Some(conn)
         } else {
             tracing::warn!("replacing an unhealthy reader connection");
