@@ -8,8 +8,14 @@
 //! write transaction starts after a checkpoint that caught up completely, and a busy writer
 //! always gets its next commit in first (measured: 80 MB of WAL for 60 MB of writes). So past
 //! [`WAL_HARD_LIMIT_BYTES`] the thread escalates to a TRUNCATE checkpoint, which holds off new
-//! writes for the length of the checkpoint (bounded by a short busy timeout, after which it
-//! gives up and retries) and leaves an empty WAL.
+//! writes for the length of the checkpoint and leaves an empty WAL.
+//!
+//! A TRUNCATE checkpoint must win the write lock. Left to SQLite's busy handler it can lose
+//! every time to a writer that commits back to back (its sleeps miss the short gaps between
+//! transactions; seen in CI: 46 MB of WAL), so the thread first takes the pool's writer mutex,
+//! which parking_lot hands over fairly. Holding it, this process cannot be mid-transaction;
+//! the short busy timeout then only waits for readers and other processes, after which the
+//! checkpoint gives up, releases the mutex and retries on the next tick.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Result;
@@ -29,6 +36,8 @@ pub const WAL_HARD_LIMIT_BYTES: u64 = 4 * WAL_THRESHOLD_BYTES;
 /// Longest a TRUNCATE checkpoint waits for the writer or readers before giving up: writes
 /// stall at most about this long.
 const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
+/// Longest the thread waits for the pool's writer mutex before a TRUNCATE checkpoint.
+const WRITER_WAIT: Duration = Duration::from_secs(2);
 /// How often the thread looks at the WAL size.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -56,8 +65,9 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 impl Checkpointer {
-    /// Start checkpointing the database at `path`.
-    pub fn start(path: &Path) -> Result<Checkpointer> {
+    /// Start checkpointing the database at `path`; `writer` is the pool's writer, held during
+    /// TRUNCATE checkpoints (None when this process does not write).
+    pub fn start(path: &Path, writer: Option<Arc<Mutex<Connection>>>) -> Result<Checkpointer> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -69,7 +79,7 @@ impl Checkpointer {
         let (stop2, stats2) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("hivesync-checkpoint".into())
-            .spawn(move || run(conn, &wal, &stop2, &stats2))?;
+            .spawn(move || run(conn, writer, &wal, &stop2, &stats2))?;
         Ok(Checkpointer {
             stop,
             handle: Some(handle),
@@ -78,7 +88,13 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: Connection, wal: &Path, stop: &AtomicBool, stats: &CheckpointStats) {
+fn run(
+    conn: Connection,
+    writer: Option<Arc<Mutex<Connection>>>,
+    wal: &Path,
+    stop: &AtomicBool,
+    stats: &CheckpointStats,
+) {
     let mut last_size = 0u64;
     let mut quiet_ticks = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -95,10 +111,18 @@ fn run(conn: Connection, wal: &Path, stop: &AtomicBool, stats: &CheckpointStats)
         if !due {
             continue;
         }
-        let mode = if size > WAL_HARD_LIMIT_BYTES {
-            "TRUNCATE"
-        } else {
-            "PASSIVE"
+        let truncate = size > WAL_HARD_LIMIT_BYTES;
+        let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+        // Keep this process's writer out while the TRUNCATE runs (see the module docs).
+        let _writer = match (&writer, truncate) {
+            (Some(w), true) => match w.try_lock_for(WRITER_WAIT) {
+                Some(g) => Some(g),
+                None => {
+                    tracing::warn!("wal checkpoint: the writer stayed busy; retrying");
+                    continue;
+                }
+            },
+            _ => None,
         };
         match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
