@@ -84,6 +84,8 @@ pub(crate) struct NodeState {
     pub(crate) stall_timeout: Duration,
     pub(crate) read_only: bool,
     pub(crate) upstream: Option<upstream::Upstream>,
+    /// The writer thread's queue (None on followers and edges, which never write locally).
+    pub(crate) writes: Option<tokio::sync::mpsc::Sender<conn::WriteJob>>,
 }
 
 /// A running node (for tests and embedding).
@@ -135,6 +137,13 @@ pub async fn start(
     let read_only = args.read_only;
     let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
     let metrics = Arc::new(Metrics::default());
+    let writes = if read_only || args.upstream.is_some() {
+        None
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(conn::WRITE_QUEUE);
+        conn::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
+        Some(tx)
+    };
     let node = Arc::new(NodeState {
         store: store.clone(),
         hub: hub.clone(),
@@ -158,6 +167,7 @@ pub async fn start(
             )?),
             None => None,
         },
+        writes,
     });
     let mut watchers = Vec::new();
     if let Some(p) = config_path {

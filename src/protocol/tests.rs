@@ -106,6 +106,12 @@ fn assembled_frames_equal_whole_encodings() {
             .collect();
         let frame = changes_frame(enc, "s1", 4, parts.iter().map(|p| p.as_slice()));
         assert_eq!(frame, encode_server(enc, &all_msgs()[2]), "{enc:?}");
+        // The catch-up path encodes straight into the frame: the same bytes.
+        assert_eq!(
+            changes_frame_of(enc, "s1", 4, changes.iter()),
+            frame,
+            "{enc:?}"
+        );
     }
 }
 
