@@ -151,6 +151,10 @@ impl Pool {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Checkpoints run on their own thread (see checkpoint.rs), never inside a commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A restarted WAL keeps its file (up to this size) and overwrites it: appends that
+        // reuse blocks need no allocation, so no wait on the filesystem journal while the
+        // checkpointer syncs (a 4 MiB limit, cutting the file back at every restart, doubled
+        // the commit latency's p99.9 at 1,000 commits/s).
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         schema::migrate(&conn, opts)?;
         Ok(conn)
