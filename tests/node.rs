@@ -860,16 +860,20 @@ async fn silent_subscriber_does_not_block() {
     }
     // What it had been sent is consistent; then the connection ends; resuming loses nothing.
     let mut quiet = Feed::from(0);
+    let mut told = false;
     let end = loop {
         match silent.next_event().await {
             Event::Msg(ServerMsg::Error(e)) => {
                 assert_code(&e, ErrorCode::Overloaded);
                 assert_eq!(e.sub.as_deref(), Some("quiet"));
+                told = true;
             }
             Event::Msg(m) => assert!(quiet.take("quiet", &m), "unexpected {m:?}"),
             other => break other,
         }
     };
+    // It read again within the stall timeout after the drop, so the error reached it.
+    assert!(told, "the dropped subscriber was not told why: {end:?}");
     let cut = quiet.last.unwrap();
     println!("silent subscriber dropped after receiving up to seq {cut}: {end:?}");
     assert!(

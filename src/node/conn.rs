@@ -73,8 +73,28 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let metrics = node.metrics.clone();
+    // The last word for a client that stopped reading: sent after whatever frame is in flight,
+    // ahead of everything still queued (which is dropped), then the connection closes.
+    let (last_word_tx, last_word_rx) = oneshot::channel::<Message>();
     let writer = tokio::spawn(async move {
-        while let Some(o) = out_rx.recv().await {
+        let mut last_word = Some(last_word_rx);
+        let mut final_msg = None;
+        loop {
+            let next = match last_word.as_mut() {
+                Some(rx) => tokio::select! {
+                    biased;
+                    m = rx => {
+                        last_word = None;
+                        match m {
+                            Ok(m) => { final_msg = Some(m); break; }
+                            Err(_) => continue,
+                        }
+                    }
+                    o = out_rx.recv() => o,
+                },
+                None => out_rx.recv().await,
+            };
+            let Some(o) = next else { break };
             match o {
                 Out::Frame(m) => {
                     let n = match &m {
@@ -82,7 +102,24 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                         Message::Binary(b) => b.len(),
                         _ => 0,
                     };
-                    if sink.send(m).await.is_err() {
+                    // A client that stopped reading blocks this send; the last word interrupts
+                    // it (the frame stays in the sink's buffer and still goes out first).
+                    let sent = match last_word.as_mut() {
+                        Some(rx) => tokio::select! {
+                            biased;
+                            r = sink.send(m) => r.is_ok(),
+                            m = rx => {
+                                last_word = None;
+                                if let Ok(m) = m {
+                                    final_msg = Some(m);
+                                    break;
+                                }
+                                true
+                            }
+                        },
+                        None => sink.send(m).await.is_ok(),
+                    };
+                    if !sent {
                         break;
                     }
                     metrics.frames_out.fetch_add(1, Relaxed);
@@ -97,6 +134,19 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                         .await;
                     break;
                 }
+            }
+        }
+        if let Some(m) = final_msg {
+            // Free the queue now: this client may never read again.
+            out_rx.close();
+            while out_rx.try_recv().is_ok() {}
+            if sink.send(m).await.is_ok() {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1013,
+                        reason: "overloaded: the client stopped reading".into(),
+                    })))
+                    .await;
             }
         }
         let _ = sink.close().await;
@@ -115,6 +165,7 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
         }
     });
     let mut session = Session::new(enc);
+    let mut stalled_end = false;
     let mut subs: HashMap<String, (JoinHandle<()>, Arc<SubStats>)> = HashMap::new();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let mut shutdown = node.shutdown.clone();
@@ -130,9 +181,17 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                 subs.remove(&sub);
                 node.metrics.remove_sub(conn_id, &sub);
                 if stalled {
-                    // The client stopped reading: its queue is full, so the error frame may never
-                    // leave; end the connection so its memory is freed. It resumes from its cursor.
-                    writer.abort();
+                    // The client stopped reading: end the connection. Its queue is dropped; the
+                    // error goes out if the client reads again within the stall timeout (then
+                    // the connection is cut). It resumes from its last applied seq.
+                    let m = ErrorMsg {
+                        code: ErrorCode::Overloaded,
+                        message: "subscriber stopped reading; dropped: reconnect and resume from your last applied seq".into(),
+                        sub: Some(sub.clone()),
+                        req: None,
+                    };
+                    let _ = last_word_tx.send(to_message(encode_server(enc, &ServerMsg::Error(m))));
+                    stalled_end = true;
                     break 'conn;
                 }
                 continue;
@@ -242,10 +301,14 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
         tracing::debug!(conn = conn_id, "write answers did not finish in time");
     }
     drop(out_tx);
-    if tokio::time::timeout(Duration::from_secs(2), writer)
-        .await
-        .is_err()
-    {
+    let grace = if stalled_end {
+        node.stall_timeout
+    } else {
+        Duration::from_secs(2)
+    };
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(grace, writer).await.is_err() {
+        abort.abort();
         tracing::debug!(conn = conn_id, "writer did not finish in time");
     }
     node.metrics.connections.fetch_sub(1, Relaxed);
@@ -411,17 +474,8 @@ async fn run_sub(ctx: SubCtx) {
     match end {
         SubEnd::Done => {}
         SubEnd::Stalled => {
+            // The session sends the error, ahead of the full queue.
             ctx.node.metrics.stalled_drops.fetch_add(1, Relaxed);
-            let m = ErrorMsg {
-                code: ErrorCode::Overloaded,
-                message: "subscriber stopped reading; dropped: reconnect and resume from your last applied seq".into(),
-                sub: Some(ctx.sub.clone()),
-                req: None,
-            };
-            let _ = ctx.out.try_send(Out::Frame(to_message(encode_server(
-                ctx.enc,
-                &ServerMsg::Error(m),
-            ))));
         }
         SubEnd::Failed(mut m) => {
             // Tell the session before the client: a client that reads this error and reuses

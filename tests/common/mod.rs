@@ -70,6 +70,8 @@ pub struct Node {
     log: PathBuf,
     /// The temporary directory (removed on drop).
     pub dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+    args: Vec<String>,
 }
 
 impl Node {
@@ -97,52 +99,85 @@ impl Node {
         // it: retry with a new port when the node exits saying so.
         for attempt in 0.. {
             let port = free_port();
-            let mut cmd = command();
-            cmd.arg("--db")
-                .arg(&db)
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-            if let Some(p) = &config {
-                cmd.arg("--config").arg(p);
-            }
-            cmd.args(&opts.args);
-            cmd.env("RUST_LOG", "info,hivesync=debug");
-            let logf = std::fs::File::create(&log).unwrap();
-            cmd.stdin(Stdio::null())
-                .stdout(logf.try_clone().unwrap())
-                .stderr(logf);
             // From here on the node owns the child: a panic below kills it.
             let mut node = Node {
-                child: Some(cmd.spawn().unwrap()),
+                child: None,
                 port,
                 db: db.clone(),
                 log: log.clone(),
                 dir,
+                config: config.clone(),
+                args: opts.args.clone(),
             };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(st)) = node.child.as_mut().unwrap().try_wait() {
-                    node.child = None;
-                    let text = node.log_text();
-                    assert!(
-                        attempt < 2 && text.contains("cannot listen"),
-                        "node exited early with {st}:\n{text}"
-                    );
-                    break;
-                }
-                if let Some((200, _)) = http_get(port, "/healthz").await {
-                    return node;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node did not answer /healthz within 20 s:\n{}",
-                    node.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
+            if node.spawn_and_wait(attempt < 2).await {
+                return node;
             }
             // Take the directory back (the node holds no child any more) and try another port.
             dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
         }
         unreachable!("the loop above returns or panics")
+    }
+
+    /// Start the process on `self.port` and wait for `/healthz`; false when it exited because
+    /// the port was taken (and `may_fail`).
+    async fn spawn_and_wait(&mut self, may_fail: bool) -> bool {
+        let mut cmd = command();
+        cmd.arg("--db").arg(&self.db).args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+        ]);
+        if let Some(p) = &self.config {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.args(&self.args);
+        cmd.env("RUST_LOG", "info,hivesync=debug");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.as_mut().unwrap().try_wait() {
+                self.child = None;
+                let text = self.log_text();
+                assert!(
+                    may_fail && text.contains("cannot listen"),
+                    "node exited early with {st}:\n{text}"
+                );
+                return false;
+            }
+            if let Some((200, _)) = http_get(self.port, "/healthz").await {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not answer /healthz within 20 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kill the process (SIGKILL) and start it again on the same port, database and options.
+    pub async fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The port can stay busy for a moment after the kill.
+        for _ in 0..50 {
+            if self.spawn_and_wait(true).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not restart the node on port {}", self.port);
     }
 
     /// The feed URL.
