@@ -87,6 +87,8 @@ struct Window {
     bytes: usize,
     /// Every change with seq > covered_from is in the window.
     covered_from: i64,
+    /// The last seq published.
+    head: i64,
 }
 
 /// What a read of the window found.
@@ -113,6 +115,7 @@ impl Hub {
                 changes: VecDeque::new(),
                 bytes: 0,
                 covered_from: head,
+                head,
             }),
             limits,
             head: watch::channel(head).0,
@@ -149,18 +152,23 @@ impl Hub {
             w.changes.clear();
             w.bytes = 0;
             w.covered_from = at;
+            w.head = at;
         }
         self.head.send_replace(at);
     }
 
-    /// Publish changes read from the log (ascending, whole transactions).
+    /// Publish committed changes (ascending, whole transactions, continuing the log). Two
+    /// publishers may race with the same changes (an edge node publishes what it applied, and
+    /// its tailer may read the same rows from the log): what is already published is skipped.
     pub fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
-        let Some(last) = changes.last().map(|c| c.seq) else {
-            return;
-        };
-        {
+        let last = {
             let mut w = self.window.write();
+            let before = w.head;
             for c in changes {
+                if c.seq <= w.head {
+                    continue;
+                }
+                w.head = c.seq;
                 w.bytes += c.size();
                 w.changes.push_back(c);
             }
@@ -171,8 +179,11 @@ impl Hub {
                 w.bytes -= c.size();
                 w.covered_from = c.seq;
             }
+            (w.head > before).then_some(w.head)
+        };
+        if let Some(last) = last {
+            self.head.send_replace(last);
         }
-        self.head.send_replace(last);
     }
 
     /// Changes after `cursor` passing `pass`, at most about `max` of them (a transaction is
@@ -251,8 +262,9 @@ pub async fn run_tailer(
             _ = shutdown.changed() => return,
         };
         let mut found = false;
-        // After a reset (edge re-sync) the log restarts past what this loop last read.
-        last = last.max(hub.covered_from());
+        // Skip what another publisher (an edge's upstream link) already published, and after
+        // a reset (edge re-sync) the log restarts past what this loop last read.
+        last = last.max(hub.head());
         loop {
             let s = store.clone();
             let res = tokio::task::spawn_blocking(move || {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::hub::Hub;
+use super::hub::{EncodedChange, Hub};
 use crate::apply;
 use crate::error::Error;
 use crate::model::WriteOp;
@@ -150,7 +150,9 @@ async fn session(
         req.headers_mut().insert("Sec-WebSocket-Protocol", v);
     }
     let ws = tokio::select! {
-        r = tokio_tungstenite::connect_async(req) => match r {
+        // No Nagle: forwarded writes and acks are small frames that must not wait for the
+        // upstream's delayed ACK (40 ms on Linux).
+        r = tokio_tungstenite::connect_async_with_config(req, None, true) => match r {
             Ok((ws, _)) => ws,
             Err(e) => return End::Retry(format!("cannot connect: {e}")),
         },
@@ -263,7 +265,15 @@ async fn session(
                 match store.apply_changes(prev, &changes) {
                     Ok(o) => {
                         state.applied.store(o.seq, Relaxed);
-                        hub.wake();
+                        // Publish what was just committed, as received: the rows in the log
+                        // are these very changes, so the tailer's re-read of them (a wake-up,
+                        // a blocking read, an encode) is skipped on the hop's critical path.
+                        hub.publish(
+                            changes
+                                .iter()
+                                .map(|c| Arc::new(EncodedChange::new(c)))
+                                .collect(),
+                        );
                         let ack = ClientMsg::Ack {
                             sub: "edge".into(),
                             seq: o.seq,

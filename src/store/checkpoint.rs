@@ -4,19 +4,21 @@
 //! thread, on its own connection, runs a PASSIVE checkpoint (which never blocks the writer or
 //! readers) whenever the WAL passes a size threshold, and again when writes go quiet.
 //!
-//! PASSIVE alone does not bound the WAL under constant writes: the WAL only rewinds when a
-//! write transaction starts after a checkpoint that caught up completely, and a busy writer
-//! always gets its next commit in first (measured: 80 MB of WAL for 60 MB of writes). So past
-//! [`WAL_HARD_LIMIT_BYTES`] the thread follows its unlocked pass with a second one while it
-//! holds the pool's writer mutex (parking_lot hands it over fairly): that pass copies only the
-//! frames committed since the first, so the writer waits for a few pages and the database
-//! sync, and the next write transaction restarts the WAL from its beginning (the writer's
-//! `journal_size_limit` then cuts the file back). Escalating to a TRUNCATE checkpoint instead
-//! stalled writes for a whole WAL's copy, and left to SQLite's busy handler a TRUNCATE could
-//! lose the write lock every time to a writer committing back to back (its sleeps miss the
-//! short gaps between transactions; seen in CI: 46 MB of WAL). When this process has no
-//! writer (another process writes the file), the escalation is a TRUNCATE with a short busy
-//! timeout, retried on the next tick.
+//! PASSIVE alone does not bound the WAL under constant writes: the WAL only restarts from its
+//! beginning when a write transaction starts after a checkpoint that caught up completely, and
+//! a busy writer always gets its next commit in first (measured: 80 MB of WAL for 60 MB of
+//! writes). So past [`WAL_HARD_LIMIT_BYTES`] the writer itself runs a PASSIVE checkpoint right
+//! after its commit, from SQLite's WAL hook (the way SQLite's own autocheckpoint works). Since
+//! this thread has already copied nearly everything, that pass copies only the last few
+//! transactions' pages, and the next write transaction restarts the WAL (the writer's
+//! `journal_size_limit` keeps the file for reuse). Two earlier designs stalled writes instead:
+//! a TRUNCATE checkpoint from this thread (it copies a whole WAL while holding writes off, and
+//! left to SQLite's busy handler it could lose the write lock every time to a writer
+//! committing back to back: 46 MB of WAL seen in CI), and a second PASSIVE pass from this
+//! thread holding the pool's writer mutex (on a busy 2-core machine the thread could be
+//! descheduled while holding it: 10-25 ms write stalls every 16 MiB of WAL). When this process
+//! has no writer (another process writes the file), the escalation is a TRUNCATE with a short
+//! busy timeout, retried on the next tick.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +39,6 @@ pub const WAL_HARD_LIMIT_BYTES: u64 = 4 * WAL_THRESHOLD_BYTES;
 /// Longest a TRUNCATE checkpoint waits for the writer or readers before giving up: writes
 /// stall at most about this long.
 const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
-/// Longest the thread waits for the pool's writer mutex before a TRUNCATE checkpoint.
-const WRITER_WAIT: Duration = Duration::from_secs(2);
 /// How often the thread looks at the WAL size.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -66,8 +66,8 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 impl Checkpointer {
-    /// Start checkpointing the database at `path`; `writer` is the pool's writer, held during
-    /// TRUNCATE checkpoints (None when this process does not write).
+    /// Start checkpointing the database at `path`; `writer` is the pool's writer, on which a
+    /// WAL hook is installed (None when this process does not write).
     pub fn start(path: &Path, writer: Option<Arc<Mutex<Connection>>>) -> Result<Checkpointer> {
         let conn = Connection::open_with_flags(
             path,
@@ -80,9 +80,18 @@ impl Checkpointer {
         let frames = Arc::new(AtomicU64::new(0));
         if let Some(w) = &writer {
             let f = frames.clone();
+            let hard_frames = WAL_HARD_LIMIT_BYTES / (page + 24);
             w.lock()
-                .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
-                    f.store(n.max(0) as u64, Ordering::Relaxed);
+                .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, n: i32| {
+                    let n = n.max(0) as u64;
+                    f.store(n, Ordering::Relaxed);
+                    if n > hard_frames {
+                        // Past the hard limit the writer itself, between two of its
+                        // transactions, runs a PASSIVE checkpoint (see the module docs).
+                        if let Err(e) = wal.checkpoint() {
+                            tracing::debug!(error = %e, "writer-side wal checkpoint");
+                        }
+                    }
                     Ok(())
                 }))?;
         }
@@ -93,7 +102,7 @@ impl Checkpointer {
         let (stop2, stats2) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("hivesync-checkpoint".into())
-            .spawn(move || run(conn, writer, &wal, wal_bytes, &stop2, &stats2))?;
+            .spawn(move || run(conn, writer.is_some(), &wal, wal_bytes, &stop2, &stats2))?;
         Ok(Checkpointer {
             stop,
             handle: Some(handle),
@@ -104,7 +113,7 @@ impl Checkpointer {
 
 fn run(
     conn: Connection,
-    writer: Option<Arc<Mutex<Connection>>>,
+    has_writer: bool,
     wal: &Path,
     wal_bytes: impl Fn() -> u64,
     stop: &AtomicBool,
@@ -132,35 +141,15 @@ fn run(
         if !due {
             continue;
         }
-        // A PASSIVE checkpoint never blocks anyone, but under constant writes it never
-        // catches up completely, and the WAL only restarts from its beginning after one has.
+        // A PASSIVE checkpoint never blocks anyone; under constant writes it never catches up
+        // completely, which the writer's own pass past the hard limit takes care of.
         let mut res = passive(&conn);
-        if size > WAL_HARD_LIMIT_BYTES {
-            // Past the hard limit: take this process's writer (see the module docs) and
-            // checkpoint again. The unlocked pass above copied nearly everything, so this one
-            // copies only the frames committed meanwhile: the writer waits for that and the
-            // database sync, not for a whole WAL's copy. The next write transaction then
-            // restarts the WAL. One-op commits at 1,000/s (Store::write alone): max 20-30 ms
-            // -> 5 ms, p99.9 10 -> 3 ms, together with sizing from the WAL hook.
-            let guard = match &writer {
-                Some(w) => match w.try_lock_for(WRITER_WAIT) {
-                    Some(g) => Some(g),
-                    None => {
-                        tracing::warn!("wal checkpoint: the writer stayed busy; retrying");
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            res = match &guard {
-                Some(_) => passive(&conn),
-                // Another process writes this file: only a TRUNCATE, waiting on the busy
-                // timeout, can hold it off.
-                None => conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                }),
-            };
-            drop(guard);
+        if !has_writer && size > WAL_HARD_LIMIT_BYTES {
+            // Another process writes this file: only a TRUNCATE, waiting on the busy timeout,
+            // can hold it off long enough to restart the WAL.
+            res = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
         }
         match res {
             Ok((log, done)) => {

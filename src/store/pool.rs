@@ -186,8 +186,7 @@ impl Pool {
         self.writer.is_none()
     }
 
-    /// The writer's mutex itself, for the checkpointer: holding it keeps this process's writes
-    /// out while a TRUNCATE checkpoint runs.
+    /// The writer's mutex itself, for the checkpointer (which installs a WAL hook on it).
     pub(crate) fn writer_lock(&self) -> Option<Arc<Mutex<Connection>>> {
         self.writer.clone()
     }

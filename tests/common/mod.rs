@@ -376,10 +376,13 @@ impl Client {
             req.headers_mut()
                 .insert("Sec-WebSocket-Protocol", name.parse().unwrap());
         }
-        let (ws, resp) = tokio::time::timeout(NET_TIMEOUT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
+        let (ws, resp) = tokio::time::timeout(
+            NET_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(req, None, true),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
         if let Some(e) = enc {
             let got = resp
                 .headers()
