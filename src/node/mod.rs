@@ -173,8 +173,12 @@ pub async fn start(
     if let Some(p) = config_path {
         watchers.extend(auth.watch(p));
     }
-    if let Some(db) = store.pool().path() {
-        watchers.extend(watch_db(db, hub.clone()));
+    // An edge's database is written only by its upstream link, which publishes what it applies
+    // itself: file notifications there would only wake the tailer for nothing, once per commit.
+    if args.upstream.is_none() {
+        if let Some(db) = store.pool().path() {
+            watchers.extend(watch_db(db, hub.clone()));
+        }
     }
     tokio::spawn(hub::run_tailer(
         store.clone(),
