@@ -188,9 +188,19 @@ fn main() {
                 .map(|x| x.as_f64().unwrap())
                 .collect(),
         );
+        let wall = median(
+            v["wallMs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_else(|| vec![f64::NAN]),
+        );
         println!(
-            "page open to first search answer, {} entities in {}: median {ms:.0} ms over {} visits {:?} (goal <= 500 ms); first sync of all rows {} ms",
+            "page open to first search answer painted (the page's clock from navigation start), {} entities in {}: median {ms:.0} ms over {} visits {} (goal <= 500 ms); first sync of all rows {} ms",
             v["entities"], v["storage"], v["ms"].as_array().unwrap().len(), v["ms"], v["firstSyncMs"]
+        );
+        println!(
+            "  the driver's clock (goto until it sees the result; also counts the driver noticing it): median {wall:.0} ms {}",
+            v["wallMs"]
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

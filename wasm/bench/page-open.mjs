@@ -35,15 +35,23 @@ try {
   await page.goto(url);
   await page.waitForFunction((want) => Number(document.querySelector('#seq').textContent) >= want && document.querySelector('#status.live'), Number(n), { timeout: 120000 });
   const firstSyncMs = Date.now() - t0;
+  // ms: the page's own clock, from its navigation start to the first frame painted with the
+  // answer (a mark two animation frames after the results went into the DOM). wallMs: this
+  // script's clock around goto + waitForSelector, which also counts the driver noticing the
+  // result: in about half the visits that takes ~500 ms more although the page had painted
+  // (seen with the marks), so it is reported but not the measure.
   const ms = [];
+  const wallMs = [];
   for (let v = 0; v < Number(visits); v++) {
     const s = Date.now();
     await page.goto(`${url}?q=replica`);
     await page.waitForSelector('#results li', { timeout: 30000 });
-    ms.push(Date.now() - s);
+    wallMs.push(Date.now() - s);
+    const painted = await page.waitForFunction(() => performance.getEntriesByName('first-search-painted')[0]?.startTime, null, { timeout: 30000 });
+    ms.push(Math.round(await painted.jsonValue()));
   }
   const storage = await page.textContent('#storage');
-  console.log(JSON.stringify({ where: 'chromium', entities: Number(n), storage, firstSyncMs, ms }));
+  console.log(JSON.stringify({ where: 'chromium', entities: Number(n), storage, firstSyncMs, ms, wallMs }));
 } finally {
   await browser.close();
   node.kill('SIGTERM');
