@@ -94,7 +94,14 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     node = startNode(db, port);
     await waitHealthy(port);
     await page.reload();
+    // A write made as soon as the replica opens (as in the README's example) waits for the
+    // connection instead of failing, and is committed by the node once.
+    await page.waitForFunction(() => window.hivesync);
+    const wseq = await page.evaluate(() => window.hivesync.write([{ op: 'upsert', kind: 'entity', data: { id: 'early', name: 'Written from the page' } }]));
+    assert.ok(wseq > seqOnline, `write acknowledged at seq ${wseq}`);
+    assert.match(cli(db, 'get', 'entity', 'early'), /Written from the page/);
     await page.waitForSelector('#recent li[data-id="barbara"]', { timeout: 20000 });
+    await page.waitForSelector('#recent li[data-id="early"]', { timeout: 5000 });
     await page.fill('#q', 'hopper');
     await page.waitForSelector('#results li[data-id="grace"]', { timeout: 5000 });
     const st = await page.evaluate(() => window.hivesync.status());

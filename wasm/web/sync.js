@@ -28,6 +28,7 @@ export class SyncClient {
     this.nextReq = 1;
     this.lastAck = 0;
     this.fatal = null;
+    this.waiters = [];
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
   }
 
@@ -74,6 +75,8 @@ export class SyncClient {
       this.online = true;
       this.send({ type: 'hello', token: this.token ?? undefined, client: 'hivesync-web' },
         () => this.Replica.encodeHello(this.token ?? undefined, 'hivesync-web'));
+      // Writes waiting for the connection go out after the hello, in order.
+      for (const w of this.waiters.splice(0)) { clearTimeout(w.timer); w.resolve(); }
     };
     ws.onmessage = (e) => this.onFrame(e.data);
     ws.onerror = () => {};
@@ -180,7 +183,25 @@ export class SyncClient {
   }
 
   /** Send write ops to the node; resolves with the committed seq. */
-  write(ops) {
+  /** Resolves once the socket is open (after the hello); rejects after `ms`. */
+  whenConnected(ms) {
+    if (this.ws && this.ws.readyState === 1) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const w = { resolve };
+      w.timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        reject(new Error(`not connected to the node after ${ms / 1000} s; the write was not sent: retry when the status says online`));
+      }, ms);
+      this.waiters.push(w);
+    });
+  }
+
+  async write(ops, waitMs = 10000) {
+    // A write made while connecting (right after opening, or during a reconnect) waits for
+    // the connection rather than failing.
+    if (this.fatal) throw new Error(`the sync client stopped: ${this.fatal}`);
+    if (this.stopped) throw new Error('the sync client is disconnected: call reconnect() first; the write was not sent');
+    await this.whenConnected(waitMs);
     const req = `w${this.nextReq++}`;
     return new Promise((resolve, reject) => {
       try {
