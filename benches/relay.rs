@@ -1,7 +1,8 @@
 //! Added latency per relay hop: changes written to a primary at a steady rate reach a
 //! subscriber of the primary (direct) and a subscriber of an edge relay (`--upstream`), in the
 //! same run; the difference of their commit-to-receipt latencies is the hop's cost.
-//! Run: `cargo bench --bench relay` (HIVESYNC_RELAY_SECS, HIVESYNC_RELAY_RATE to change load).
+//! Run: `cargo bench --bench relay` (HIVESYNC_RELAY_SECS, HIVESYNC_RELAY_RATE to change load,
+//! HIVESYNC_RELAY_DIR to put the databases on another filesystem).
 //!
 //! The first HIVESYNC_RELAY_WARMUP_SECS (default 2) of writes are a warm-up, reported apart:
 //! while both databases' WAL files first grow to their working size, each checkpoint's fsync
@@ -133,7 +134,13 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
+        // HIVESYNC_RELAY_DIR puts both databases elsewhere (e.g. /dev/shm, to see the hop
+        // without the disk's write-back noise); default: the system temp dir.
+        let dir = match std::env::var_os("HIVESYNC_RELAY_DIR") {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        println!("databases in {}", dir.path().display());
         let (p, purl) = node(dir.path(), "primary.db", None).await;
         let (r, rurl) = node(dir.path(), "relay.db", Some(purl.clone())).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
