@@ -57,6 +57,10 @@
 //! `decode_server_json` and checked. It is a measurement, not a test: nothing is asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{load_average, machine_info};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -177,26 +181,6 @@ impl Settings {
 
 // ---------------------------------------------------------------------------------------------
 // Machine, clock and CPU accounting
-
-fn machine_info() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    format!("{model}, {cores} cores (/proc/cpuinfo)")
-}
-
-fn load_average() -> String {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
 
 /// Today's date (UTC), from the system clock.
 fn utc_now() -> String {

@@ -36,6 +36,10 @@
 //! per transaction (the queue holding the text, or only rowids).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{load_average, machine_info};
+
 use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,27 +58,6 @@ const GOAL: f64 = 0.8;
 
 // ---------------------------------------------------------------------------------------------
 // Machine info and small helpers (duplicated in each bench file: benches/ has no shared module).
-
-fn machine_info() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    format!("{model}, {cores} cores (/proc/cpuinfo)")
-}
-
-/// The 1/5/15-minute load averages: other work on the machine skews wall-clock timings.
-fn load_average() -> String {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
 
 /// CPU time (scheduler statistics, ns) of one thread, from its `schedstat` file.
 fn thread_cpu(schedstat: &Path) -> Duration {

@@ -39,6 +39,36 @@ async fn until_id(c: &mut Client, id: &str) -> i64 {
     }
 }
 
+/// An edge node (`serve --upstream`) following `upstream`.
+async fn relay_of(upstream: &Node) -> Node {
+    Node::start_with(NodeOpts {
+        config: None,
+        args: vec!["--upstream".into(), upstream.url()],
+    })
+    .await
+}
+
+/// A primary and a chain of two relays (region, then city), both caught up.
+async fn chain() -> (Node, Node, Node) {
+    let primary = Node::start().await;
+    let region = relay_of(&primary).await;
+    let city = relay_of(&region).await;
+    wait_live_upstream(&region).await;
+    wait_live_upstream(&city).await;
+    (primary, region, city)
+}
+
+/// How many changes in `db`'s log carry the id `id`.
+fn times_in_log(db: &std::path::Path, id: &str) -> usize {
+    let o = common::cli(db, &["changes", "--from", "0", "--limit", "100000"]);
+    let needle = format!("\"{id}\"");
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
 async fn wait_live_upstream(edge: &Node) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while edge.health().await["upstream"]["live"] != json!(true) {
@@ -61,11 +91,7 @@ async fn an_edge_node_replicates_serves_and_forwards_writes() {
             &json!({"id": format!("p{i}"), "name": format!("primary {i}")}),
         );
     }
-    let edge = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), primary.url()],
-    })
-    .await;
+    let edge = relay_of(&primary).await;
     wait_live_upstream(&edge).await;
     assert_eq!(
         edge.head().await,
@@ -128,40 +154,13 @@ async fn an_edge_node_replicates_serves_and_forwards_writes() {
 async fn an_edge_resumes_after_its_upstream_restarts() {
     let mut primary = Node::start().await;
     primary.cli_put("entity", "default", &json!({"id": "a", "name": "before"}));
-    let edge = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), primary.url()],
-    })
-    .await;
+    let edge = relay_of(&primary).await;
     wait_live_upstream(&edge).await;
-    // Stop the primary, write to its file meanwhile, start it again on the same port.
-    let port = primary.port;
-    let (db, dir) = (
-        primary.db.clone(),
-        std::mem::replace(&mut primary.dir, tempfile::tempdir().unwrap()),
-    );
-    drop(primary);
-    common::cli(&db, &["put", "entity", r#"{"id":"b","name":"while down"}"#]);
-    let mut restarted = None;
-    for _ in 0..50 {
-        // The edge keeps dialing the old port; the new node must take that same port.
-        let mut cmd = common::command();
-        cmd.arg("--db")
-            .arg(&db)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-        let mut child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if child.try_wait().unwrap().is_none() {
-            restarted = Some(child);
-            break;
-        }
-    }
-    let mut child = restarted.expect("could not restart the primary on its port");
+    // Stop the primary, write to its file meanwhile, start it again on the same port (the
+    // edge keeps dialing that port).
+    primary.kill();
+    primary.cli(&["put", "entity", r#"{"id":"b","name":"while down"}"#]);
+    primary.start_again().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let o = common::cli(&edge.db, &["get", "entity", "b"]);
@@ -175,10 +174,7 @@ async fn an_edge_resumes_after_its_upstream_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(digest(&edge.db), digest(&db));
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(dir);
+    assert_eq!(digest(&edge.db), digest(&primary.db));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,19 +216,7 @@ async fn a_read_only_follower_streams_what_another_process_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_relays_converges_and_forwards_writes_once() {
-    let primary = Node::start().await;
-    let region = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), primary.url()],
-    })
-    .await;
-    let city = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), region.url()],
-    })
-    .await;
-    wait_live_upstream(&region).await;
-    wait_live_upstream(&city).await;
+    let (primary, region, city) = chain().await;
     let mut sub = Client::connect(&city.url()).await;
     sub.hello(None).await;
     sub.subscribe("s", Some(0), None).await;
@@ -262,15 +246,7 @@ async fn a_chain_of_relays_converges_and_forwards_writes_once() {
         "same seq numbers at every hop"
     );
     // Applied once: exactly one change for it in the primary's log.
-    let o = common::cli(
-        &primary.db,
-        &["changes", "--from", "0", "--limit", "100000"],
-    );
-    let log = String::from_utf8(o.stdout).unwrap();
-    assert_eq!(
-        log.lines().filter(|l| l.contains("\"from-city\"")).count(),
-        1
-    );
+    assert_eq!(times_in_log(&primary.db, "from-city"), 1);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (p, r, c) = (primary.head().await, region.head().await, city.head().await);
@@ -386,19 +362,7 @@ async fn a_follower_streams_a_file_that_the_backup_api_keeps_copying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_relays_survives_a_relay_restart_under_load() {
-    let primary = Node::start().await;
-    let mut region = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), primary.url()],
-    })
-    .await;
-    let city = Node::start_with(NodeOpts {
-        config: None,
-        args: vec!["--upstream".into(), region.url()],
-    })
-    .await;
-    wait_live_upstream(&region).await;
-    wait_live_upstream(&city).await;
+    let (primary, mut region, city) = chain().await;
     let mut subs = Vec::new();
     for _ in 0..3 {
         let mut c = Client::connect(&city.url()).await;
@@ -463,16 +427,6 @@ async fn a_chain_of_relays_survives_a_relay_restart_under_load() {
     }
     assert_eq!(digest(&region.db), d);
     assert_eq!(digest(&city.db), d);
-    let o = common::cli(
-        &primary.db,
-        &["changes", "--from", "0", "--limit", "100000"],
-    );
-    let log = String::from_utf8(o.stdout).unwrap();
-    assert_eq!(
-        log.lines()
-            .filter(|l| l.contains("\"after-restart\""))
-            .count(),
-        1
-    );
+    assert_eq!(times_in_log(&primary.db, "after-restart"), 1);
     println!("chain primary -> region -> city: region killed and restarted under load; 3 city subscribers got all {seq} changes in order, digests equal");
 }

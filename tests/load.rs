@@ -81,7 +81,7 @@ fn raise_nofile(need: u64) {
         hard >= need,
         "this test needs {need} open files per process; the hard limit is {hard}: raise it (ulimit -Hn) or set HIVESYNC_LOAD_CONNS lower"
     );
-    // SAFETY-free route: prlimit on our own pid raises the soft limit to the hard one.
+    // prlimit on our own pid raises the soft limit to the hard one (no unsafe setrlimit call).
     let pid = std::process::id().to_string();
     let ok = std::process::Command::new("prlimit")
         .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
@@ -348,22 +348,29 @@ async fn write_paced(ws: &mut Ws, next_id: &mut u64, rate: u64, secs: f64, pad: 
         *next_id += 1;
         outstanding += 1;
         // Take the answers that already arrived without waiting.
-        while let Some(Some(Ok(m))) = futures_util::FutureExt::now_or_never(ws.next()) {
-            if let Message::Text(t) = m {
-                if let Ok(ServerMsg::Written { seq, .. }) = decode_server_json(&t) {
-                    last = last.max(seq);
-                    outstanding -= 1;
-                }
-            }
-        }
-    }
-    while outstanding > 0 {
-        if let ServerMsg::Written { seq, .. } = recv(ws, Duration::from_secs(30)).await.unwrap() {
-            last = last.max(seq);
+        while let Some(Some(Ok(Message::Text(t)))) =
+            futures_util::FutureExt::now_or_never(ws.next())
+        {
+            let m = decode_server_json(&t).expect("a frame the crate's codec decodes");
+            last = last.max(written_seq(m));
             outstanding -= 1;
         }
     }
+    while outstanding > 0 {
+        last = last.max(written_seq(
+            recv(ws, Duration::from_secs(30)).await.unwrap(),
+        ));
+        outstanding -= 1;
+    }
     last
+}
+
+/// The seq of a `written` answer; any other answer to a write fails the test with it.
+fn written_seq(m: ServerMsg) -> i64 {
+    match m {
+        ServerMsg::Written { seq, .. } => seq,
+        other => panic!("a write was answered with {other:?}"),
+    }
 }
 
 fn pct(sorted: &[i64], q: f64) -> i64 {

@@ -48,6 +48,18 @@ fn to_message(f: Frame) -> Message {
     }
 }
 
+/// The session's last word for the connection, when it sends one; pending forever otherwise
+/// (also once the session dropped its sender without sending).
+async fn wait_last_word(rx: &mut Option<oneshot::Receiver<Message>>) -> Message {
+    if let Some(r) = rx {
+        if let Ok(m) = r.await {
+            return m;
+        }
+        *rx = None;
+    }
+    std::future::pending().await
+}
+
 /// The error code a store error maps to.
 pub(crate) fn code_for(e: &Error) -> ErrorCode {
     match e {
@@ -80,19 +92,10 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
         let mut last_word = Some(last_word_rx);
         let mut final_msg = None;
         loop {
-            let next = match last_word.as_mut() {
-                Some(rx) => tokio::select! {
-                    biased;
-                    m = rx => {
-                        last_word = None;
-                        match m {
-                            Ok(m) => { final_msg = Some(m); break; }
-                            Err(_) => continue,
-                        }
-                    }
-                    o = out_rx.recv() => o,
-                },
-                None => out_rx.recv().await,
+            let next = tokio::select! {
+                biased;
+                m = wait_last_word(&mut last_word) => { final_msg = Some(m); break; }
+                o = out_rx.recv() => o,
             };
             let Some(o) = next else { break };
             match o {
@@ -104,20 +107,10 @@ pub(crate) async fn handle(socket: WebSocket, node: Arc<NodeState>, enc: Encodin
                     };
                     // A client that stopped reading blocks this send; the last word interrupts
                     // it (the frame stays in the sink's buffer and still goes out first).
-                    let sent = match last_word.as_mut() {
-                        Some(rx) => tokio::select! {
-                            biased;
-                            r = sink.send(m) => r.is_ok(),
-                            m = rx => {
-                                last_word = None;
-                                if let Ok(m) = m {
-                                    final_msg = Some(m);
-                                    break;
-                                }
-                                true
-                            }
-                        },
-                        None => sink.send(m).await.is_ok(),
+                    let sent = tokio::select! {
+                        biased;
+                        r = sink.send(m) => r.is_ok(),
+                        m = wait_last_word(&mut last_word) => { final_msg = Some(m); break; }
                     };
                     if !sent {
                         break;
@@ -597,10 +590,9 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                             } else {
                                 rows.last().map_or(head, |r| r.seq)
                             };
-                            let pass: Vec<&Change> = rows
-                                .iter()
-                                .filter(|c| filter.matches(&c.ns, c.kind) && read.allows(&c.ns))
-                                .collect();
+                            // `changes_since` applied the filter; the token's scope remains.
+                            let pass: Vec<&Change> =
+                                rows.iter().filter(|c| read.allows(&c.ns)).collect();
                             let frame = pass.last().map(|last| {
                                 let f = changes_frame_of(enc, &sub, prev, pass.iter().copied());
                                 (to_message(f), last.seq)

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Result;
@@ -68,7 +67,7 @@ fn wal_path(db: &Path) -> PathBuf {
 impl Checkpointer {
     /// Start checkpointing the database at `path`; `writer` is the pool's writer, on which a
     /// WAL hook is installed (None when this process does not write).
-    pub fn start(path: &Path, writer: Option<Arc<Mutex<Connection>>>) -> Result<Checkpointer> {
+    pub fn start(path: &Path, writer: Option<&mut Connection>) -> Result<Checkpointer> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -78,22 +77,22 @@ impl Checkpointer {
         // After each commit SQLite tells the writer how many frames its WAL holds. The file's
         // size cannot tell: the WAL restarts from its beginning without shrinking the file.
         let frames = Arc::new(AtomicU64::new(0));
-        if let Some(w) = &writer {
+        let has_writer = writer.is_some();
+        if let Some(w) = writer {
             let f = frames.clone();
             let hard_frames = WAL_HARD_LIMIT_BYTES / (page + 24);
-            w.lock()
-                .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, n: i32| {
-                    let n = n.max(0) as u64;
-                    f.store(n, Ordering::Relaxed);
-                    if n > hard_frames {
-                        // Past the hard limit the writer itself, between two of its
-                        // transactions, runs a PASSIVE checkpoint (see the module docs).
-                        if let Err(e) = wal.checkpoint() {
-                            tracing::debug!(error = %e, "writer-side wal checkpoint");
-                        }
+            w.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, n: i32| {
+                let n = n.max(0) as u64;
+                f.store(n, Ordering::Relaxed);
+                if n > hard_frames {
+                    // Past the hard limit the writer itself, between two of its
+                    // transactions, runs a PASSIVE checkpoint (see the module docs).
+                    if let Err(e) = wal.checkpoint() {
+                        tracing::debug!(error = %e, "writer-side wal checkpoint");
                     }
-                    Ok(())
-                }))?;
+                }
+                Ok(())
+            }))?;
         }
         let wal_bytes = move || frames.load(Ordering::Relaxed) * (page + 24);
         let stop = Arc::new(AtomicBool::new(false));
@@ -102,7 +101,7 @@ impl Checkpointer {
         let (stop2, stats2) = (stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("hivesync-checkpoint".into())
-            .spawn(move || run(conn, writer.is_some(), &wal, wal_bytes, &stop2, &stats2))?;
+            .spawn(move || run(conn, has_writer, &wal, wal_bytes, &stop2, &stats2))?;
         Ok(Checkpointer {
             stop,
             handle: Some(handle),
@@ -128,12 +127,14 @@ fn run(
         let file = meta.as_ref().map_or(0, |m| m.len());
         // What the WAL holds: as this process's writer last reported it; or, when the file
         // grew (a commit by another process, which the hook does not see), the whole file.
-        let mut size = wal_bytes();
-        if file > file_max {
-            size = size.max(file);
-        }
+        let hooked = wal_bytes();
+        let size = if file > file_max {
+            hooked.max(file)
+        } else {
+            hooked
+        };
         file_max = file;
-        let now = (file, meta.and_then(|m| m.modified().ok()), wal_bytes());
+        let now = (file, meta.and_then(|m| m.modified().ok()), hooked);
         quiet_ticks = if now == last { quiet_ticks + 1 } else { 0 };
         last = now;
         // Checkpoint when the WAL is big, or when it has content and writes paused for ~1 s.
@@ -143,14 +144,10 @@ fn run(
         }
         // A PASSIVE checkpoint never blocks anyone; under constant writes it never catches up
         // completely, which the writer's own pass past the hard limit takes care of.
-        let mut res = passive(&conn);
-        if !has_writer && size > WAL_HARD_LIMIT_BYTES {
-            // Another process writes this file: only a TRUNCATE, waiting on the busy timeout,
-            // can hold it off long enough to restart the WAL.
-            res = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            });
-        }
+        // When another process writes this file, only a TRUNCATE, waiting on the busy timeout,
+        // can hold it off long enough to restart the WAL.
+        let truncate = !has_writer && size > WAL_HARD_LIMIT_BYTES;
+        let res = checkpoint(&conn, if truncate { "TRUNCATE" } else { "PASSIVE" });
         match res {
             Ok((log, done)) => {
                 stats.runs.fetch_add(1, Ordering::Relaxed);
@@ -169,12 +166,12 @@ fn run(
         }
     }
     // A last full checkpoint so a clean shutdown leaves a small WAL.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let _ = checkpoint(&conn, "TRUNCATE");
 }
 
-/// A PASSIVE checkpoint: (frames in the WAL, frames checkpointed).
-fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+/// A checkpoint in `mode` (PASSIVE or TRUNCATE): (frames in the WAL, frames checkpointed).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     })
 }

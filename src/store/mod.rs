@@ -63,7 +63,7 @@ impl Store {
         let checkpointer = if read_only {
             None
         } else {
-            Some(Checkpointer::start(&path, pool.writer_lock())?)
+            Some(Checkpointer::start(&path, Some(&mut *pool.writer()?))?)
         };
         let store = Store { pool, checkpointer };
         // Full-text updates queued by other programs since the last hivesync transaction.

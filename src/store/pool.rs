@@ -8,7 +8,6 @@
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -65,7 +64,7 @@ pub enum Location {
 pub struct Pool {
     location: Location,
     config: PoolConfig,
-    writer: Option<Arc<Mutex<Connection>>>,
+    writer: Option<Mutex<Connection>>,
     readers: ArrayQueue<Connection>,
     /// Wakes checkouts waiting for a reader; the mutex guards nothing but the wait itself.
     returned: (Mutex<()>, Condvar),
@@ -101,7 +100,7 @@ impl Pool {
                 let conn = Connection::open_in_memory()?;
                 server_pragmas(&conn, &pool.config)?;
                 schema::migrate(&conn, opts)?;
-                pool.writer = Some(Arc::new(Mutex::new(conn)));
+                pool.writer = Some(Mutex::new(conn));
             }
             Location::File(path) => {
                 if pool.config.read_only {
@@ -113,7 +112,7 @@ impl Pool {
                     }
                 } else {
                     let conn = Self::open_writer(path, &pool.config, opts)?;
-                    pool.writer = Some(Arc::new(Mutex::new(conn)));
+                    pool.writer = Some(Mutex::new(conn));
                 }
                 for _ in 0..pool.config.readers.max(1) {
                     let r = pool.open_reader()?;
@@ -184,11 +183,6 @@ impl Pool {
     /// True when the pool has no writer.
     pub fn is_read_only(&self) -> bool {
         self.writer.is_none()
-    }
-
-    /// The writer's mutex itself, for the checkpointer (which installs a WAL hook on it).
-    pub(crate) fn writer_lock(&self) -> Option<Arc<Mutex<Connection>>> {
-        self.writer.clone()
     }
 
     /// The writer, waiting for the one in use to be returned.

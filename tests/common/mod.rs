@@ -164,12 +164,16 @@ impl Node {
         }
     }
 
-    /// Kill the process (SIGKILL) and start it again on the same port, database and options.
-    pub async fn restart(&mut self) {
+    /// Kill the process (SIGKILL); [`Node::start_again`] brings it back.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Start the killed process again on the same port, database and options.
+    pub async fn start_again(&mut self) {
         // The port can stay busy for a moment after the kill.
         for _ in 0..50 {
             if self.spawn_and_wait(true).await {
@@ -178,6 +182,12 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("could not restart the node on port {}", self.port);
+    }
+
+    /// Kill the process (SIGKILL) and start it again on the same port, database and options.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.start_again().await;
     }
 
     /// The feed URL.

@@ -52,6 +52,10 @@ export class SyncClient {
 
   stop() {
     this.stopped = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new Error('the sync client was disconnected; the write was not sent'));
+    }
     if (this.ws) this.ws.close(1000, 'client stopped');
   }
 
@@ -187,7 +191,7 @@ export class SyncClient {
   whenConnected(ms) {
     if (this.ws && this.ws.readyState === 1) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const w = { resolve };
+      const w = { resolve, reject };
       w.timer = setTimeout(() => {
         this.waiters = this.waiters.filter((x) => x !== w);
         reject(new Error(`not connected to the node after ${ms / 1000} s; the write was not sent: retry when the status says online`));
