@@ -57,7 +57,7 @@ const CASES: &[(usize, usize)] = &[(1, 4_000), (64, 64 * 800), (1024, 1024 * 50)
 const GOAL: f64 = 0.8;
 
 // ---------------------------------------------------------------------------------------------
-// Machine info and small helpers (duplicated in each bench file: benches/ has no shared module).
+// Small helpers (machine info is in benches/common).
 
 /// CPU time (scheduler statistics, ns) of one thread, from its `schedstat` file.
 fn thread_cpu(schedstat: &Path) -> Duration {
