@@ -53,6 +53,69 @@ fn writes_commit_together_or_not_at_all() {
 }
 
 #[test]
+fn a_failure_inside_a_run_of_entity_upserts_names_its_op() {
+    // Consecutive entity upserts are written with multi-row statements; a row that SQLite
+    // itself refuses (here a trigger another program added) must still be reported as its own
+    // op, with nothing of the write committed and the rows in order otherwise.
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[ent("d", "keep", "Kept")]).unwrap();
+    let c = rusqlite::Connection::open(d.path().join("t.db")).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER refuse_bad BEFORE INSERT ON entities WHEN new.id = 'bad'
+         BEGIN SELECT RAISE(ABORT, 'bad rows are refused'); END;",
+    )
+    .unwrap();
+    drop(c);
+    let s = file_store(&d);
+    for bad_at in [0usize, 5, 69, 99] {
+        let ops: Vec<WriteOp> = (0..100)
+            .map(|i| {
+                let id = if i == bad_at {
+                    "bad".to_string()
+                } else {
+                    format!("r{i}")
+                };
+                ent("d", &id, "Row")
+            })
+            .collect();
+        let e = s.write(&ops).unwrap_err();
+        assert!(
+            matches!(e, Error::Op { index, .. } if index == bad_at),
+            "bad row at {bad_at}: {e}"
+        );
+        assert!(e.to_string().contains("bad rows are refused"), "{e}");
+        assert!(s.get_entity("d", "r1").unwrap().is_none());
+        assert_eq!(
+            s.head().unwrap(),
+            1,
+            "nothing of the failed write is logged"
+        );
+    }
+    // Without the bad row, 100 upserts (64 + 16 + 16 + 4) land in order, one change each.
+    let ops: Vec<WriteOp> = (0..100)
+        .map(|i| ent("d", &format!("r{i}"), "Row"))
+        .collect();
+    let r = s.write(&ops).unwrap();
+    assert_eq!(r.seq, 101);
+    let ch = s.changes_since(1, &ChangeFilter::default(), 1000).unwrap();
+    let ids: Vec<String> = ch.iter().map(|c| c.id.clone()).collect();
+    let want: Vec<String> = (0..100).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want);
+    let hits = s
+        .search(&SearchQuery {
+            text: "row".into(),
+            ns: None,
+            kind: None,
+            records: None,
+            limit: 1000,
+        })
+        .unwrap();
+    assert_eq!(hits.len(), 100, "every row of the batch is searchable");
+    assert!(s.check().unwrap().ok);
+}
+
+#[test]
 fn odd_ids_and_text_roundtrip() {
     let d = tempfile::tempdir().unwrap();
     let s = file_store(&d);
