@@ -109,12 +109,25 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             seq: applied,
             ..Default::default()
         };
+        // Consecutive entity upserts are written together (see `ops::write_entities`).
+        let mut entities: Vec<(&str, Entity)> = Vec::new();
+        let flush = |entities: &mut Vec<(&str, Entity)>| -> Result<()> {
+            let rows: Vec<(&str, &Entity)> = entities.iter().map(|(ns, e)| (*ns, e)).collect();
+            ops::write_entities(conn, &rows, true).map_err(|(_, e)| e)?;
+            entities.clear();
+            Ok(())
+        };
         for c in changes {
             if c.seq <= applied {
                 out.skipped += 1;
                 continue;
             }
-            apply_row(conn, c)?;
+            if c.kind == Kind::Entity && c.op == Op::Upsert {
+                entities.push((&c.ns, entity_image(c)?));
+            } else {
+                flush(&mut entities)?;
+                apply_row(conn, c)?;
+            }
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -134,6 +147,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             out.applied += 1;
             out.seq = c.seq;
         }
+        flush(&mut entities)?;
         set_applied(conn, out.seq)?;
         Ok(out)
     })
@@ -150,6 +164,20 @@ fn decode<T: serde::de::DeserializeOwned>(c: &Change) -> Result<T> {
             c.seq, c.kind
         ))
     })
+}
+
+/// The entity row image of an upsert change, checked against the change's key.
+fn entity_image(c: &Change) -> Result<Entity> {
+    ops::check_key("namespace", &c.ns)?;
+    ops::check_key("id", &c.id)?;
+    let r: Entity = decode(c)?;
+    if r.id != c.id {
+        return Err(Error::invalid(format!(
+            "change {}: row image id {:?} differs from the change id {:?}",
+            c.seq, r.id, c.id
+        )));
+    }
+    Ok(r)
 }
 
 /// Write one change's row image (or delete its row) without logging it.
@@ -190,11 +218,7 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
                 }
             };
             match c.kind {
-                Kind::Entity => {
-                    let r: Entity = decode(c)?;
-                    key_ok(&r.id)?;
-                    ops::write_entity(conn, &c.ns, &r, true)
-                }
+                Kind::Entity => ops::write_entity(conn, &c.ns, &entity_image(c)?, true),
                 Kind::Edge => {
                     let r: Edge = decode(c)?;
                     key_ok(&r.id)?;
