@@ -9,6 +9,8 @@
 //! data is this Rust.
 #![cfg(target_arch = "wasm32")]
 
+mod mem;
+
 use hivesync::model::{Kind, WriteOp};
 use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
 use hivesync::query::{self, ChangeFilter, Direction, KnnQuery, ListQuery, SearchQuery};
