@@ -212,8 +212,9 @@ CREATE VIRTUAL TABLE notes_fts USING fts5(
 }
 
 /// The full-text queue's trigger statements for `kind` (entities or notes): what migration 2
-/// puts in place of direct FTS5 writes.
-fn fts_queue_sql(kind: Kind) -> (String, String, String) {
+/// puts in place of direct FTS5 writes. With `insert_text` false (migration 3), an insert
+/// queues only the rowid of the row to index.
+fn fts_queue_sql(kind: Kind, insert_text: bool) -> (String, String, String) {
     let (t, cols): (&str, &[&str]) = match kind {
         Kind::Entity => ("entities", &["name", "description", "tags"]),
         _ => ("notes", &["name", "content"]),
@@ -227,17 +228,29 @@ fn fts_queue_sql(kind: Kind) -> (String, String, String) {
         .iter()
         .map(|c| format!("old.{c} IS NOT new.{c}"))
         .collect();
+    let ins_cols = if insert_text {
+        "tbl, op, rid, c1, c2, c3"
+    } else {
+        "tbl, op, rid"
+    };
+    let ins_vals = |p: &str| {
+        if insert_text {
+            format!("{p}rowid, {}", vals(p))
+        } else {
+            format!("{p}rowid")
+        }
+    };
     let ins = format!(
-        "INSERT INTO fts_queue(tbl, op, rid, c1, c2, c3) VALUES ('{t}', 'i', new.rowid, {});",
-        vals("new.")
+        "INSERT INTO fts_queue({ins_cols}) VALUES ('{t}', 'i', {});",
+        ins_vals("new.")
     );
     let upd = format!(
         "INSERT INTO fts_queue(tbl, op, rid, c1, c2, c3)
            SELECT '{t}', 'd', old.rowid, {old} WHERE old.rowid IS NOT new.rowid OR {ch};
-         INSERT INTO fts_queue(tbl, op, rid, c1, c2, c3)
-           SELECT '{t}', 'i', new.rowid, {new} WHERE old.rowid IS NOT new.rowid OR {ch};",
+         INSERT INTO fts_queue({ins_cols})
+           SELECT '{t}', 'i', {new} WHERE old.rowid IS NOT new.rowid OR {ch};",
         old = vals("old."),
-        new = vals("new."),
+        new = ins_vals("new."),
         ch = changed.join(" OR ")
     );
     let del = format!(
@@ -265,7 +278,7 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
          DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
          DROP TRIGGER notes_ai; DROP TRIGGER notes_au; DROP TRIGGER notes_ad;",
     );
-    let (ins, upd, del) = fts_queue_sql(Kind::Entity);
+    let (ins, upd, del) = fts_queue_sql(Kind::Entity, true);
     sql.push_str(&log_triggers(
         Kind::Entity,
         &ins,
@@ -275,32 +288,80 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
             "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
         ),
     ));
-    let (ins, upd, del) = fts_queue_sql(Kind::Note);
+    let (ins, upd, del) = fts_queue_sql(Kind::Note, true);
     sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
     conn.execute_batch(&sql)?;
     Ok(())
 }
 
-/// Apply queued full-text updates (in order), then empty the queue. Returns how many.
+/// Migration 3: the full-text queue carries text only for deletes (the text the index holds,
+/// which the base table no longer has); an insert queues its rowid and the drain reads the
+/// row's current text. Writing the text of every new row a second time, into the queue, and
+/// reading it back was most of the queue's cost.
+pub(super) fn migration_3(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    let mut sql = String::from(
+        "DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
+         DROP TRIGGER notes_ai; DROP TRIGGER notes_au; DROP TRIGGER notes_ad;",
+    );
+    let (ins, upd, del) = fts_queue_sql(Kind::Entity, false);
+    sql.push_str(&log_triggers(
+        Kind::Entity,
+        &ins,
+        &upd,
+        // Edges never outlive their endpoints; the cascade is logged by the edge triggers.
+        &format!(
+            "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
+        ),
+    ));
+    let (ins, upd, del) = fts_queue_sql(Kind::Note, false);
+    sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
+    conn.execute_batch(&sql)?;
+    Ok(())
+}
+
+/// Apply queued full-text updates, then empty the queue. Returns how many entries there were.
+///
+/// The index is as it was at the last drain; the queue says what changed since, row by row.
+/// For each row, only the first entry's "before" matters: if it is a delete, the row was indexed
+/// with that entry's text, which is removed; any later delete is of a version queued after it,
+/// never indexed. Then every row with an insert entry that still exists is indexed with its
+/// current text. (Inserts queued by migration 2's triggers carry their text; it is not needed.)
 pub fn drain_fts_queue(conn: &Connection) -> Result<usize> {
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO entities_fts(entities_fts, rowid, name, description, tags)
-             SELECT CASE op WHEN 'd' THEN 'delete' END, rid, c1, c2, c3 FROM fts_queue
-             WHERE tbl = 'entities' ORDER BY seq",
-        )?
-        .execute([])?
-        + conn
-            .prepare_cached(
-                "INSERT INTO notes_fts(notes_fts, rowid, name, content)
-                 SELECT CASE op WHEN 'd' THEN 'delete' END, rid, c1, c2 FROM fts_queue
-                 WHERE tbl = 'notes' ORDER BY seq",
-            )?
-            .execute([])?;
-    if n > 0 {
-        conn.prepare_cached("DELETE FROM fts_queue")?.execute([])?;
+    if !fts_queue_pending(conn)? {
+        return Ok(0);
     }
-    Ok(n)
+    let has_deletes: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM fts_queue WHERE op = 'd')")?
+        .query_row([], |r| r.get(0))?;
+    if has_deletes {
+        conn.prepare_cached(
+            "WITH first AS (SELECT min(seq) AS seq FROM fts_queue WHERE tbl = 'entities' GROUP BY rid)
+             INSERT INTO entities_fts(entities_fts, rowid, name, description, tags)
+             SELECT 'delete', q.rid, q.c1, q.c2, q.c3 FROM first JOIN fts_queue q ON q.seq = first.seq
+             WHERE q.op = 'd'",
+        )?
+        .execute([])?;
+        conn.prepare_cached(
+            "WITH first AS (SELECT min(seq) AS seq FROM fts_queue WHERE tbl = 'notes' GROUP BY rid)
+             INSERT INTO notes_fts(notes_fts, rowid, name, content)
+             SELECT 'delete', q.rid, q.c1, q.c2 FROM first JOIN fts_queue q ON q.seq = first.seq
+             WHERE q.op = 'd'",
+        )?
+        .execute([])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO entities_fts(rowid, name, description, tags)
+         SELECT rowid, name, description, tags FROM entities
+         WHERE rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'entities' AND op = 'i')",
+    )?
+    .execute([])?;
+    conn.prepare_cached(
+        "INSERT INTO notes_fts(rowid, name, content)
+         SELECT rowid, name, content FROM notes
+         WHERE rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'notes' AND op = 'i')",
+    )?
+    .execute([])?;
+    Ok(conn.prepare_cached("DELETE FROM fts_queue")?.execute([])?)
 }
 
 /// True when full-text updates are waiting in the queue.
