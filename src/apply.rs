@@ -111,6 +111,8 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
         };
         // Consecutive entity upserts are written together (see `ops::write_entities`).
         let mut entities: Vec<(&str, Entity)> = Vec::new();
+        // The upstream's change rows, copied into this log after the batch's rows.
+        let mut copied: Vec<&Change> = Vec::with_capacity(changes.len());
         let flush = |entities: &mut Vec<(&str, Entity)>| -> Result<()> {
             let rows: Vec<(&str, &Entity)> = entities.iter().map(|(ns, e)| (*ns, e)).collect();
             ops::write_entities(conn, &rows, true).map_err(|(_, e)| e)?;
@@ -128,26 +130,35 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
                 flush(&mut entities)?;
                 apply_row(conn, c)?;
             }
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                c.seq,
-                c.tx,
-                c.ts,
-                c.ns,
-                c.kind.as_str(),
-                c.op.as_str(),
-                c.id,
-                c.model,
-                c.data,
-                c.embedding.as_deref().map(crate::model::embedding_to_blob)
-            ])?;
+            copied.push(c);
             out.applied += 1;
             out.seq = c.seq;
         }
         flush(&mut entities)?;
+        ops::insert_rows(
+            conn,
+            "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)",
+            10,
+            "",
+            &copied,
+            |stmt, b, c| {
+                stmt.raw_bind_parameter(b + 1, c.seq)?;
+                stmt.raw_bind_parameter(b + 2, c.tx)?;
+                stmt.raw_bind_parameter(b + 3, c.ts)?;
+                stmt.raw_bind_parameter(b + 4, &c.ns)?;
+                stmt.raw_bind_parameter(b + 5, c.kind.as_str())?;
+                stmt.raw_bind_parameter(b + 6, c.op.as_str())?;
+                stmt.raw_bind_parameter(b + 7, &c.id)?;
+                stmt.raw_bind_parameter(b + 8, &c.model)?;
+                stmt.raw_bind_parameter(b + 9, &c.data)?;
+                stmt.raw_bind_parameter(
+                    b + 10,
+                    c.embedding.as_deref().map(crate::model::embedding_to_blob),
+                )?;
+                Ok(())
+            },
+        )
+        .map_err(|(_, e)| e)?;
         set_applied(conn, out.seq)?;
         Ok(out)
     })

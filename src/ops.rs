@@ -485,37 +485,51 @@ pub fn write_entity(conn: &Connection, ns: &str, e: &Entity, replica: bool) -> R
     write_entities(conn, &[(ns, e)], replica).map_err(|(_, e)| e)
 }
 
-/// Rows per multi-row statement in [`write_entities`], largest first. A few fixed sizes keep
-/// the prepared-statement cache small.
-const ENTITY_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// Rows per multi-row statement in [`insert_rows`], largest first. A few fixed sizes keep the
+/// prepared-statement cache small.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
-/// Insert or replace entity rows, in order, with multi-row statements. Every statement that
-/// fires the logging triggers runs under a statement journal (their SQL functions make SQLite
-/// assume it may abort): one statement per row copied each page it touched into that journal
-/// once per row (10-12% of write time in a profile of 1,024-row batches); one statement per 64
-/// rows copies each page once per 64 rows. A statement that fails is undone whole by SQLite;
-/// its rows are then retried one by one, so the error is the first failing row's own, returned
-/// with that row's position in `rows`.
-pub fn write_entities(
+/// `INSERT ... VALUES` of `rows` in order, with multi-row statements: `head` is the statement
+/// up to `VALUES`, `tail` what follows the value lists (an `ON CONFLICT` clause, or empty),
+/// `cols` the parameters per row, which `bind` binds for one row from 1-based index `base + 1`.
+///
+/// Why: every statement that fires the logging triggers runs under a statement journal (their
+/// SQL functions make SQLite assume it may abort), and one statement per row copied each page it
+/// touched into that journal once per row (10-12% of write time in a profile of 1,024-row
+/// batches); one statement per 64 rows copies each page once per 64 rows, and steps the VM once.
+/// A statement that fails is undone whole by SQLite; its rows are then retried one by one, so
+/// the error is the first failing row's own, returned with that row's position in `rows`.
+pub fn insert_rows<T>(
     conn: &Connection,
-    rows: &[(&str, &Entity)],
-    replica: bool,
+    head: &str,
+    cols: usize,
+    tail: &str,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> Result<()>,
 ) -> std::result::Result<(), (usize, Error)> {
+    let chunk_sql = |n: usize| {
+        let one = format!("({})", vec!["?"; cols].join(","));
+        format!("{head} VALUES {}{tail}", vec![one; n].join(","))
+    };
+    let run = |chunk: &[T]| -> Result<()> {
+        let mut stmt = conn.prepare_cached(&chunk_sql(chunk.len()))?;
+        for (i, r) in chunk.iter().enumerate() {
+            bind(&mut stmt, i * cols, r)?;
+        }
+        stmt.raw_execute()?;
+        Ok(())
+    };
     let mut rest = rows;
     let mut done = 0;
     while !rest.is_empty() {
-        let n = ENTITY_CHUNKS
-            .into_iter()
-            .find(|&c| c <= rest.len())
-            .unwrap_or(1);
+        let n = CHUNKS.into_iter().find(|&c| c <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(n);
-        if let Err(e) = write_entity_chunk(conn, chunk, replica) {
+        if let Err(e) = run(chunk) {
             if n == 1 {
                 return Err((done, e));
             }
             for (i, r) in chunk.iter().enumerate() {
-                write_entity_chunk(conn, std::slice::from_ref(r), replica)
-                    .map_err(|e| (done + i, e))?;
+                run(std::slice::from_ref(r)).map_err(|e| (done + i, e))?;
             }
         }
         done += n;
@@ -524,56 +538,37 @@ pub fn write_entities(
     Ok(())
 }
 
-fn write_entity_chunk(conn: &Connection, rows: &[(&str, &Entity)], replica: bool) -> Result<()> {
-    let mut sql = String::from(
-        "INSERT INTO entities(ns, id, kind, name, description, properties, tags, created_at, updated_at) VALUES ",
-    );
-    for i in 0..rows.len() {
-        let b = i * 9;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!(
-            "(?{},?{},?{},?{},?{},?{},?{},?{},?{})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9
-        ));
-    }
-    sql.push_str(
+/// Insert or replace entity rows, in order, with multi-row statements (see [`insert_rows`]).
+pub fn write_entities(
+    conn: &Connection,
+    rows: &[(&str, &Entity)],
+    replica: bool,
+) -> std::result::Result<(), (usize, Error)> {
+    let tail = format!(
         " ON CONFLICT(ns, id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
            description = excluded.description, properties = excluded.properties, tags = excluded.tags,
-           updated_at = excluded.updated_at",
+           updated_at = excluded.updated_at{}",
+        created_clause(replica)
     );
-    sql.push_str(created_clause(replica));
-    let mut texts = Vec::with_capacity(rows.len());
-    for (_, e) in rows {
-        texts.push((
-            json_obj("entity properties", &e.properties)?,
-            serde_json::to_string(&e.tags)?,
-        ));
-    }
-    let mut stmt = conn.prepare_cached(&sql)?;
-    for (i, ((ns, e), (props, tags))) in rows.iter().zip(&texts).enumerate() {
-        let b = i * 9;
-        stmt.raw_bind_parameter(b + 1, ns)?;
-        stmt.raw_bind_parameter(b + 2, &e.id)?;
-        stmt.raw_bind_parameter(b + 3, &e.kind)?;
-        stmt.raw_bind_parameter(b + 4, &e.name)?;
-        stmt.raw_bind_parameter(b + 5, &e.description)?;
-        stmt.raw_bind_parameter(b + 6, props)?;
-        stmt.raw_bind_parameter(b + 7, tags)?;
-        stmt.raw_bind_parameter(b + 8, e.created_at)?;
-        stmt.raw_bind_parameter(b + 9, e.updated_at)?;
-    }
-    stmt.raw_execute()?;
-    Ok(())
+    insert_rows(
+        conn,
+        "INSERT INTO entities(ns, id, kind, name, description, properties, tags, created_at, updated_at)",
+        9,
+        &tail,
+        rows,
+        |stmt, b, (ns, e)| {
+            stmt.raw_bind_parameter(b + 1, ns)?;
+            stmt.raw_bind_parameter(b + 2, &e.id)?;
+            stmt.raw_bind_parameter(b + 3, &e.kind)?;
+            stmt.raw_bind_parameter(b + 4, &e.name)?;
+            stmt.raw_bind_parameter(b + 5, &e.description)?;
+            stmt.raw_bind_parameter(b + 6, json_obj("entity properties", &e.properties)?)?;
+            stmt.raw_bind_parameter(b + 7, serde_json::to_string(&e.tags)?)?;
+            stmt.raw_bind_parameter(b + 8, e.created_at)?;
+            stmt.raw_bind_parameter(b + 9, e.updated_at)?;
+            Ok(())
+        },
+    )
 }
 
 /// Insert or replace an edge row.
