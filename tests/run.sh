@@ -62,13 +62,13 @@ cargo test
 step "wasm32 unit tests of the shared modules and the replica, in Node"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
-cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica
+cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test mem
 
 step "the same, in headless Chromium (plus OPFS persistence in a dedicated Worker)"
 WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
   cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
 WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
-  cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test opfs
+  cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test opfs --test mem
 
 step "browser replica build and end-to-end test (node + CLI + page in Chromium)"
 bash wasm/build.sh

@@ -9,7 +9,9 @@
 //! data is this Rust.
 #![cfg(target_arch = "wasm32")]
 
-mod mem;
+/// The C library's memory functions for SQLite (public for its tests).
+#[doc(hidden)]
+pub mod mem;
 
 use hivesync::model::{Kind, WriteOp};
 use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
