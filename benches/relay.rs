@@ -55,7 +55,8 @@ async fn node(
     (h, url)
 }
 
-/// Subscribe from `from` and collect receipt latencies (µs) of changes carrying `t_us`.
+/// Subscribe from `from` and collect receipt latencies (µs) of changes carrying `t_us`, in
+/// the order received (the writer's order: change `i` is the `i`-th write).
 async fn subscriber(url: String, from: i64, n: usize) -> Vec<i64> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
@@ -172,13 +173,21 @@ fn main() {
             println!("{label:<28} {a:>9.3} {b:>9.3} {c:>9.3}");
             (a, b)
         };
+        // Per change: how much later the relay's subscriber got it than the direct one. Both
+        // lists are in write order (one writer, one log), so index i is the same change.
+        let per_change = |d: &[i64], e: &[i64]| -> Vec<i64> { d.iter().zip(e).map(|(a, b)| b - a).collect() };
+        let mut delta = per_change(&d[nw..], &e[nw..]);
+        let mut delta_all = per_change(&d, &e);
         let (d50, d99) = row("direct (primary)", &mut d[nw..]);
         let (e50, e99) = row("through one relay", &mut e[nw..]);
         println!("{:<28} {:>9.3} {:>9.3}            (goal: p99 added <= 1 ms per hop)", "added by the hop", e50 - d50, e99 - d99);
+        row("  per change: relay - direct", &mut delta);
         println!("whole run, warm-up included ({} changes):", nw + n);
         let (d50, d99) = row("direct (primary)", &mut d);
         let (e50, e99) = row("through one relay", &mut e);
         println!("{:<28} {:>9.3} {:>9.3}", "added by the hop", e50 - d50, e99 - d99);
+        row("  per change: relay - direct", &mut delta_all);
+        println!("added by the hop = relay percentile - direct percentile; per change = the percentiles of each change's own relay - direct difference");
         r.stop().await;
         p.stop().await;
     });
