@@ -274,11 +274,21 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
     let mut sql = String::from(
         "CREATE TABLE fts_queue(
            seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, op TEXT NOT NULL, rid INTEGER NOT NULL,
-           c1 TEXT, c2 TEXT, c3 TEXT);
-         DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
+           c1 TEXT, c2 TEXT, c3 TEXT);",
+    );
+    sql.push_str(&queued_fts_triggers(true));
+    conn.execute_batch(&sql)?;
+    Ok(())
+}
+
+/// Replace the entity and note triggers with ones that queue their full-text work (with the
+/// text of inserts in the queue or not: see [`fts_queue_sql`]).
+fn queued_fts_triggers(insert_text: bool) -> String {
+    let mut sql = String::from(
+        "DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
          DROP TRIGGER notes_ai; DROP TRIGGER notes_au; DROP TRIGGER notes_ad;",
     );
-    let (ins, upd, del) = fts_queue_sql(Kind::Entity, true);
+    let (ins, upd, del) = fts_queue_sql(Kind::Entity, insert_text);
     sql.push_str(&log_triggers(
         Kind::Entity,
         &ins,
@@ -288,10 +298,9 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
             "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
         ),
     ));
-    let (ins, upd, del) = fts_queue_sql(Kind::Note, true);
+    let (ins, upd, del) = fts_queue_sql(Kind::Note, insert_text);
     sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
-    conn.execute_batch(&sql)?;
-    Ok(())
+    sql
 }
 
 /// Migration 3: the full-text queue carries text only for deletes (the text the index holds,
@@ -299,23 +308,7 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
 /// row's current text. Writing the text of every new row a second time, into the queue, and
 /// reading it back was most of the queue's cost.
 pub(super) fn migration_3(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
-    let mut sql = String::from(
-        "DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
-         DROP TRIGGER notes_ai; DROP TRIGGER notes_au; DROP TRIGGER notes_ad;",
-    );
-    let (ins, upd, del) = fts_queue_sql(Kind::Entity, false);
-    sql.push_str(&log_triggers(
-        Kind::Entity,
-        &ins,
-        &upd,
-        // Edges never outlive their endpoints; the cascade is logged by the edge triggers.
-        &format!(
-            "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
-        ),
-    ));
-    let (ins, upd, del) = fts_queue_sql(Kind::Note, false);
-    sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
-    conn.execute_batch(&sql)?;
+    conn.execute_batch(&queued_fts_triggers(false))?;
     Ok(())
 }
 
