@@ -109,32 +109,27 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             seq: applied,
             ..Default::default()
         };
-        // Consecutive entity upserts are written together (see `ops::write_entities`).
-        let mut entities: Vec<(&str, Entity)> = Vec::new();
+        // Consecutive entity upserts are written together.
+        let mut run = ops::EntityRun::new(true);
         // The upstream's change rows, copied into this log after the batch's rows.
         let mut copied: Vec<&Change> = Vec::with_capacity(changes.len());
-        let flush = |entities: &mut Vec<(&str, Entity)>| -> Result<()> {
-            let rows: Vec<(&str, &Entity)> = entities.iter().map(|(ns, e)| (*ns, e)).collect();
-            ops::write_entities(conn, &rows, true).map_err(|(_, e)| e)?;
-            entities.clear();
-            Ok(())
-        };
-        for c in changes {
+        for (i, c) in changes.iter().enumerate() {
             if c.seq <= applied {
                 out.skipped += 1;
                 continue;
             }
             if c.kind == Kind::Entity && c.op == Op::Upsert {
-                entities.push((&c.ns, entity_image(c)?));
+                check_change_key(c)?;
+                run.push(i, &c.ns, entity_image(c)?);
             } else {
-                flush(&mut entities)?;
+                run.flush(conn).map_err(|(_, e)| e)?;
                 apply_row(conn, c)?;
             }
             copied.push(c);
             out.applied += 1;
             out.seq = c.seq;
         }
-        flush(&mut entities)?;
+        run.flush(conn).map_err(|(_, e)| e)?;
         ops::insert_rows(
             conn,
             "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)",
@@ -177,24 +172,34 @@ fn decode<T: serde::de::DeserializeOwned>(c: &Change) -> Result<T> {
     })
 }
 
-/// The entity row image of an upsert change, checked against the change's key.
-fn entity_image(c: &Change) -> Result<Entity> {
+/// The namespace and id of a change, checked.
+fn check_change_key(c: &Change) -> Result<()> {
     ops::check_key("namespace", &c.ns)?;
-    ops::check_key("id", &c.id)?;
-    let r: Entity = decode(c)?;
-    if r.id != c.id {
-        return Err(Error::invalid(format!(
-            "change {}: row image id {:?} differs from the change id {:?}",
-            c.seq, r.id, c.id
-        )));
+    ops::check_key("id", &c.id)
+}
+
+/// An upsert's row image must carry the change's own id.
+fn check_image_key(c: &Change, id: &str) -> Result<()> {
+    if id == c.id {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "change {}: row image id {id:?} differs from the change id {:?}",
+            c.seq, c.id
+        )))
     }
+}
+
+/// The entity row image of an upsert change, checked against the change's id.
+fn entity_image(c: &Change) -> Result<Entity> {
+    let r: Entity = decode(c)?;
+    check_image_key(c, &r.id)?;
     Ok(r)
 }
 
 /// Write one change's row image (or delete its row) without logging it.
 pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
-    ops::check_key("namespace", &c.ns)?;
-    ops::check_key("id", &c.id)?;
+    check_change_key(c)?;
     match c.op {
         Op::Delete => {
             match c.kind {
@@ -218,16 +223,7 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
             Ok(())
         }
         Op::Upsert => {
-            let key_ok = |id: &str| {
-                if id == c.id {
-                    Ok(())
-                } else {
-                    Err(Error::invalid(format!(
-                        "change {}: row image id {id:?} differs from the change id {:?}",
-                        c.seq, c.id
-                    )))
-                }
-            };
+            let key_ok = |id: &str| check_image_key(c, id);
             match c.kind {
                 Kind::Entity => ops::write_entity(conn, &c.ns, &entity_image(c)?, true),
                 Kind::Edge => {

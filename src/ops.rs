@@ -236,28 +236,42 @@ pub struct OpResult {
     pub id: String,
 }
 
-/// Validate and execute one write op inside the caller's transaction.
-pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
-    check_key("namespace", &op.ns)?;
-    if op.ns.chars().any(char::is_control) {
+/// The namespace of a write op, checked.
+fn check_ns(ns: &str) -> Result<()> {
+    check_key("namespace", ns)?;
+    if ns.chars().any(char::is_control) {
         return Err(Error::invalid(format!(
-            "namespace {:?} contains a control character",
-            op.ns
+            "namespace {ns:?} contains a control character"
         )));
     }
+    Ok(())
+}
+
+/// The `data` of an upsert op, checked for shape (a JSON object, the key inside it).
+fn upsert_data(op: &WriteOp) -> Result<&Value> {
+    if op.id.is_some() || op.model.is_some() {
+        return Err(Error::invalid(
+            "an upsert carries its key inside `data`; `id` and `model` belong to deletes",
+        ));
+    }
+    let data = op
+        .data
+        .as_ref()
+        .ok_or_else(|| Error::invalid(format!("upsert of {} needs `data`", op.kind)))?;
+    if !data.is_object() {
+        return Err(Error::invalid(format!(
+            "`data` of a {} upsert must be a JSON object",
+            op.kind
+        )));
+    }
+    Ok(data)
+}
+
+/// Validate and execute one write op inside the caller's transaction.
+pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
+    check_ns(&op.ns)?;
     match op.op {
-        Op::Upsert => {
-            if op.id.is_some() || op.model.is_some() {
-                return Err(Error::invalid(
-                    "an upsert carries its key inside `data`; `id` and `model` belong to deletes",
-                ));
-            }
-            let data = op
-                .data
-                .as_ref()
-                .ok_or_else(|| Error::invalid(format!("upsert of {} needs `data`", op.kind)))?;
-            upsert(conn, op.kind, &op.ns, data, now)
-        }
+        Op::Upsert => upsert(conn, op.kind, &op.ns, upsert_data(op)?, now),
         Op::Delete => {
             if op.data.is_some() {
                 return Err(Error::invalid(
@@ -310,28 +324,19 @@ fn entity_row(conn: &Connection, data: &Value, now: i64) -> Result<Entity> {
     Ok(row)
 }
 
-/// The entity row of `op` when it is an entity upsert (validated), None for any other op.
-/// Lets a caller gather consecutive entity upserts for [`write_entities`].
+/// The validated entity row of `op` when it is an entity upsert, None for any other op: what
+/// [`execute`] would write, so a caller can gather consecutive entity upserts in an
+/// [`EntityRun`].
 pub fn entity_upsert(conn: &Connection, op: &WriteOp, now: i64) -> Result<Option<Entity>> {
-    if op.kind != Kind::Entity || op.op != Op::Upsert || op.id.is_some() || op.model.is_some() {
+    if op.kind != Kind::Entity || op.op != Op::Upsert {
         return Ok(None);
     }
-    check_key("namespace", &op.ns)?;
-    if op.ns.chars().any(char::is_control) {
-        return Ok(None);
-    }
-    match op.data.as_ref() {
-        Some(data) if data.is_object() => entity_row(conn, data, now).map(Some),
-        _ => Ok(None),
-    }
+    check_ns(&op.ns)?;
+    entity_row(conn, upsert_data(op)?, now).map(Some)
 }
 
+/// `data` is an object ([`upsert_data`]).
 fn upsert(conn: &Connection, kind: Kind, ns: &str, data: &Value, now: i64) -> Result<OpResult> {
-    if !data.is_object() {
-        return Err(Error::invalid(format!(
-            "`data` of a {kind} upsert must be a JSON object"
-        )));
-    }
     match kind {
         Kind::Entity => {
             let row = entity_row(conn, data, now)?;
@@ -507,12 +512,18 @@ pub fn insert_rows<T>(
     rows: &[T],
     bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> Result<()>,
 ) -> std::result::Result<(), (usize, Error)> {
-    let chunk_sql = |n: usize| {
-        let one = format!("({})", vec!["?"; cols].join(","));
-        format!("{head} VALUES {}{tail}", vec![one; n].join(","))
-    };
+    // The statement text for each chunk size, built once per call.
+    let one = format!("({})", vec!["?"; cols].join(","));
+    let sqls: Vec<String> = CHUNKS
+        .iter()
+        .map(|&n| format!("{head} VALUES {}{tail}", vec![one.as_str(); n].join(",")))
+        .collect();
     let run = |chunk: &[T]| -> Result<()> {
-        let mut stmt = conn.prepare_cached(&chunk_sql(chunk.len()))?;
+        let at = CHUNKS
+            .iter()
+            .position(|&n| n == chunk.len())
+            .unwrap_or(CHUNKS.len() - 1);
+        let mut stmt = conn.prepare_cached(&sqls[at])?;
         for (i, r) in chunk.iter().enumerate() {
             bind(&mut stmt, i * cols, r)?;
         }
@@ -536,6 +547,40 @@ pub fn insert_rows<T>(
         rest = tail;
     }
     Ok(())
+}
+
+/// Consecutive entity upserts (of a write, or of a batch a replica applies), gathered to be
+/// written together by [`write_entities`] before any other op runs.
+pub struct EntityRun<'a> {
+    replica: bool,
+    rows: Vec<(usize, &'a str, Entity)>,
+}
+
+impl<'a> EntityRun<'a> {
+    /// An empty run; `replica` as in [`write_entities`].
+    pub fn new(replica: bool) -> Self {
+        EntityRun {
+            replica,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Gather entity `e` of namespace `ns`, op (or change) number `index` of the caller's.
+    pub fn push(&mut self, index: usize, ns: &'a str, e: Entity) {
+        self.rows.push((index, ns, e));
+    }
+
+    /// Write what was gathered, in order, and empty the run. On failure: the caller's `index`
+    /// of the row SQLite refused, with its error.
+    pub fn flush(&mut self, conn: &Connection) -> std::result::Result<(), (usize, Error)> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&str, &Entity)> = self.rows.iter().map(|(_, ns, e)| (*ns, e)).collect();
+        write_entities(conn, &rows, self.replica).map_err(|(i, e)| (self.rows[i].0, e))?;
+        self.rows.clear();
+        Ok(())
+    }
 }
 
 /// Insert or replace entity rows, in order, with multi-row statements (see [`insert_rows`]).

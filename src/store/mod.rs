@@ -300,38 +300,23 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
     )?
     .execute([now])?;
     let mut ids = Vec::with_capacity(ops_.len());
-    // Consecutive entity upserts are written together (see `ops::write_entities`).
-    let mut entities: Vec<(usize, Entity)> = Vec::new();
-    let flush = |entities: &mut Vec<(usize, Entity)>| -> Result<()> {
-        if entities.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<(&str, &Entity)> = entities
-            .iter()
-            .map(|(i, e)| (ops_[*i].ns.as_str(), e))
-            .collect();
-        ops::write_entities(&tx, &rows, false).map_err(|(i, e)| Error::Op {
-            index: entities[i].0,
-            source: Box::new(e),
-        })?;
-        entities.clear();
-        Ok(())
+    let as_op = |index: usize, e: Error| Error::Op {
+        index,
+        source: Box::new(e),
     };
+    // Consecutive entity upserts are written together.
+    let mut run = ops::EntityRun::new(false);
     for (index, op) in ops_.iter().enumerate() {
-        let as_op = |e: Error| Error::Op {
-            index,
-            source: Box::new(e),
-        };
-        if let Some(e) = ops::entity_upsert(&tx, op, now).map_err(as_op)? {
+        if let Some(e) = ops::entity_upsert(&tx, op, now).map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
-            entities.push((index, e));
+            run.push(index, &op.ns, e);
             continue;
         }
-        flush(&mut entities)?;
-        let r = ops::execute(&tx, op, now).map_err(as_op)?;
+        run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
+        let r = ops::execute(&tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }
-    flush(&mut entities)?;
+    run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
     schema::drain_fts_queue(&tx)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;

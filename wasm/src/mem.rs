@@ -5,42 +5,28 @@
 //! to link), so their copies and comparisons call these symbols. They came from Rust's
 //! `compiler_builtins`: portable loops, weak symbols. In a Node CPU profile of the replica's
 //! apply, `memcpy` alone was 11% of the time (SQLite's busiest function after its VM), `memmove`
-//! and `memset` 4% more, `memcmp` 3%. These strong definitions replace them: copies and fills
-//! of more than a few bytes are one `memory.copy` / `memory.fill` (LLVM lowers the copy
-//! intrinsics that way for a bulk-memory target, which Rust's wasm32 target is by default),
-//! short ones a plain loop, since each bulk instruction costs a call into the engine; `memcmp`
-//! compares eight bytes at a time.
+//! and `memset` 4% more, `memcmp` 3%. These strong definitions replace them: each copy or fill
+//! is one `memory.copy` / `memory.fill` (LLVM lowers the copy intrinsics that way for a
+//! bulk-memory target, which Rust's wasm32 target is by default; `memory.copy` is defined for
+//! overlapping ranges), and `memcmp` compares eight bytes at a time.
 //!
-//! The only unsafe code in hivesync: these are the C ABI functions themselves.
+//! The only unsafe code in hivesync besides the extension registration: these are the C ABI
+//! functions themselves.
 #![allow(unsafe_code)]
-
-/// Below this many bytes a loop beats a bulk-memory instruction.
-const SHORT: usize = 16;
 
 /// # Safety
 /// The C contract of `memcpy`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    unsafe { memmove(dest, src, n) }
+    unsafe { core::ptr::copy(src, dest, n) };
+    dest
 }
 
 /// # Safety
 /// The C contract of `memmove`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    if n <= SHORT {
-        // Read all, then write all: right for overlapping ranges too.
-        let mut buf = [0u8; SHORT];
-        for (i, b) in buf.iter_mut().enumerate().take(n) {
-            *b = unsafe { src.add(i).read() };
-        }
-        for (i, b) in buf.iter().enumerate().take(n) {
-            unsafe { dest.add(i).write(*b) };
-        }
-    } else {
-        // memory.copy is defined for overlapping ranges.
-        unsafe { core::ptr::copy(src, dest, n) };
-    }
+    unsafe { core::ptr::copy(src, dest, n) };
     dest
 }
 
@@ -48,13 +34,7 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
 /// The C contract of `memset`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
-    if n <= SHORT {
-        for i in 0..n {
-            unsafe { dest.add(i).write(c as u8) };
-        }
-    } else {
-        unsafe { core::ptr::write_bytes(dest, c as u8, n) };
-    }
+    unsafe { core::ptr::write_bytes(dest, c as u8, n) };
     dest
 }
 
