@@ -86,20 +86,110 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn native(frames: &[Vec<u8>]) -> f64 {
-    let mut ms = Vec::new();
-    for _ in 0..ROUNDS {
-        let conn = schema::open_in_memory(&Default::default()).unwrap();
-        let t0 = Instant::now();
-        for f in frames {
-            let ServerMsg::Changes { prev, changes, .. } = decode_server_bin(f).unwrap() else {
+/// One native apply of every frame (decode + apply, one transaction per frame), in ms.
+fn native_once(frames: &[Vec<u8>]) -> f64 {
+    let conn = schema::open_in_memory(&Default::default()).unwrap();
+    let t0 = Instant::now();
+    for f in frames {
+        let ServerMsg::Changes { prev, changes, .. } = decode_server_bin(f).unwrap() else {
+            unreachable!()
+        };
+        apply::apply_changes(&conn, prev, &changes).unwrap();
+    }
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// The rows of the frames' changes, decoded ahead of time for [`floor_once`].
+struct FloorRow {
+    id: String,
+    kind: String,
+    name: String,
+    description: String,
+    properties: String,
+    tags: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn floor_rows(frames: &[Vec<u8>]) -> Vec<Vec<FloorRow>> {
+    frames
+        .iter()
+        .map(|f| {
+            let ServerMsg::Changes { changes, .. } = decode_server_bin(f).unwrap() else {
                 unreachable!()
             };
-            apply::apply_changes(&conn, prev, &changes).unwrap();
+            changes
+                .iter()
+                .map(|c| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(c.data.as_deref().unwrap()).unwrap();
+                    FloorRow {
+                        id: c.id.clone(),
+                        kind: v["kind"].as_str().unwrap().into(),
+                        name: v["name"].as_str().unwrap().into(),
+                        description: v["description"].as_str().unwrap().into(),
+                        properties: v["properties"].to_string(),
+                        tags: v["tags"].to_string(),
+                        created_at: v["created_at"].as_i64().unwrap(),
+                        updated_at: v["updated_at"].as_i64().unwrap(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The floor under any replica apply on this machine: plain rusqlite storing the same rows in
+/// the same entities table with the same FTS5 index, one transaction per frame, rows decoded
+/// before the clock starts, no change log, no triggers, no protocol. A replica must at least
+/// store each row and index it for search.
+fn floor_once(rows: &[Vec<FloorRow>]) -> f64 {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE entities(
+           ns TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+           description TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{}',
+           tags TEXT NOT NULL DEFAULT '[]', created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+           UNIQUE(ns, id));
+         CREATE INDEX entities_kind ON entities(ns, kind);
+         CREATE VIRTUAL TABLE entities_fts USING fts5(
+           name, description, tags, content='entities', content_rowid='rowid',
+           tokenize='unicode61 remove_diacritics 2');",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    for frame in rows {
+        let tx = conn.unchecked_transaction().unwrap();
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO entities(ns, id, kind, name, description, properties, tags,
+                       created_at, updated_at) VALUES ('default', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .unwrap();
+            let mut fts = tx
+                .prepare_cached(
+                    "INSERT INTO entities_fts(rowid, name, description, tags) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .unwrap();
+            for r in frame {
+                ins.execute(rusqlite::params![
+                    r.id, r.kind, r.name, r.description, r.properties, r.tags, r.created_at,
+                    r.updated_at
+                ])
+                .unwrap();
+                fts.execute(rusqlite::params![
+                    tx.last_insert_rowid(),
+                    r.name,
+                    r.description,
+                    r.tags
+                ])
+                .unwrap();
+            }
         }
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        tx.commit().unwrap();
     }
-    median(ms)
+    t0.elapsed().as_secs_f64() * 1e3
 }
 
 fn node_script(wasm_dir: &Path, script: &str, args: &[&str]) -> Option<serde_json::Value> {
@@ -121,9 +211,22 @@ fn main() {
     let wasm_dir = root.join("wasm");
     println!("# replica benchmarks on {}", machine());
     let frames = frames();
-    let native_ms = native(&frames);
+    // Native apply and the raw SQLite floor take turns, round by round.
+    let rows = floor_rows(&frames);
+    let (mut native_ms, mut floor_ms) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        native_ms.push(native_once(&frames));
+        floor_ms.push(floor_once(&rows));
+    }
+    let (native_ms, floor_ms) = (median(native_ms), median(floor_ms));
     let native_rate = CHANGES as f64 / native_ms * 1e3;
+    let floor_rate = CHANGES as f64 / floor_ms * 1e3;
     println!("native apply: {CHANGES} changes in {} frames: {native_ms:.0} ms, {native_rate:.0} changes/s", frames.len());
+    println!(
+        "native floor: plain rusqlite storing the same rows + FTS5 index, decoded beforehand, no log: \
+         {floor_ms:.0} ms, {floor_rate:.0} rows/s (native apply = {:.2}x of it)",
+        native_rate / floor_rate
+    );
 
     let built = wasm_dir.join("web/pkg/hivesync_wasm_bg.wasm");
     if !built.is_file() || !wasm_dir.join("node_modules/playwright-core").is_dir() {
