@@ -87,6 +87,17 @@ fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
 /// Triggers that log every insert, update and delete of `kind` into `changes`, plus `extra`
 /// statements per event (derived-index upkeep).
 fn log_triggers(kind: Kind, on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    log_triggers_when(kind, on_insert, on_update, on_delete, "")
+}
+
+/// [`log_triggers`] whose insert and update triggers have the `WHEN` clause `when` (or none).
+fn log_triggers_when(
+    kind: Kind,
+    on_insert: &str,
+    on_update: &str,
+    on_delete: &str,
+    when: &str,
+) -> String {
     let t = kind.table();
     let id = id_col(kind);
     let key_moved = if kind == Kind::Vector {
@@ -96,11 +107,11 @@ fn log_triggers(kind: Kind, on_insert: &str, on_update: &str, on_delete: &str) -
         format!("AND (old.ns IS NOT new.ns OR old.{id} IS NOT new.{id})")
     };
     format!(
-        "CREATE TRIGGER {t}_ai AFTER INSERT ON {t} BEGIN
+        "CREATE TRIGGER {t}_ai AFTER INSERT ON {t}{when} BEGIN
            {on_insert}
            {ins}
          END;
-         CREATE TRIGGER {t}_au AFTER UPDATE ON {t} BEGIN
+         CREATE TRIGGER {t}_au AFTER UPDATE ON {t}{when} BEGIN
            {on_update}
            {moved}
            {upd}
@@ -276,20 +287,20 @@ pub(super) fn migration_2(conn: &Connection, _opts: &SchemaOptions) -> Result<()
            seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, op TEXT NOT NULL, rid INTEGER NOT NULL,
            c1 TEXT, c2 TEXT, c3 TEXT);",
     );
-    sql.push_str(&queued_fts_triggers(true));
+    sql.push_str(&queued_fts_triggers(true, ""));
     conn.execute_batch(&sql)?;
     Ok(())
 }
 
 /// Replace the entity and note triggers with ones that queue their full-text work (with the
 /// text of inserts in the queue or not: see [`fts_queue_sql`]).
-fn queued_fts_triggers(insert_text: bool) -> String {
+fn queued_fts_triggers(insert_text: bool, entity_when: &str) -> String {
     let mut sql = String::from(
         "DROP TRIGGER entities_ai; DROP TRIGGER entities_au; DROP TRIGGER entities_ad;
          DROP TRIGGER notes_ai; DROP TRIGGER notes_au; DROP TRIGGER notes_ad;",
     );
     let (ins, upd, del) = fts_queue_sql(Kind::Entity, insert_text);
-    sql.push_str(&log_triggers(
+    sql.push_str(&log_triggers_when(
         Kind::Entity,
         &ins,
         &upd,
@@ -297,6 +308,7 @@ fn queued_fts_triggers(insert_text: bool) -> String {
         &format!(
             "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
         ),
+        entity_when,
     ));
     let (ins, upd, del) = fts_queue_sql(Kind::Note, insert_text);
     sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
@@ -308,7 +320,24 @@ fn queued_fts_triggers(insert_text: bool) -> String {
 /// row's current text. Writing the text of every new row a second time, into the queue, and
 /// reading it back was most of the queue's cost.
 pub(super) fn migration_3(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
-    conn.execute_batch(&queued_fts_triggers(false))?;
+    conn.execute_batch(&queued_fts_triggers(false, ""))?;
+    Ok(())
+}
+
+/// `sync_ctx.applying` while hivesync's write path writes a run of entity upserts with
+/// everything the entity triggers would do (the change rows, the full-text queue) done by
+/// itself, in multi-row statements: see `ops::EntityRun::logged`. (1 is a replica's apply:
+/// only the logging is silenced.)
+pub const WRITER_LOGS_ENTITIES: i64 = 2;
+
+/// Migration 4: the entity insert and update triggers do nothing while
+/// `sync_ctx.applying = 2` ([`WRITER_LOGS_ENTITIES`]). Without a `sync_ctx` row (any other
+/// program's write) they run as before.
+pub(super) fn migration_4(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    conn.execute_batch(&queued_fts_triggers(
+        false,
+        &format!(" WHEN (SELECT applying FROM sync_ctx) IS NOT {WRITER_LOGS_ENTITIES}"),
+    ))?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 mod ddl;
 mod models;
 
-pub use ddl::{drain_fts_queue, fts_queue_pending, row_image_sql, NOW_US};
+pub use ddl::{drain_fts_queue, fts_queue_pending, row_image_sql, NOW_US, WRITER_LOGS_ENTITIES};
 pub use models::{ensure_model, model_by_name, models, ModelInfo, MAX_DIMS};
 
 use rusqlite::{Connection, OptionalExtension};
@@ -85,6 +85,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "full-text queue: inserts queue their rowid, not their text",
         up: ddl::migration_3,
+    },
+    Migration {
+        version: 4,
+        name: "entity triggers stand aside while the writer logs a run of upserts itself",
+        up: ddl::migration_4,
     },
 ];
 

@@ -293,19 +293,21 @@ impl Store {
 pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<WriteResult> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = ops::now_us(&tx)?;
-    tx.prepare_cached(
-        "INSERT INTO sync_ctx(one, tx, ts, applying)
-         VALUES (1, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1, ?1, 0)
-         ON CONFLICT(one) DO UPDATE SET tx = excluded.tx, ts = excluded.ts, applying = 0",
-    )?
-    .execute([now])?;
+    let first_seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO sync_ctx(one, tx, ts, applying)
+             VALUES (1, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1, ?1, 0)
+             ON CONFLICT(one) DO UPDATE SET tx = excluded.tx, ts = excluded.ts, applying = 0
+             RETURNING tx",
+        )?
+        .query_row([now], |r| r.get(0))?;
     let mut ids = Vec::with_capacity(ops_.len());
     let as_op = |index: usize, e: Error| Error::Op {
         index,
         source: Box::new(e),
     };
-    // Consecutive entity upserts are written together.
-    let mut run = ops::EntityRun::new(false);
+    // Consecutive entity upserts are written together, with their change rows.
+    let mut run = ops::EntityRun::logged(first_seq, now);
     for (index, op) in ops_.iter().enumerate() {
         if let Some(e) = ops::entity_upsert(&tx, op, now).map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
