@@ -174,7 +174,13 @@ fn floor_once(rows: &[Vec<FloorRow>]) -> f64 {
                 .unwrap();
             for r in frame {
                 ins.execute(rusqlite::params![
-                    r.id, r.kind, r.name, r.description, r.properties, r.tags, r.created_at,
+                    r.id,
+                    r.kind,
+                    r.name,
+                    r.description,
+                    r.properties,
+                    r.tags,
+                    r.created_at,
                     r.updated_at
                 ])
                 .unwrap();

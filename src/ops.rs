@@ -571,6 +571,10 @@ pub struct EntityRun<'a> {
     /// The write path's commit (`tx`, `ts`): the run writes its own change-log rows.
     log: Option<(i64, i64)>,
     rows: Vec<(usize, &'a str, Entity)>,
+    /// A logged run's new rows (rowid, name, description, tags text), to be put straight into
+    /// the full-text index at the end of the write ([`EntityRun::index_direct`]) instead of
+    /// going through the queue. None once anything went through the queue in this write.
+    direct: Option<Vec<(i64, String, String, String)>>,
 }
 
 /// Runs shorter than this are left to the triggers: the statements that stand them aside and
@@ -585,6 +589,7 @@ impl<'a> EntityRun<'a> {
             replica,
             log: None,
             rows: Vec::new(),
+            direct: None,
         }
     }
 
@@ -604,11 +609,19 @@ impl<'a> EntityRun<'a> {
     /// written as ordinary upserts with only the logging silenced (as a replica's are), so the
     /// update trigger queues the full-text delete of the old text; last, every op's change row,
     /// in op order.
+    ///
+    /// The full-text index: while a write is nothing but such runs of new rows (the bulk-load
+    /// case), their rowids do not go through the queue; the caller indexes them with
+    /// [`EntityRun::index_direct`] before the queue's drain. As soon as anything else could
+    /// queue full-text work (an update, another op: call [`EntityRun::spill`] before it), the
+    /// rows held so far are queued, in order, and the rest of the write uses the queue: the
+    /// drain relies on the order of the queue (a row's first entry says what is indexed).
     pub fn logged(tx: i64, ts: i64) -> Self {
         EntityRun {
             replica: false,
             log: Some((tx, ts)),
             rows: Vec::new(),
+            direct: Some(Vec::new()),
         }
     }
 
@@ -623,6 +636,10 @@ impl<'a> EntityRun<'a> {
         if self.rows.is_empty() {
             return Ok(());
         }
+        let logged = self.log.is_some() && self.rows.len() >= LOGGED_RUN_MIN;
+        if !logged {
+            self.spill(conn).map_err(|e| (self.rows[0].0, e))?;
+        }
         let rows = self
             .rows
             .iter()
@@ -630,14 +647,60 @@ impl<'a> EntityRun<'a> {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let index = |i: usize| self.rows[i].0;
         match self.log {
-            Some((tx, ts)) if rows.len() >= LOGGED_RUN_MIN => {
-                write_logged_run(conn, &rows, tx, ts).map_err(|(i, e)| (index(i), e))?
-            }
+            Some((tx, ts)) if logged => write_logged_run(conn, &rows, tx, ts, &mut self.direct)
+                .map_err(|(i, e)| (index(i), e))?,
             _ => write_entities(conn, &rows, self.replica, None).map_err(|(i, e)| (index(i), e))?,
         }
+        drop(rows);
         self.rows.clear();
         Ok(())
     }
+
+    /// Queue the new rows held for direct indexing, and use the queue for the rest of the
+    /// write. Call before anything else that may queue full-text work.
+    pub fn spill(&mut self, conn: &Connection) -> Result<()> {
+        if let Some(held) = self.direct.take() {
+            queue_for_indexing(conn, held.iter().map(|h| h.0))?;
+        }
+        Ok(())
+    }
+
+    /// Put the new rows held (if any) into the full-text index. Call once, after the last
+    /// [`flush`](Self::flush) and before the queue's drain.
+    pub fn index_direct(&mut self, conn: &Connection) -> Result<()> {
+        let Some(held) = self.direct.take() else {
+            return Ok(());
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO entities_fts(rowid, name, description, tags) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (rowid, name, description, tags) in &held {
+            stmt.execute(params![rowid, name, description, tags])?;
+        }
+        Ok(())
+    }
+}
+
+/// Queue entity rows (by rowid) for full-text indexing at the drain.
+fn queue_for_indexing(conn: &Connection, rowids: impl Iterator<Item = i64>) -> Result<()> {
+    let rowids: Vec<i64> = rowids.collect();
+    insert_rows(
+        conn,
+        "INSERT INTO fts_queue(tbl, op, rid)",
+        3,
+        "",
+        &rowids,
+        |stmt, b, rid| {
+            stmt.raw_bind_parameter(b + 1, "entities")?;
+            stmt.raw_bind_parameter(b + 2, "i")?;
+            stmt.raw_bind_parameter(b + 3, rid)?;
+            Ok(())
+        },
+    )
+    .map_err(|(_, e)| e)
 }
 
 /// Set `sync_ctx.applying`, in a write transaction that has its `sync_ctx` row.
@@ -653,6 +716,7 @@ fn write_logged_run(
     rows: &[EntityRow<'_>],
     tx: i64,
     ts: i64,
+    direct: &mut Option<Vec<(i64, String, String, String)>>,
 ) -> std::result::Result<(), (usize, Error)> {
     let at0 = |e: Error| (0, e);
     set_applying(conn, crate::schema::WRITER_LOGS_ENTITIES).map_err(at0)?;
@@ -686,30 +750,35 @@ fn write_logged_run(
             Ok(())
         },
     )?;
-    // Queued before the updates below, so that a row inserted and then updated in this run is
-    // first seen by the drain as an insert (nothing indexed to delete).
-    let inserted: Vec<i64> = rowids.iter().flatten().copied().collect();
-    insert_rows(
-        conn,
-        "INSERT INTO fts_queue(tbl, op, rid)",
-        3,
-        "",
-        &inserted,
-        |stmt, b, rid| {
-            stmt.raw_bind_parameter(b + 1, "entities")?;
-            stmt.raw_bind_parameter(b + 2, "i")?;
-            stmt.raw_bind_parameter(b + 3, rid)?;
-            Ok(())
-        },
-    )
-    .map_err(|(_, e)| at0(e))?;
+    let updates: Vec<usize> = (0..rows.len()).filter(|&i| rowids[i].is_none()).collect();
+    // The new rows go to the full-text index straight (held until the end of the write) while
+    // nothing has gone through the queue; otherwise they are queued before the updates below,
+    // so that a row inserted and then updated in this run is first seen by the drain as an
+    // insert (nothing indexed to delete).
+    if !updates.is_empty() {
+        if let Some(held) = direct.take() {
+            queue_for_indexing(conn, held.iter().map(|h| h.0)).map_err(at0)?;
+        }
+    }
+    match direct {
+        Some(held) => held.extend(rows.iter().zip(&rowids).filter_map(|(r, rid)| {
+            rid.map(|rid| {
+                (
+                    rid,
+                    r.e.name.clone(),
+                    r.e.description.clone(),
+                    r.tags.clone(),
+                )
+            })
+        })),
+        None => queue_for_indexing(conn, rowids.iter().flatten().copied()).map_err(at0)?,
+    }
     // The ops whose row existed: ordinary upserts, logging silenced.
     let mut created: Vec<Option<i64>> = rowids
         .iter()
         .zip(rows)
         .map(|(rid, r)| rid.map(|_| r.e.created_at))
         .collect();
-    let updates: Vec<usize> = (0..rows.len()).filter(|&i| rowids[i].is_none()).collect();
     if !updates.is_empty() {
         set_applying(conn, 1).map_err(at0)?;
         let upd: Vec<EntityRow<'_>> = updates.iter().map(|&i| rows[i].clone()).collect();

@@ -61,6 +61,42 @@ enum Step {
         ns: usize,
         id: usize,
     },
+    /// An entity of the bulk id space (`b0`, `b1`...), written in long runs.
+    Bulk {
+        ns: usize,
+        id: usize,
+        name: u8,
+    },
+    DelBulk {
+        ns: usize,
+        id: usize,
+    },
+}
+
+const BULK_IDS: usize = 12;
+
+fn bulk_key(ns: usize, id: usize) -> (String, String) {
+    (NS[ns].to_string(), format!("b{id}"))
+}
+
+fn bulk_step() -> impl Strategy<Value = Step> {
+    (0..NS.len(), 0..BULK_IDS, 0u8..4).prop_map(|(ns, id, name)| Step::Bulk { ns, id, name })
+}
+
+/// One write: a long run of entity upserts (the store writes runs of 8 or more itself, not
+/// through the triggers) with other ops, and deletes of bulk rows, around it.
+fn bulk_write() -> impl Strategy<Value = Vec<Step>> {
+    let other = prop_oneof![
+        3 => step(),
+        1 => (0..NS.len(), 0..BULK_IDS).prop_map(|(ns, id)| Step::DelBulk { ns, id }),
+    ];
+    (
+        prop::collection::vec(other.clone(), 0..3),
+        prop::collection::vec(bulk_step(), 6..16),
+        prop::collection::vec(other, 0..3),
+        prop::collection::vec(bulk_step(), 0..10),
+    )
+        .prop_map(|(a, b, c, d)| [a, b, c, d].concat())
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -99,6 +135,12 @@ fn model_apply(m: &mut Model, s: &Step) -> Result<(), ()> {
     match *s {
         Step::Entity { ns, id, name } => {
             m.entities.insert(key(ns, id), format!("name{name}"));
+        }
+        Step::Bulk { ns, id, name } => {
+            m.entities.insert(bulk_key(ns, id), format!("name{name}"));
+        }
+        Step::DelBulk { ns, id } => {
+            m.entities.remove(&bulk_key(ns, id));
         }
         Step::DelEntity { ns, id } => {
             let (n, i) = key(ns, id);
@@ -203,7 +245,46 @@ fn to_op(s: &Step) -> WriteOp {
             op.model = Some("m".into());
             op
         }
+        Step::Bulk { ns, id, name } => WriteOp::upsert(
+            Kind::Entity,
+            NS[ns],
+            json!({"id": format!("b{id}"), "name": format!("name{name}")}),
+        ),
+        Step::DelBulk { ns, id } => WriteOp::delete(Kind::Entity, NS[ns], format!("b{id}")),
     }
+}
+
+/// Every entity name must find exactly the model's entities of that name, and the full-text
+/// indexes must agree with the tables.
+fn check_search(store: &Store, model: &Model) -> Result<(), TestCaseError> {
+    for ns in NS {
+        for n in 0..4 {
+            let name = format!("name{n}");
+            let q = hivesync::query::SearchQuery {
+                text: name.clone(),
+                ns: Some(ns.into()),
+                records: Some(vec![Kind::Entity]),
+                limit: 1000,
+                ..Default::default()
+            };
+            let found: BTreeSet<String> = store
+                .search(&q)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect();
+            let want: BTreeSet<String> = model
+                .entities
+                .iter()
+                .filter(|((en, _), v)| en == ns && **v == name)
+                .map(|((_, id), _)| id.clone())
+                .collect();
+            prop_assert_eq!(found, want, "search {:?} in {}", name, ns);
+        }
+    }
+    let report = store.check().unwrap();
+    prop_assert!(report.ok, "{:?}", report);
+    Ok(())
 }
 
 /// Read the store back into the model's shape.
@@ -257,6 +338,7 @@ fn run(steps: &[Vec<Step>]) -> Result<(), TestCaseError> {
             model = next;
         }
         prop_assert_eq!(&observe(&store), &model);
+        check_search(&store, &model)?;
     }
     // The log must be gap-free and replay into an empty database to the same state.
     let changes = store
@@ -294,6 +376,14 @@ proptest! {
 
     #[test]
     fn store_matches_model_and_log_replays(steps in prop::collection::vec(prop::collection::vec(step(), 1..4), 1..30)) {
+        run(&steps)?;
+    }
+
+    /// The same, with writes that hold long runs of entity upserts (new rows, rows written
+    /// twice in a run, rows that exist, rows deleted and written again) among other ops.
+    #[test]
+    fn long_runs_of_upserts_match_the_model_and_replay(steps in prop::collection::vec(
+        prop_oneof![2 => bulk_write(), 1 => prop::collection::vec(step(), 1..4)], 1..12)) {
         run(&steps)?;
     }
 }

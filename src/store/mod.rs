@@ -315,10 +315,12 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
             continue;
         }
         run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
+        run.spill(&tx)?;
         let r = ops::execute(&tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }
     run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
+    run.index_direct(&tx)?;
     schema::drain_fts_queue(&tx)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;
