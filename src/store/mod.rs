@@ -309,9 +309,9 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
     // Consecutive entity upserts are written together, with their change rows.
     let mut run = ops::EntityRun::logged(first_seq, now);
     for (index, op) in ops_.iter().enumerate() {
-        if let Some(e) = ops::entity_upsert(&tx, op, now).map_err(|e| as_op(index, e))? {
+        if let Some((e, props)) = ops::entity_upsert(&tx, op, now).map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
-            run.push(index, &op.ns, e);
+            run.push_rendered(index, &op.ns, e, props);
             continue;
         }
         run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
