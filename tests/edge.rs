@@ -430,3 +430,75 @@ async fn a_chain_of_relays_survives_a_relay_restart_under_load() {
     assert_eq!(times_in_log(&primary.db, "after-restart"), 1);
     println!("chain primary -> region -> city: region killed and restarted under load; 3 city subscribers got all {seq} changes in order, digests equal");
 }
+
+/// A metric's value from a node's `/metrics`.
+async fn metric(node: &Node, name: &str) -> u64 {
+    let (_, text) = node.try_get("/metrics").await.expect("/metrics answers");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_frames_that_queue_up_at_an_edge_are_applied_together_in_order() {
+    let primary = Node::start().await;
+    let edge = relay_of(&primary).await;
+    wait_live_upstream(&edge).await;
+    let mut sub = Client::connect(&edge.url()).await;
+    sub.hello(None).await;
+    sub.subscribe("s", None, None).await;
+    let mut w = Client::connect(&primary.url()).await;
+    w.hello(None).await;
+    w.write(
+        "w0",
+        vec![common::entity("default", "first", "before the hold")],
+    )
+    .await;
+    until_id(&mut sub, "first").await;
+    let (frames0, applies0) = (
+        metric(&edge, "hivesync_upstream_frames_total").await,
+        metric(&edge, "hivesync_upstream_applies_total").await,
+    );
+
+    // Another process holds the edge's database write lock, as a long checkpoint or a slow
+    // disk would: the edge's apply waits, and the primary's frames (one per write) queue up on
+    // the edge's socket.
+    let lock = rusqlite::Connection::open(&edge.db).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..40 {
+        let op = common::entity("default", &format!("q{i}"), "queued");
+        seqs.push(w.write(&format!("w{}", i + 1), vec![op]).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+
+    // The edge's subscriber gets every change, in order, with the primary's seqs.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < seqs.len() {
+        assert!(Instant::now() < deadline, "got only {got:?}");
+        if let ServerMsg::Changes { changes, .. } = sub.recv().await {
+            got.extend(
+                changes
+                    .iter()
+                    .filter(|c| c.id.starts_with('q'))
+                    .map(|c| c.seq),
+            );
+        }
+    }
+    assert_eq!(got, seqs);
+    let frames = metric(&edge, "hivesync_upstream_frames_total").await - frames0;
+    let applies = metric(&edge, "hivesync_upstream_applies_total").await - applies0;
+    assert!(frames >= 40, "{frames} frames");
+    assert!(
+        applies < frames,
+        "frames that queued up were applied one transaction each ({applies} for {frames})"
+    );
+    assert_eq!(digest(&edge.db), digest(&primary.db));
+}

@@ -347,7 +347,22 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(node.hub.head()),
+        {
+            let mut text = node.metrics.render(node.hub.head());
+            if let Some(u) = &node.upstream {
+                let frames = u.state.frames.load(Relaxed);
+                let applies = u.state.applies.load(Relaxed);
+                text.push_str(&format!(
+                    "# HELP hivesync_upstream_frames_total Change frames applied from the upstream.\n\
+                     # TYPE hivesync_upstream_frames_total counter\n\
+                     hivesync_upstream_frames_total {frames}\n\
+                     # HELP hivesync_upstream_applies_total Transactions they were applied in (frames that queued up share one).\n\
+                     # TYPE hivesync_upstream_applies_total counter\n\
+                     hivesync_upstream_applies_total {applies}\n"
+                ));
+            }
+            text
+        },
     )
         .into_response()
 }

@@ -5,11 +5,11 @@
 //! receives are forwarded upstream and answered with the upstream's `written` or `error`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,6 +23,9 @@ use crate::protocol::{
 };
 use crate::query::ChangeFilter;
 use crate::store::Store;
+
+/// Most changes applied in one transaction when frames queue up behind each other.
+const COALESCE_MAX: usize = 8192;
 
 /// A write to forward, with where to send the answer.
 pub(crate) struct Forward {
@@ -39,6 +42,10 @@ pub struct UpstreamState {
     pub live: AtomicBool,
     /// Last upstream seq applied locally.
     pub applied: AtomicI64,
+    /// Change frames applied.
+    pub frames: AtomicU64,
+    /// Transactions they were applied in.
+    pub applies: AtomicU64,
 }
 
 /// The handle the local node keeps.
@@ -173,8 +180,13 @@ async fn session(
     let mut next_req = 0u64;
     // An open snapshot holds the writer (and its transaction) until its last chunk.
     let mut snapshot: Option<parking_lot::MutexGuard<'_, rusqlite::Connection>> = None;
+    // A frame read ahead while gathering change frames, to be handled next.
+    let mut held = None;
     let end = loop {
-        let msg = tokio::select! {
+        let msg = if let Some(m) = held.take() {
+            m
+        } else {
+            tokio::select! {
             m = rx.next() => m,
             Some(f) = forwards.recv() => {
                 next_req += 1;
@@ -188,6 +200,7 @@ async fn session(
                 continue;
             }
             _ = shutdown.changed() => break End::Stop,
+            }
         };
         let bytes = match msg {
             Some(Ok(Message::Binary(b))) => b,
@@ -258,13 +271,47 @@ async fn session(
                     hub.wake();
                 }
             }
-            ServerMsg::Changes { prev, changes, .. } => {
+            ServerMsg::Changes {
+                prev, mut changes, ..
+            } => {
                 if let Some(conn) = snapshot.take() {
                     apply::snapshot_abort(&conn);
+                }
+                // Change frames that have already arrived behind this one go into the same
+                // transaction: one commit for all of them, so a backlog (after a stall of this
+                // thread or of the machine) clears in one step instead of one commit per frame.
+                let mut last = changes.last().map_or(prev, |c| c.seq);
+                let mut frames = 1;
+                while changes.len() < COALESCE_MAX {
+                    match rx.next().now_or_never() {
+                        None => break,
+                        Some(Some(Ok(Message::Binary(b)))) => match protocol::decode_server_bin(&b)
+                        {
+                            Ok(ServerMsg::Changes {
+                                prev: p,
+                                changes: more,
+                                ..
+                            }) if p == last => {
+                                last = more.last().map_or(last, |c| c.seq);
+                                changes.extend(more);
+                                frames += 1;
+                            }
+                            _ => {
+                                held = Some(Some(Ok(Message::Binary(b))));
+                                break;
+                            }
+                        },
+                        Some(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
                 }
                 match store.apply_changes(prev, &changes) {
                     Ok(o) => {
                         state.applied.store(o.seq, Relaxed);
+                        state.frames.fetch_add(frames, Relaxed);
+                        state.applies.fetch_add(1, Relaxed);
                         // Publish what was just committed, as received: the rows in the log
                         // are these very changes, so the tailer's re-read of them (a wake-up,
                         // a blocking read, an encode) is skipped on the hop's critical path.
