@@ -110,7 +110,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             ..Default::default()
         };
         // Consecutive entity upserts are written together.
-        let mut run = ops::EntityRun::new(true);
+        let mut run = ops::EntityRun::replica_direct();
         // The upstream's change rows, copied into this log after the batch's rows.
         let mut copied: Vec<&Change> = Vec::with_capacity(changes.len());
         for (i, c) in changes.iter().enumerate() {
@@ -123,6 +123,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
                 run.push(i, &c.ns, entity_image(c)?);
             } else {
                 run.flush(conn).map_err(|(_, e)| e)?;
+                run.spill(conn)?;
                 apply_row(conn, c)?;
             }
             copied.push(c);
@@ -130,6 +131,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             out.seq = c.seq;
         }
         run.flush(conn).map_err(|(_, e)| e)?;
+        run.index_direct(conn)?;
         ops::insert_rows(
             conn,
             "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)",

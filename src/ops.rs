@@ -658,6 +658,8 @@ pub struct EntityRun<'a> {
     /// the full-text index at the end of the write ([`EntityRun::index_direct`]) instead of
     /// going through the queue. None once anything went through the queue in this write.
     direct: Option<Vec<(i64, String, String, String)>>,
+    /// Long runs are written with the entity triggers standing aside (see [`EntityRun::logged`]).
+    stand_aside: bool,
 }
 
 /// Runs shorter than this are left to the triggers: the statements that stand them aside and
@@ -673,6 +675,22 @@ impl<'a> EntityRun<'a> {
             log: None,
             rows: Vec::new(),
             direct: None,
+            stand_aside: false,
+        }
+    }
+
+    /// An empty run of a replica's apply, written as [`EntityRun::logged`] writes its runs,
+    /// minus the change rows (the replica copies the upstream's): new rows inserted with the
+    /// entity triggers standing aside and, while the batch is nothing but such runs, indexed
+    /// for full-text search straight at the end. Call [`spill`](Self::spill) before applying
+    /// anything else and [`index_direct`](Self::index_direct) after the last flush.
+    pub fn replica_direct() -> Self {
+        EntityRun {
+            replica: true,
+            log: None,
+            rows: Vec::new(),
+            direct: Some(Vec::new()),
+            stand_aside: true,
         }
     }
 
@@ -705,6 +723,7 @@ impl<'a> EntityRun<'a> {
             log: Some((tx, ts)),
             rows: Vec::new(),
             direct: Some(Vec::new()),
+            stand_aside: true,
         }
     }
 
@@ -725,8 +744,8 @@ impl<'a> EntityRun<'a> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let logged = self.log.is_some() && self.rows.len() >= LOGGED_RUN_MIN;
-        if !logged {
+        let aside = self.stand_aside && self.rows.len() >= LOGGED_RUN_MIN;
+        if !aside {
             self.spill(conn).map_err(|e| (self.rows[0].0, e))?;
         }
         let rows = self
@@ -741,10 +760,11 @@ impl<'a> EntityRun<'a> {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let index = |i: usize| self.rows[i].0;
-        match self.log {
-            Some((tx, ts)) if logged => write_logged_run(conn, &rows, tx, ts, &mut self.direct)
-                .map_err(|(i, e)| (index(i), e))?,
-            _ => write_entities(conn, &rows, self.replica, None).map_err(|(i, e)| (index(i), e))?,
+        if aside {
+            write_run_aside(conn, &rows, self.replica, self.log, &mut self.direct)
+                .map_err(|(i, e)| (index(i), e))?
+        } else {
+            write_entities(conn, &rows, self.replica, None).map_err(|(i, e)| (index(i), e))?
         }
         drop(rows);
         self.rows.clear();
@@ -805,12 +825,15 @@ fn set_applying(conn: &Connection, v: i64) -> Result<()> {
     Ok(())
 }
 
-/// The body of [`EntityRun::logged`]'s flush. Errors carry the position in `rows`.
-fn write_logged_run(
+/// A long run's flush, with the entity triggers standing aside ([`EntityRun::logged`],
+/// [`EntityRun::replica_direct`]); with `log`, the run's change rows too. `sync_ctx.applying`
+/// is left as the caller had it: 0 on the write path, 1 in a replica's apply. Errors carry the
+/// position in `rows`.
+fn write_run_aside(
     conn: &Connection,
     rows: &[EntityRow<'_>],
-    tx: i64,
-    ts: i64,
+    replica: bool,
+    log: Option<(i64, i64)>,
     direct: &mut Option<Vec<(i64, String, String, String)>>,
 ) -> std::result::Result<(), (usize, Error)> {
     let at0 = |e: Error| (0, e);
@@ -878,12 +901,15 @@ fn write_logged_run(
         set_applying(conn, 1).map_err(at0)?;
         let upd: Vec<EntityRow<'_>> = updates.iter().map(|&i| rows[i].clone()).collect();
         let mut upd_created = vec![None; upd.len()];
-        write_entities(conn, &upd, false, Some(&mut upd_created))
-            .map_err(|(i, e)| (updates[i], e))?;
+        let want = log.is_some().then_some(upd_created.as_mut_slice());
+        write_entities(conn, &upd, replica, want).map_err(|(i, e)| (updates[i], e))?;
         for (k, &i) in updates.iter().enumerate() {
             created[i] = upd_created[k];
         }
     }
+    let Some((tx, ts)) = log else {
+        return set_applying(conn, 1).map_err(at0);
+    };
     let images = rows
         .iter()
         .zip(&created)
