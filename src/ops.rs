@@ -607,18 +607,24 @@ pub fn insert_rows_returning<T>(
     bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> Result<()>,
     mut returned: impl FnMut(usize, &rusqlite::Row<'_>) -> Result<()>,
 ) -> std::result::Result<(), (usize, Error)> {
-    // The statement text for each chunk size, built once per call.
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // The statement text for each chunk size, built when first needed in this call.
     let one = format!("({})", vec!["?"; cols].join(","));
-    let sqls: Vec<String> = CHUNKS
-        .iter()
-        .map(|&n| format!("{head} VALUES {}{tail}", vec![one.as_str(); n].join(",")))
-        .collect();
+    let mut sqls: [Option<String>; CHUNKS.len()] = Default::default();
     let mut run = |start: usize, chunk: &[T]| -> Result<()> {
         let at = CHUNKS
             .iter()
             .position(|&n| n == chunk.len())
             .unwrap_or(CHUNKS.len() - 1);
-        let mut stmt = conn.prepare_cached(&sqls[at])?;
+        let sql = sqls[at].get_or_insert_with(|| {
+            format!(
+                "{head} VALUES {}{tail}",
+                vec![one.as_str(); CHUNKS[at]].join(",")
+            )
+        });
+        let mut stmt = conn.prepare_cached(sql)?;
         for (i, r) in chunk.iter().enumerate() {
             bind(&mut stmt, i * cols, r)?;
         }
@@ -774,10 +780,10 @@ impl<'a> EntityRun<'a> {
     /// Queue the new rows held for direct indexing, and use the queue for the rest of the
     /// write. Call before anything else that may queue full-text work.
     pub fn spill(&mut self, conn: &Connection) -> Result<()> {
-        if let Some(held) = self.direct.take() {
-            queue_for_indexing(conn, held.iter().map(|h| h.0))?;
+        match self.direct.take() {
+            Some(held) if !held.is_empty() => queue_for_indexing(conn, held.iter().map(|h| h.0)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Put the new rows held (if any) into the full-text index. Call once, after the last
