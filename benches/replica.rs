@@ -16,26 +16,12 @@ use hivesync::model::{Change, Kind, Op};
 use hivesync::protocol::{decode_server_bin, encode_server_bin, ServerMsg};
 use hivesync::{apply, schema};
 
+#[path = "common/mod.rs"]
+mod common;
+
 const CHANGES: usize = 50_000;
 const PER_FRAME: usize = 500;
 const ROUNDS: usize = 3;
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    format!(
-        "{cpu}, {} cores",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    )
-}
 
 fn frames() -> Vec<Vec<u8>> {
     const W: [&str; 12] = [
@@ -145,18 +131,7 @@ fn floor_rows(frames: &[Vec<u8>]) -> Vec<Vec<FloorRow>> {
 /// store each row and index it for search.
 fn floor_once(rows: &[Vec<FloorRow>]) -> f64 {
     let conn = rusqlite::Connection::open_in_memory().unwrap();
-    conn.execute_batch(
-        "CREATE TABLE entities(
-           ns TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-           description TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{}',
-           tags TEXT NOT NULL DEFAULT '[]', created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-           UNIQUE(ns, id));
-         CREATE INDEX entities_kind ON entities(ns, kind);
-         CREATE VIRTUAL TABLE entities_fts USING fts5(
-           name, description, tags, content='entities', content_rowid='rowid',
-           tokenize='unicode61 remove_diacritics 2');",
-    )
-    .unwrap();
+    conn.execute_batch(common::BASELINE_DDL).unwrap();
     let t0 = Instant::now();
     for frame in rows {
         let tx = conn.unchecked_transaction().unwrap();
@@ -215,7 +190,11 @@ fn node_script(wasm_dir: &Path, script: &str, args: &[&str]) -> Option<serde_jso
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let wasm_dir = root.join("wasm");
-    println!("# replica benchmarks on {}", machine());
+    println!(
+        "# replica benchmarks on {}, load {}",
+        common::machine_info(),
+        common::load_average()
+    );
     let frames = frames();
     // Native apply and the raw SQLite floor take turns, round by round.
     let rows = floor_rows(&frames);

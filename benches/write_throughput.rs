@@ -38,7 +38,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{load_average, machine_info};
+use common::{load_average, machine_info, BASELINE_DDL};
 
 use std::ops::Range;
 use std::path::Path;
@@ -302,18 +302,6 @@ fn run_pair(dir: &Path, rows: &[Row], batch: usize) -> (Timing, Timing) {
     (t[0], t[1])
 }
 
-const BASELINE_DDL: &str = "
-CREATE TABLE entities(
-  ns TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-  description TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{}',
-  tags TEXT NOT NULL DEFAULT '[]', created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-  UNIQUE(ns, id));
-CREATE INDEX entities_kind ON entities(ns, kind);
-CREATE VIRTUAL TABLE entities_fts USING fts5(
-  name, description, tags, content='entities', content_rowid='rowid',
-  tokenize='unicode61 remove_diacritics 2');
-";
-
 fn open_baseline(path: &Path) -> Connection {
     let conn = open_raw(path);
     conn.execute_batch(BASELINE_DDL).expect("baseline ddl");
@@ -347,27 +335,30 @@ fn baseline_tx(conn: &mut Connection, chunk: &[Row]) {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .expect("begin");
-    {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO entities(ns, id, kind, name, description, properties, tags,
-                   created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .expect("prepare");
-        let mut fts = tx
-            .prepare_cached(
-                "INSERT INTO entities_fts(rowid, name, description, tags)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .expect("prepare");
-        for r in chunk {
-            ins.execute(row_params(r).as_slice()).expect("insert");
-            let rowid = tx.last_insert_rowid();
-            fts.execute(params![rowid, r.name, r.description, r.tags_text])
-                .expect("fts insert");
-        }
-    }
+    baseline_rows(&tx, chunk);
     tx.commit().expect("commit");
+}
+
+/// The baseline's work for `chunk`: each row and its FTS5 entry, one statement each.
+fn baseline_rows(tx: &Connection, chunk: &[Row]) {
+    let mut ins = tx
+        .prepare_cached(
+            "INSERT INTO entities(ns, id, kind, name, description, properties, tags,
+               created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .expect("prepare");
+    let mut fts = tx
+        .prepare_cached(
+            "INSERT INTO entities_fts(rowid, name, description, tags)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .expect("prepare");
+    for r in chunk {
+        ins.execute(row_params(r).as_slice()).expect("insert");
+        let rowid = tx.last_insert_rowid();
+        fts.execute(params![rowid, r.name, r.description, r.tags_text])
+            .expect("fts insert");
+    }
 }
 
 fn remove_db(path: &Path) {
@@ -577,23 +568,7 @@ fn variant_tx(conn: &mut Connection, v: Variant, chunk: &[Row]) {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .expect("begin");
         {
-            let mut ins = tx
-                .prepare_cached(&format!(
-                    "{INSERT_COLS}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ))
-                .expect("prepare");
-            let mut fts = tx
-                .prepare_cached(
-                    "INSERT INTO entities_fts(rowid, name, description, tags)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .expect("prepare");
-            for r in chunk {
-                ins.execute(row_params(r).as_slice()).expect("insert");
-                let rowid = tx.last_insert_rowid();
-                fts.execute(params![rowid, r.name, r.description, r.tags_text])
-                    .expect("fts insert");
-            }
+            baseline_rows(&tx, chunk);
             for part in chunk.chunks(64) {
                 let values = vec!["(1, ?, ?, 'entity', 'upsert', ?, ?)"; part.len()].join(",");
                 let mut log = tx
