@@ -660,7 +660,7 @@ pub struct EntityRun<'a> {
     /// The write path's commit (`tx`, `ts`): the run writes its own change-log rows.
     log: Option<(i64, i64)>,
     rows: Vec<(usize, &'a str, Entity, Option<String>)>,
-    /// A logged run's new rows (rowid, name, description, tags text), to be put straight into
+    /// New rows of long runs (rowid, name, description, tags text), to be put straight into
     /// the full-text index at the end of the write ([`EntityRun::index_direct`]) instead of
     /// going through the queue. None once anything went through the queue in this write.
     direct: Option<Vec<(i64, String, String, String)>>,
@@ -705,14 +705,15 @@ impl<'a> EntityRun<'a> {
     ///
     /// Why: a trigger program per row, with three `sync_ctx` lookups, a `json_object` image that
     /// re-parses the `properties` and `tags` text, a change-log insert and a full-text queue
-    /// insert, made 1,024-row writes 0.72x of raw SQLite; the same change rows with images built
-    /// in Rust and 64 rows per INSERT cost 0.94x (`cargo bench --bench write_throughput`,
-    /// diagnostics). The images are byte for byte those of `row_image_sql` (tested).
+    /// insert, held 1,024-row writes at 0.72x of raw SQLite, while a raw-SQL variant writing the
+    /// same change rows with images built in Rust, 64 rows per INSERT, ran at 0.73-0.94x
+    /// (`cargo bench --bench write_throughput`, diagnostics). The images are byte for byte
+    /// those of `row_image_sql` (tested).
     ///
     /// How, for a run of [`LOGGED_RUN_MIN`] or more: with `sync_ctx.applying` at
     /// [`WRITER_LOGS_ENTITIES`](crate::schema::WRITER_LOGS_ENTITIES) the entity insert and update
-    /// triggers stand aside; new rows go in with `INSERT OR IGNORE ... RETURNING` and their
-    /// rowids are queued for full-text indexing; the ops whose row already existed are then
+    /// triggers stand aside; new rows go in with `INSERT OR IGNORE ... RETURNING` and are
+    /// indexed for full-text search (see below); the ops whose row already existed are then
     /// written as ordinary upserts with only the logging silenced (as a replica's are), so the
     /// update trigger queues the full-text delete of the old text; last, every op's change row,
     /// in op order.
