@@ -335,17 +335,17 @@ fn baseline_tx(conn: &mut Connection, chunk: &[Row]) {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .expect("begin");
-    baseline_rows(&tx, chunk);
+    baseline_rows(&tx, chunk, |_| {});
     tx.commit().expect("commit");
 }
 
-/// The baseline's work for `chunk`: each row and its FTS5 entry, one statement each.
-fn baseline_rows(tx: &Connection, chunk: &[Row]) {
+/// The baseline's work for `chunk`: each row and its FTS5 entry, one statement each, then
+/// `each(row)` (a variant's extra statement for that row).
+fn baseline_rows(tx: &Connection, chunk: &[Row], mut each: impl FnMut(&Row)) {
     let mut ins = tx
-        .prepare_cached(
-            "INSERT INTO entities(ns, id, kind, name, description, properties, tags,
-               created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
+        .prepare_cached(&format!(
+            "{INSERT_COLS}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
         .expect("prepare");
     let mut fts = tx
         .prepare_cached(
@@ -358,6 +358,7 @@ fn baseline_rows(tx: &Connection, chunk: &[Row]) {
         let rowid = tx.last_insert_rowid();
         fts.execute(params![rowid, r.name, r.description, r.tags_text])
             .expect("fts insert");
+        each(r);
     }
 }
 
@@ -563,12 +564,13 @@ fn variant_tx(conn: &mut Connection, v: Variant, chunk: &[Row]) {
     if v == Variant::Baseline {
         return baseline_tx(conn, chunk);
     }
-    if v == Variant::BaselineWithLogMultiRow {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .expect("begin");
-        {
-            baseline_rows(&tx, chunk);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    match v {
+        Variant::Baseline => unreachable!(),
+        Variant::BaselineWithLogMultiRow => {
+            baseline_rows(&tx, chunk, |_| {});
             for part in chunk.chunks(64) {
                 let values = vec!["(1, ?, ?, 'entity', 'upsert', ?, ?)"; part.len()].join(",");
                 let mut log = tx
@@ -586,28 +588,9 @@ fn variant_tx(conn: &mut Connection, v: Variant, chunk: &[Row]) {
                 log.raw_execute().expect("log insert");
             }
         }
-        tx.commit().expect("commit");
-        return;
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .expect("begin");
-    match v {
-        Variant::Baseline | Variant::BaselineWithLogMultiRow => unreachable!(),
         Variant::BaselineWithLog
         | Variant::BaselineWithLogNoAutoinc
         | Variant::BaselineWithKeyLog => {
-            let mut ins = tx
-                .prepare_cached(&format!(
-                    "{INSERT_COLS}(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ))
-                .expect("prepare");
-            let mut fts = tx
-                .prepare_cached(
-                    "INSERT INTO entities_fts(rowid, name, description, tags)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .expect("prepare");
             let image = if v == Variant::BaselineWithKeyLog {
                 "NULL"
             } else {
@@ -620,13 +603,9 @@ fn variant_tx(conn: &mut Connection, v: Variant, chunk: &[Row]) {
                      VALUES (1, ?9, ?1, 'entity', 'upsert', ?2, {image})"
                 ))
                 .expect("prepare");
-            for r in chunk {
-                ins.execute(row_params(r).as_slice()).expect("insert");
-                let rowid = tx.last_insert_rowid();
-                fts.execute(params![rowid, r.name, r.description, r.tags_text])
-                    .expect("fts insert");
+            baseline_rows(&tx, chunk, |r| {
                 log.execute(row_params(r).as_slice()).expect("log insert");
-            }
+            });
         }
         Variant::TriggersPerRow | Variant::TriggersQueuedFts | Variant::TriggersQueuedRowid => {
             let mut ins = tx

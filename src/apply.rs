@@ -122,16 +122,14 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
                 check_change_key(c)?;
                 run.push(i, &c.ns, entity_image(c)?);
             } else {
-                run.flush(conn).map_err(|(_, e)| e)?;
-                run.spill(conn)?;
+                run.before_other(conn).map_err(|(_, e)| e)?;
                 apply_row(conn, c)?;
             }
             copied.push(c);
             out.applied += 1;
             out.seq = c.seq;
         }
-        run.flush(conn).map_err(|(_, e)| e)?;
-        run.index_direct(conn)?;
+        run.finish(conn).map_err(|(_, e)| e)?;
         ops::insert_rows(
             conn,
             "INSERT OR IGNORE INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)",

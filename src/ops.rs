@@ -595,9 +595,10 @@ pub fn insert_rows<T>(
 
 /// [`insert_rows`] for a `tail` that ends in a `RETURNING` clause: `returned(start, row)` is
 /// called for each row a statement returned, whose value lists began at position `start` of
-/// `rows`. (SQLite does not promise to return rows in value-list order.) A statement that
-/// fails returns no rows: SQLite makes every change, and only then returns rows, on its first
-/// step.
+/// `rows` ([`ReturnedOrder`] finds which). A statement that fails returns no rows: SQLite makes
+/// every change, and only then returns rows, on its first step. An error from `returned` comes
+/// after the statement's changes were made, so it is returned as it is (with `start`), never
+/// retried row by row: the caller's transaction must be rolled back.
 pub fn insert_rows_returning<T>(
     conn: &Connection,
     head: &str,
@@ -613,7 +614,9 @@ pub fn insert_rows_returning<T>(
     // The statement text for each chunk size, built when first needed in this call.
     let one = format!("({})", vec!["?"; cols].join(","));
     let mut sqls: [Option<String>; CHUNKS.len()] = Default::default();
-    let mut run = |start: usize, chunk: &[T]| -> Result<()> {
+    // Err(Ok(e)): SQLite refused the statement (undone whole; retry its rows one by one).
+    // Err(Err(e)): `returned` failed after the statement's changes were made.
+    let mut run = |start: usize, chunk: &[T]| -> std::result::Result<(), Result<Error>> {
         let at = CHUNKS
             .iter()
             .position(|&n| n == chunk.len())
@@ -624,13 +627,14 @@ pub fn insert_rows_returning<T>(
                 vec![one.as_str(); CHUNKS[at]].join(",")
             )
         });
-        let mut stmt = conn.prepare_cached(sql)?;
+        let refused = |e: Error| Ok(e);
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| refused(e.into()))?;
         for (i, r) in chunk.iter().enumerate() {
-            bind(&mut stmt, i * cols, r)?;
+            bind(&mut stmt, i * cols, r).map_err(refused)?;
         }
         let mut out = stmt.raw_query();
-        while let Some(row) = out.next()? {
-            returned(start, row)?;
+        while let Some(row) = out.next().map_err(|e| refused(e.into()))? {
+            returned(start, row).map_err(Err)?;
         }
         Ok(())
     };
@@ -639,18 +643,55 @@ pub fn insert_rows_returning<T>(
     while !rest.is_empty() {
         let n = CHUNKS.into_iter().find(|&c| c <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(n);
-        if let Err(e) = run(done, chunk) {
-            if n == 1 {
-                return Err((done, e));
-            }
-            for (i, r) in chunk.iter().enumerate() {
-                run(done + i, std::slice::from_ref(r)).map_err(|e| (done + i, e))?;
+        match run(done, chunk) {
+            Ok(()) => {}
+            Err(Err(e)) => return Err((done, e)),
+            Err(Ok(e)) if n == 1 => return Err((done, e)),
+            Err(Ok(_)) => {
+                for (i, r) in chunk.iter().enumerate() {
+                    run(done + i, std::slice::from_ref(r))
+                        .map_err(|e| (done + i, e.unwrap_or_else(|e| e)))?;
+                }
             }
         }
         done += n;
         rest = tail;
     }
     Ok(())
+}
+
+/// Finds where the rows that multi-row statements return came from. SQLite returns them in
+/// value-list order, though it does not promise to: each is looked for from just after the
+/// previous one's position in its statement (skipping rows the statement did not return, as
+/// `INSERT OR IGNORE` does), and None sends the caller to its own search.
+struct ReturnedOrder {
+    start: usize,
+    next: usize,
+}
+
+impl ReturnedOrder {
+    fn new() -> Self {
+        ReturnedOrder {
+            start: usize::MAX,
+            next: 0,
+        }
+    }
+
+    /// The position, in a statement whose rows began at `start`, of the first row at or after
+    /// the last one found for which `is` holds.
+    fn find(&mut self, start: usize, len: usize, is: impl Fn(usize) -> bool) -> Option<usize> {
+        if start != self.start {
+            (self.start, self.next) = (start, start);
+        }
+        let j = (self.next..statement_end(start, len)).find(|&j| is(j))?;
+        self.next = j + 1;
+        Some(j)
+    }
+}
+
+/// The end of the rows of a statement of [`insert_rows`] that began at `start` (at most).
+fn statement_end(start: usize, len: usize) -> usize {
+    (start + CHUNKS[0]).min(len)
 }
 
 /// Consecutive entity upserts (of a write, or of a batch a replica applies), gathered to be
@@ -688,8 +729,7 @@ impl<'a> EntityRun<'a> {
     /// An empty run of a replica's apply, written as [`EntityRun::logged`] writes its runs,
     /// minus the change rows (the replica copies the upstream's): new rows inserted with the
     /// entity triggers standing aside and, while the batch is nothing but such runs, indexed
-    /// for full-text search straight at the end. Call [`spill`](Self::spill) before applying
-    /// anything else and [`index_direct`](Self::index_direct) after the last flush.
+    /// for full-text search straight at the end.
     pub fn replica_direct() -> Self {
         EntityRun {
             replica: true,
@@ -719,11 +759,11 @@ impl<'a> EntityRun<'a> {
     /// in op order.
     ///
     /// The full-text index: while a write is nothing but such runs of new rows (the bulk-load
-    /// case), their rowids do not go through the queue; the caller indexes them with
-    /// [`EntityRun::index_direct`] before the queue's drain. As soon as anything else could
-    /// queue full-text work (an update, another op: call [`EntityRun::spill`] before it), the
-    /// rows held so far are queued, in order, and the rest of the write uses the queue: the
-    /// drain relies on the order of the queue (a row's first entry says what is indexed).
+    /// case), their rowids do not go through the queue; [`EntityRun::finish`] indexes them
+    /// before the caller drains the queue. As soon as anything else could queue full-text work
+    /// (an update in a run, or another op: [`EntityRun::before_other`]), the rows held so far
+    /// are queued, in order, and the rest of the write uses the queue: the drain relies on the
+    /// order of the queue (a row's first entry says what is indexed).
     pub fn logged(tx: i64, ts: i64) -> Self {
         EntityRun {
             replica: false,
@@ -745,9 +785,29 @@ impl<'a> EntityRun<'a> {
         self.rows.push((index, ns, e, Some(properties)));
     }
 
+    /// Write what was gathered, before an op that is not an entity upsert (which may queue
+    /// full-text work: the new rows held for direct indexing go into the queue first). On
+    /// failure: the caller's `index` of the row SQLite refused, or None for a failure of no
+    /// row's own, with its error.
+    pub fn before_other(
+        &mut self,
+        conn: &Connection,
+    ) -> std::result::Result<(), (Option<usize>, Error)> {
+        self.flush(conn).map_err(|(i, e)| (Some(i), e))?;
+        self.spill(conn).map_err(|e| (None, e))
+    }
+
+    /// Write what was gathered at the end of the write (or batch), and index the new rows held
+    /// for direct indexing; the caller then drains the queue. Failures as in
+    /// [`before_other`](Self::before_other).
+    pub fn finish(&mut self, conn: &Connection) -> std::result::Result<(), (Option<usize>, Error)> {
+        self.flush(conn).map_err(|(i, e)| (Some(i), e))?;
+        self.index_direct(conn).map_err(|e| (None, e))
+    }
+
     /// Write what was gathered, in order, and empty the run. On failure: the caller's `index`
     /// of the row SQLite refused, with its error.
-    pub fn flush(&mut self, conn: &Connection) -> std::result::Result<(), (usize, Error)> {
+    fn flush(&mut self, conn: &Connection) -> std::result::Result<(), (usize, Error)> {
         if self.rows.is_empty() {
             return Ok(());
         }
@@ -760,7 +820,7 @@ impl<'a> EntityRun<'a> {
             .iter()
             .map(|(i, ns, e, props)| {
                 match props {
-                    Some(p) => EntityRow::rendered(ns, e, p.clone()),
+                    Some(p) => EntityRow::rendered(ns, e, p.as_str().into()),
                     None => EntityRow::new(ns, e),
                 }
                 .map_err(|err| (*i, err))
@@ -779,17 +839,16 @@ impl<'a> EntityRun<'a> {
     }
 
     /// Queue the new rows held for direct indexing, and use the queue for the rest of the
-    /// write. Call before anything else that may queue full-text work.
-    pub fn spill(&mut self, conn: &Connection) -> Result<()> {
+    /// write.
+    fn spill(&mut self, conn: &Connection) -> Result<()> {
         match self.direct.take() {
             Some(held) if !held.is_empty() => queue_for_indexing(conn, held.iter().map(|h| h.0)),
             _ => Ok(()),
         }
     }
 
-    /// Put the new rows held (if any) into the full-text index. Call once, after the last
-    /// [`flush`](Self::flush) and before the queue's drain.
-    pub fn index_direct(&mut self, conn: &Connection) -> Result<()> {
+    /// Put the new rows held (if any) into the full-text index.
+    fn index_direct(&mut self, conn: &Connection) -> Result<()> {
         let Some(held) = self.direct.take() else {
             return Ok(());
         };
@@ -848,7 +907,7 @@ fn write_run_aside(
     // New rows. Within one statement the first op of a key inserts it and any later one is
     // ignored, as is every op whose key was already stored.
     let mut rowids: Vec<Option<i64>> = vec![None; rows.len()];
-    let (mut last_start, mut next) = (usize::MAX, 0);
+    let mut order = ReturnedOrder::new();
     insert_rows_returning(
         conn,
         "INSERT OR IGNORE INTO entities(ns, id, kind, name, description, properties, tags, created_at, updated_at)",
@@ -860,18 +919,12 @@ fn write_run_aside(
             let rowid: i64 = row.get(0)?;
             let (ns, id) = (text_col(row, 1)?, text_col(row, 2)?);
             let is = |j: usize| rows[j].ns == ns && rows[j].e.id == id;
-            // Rows come back in value-list order (checked; searched for otherwise), and a
-            // statement inserts the first op of a key.
-            if start != last_start {
-                (last_start, next) = (start, start);
-            }
-            let end = (start + CHUNKS[0]).min(rows.len());
-            let j = (next..end)
-                .find(|&j| is(j))
-                .or_else(|| (start..next).find(|&j| is(j)))
+            // A statement inserts the first op of a key.
+            let j = order
+                .find(start, rows.len(), is)
+                .or_else(|| (start..statement_end(start, rows.len())).find(|&j| is(j)))
                 .ok_or_else(|| returned_unknown_row(id))?;
             rowids[j] = Some(rowid);
-            next = j + 1;
             Ok(())
         },
     )?;
@@ -966,7 +1019,7 @@ pub struct EntityRow<'a> {
     /// The row.
     pub e: &'a Entity,
     /// `e.properties` as stored.
-    pub properties: String,
+    pub properties: std::borrow::Cow<'a, str>,
     /// `e.tags` as stored.
     pub tags: String,
 }
@@ -974,11 +1027,15 @@ pub struct EntityRow<'a> {
 impl<'a> EntityRow<'a> {
     /// Entity `e` of namespace `ns`, with its JSON columns rendered.
     pub fn new(ns: &'a str, e: &'a Entity) -> Result<Self> {
-        Self::rendered(ns, e, json_obj("entity properties", &e.properties)?)
+        Self::rendered(ns, e, json_obj("entity properties", &e.properties)?.into())
     }
 
     /// Entity `e` of namespace `ns` whose `properties` are the JSON text `properties`.
-    pub fn rendered(ns: &'a str, e: &'a Entity, properties: String) -> Result<Self> {
+    pub fn rendered(
+        ns: &'a str,
+        e: &'a Entity,
+        properties: std::borrow::Cow<'a, str>,
+    ) -> Result<Self> {
         Ok(EntityRow {
             ns,
             e,
@@ -1014,13 +1071,12 @@ pub fn entity_image(r: &EntityRow<'_>, created_at: i64) -> Result<String> {
     b.extend_from_slice(r.properties.as_bytes());
     b.extend_from_slice(b",\"tags\":");
     b.extend_from_slice(r.tags.as_bytes());
-    b.extend_from_slice(
-        format!(
-            ",\"created_at\":{created_at},\"updated_at\":{}}}",
-            e.updated_at
-        )
-        .as_bytes(),
-    );
+    use std::io::Write as _;
+    write!(
+        b,
+        ",\"created_at\":{created_at},\"updated_at\":{}}}",
+        e.updated_at
+    )?;
     String::from_utf8(b).map_err(|e| Error::invalid(format!("entity image is not UTF-8: {e}")))
 }
 
@@ -1031,7 +1087,7 @@ fn bind_entity(stmt: &mut rusqlite::Statement<'_>, b: usize, r: &EntityRow<'_>) 
     stmt.raw_bind_parameter(b + 3, &r.e.kind)?;
     stmt.raw_bind_parameter(b + 4, &r.e.name)?;
     stmt.raw_bind_parameter(b + 5, &r.e.description)?;
-    stmt.raw_bind_parameter(b + 6, &r.properties)?;
+    stmt.raw_bind_parameter(b + 6, r.properties.as_ref())?;
     stmt.raw_bind_parameter(b + 7, &r.tags)?;
     stmt.raw_bind_parameter(b + 8, r.e.created_at)?;
     stmt.raw_bind_parameter(b + 9, r.e.updated_at)?;
@@ -1059,6 +1115,7 @@ pub fn write_entities(
         }
     );
     let mut created = created;
+    let mut order = ReturnedOrder::new();
     insert_rows_returning(
         conn,
         "INSERT INTO entities(ns, id, kind, name, description, properties, tags, created_at, updated_at)",
@@ -1071,11 +1128,16 @@ pub fn write_entities(
                 return Ok(());
             };
             let (ns, id, at) = (text_col(row, 0)?, text_col(row, 1)?, row.get::<_, i64>(2)?);
-            // Every row of the statement with this key: a key written twice in one transaction
-            // keeps its first created_at.
-            let end = (start + CHUNKS[0]).min(rows.len());
-            for j in (start..end).filter(|&j| rows[j].ns == ns && rows[j].e.id == id) {
-                created[j] = Some(at);
+            let is = |j: usize| rows[j].ns == ns && rows[j].e.id == id;
+            match order.find(start, rows.len(), is) {
+                Some(j) => created[j] = Some(at),
+                // Out of order: every row of the statement with this key (a key written twice
+                // in one transaction keeps its first created_at).
+                None => {
+                    for j in (start..statement_end(start, rows.len())).filter(|&j| is(j)) {
+                        created[j] = Some(at);
+                    }
+                }
             }
             Ok(())
         },

@@ -306,6 +306,10 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
         index,
         source: Box::new(e),
     };
+    let run_err = |(i, e): (Option<usize>, Error)| match i {
+        Some(i) => as_op(i, e),
+        None => e,
+    };
     // Consecutive entity upserts are written together, with their change rows.
     let mut run = ops::EntityRun::logged(first_seq, now);
     for (index, op) in ops_.iter().enumerate() {
@@ -314,13 +318,11 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
             run.push_rendered(index, &op.ns, e, props);
             continue;
         }
-        run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
-        run.spill(&tx)?;
+        run.before_other(&tx).map_err(run_err)?;
         let r = ops::execute(&tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }
-    run.flush(&tx).map_err(|(i, e)| as_op(i, e))?;
-    run.index_direct(&tx)?;
+    run.finish(&tx).map_err(run_err)?;
     schema::drain_fts_queue(&tx)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;
