@@ -311,6 +311,16 @@ pub fn snapshot_rows(conn: &Connection, rows: &[Change]) -> Result<()> {
                 r.id
             )));
         }
+        if r.kind == Kind::Edge {
+            // A snapshot read in pages may hold a newer edge with the (source, target,
+            // relation) of an older one it read before that one was deleted; the node's
+            // changes after the snapshot's seq delete the older one anyway.
+            let e: Edge = decode(r)?;
+            conn.prepare_cached(
+                "DELETE FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3 AND relation = ?4 AND id <> ?5",
+            )?
+            .execute(params![r.ns, e.source, e.target, e.relation, e.id])?;
+        }
         apply_row(conn, r)?;
     }
     Ok(())

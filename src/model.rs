@@ -324,6 +324,19 @@ pub struct Change {
     pub embedding: Option<Vec<f32>>,
 }
 
+impl Change {
+    /// An upper bound on this change's size inside a frame, in either encoding: its text
+    /// fields as they are (the row image is JSON already and goes out verbatim) and at most 16
+    /// bytes per embedding dimension (JSON's longest f32, with its comma), plus field names.
+    pub fn frame_bytes(&self) -> usize {
+        let text = self.ns.len()
+            + self.id.len()
+            + self.model.as_ref().map_or(0, String::len)
+            + self.data.as_ref().map_or(0, String::len);
+        text + self.embedding.as_ref().map_or(0, |e| e.len() * 16) + 128
+    }
+}
+
 /// Encode an embedding as the little-endian f32 blob SQLite and sqlite-vec store.
 pub fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * 4);

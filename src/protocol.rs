@@ -26,6 +26,18 @@ pub const SUBPROTOCOL_BIN: &str = "hivesync.v1.bin";
 /// Largest frame a node or client accepts: room for a write of a few 1 MiB rows, small enough
 /// that a hostile client cannot make the node buffer much.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// A node starts a new `snapshot` or `changes` frame once one holds this many bytes: a frame
+/// is one allocation per subscriber, and a client applies a frame as one transaction.
+pub const FRAME_SPLIT_BYTES: usize = 1024 * 1024;
+/// The largest frame any hivesync client accepts from a node (the relay, `watch`, the
+/// browser, the tests), and so the most a node ever sends. A node's frames stay near
+/// [`FRAME_SPLIT_BYTES`]; only a single change larger than that goes out alone, and the row
+/// limits (1 MiB of text, 1 MiB of JSON properties, 8,192 dimensions) keep any one change far
+/// below this, however its text escapes.
+pub const MAX_SERVER_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes a client may send before its `hello` is accepted: a hello (a token and a client
+/// name) fits in a few KiB, and a stranger must not make the node buffer 8 MiB frames.
+pub const MAX_PRE_HELLO_BYTES: usize = 16 * 1024;
 /// Most ops in one `write`.
 pub const MAX_OPS_PER_WRITE: usize = 10_000;
 /// Longest `sub` or `req` id.
@@ -1021,6 +1033,12 @@ pub enum Action {
         /// Last seq applied.
         seq: i64,
     },
+    /// The principal's read scope changed (a config reload): every subscription of the
+    /// connection filters its next changes with this one.
+    Rescope {
+        /// What the principal may read now.
+        read: Scope,
+    },
     /// Close the connection (after sending what came before).
     Close {
         /// Why, for the close frame.
@@ -1033,6 +1051,8 @@ pub enum Action {
 pub struct Session {
     encoding: Encoding,
     principal: Option<Principal>,
+    /// The token the principal was granted for, re-checked by [`Session::reauthorize`].
+    token: Option<String>,
     subs: std::collections::HashSet<String>,
 }
 
@@ -1054,6 +1074,7 @@ impl Session {
         Session {
             encoding,
             principal: None,
+            token: None,
             subs: Default::default(),
         }
     }
@@ -1076,6 +1097,36 @@ impl Session {
     /// The shell ended a subscription on its own (an error while serving it).
     pub fn subscription_ended(&mut self, sub: &str) {
         self.subs.remove(sub);
+    }
+
+    /// The node's tokens or scopes changed: check the principal again. A token no longer
+    /// accepted ends the connection with `unauthorized`; a changed scope applies to the next
+    /// write at once and, through [`Action::Rescope`], to the next change delivered.
+    pub fn reauthorize(&mut self, auth: &dyn Authorizer) -> Vec<Action> {
+        let Some(old) = &self.principal else {
+            return Vec::new();
+        };
+        match auth.authenticate(self.token.as_deref()) {
+            Ok(p) if p == *old => Vec::new(),
+            Ok(p) => {
+                let read = p.read.clone();
+                self.principal = Some(p);
+                vec![Action::Rescope { read }]
+            }
+            Err(AuthError(why)) => {
+                self.principal = None;
+                self.subs.clear();
+                vec![
+                    err(
+                        ErrorCode::Unauthorized,
+                        format!("this connection's credentials are no longer accepted ({why}); the node's config changed"),
+                    ),
+                    Action::Close {
+                        reason: "unauthorized".into(),
+                    },
+                ]
+            }
+        }
     }
 
     /// A text frame arrived.
@@ -1129,6 +1180,7 @@ impl Session {
                 ClientMsg::Hello { token, .. } => match auth.authenticate(token.as_deref()) {
                     Ok(p) => {
                         self.principal = Some(p);
+                        self.token = token;
                         vec![Action::Welcome]
                     }
                     Err(AuthError(why)) => vec![

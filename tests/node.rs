@@ -814,6 +814,45 @@ async fn silent_subscriber_does_not_block() {
     let mut silent = Client::connect(&url).await;
     silent.hello(None).await;
     silent.subscribe("quiet", Some(0), None).await;
+    // The silent subscriber is dropped once its queue stays full for the stall timeout; it
+    // reads again as soon as `/metrics` says so (within the stall timeout after the drop, as
+    // a client that came back would), while the writer may still be going.
+    let port = node.port;
+    let dropped = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, metrics) = common::http_get(port, "/metrics")
+                .await
+                .expect("/metrics answers");
+            let stalled = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("hivesync_stalled_drops_total "))
+                .map(|v| v.trim().to_string());
+            if stalled.as_deref() == Some("1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the silent subscriber was never dropped: {stalled:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // What it had been sent is consistent; then the connection ends.
+        let mut quiet = Feed::from(0);
+        let mut told = false;
+        let end = loop {
+            match silent.next_event().await {
+                Event::Msg(ServerMsg::Error(e)) => {
+                    assert_code(&e, ErrorCode::Overloaded);
+                    assert_eq!(e.sub.as_deref(), Some("quiet"));
+                    told = true;
+                }
+                Event::Msg(m) => assert!(quiet.take("quiet", &m), "unexpected {m:?}"),
+                other => break other,
+            }
+        };
+        (quiet, told, end)
+    });
     let writer = tokio::spawn(write_padded(url.clone(), 2500, 25, PAD));
     feed.read_until(&mut reader, "r", |f| f.last == Some(5000))
         .await;
@@ -840,38 +879,10 @@ async fn silent_subscriber_does_not_block() {
         "one write took {slowest:?}: the writer waited on someone"
     );
     assert_eq!(node.health().await["status"], "ok");
-
-    // The silent subscriber is dropped once its queue stays full for the stall timeout.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, metrics) = node.try_get("/metrics").await.expect("/metrics answers");
-        let stalled = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("hivesync_stalled_drops_total "))
-            .map(str::trim);
-        if stalled == Some("1") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the silent subscriber was never dropped: {stalled:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // What it had been sent is consistent; then the connection ends; resuming loses nothing.
-    let mut quiet = Feed::from(0);
-    let mut told = false;
-    let end = loop {
-        match silent.next_event().await {
-            Event::Msg(ServerMsg::Error(e)) => {
-                assert_code(&e, ErrorCode::Overloaded);
-                assert_eq!(e.sub.as_deref(), Some("quiet"));
-                told = true;
-            }
-            Event::Msg(m) => assert!(quiet.take("quiet", &m), "unexpected {m:?}"),
-            other => break other,
-        }
-    };
+    let (mut quiet, told, end) = tokio::time::timeout(Duration::from_secs(60), dropped)
+        .await
+        .expect("the silent subscriber's drop was not seen")
+        .unwrap();
     // It read again within the stall timeout after the drop, so the error reached it.
     assert!(told, "the dropped subscriber was not told why: {end:?}");
     let cut = quiet.last.unwrap();

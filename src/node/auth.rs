@@ -1,72 +1,150 @@
 //! Token authentication from the config file, reloaded when the file changes.
+//!
+//! A reload happens once per change, after the file has been quiet for [`SETTLE`]: editors and
+//! `cat > node.toml` write a file in several steps, and a version caught in between (empty, or
+//! cut after its first lines) must never be the one in force. Each distinct version of the file
+//! is read and judged once; a refused one is logged once and the last good config stays.
+//! Every reload bumps a generation that open connections watch: each re-checks its principal,
+//! so a removed token's connections close and narrowed scopes apply to their next frame.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use super::config::{hash_token, Anonymous, Config};
 use crate::protocol::{AuthError, Authorizer, Principal, Scope};
 
+/// How long the config file must be quiet (no write, create, rename or remove event) before it
+/// is read: longer than the gap between the writes of one save, short enough to feel instant.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+struct Shared {
+    config: RwLock<Arc<Config>>,
+    loopback: bool,
+    /// Bumped on every accepted reload; connections re-check their principal when it moves.
+    generation: watch::Sender<u64>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
 /// The current auth state; cheap to clone.
 #[derive(Clone)]
 pub struct Auth {
-    inner: Arc<RwLock<Arc<Config>>>,
-    loopback: bool,
+    inner: Arc<Shared>,
+}
+
+/// Why a new version of the config file was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// It does not parse or fails a check.
+    #[error("{0}")]
+    Invalid(String),
+    /// It would let anonymous clients in where the config in force refuses them, without
+    /// saying so.
+    #[error("this version would let clients without a token in (anonymous = \"auto\" with no tokens, on a loopback listener) where the config in force refuses them; a truncated or half-written file looks like this. To mean it, set `anonymous` explicitly in the file (\"auto\", \"always\" or \"never\")")]
+    WouldOpen,
 }
 
 impl Auth {
     /// Auth for a node listening on `addr` with `config`.
     pub fn new(config: Config, addr: SocketAddr) -> Auth {
         Auth {
-            inner: Arc::new(RwLock::new(Arc::new(config))),
-            loopback: addr.ip().is_loopback(),
+            inner: Arc::new(Shared {
+                config: RwLock::new(Arc::new(config)),
+                loopback: addr.ip().is_loopback(),
+                generation: watch::channel(0).0,
+                reloads: AtomicU64::new(0),
+                reload_failures: AtomicU64::new(0),
+            }),
         }
     }
 
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
-        self.inner.read().clone()
+        self.inner.config.read().clone()
     }
 
-    /// Replace the config (on reload).
-    pub fn replace(&self, config: Config) {
-        *self.inner.write() = Arc::new(config);
+    /// A receiver that changes on every accepted reload.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Reloads accepted and refused since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.inner.reloads.load(Relaxed),
+            self.inner.reload_failures.load(Relaxed),
+        )
+    }
+
+    fn allows_anonymous(&self, c: &Config) -> bool {
+        match c.anonymous() {
+            Anonymous::Always => true,
+            Anonymous::Never => false,
+            Anonymous::Auto => self.inner.loopback && c.tokens.is_empty(),
+        }
     }
 
     /// True when a client without a token would be let in.
     pub fn anonymous_allowed(&self) -> bool {
-        let c = self.config();
-        match c.anonymous {
-            Anonymous::Always => true,
-            Anonymous::Never => false,
-            Anonymous::Auto => self.loopback && c.tokens.is_empty(),
-        }
+        self.allows_anonymous(&self.config())
     }
 
-    /// Watch `path` and reload it when it changes; a file that no longer parses is reported
-    /// and the previous config stays in force.
+    /// Judge a new version of the config file and put it in force when it passes: Ok(true)
+    /// when it changed anything. Counted in `/metrics` either way.
+    pub fn reload(&self, text: &str) -> Result<bool, ReloadError> {
+        let res = self.judge(text);
+        match &res {
+            Ok(true) => self.inner.reloads.fetch_add(1, Relaxed),
+            Err(_) => self.inner.reload_failures.fetch_add(1, Relaxed),
+            Ok(false) => 0,
+        };
+        res
+    }
+
+    fn judge(&self, text: &str) -> Result<bool, ReloadError> {
+        let new = Config::parse(text).map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let old = self.config();
+        if *old == new {
+            return Ok(false);
+        }
+        if !self.allows_anonymous(&old) && self.allows_anonymous(&new) && new.anonymous.is_none() {
+            return Err(ReloadError::WouldOpen);
+        }
+        tracing::info!(tokens = new.tokens.len(), "config reloaded");
+        *self.inner.config.write() = Arc::new(new);
+        self.inner.generation.send_modify(|g| *g += 1);
+        Ok(true)
+    }
+
+    /// Watch `path` and reload it once per change, after it has settled; a version that is
+    /// refused is reported once and the previous config stays in force.
     pub fn watch(&self, path: PathBuf) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let me = self.clone();
-        let file = path.clone();
+        use notify::event::ModifyKind;
+        use notify::{EventKind, Watcher};
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let file = path.file_name()?.to_os_string();
         let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             let Ok(ev) = ev else { return };
-            if !ev.paths.iter().any(|p| p.file_name() == file.file_name()) {
-                return;
-            }
-            match Config::load(&file) {
-                Ok(c) => {
-                    if *me.config() != c {
-                        tracing::info!(tokens = c.tokens.len(), "config reloaded");
-                        me.replace(c);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "config change ignored: the file does not parse; the previous config stays in force"),
+            // Only what changes the file: our own reads raise open/access (and, with atime,
+            // metadata) events, and reacting to those re-read the file forever.
+            let changes = match ev.kind {
+                EventKind::Modify(ModifyKind::Metadata(_)) => false,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+                _ => false,
+            };
+            if changes && ev.paths.iter().any(|p| p.file_name() == Some(&file)) {
+                let _ = tx.send(());
             }
         })
-        .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; changes need a restart"))
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot watch the config file; changes need a restart"),
+        )
         .ok()?;
         let dir = path
             .parent()
@@ -76,7 +154,52 @@ impl Auth {
             tracing::warn!(error = %e, "cannot watch the config file; changes need a restart");
             return None;
         }
+        let me = self.clone();
+        let started = std::thread::Builder::new()
+            .name("hivesync-config".into())
+            .spawn(move || me.reload_loop(&path, &rx));
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot watch the config file; changes need a restart");
+            return None;
+        }
         Some(w)
+    }
+
+    /// Wait for change events, let them settle, and judge each new version once. Ends when the
+    /// watcher (holding the sender) is dropped.
+    fn reload_loop(&self, path: &std::path::Path, events: &std::sync::mpsc::Receiver<()>) {
+        use sha2::{Digest, Sha256};
+        let mut last_seen: Option<[u8; 32]> = None;
+        while events.recv().is_ok() {
+            // Settle: wait until no event has come for SETTLE.
+            loop {
+                match events.recv_timeout(SETTLE) {
+                    Ok(()) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    let h: [u8; 32] = Sha256::digest(format!("unreadable: {e}")).into();
+                    if last_seen != Some(h) {
+                        last_seen = Some(h);
+                        self.inner.reload_failures.fetch_add(1, Relaxed);
+                        tracing::error!(path = %path.display(), error = %e, "cannot read the config file; the previous config stays in force");
+                    }
+                    continue;
+                }
+            };
+            let h: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            if last_seen == Some(h) {
+                continue;
+            }
+            last_seen = Some(h);
+            if let Err(e) = self.reload(&text) {
+                tracing::error!(path = %path.display(), error = %e, "config change refused; the previous config stays in force");
+            }
+        }
     }
 }
 
@@ -90,7 +213,7 @@ impl Authorizer for Auth {
         let c = self.config();
         match token {
             None | Some("") => {
-                if self.anonymous_allowed() {
+                if self.allows_anonymous(&c) {
                     Ok(Principal {
                         name: "anonymous".into(),
                         read: c.anonymous_read.clone().unwrap_or_else(Scope::all),
@@ -118,5 +241,55 @@ impl Authorizer for Auth {
                     .ok_or_else(|| AuthError("unknown token".into()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_config(anonymous: &str) -> String {
+        format!(
+            "name = \"n\"\n{anonymous}[[token]]\nname = \"a\"\nsha256 = \"{}\"\nread = [\"*\"]\nwrite = [\"*\"]\n",
+            hash_token("s")
+        )
+    }
+
+    #[test]
+    fn truncated_versions_never_open_a_closed_node() {
+        let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let auth = Auth::new(
+            Config::parse(&token_config("anonymous = \"never\"\n")).unwrap_or_default(),
+            loopback,
+        );
+        assert!(!auth.anonymous_allowed());
+        // Empty, cut after the first line, whitespace: refused, config kept.
+        for bad in ["", "name = \"n\"\n", "  \n", "name = \"n\"\n[[tok"] {
+            assert!(auth.reload(bad).is_err(), "{bad:?} was accepted");
+            assert!(!auth.anonymous_allowed(), "{bad:?} opened the node");
+        }
+        // Tokens configured and no `anonymous`: auto means never.
+        assert!(matches!(auth.reload(&token_config("")), Ok(true)));
+        assert!(!auth.anonymous_allowed());
+        // Opening it on purpose is explicit.
+        assert!(matches!(auth.reload("anonymous = \"auto\"\n"), Ok(true)));
+        assert!(auth.anonymous_allowed());
+        assert_eq!(auth.reload_counts(), (2, 4));
+        // Narrowing again needs nothing special.
+        assert!(matches!(auth.reload(&token_config("")), Ok(true)));
+        assert!(!auth.anonymous_allowed());
+    }
+
+    #[test]
+    fn a_node_started_open_may_reload_without_anonymous() {
+        let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let auth = Auth::new(Config::default(), loopback);
+        assert!(auth.anonymous_allowed());
+        assert!(matches!(auth.reload("name = \"renamed\"\n"), Ok(true)));
+        assert!(auth.anonymous_allowed());
+        let mut gen = auth.subscribe();
+        assert!(matches!(auth.reload("name = \"again\"\n"), Ok(true)));
+        assert!(gen.has_changed().unwrap_or(false));
+        assert!(matches!(auth.reload("name = \"again\"\n"), Ok(false)));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! name = "edge-1"            # shown in `welcome`
-//! anonymous = "auto"         # auto | never | always (see below)
+//! anonymous = "never"        # auto | never | always (see below)
 //!
 //! [[token]]
 //! name = "alice"
@@ -18,8 +18,14 @@
 //! ```
 //!
 //! `anonymous = "auto"` (the default) lets clients without a token in only when no tokens are
-//! configured and the node listens on a loopback address; `always` lets them in anywhere
-//! (with `anonymous_read` / `anonymous_write` scopes, all by default); `never` refuses them.
+//! configured and the node listens on a loopback address (so with tokens it means `never`);
+//! `always` lets them in anywhere (with `anonymous_read` / `anonymous_write` scopes, all by
+//! default); `never` refuses them.
+//!
+//! Reloads are guarded ([`crate::node::auth::Auth::reload`]): an empty or unparsable file is
+//! refused, and a version that would let anonymous clients in where the config in force refuses
+//! them is refused unless it sets `anonymous` explicitly, so a truncated or half-written file
+//! cannot open the node.
 
 use std::path::Path;
 
@@ -76,9 +82,10 @@ pub struct Retention {
 pub struct Config {
     /// Node name.
     pub name: Option<String>,
-    /// Anonymous access policy.
+    /// Anonymous access policy, as written in the file (absent: [`Anonymous::Auto`]; see
+    /// [`Config::anonymous`]).
     #[serde(default)]
-    pub anonymous: Anonymous,
+    pub anonymous: Option<Anonymous>,
     /// Scope of anonymous readers (default all).
     pub anonymous_read: Option<Scope>,
     /// Scope of anonymous writers (default all).
@@ -98,6 +105,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The anonymous access policy in force.
+    pub fn anonymous(&self) -> Anonymous {
+        self.anonymous.unwrap_or_default()
+    }
+
     /// Parse and check a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -107,6 +119,13 @@ impl Config {
 
     /// Parse and check config text.
     pub fn parse(text: &str) -> Result<Config> {
+        // An empty file is what a truncating editor or `: > node.toml` leaves for a moment; it
+        // is never a config anyone meant (a node without one runs without `--config`).
+        if text.trim().is_empty() {
+            return Err(Error::invalid(
+                "the file is empty; a node without tokens runs without --config",
+            ));
+        }
         let c: Config = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
         for t in &c.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -114,6 +133,16 @@ impl Config {
                     "token {:?}: sha256 must be 64 hex digits (the hash of the secret, from `hivesync token`), not the secret itself",
                     t.name
                 )));
+            }
+            for p in t.read.0.iter().chain(&t.write.0) {
+                if let Some(prefix) = p.strip_suffix('*') {
+                    if !prefix.is_empty() && !prefix.ends_with(['/', '-', '_', '.', ':']) {
+                        tracing::warn!(
+                            token = %t.name,
+                            "scope {p:?} is a plain prefix: it also matches {prefix}anything (e.g. {prefix}secret); end the prefix with a separator ({prefix}/*, {prefix}-*) to scope a group of namespaces"
+                        );
+                    }
+                }
             }
         }
         Ok(c)
@@ -141,6 +170,9 @@ mod tests {
         assert_eq!(c.retention.max_changes, Some(10));
         let e = Config::parse("[[token]]\nname = \"a\"\nsha256 = \"s3cret\"\n").unwrap_err();
         assert!(e.to_string().contains("64 hex"), "{e}");
+        assert!(Config::parse("").unwrap_err().to_string().contains("empty"));
+        assert!(Config::parse(" \n\t\n").is_err());
+        assert_eq!(Config::parse("name = \"x\"").unwrap().anonymous, None);
         assert!(Config::parse("colour = 1")
             .unwrap_err()
             .to_string()

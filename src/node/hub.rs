@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 use crate::model::{Change, Kind};
-use crate::protocol::{encode_change_bin, encode_change_json, Encoding};
+use crate::protocol::{encode_change_bin, encode_change_json, Encoding, FRAME_SPLIT_BYTES};
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
 
@@ -186,8 +186,9 @@ impl Hub {
         }
     }
 
-    /// Changes after `cursor` passing `pass`, at most about `max` of them (a transaction is
-    /// never split) and about `max_bytes` encoded bytes in `enc`.
+    /// Changes after `cursor` passing `pass`, at most about `max` of them and about `max_bytes`
+    /// encoded bytes in `enc` (a transaction is split only where it alone passes
+    /// [`FRAME_SPLIT_BYTES`]).
     pub fn read(
         &self,
         cursor: i64,
@@ -208,7 +209,8 @@ impl Hub {
         let mut last_tx = None;
         for c in w.changes.range(start..) {
             let full = out.len() >= max || bytes >= max_bytes;
-            if full && last_tx != Some(c.tx) {
+            // Whole transactions, unless one alone outgrows a frame.
+            if (full && last_tx != Some(c.tx)) || bytes >= FRAME_SPLIT_BYTES {
                 break;
             }
             scanned = c.seq;

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub write_errors: AtomicU64,
     /// Subscribers dropped for not draining their queue.
     pub stalled_drops: AtomicU64,
+    /// WebSocket upgrades refused at the connection limit.
+    pub refused_connections: AtomicU64,
+    /// Hellos refused (wrong or missing token).
+    pub failed_hellos: AtomicU64,
+    /// Failed hellos not yet reported in a log line, and when the last line was written.
+    failed_hello_log: Mutex<(u64, Option<std::time::Instant>)>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_us: AtomicU64,
     subs: Mutex<HashMap<(u64, String), Arc<SubStats>>>,
@@ -57,6 +63,21 @@ impl Metrics {
         }
         self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
         self.writes.fetch_add(1, Relaxed);
+    }
+
+    /// Count a refused hello; returns how many to report when a log line is due (at most one
+    /// a second, so guessing tokens cannot flood the log).
+    pub fn failed_hello(&self) -> Option<u64> {
+        self.failed_hellos.fetch_add(1, Relaxed);
+        let mut l = self.failed_hello_log.lock();
+        l.0 += 1;
+        if l.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let n = std::mem::take(&mut l.0);
+            l.1 = Some(std::time::Instant::now());
+            Some(n)
+        } else {
+            None
+        }
     }
 
     /// Register a subscription; returns its stats.
@@ -130,26 +151,44 @@ impl Metrics {
             "Subscribers dropped for stalling.",
             self.stalled_drops.load(Relaxed).to_string(),
         );
-        let subs = self.subs.lock();
+        g(
+            "hivesync_refused_connections_total",
+            "counter",
+            "WebSocket upgrades refused at the connection limit.",
+            self.refused_connections.load(Relaxed).to_string(),
+        );
+        g(
+            "hivesync_failed_hellos_total",
+            "counter",
+            "Hellos refused (wrong or missing token).",
+            self.failed_hellos.load(Relaxed).to_string(),
+        );
+        // Aggregates only: per-subscription series named every tenant's connections and
+        // subscriptions, and grew without bound.
+        let (n, max_lag, sum_lag) = {
+            let subs = self.subs.lock();
+            let lags = subs.values().map(|s| (head - s.sent.load(Relaxed)).max(0));
+            let (max, sum) = lags.fold((0i64, 0i64), |(m, t), l| (m.max(l), t + l));
+            (subs.len(), max, sum)
+        };
         g(
             "hivesync_subscriptions",
             "gauge",
             "Active subscriptions.",
-            subs.len().to_string(),
+            n.to_string(),
         );
-        let _ = writeln!(o, "# HELP hivesync_subscription_lag Changes between the head and what a subscription was sent.\n# TYPE hivesync_subscription_lag gauge");
-        for ((conn, sub), s) in subs.iter() {
-            let sub = sub
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = writeln!(
-                o,
-                "hivesync_subscription_lag{{conn=\"{conn}\",sub=\"{sub}\"}} {}",
-                (head - s.sent.load(Relaxed)).max(0)
-            );
-        }
-        drop(subs);
+        g(
+            "hivesync_subscription_lag_max",
+            "gauge",
+            "Most changes between the head and what one subscription was sent.",
+            max_lag.to_string(),
+        );
+        g(
+            "hivesync_subscription_lag_sum",
+            "gauge",
+            "Changes between the head and what each subscription was sent, summed.",
+            sum_lag.to_string(),
+        );
         let _ = writeln!(o, "# HELP hivesync_write_commit_seconds Write commit latency.\n# TYPE hivesync_write_commit_seconds histogram");
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(

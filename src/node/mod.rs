@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus counters.
 //! - `watch`: the `hivesync watch` client.
 
+mod accept;
 pub mod auth;
 pub mod config;
 mod conn;
@@ -26,14 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch as tokio_watch;
 
-use crate::protocol::{Encoding, MAX_FRAME_BYTES};
 use crate::store::{PoolConfig, Store, StoreOptions};
 use auth::Auth;
 use config::Config;
@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Directory of the browser replica's files (default: wasm/web, when built).
     #[arg(long, env = "HIVESYNC_WEB")]
     pub web: Option<PathBuf>,
+    /// Most open sockets (HTTP and WebSocket); default: the open-files limit less what the
+    /// node keeps for its own files.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 /// Everything a connection needs.
@@ -86,6 +90,13 @@ pub(crate) struct NodeState {
     pub(crate) upstream: Option<upstream::Upstream>,
     /// The writer thread's queue (None on followers and edges, which never write locally).
     pub(crate) writes: Option<tokio::sync::mpsc::Sender<conn::WriteJob>>,
+    /// Bytes of write frames queued or committing, node-wide ([`conn::NODE_WRITE_BYTES`]).
+    pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
+    /// Readers snapshots and catch-ups may hold at once: all but one of the pool's, so
+    /// hellos, health checks and the tailer always find one.
+    pub(crate) bulk_reads: Arc<tokio::sync::Semaphore>,
+    /// The socket limit.
+    pub(crate) sockets: Arc<accept::Sockets>,
 }
 
 /// A running node (for tests and embedding).
@@ -96,6 +107,15 @@ pub struct NodeHandle {
     join: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
     _watchers: Vec<notify::RecommendedWatcher>,
+}
+
+/// The WebSocket settings of every native hivesync client (the relay link, `watch`, the
+/// tests): frames up to [`crate::protocol::MAX_SERVER_FRAME_BYTES`], the most a node sends.
+pub fn client_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    use crate::protocol::MAX_SERVER_FRAME_BYTES;
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_SERVER_FRAME_BYTES))
+        .max_frame_size(Some(MAX_SERVER_FRAME_BYTES))
 }
 
 /// Longest wait, on stop, for WebSocket connections to send their close frames.
@@ -127,6 +147,16 @@ pub async fn start(
 ) -> anyhow::Result<NodeHandle> {
     let addr = listener.local_addr()?;
     let auth = Auth::new(config.clone(), addr);
+    let nofile = accept::nofile_limit();
+    let budget = accept::socket_budget(nofile);
+    let sockets = Arc::new(accept::Sockets::new(
+        args.max_connections.map_or(budget, |m| m.clamp(1, budget)),
+    ));
+    tracing::debug!(
+        nofile,
+        max_connections = sockets.max,
+        "socket limit (raise the open-files limit for more)"
+    );
     if !auth.anonymous_allowed() && config.tokens.is_empty() {
         tracing::warn!("no tokens configured and anonymous access is off for {addr}: every client will be refused; add [[token]] entries to the config");
     }
@@ -168,6 +198,11 @@ pub async fn start(
             None => None,
         },
         writes,
+        write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_WRITE_BYTES)),
+        bulk_reads: Arc::new(tokio::sync::Semaphore::new(
+            store.pool().readers().saturating_sub(1).max(1),
+        )),
+        sockets: sockets.clone(),
     });
     let mut watchers = Vec::new();
     if let Some(p) = config_path {
@@ -208,26 +243,10 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/v1/sync", get(ws_upgrade))
+        .route("/v1/sync", get(accept::ws_upgrade))
         .with_state(node)
         .merge(web_routes);
-    let mut sd = shutdown_rx.clone();
-    let join = tokio::spawn(async move {
-        // Small frames (a live change) must not wait for Nagle: p99 at 10 subscribers went
-        // from 20-30 ms to 3-6 ms with TCP_NODELAY (benches/node.rs).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|s| {
-            let _ = s.set_nodelay(true);
-        });
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = sd.changed().await;
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "server failed");
-        }
-    });
+    let join = tokio::spawn(accept::serve(listener, app, sockets, shutdown_rx.clone()));
     Ok(NodeHandle {
         addr,
         shutdown: shutdown_tx,
@@ -285,38 +304,6 @@ async fn run_retention(store: Arc<Store>, auth: Auth, mut shutdown: tokio_watch:
     }
 }
 
-async fn ws_upgrade(
-    State(node): State<Arc<NodeState>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let offered: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    let Some(enc) = Encoding::negotiate(offered.iter().map(String::as_str)) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json or hivesync.v1.bin (or none, for JSON)\n"),
-        )
-            .into_response();
-    };
-    let ws = if offered.is_empty() {
-        ws
-    } else {
-        ws.protocols([enc.name()])
-    };
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        // tungstenite's default 128 KiB read buffer is zero-filled, so fully resident, on
-        // every connection: 139 KiB per idle subscriber measured (benches/node.rs), 14 KiB
-        // with 4 KiB. Large frames are then read in 4 KiB steps.
-        .read_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| conn::handle(socket, node, enc))
-}
-
 async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
     let s = node.store.clone();
     match tokio::task::spawn_blocking(move || s.head()).await {
@@ -349,6 +336,19 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         {
             let mut text = node.metrics.render(node.hub.head());
+            let (reloads, failures) = node.auth.reload_counts();
+            text.push_str(&format!(
+                "# HELP hivesync_config_reloads_total Config file versions put in force.\n\
+                 # TYPE hivesync_config_reloads_total counter\n\
+                 hivesync_config_reloads_total {reloads}\n\
+                 # HELP hivesync_config_reload_failures_total Config file versions refused (the previous config stayed).\n\
+                 # TYPE hivesync_config_reload_failures_total counter\n\
+                 hivesync_config_reload_failures_total {failures}\n\
+                 # HELP hivesync_max_connections The socket limit.\n\
+                 # TYPE hivesync_max_connections gauge\n\
+                 hivesync_max_connections {}\n",
+                node.sockets.max
+            ));
             if let Some(u) = &node.upstream {
                 let frames = u.state.frames.load(Relaxed);
                 let applies = u.state.applies.load(Relaxed);

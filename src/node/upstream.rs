@@ -159,7 +159,7 @@ async fn session(
     let ws = tokio::select! {
         // No Nagle: forwarded writes and acks are small frames that must not wait for the
         // upstream's delayed ACK (40 ms on Linux).
-        r = tokio_tungstenite::connect_async_with_config(req, None, true) => match r {
+        r = tokio_tungstenite::connect_async_with_config(req, Some(super::client_ws_config()), true) => match r {
             Ok((ws, _)) => ws,
             Err(e) => return End::Retry(format!("cannot connect: {e}")),
         },

@@ -102,7 +102,13 @@ async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
     if let Ok(v) = SUBPROTOCOL_JSON.parse() {
         req.headers_mut().insert("Sec-WebSocket-Protocol", v);
     }
-    let (ws, _) = match tokio_tungstenite::connect_async_with_config(req, None, true).await {
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(
+        req,
+        Some(super::client_ws_config()),
+        true,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(e) => return End::Reconnect(format!("cannot connect to {}: {e}", args.url)),
     };

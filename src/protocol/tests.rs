@@ -171,6 +171,7 @@ fn codes(actions: &[Action]) -> Vec<String> {
             Action::Write { .. } => "write".into(),
             Action::Unsubscribe { .. } => "unsubscribe".into(),
             Action::Ack { .. } => "ack".into(),
+            Action::Rescope { .. } => "rescope".into(),
             Action::Send(_) => "send".into(),
         })
         .collect()
@@ -258,4 +259,62 @@ fn decodes_a_real_changes_frame() {
     let t =
         r#"{"type":"welcome","protocol":1,"node":"hivesync@127.0.0.1:7070","head":7,"horizon":1}"#;
     decode_server_json(t).unwrap();
+}
+
+/// Tokens whose scopes a test changes between calls, as a config reload does.
+struct Mutable(std::cell::RefCell<Option<Principal>>);
+impl Authorizer for Mutable {
+    fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, AuthError> {
+        match (token, self.0.borrow().as_ref()) {
+            (Some("t"), Some(p)) => Ok(p.clone()),
+            _ => Err(AuthError("unknown token".into())),
+        }
+    }
+}
+
+#[test]
+fn reauthorize_narrows_scopes_and_closes_revoked_tokens() {
+    let p = |read: &[&str], write: &[&str]| Principal {
+        name: "t".into(),
+        read: Scope(read.iter().map(|s| s.to_string()).collect()),
+        write: Scope(write.iter().map(|s| s.to_string()).collect()),
+    };
+    let auth = Mutable(std::cell::RefCell::new(Some(p(&["*"], &["a", "b"]))));
+    let mut s = Session::new(Encoding::Json);
+    // Before hello there is nothing to re-check.
+    assert!(s.reauthorize(&auth).is_empty());
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"hello","token":"t"}"#, &auth)),
+        ["welcome"]
+    );
+    assert!(s.reauthorize(&auth).is_empty(), "unchanged config");
+    let write_b = r#"{"type":"write","req":"r","ops":[{"op":"upsert","kind":"entity","ns":"b","data":{"name":"x"}}]}"#;
+    assert_eq!(codes(&s.on_text(write_b, &auth)), ["write"]);
+    // Narrowed: the next write is refused, and the shell is told the new read scope.
+    *auth.0.borrow_mut() = Some(p(&["a"], &["a"]));
+    assert_eq!(
+        s.reauthorize(&auth),
+        [Action::Rescope {
+            read: Scope(vec!["a".into()])
+        }]
+    );
+    assert_eq!(codes(&s.on_text(write_b, &auth)), ["error:Forbidden"]);
+    // Removed: unauthorized, then close; nothing is accepted afterwards.
+    *auth.0.borrow_mut() = None;
+    assert_eq!(
+        codes(&s.reauthorize(&auth)),
+        ["error:Unauthorized", "close"]
+    );
+    assert_eq!(codes(&s.on_text(write_b, &auth)), ["error:BadRequest"]);
+}
+
+#[test]
+fn prefix_scopes_are_plain_prefixes() {
+    // The documented rule: `team*` is a plain prefix (it matches `teamsecret`); a separator
+    // before the star scopes a group of namespaces.
+    let plain = Scope(vec!["team*".into()]);
+    assert!(plain.allows("team") && plain.allows("team-a") && plain.allows("teamsecret"));
+    let grouped = Scope(vec!["team-*".into()]);
+    assert!(grouped.allows("team-a") && grouped.allows("team-"));
+    assert!(!grouped.allows("teamsecret") && !grouped.allows("team"));
 }

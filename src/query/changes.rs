@@ -98,6 +98,20 @@ pub fn changes_since(
     filter: &ChangeFilter,
     limit: usize,
 ) -> Result<Vec<Change>> {
+    Ok(changes_page(conn, after, filter, limit, usize::MAX)?.0)
+}
+
+/// [`changes_since`] bounded in bytes too ([`Change::frame_bytes`]): it stops at a transaction's
+/// end once `limit` changes or `max_bytes` are in, and inside a transaction once `max_bytes` is
+/// passed twice over (a commit of millions of rows must not be read into memory whole). True
+/// with the rows when it stopped early, so more may follow the last one.
+pub fn changes_page(
+    conn: &Connection,
+    after: i64,
+    filter: &ChangeFilter,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Change>, bool)> {
     let (ns, kinds) = filter.sql_params()?;
     let limit = limit.clamp(1, 1_000_000) as i64;
     let cols = "seq, tx, ts, ns, kind, op, id, model, data, embedding";
@@ -112,14 +126,90 @@ pub fn changes_since(
     ))?;
     let mut rows = stmt.query(params![after, ns, kinds])?;
     let mut out: Vec<Change> = Vec::new();
+    let mut bytes = 0usize;
     while let Some(r) = rows.next()? {
         let c = change_from_row(r)?;
-        if out.len() as i64 >= limit && out.last().is_some_and(|l| l.tx != c.tx) {
-            break;
+        let full = out.len() as i64 >= limit || bytes >= max_bytes;
+        if (full && out.last().is_some_and(|l| l.tx != c.tx))
+            || bytes >= max_bytes.saturating_mul(2)
+        {
+            return Ok((out, true));
         }
+        bytes += c.frame_bytes();
         out.push(c);
     }
-    Ok(out)
+    Ok((out, false))
+}
+
+/// Where a snapshot read in pages stands: the kind being read (index into [`Kind::ALL`]) and
+/// the last rowid read of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotCursor {
+    kind: usize,
+    after: i64,
+}
+
+/// One page of a snapshot read in pages, each page in a read transaction of its own, so a
+/// reader is never held while the page travels: rows of the kinds and namespaces `filter`
+/// passes after `cursor`, at most `max_rows` and about `max_bytes`, stamped with seq `at`. The
+/// cursor moves past them; `None` once every kind was read.
+///
+/// Pages read at different times are not one consistent image: a row may come as written
+/// after `at`. Served with every change after `at` following it, the result converges to the
+/// state at the head all the same: each change carries the row's full image, and applying an
+/// image or a delete again is harmless (the snapshot's apply also replaces an edge that holds
+/// the same (source, target, relation) under another id, as only a later page can show it).
+pub fn snapshot_page(
+    conn: &Connection,
+    filter: &ChangeFilter,
+    at: i64,
+    cursor: &mut SnapshotCursor,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<Change>>> {
+    let (ns, _) = filter.sql_params()?;
+    let max_rows = max_rows.max(1);
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while cursor.kind < Kind::ALL.len() {
+        let kind = Kind::ALL[cursor.kind];
+        if !filter.kinds.as_ref().is_none_or(|k| k.contains(&kind)) {
+            *cursor = SnapshotCursor {
+                kind: cursor.kind + 1,
+                after: 0,
+            };
+            continue;
+        }
+        let (id, model, ts, emb) = match kind {
+            Kind::Vector => ("subject", "model", "updated_at", "embedding"),
+            Kind::Event => ("id", "NULL", "created_at", "NULL"),
+            _ => ("id", "NULL", "updated_at", "NULL"),
+        };
+        let sql = format!(
+            "SELECT ?2, ?2, {ts}, ns, '{k}', 'upsert', {id}, {model}, {img}, {emb}, rowid FROM {t}
+             WHERE rowid > ?3 AND (?1 IS NULL OR ns IN (SELECT value FROM json_each(?1)))
+             ORDER BY rowid",
+            k = kind.as_str(),
+            img = row_image_sql(kind, ""),
+            t = kind.table()
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![ns, at, cursor.after])?;
+        while let Some(r) = rows.next()? {
+            let c = change_from_row(r)?;
+            cursor.after = r.get(10)?;
+            bytes += c.frame_bytes();
+            out.push(c);
+            if out.len() >= max_rows || bytes >= max_bytes {
+                return Ok(Some(out));
+            }
+        }
+        *cursor = SnapshotCursor {
+            kind: cursor.kind + 1,
+            after: 0,
+        };
+    }
+    Ok((!out.is_empty()).then_some(out))
 }
 
 /// A consistent image of current state.

@@ -8,7 +8,10 @@ mod graph;
 mod search;
 mod vector;
 
-pub use changes::{changes_since, head, horizon, snapshot, ChangeFilter, Snapshot};
+pub use changes::{
+    changes_page, changes_since, head, horizon, snapshot, snapshot_page, ChangeFilter, Snapshot,
+    SnapshotCursor,
+};
 pub use digest::{digest, StateDigest};
 pub use graph::{neighbors, traverse, Direction, Hop, Neighbor};
 pub use search::{fts_query, search, SearchHit, SearchQuery};

@@ -172,6 +172,11 @@ impl Pool {
         Ok(conn)
     }
 
+    /// The number of read connections.
+    pub fn readers(&self) -> usize {
+        self.config.readers
+    }
+
     /// The database file, if any.
     pub fn path(&self) -> Option<&Path> {
         match &self.location {

@@ -388,7 +388,11 @@ impl Client {
         }
         let (ws, resp) = tokio::time::timeout(
             NET_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(req, None, true),
+            tokio_tungstenite::connect_async_with_config(
+                req,
+                Some(hivesync::node::client_ws_config()),
+                true,
+            ),
         )
         .await
         .expect("connect timed out")
