@@ -56,9 +56,18 @@ pub struct ServeArgs {
     /// writes received here are forwarded to it.
     #[arg(long)]
     pub upstream: Option<String>,
-    /// Token this edge presents to its upstream.
-    #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN")]
+    /// Token this edge presents to its upstream. On the command line it shows in the process
+    /// list: prefer the environment variable or --upstream-token-file.
+    #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN", hide_env_values = true)]
     pub upstream_token: Option<String>,
+    /// File holding the token this edge presents to its upstream (surrounding whitespace is
+    /// ignored).
+    #[arg(
+        long,
+        env = "HIVESYNC_UPSTREAM_TOKEN_FILE",
+        conflicts_with = "upstream_token"
+    )]
+    pub upstream_token_file: Option<PathBuf>,
     /// Milliseconds between checks of the log for commits made by other processes, beside
     /// file notifications (default 1000, or 100 in read-only mode where notifications may
     /// not arrive).
@@ -190,7 +199,7 @@ pub async fn start(
         upstream: match &args.upstream {
             Some(url) => Some(upstream::start(
                 url.clone(),
-                args.upstream_token.clone(),
+                upstream_token(args)?,
                 store.clone(),
                 hub.clone(),
                 shutdown_rx.clone(),
@@ -256,6 +265,25 @@ pub async fn start(
     })
 }
 
+/// The token an edge presents upstream: from --upstream-token (or its variable), or read from
+/// --upstream-token-file.
+fn upstream_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    match &args.upstream_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the upstream token file {}", p.display()))?;
+            let t = t.trim();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "the upstream token file {} is empty",
+                p.display()
+            );
+            Ok(Some(t.to_string()))
+        }
+        None => Ok(args.upstream_token.clone()),
+    }
+}
+
 /// Notice commits by other processes: a notification on the database or its WAL wakes the
 /// tailer (the tailer's poll catches what notifications miss).
 fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
@@ -308,17 +336,27 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
     let s = node.store.clone();
     match tokio::task::spawn_blocking(move || s.head()).await {
         Ok(Ok(head)) => ([(header::CONTENT_TYPE, "application/json")], {
+            // A relay that cannot reach its upstream still serves its copy, but stale: degraded.
+            let down = node
+                .upstream
+                .as_ref()
+                .and_then(|u| u.state.down.lock().clone());
             let upstream = match &node.upstream {
                 Some(u) => format!(
-                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"applied\":{}}}",
+                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"applied\":{}{}}}",
                     u.state.connected.load(Relaxed),
                     u.state.live.load(Relaxed),
-                    u.state.applied.load(Relaxed)
+                    u.state.applied.load(Relaxed),
+                    down.as_ref().map_or(String::new(), |d| format!(
+                        ",\"error\":{}",
+                        serde_json::Value::String(d.clone())
+                    ))
                 ),
                 None => String::new(),
             };
+            let status = if down.is_some() { "degraded" } else { "ok" };
             format!(
-                "{{\"status\":\"ok\",\"head\":{head},\"read_only\":{}{upstream}}}\n",
+                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}}}\n",
                 node.read_only
             )
         })

@@ -46,6 +46,8 @@ pub struct UpstreamState {
     pub frames: AtomicU64,
     /// Transactions they were applied in.
     pub applies: AtomicU64,
+    /// Why the link is down, while it is (for `/healthz`).
+    pub down: parking_lot::Mutex<Option<String>>,
 }
 
 /// The handle the local node keeps.
@@ -114,6 +116,7 @@ async fn follow(
         match end {
             End::Stop => return,
             End::Retry(why) => {
+                *state.down.lock() = Some(why.clone());
                 tracing::warn!(upstream = %url, "upstream link down ({why}); retrying in {backoff:?}");
                 let until = tokio::time::sleep(backoff);
                 tokio::pin!(until);
@@ -239,6 +242,7 @@ async fn session(
                     break End::Retry(e.to_string());
                 }
                 state.connected.store(true, Relaxed);
+                *state.down.lock() = None;
                 tracing::info!(upstream = %url, from = ?from, "following upstream");
             }
             ServerMsg::Snapshot { at, rows, done, .. } => {

@@ -58,6 +58,8 @@ pub struct NodeOpts {
     pub config: Option<String>,
     /// Extra `serve` arguments.
     pub args: Vec<String>,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `hivesync serve` process with its own temporary directory; killed on drop.
@@ -72,6 +74,7 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     config: Option<PathBuf>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -108,6 +111,7 @@ impl Node {
                 dir,
                 config: config.clone(),
                 args: opts.args.clone(),
+                env: opts.env.clone(),
             };
             if node.spawn_and_wait(attempt < 2).await {
                 return node;
@@ -131,6 +135,7 @@ impl Node {
             cmd.arg("--config").arg(p);
         }
         cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info,hivesync=debug");
         let logf = std::fs::OpenOptions::new()
             .create(true)
