@@ -1505,6 +1505,8 @@ fn serve_args() -> ServeArgs {
         poll_ms: None,
         readers: 4,
         web: None,
+        max_connections: None,
+        upstream_token_file: None,
     }
 }
 

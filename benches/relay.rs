@@ -37,6 +37,8 @@ fn args(addr: std::net::SocketAddr, upstream: Option<String>) -> ServeArgs {
         poll_ms: None,
         readers: 4,
         web: None,
+        max_connections: None,
+        upstream_token_file: None,
     }
 }
 

@@ -152,6 +152,8 @@ fn run(steps: Vec<Step>) {
             poll_ms: Some(50),
             readers: 4,
             web: None,
+            max_connections: None,
+            upstream_token_file: None,
         };
         let node = hivesync::node::start(store.clone(), listener, Config::default(), None, &args)
             .await

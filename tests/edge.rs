@@ -44,6 +44,7 @@ async fn relay_of(upstream: &Node) -> Node {
     Node::start_with(NodeOpts {
         config: None,
         args: vec!["--upstream".into(), upstream.url()],
+        env: Vec::new(),
     })
     .await
 }
@@ -189,6 +190,7 @@ async fn a_read_only_follower_streams_what_another_process_writes() {
         NodeOpts {
             config: None,
             args: vec!["--read-only".into()],
+            env: Vec::new(),
         },
     )
     .await;
@@ -293,6 +295,7 @@ async fn a_follower_streams_a_file_that_the_backup_api_keeps_copying() {
         NodeOpts {
             config: Some(format!("primary = \"{}\"\n", primary.url())),
             args: vec!["--read-only".into()],
+            env: Vec::new(),
         },
     )
     .await;

@@ -287,7 +287,7 @@ mod tests {
         assert!(auth.anonymous_allowed());
         assert!(matches!(auth.reload("name = \"renamed\"\n"), Ok(true)));
         assert!(auth.anonymous_allowed());
-        let mut gen = auth.subscribe();
+        let gen = auth.subscribe();
         assert!(matches!(auth.reload("name = \"again\"\n"), Ok(true)));
         assert!(gen.has_changed().unwrap_or(false));
         assert!(matches!(auth.reload("name = \"again\"\n"), Ok(false)));
