@@ -1,5 +1,5 @@
-//! Exact KNN over a model's vec0 index (cosine), and hybrid search (reciprocal-rank fusion of
-//! full-text and vector results).
+//! Exact KNN over a model's partition of the vec0 index of its dimension count (cosine), and
+//! hybrid search (reciprocal-rank fusion of full-text and vector results).
 
 use std::collections::HashMap;
 

@@ -478,8 +478,8 @@ fn session_step(
 // -------------------------------------------------------------------------- database checks
 
 /// Consistency of a database with no open transaction: SQLite's integrity check, both FTS5
-/// indexes against their base tables, an empty full-text queue, and every vector model's vec0
-/// index against the `vectors` table.
+/// indexes against their base tables, an empty full-text queue, and the vec0 tables (one per
+/// dimension count) against the `vectors` table.
 pub fn check_db(conn: &Connection) {
     assert!(conn.is_autocommit(), "a transaction was left open");
     let msgs: Vec<String> = conn
