@@ -467,7 +467,7 @@ fn diagnostics(store: &Store, path: &Path, data: &[f32], queries: &[Vec<f32>]) {
     );
     let table: String = store
         .read(|c| {
-            Ok(hivesync::schema::model_by_name(c, MODEL)?
+            Ok(hivesync::schema::model_by_name(c, "default", MODEL)?
                 .expect("model")
                 .table)
         })
@@ -492,11 +492,15 @@ fn diagnostics(store: &Store, path: &Path, data: &[f32], queries: &[Vec<f32>]) {
         norms.0, norms.1
     );
 
-    let vec_only =
-        format!("SELECT rowid, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2");
+    // The model is a partition key of its dimension count's table, as Store::knn queries it.
+    let vec_only = format!(
+        "SELECT rowid, distance FROM {table}
+         WHERE embedding MATCH ?1 AND k = ?2 AND model = '{MODEL}'"
+    );
     let join = format!(
         "SELECT v.ns, v.subject, v.kind, m.distance
-         FROM (SELECT rowid, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2) m
+         FROM (SELECT rowid, distance FROM {table}
+               WHERE embedding MATCH ?1 AND k = ?2 AND model = '{MODEL}') m
          JOIN vectors v ON v.rowid = m.rowid ORDER BY m.distance"
     );
     let plan: Vec<String> = store

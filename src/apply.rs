@@ -262,7 +262,13 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
                             c.seq
                         )));
                     }
-                    schema::ensure_model(conn, &r.model, r.embedding.len())?;
+                    schema::ensure_model(
+                        conn,
+                        &c.ns,
+                        &r.model,
+                        r.embedding.len(),
+                        schema::ModelLimit::Upstream,
+                    )?;
                     ops::write_vector(conn, &c.ns, &r, true)
                 }
             }

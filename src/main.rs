@@ -108,7 +108,8 @@ enum Cmd {
     },
     /// Nearest vectors to a query vector (or to a stored subject's vector).
     Knn {
-        /// The model to search.
+        /// The model to search: with --ns, that namespace's model; without, the model in every
+        /// namespace where it has the query's dimension count.
         #[arg(long)]
         model: String,
         /// The query embedding as a JSON array.

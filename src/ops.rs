@@ -543,7 +543,13 @@ fn upsert(conn: &Connection, kind: Kind, ns: &str, data: &Value, now: i64) -> Re
                     v.subject
                 ))
             })?;
-            schema::ensure_model(conn, &v.model, embedding.len())?;
+            schema::ensure_model(
+                conn,
+                ns,
+                &v.model,
+                embedding.len(),
+                schema::ModelLimit::Enforce,
+            )?;
             let row = Vector {
                 subject: v.subject,
                 model: v.model,

@@ -655,3 +655,158 @@ fn corrupt_files_and_broken_indexes_are_reported() {
         r.problems
     );
 }
+
+/// Issue 12, item 7: namespace `a` registering `minilm` at 2 dimensions made namespace `b`'s
+/// 384-dimension `minilm` vectors fail. Models are per namespace now, on the node and on a
+/// replica that applies its log (batch by batch, or as a snapshot).
+#[test]
+fn namespaces_keep_their_own_models_on_the_node_and_its_replicas() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let vec = |ns: &str, id: &str, e: Vec<f32>| {
+        WriteOp::upsert(
+            Kind::Vector,
+            ns,
+            json!({"subject": id, "model": "minilm", "embedding": e}),
+        )
+    };
+    let wide = |i: usize| {
+        let mut e = vec![0.01f32; 384];
+        e[i] = 1.0;
+        e
+    };
+    s.write(&[
+        ent("a", "x", "X"),
+        ent("a", "y", "Y"),
+        ent("b", "x", "X"),
+        ent("b", "y", "Y"),
+    ])
+    .unwrap();
+    s.write(&[vec("a", "x", vec![1.0, 0.0]), vec("a", "y", vec![0.0, 1.0])])
+        .unwrap();
+    // In one write, and in two: b's first vector fixes b's minilm at 384 dimensions.
+    s.write(&[vec("b", "x", wide(0)), vec("b", "y", wide(1))])
+        .unwrap();
+    s.write(&[vec("b", "y", wide(2))]).unwrap();
+    let e = s.write(&[vec("b", "x", vec![1.0, 0.0])]).unwrap_err();
+    assert!(
+        e.to_string().contains("384 dimensions in namespace \"b\""),
+        "{e}"
+    );
+
+    let knn = |c: &dyn Fn(&KnnQuery) -> Vec<(String, String)>, ns: Option<&str>, e: Vec<f32>| {
+        c(&KnnQuery {
+            model: "minilm".into(),
+            embedding: e,
+            k: 10,
+            ns: ns.map(Into::into),
+            kind: None,
+        })
+    };
+    let on_node = |q: &KnnQuery| -> Vec<(String, String)> {
+        s.knn(q)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.ns, h.subject))
+            .collect()
+    };
+    let pair = |ns: &str, id: &str| (ns.to_string(), id.to_string());
+    let cases = [
+        (Some("a"), vec![0.9, 0.1]),
+        (Some("b"), wide(2)),
+        (None, vec![0.1, 0.9]),
+        (None, wide(0)),
+    ];
+    let want = [
+        vec![pair("a", "x"), pair("a", "y")],
+        vec![pair("b", "y"), pair("b", "x")],
+        vec![pair("a", "y"), pair("a", "x")],
+        vec![pair("b", "x"), pair("b", "y")],
+    ];
+    for ((ns, e), w) in cases.iter().zip(&want) {
+        assert_eq!(&knn(&on_node, *ns, e.clone()), w, "node, ns {ns:?}");
+    }
+    assert!(s.check().unwrap().ok, "{:?}", s.check().unwrap().problems);
+
+    // A replica applying the log, in two batches (the second one re-registers nothing).
+    let log = s.changes_since(0, &ChangeFilter::default(), 1000).unwrap();
+    let r = hivesync::schema::open_in_memory(&Default::default()).unwrap();
+    let (first, rest) = log.split_at(5);
+    hivesync::apply::apply_changes(&r, 0, first).unwrap();
+    hivesync::apply::apply_changes(&r, first[4].seq, rest).unwrap();
+    // A replica taking a snapshot instead.
+    let snap = s.snapshot(&ChangeFilter::default()).unwrap();
+    let r2 = hivesync::schema::open_in_memory(&Default::default()).unwrap();
+    hivesync::apply::apply_snapshot(&r2, &ChangeFilter::default(), snap.at, &snap.rows).unwrap();
+    for replica in [&r, &r2] {
+        let on_replica = |q: &KnnQuery| -> Vec<(String, String)> {
+            hivesync::query::knn(replica, q)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.ns, h.subject))
+                .collect()
+        };
+        for ((ns, e), w) in cases.iter().zip(&want) {
+            assert_eq!(&knn(&on_replica, *ns, e.clone()), w, "replica, ns {ns:?}");
+        }
+        assert!(hivesync::schema::vec_index_problems(replica)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            hivesync::query::digest(replica, None).unwrap().sha256,
+            s.digest(None).unwrap().sha256
+        );
+    }
+    // Deleting a's vectors leaves b's alone, on the node and through the log.
+    let head = s.head().unwrap();
+    s.write(&[WriteOp::delete(Kind::Entity, "a", "x")]).unwrap();
+    assert_eq!(knn(&on_node, Some("a"), vec![1.0, 0.0]), [pair("a", "y")]);
+    assert_eq!(knn(&on_node, Some("b"), wide(0)).len(), 2);
+    let more = s
+        .changes_since(head, &ChangeFilter::default(), 1000)
+        .unwrap();
+    hivesync::apply::apply_changes(&r, head, &more).unwrap();
+    assert!(hivesync::schema::vec_index_problems(&r).unwrap().is_empty());
+    assert_eq!(
+        hivesync::query::digest(&r, None).unwrap().sha256,
+        s.digest(None).unwrap().sha256
+    );
+}
+
+#[test]
+fn a_namespace_may_register_at_most_max_models_per_ns() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let cap = hivesync::schema::MAX_MODELS_PER_NS;
+    s.write(&[ent("full", "x", "X"), ent("other", "x", "X")])
+        .unwrap();
+    let vec = |ns: &str, model: String| {
+        WriteOp::upsert(
+            Kind::Vector,
+            ns,
+            json!({"subject": "x", "model": model, "embedding": [1.0, 0.5]}),
+        )
+    };
+    let ops: Vec<WriteOp> = (0..cap).map(|i| vec("full", format!("m{i}"))).collect();
+    s.write(&ops).unwrap();
+    let e = s
+        .write(&[ent("full", "y", "Y"), vec("full", "m-extra".into())])
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("op 1") || matches!(e, Error::Op { index: 1, .. }),
+        "the error names the op: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("limit (MAX_MODELS_PER_NS = {cap})")) && msg.contains("m-extra"),
+        "{msg}"
+    );
+    assert!(
+        s.get_entity("full", "y").unwrap().is_none(),
+        "nothing committed"
+    );
+    // The namespace's own models still take writes; another namespace is not affected.
+    s.write(&[vec("full", "m3".into()), vec("other", "m-extra".into())])
+        .unwrap();
+    assert!(s.check().unwrap().ok);
+}

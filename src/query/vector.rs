@@ -1,5 +1,5 @@
-//! Exact KNN over a model's vec0 index (cosine), and hybrid search (reciprocal-rank fusion of
-//! full-text and vector results).
+//! Exact KNN over a model's partition of the vec0 index of its dimension count (cosine), and
+//! hybrid search (reciprocal-rank fusion of full-text and vector results).
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use super::{clamp_limit, search, SearchQuery};
 use crate::error::{Error, Result};
 use crate::model::{embedding_to_blob, Kind};
 use crate::ops::check_embedding;
-use crate::schema::model_by_name;
+use crate::schema::{model_by_name, model_dims, vec_table};
 
 /// A nearest-neighbour query.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -42,25 +42,53 @@ pub struct KnnHit {
     pub distance: f64,
 }
 
-/// The `k` nearest vectors to the query, nearest first. Exact: vec0 scans every vector.
+/// The `k` nearest vectors to the query, nearest first. Exact: vec0 scans every vector of the
+/// model (in `q.ns`, or in every namespace whose model of that name has the query's dimension
+/// count: namespaces pick their models' dimension counts independently).
 pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
-    let Some(model) = model_by_name(conn, &q.model)? else {
-        return Err(Error::NotFound(format!(
-            "no vectors exist for model {:?}",
-            q.model
-        )));
-    };
-    if q.embedding.len() != model.dims {
-        return Err(Error::invalid(format!(
-            "model {:?} has {} dimensions, the query has {}",
-            q.model,
-            model.dims,
-            q.embedding.len()
-        )));
+    let dims = q.embedding.len();
+    match &q.ns {
+        Some(ns) => {
+            let Some(model) = model_by_name(conn, ns, &q.model)? else {
+                return Err(Error::NotFound(format!(
+                    "no vectors exist for model {:?} in namespace {ns:?}",
+                    q.model
+                )));
+            };
+            if model.dims != dims {
+                return Err(Error::invalid(format!(
+                    "model {:?} has {} dimensions in namespace {ns:?}, the query has {dims}",
+                    q.model, model.dims
+                )));
+            }
+        }
+        None => {
+            let all = model_dims(conn, &q.model)?;
+            if all.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "no vectors exist for model {:?}",
+                    q.model
+                )));
+            }
+            if !all.contains(&dims) {
+                let list: Vec<String> = all.iter().map(ToString::to_string).collect();
+                return Err(Error::invalid(format!(
+                    "model {:?} has {} dimensions{}, the query has {dims}",
+                    q.model,
+                    list.join(" or "),
+                    if all.len() > 1 {
+                        " (in different namespaces)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
     }
     check_embedding(&q.embedding)?;
-    // vec0 takes partition-key and metadata filters only as literal constraints in the KNN
-    // query itself, so the four shapes get their own statements (all cached).
+    // vec0 takes partition-key and metadata filters only as constraints in the KNN query
+    // itself, so the four shapes get their own statements (all cached). `model` is a partition
+    // key of the dimension count's table, `ns` the other: vec0 scans only their chunks.
     let mut cond = String::new();
     if q.ns.is_some() {
         cond.push_str(" AND ns = ?3");
@@ -70,9 +98,10 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     }
     let sql = format!(
         "SELECT v.ns, v.subject, v.kind, m.distance
-         FROM (SELECT rowid, distance FROM {t} WHERE embedding MATCH ?1 AND k = ?2{cond}) m
+         FROM (SELECT rowid, distance FROM {t}
+               WHERE embedding MATCH ?1 AND k = ?2 AND model = ?5{cond}) m
          JOIN vectors v ON v.rowid = m.rowid ORDER BY m.distance",
-        t = model.table
+        t = vec_table(dims)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let blob = embedding_to_blob(&q.embedding);
@@ -85,16 +114,9 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
             distance: r.get(3)?,
         })
     };
-    let rows = match (&q.ns, &q.kind) {
-        (None, None) => stmt
-            .query_map(params![blob, k], map)?
-            .collect::<rusqlite::Result<Vec<_>>>(),
-        (Some(ns), None) => stmt.query_map(params![blob, k, ns], map)?.collect(),
-        (None, Some(kind)) => stmt
-            .query_map(params![blob, k, rusqlite::types::Null, kind], map)?
-            .collect(),
-        (Some(ns), Some(kind)) => stmt.query_map(params![blob, k, ns, kind], map)?.collect(),
-    };
+    let rows = stmt
+        .query_map(params![blob, k, q.ns, q.kind, q.model], map)?
+        .collect::<rusqlite::Result<Vec<_>>>();
     Ok(rows?)
 }
 

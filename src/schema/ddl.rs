@@ -341,7 +341,20 @@ pub(super) fn migration_4(conn: &Connection, _opts: &SchemaOptions) -> Result<()
     Ok(())
 }
 
-/// Apply queued full-text updates, then empty the queue. Returns how many entries there were.
+/// The vector triggers with the statements `on_insert`, `on_update`, `on_delete` beside the
+/// logging (migration 5: [`super::models`]'s queue statements).
+pub(super) fn vector_log_triggers(on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    log_triggers(Kind::Vector, on_insert, on_update, on_delete)
+}
+
+/// Migration 5: vector models per namespace, one vec0 table per dimension count, vec0 kept in
+/// step through the queue (see [`super::models`]).
+pub(super) fn migration_5(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    super::models::migration_5(conn)
+}
+
+/// Apply queued full-text and vector index updates, then empty the queue. Returns how many
+/// entries there were. (Vector entries: see [`super::models`].)
 ///
 /// The index is as it was at the last drain; the queue says what changed since, row by row.
 /// For each row, only the first entry's "before" matters: if it is a delete, the row was indexed
@@ -352,9 +365,15 @@ pub fn drain_fts_queue(conn: &Connection) -> Result<usize> {
     if !fts_queue_pending(conn)? {
         return Ok(0);
     }
-    let has_deletes: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM fts_queue WHERE op = 'd')")?
-        .query_row([], |r| r.get(0))?;
+    let (has_deletes, has_vectors): (bool, bool) = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM fts_queue WHERE op = 'd' AND tbl <> 'vectors'),
+                    EXISTS (SELECT 1 FROM fts_queue WHERE tbl = 'vectors')",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if has_vectors {
+        super::models::drain_vectors(conn)?;
+    }
     if has_deletes {
         conn.prepare_cached(
             "WITH first AS (SELECT min(seq) AS seq FROM fts_queue WHERE tbl = 'entities' GROUP BY rid)

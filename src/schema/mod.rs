@@ -2,11 +2,13 @@
 //!
 //! Base tables (`entities`, `edges`, `notes`, `events`, `vectors`) are the truth. Triggers keep
 //! the derived indexes (FTS5 external-content tables, one sqlite-vec `vec0` table per vector
-//! model) and the change log (`changes`) in step, so a write made with plain SQL by another
-//! program is indexed and captured exactly like a write made through the store.
+//! dimension count, shared by the (ns, model) pairs of that count) and the change log
+//! (`changes`) in step, so a write made with plain SQL by another program is indexed and
+//! captured exactly like a write made through the store.
 //!
-//! Full-text updates are queued by the triggers in `fts_queue` and applied in bulk before
-//! hivesync commits ([`drain_fts_queue`]; why: see migration 2 in ddl.rs).
+//! Full-text and vector index updates are queued by the triggers in `fts_queue` and applied in
+//! bulk before hivesync commits ([`drain_fts_queue`]; why: see migration 2 in ddl.rs, and
+//! models.rs for vectors).
 //!
 //! The trigger that writes `changes` reads an optional one-row table, `sync_ctx`: the store
 //! puts the transaction's `tx` and `ts` there for the length of its transaction (so all changes
@@ -17,7 +19,10 @@ mod ddl;
 mod models;
 
 pub use ddl::{drain_fts_queue, fts_queue_pending, row_image_sql, NOW_US, WRITER_LOGS_ENTITIES};
-pub use models::{ensure_model, model_by_name, models, ModelInfo, MAX_DIMS};
+pub use models::{
+    ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table, ModelInfo,
+    ModelLimit, MAX_DIMS, MAX_MODELS_PER_NS,
+};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -91,6 +96,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "entity triggers stand aside while the writer logs a run of upserts itself",
         up: ddl::migration_4,
     },
+    Migration {
+        version: 5,
+        name:
+            "vector models per namespace, one vec0 table per dimension count, no per-model triggers",
+        up: ddl::migration_5,
+    },
 ];
 
 /// Register sqlite-vec with every connection this process opens from now on.
@@ -157,15 +168,23 @@ pub fn check_version(conn: &Connection) -> Result<i64> {
 /// Bring the schema up to [`SCHEMA_VERSION`], each migration in its own transaction with its
 /// ledger row. Returns the version now in force.
 pub fn migrate(conn: &Connection, opts: &SchemaOptions) -> Result<i64> {
+    migrate_to(conn, opts, SCHEMA_VERSION)
+}
+
+/// [`migrate`], but only up to `target` (tests build files of older schemas with it).
+fn migrate_to(conn: &Connection, opts: &SchemaOptions, target: i64) -> Result<i64> {
     let current = check_version(conn)?;
-    if current == SCHEMA_VERSION {
+    if current >= target {
         return Ok(current);
     }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations(
             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )?;
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= target)
+    {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let res = (m.up)(conn, opts).and_then(|()| {
             conn.execute(
@@ -182,7 +201,7 @@ pub fn migrate(conn: &Connection, opts: &SchemaOptions) -> Result<i64> {
             }
         }
     }
-    Ok(SCHEMA_VERSION)
+    Ok(target)
 }
 
 /// The tokenizer the file's indexes were created with.

@@ -1,61 +1,114 @@
-//! Vector models: each gets its own sqlite-vec `vec0` index, created on first use, with
-//! triggers that keep it in step with the `vectors` base table.
+//! Vector models, per namespace. A model is identified by (ns, model); the first vector of a
+//! model in a namespace fixes that pair's dimension count, so namespaces never affect each
+//! other's models.
+//!
+//! Every model with the same dimension count shares one sqlite-vec `vec0` table, `vec_d<dims>`,
+//! with `ns` and `model` as its partition keys (a KNN query names both, or just the model, and
+//! vec0 only scans the chunks of that partition). Registering a model of a dimension count
+//! already seen is one row in `vector_models`: no DDL, no trigger. (Until migration 5 each model
+//! had its own vec0 table and three triggers of its own on `vectors`: every registration
+//! re-parsed a schema that grew with the number of models, and every vector write evaluated
+//! every model's trigger; with 1,800 models one write of 100 new models held the writer 30 s.)
+//!
+//! The three fixed `vectors` triggers queue each change of the table in `fts_queue` (rows with
+//! `tbl = 'vectors'`: `i` with the rowid to index, `d` with the rowid and the dimension count of
+//! the embedding to remove), and [`drain_vectors`] applies them to the vec0 tables when the
+//! queue is drained, before hivesync commits: the same path as full-text updates, so a vector
+//! written with plain SQL by another program is indexed when a hivesync process next touches
+//! the file, like its text.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 
 /// Largest embedding accepted. sqlite-vec's own limit is 8192 dimensions.
 pub const MAX_DIMS: usize = 8192;
 
+/// Most vector models one namespace may register through the write path. A write that would
+/// register one more is refused with an error naming this limit. (Databases migrated from
+/// schema 4, where models were global, keep every model they had, even past the limit; a
+/// replica registers what its upstream sends, unchecked, as the upstream checked it.)
+pub const MAX_MODELS_PER_NS: usize = 64;
+
 /// A registered vector model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInfo {
+    /// The namespace the model belongs to.
+    pub ns: String,
     /// Model name as given by writers.
     pub model: String,
     /// Fixed dimension count of its embeddings.
     pub dims: usize,
-    /// Name of its vec0 table (`vec_<n>`).
+    /// Name of the vec0 table it shares with the other models of its dimension count
+    /// (`vec_d<dims>`).
     pub table: String,
 }
 
+/// The vec0 table of every model with `dims` dimensions.
+pub fn vec_table(dims: usize) -> String {
+    format!("vec_d{dims}")
+}
+
 fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelInfo> {
-    let id: i64 = r.get(0)?;
     let dims: i64 = r.get(2)?;
     Ok(ModelInfo {
+        ns: r.get(0)?,
         model: r.get(1)?,
         dims: dims as usize,
-        table: format!("vec_{id}"),
+        table: vec_table(dims as usize),
     })
 }
 
-/// The model named `model`, if registered.
-pub fn model_by_name(conn: &Connection, model: &str) -> Result<Option<ModelInfo>> {
+/// The model `model` of namespace `ns`, if registered.
+pub fn model_by_name(conn: &Connection, ns: &str, model: &str) -> Result<Option<ModelInfo>> {
     Ok(conn
-        .prepare_cached("SELECT rowid, model, dims FROM vector_models WHERE model = ?1")?
-        .query_row([model], info_from_row)
+        .prepare_cached("SELECT ns, model, dims FROM vector_models WHERE ns = ?1 AND model = ?2")?
+        .query_row([ns, model], info_from_row)
         .optional()?)
 }
 
-/// All registered models.
+/// The dimension counts the model `model` has across namespaces, smallest first (one, unless
+/// namespaces chose different ones).
+pub fn model_dims(conn: &Connection, model: &str) -> Result<Vec<usize>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT DISTINCT dims FROM vector_models WHERE model = ?1 ORDER BY dims")?;
+    let rows = stmt.query_map([model], |r| r.get::<_, i64>(0))?;
+    Ok(rows
+        .map(|d| d.map(|d| d as usize))
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// All registered models, in the order they were registered.
 pub fn models(conn: &Connection) -> Result<Vec<ModelInfo>> {
     let mut stmt =
-        conn.prepare_cached("SELECT rowid, model, dims FROM vector_models ORDER BY rowid")?;
+        conn.prepare_cached("SELECT ns, model, dims FROM vector_models ORDER BY rowid")?;
     let rows = stmt.query_map([], info_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// Whether [`ensure_model`] enforces [`MAX_MODELS_PER_NS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelLimit {
+    /// The write path: a namespace's models are capped.
+    Enforce,
+    /// A replica applying its upstream's rows: the upstream already decided.
+    Upstream,
 }
 
-/// Return the model, registering it (vec0 table + triggers + backfill) if it is new. Must run
-/// inside the caller's write transaction so the model and its first vector commit together.
-pub fn ensure_model(conn: &Connection, model: &str, dims: usize) -> Result<ModelInfo> {
-    if let Some(info) = model_by_name(conn, model)? {
+/// Return the model `model` of `ns`, registering it if it is new (one row in `vector_models`,
+/// and the vec0 table of its dimension count if this is the first model with that count). Must
+/// run inside the caller's write transaction so the model and its first vector commit together.
+pub fn ensure_model(
+    conn: &Connection,
+    ns: &str,
+    model: &str,
+    dims: usize,
+    limit: ModelLimit,
+) -> Result<ModelInfo> {
+    if let Some(info) = model_by_name(conn, ns, model)? {
         if info.dims != dims {
             return Err(Error::invalid(format!(
-                "model {model:?} has {} dimensions, this embedding has {dims}",
+                "model {model:?} has {} dimensions in namespace {ns:?}, this embedding has {dims}",
                 info.dims
             )));
         }
@@ -71,33 +124,262 @@ pub fn ensure_model(conn: &Connection, model: &str, dims: usize) -> Result<Model
             "an embedding needs 1 to {MAX_DIMS} dimensions, got {dims}"
         )));
     }
-    conn.execute(
-        "INSERT INTO vector_models(model, dims) VALUES (?1, ?2)",
-        rusqlite::params![model, dims as i64],
-    )?;
-    let id = conn.last_insert_rowid();
-    let t = format!("vec_{id}");
-    let m = sql_literal(model);
-    conn.execute_batch(&format!(
-        "CREATE VIRTUAL TABLE {t} USING vec0(
-           embedding float[{dims}] distance_metric=cosine, ns text partition key, kind text);
-         CREATE TRIGGER vectors_ai_{id} AFTER INSERT ON vectors WHEN new.model = {m} BEGIN
-           INSERT INTO {t}(rowid, embedding, ns, kind) VALUES (new.rowid, new.embedding, new.ns, new.kind);
-         END;
-         CREATE TRIGGER vectors_au_{id} AFTER UPDATE ON vectors WHEN old.model = {m} OR new.model = {m} BEGIN
-           DELETE FROM {t} WHERE rowid = old.rowid;
-           INSERT INTO {t}(rowid, embedding, ns, kind)
-             SELECT new.rowid, new.embedding, new.ns, new.kind WHERE new.model = {m};
-         END;
-         CREATE TRIGGER vectors_ad_{id} AFTER DELETE ON vectors WHEN old.model = {m} BEGIN
-           DELETE FROM {t} WHERE rowid = old.rowid;
-         END;
-         INSERT INTO {t}(rowid, embedding, ns, kind)
-           SELECT rowid, embedding, ns, kind FROM vectors WHERE model = {m};"
-    ))?;
+    if limit == ModelLimit::Enforce {
+        let n: i64 = conn
+            .prepare_cached("SELECT count(*) FROM vector_models WHERE ns = ?1")?
+            .query_row([ns], |r| r.get(0))?;
+        if n as usize >= MAX_MODELS_PER_NS {
+            return Err(Error::invalid(format!(
+                "namespace {ns:?} already has {n} vector models, the limit \
+                 (MAX_MODELS_PER_NS = {MAX_MODELS_PER_NS}): model {model:?} is not registered; \
+                 reuse a model name or write to another namespace"
+            )));
+        }
+    }
+    conn.prepare_cached("INSERT INTO vector_models(ns, model, dims) VALUES (?1, ?2, ?3)")?
+        .execute(params![ns, model, dims as i64])?;
+    let t = ensure_vec_table(conn, dims)?;
+    // Vectors of this (ns, model) written before it was registered (plain SQL) are indexed now,
+    // except those the queue will index when it is drained.
+    conn.prepare_cached(&format!(
+        "INSERT INTO {t}(rowid, embedding, ns, model, kind)
+         SELECT rowid, embedding, ns, model, kind FROM vectors
+         WHERE ns = ?1 AND model = ?2 AND length(embedding) = ?3
+           AND rowid NOT IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
+         ORDER BY rowid"
+    ))?
+    .execute(params![ns, model, (dims * 4) as i64])?;
     Ok(ModelInfo {
+        ns: ns.to_string(),
         model: model.to_string(),
         dims,
         table: t,
     })
+}
+
+/// Create the vec0 table of `dims` dimensions if it does not exist yet; returns its name.
+fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
+    let t = vec_table(dims);
+    let exists: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        )?
+        .query_row([&t], |r| r.get(0))?;
+    if !exists {
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE {t} USING vec0(
+               embedding float[{dims}] distance_metric=cosine,
+               ns text partition key, model text partition key, kind text)"
+        ))?;
+    }
+    Ok(t)
+}
+
+/// Apply the queued `vectors` changes to the vec0 tables (part of
+/// [`drain_fts_queue`](super::drain_fts_queue), which then empties the queue).
+///
+/// Every queued removal is applied first (a row's old embedding leaves the table of its old
+/// dimension count; a rowid that is not there is no error), then every row with a queued insert
+/// that still exists and belongs to a registered model of its length is indexed with what it
+/// holds now. A row changed several times since the last drain thus ends up indexed once, as
+/// it is.
+pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
+    let removed: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT DISTINCT rid, CAST(c1 AS INTEGER) FROM fts_queue
+             WHERE tbl = 'vectors' AND op = 'd'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut existing: Vec<(i64, bool)> = Vec::new();
+    for (rid, dims) in removed {
+        let has_table = match existing.iter().find(|(d, _)| *d == dims) {
+            Some(&(_, t)) => t,
+            None => {
+                let t: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                                        WHERE type = 'table' AND name = ?1)",
+                    )?
+                    .query_row([vec_table(dims as usize)], |r| r.get(0))?;
+                existing.push((dims, t));
+                t
+            }
+        };
+        if has_table {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {} WHERE rowid = ?1",
+                vec_table(dims as usize)
+            ))?
+            .execute([rid])?;
+        }
+    }
+    let dims: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT DISTINCT m.dims FROM fts_queue q
+             JOIN vectors v ON v.rowid = q.rid
+             JOIN vector_models m ON m.ns = v.ns AND m.model = v.model
+             WHERE q.tbl = 'vectors' AND q.op = 'i'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for d in dims {
+        conn.prepare_cached(&format!(
+            "INSERT INTO {t}(rowid, embedding, ns, model, kind)
+             SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
+             JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
+             WHERE v.rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
+               AND length(v.embedding) = ?1 * 4
+             ORDER BY v.rowid",
+            t = vec_table(d as usize)
+        ))?
+        .execute([d])?;
+    }
+    Ok(())
+}
+
+/// The trigger statements (insert, update, delete) that queue `vectors` changes for
+/// [`drain_vectors`]. An update that changes nothing the index holds queues nothing.
+pub(super) fn vector_queue_sql() -> (String, String, String) {
+    let ins = "INSERT INTO fts_queue(tbl, op, rid) VALUES ('vectors', 'i', new.rowid);".to_string();
+    let ch = "old.rowid IS NOT new.rowid OR old.embedding IS NOT new.embedding \
+              OR old.ns IS NOT new.ns OR old.model IS NOT new.model OR old.kind IS NOT new.kind";
+    let upd = format!(
+        "INSERT INTO fts_queue(tbl, op, rid, c1)
+           SELECT 'vectors', 'd', old.rowid, length(old.embedding) / 4 WHERE {ch};
+         INSERT INTO fts_queue(tbl, op, rid) SELECT 'vectors', 'i', new.rowid WHERE {ch};"
+    );
+    let del = "INSERT INTO fts_queue(tbl, op, rid, c1)
+                 VALUES ('vectors', 'd', old.rowid, length(old.embedding) / 4);"
+        .to_string();
+    (ins, upd, del)
+}
+
+/// Where the vec0 tables disagree with `vectors` (for `check` and the fuzz targets): each
+/// problem in words; empty when they agree. Call it with the queue drained.
+pub fn vec_index_problems(conn: &Connection) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut dims: Vec<i64> = conn
+        .prepare("SELECT DISTINCT dims FROM vector_models")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Tables of dimension counts no model has any more must be empty.
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vec_d[0-9]*' AND name NOT GLOB 'vec_d*_*'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for t in tables {
+        if let Ok(d) = t["vec_d".len()..].parse::<i64>() {
+            if !dims.contains(&d) {
+                dims.push(d);
+            }
+        }
+    }
+    dims.sort_unstable();
+    for d in dims {
+        let t = vec_table(d as usize);
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [&t],
+            |r| r.get(0),
+        )?;
+        let indexed = "FROM vectors v JOIN vector_models m
+             ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
+             WHERE length(v.embedding) = ?1 * 4";
+        let base: i64 = conn.query_row(&format!("SELECT count(*) {indexed}"), [d], |r| r.get(0))?;
+        if !exists {
+            if base > 0 {
+                problems.push(format!(
+                    "the vec0 table {t} of {d}-dimension models is missing ({base} vectors unindexed)"
+                ));
+            }
+            continue;
+        }
+        let idx: i64 = conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+        let missing: i64 = conn.query_row(
+            &format!(
+                "SELECT count(*) {indexed}
+                 AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.rowid = v.rowid)"
+            ),
+            [d],
+            |r| r.get(0),
+        )?;
+        if base != idx || missing != 0 {
+            problems.push(format!(
+                "vec0 index of {d}-dimension models ({t}) has {idx} vectors, the vectors table \
+                 {base} ({missing} missing from the index)"
+            ));
+        }
+    }
+    let unindexed: i64 = conn.query_row(
+        "SELECT count(*) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM vector_models m
+           WHERE m.ns = v.ns AND m.model = v.model AND length(v.embedding) = m.dims * 4)",
+        [],
+        |r| r.get(0),
+    )?;
+    if unindexed > 0 {
+        problems.push(format!(
+            "{unindexed} vectors belong to no registered model of their namespace and length \
+             (written with plain SQL?) and are not indexed"
+        ));
+    }
+    Ok(problems)
+}
+
+/// Migration 5: models per namespace, one vec0 table per dimension count, no per-model
+/// triggers. Converts a schema-4 file: its global models become one registration per
+/// namespace that has vectors of them (with the model's dimension count; a model with no
+/// vectors left is dropped, and is registered again by its next write); the per-model vec0
+/// tables and triggers are dropped, and the vectors are indexed again in the new tables.
+pub(super) fn migration_5(conn: &Connection) -> Result<()> {
+    let old: Vec<i64> = conn
+        .prepare("SELECT rowid FROM vector_models ORDER BY rowid")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut sql = String::new();
+    for id in old {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS vectors_ai_{id}; DROP TRIGGER IF EXISTS vectors_au_{id};
+             DROP TRIGGER IF EXISTS vectors_ad_{id}; DROP TABLE IF EXISTS vec_{id};\n"
+        ));
+    }
+    let (ins, upd, del) = vector_queue_sql();
+    sql.push_str(&format!(
+        "CREATE TABLE vector_models_new(
+           ns TEXT NOT NULL, model TEXT NOT NULL, dims INTEGER NOT NULL CHECK (dims > 0),
+           created_at INTEGER NOT NULL DEFAULT ({now}),
+           UNIQUE(ns, model));
+         INSERT INTO vector_models_new(ns, model, dims, created_at)
+           SELECT v.ns, m.model, m.dims, m.created_at
+           FROM vector_models m JOIN (SELECT DISTINCT ns, model FROM vectors) v USING (model)
+           ORDER BY m.rowid, v.ns;
+         DROP TABLE vector_models;
+         ALTER TABLE vector_models_new RENAME TO vector_models;
+         CREATE INDEX vector_models_model ON vector_models(model);
+         DROP INDEX IF EXISTS vectors_model;
+         CREATE INDEX vectors_ns_model ON vectors(ns, model);
+         DROP TRIGGER vectors_ai; DROP TRIGGER vectors_au; DROP TRIGGER vectors_ad;
+         {triggers}",
+        now = super::NOW_US,
+        triggers = super::ddl::vector_log_triggers(&ins, &upd, &del),
+    ));
+    conn.execute_batch(&sql)?;
+    let dims: Vec<i64> = conn
+        .prepare("SELECT DISTINCT dims FROM vector_models ORDER BY dims")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for d in dims {
+        let t = ensure_vec_table(conn, d as usize)?;
+        conn.execute(
+            &format!(
+                "INSERT INTO {t}(rowid, embedding, ns, model, kind)
+                 SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
+                 JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
+                 WHERE length(v.embedding) = ?1 * 4
+                 ORDER BY v.rowid"
+            ),
+            [d],
+        )?;
+    }
+    Ok(())
 }

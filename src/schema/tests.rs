@@ -166,6 +166,8 @@ fn vectors_keep_their_vec0_index_in_step() {
     ops::execute(&c, &v("a", json!([1.0, 0.0])), 1).unwrap();
     ops::execute(&c, &v("n", json!([0.0, 1.0])), 1).unwrap();
     let q = |e: Vec<f32>, kind: Option<&str>| {
+        // What every hivesync transaction does before it commits: vec0 upkeep is queued.
+        drain_fts_queue(&c).unwrap();
         let q = query::KnnQuery {
             model: "m".into(),
             embedding: e,
@@ -186,7 +188,7 @@ fn vectors_keep_their_vec0_index_in_step() {
     ops::execute(&c, &WriteOp::delete(Kind::Entity, "d", "a"), 1).unwrap();
     assert_eq!(q(vec![1.0, 0.1], None), ["n"]);
     let n: i64 = c
-        .query_row("SELECT count(*) FROM vec_1", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM vec_d2", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
 }
@@ -279,4 +281,380 @@ fn the_queue_drains_to_what_the_rows_hold() {
         )
         .unwrap();
     }
+}
+
+/// A vector op of `model` for `subject` in `ns`.
+fn vec_op(ns: &str, subject: &str, model: &str, e: Vec<f32>) -> WriteOp {
+    WriteOp::upsert(
+        Kind::Vector,
+        ns,
+        json!({"subject": subject, "model": model, "embedding": e}),
+    )
+}
+
+fn ent_op(ns: &str, id: &str, kind: &str) -> WriteOp {
+    WriteOp::upsert(
+        Kind::Entity,
+        ns,
+        json!({"id": id, "kind": kind, "name": id}),
+    )
+}
+
+fn knn_subjects(c: &Connection, ns: Option<&str>, model: &str, e: Vec<f32>) -> Vec<String> {
+    drain_fts_queue(c).unwrap();
+    let q = query::KnnQuery {
+        model: model.into(),
+        embedding: e,
+        k: 10,
+        ns: ns.map(Into::into),
+        kind: None,
+    };
+    query::knn(c, &q)
+        .unwrap()
+        .into_iter()
+        .map(|h| format!("{}/{}", h.ns, h.subject))
+        .collect()
+}
+
+fn schema_rows(c: &Connection) -> i64 {
+    c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn registering_models_of_a_seen_dimension_count_adds_no_schema() {
+    // The attack of issue 12: every model used to add a vec0 table (with its shadow tables)
+    // and three triggers, so each registration re-parsed an ever larger schema and every vector
+    // write evaluated every model's trigger. Now it is a row in vector_models.
+    let c = db();
+    let namespaces: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    for ns in &namespaces {
+        ops::execute(&c, &ent_op(ns, "s", "doc"), 1).unwrap();
+    }
+    let register = |i: usize| {
+        let ns = &namespaces[i / 50];
+        ops::execute(
+            &c,
+            &vec_op(ns, "s", &format!("m{i}"), vec![1.0, i as f32, 0.5, 0.25]),
+            1,
+        )
+        .unwrap();
+    };
+    register(0);
+    register(1);
+    drain_fts_queue(&c).unwrap();
+    let after_two = schema_rows(&c);
+    for i in 2..500 {
+        register(i);
+    }
+    drain_fts_queue(&c).unwrap();
+    assert_eq!(schema_rows(&c), after_two, "500 models of 4 dimensions");
+    let models: i64 = c
+        .query_row("SELECT count(*) FROM vector_models", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(models, 500);
+    let triggers: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'vectors'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 3, "the fixed insert, update and delete triggers");
+    // Each model still finds its own vector, and only it.
+    assert_eq!(
+        knn_subjects(&c, Some("n9"), "m499", vec![1.0, 499.0, 0.5, 0.25]),
+        ["n9/s"]
+    );
+    assert!(vec_index_problems(&c).unwrap().is_empty());
+    // A new dimension count is a new table (once).
+    ops::execute(&c, &vec_op("n0", "s", "wide", vec![1.0; 8]), 1).unwrap();
+    assert!(schema_rows(&c) > after_two);
+}
+
+#[test]
+fn models_are_per_namespace_and_capped() {
+    let c = db();
+    for ns in ["a", "b"] {
+        ops::execute(&c, &ent_op(ns, "x", "doc"), 1).unwrap();
+        ops::execute(&c, &ent_op(ns, "y", "doc"), 1).unwrap();
+    }
+    // The probe: namespace a fixes `minilm` at 2 dimensions; b still uses its own `minilm`.
+    ops::execute(&c, &vec_op("a", "x", "minilm", vec![1.0, 0.0]), 1).unwrap();
+    ops::execute(&c, &vec_op("a", "y", "minilm", vec![0.0, 1.0]), 1).unwrap();
+    let mut b = vec![0.0f32; 384];
+    b[0] = 1.0;
+    ops::execute(&c, &vec_op("b", "x", "minilm", b.clone()), 1).unwrap();
+    b[1] = 2.0;
+    ops::execute(&c, &vec_op("b", "y", "minilm", b.clone()), 1).unwrap();
+    let e = ops::execute(&c, &vec_op("a", "x", "minilm", vec![1.0; 384]), 1).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has 2 dimensions in namespace \"a\""),
+        "{e}"
+    );
+    assert_eq!(
+        knn_subjects(&c, Some("a"), "minilm", vec![1.0, 0.1]),
+        ["a/x", "a/y"]
+    );
+    assert_eq!(
+        knn_subjects(&c, Some("b"), "minilm", b.clone()),
+        ["b/y", "b/x"]
+    );
+    // Without a namespace: every namespace whose model has the query's dimension count.
+    assert_eq!(
+        knn_subjects(&c, None, "minilm", vec![0.1, 1.0]),
+        ["a/y", "a/x"]
+    );
+    let e = query::knn(
+        &c,
+        &query::KnnQuery {
+            model: "minilm".into(),
+            embedding: vec![1.0; 3],
+            k: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("2 or 384 dimensions"), "{e}");
+
+    // The cap: MAX_MODELS_PER_NS models per namespace, counted with the one `a` has.
+    for i in 1..MAX_MODELS_PER_NS {
+        ops::execute(&c, &vec_op("a", "x", &format!("m{i}"), vec![1.0, 1.0]), 1).unwrap();
+    }
+    let e = ops::execute(&c, &vec_op("a", "x", "one-too-many", vec![1.0, 1.0]), 1).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    assert!(
+        msg.contains("MAX_MODELS_PER_NS = 64") && msg.contains("one-too-many"),
+        "{msg}"
+    );
+    // Models already registered take writes; other namespaces are not affected.
+    ops::execute(&c, &vec_op("a", "y", "m5", vec![0.5, 1.0]), 1).unwrap();
+    ops::execute(&c, &vec_op("b", "x", "one-too-many", vec![1.0, 1.0]), 1).unwrap();
+    // Model names are still validated.
+    let e = ops::execute(&c, &vec_op("b", "x", "bad\u{1}name", vec![1.0, 1.0]), 1).unwrap_err();
+    assert!(e.to_string().contains("invalid model name"), "{e}");
+    drain_fts_queue(&c).unwrap();
+    assert!(vec_index_problems(&c).unwrap().is_empty());
+}
+
+/// What schema 4's `ensure_model` did for a new model, verbatim: a vec0 table of its own, three
+/// triggers of its own, and a backfill.
+fn register_model_v4(c: &Connection, model: &str, dims: usize) {
+    c.execute(
+        "INSERT INTO vector_models(model, dims) VALUES (?1, ?2)",
+        rusqlite::params![model, dims as i64],
+    )
+    .unwrap();
+    let id = c.last_insert_rowid();
+    let t = format!("vec_{id}");
+    let m = format!("'{}'", model.replace('\'', "''"));
+    c.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE {t} USING vec0(
+           embedding float[{dims}] distance_metric=cosine, ns text partition key, kind text);
+         CREATE TRIGGER vectors_ai_{id} AFTER INSERT ON vectors WHEN new.model = {m} BEGIN
+           INSERT INTO {t}(rowid, embedding, ns, kind) VALUES (new.rowid, new.embedding, new.ns, new.kind);
+         END;
+         CREATE TRIGGER vectors_au_{id} AFTER UPDATE ON vectors WHEN old.model = {m} OR new.model = {m} BEGIN
+           DELETE FROM {t} WHERE rowid = old.rowid;
+           INSERT INTO {t}(rowid, embedding, ns, kind)
+             SELECT new.rowid, new.embedding, new.ns, new.kind WHERE new.model = {m};
+         END;
+         CREATE TRIGGER vectors_ad_{id} AFTER DELETE ON vectors WHEN old.model = {m} BEGIN
+           DELETE FROM {t} WHERE rowid = old.rowid;
+         END;
+         INSERT INTO {t}(rowid, embedding, ns, kind)
+           SELECT rowid, embedding, ns, kind FROM vectors WHERE model = {m};"
+    ))
+    .unwrap();
+}
+
+/// Schema 4's KNN query on a model's own table.
+fn knn_v4(c: &Connection, table: &str, ns: Option<&str>, e: &[f32]) -> Vec<(String, String, f64)> {
+    let cond = if ns.is_some() { " AND ns = ?3" } else { "" };
+    let sql = format!(
+        "SELECT v.ns, v.subject, m.distance
+         FROM (SELECT rowid, distance FROM {table} WHERE embedding MATCH ?1 AND k = ?2{cond}) m
+         JOIN vectors v ON v.rowid = m.rowid ORDER BY m.distance"
+    );
+    let mut st = c.prepare(&sql).unwrap();
+    let blob = crate::model::embedding_to_blob(e);
+    let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+    let rows = match ns {
+        Some(ns) => st.query_map(rusqlite::params![blob, 50, ns], map),
+        None => st.query_map(rusqlite::params![blob, 50], map),
+    };
+    rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+}
+
+fn knn_now(c: &Connection, model: &str, ns: Option<&str>, e: &[f32]) -> Vec<(String, String, f64)> {
+    drain_fts_queue(c).unwrap();
+    let q = query::KnnQuery {
+        model: model.into(),
+        embedding: e.to_vec(),
+        k: 50,
+        ns: ns.map(Into::into),
+        kind: None,
+    };
+    query::knn(c, &q)
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.ns, h.subject, h.distance))
+        .collect()
+}
+
+#[test]
+fn migration_5_converts_per_model_tables_and_triggers() {
+    register_extensions();
+    let c = Connection::open_in_memory().unwrap();
+    configure(&c).unwrap();
+    assert_eq!(migrate_to(&c, &SchemaOptions::default(), 4).unwrap(), 4);
+    // A schema-4 file: three global models (one with no vectors left), vectors in two
+    // namespaces, written with the old per-model triggers in place.
+    register_model_v4(&c, "m2", 2);
+    register_model_v4(&c, "m3", 3);
+    register_model_v4(&c, "unused", 5);
+    let mut sql = String::new();
+    for ns in ["a", "b"] {
+        for i in 0..12 {
+            sql.push_str(&format!(
+                "INSERT INTO entities(ns, id, kind, name) VALUES ('{ns}', 'e{i}', 'k{}', 'e{i}');",
+                i % 2
+            ));
+            let a = i as f32 * 0.4;
+            sql.push_str(&format!(
+                "INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES
+                   ('{ns}', 'e{i}', 'm2', 'k{}', vec_f32('[{}, {}]')),
+                   ('{ns}', 'e{i}', 'm3', 'k{}', vec_f32('[{}, {}, 0.5]'));",
+                i % 2,
+                a.cos(),
+                a.sin(),
+                i % 2,
+                a.sin(),
+                a.cos()
+            ));
+        }
+    }
+    sql.push_str("DELETE FROM vectors WHERE ns = 'b' AND subject = 'e3' AND model = 'm2';");
+    c.execute_batch(&sql).unwrap();
+    let probes: [(&str, &str, Vec<f32>); 2] = [
+        ("vec_1", "m2", vec![0.9, 0.3]),
+        ("vec_2", "m3", vec![0.2, 0.7, -0.1]),
+    ];
+    let mut before = Vec::new();
+    for (t, _, e) in &probes {
+        for ns in [None, Some("a"), Some("b")] {
+            before.push(knn_v4(&c, t, ns, e));
+        }
+    }
+    assert_eq!(before[0].len(), 23, "m2 in both namespaces, one deleted");
+    assert!(before.iter().all(|r| !r.is_empty()));
+    let changes_before = query::head(&c).unwrap();
+    let objects_v4: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name GLOB 'vec_[0-9]*' OR name GLOB 'vectors_a?_[0-9]*'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(objects_v4 > 9, "the old layout is in place: {objects_v4}");
+
+    assert_eq!(
+        migrate(&c, &SchemaOptions::default()).unwrap(),
+        SCHEMA_VERSION
+    );
+
+    let leftovers: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name GLOB 'vec_[0-9]*' OR name GLOB 'vectors_a?_[0-9]*'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0, "per-model tables and triggers are gone");
+    let mut regs: Vec<(String, String, usize)> = models(&c)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.ns, m.model, m.dims))
+        .collect();
+    regs.sort();
+    let want = [
+        ("a", "m2", 2),
+        ("a", "m3", 3),
+        ("b", "m2", 2),
+        ("b", "m3", 3),
+    ];
+    assert_eq!(
+        regs,
+        want.map(|(n, m, d)| (n.to_string(), m.to_string(), d))
+    );
+    assert!(vec_index_problems(&c).unwrap().is_empty());
+    // The same results, distances included, as the old layout gave.
+    let mut after = Vec::new();
+    for (_, m, e) in &probes {
+        for ns in [None, Some("a"), Some("b")] {
+            after.push(knn_now(&c, m, ns, e));
+        }
+    }
+    assert_eq!(after, before);
+    assert_eq!(
+        query::head(&c).unwrap(),
+        changes_before,
+        "the migration logs nothing"
+    );
+    // The migrated file takes writes: a new vector in a, a namespace's own m2 at 4 dimensions,
+    // a delete, and the vectors triggers still log.
+    ops::execute(&c, &vec_op("a", "e3", "m3", vec![0.2, 0.7, -0.1]), 1).unwrap();
+    ops::execute(&c, &ent_op("c", "z", "k0"), 1).unwrap();
+    ops::execute(&c, &vec_op("c", "z", "m2", vec![1.0, 0.0, 0.0, 1.0]), 1).unwrap();
+    ops::execute(&c, &WriteOp::delete(Kind::Entity, "b", "e0"), 1).unwrap();
+    assert_eq!(knn_now(&c, "m3", Some("a"), &[0.2, 0.7, -0.1])[0].1, "e3");
+    assert_eq!(knn_now(&c, "m2", None, &[1.0, 0.0, 0.0, 1.0])[0].1, "z");
+    assert!(!knn_now(&c, "m2", Some("b"), &[1.0, 0.0])
+        .iter()
+        .any(|h| h.1 == "e0"));
+    assert!(vec_index_problems(&c).unwrap().is_empty());
+    assert!(query::head(&c).unwrap() > changes_before);
+}
+
+#[test]
+fn plain_sql_vector_writes_are_indexed_at_the_next_drain() {
+    let c = db();
+    ops::execute(&c, &ent_op("d", "a", "doc"), 1).unwrap();
+    ops::execute(&c, &ent_op("d", "b", "doc"), 1).unwrap();
+    ops::execute(&c, &vec_op("d", "a", "m", vec![1.0, 0.0]), 1).unwrap();
+    drain_fts_queue(&c).unwrap();
+    c.execute_batch(
+        "BEGIN;
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'm', 'doc', vec_f32('[0.0, 1.0]'));
+         UPDATE vectors SET embedding = vec_f32('[0.0, -1.0]') WHERE subject = 'a';
+         UPDATE vectors SET embedding = vec_f32('[1.0, 1.0]') WHERE subject = 'a';
+         DELETE FROM vectors WHERE subject = 'b';
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'm', 'doc', vec_f32('[-1.0, 0.0]'));
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(
+        knn_subjects(&c, Some("d"), "m", vec![1.0, 0.0]),
+        ["d/a", "d/b"]
+    );
+    let d = knn_now(&c, "m", Some("d"), &[1.0, 0.0]);
+    assert!((d[0].2 - (1.0 - 0.5f64.sqrt())).abs() < 1e-6, "{d:?}");
+    assert!(vec_index_problems(&c).unwrap().is_empty());
+    // A vector of a model its namespace has not registered is reported, not indexed...
+    c.execute(
+        "INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'a', 'later', 'doc', vec_f32('[0.0, 1.0]'))",
+        [],
+    )
+    .unwrap();
+    drain_fts_queue(&c).unwrap();
+    assert_eq!(vec_index_problems(&c).unwrap().len(), 1);
+    // ... until a write registers the model, which indexes it.
+    ops::execute(&c, &vec_op("d", "b", "later", vec![1.0, 0.0]), 1).unwrap();
+    assert_eq!(
+        knn_subjects(&c, Some("d"), "later", vec![0.0, 1.0]),
+        ["d/a", "d/b"]
+    );
+    assert!(vec_index_problems(&c).unwrap().is_empty());
 }

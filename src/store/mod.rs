@@ -363,35 +363,7 @@ fn check(conn: &Connection) -> Result<CheckReport> {
             problems.push(format!("{fts} disagrees with its base table: {e}; rebuild it with `INSERT INTO {fts}({fts}) VALUES ('rebuild')`"));
         }
     }
-    for m in schema::models(conn)? {
-        let base: i64 = conn.query_row(
-            "SELECT count(*) FROM vectors WHERE model = ?1",
-            [&m.model],
-            |r| r.get(0),
-        )?;
-        let idx: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", m.table), [], |r| {
-            r.get(0)
-        })?;
-        let missing: i64 = conn.query_row(
-            &format!("SELECT count(*) FROM vectors v WHERE v.model = ?1 AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.rowid = v.rowid)", m.table),
-            [&m.model],
-            |r| r.get(0),
-        )?;
-        if base != idx || missing != 0 {
-            problems.push(format!(
-                "vec0 index of model {:?} has {idx} vectors, the vectors table {base} ({missing} missing from the index)",
-                m.model
-            ));
-        }
-    }
-    let unindexed: i64 = conn.query_row(
-        "SELECT count(*) FROM vectors WHERE model NOT IN (SELECT model FROM vector_models)",
-        [],
-        |r| r.get(0),
-    )?;
-    if unindexed > 0 {
-        problems.push(format!("{unindexed} vectors belong to no registered model (written with plain SQL?) and are not indexed"));
-    }
+    problems.extend(schema::vec_index_problems(conn)?);
     let (n, lo, hi): (i64, Option<i64>, Option<i64>) = conn.query_row(
         "SELECT count(*), min(seq), max(seq) FROM changes",
         [],

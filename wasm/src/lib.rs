@@ -353,7 +353,7 @@ impl Replica {
         let m: Vec<Value> = schema::models(&self.conn)
             .map_err(js_err)?
             .into_iter()
-            .map(|m| json!({"model": m.model, "dims": m.dims}))
+            .map(|m| json!({"ns": m.ns, "model": m.model, "dims": m.dims}))
             .collect();
         to_json(&m)
     }

@@ -121,7 +121,10 @@ fn snapshot_chunks_then_changes_then_queries() {
         r.sql("DELETE FROM entities", None).is_err(),
         "a replica refuses writes through SQL"
     );
-    assert_eq!(ev(r.models().unwrap()), json!([{"model": "m", "dims": 2}]));
+    assert_eq!(
+        ev(r.models().unwrap()),
+        json!([{"ns": "default", "model": "m", "dims": 2}])
+    );
 }
 
 #[test]

@@ -56,7 +56,7 @@ export declare class HivesyncReplica {
   neighbors(ns: string, id: string, opts?: { direction?: Direction; relation?: string; limit?: number }): Promise<Neighbor[]>;
   traverse(ns: string, id: string, opts?: { direction?: Direction; relation?: string; depth?: number; limit?: number }): Promise<Hop[]>;
   sql(query: string, params?: unknown[]): Promise<{ columns: string[]; rows: unknown[][] }>;
-  models(): Promise<{ model: string; dims: number }[]>;
+  models(): Promise<{ ns: string; model: string; dims: number }[]>;
   digest(namespaces?: string[]): Promise<{ sha256: string; rows: [Kind, number][]; namespaces: string[] | null }>;
   exportBytes(): Promise<Uint8Array>;
   importBytes(bytes: Uint8Array): Promise<void>;

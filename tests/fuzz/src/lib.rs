@@ -478,8 +478,8 @@ fn session_step(
 // -------------------------------------------------------------------------- database checks
 
 /// Consistency of a database with no open transaction: SQLite's integrity check, both FTS5
-/// indexes against their base tables, an empty full-text queue, and every vector model's vec0
-/// index against the `vectors` table.
+/// indexes against their base tables, an empty full-text queue, and the vec0 tables (one per
+/// dimension count) against the `vectors` table.
 pub fn check_db(conn: &Connection) {
     assert!(conn.is_autocommit(), "a transaction was left open");
     let msgs: Vec<String> = conn
@@ -502,26 +502,8 @@ pub fn check_db(conn: &Connection) {
         queued, 0,
         "full-text updates left in the queue after a commit"
     );
-    for mi in schema::models(conn).expect("list models") {
-        let (base, idx, missing): (i64, i64, i64) = conn
-            .query_row(
-                &format!(
-                    "SELECT (SELECT count(*) FROM vectors WHERE model = ?1),
-                            (SELECT count(*) FROM {t}),
-                            (SELECT count(*) FROM vectors v WHERE v.model = ?1
-                               AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.rowid = v.rowid))",
-                    t = mi.table
-                ),
-                [&mi.model],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .expect("count vectors");
-        assert!(
-            base == idx && missing == 0,
-            "vec0 index of {:?} has {idx} rows, vectors has {base} ({missing} missing)",
-            mi.model
-        );
-    }
+    let problems = schema::vec_index_problems(conn).expect("check the vec0 tables");
+    assert!(problems.is_empty(), "vec0 out of step: {problems:?}");
 }
 
 /// Everything an apply or an op could change, cheaply comparable.
