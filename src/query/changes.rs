@@ -239,35 +239,9 @@ pub fn snapshot(
     conn.execute_batch("BEGIN")?;
     let res = (|| {
         let at = head(conn)?;
-        let (ns, _) = filter.sql_params()?;
-        let mut buf = Vec::with_capacity(chunk);
-        for kind in Kind::ALL {
-            if !filter.kinds.as_ref().is_none_or(|k| k.contains(&kind)) {
-                continue;
-            }
-            let (id, model, ts, emb) = match kind {
-                Kind::Vector => ("subject", "model", "updated_at", "embedding"),
-                Kind::Event => ("id", "NULL", "created_at", "NULL"),
-                _ => ("id", "NULL", "updated_at", "NULL"),
-            };
-            let sql = format!(
-                "SELECT ?2, ?2, {ts}, ns, '{k}', 'upsert', {id}, {model}, {img}, {emb} FROM {t}
-                 WHERE (?1 IS NULL OR ns IN (SELECT value FROM json_each(?1))) ORDER BY rowid",
-                k = kind.as_str(),
-                img = row_image_sql(kind, ""),
-                t = kind.table()
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![ns, at])?;
-            while let Some(r) = rows.next()? {
-                buf.push(change_from_row(r)?);
-                if buf.len() == chunk {
-                    sink(at, std::mem::replace(&mut buf, Vec::with_capacity(chunk)))?;
-                }
-            }
-        }
-        if !buf.is_empty() {
-            sink(at, buf)?;
+        let mut cursor = SnapshotCursor::default();
+        while let Some(rows) = snapshot_page(conn, filter, at, &mut cursor, chunk, usize::MAX)? {
+            sink(at, rows)?;
         }
         Ok(at)
     })();
