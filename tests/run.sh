@@ -13,6 +13,8 @@ missing=()
 command -v clang >/dev/null || missing+=(clang)
 command -v llvm-ar >/dev/null || missing+=(llvm)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
+# tests/hostile.rs makes a CA and a localhost certificate for its wss:// relay test.
+command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs npm)
@@ -21,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "clang, llvm-ar, sqlite3, chromium, chromedriver, node: present"
+  echo "clang, llvm-ar, sqlite3, openssl, chromium, chromedriver, node: present"
 fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
