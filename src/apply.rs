@@ -199,6 +199,14 @@ fn entity_image(c: &Change) -> Result<Entity> {
 
 /// Write one change's row image (or delete its row) without logging it.
 pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
+    write_row(conn, c, false)
+}
+
+/// [`apply_row`]; `snapshot` for a snapshot's rows, where an edge replaces any other edge with
+/// its (source, target, relation): a snapshot read in pages may hold a newer edge with the
+/// triple of an older one it read before that one was deleted (the node's changes after the
+/// snapshot's seq delete the older one anyway).
+fn write_row(conn: &Connection, c: &Change, snapshot: bool) -> Result<()> {
     check_change_key(c)?;
     match c.op {
         Op::Delete => {
@@ -229,6 +237,13 @@ pub fn apply_row(conn: &Connection, c: &Change) -> Result<()> {
                 Kind::Edge => {
                     let r: Edge = decode(c)?;
                     key_ok(&r.id)?;
+                    if snapshot {
+                        conn.prepare_cached(
+                            "DELETE FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3
+                               AND relation = ?4 AND id <> ?5",
+                        )?
+                        .execute(params![c.ns, r.source, r.target, r.relation, r.id])?;
+                    }
                     ops::write_edge(conn, &c.ns, &r, true)
                 }
                 Kind::Note => {
@@ -317,17 +332,7 @@ pub fn snapshot_rows(conn: &Connection, rows: &[Change]) -> Result<()> {
                 r.id
             )));
         }
-        if r.kind == Kind::Edge {
-            // A snapshot read in pages may hold a newer edge with the (source, target,
-            // relation) of an older one it read before that one was deleted; the node's
-            // changes after the snapshot's seq delete the older one anyway.
-            let e: Edge = decode(r)?;
-            conn.prepare_cached(
-                "DELETE FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3 AND relation = ?4 AND id <> ?5",
-            )?
-            .execute(params![r.ns, e.source, e.target, e.relation, e.id])?;
-        }
-        apply_row(conn, r)?;
+        write_row(conn, r, true)?;
     }
     Ok(())
 }

@@ -1041,6 +1041,9 @@ pub enum Action {
     },
     /// Close the connection (after sending what came before).
     Close {
+        /// The WebSocket close code ([`CLOSE_POLICY`], [`CLOSE_INVALID_DATA`],
+        /// [`CLOSE_TOO_BIG`]).
+        code: u16,
         /// Why, for the close frame.
         reason: String,
     },
@@ -1058,6 +1061,24 @@ pub struct Session {
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Action {
     Action::Send(ServerMsg::Error(ErrorMsg::new(code, message)))
+}
+
+/// WebSocket close code 1008: the client broke a rule (no or wrong credentials, no hello).
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code 1007: a text frame that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// WebSocket close code 1009: more bytes than allowed.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The error, then the close: what ends a connection on the client's fault.
+fn fail_and_close(code: ErrorCode, message: String, close: u16, reason: &str) -> Vec<Action> {
+    vec![
+        err(code, message),
+        Action::Close {
+            code: close,
+            reason: reason.into(),
+        },
+    ]
 }
 
 fn check_client_id(what: &str, id: &str) -> std::result::Result<(), String> {
@@ -1116,15 +1137,12 @@ impl Session {
             Err(AuthError(why)) => {
                 self.principal = None;
                 self.subs.clear();
-                vec![
-                    err(
-                        ErrorCode::Unauthorized,
-                        format!("this connection's credentials are no longer accepted ({why}); the node's config changed"),
-                    ),
-                    Action::Close {
-                        reason: "unauthorized".into(),
-                    },
-                ]
+                fail_and_close(
+                    ErrorCode::Unauthorized,
+                    format!("this connection's credentials are no longer accepted ({why}); the node's config changed"),
+                    CLOSE_POLICY,
+                    "unauthorized",
+                )
             }
         }
     }
@@ -1160,17 +1178,47 @@ impl Session {
     /// A frame over [`MAX_FRAME_BYTES`] arrived (or began to): the stream cannot be trusted to
     /// resynchronise, so the connection ends.
     pub fn on_oversized(&mut self) -> Vec<Action> {
-        vec![
-            err(
-                ErrorCode::TooLarge,
-                format!(
-                    "frame larger than {MAX_FRAME_BYTES} bytes; split the write into smaller ones"
-                ),
+        fail_and_close(
+            ErrorCode::TooLarge,
+            format!("frame larger than {MAX_FRAME_BYTES} bytes; split the write into smaller ones"),
+            CLOSE_POLICY,
+            "frame too large",
+        )
+    }
+
+    /// The client sent more than [`MAX_PRE_HELLO_BYTES`] before its `hello` was accepted.
+    pub fn on_pre_hello_overflow(&mut self) -> Vec<Action> {
+        fail_and_close(
+            ErrorCode::TooLarge,
+            format!("more than {MAX_PRE_HELLO_BYTES} bytes before hello: send {{\"type\":\"hello\",\"token\":\"...\"}} first"),
+            CLOSE_TOO_BIG,
+            "too many bytes before hello",
+        )
+    }
+
+    /// No accepted `hello` within `secs` seconds of the upgrade (nothing to do once greeted).
+    pub fn on_hello_timeout(&mut self, secs: u64) -> Vec<Action> {
+        if self.principal.is_some() {
+            return Vec::new();
+        }
+        fail_and_close(
+            ErrorCode::BadRequest,
+            format!(
+                "no hello within {secs} s: send {{\"type\":\"hello\",\"token\":\"...\"}} first"
             ),
-            Action::Close {
-                reason: "frame too large".into(),
-            },
-        ]
+            CLOSE_POLICY,
+            "no hello",
+        )
+    }
+
+    /// A text frame that is not UTF-8: the stream is not what it claims, so it ends.
+    pub fn on_invalid_utf8(&mut self) -> Vec<Action> {
+        fail_and_close(
+            ErrorCode::BadRequest,
+            "invalid UTF-8 in a text frame".into(),
+            CLOSE_INVALID_DATA,
+            "invalid UTF-8 in a text frame",
+        )
     }
 
     /// A decoded message.
@@ -1183,12 +1231,9 @@ impl Session {
                         self.token = token;
                         vec![Action::Welcome]
                     }
-                    Err(AuthError(why)) => vec![
-                        err(ErrorCode::Unauthorized, why),
-                        Action::Close {
-                            reason: "unauthorized".into(),
-                        },
-                    ],
+                    Err(AuthError(why)) => {
+                        fail_and_close(ErrorCode::Unauthorized, why, CLOSE_POLICY, "unauthorized")
+                    }
                 },
                 _ => vec![err(
                     ErrorCode::BadRequest,

@@ -1,7 +1,7 @@
 //! The listener: accepts sockets up to a limit derived from the descriptor limit, gives each
 //! HTTP connection [`HEADER_TIMEOUT`] to send its request, and performs the WebSocket upgrade
 //! itself so that the connection can cap what a client sends before `hello`
-//! ([`conn::HelloGate`]).
+//! ([`HelloGate`]).
 //!
 //! One permit of [`Sockets`] per open socket: taken before `accept` (so at the limit the node
 //! stops accepting and the kernel's backlog holds the rest, instead of failing on `EMFILE` with
@@ -24,7 +24,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::conn::{self, HelloGate};
+use super::conn;
+use super::gate::{Gated, HelloGate};
 use super::NodeState;
 use crate::protocol::{Encoding, MAX_FRAME_BYTES};
 
@@ -240,7 +241,7 @@ pub(crate) async fn ws_upgrade(
             }
         };
         let gate = HelloGate::new();
-        let io = conn::Gated::new(TokioIo::new(upgraded), gate.clone());
+        let io = Gated::new(TokioIo::new(upgraded), gate.clone());
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES))

@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+/// One metric of the exposition: name, type ([`COUNTER`] or [`GAUGE`]), help, value.
+pub type Sample<'a> = (&'a str, &'static str, &'a str, i64);
+/// The Prometheus type of a count that only grows.
+pub const COUNTER: &str = "counter";
+/// The Prometheus type of a level.
+pub const GAUGE: &str = "gauge";
+
 /// Upper bounds (seconds) of the write-latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -97,98 +104,97 @@ impl Metrics {
         self.subs.lock().get(&(conn, sub.to_string())).cloned()
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self, head: i64) -> String {
+    /// Prometheus text exposition: these metrics, then `extra` (what other parts of the node
+    /// count: config reloads, the socket limit, the upstream link).
+    pub fn render(&self, head: i64, extra: &[Sample<'_>]) -> String {
         let mut o = String::new();
-        let mut g = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
-            "hivesync_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            self.connections.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_connections_total",
-            "counter",
-            "Connections accepted.",
-            self.connections_total.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_head_seq",
-            "gauge",
-            "Last seq in the change log.",
-            head.to_string(),
-        );
-        g(
-            "hivesync_frames_out_total",
-            "counter",
-            "Frames sent.",
-            self.frames_out.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_bytes_out_total",
-            "counter",
-            "Bytes sent.",
-            self.bytes_out.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_frames_in_total",
-            "counter",
-            "Frames received.",
-            self.frames_in.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_write_errors_total",
-            "counter",
-            "Writes refused or failed.",
-            self.write_errors.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_stalled_drops_total",
-            "counter",
-            "Subscribers dropped for stalling.",
-            self.stalled_drops.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_refused_connections_total",
-            "counter",
-            "WebSocket upgrades refused at the connection limit.",
-            self.refused_connections.load(Relaxed).to_string(),
-        );
-        g(
-            "hivesync_failed_hellos_total",
-            "counter",
-            "Hellos refused (wrong or missing token).",
-            self.failed_hellos.load(Relaxed).to_string(),
-        );
+        let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         // Aggregates only: per-subscription series named every tenant's connections and
         // subscriptions, and grew without bound.
         let (n, max_lag, sum_lag) = {
             let subs = self.subs.lock();
             let lags = subs.values().map(|s| (head - s.sent.load(Relaxed)).max(0));
             let (max, sum) = lags.fold((0i64, 0i64), |(m, t), l| (m.max(l), t + l));
-            (subs.len(), max, sum)
+            (subs.len() as i64, max, sum)
         };
-        g(
-            "hivesync_subscriptions",
-            "gauge",
-            "Active subscriptions.",
-            n.to_string(),
-        );
-        g(
-            "hivesync_subscription_lag_max",
-            "gauge",
-            "Most changes between the head and what one subscription was sent.",
-            max_lag.to_string(),
-        );
-        g(
-            "hivesync_subscription_lag_sum",
-            "gauge",
-            "Changes between the head and what each subscription was sent, summed.",
-            sum_lag.to_string(),
-        );
+        let own: [Sample<'_>; 13] = [
+            (
+                "hivesync_connections",
+                GAUGE,
+                "Open WebSocket connections.",
+                self.connections.load(Relaxed),
+            ),
+            (
+                "hivesync_connections_total",
+                COUNTER,
+                "Connections accepted.",
+                c(&self.connections_total),
+            ),
+            (
+                "hivesync_head_seq",
+                GAUGE,
+                "Last seq in the change log.",
+                head,
+            ),
+            (
+                "hivesync_frames_out_total",
+                COUNTER,
+                "Frames sent.",
+                c(&self.frames_out),
+            ),
+            (
+                "hivesync_bytes_out_total",
+                COUNTER,
+                "Bytes sent.",
+                c(&self.bytes_out),
+            ),
+            (
+                "hivesync_frames_in_total",
+                COUNTER,
+                "Frames received.",
+                c(&self.frames_in),
+            ),
+            (
+                "hivesync_write_errors_total",
+                COUNTER,
+                "Writes refused or failed.",
+                c(&self.write_errors),
+            ),
+            (
+                "hivesync_stalled_drops_total",
+                COUNTER,
+                "Subscribers dropped for stalling.",
+                c(&self.stalled_drops),
+            ),
+            (
+                "hivesync_refused_connections_total",
+                COUNTER,
+                "WebSocket upgrades refused at the connection limit.",
+                c(&self.refused_connections),
+            ),
+            (
+                "hivesync_failed_hellos_total",
+                COUNTER,
+                "Hellos refused (wrong or missing token).",
+                c(&self.failed_hellos),
+            ),
+            ("hivesync_subscriptions", GAUGE, "Active subscriptions.", n),
+            (
+                "hivesync_subscription_lag_max",
+                GAUGE,
+                "Most changes between the head and what one subscription was sent.",
+                max_lag,
+            ),
+            (
+                "hivesync_subscription_lag_sum",
+                GAUGE,
+                "Changes between the head and what each subscription was sent, summed.",
+                sum_lag,
+            ),
+        ];
+        for (name, kind, help, v) in own.iter().chain(extra) {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
         let _ = writeln!(o, "# HELP hivesync_write_commit_seconds Write commit latency.\n# TYPE hivesync_write_commit_seconds histogram");
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(

@@ -12,8 +12,10 @@ mod accept;
 pub mod auth;
 pub mod config;
 mod conn;
+mod gate;
 pub mod hub;
 pub mod metrics;
+mod sub;
 pub mod upstream;
 mod watch;
 pub mod web;
@@ -370,37 +372,45 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
 }
 
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
+    use metrics::{COUNTER, GAUGE};
+    let (reloads, failures) = node.auth.reload_counts();
+    let mut extra = vec![
+        (
+            "hivesync_config_reloads_total",
+            COUNTER,
+            "Config file versions put in force.",
+            reloads as i64,
+        ),
+        (
+            "hivesync_config_reload_failures_total",
+            COUNTER,
+            "Config file versions refused (the previous config stayed).",
+            failures as i64,
+        ),
+        (
+            "hivesync_max_connections",
+            GAUGE,
+            "The socket limit.",
+            node.sockets.max as i64,
+        ),
+    ];
+    if let Some(u) = &node.upstream {
+        extra.push((
+            "hivesync_upstream_frames_total",
+            COUNTER,
+            "Change frames applied from the upstream.",
+            u.state.frames.load(Relaxed) as i64,
+        ));
+        extra.push((
+            "hivesync_upstream_applies_total",
+            COUNTER,
+            "Transactions they were applied in (frames that queued up share one).",
+            u.state.applies.load(Relaxed) as i64,
+        ));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        {
-            let mut text = node.metrics.render(node.hub.head());
-            let (reloads, failures) = node.auth.reload_counts();
-            text.push_str(&format!(
-                "# HELP hivesync_config_reloads_total Config file versions put in force.\n\
-                 # TYPE hivesync_config_reloads_total counter\n\
-                 hivesync_config_reloads_total {reloads}\n\
-                 # HELP hivesync_config_reload_failures_total Config file versions refused (the previous config stayed).\n\
-                 # TYPE hivesync_config_reload_failures_total counter\n\
-                 hivesync_config_reload_failures_total {failures}\n\
-                 # HELP hivesync_max_connections The socket limit.\n\
-                 # TYPE hivesync_max_connections gauge\n\
-                 hivesync_max_connections {}\n",
-                node.sockets.max
-            ));
-            if let Some(u) = &node.upstream {
-                let frames = u.state.frames.load(Relaxed);
-                let applies = u.state.applies.load(Relaxed);
-                text.push_str(&format!(
-                    "# HELP hivesync_upstream_frames_total Change frames applied from the upstream.\n\
-                     # TYPE hivesync_upstream_frames_total counter\n\
-                     hivesync_upstream_frames_total {frames}\n\
-                     # HELP hivesync_upstream_applies_total Transactions they were applied in (frames that queued up share one).\n\
-                     # TYPE hivesync_upstream_applies_total counter\n\
-                     hivesync_upstream_applies_total {applies}\n"
-                ));
-            }
-            text
-        },
+        node.metrics.render(node.hub.head(), &extra),
     )
         .into_response()
 }

@@ -318,3 +318,24 @@ fn prefix_scopes_are_plain_prefixes() {
     assert!(grouped.allows("team-a") && grouped.allows("team-"));
     assert!(!grouped.allows("teamsecret") && !grouped.allows("team"));
 }
+
+#[test]
+fn connection_faults_end_with_an_error_and_their_close_code() {
+    let close_code = |acts: &[Action]| match acts {
+        [Action::Send(ServerMsg::Error(_)), Action::Close { code, .. }] => *code,
+        other => panic!("expected error + close, got {other:?}"),
+    };
+    let mut s = Session::new(Encoding::Json);
+    assert_eq!(close_code(&s.on_invalid_utf8()), CLOSE_INVALID_DATA);
+    assert_eq!(close_code(&s.on_pre_hello_overflow()), CLOSE_TOO_BIG);
+    assert_eq!(close_code(&s.on_oversized()), CLOSE_POLICY);
+    assert_eq!(close_code(&s.on_hello_timeout(10)), CLOSE_POLICY);
+    // A refused hello closes with the policy code too.
+    assert_eq!(
+        close_code(&s.on_text(r#"{"type":"hello","token":"bad"}"#, &Tokens)),
+        CLOSE_POLICY
+    );
+    // Once greeted, the hello deadline no longer applies.
+    s.on_text(r#"{"type":"hello","token":"good"}"#, &Tokens);
+    assert!(s.on_hello_timeout(10).is_empty());
+}

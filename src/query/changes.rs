@@ -154,10 +154,12 @@ pub struct SnapshotCursor {
 /// passes after `cursor`, at most `max_rows` and about `max_bytes`, stamped with seq `at`. The
 /// cursor moves past them; `None` once every kind was read.
 ///
-/// Pages read at different times are not one consistent image: a row may come as written
-/// after `at`. Served with every change after `at` following it, the result converges to the
-/// state at the head all the same: each change carries the row's full image, and applying an
-/// image or a delete again is harmless (the snapshot's apply also replaces an edge that holds
+/// Pages read at different times are not one consistent image: a row changed after `at` may
+/// come as written after `at`, or not at all (deleted, or written again under a reused rowid
+/// the cursor has passed). Served with every change after `at` following it, the result
+/// converges to the state at the head all the same: a row unchanged since `at` keeps its rowid
+/// and is always read, each change carries the row's full image, and applying an image or a
+/// delete again is harmless (the snapshot's apply also replaces an edge that holds
 /// the same (source, target, relation) under another id, as only a later page can show it).
 pub fn snapshot_page(
     conn: &Connection,

@@ -141,14 +141,11 @@ pub fn ensure_model(
     let t = ensure_vec_table(conn, dims)?;
     // Vectors of this (ns, model) written before it was registered (plain SQL) are indexed now,
     // except those the queue will index when it is drained.
-    conn.prepare_cached(&format!(
-        "INSERT INTO {t}(rowid, embedding, ns, model, kind)
-         SELECT rowid, embedding, ns, model, kind FROM vectors
-         WHERE ns = ?1 AND model = ?2 AND length(embedding) = ?3
-           AND rowid NOT IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
-         ORDER BY rowid"
+    conn.prepare_cached(&index_sql(
+        dims,
+        "AND v.ns = ?2 AND v.model = ?3 AND v.rowid NOT IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
     ))?
-    .execute(params![ns, model, (dims * 4) as i64])?;
+    .execute(params![dims as i64, ns, model])?;
     Ok(ModelInfo {
         ns: ns.to_string(),
         model: model.to_string(),
@@ -157,15 +154,32 @@ pub fn ensure_model(
     })
 }
 
-/// Create the vec0 table of `dims` dimensions if it does not exist yet; returns its name.
-fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
-    let t = vec_table(dims);
-    let exists: bool = conn
+/// True when the vec0 table of `dims` dimensions exists.
+fn vec_table_exists(conn: &Connection, dims: usize) -> Result<bool> {
+    Ok(conn
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         )?
-        .query_row([&t], |r| r.get(0))?;
-    if !exists {
+        .query_row([vec_table(dims)], |r| r.get(0))?)
+}
+
+/// The statement that indexes, in the vec0 table of `dims` dimensions (`?1`), the vectors of
+/// registered models of that count which also meet `cond` (`AND ...`, or empty).
+fn index_sql(dims: usize, cond: &str) -> String {
+    format!(
+        "INSERT INTO {t}(rowid, embedding, ns, model, kind)
+         SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
+         JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
+         WHERE length(v.embedding) = ?1 * 4 {cond}
+         ORDER BY v.rowid",
+        t = vec_table(dims)
+    )
+}
+
+/// Create the vec0 table of `dims` dimensions if it does not exist yet; returns its name.
+fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
+    let t = vec_table(dims);
+    if !vec_table_exists(conn, dims)? {
         conn.execute_batch(&format!(
             "CREATE VIRTUAL TABLE {t} USING vec0(
                embedding float[{dims}] distance_metric=cosine,
@@ -196,12 +210,7 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
         let has_table = match existing.iter().find(|(d, _)| *d == dims) {
             Some(&(_, t)) => t,
             None => {
-                let t: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM sqlite_master
-                                        WHERE type = 'table' AND name = ?1)",
-                    )?
-                    .query_row([vec_table(dims as usize)], |r| r.get(0))?;
+                let t = vec_table_exists(conn, dims as usize)?;
                 existing.push((dims, t));
                 t
             }
@@ -224,14 +233,9 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for d in dims {
-        conn.prepare_cached(&format!(
-            "INSERT INTO {t}(rowid, embedding, ns, model, kind)
-             SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
-             JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
-             WHERE v.rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
-               AND length(v.embedding) = ?1 * 4
-             ORDER BY v.rowid",
-            t = vec_table(d as usize)
+        conn.prepare_cached(&index_sql(
+            d as usize,
+            "AND v.rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
         ))?
         .execute([d])?;
     }
@@ -278,11 +282,7 @@ pub fn vec_index_problems(conn: &Connection) -> Result<Vec<String>> {
     dims.sort_unstable();
     for d in dims {
         let t = vec_table(d as usize);
-        let exists: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-            [&t],
-            |r| r.get(0),
-        )?;
+        let exists = vec_table_exists(conn, d as usize)?;
         let indexed = "FROM vectors v JOIN vector_models m
              ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
              WHERE length(v.embedding) = ?1 * 4";
@@ -369,17 +369,8 @@ pub(super) fn migration_5(conn: &Connection) -> Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for d in dims {
-        let t = ensure_vec_table(conn, d as usize)?;
-        conn.execute(
-            &format!(
-                "INSERT INTO {t}(rowid, embedding, ns, model, kind)
-                 SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
-                 JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
-                 WHERE length(v.embedding) = ?1 * 4
-                 ORDER BY v.rowid"
-            ),
-            [d],
-        )?;
+        ensure_vec_table(conn, d as usize)?;
+        conn.execute(&index_sql(d as usize, ""), [d])?;
     }
     Ok(())
 }

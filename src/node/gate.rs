@@ -1,0 +1,100 @@
+//! The socket under a connection's WebSocket: reads fail once a client has sent more than
+//! [`MAX_PRE_HELLO_BYTES`] before its `hello` was accepted, so a stranger cannot make the node
+//! buffer a frame of many MiB whatever size its header announces.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::protocol::MAX_PRE_HELLO_BYTES;
+
+/// The bytes a client may still send before its `hello` is accepted; lifted by the accepted
+/// hello. Shared by the connection and the socket's reader ([`Gated`]).
+#[derive(Debug)]
+pub(crate) struct HelloGate {
+    left: AtomicI64,
+}
+
+impl HelloGate {
+    /// A closed gate: [`MAX_PRE_HELLO_BYTES`] allowed.
+    pub(crate) fn new() -> Arc<HelloGate> {
+        Arc::new(HelloGate {
+            left: AtomicI64::new(MAX_PRE_HELLO_BYTES as i64),
+        })
+    }
+
+    pub(crate) fn open(&self) {
+        self.left.store(i64::MAX, Relaxed);
+    }
+
+    /// True when the client sent more than it may before `hello`.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.left.load(Relaxed) <= 0
+    }
+}
+
+/// A socket whose reads fail once a closed [`HelloGate`] runs out: the WebSocket reader then
+/// stops, however large a frame its header announced.
+pub(crate) struct Gated<S> {
+    inner: S,
+    gate: Arc<HelloGate>,
+}
+
+impl<S> Gated<S> {
+    /// `inner` behind `gate`.
+    pub(crate) fn new(inner: S, gate: Arc<HelloGate>) -> Self {
+        Gated { inner, gate }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.gate.exceeded() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "too many bytes before hello",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let left = &self.gate.left;
+            // Saturating: an open gate stays open.
+            let _ = left.fetch_update(Relaxed, Relaxed, |v| {
+                (v != i64::MAX).then_some(v - n as i64)
+            });
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The upgraded socket a connection speaks over.
+pub(crate) type Socket = WebSocketStream<Gated<TokioIo<hyper::upgrade::Upgraded>>>;
