@@ -28,8 +28,10 @@ pub struct PoolConfig {
     pub busy_timeout: Duration,
     /// Open no writer: follower mode, for a file something else (LiteFS) writes.
     pub read_only: bool,
-    /// Page cache per connection, in KiB.
+    /// The writer's page cache, in KiB.
     pub cache_kib: i64,
+    /// Each reader's page cache, in KiB.
+    pub reader_cache_kib: i64,
     /// Memory-mapped I/O size per connection, in bytes.
     pub mmap_bytes: i64,
 }
@@ -41,8 +43,12 @@ impl Default for PoolConfig {
             checkout_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             read_only: false,
-            // 64 MiB for the writer's working set; readers share the OS page cache via mmap.
+            // 64 MiB for the writer's working set. Readers read the database file through the
+            // mmap below (the OS page cache, shared); only pages still in the WAL go through
+            // their own caches, so 16 MiB each is plenty (at 64 MiB, the readers' caches held
+            // about 250 MiB during the hostile suite's write flood).
             cache_kib: 64 * 1024,
+            reader_cache_kib: 16 * 1024,
             // 2 GiB, the bundled SQLite's ceiling: with 256 MiB, 56% of a 100k x 384 vec0
             // index lay past the mapping and was re-read through each reader's page cache on
             // every KNN query (benches/knn.rs: 1.86x the scan floor at 256 MiB, 1.46x at 2 GiB).
@@ -70,9 +76,9 @@ pub struct Pool {
     returned: (Mutex<()>, Condvar),
 }
 
-fn server_pragmas(conn: &Connection, cfg: &PoolConfig) -> Result<()> {
+fn server_pragmas(conn: &Connection, cfg: &PoolConfig, cache_kib: i64) -> Result<()> {
     conn.busy_timeout(cfg.busy_timeout)?;
-    conn.pragma_update(None, "cache_size", -cfg.cache_kib)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "mmap_size", cfg.mmap_bytes)?;
     schema::configure(conn)?;
@@ -98,7 +104,7 @@ impl Pool {
         match &pool.location {
             Location::Memory => {
                 let conn = Connection::open_in_memory()?;
-                server_pragmas(&conn, &pool.config)?;
+                server_pragmas(&conn, &pool.config, pool.config.cache_kib)?;
                 schema::migrate(&conn, opts)?;
                 pool.writer = Some(Mutex::new(conn));
             }
@@ -137,7 +143,7 @@ impl Pool {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        server_pragmas(&conn, cfg)?;
+        server_pragmas(&conn, cfg, cfg.cache_kib)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::invalid(format!(
@@ -167,7 +173,7 @@ impl Pool {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        server_pragmas(&conn, &self.config)?;
+        server_pragmas(&conn, &self.config, self.config.reader_cache_kib)?;
         conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
     }
