@@ -1069,3 +1069,57 @@ async fn watch_cli_resumes() {
         "exactly the new changes, no repeat, no skip"
     );
 }
+
+// ------------------------------------------------------------------ the first command
+
+/// With no `--web`, `/` is the browser replica compiled into the binary (its module and wasm
+/// served beside it), `/status` the node's own status page; `--web DIR` without a built package
+/// is refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_is_served_from_the_binary() {
+    let node = Node::start().await;
+    let (status, page) = common::http_get(node.port, "/").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("app.js"),
+        "/ is not the replica's page: {page}"
+    );
+    for path in [
+        "/app.js",
+        "/hivesync.js",
+        "/worker.js",
+        "/sync.js",
+        "/pkg/hivesync_wasm.js",
+    ] {
+        let (status, body) = common::http_get(node.port, path).await.unwrap();
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    let (status, wasm) = common::http_get(node.port, "/pkg/hivesync_wasm_bg.wasm")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(wasm.starts_with("\0asm"), "not a wasm module");
+    let (status, page) = common::http_get(node.port, "/status").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("/v1/sync"), "/status: {page}");
+    assert_eq!(
+        common::http_get(node.port, "/nope.js").await.unwrap().0,
+        404
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = common::cli(
+        &node.dir.path().join("other.db"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--web",
+            empty.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bash wasm/build.sh"), "{err}");
+}

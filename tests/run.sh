@@ -48,6 +48,9 @@ fi
 # clang 14 needs this flag for sqlite-wasm-vec's C shim (see toolchain notes).
 export CFLAGS_wasm32_unknown_unknown="${CFLAGS_wasm32_unknown_unknown:--fdouble-square-bracket-attributes}"
 
+step "the committed browser package was built from the current sources"
+bash wasm/sources.sh --check
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -72,7 +75,7 @@ WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
 WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
   cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test opfs --test mem
 
-step "browser replica build and end-to-end test (node + CLI + page in Chromium)"
+step "browser replica rebuilt from source, end-to-end test (node + CLI + page in Chromium)"
 bash wasm/build.sh
 cargo build --bin hivesync
 (cd wasm && node --test test/)

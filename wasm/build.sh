@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the browser replica: wasm32 release build, wasm-bindgen (ES module for browsers and
-# Node), and wasm-opt when available. Output: wasm/web/pkg/ (served by the node at /pkg/).
+# Node), and wasm-opt when available. Output: wasm/web/pkg/, committed and compiled into the
+# node (served at /pkg/), with the hash of its sources in pkg/SOURCES.sha256 (wasm/sources.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CFLAGS_wasm32_unknown_unknown="${CFLAGS_wasm32_unknown_unknown:--fdouble-square-bracket-attributes}"
@@ -20,6 +21,7 @@ if [ -x wasm/node_modules/.bin/wasm-opt ]; then
     --enable-sign-ext --enable-mutable-globals \
     "$out/hivesync_wasm_bg.wasm" -o "$out/hivesync_wasm_bg.wasm"
 fi
+bash wasm/sources.sh > "$out/SOURCES.sha256"
 raw=$(stat -c %s "$out/hivesync_wasm_bg.wasm")
 gz=$(gzip -9 -c "$out/hivesync_wasm_bg.wasm" | wc -c)
 echo "built $out: wasm $raw bytes, $gz bytes gzipped"

@@ -239,18 +239,16 @@ pub async fn start(
             shutdown_rx.clone(),
         ));
     }
-    let web_dir = web::find_web_dir(args.web.as_deref());
-    match &web_dir {
-        Some(d) => tracing::info!("serving the browser replica from {}", d.display()),
-        None => tracing::info!(
-            "browser replica not built (bash wasm/build.sh): / serves the status page"
-        ),
+    let web_files = web::WebFiles::choose(args.web.as_deref())?;
+    if let web::WebFiles::Dir(d) = &web_files {
+        tracing::info!("serving the browser replica from {}", d.display());
     }
     let web_routes = Router::new()
         .route("/", get(web::index))
+        .route("/status", get(web::status))
         .route("/{name}", get(web::asset))
         .route("/pkg/{name}", get(web::pkg))
-        .with_state(web_dir);
+        .with_state(web_files);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))

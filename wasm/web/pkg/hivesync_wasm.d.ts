@@ -1,0 +1,207 @@
+/* tslint:disable */
+/* eslint-disable */
+
+/**
+ * A local copy of a node's data.
+ */
+export class Replica {
+    private constructor();
+    free(): void;
+    [Symbol.dispose](): void;
+    /**
+     * Abandon a snapshot that was cut off (the connection dropped): the previous state stays.
+     */
+    abortSnapshot(): void;
+    /**
+     * The last seq applied (0 when nothing was).
+     */
+    appliedSeq(): number;
+    /**
+     * Apply a batch of changes given as the JSON array of a `changes` message, continuing
+     * from `prev`; refuses a batch that shows a gap. Returns the applied seq.
+     */
+    applyChanges(prev: number, changes_json: string): number;
+    /**
+     * A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
+     * all when absent): equal to the node's `hivesync digest` for the same rows.
+     */
+    digest(namespaces_json?: string | null): string;
+    /**
+     * The binary `ack`.
+     */
+    static encodeAck(sub: string, seq: number): Uint8Array;
+    /**
+     * The binary `hello`.
+     */
+    static encodeHello(token?: string | null, client?: string | null): Uint8Array;
+    /**
+     * The binary `subscribe`; `from` absent asks for a snapshot.
+     */
+    static encodeSubscribe(sub: string, from?: number | null, namespaces_json?: string | null): Uint8Array;
+    /**
+     * The binary `write` of a JSON array of write ops.
+     */
+    static encodeWrite(req: string, ops_json: string): Uint8Array;
+    /**
+     * The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
+     */
+    exportBytes(): Uint8Array;
+    /**
+     * One row as JSON (`null` when absent). Vectors: `id` is the subject, `model` required.
+     */
+    get(kind: string, ns: string, id: string, model?: string | null): string;
+    /**
+     * Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
+     */
+    handleFrame(bytes: Uint8Array | number[]): string;
+    /**
+     * Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
+     */
+    handleText(text: string): string;
+    /**
+     * Hybrid search (reciprocal-rank fusion of a text query and a KNN query).
+     */
+    hybrid(text_json: string, knn_json: string, limit: number): string;
+    /**
+     * Replace this replica's contents with a database file's bytes (from `exportBytes` or a
+     * native node's file, checkpointed). The file must carry a schema this build knows.
+     */
+    importBytes(bytes: Uint8Array | number[]): void;
+    /**
+     * Exact KNN; `query_json` is `{"model":..,"embedding":[..],"k":..,"ns"?,"kind"?}`.
+     */
+    knn(query_json: string): string;
+    /**
+     * A page of rows of one kind, in id order, as a JSON array.
+     */
+    list(kind: string, ns: string, kind_filter: string | null | undefined, after: string | null | undefined, limit: number): string;
+    /**
+     * The vector models this replica holds, as JSON.
+     */
+    models(): string;
+    /**
+     * Edges around a node (`direction`: out, in, both) as a JSON array.
+     */
+    neighbors(ns: string, id: string, direction: string, relation: string | null | undefined, limit: number): string;
+    /**
+     * An empty replica in memory (Node, the main thread, tests).
+     */
+    static openMemory(): Replica;
+    /**
+     * A replica persisted in the Origin Private File System under `name`. Works only inside a
+     * dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere.
+     */
+    static openPersistent(name: string): Promise<Replica>;
+    /**
+     * Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
+     */
+    search(query_json: string): string;
+    /**
+     * Restrict what a snapshot replaces to these namespaces (JSON array, or null for all):
+     * set it to what the subscription asks for.
+     */
+    setNamespaces(namespaces_json?: string | null): void;
+    /**
+     * Run a read-only SQL query with JSON array parameters; returns `{"columns":[..],"rows":[[..]..]}`.
+     * Statements that would write are refused.
+     */
+    sql(sql: string, params_json?: string | null): string;
+    /**
+     * Breadth-first traversal as a JSON array of hops.
+     */
+    traverse(ns: string, id: string, direction: string, relation: string | null | undefined, depth: number, limit: number): string;
+    /**
+     * `opfs` or `memory`.
+     */
+    readonly storage: string;
+}
+
+/**
+ * The hivesync version.
+ */
+export function version(): string;
+
+export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
+
+export interface InitOutput {
+    readonly memory: WebAssembly.Memory;
+    readonly memcmp: (a: number, b: number, c: number) => number;
+    readonly __wbg_replica_free: (a: number, b: number) => void;
+    readonly memcpy: (a: number, b: number, c: number) => number;
+    readonly memset: (a: number, b: number, c: number) => number;
+    readonly replica_abortSnapshot: (a: number) => void;
+    readonly replica_appliedSeq: (a: number) => [number, number, number];
+    readonly replica_applyChanges: (a: number, b: number, c: number, d: number) => [number, number, number];
+    readonly replica_digest: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_encodeAck: (a: number, b: number, c: number) => [number, number];
+    readonly replica_encodeHello: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_encodeSubscribe: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number, number];
+    readonly replica_encodeWrite: (a: number, b: number, c: number, d: number) => [number, number, number, number];
+    readonly replica_exportBytes: (a: number) => [number, number, number, number];
+    readonly replica_get: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number) => [number, number, number, number];
+    readonly replica_handleFrame: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_handleText: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_hybrid: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number, number];
+    readonly replica_importBytes: (a: number, b: number, c: number) => [number, number];
+    readonly replica_knn: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_list: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => [number, number, number, number];
+    readonly replica_models: (a: number) => [number, number, number, number];
+    readonly replica_neighbors: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => [number, number, number, number];
+    readonly replica_openMemory: () => [number, number, number];
+    readonly replica_openPersistent: (a: number, b: number) => any;
+    readonly replica_search: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_setNamespaces: (a: number, b: number, c: number) => [number, number];
+    readonly replica_sql: (a: number, b: number, c: number, d: number, e: number) => [number, number, number, number];
+    readonly replica_storage: (a: number) => [number, number];
+    readonly replica_traverse: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number) => [number, number, number, number];
+    readonly version: () => [number, number];
+    readonly memmove: (a: number, b: number, c: number) => number;
+    readonly rust_sqlite_wasm_assert_fail: (a: number, b: number, c: number, d: number) => void;
+    readonly rust_sqlite_wasm_abort: () => void;
+    readonly rust_sqlite_wasm_host_epoch_timestamp_in_ms: (a: number) => number;
+    readonly rust_sqlite_wasm_host_sleep: (a: bigint, b: number) => void;
+    readonly rust_sqlite_wasm_host_random: (a: number, b: number) => number;
+    readonly rust_sqlite_wasm_calloc: (a: number, b: number) => number;
+    readonly rust_sqlite_wasm_malloc: (a: number) => number;
+    readonly rust_sqlite_wasm_free: (a: number) => void;
+    readonly rust_sqlite_wasm_getentropy: (a: number, b: number) => number;
+    readonly rust_sqlite_wasm_host_fill_entropy: (a: number, b: number) => number;
+    readonly rust_sqlite_wasm_host_localtime: (a: bigint, b: number) => number;
+    readonly rust_sqlite_wasm_localtime: (a: number) => number;
+    readonly rust_sqlite_wasm_realloc: (a: number, b: number) => number;
+    readonly sqlite3_os_end: () => number;
+    readonly sqlite3_os_init: () => number;
+    readonly wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d: (a: number, b: number, c: any) => [number, number];
+    readonly wasm_bindgen__convert__closures_____invoke__h5db24a7716ec7476: (a: number, b: number, c: any, d: any) => void;
+    readonly __wbindgen_malloc: (a: number, b: number) => number;
+    readonly __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
+    readonly __wbindgen_free: (a: number, b: number, c: number) => void;
+    readonly __wbindgen_exn_store: (a: number) => void;
+    readonly __externref_table_alloc: () => number;
+    readonly __wbindgen_externrefs: WebAssembly.Table;
+    readonly __wbindgen_destroy_closure: (a: number, b: number) => void;
+    readonly __externref_table_dealloc: (a: number) => void;
+    readonly __wbindgen_start: () => void;
+}
+
+export type SyncInitInput = BufferSource | WebAssembly.Module;
+
+/**
+ * Instantiates the given `module`, which can either be bytes or
+ * a precompiled `WebAssembly.Module`.
+ *
+ * @param {{ module: SyncInitInput }} module - Passing `SyncInitInput` directly is deprecated.
+ *
+ * @returns {InitOutput}
+ */
+export function initSync(module: { module: SyncInitInput } | SyncInitInput): InitOutput;
+
+/**
+ * If `module_or_path` is {RequestInfo} or {URL}, makes a request and
+ * for everything else, calls `WebAssembly.instantiate` directly.
+ *
+ * @param {{ module_or_path: InitInput | Promise<InitInput> }} module_or_path - Passing `InitInput` directly is deprecated.
+ *
+ * @returns {Promise<InitOutput>}
+ */
+export default function __wbg_init (module_or_path?: { module_or_path: InitInput | Promise<InitInput> } | InitInput | Promise<InitInput>): Promise<InitOutput>;
