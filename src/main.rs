@@ -201,6 +201,18 @@ enum Cmd {
     /// Follow a node's change feed, printing each change as a JSON line; resumes after a
     /// disconnect from the last seq printed.
     Watch(hivesync::node::WatchArgs),
+    /// Make a client token: prints a random secret once, and the lines for the node's config
+    /// file (which holds only the secret's hash).
+    Token {
+        /// Its name, for logs and errors.
+        name: String,
+        /// Namespaces it may use, comma-separated: exact names, `prefix-*`, or `*` (all).
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        ns: Vec<String>,
+        /// Read only: the token may subscribe but not write.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 /// Serve buffers of 1 MiB and more (frames, rows of big text) from their own mappings, which
@@ -245,6 +257,36 @@ fn main() -> ExitCode {
     }
 }
 
+fn token(json: bool, name: &str, ns: &[String], read_only: bool) -> Result<()> {
+    use hivesync::node::config::NewToken;
+    use hivesync::protocol::Scope;
+    let read = Scope(ns.to_vec());
+    let write = if read_only {
+        Scope(vec![])
+    } else {
+        read.clone()
+    };
+    let t = NewToken::generate(name, read, write)?;
+    let mut o = out();
+    if json {
+        let line = json!({"name": name, "secret": t.secret, "sha256": t.config.sha256, "config": t.toml()});
+        writeln!(o, "{line}")?;
+    } else {
+        // The secret on the terminal, the config lines on stdout: `hivesync token NAME >>
+        // node.toml` appends the lines and never writes the secret into the file.
+        eprintln!(
+            "The secret of token {name:?}, shown only now (clients send it as their hello's token:\n\
+             openReplica({{ url, token }}), hivesync watch --token, serve --upstream-token-file):\n\n    \
+             {}\n\n\
+             Its lines for the node's config file (serve --config FILE reloads by itself):",
+            t.secret
+        );
+        write!(o, "{}", t.toml())?;
+    }
+    o.flush()?;
+    Ok(())
+}
+
 fn open(cli: &Cli) -> Result<Store> {
     Store::open(&cli.db, StoreOptions::default())
         .with_context(|| format!("opening {}", cli.db.display()))
@@ -276,6 +318,11 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Serve(args) => hivesync::node::serve_blocking(&cli.db, args.clone()),
         Cmd::Watch(args) => hivesync::node::watch_blocking(args.clone()),
+        Cmd::Token {
+            name,
+            ns,
+            read_only,
+        } => token(cli.json, name, ns, *read_only),
         Cmd::Init { tokenizer } => {
             let tok = Tokenizer::parse(tokenizer)?;
             let existed = cli.db.exists();

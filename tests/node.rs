@@ -1123,3 +1123,69 @@ async fn the_replica_is_served_from_the_binary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bash wasm/build.sh"), "{err}");
 }
+
+/// `hivesync token NAME --ns A --read-only` prints a secret once and config lines holding only
+/// its hash; a node given those lines lets the secret in, reading namespace A only and writing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_cli_opens_a_scoped_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::cli(
+        &dir.path().join("unused.db"),
+        &["token", "reader", "--ns", "a", "--read-only"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !dir.path().join("unused.db").exists(),
+        "token made a database"
+    );
+    let lines = String::from_utf8(out.stdout).unwrap();
+    let secret = String::from_utf8(out.stderr)
+        .unwrap()
+        .split_whitespace()
+        .find(|w| w.starts_with("hs_"))
+        .expect("the secret, on stderr")
+        .to_string();
+    assert!(!lines.contains(&secret), "the config lines hold the secret");
+    let node = Node::start_with(NodeOpts {
+        config: Some(format!("name = \"t\"\n{lines}")),
+        ..Default::default()
+    })
+    .await;
+    node.cli_put(
+        "entity",
+        "a",
+        &json!({"id": "a0", "kind": "t", "name": "A"}),
+    );
+    node.cli_put(
+        "entity",
+        "b",
+        &json!({"id": "b0", "kind": "t", "name": "B"}),
+    );
+
+    let mut c = Client::connect(&node.url()).await;
+    c.hello(Some(&secret)).await;
+    c.subscribe("sa", Some(0), Some(vec!["a".into()])).await;
+    let mut feed = Feed::from(0);
+    feed.read_until(&mut c, "sa", |f| !f.live.is_empty()).await;
+    assert_eq!(
+        feed.changes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a0"]
+    );
+    c.subscribe("sb", Some(0), Some(vec!["b".into()])).await;
+    assert_code(&c.recv_error().await, ErrorCode::Forbidden);
+    c.send_write("w", vec![entity("a", "a1", "no")]).await;
+    assert_code(&c.recv_error().await, ErrorCode::Forbidden);
+
+    let mut stranger = Client::connect(&node.url()).await;
+    stranger
+        .send(&ClientMsg::Hello {
+            token: Some(format!("{secret}x")),
+            client: None,
+        })
+        .await;
+    assert_code(&stranger.recv_error().await, ErrorCode::Unauthorized);
+}

@@ -149,15 +149,76 @@ impl Config {
     }
 }
 
+/// A new token (`hivesync token`): a random secret of 256 bits, and the config lines that let
+/// it in with the given scopes (its hash, never the secret).
+pub struct NewToken {
+    /// The secret, `hs_` and 64 hex digits: shown once, given to the client.
+    pub secret: String,
+    /// The token as it goes in the config file.
+    pub config: TokenConfig,
+}
+
+impl NewToken {
+    /// Make one; the name and scopes are checked as a config file's would be.
+    pub fn generate(name: &str, read: Scope, write: Scope) -> Result<NewToken> {
+        if name.trim().is_empty() {
+            return Err(Error::invalid("a token needs a name (for logs and errors)"));
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::invalid(format!("the OS random generator failed: {e}")))?;
+        let secret = format!("hs_{}", hex(&bytes));
+        let t = NewToken {
+            config: TokenConfig {
+                name: name.to_string(),
+                sha256: hash_token(&secret),
+                read,
+                write,
+            },
+            secret,
+        };
+        Config::parse(&t.toml())?;
+        Ok(t)
+    }
+
+    /// The `[[token]]` table for the config file.
+    pub fn toml(&self) -> String {
+        #[derive(Serialize)]
+        struct File<'a> {
+            token: [&'a TokenConfig; 1],
+        }
+        toml::to_string(&File {
+            token: [&self.config],
+        })
+        .unwrap_or_default()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Lowercase hex SHA-256 of a token secret.
 pub fn hash_token(secret: &str) -> String {
-    let d = Sha256::digest(secret.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_token_parses_back_and_its_secret_matches_its_hash() {
+        let t = NewToken::generate("alice", Scope(vec!["a".into()]), Scope(vec![])).unwrap();
+        assert!(t.secret.starts_with("hs_") && t.secret.len() == 67);
+        let c = Config::parse(&t.toml()).unwrap();
+        assert_eq!(c.tokens, vec![t.config.clone()]);
+        assert_eq!(c.tokens[0].sha256, hash_token(&t.secret));
+        assert!(!t.toml().contains(&t.secret));
+        let u = NewToken::generate("alice", Scope::all(), Scope::all()).unwrap();
+        assert_ne!(t.secret, u.secret);
+        assert!(NewToken::generate(" ", Scope::all(), Scope::all()).is_err());
+    }
 
     #[test]
     fn config_parses_and_refuses_plain_secrets() {
