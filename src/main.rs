@@ -1,6 +1,6 @@
 //! The `hivesync` command line: run a node, write and read the store, import and export.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,8 +30,24 @@ struct Cli {
     /// Print results as JSON, one object per line.
     #[arg(long, global = true)]
     json: bool,
+    /// Logs (on standard error): text, or json (one object per line, for journald and log
+    /// shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "HIVESYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -135,8 +151,8 @@ enum Cmd {
         /// Namespace.
         #[arg(long, default_value = "default")]
         ns: String,
-        /// out, in or both.
-        #[arg(long, default_value = "out")]
+        /// out, in or both (edges from the entity, to it, or either way).
+        #[arg(long, default_value = "both")]
         direction: Direction,
         /// Only edges of this relation.
         #[arg(long)]
@@ -241,20 +257,61 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object per line (journald, log shippers).
+        LogFormat::Json => logs.json().init(),
+        // Colour only for a person at a terminal (and not with NO_COLOR set).
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`hivesync export | head`): stop quietly, as Unix tools do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text its wrapper already includes
+/// (an error that shows its source in its own message) is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().map(|e| e.kind());
+        let json = c
+            .downcast_ref::<serde_json::Error>()
+            .and_then(|e| e.io_error_kind());
+        let ours = match c.downcast_ref::<hivesync::Error>() {
+            Some(hivesync::Error::Io(e)) => Some(e.kind()),
+            Some(hivesync::Error::Json(e)) => e.io_error_kind(),
+            _ => None,
+        };
+        [io, json, ours].contains(&Some(BrokenPipe))
+    })
 }
 
 fn token(json: bool, name: &str, ns: &[String], read_only: bool) -> Result<()> {
@@ -288,6 +345,16 @@ fn token(json: bool, name: &str, ns: &[String], read_only: bool) -> Result<()> {
 }
 
 fn open(cli: &Cli) -> Result<Store> {
+    // `put` and `import` create the file (as `init` and `serve` do); every other command reads
+    // an existing one, and a mistyped path must not leave an empty database behind.
+    let creates = matches!(cli.cmd, Cmd::Put { .. } | Cmd::Import { .. });
+    if !creates && !cli.db.exists() {
+        bail!(
+            "no database at {}: `hivesync init`, `put`, `import` or `serve` create one; \
+             --db PATH (or HIVESYNC_DB) picks another file",
+            cli.db.display()
+        );
+    }
     Store::open(&cli.db, StoreOptions::default())
         .with_context(|| format!("opening {}", cli.db.display()))
 }
@@ -449,17 +516,35 @@ fn run(cli: Cli) -> Result<()> {
                 after: after.clone(),
                 limit: *limit,
             };
-            let rows: Vec<Value> = match kind {
-                Kind::Entity => values(store.list_entities(&q)?)?,
-                Kind::Edge => values(store.list_edges(&q)?)?,
-                Kind::Note => values(store.list_notes(&q)?)?,
-                Kind::Event => values(store.list_events(&q)?)?,
-                Kind::Vector => {
-                    bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
+            let list = |q: &ListQuery| -> Result<Vec<Value>> {
+                match kind {
+                    Kind::Entity => values(store.list_entities(q)?),
+                    Kind::Edge => values(store.list_edges(q)?),
+                    Kind::Note => values(store.list_notes(q)?),
+                    Kind::Event => values(store.list_events(q)?),
+                    Kind::Vector => {
+                        bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
+                    }
                 }
             };
+            let rows = list(&q)?;
+            let last = rows
+                .last()
+                .and_then(|r| r["id"].as_str())
+                .map(str::to_string);
+            let more = match &last {
+                Some(id) if rows.len() >= (*limit).min(hivesync::query::MAX_LIMIT) => {
+                    !list(&ListQuery {
+                        after: Some(id.clone()),
+                        limit: 1,
+                        ..q.clone()
+                    })?
+                    .is_empty()
+                }
+                _ => false,
+            };
             let mut w = out();
-            for r in rows {
+            for r in &rows {
                 if json_out {
                     print_json(&mut w, &r)?;
                 } else {
@@ -476,6 +561,13 @@ fn run(cli: Cli) -> Result<()> {
                         label.as_str().unwrap_or("")
                     )?;
                 }
+            }
+            w.flush()?;
+            if let (true, Some(id)) = (more, last) {
+                eprintln!(
+                    "stopped at the limit ({}); more follow: the next page is `--after {id}` (or raise --limit)",
+                    rows.len()
+                );
             }
             Ok(())
         }
@@ -567,14 +659,14 @@ fn run(cli: Cli) -> Result<()> {
                     if json_out {
                         print_json(&mut w, &n)?;
                     } else {
-                        let arrow = if n.direction == Direction::Out {
-                            "->"
+                        let (l, r) = if n.direction == Direction::Out {
+                            ("-", "->")
                         } else {
-                            "<-"
+                            ("<-", "-")
                         };
                         writeln!(
                             w,
-                            "{id} -[{}]{arrow} {}  (weight {}, edge {})",
+                            "{id} {l}[{}]{r} {}  (weight {}, edge {})",
                             n.edge.relation, n.node, n.edge.weight, n.edge.id
                         )?;
                     }
@@ -607,11 +699,23 @@ fn run(cli: Cli) -> Result<()> {
                 kinds: None,
             };
             let mut w = out();
-            for c in store.changes_since(*from, &filter, *limit)? {
+            let changes = store.changes_since(*from, &filter, *limit)?;
+            for c in &changes {
                 let mut b = Vec::new();
-                hivesync::protocol::encode_change_json(&mut b, &c);
+                hivesync::protocol::encode_change_json(&mut b, c);
                 w.write_all(&b)?;
                 w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            if let Some(last) = changes.last() {
+                if !store.changes_since(last.seq, &filter, 1)?.is_empty() {
+                    eprintln!(
+                        "stopped after {} changes (--limit {limit}, whole transactions); more follow: \
+                         the next page is `--from {}`",
+                        changes.len(),
+                        last.seq
+                    );
+                }
             }
             Ok(())
         }
@@ -621,7 +725,11 @@ fn run(cli: Cli) -> Result<()> {
             if json_out {
                 print_json(&mut out(), &d)
             } else {
-                let counts: Vec<String> = d.rows.iter().map(|(k, n)| format!("{k}s={n}")).collect();
+                let counts: Vec<String> = d
+                    .rows
+                    .iter()
+                    .map(|(k, n)| format!("{}={n}", k.table()))
+                    .collect();
                 println!("{}  {}", d.sha256, counts.join(" "));
                 Ok(())
             }
@@ -676,9 +784,16 @@ fn import(cli: &Cli, file: &PathBuf, batch: usize) -> Result<()> {
     let bar = indicatif::ProgressBar::new(ops.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} importing [{bar:40}] {pos}/{len} ops ({per_sec}, eta {eta})",
+            "{spinner} importing [{bar:40}] {pos}/{len} ops ({rate}, eta {eta})",
         )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        // A whole number: `{per_sec}` prints rates such as 5321.0874/s.
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_fmt(format_args!("{:.0} ops/s", s.per_sec()));
+            },
+        ),
     );
     let mut done = 0usize;
     let mut last_seq = 0;

@@ -521,7 +521,17 @@ pub fn decode_client_json(text: &str) -> Result<ClientMsg> {
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("unknown variant") {
-            Error::invalid(format!("unknown message type: {msg}"))
+            // serde names the variants it expected: say which enum the bad name was for.
+            let what = if msg.contains("`hello`") {
+                "unknown message type"
+            } else if msg.contains("`entity`") {
+                "unknown kind"
+            } else if msg.contains("`upsert`") {
+                "unknown op"
+            } else {
+                "unknown name"
+            };
+            Error::invalid(format!("{what}: {msg}"))
         } else if e.is_syntax() || e.is_eof() {
             Error::invalid(format!("malformed JSON: {msg}"))
         } else {

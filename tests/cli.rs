@@ -246,3 +246,201 @@ fn trigram_databases_find_cjk_substrings() {
         "the tokenizer of an existing file cannot change"
     );
 }
+
+/// A new user's first hour (issue 13): read commands on a mistyped path say so and create
+/// nothing; `list` and `changes` say when they stopped at their limit and how to go on; an
+/// error's cause is printed once; `export | head` ends quietly; `digest` counts entities;
+/// `neighbors` shows both directions; someone else's SQLite file is refused, even by a
+/// read-only follower, and left untouched.
+#[test]
+fn first_hour_friction() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("typo.db");
+    for args in [
+        &["search", "ada"][..],
+        &["get", "entity", "ada"],
+        &["list", "entity"],
+        &["neighbors", "ada"],
+        &["knn", "--model", "m", "--vector", "[1,0]"],
+        &["changes"],
+        &["digest"],
+        &["check"],
+        &["export"],
+        &["delete", "entity", "ada"],
+    ] {
+        let o = hs(&missing, args);
+        assert!(!o.status.success(), "{args:?} succeeded on a missing file");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("no database at") && err.contains("typo.db"),
+            "{args:?}: {err}"
+        );
+        assert!(!missing.exists(), "{args:?} created the file");
+    }
+
+    let db = d.path().join("h.db");
+    ok(
+        &db,
+        &[
+            "put",
+            "entity",
+            r#"{"id":"ada","kind":"person","name":"Ada"}"#,
+        ],
+    );
+    ok(
+        &db,
+        &[
+            "put",
+            "entity",
+            r#"{"id":"cb","kind":"person","name":"Charles"}"#,
+        ],
+    );
+    ok(
+        &db,
+        &[
+            "put",
+            "entity",
+            r#"{"id":"eve","kind":"person","name":"Eve"}"#,
+        ],
+    );
+    ok(
+        &db,
+        &[
+            "put",
+            "edge",
+            r#"{"source":"ada","target":"cb","relation":"knew"}"#,
+        ],
+    );
+
+    // Limits.
+    let o = hs(&db, &["list", "entity", "--limit", "2"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--after cb"), "{err}");
+    let o = hs(&db, &["list", "entity", "--after", "cb", "--limit", "2"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "eve\tEve");
+    assert!(o.stderr.is_empty(), "the last page says nothing: {o:?}");
+    let o = hs(&db, &["changes", "--limit", "3"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--from 3"), "{err}");
+    let o = hs(&db, &["changes", "--from", "3"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    assert!(o.stderr.is_empty(), "{o:?}");
+
+    // An error's cause, once.
+    let o = hs(
+        &db,
+        &[
+            "put",
+            "edge",
+            r#"{"source":"nobody","target":"ada","relation":"r"}"#,
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("is not an entity").count(), 1, "{err}");
+    assert!(!err.contains('\x1b'), "colour codes on a pipe: {err}");
+
+    // `export | head -1`: the reader goes away; no error, success.
+    let lines: String = (0..20_000)
+        .map(|i| format!("{{\"op\":\"upsert\",\"kind\":\"note\",\"data\":{{\"id\":\"m{i}\",\"content\":\"bulk {i}\"}}}}\n"))
+        .collect();
+    let file = d.path().join("bulk.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    ok(&db, &["import", file.to_str().unwrap()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hivesync"))
+        .arg("--db")
+        .arg(&db)
+        .arg("export")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    // The reader is dropped here, as `head` exits.
+    let o = child.wait_with_output().unwrap();
+    assert!(first.starts_with('{'));
+    assert!(o.status.success(), "export to a closed pipe: {o:?}");
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // digest says entities; neighbors shows both directions.
+    let digest = ok(&db, &["digest"]);
+    assert!(digest.contains("entities=3"), "{digest}");
+    let around_cb = ok(&db, &["neighbors", "cb"]);
+    assert!(around_cb.contains("cb <-[knew]- ada"), "{around_cb}");
+    let around_ada = ok(&db, &["neighbors", "ada"]);
+    assert!(around_ada.contains("ada -[knew]-> cb"), "{around_ada}");
+    assert_eq!(ok(&db, &["neighbors", "cb", "--direction", "out"]), "");
+
+    // Someone else's database.
+    let foreign = d.path().join("invoices.db");
+    let c = rusqlite::Connection::open(&foreign).unwrap();
+    c.execute_batch("CREATE TABLE invoices(id INTEGER PRIMARY KEY AUTOINCREMENT, total REAL); INSERT INTO invoices(total) VALUES (1)")
+        .unwrap();
+    drop(c);
+    for args in [
+        &["serve", "--read-only", "--listen", "127.0.0.1:0"][..],
+        &["serve", "--listen", "127.0.0.1:0"],
+        &["search", "x"],
+        &["put", "entity", r#"{"name":"x"}"#],
+    ] {
+        let o = hs(&foreign, args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not a hivesync database"), "{args:?}: {err}");
+    }
+    let c = rusqlite::Connection::open(&foreign).unwrap();
+    let tables: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1, "hivesync wrote into someone else's database");
+}
+
+/// Logs on a pipe carry no colour codes; `--log-format json` writes one JSON object per line.
+#[test]
+fn logs_are_plain_on_a_pipe_and_json_on_request() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("h.db");
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hivesync"));
+        cmd.arg("--db").arg(&db);
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(line.contains("hivesync serving"), "{line}");
+        assert!(!line.contains('\x1b'), "colour codes on a pipe: {line:?}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["level"], "INFO", "{v}");
+            assert!(v["fields"]["message"].as_str().unwrap().contains("serving"));
+        }
+    }
+}

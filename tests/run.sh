@@ -39,7 +39,8 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "$WB_VERSION"; then
 else
   echo "wasm-bindgen-cli $WB_VERSION: present"
 fi
-if [ ! -x wasm/node_modules/.bin/wasm-opt ] || [ ! -d wasm/node_modules/playwright-core ]; then
+if [ ! -x wasm/node_modules/.bin/wasm-opt ] || [ ! -d wasm/node_modules/playwright-core ] \
+  || [ ! -d wasm/node_modules/typescript ]; then
   (cd wasm && npm ci --no-audit --no-fund)
 else
   echo "wasm/node_modules: present"

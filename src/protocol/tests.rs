@@ -135,6 +135,18 @@ fn client_messages_roundtrip_and_reject_junk() {
     for (bad, want) in [
         ("{", "malformed JSON"),
         (r#"{"type":"teleport"}"#, "unknown message type"),
+        (
+            r#"{"type":"subscribe","sub":"s","kinds":["entity","persons"]}"#,
+            "unknown kind: unknown variant `persons`",
+        ),
+        (
+            r#"{"type":"write","req":"r","ops":[{"op":"upsert","kind":"entities","data":{}}]}"#,
+            "unknown kind",
+        ),
+        (
+            r#"{"type":"write","req":"r","ops":[{"op":"insert","kind":"entity","data":{}}]}"#,
+            "unknown op",
+        ),
         (r#"{"type":"hello","tokn":"x"}"#, "unknown field"),
         (r#"{"type":"ack","sub":"s"}"#, "missing field `seq`"),
         ("[]", "invalid"),

@@ -156,6 +156,23 @@ pub fn current_version(conn: &Connection) -> Result<i64> {
 /// Fail with [`Error::SchemaTooNew`] when the file was written by a newer build.
 pub fn check_version(conn: &Connection) -> Result<i64> {
     let found = current_version(conn)?;
+    if found == 0 {
+        // No ledger: a new, empty file, or someone else's database, which hivesync must not
+        // migrate into (or read as if it were its own).
+        let mut stmt = conn.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 4",
+        )?;
+        let tables = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !tables.is_empty() {
+            return Err(Error::invalid(format!(
+                "this SQLite file is not a hivesync database (it has tables such as {} and no \
+                 hivesync schema); point --db at a hivesync database, or at a new file to create one",
+                tables.join(", ")
+            )));
+        }
+    }
     if found > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew {
             found,

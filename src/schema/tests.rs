@@ -52,6 +52,27 @@ fn a_newer_schema_is_refused() {
 }
 
 #[test]
+fn someone_elses_database_is_neither_migrated_nor_read() {
+    let c = Connection::open_in_memory().unwrap();
+    c.execute_batch("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
+        .unwrap();
+    for e in [
+        migrate(&c, &SchemaOptions::default()).unwrap_err(),
+        check_version(&c).unwrap_err(),
+    ] {
+        let m = e.to_string();
+        assert!(
+            m.contains("not a hivesync database") && m.contains("invoices"),
+            "{m}"
+        );
+    }
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "nothing was created in it");
+}
+
+#[test]
 fn plain_sql_writes_are_indexed_and_logged() {
     let c = db();
     c.execute("INSERT INTO entities(ns, id, kind, name) VALUES ('default', 'e1', 'person', 'Grace Hopper')", [])

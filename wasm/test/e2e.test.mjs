@@ -4,15 +4,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { checkAgainstDts } from './dts.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const bin = process.env.HIVESYNC_BIN ?? path.join(root, 'target/debug/hivesync');
 const chromePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const web = process.env.HIVESYNC_WEB ?? path.join(root, 'wasm/web');
 
 function freePort() {
   return new Promise((resolve) => {
@@ -29,8 +32,8 @@ async function waitHealthy(port, ms = 15000) {
   throw new Error('node did not become healthy');
 }
 
-function startNode(db, port) {
-  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--web', path.join(root, 'wasm/web')],
+function startNode(db, port, ...args) {
+  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--web', web, ...args],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr.on('data', () => {});
   return child;
@@ -45,21 +48,41 @@ async function stopNode(child) {
 
 const cli = (db, ...args) => execFileSync(bin, ['--db', db, ...args], { encoding: 'utf8' });
 
+const launch = (...args) => chromium.launch({
+  executablePath: chromePath,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', ...args],
+});
+
+// Records in window.__events every event the replica's Worker posts to the page, from the
+// first one on (the page's own listeners start later).
+function recordWorkerEvents() {
+  window.__events = [];
+  const PageWorker = window.Worker;
+  window.Worker = class extends PageWorker {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => { if (e.data?.event) window.__events.push(e.data.event); });
+    }
+  };
+}
+
+// Cases for checkAgainstDts: each recorded event against its member of ReplicaEvent.
+const eventCases = (events) => events.map((value) =>
+  ({ what: `the ${value.type} event`, type: `Extract<H.ReplicaEvent, { type: '${value.type}' }>`, value }));
+
 test('the page syncs live, searches, works offline and resumes from its stored seq', { timeout: 120000 }, async () => {
-  assert.ok(fs.existsSync(path.join(root, 'wasm/web/pkg/hivesync_wasm_bg.wasm')), 'run bash wasm/build.sh first');
+  assert.ok(fs.existsSync(path.join(web, 'pkg/hivesync_wasm_bg.wasm')), 'run bash wasm/build.sh first');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-e2e-'));
   const db = path.join(dir, 'e2e.db');
   const port = await freePort();
   cli(db, 'put', 'entity', '{"id":"ada","kind":"person","name":"Ada Lovelace"}');
   let node = startNode(db, port);
-  const browser = await chromium.launch({
-    executablePath: chromePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     await waitHealthy(port);
     const page = await browser.newPage();
+    await page.addInitScript(recordWorkerEvents);
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
     await page.goto(`http://127.0.0.1:${port}/`);
@@ -107,11 +130,112 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     const st = await page.evaluate(() => window.hivesync.status());
     assert.equal(st.resumedFrom, seqOnline, `resumed from ${st.resumedFrom}, expected the stored seq ${seqOnline}`);
     assert.ok(st.live);
+    // What the page really got (status, opened, every event since the reload) is what
+    // hivesync.d.ts declares, key for key.
+    const { events, opened } = await page.evaluate(() => ({ events: window.__events, opened: window.hivesync.opened }));
+    // So does the status of a replica opened without a node (offline only).
+    const offline = await page.evaluate(async () => {
+      const { openReplica } = await import('./hivesync.js');
+      const r = await openReplica({ persist: false });
+      try { return await r.status(); } finally { r.close(); }
+    });
+    assert.ok(events.some((ev) => ev.type === 'welcome' && ev.from === seqOnline), 'the welcome event says where the replica resumed');
+    const problems = checkAgainstDts(path.join(web, 'hivesync.d.ts'), [
+      { what: 'status()', type: 'H.Status', value: st },
+      { what: 'opened', type: "H.HivesyncReplica['opened']", value: opened },
+      { what: 'status() without a node', type: 'H.Status', value: offline },
+      ...eventCases(events),
+    ]);
+    assert.deepEqual(problems, [], problems.join('\n'));
     // The page's copy and the node's file hold the same logical state.
     const mine = await page.evaluate(() => window.hivesync.digest());
     const theirs = JSON.parse(cli(db, '--json', 'digest'));
     assert.equal(mine.sha256, theirs.sha256, 'replica digest equals the node digest');
     assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with tokens configured, the demo and the status page take a token and wait for one when refused', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-e2e-auth-'));
+  const db = path.join(dir, 'auth.db');
+  const config = path.join(dir, 'node.toml');
+  const secret = 'e2e-page-secret';
+  const sha256 = crypto.createHash('sha256').update(secret).digest('hex');
+  fs.writeFileSync(config, `name = "e2e-auth"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ["*"]\n`);
+  const port = await freePort();
+  const origin = `http://127.0.0.1:${port}`;
+  cli(db, 'put', 'entity', '{"id":"ada","kind":"person","name":"Ada Lovelace"}');
+  const node = startNode(db, port, '--config', config);
+  // A page the test serves itself has no address space Chromium knows, so it would block the
+  // page's socket to 127.0.0.1 (local network access checks) were they on.
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  // A page in a fresh context (its own OPFS and sessionStorage), counting its WebSockets. The
+  // status page is served from its source file (the node compiles its own copy in).
+  const statusPage = fs.readFileSync(path.join(root, 'src/node/index.html'));
+  const open = async (url) => {
+    const ctx = await browser.newContext();
+    await ctx.route((u) => u.pathname === '/status', (r) => r.fulfill({ body: statusPage, contentType: 'text/html; charset=utf-8' }));
+    const page = await ctx.newPage();
+    await page.addInitScript(recordWorkerEvents);
+    page.sockets = 0;
+    page.on('websocket', () => { page.sockets += 1; });
+    await page.goto(url);
+    return page;
+  };
+  const statusText = (page) => page.textContent('#status');
+  try {
+    await waitHealthy(port);
+
+    // The status page without a token says it was refused, and waits for one.
+    let page = await open(`${origin}/status`);
+    await page.waitForSelector('#status.denied', { timeout: 10000 });
+    assert.match(await statusText(page), /^unauthorized: .*Enter a token/);
+    await page.waitForTimeout(2500); // it would have retried twice by now
+    assert.equal(page.sockets, 1, 'a refused status page does not reconnect on its own');
+    // A token from the field: live, with the feed.
+    await page.fill('#token', secret);
+    await page.click('#auth button');
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
+    await page.waitForSelector('#feed .row:has-text("default/ada")', { timeout: 5000 });
+    cli(db, 'put', 'entity', '{"id":"grace","kind":"person","name":"Grace Hopper"}');
+    await page.waitForSelector('#feed .row:has-text("default/grace")', { timeout: 5000 });
+    // Kept for the tab: a reload connects with it.
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
+    // A token from ?token=, taken out of the address bar.
+    page = await open(`${origin}/status?token=${secret}`);
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
+    assert.equal(new URL(page.url()).search, '');
+
+    // The demo page without a token: stopped with the node's reason, answering from its copy.
+    page = await open(`${origin}/`);
+    await page.waitForSelector('#error.denied', { timeout: 20000 });
+    assert.match(await page.textContent('#error'), /^unauthorized: .*Enter a token/);
+    assert.match(await statusText(page), /^stopped: unauthorized/);
+    await page.waitForTimeout(2000);
+    assert.equal(page.sockets, 1, 'a refused replica does not reconnect on its own');
+    const refused = await page.evaluate(() => window.__events);
+    assert.ok(refused.some((ev) => ev.type === 'error' && ev.code === 'unauthorized'));
+    const problems = checkAgainstDts(path.join(web, 'hivesync.d.ts'), eventCases(refused));
+    assert.deepEqual(problems, [], problems.join('\n'));
+    // A token from the field: the page reopens the replica with it and syncs.
+    await page.fill('#token', secret);
+    await Promise.all([page.waitForNavigation(), page.click('#auth button')]);
+    await page.waitForSelector('#status.live', { timeout: 20000 });
+    await page.waitForSelector('#recent li[data-id="grace"]', { timeout: 5000 });
+    // A token from ?token=: taken out of the address bar, other parameters kept.
+    page = await open(`${origin}/?token=${secret}&q=lovelace`);
+    await page.waitForSelector('#status.live', { timeout: 20000 });
+    await page.waitForSelector('#results li[data-id="ada"]', { timeout: 5000 });
+    assert.equal(new URL(page.url()).search, '?q=lovelace');
+    // A wrong one is refused like none.
+    page = await open(`${origin}/?token=wrong`);
+    await page.waitForSelector('#error.denied', { timeout: 20000 });
+    assert.match(await page.textContent('#error'), /Enter another token/);
   } finally {
     await browser.close();
     await stopNode(node);

@@ -4,8 +4,28 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
 
+// The token: from ?token= or the token field, kept for this tab (sessionStorage; the node's
+// status page at /status reads the same key). A token in the URL is taken out of the address
+// bar, so that it stays out of the history and of links copied from it.
+const TOKEN_KEY = 'hivesync.token';
+const params = new URLSearchParams(location.search);
+if (params.has('token')) {
+  sessionStorage.setItem(TOKEN_KEY, params.get('token'));
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+}
+const token = sessionStorage.getItem(TOKEN_KEY) || undefined;
+$('token').value = token ?? '';
+// The sync client takes its token when the replica opens: another token reloads the page.
+$('auth').addEventListener('submit', (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $('token').value);
+  location.reload();
+});
+
 performance.mark('app-start');
-const db = await openReplica({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`, name: 'demo' });
+const db = await openReplica({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`, name: 'demo', token });
 performance.mark('replica-open');
 $('storage').textContent = db.opened.storage;
 window.hivesync = db; // for the console (and the end-to-end test)
@@ -73,7 +93,14 @@ db.on('applied', () => {
   requestAnimationFrame(async () => { pending = false; await renderRecent(); if ($('q').value) await renderSearch(); });
 });
 db.on('status', showStatus);
-db.on('error', (e) => { $('error').textContent = e.message; });
+db.on('error', (e) => {
+  // Refused by the node: the sync client has stopped; the page answers from its stored copy
+  // until another token is entered.
+  const denied = e.code === 'unauthorized' || e.code === 'forbidden';
+  $('error').textContent = denied ? `${e.code}: ${e.message}. ${token ? 'Enter another token' : 'Enter a token'} above.` : e.message;
+  $('error').className = denied ? 'denied' : 'muted';
+  if (denied) $('token').focus();
+});
 showStatus(await db.status());
 const q = new URLSearchParams(location.search).get('q');
 if (q) {

@@ -16,21 +16,71 @@ export interface SearchHit { record: 'entity' | 'note'; ns: string; id: string; 
 export interface KnnQuery { model: string; embedding: number[]; k: number; ns?: string; kind?: string }
 export interface KnnHit { ns: string; subject: string; kind: string; distance: number }
 export interface HybridHit { ns: string; id: string; score: number; text_rank: number | null; vector_rank: number | null; snippet: string | null }
+/** A page of rows in id order: `after` is the last id of the previous page. */
+export interface ListOptions { kind?: string; after?: string; limit?: number }
 export interface Neighbor { node: string; direction: Direction; edge: Edge }
 export interface Hop { node: string; depth: number; from: string; edge: string; relation: string }
 
-export interface Status { type: 'status'; seq: number; head: number; lag: number; live: boolean; online: boolean; storage: 'opfs' | 'memory'; error: string | null }
-export type ReplicaEvent =
-  | Status
-  | { type: 'welcome'; node: string; head: number }
-  | { type: 'applied'; seq: number; count?: number; snapshot?: boolean }
-  | { type: 'live'; seq: number }
-  | { type: 'offline' }
-  | { type: 'error'; code?: string; message: string };
+/** A replica's sync state: the `status` event, and the answer of `status()`. */
+export interface Status {
+  type: 'status';
+  /** Last seq applied to this replica. */
+  seq: number;
+  /** The node's last seq, as far as this replica knows. */
+  head: number;
+  /** Changes behind the node (0 once live). */
+  lag: number;
+  live: boolean;
+  online: boolean;
+  storage: 'opfs' | 'memory';
+  /** Why the sync client stopped for good (`unauthorized: ...`, `forbidden: ...`, `bad_request: ...`), else null. */
+  error: string | null;
+  /** The seq the last subscription resumed after; null for a snapshot (or before the first). */
+  resumedFrom: number | null;
+}
+
+/** Error codes of the wire protocol. */
+export type ErrorCode = 'unauthorized' | 'forbidden' | 'bad_request' | 'too_large' | 'overloaded' | 'internal';
+
+export interface WelcomeEvent {
+  type: 'welcome';
+  /** The node's name. */
+  node: string;
+  head: number;
+  /** The seq this replica resumes after; null when it asks for a snapshot. */
+  from: number | null;
+}
+/** Rows applied: `count` changes, or a whole snapshot (`snapshot: true`) up to `seq`. */
+export interface AppliedEvent { type: 'applied'; seq: number; count?: number; snapshot?: boolean }
+export interface LiveEvent { type: 'live'; seq: number }
+export interface OfflineEvent { type: 'offline' }
+/** `code` is set for errors from the node; `unauthorized`, `forbidden` and `bad_request` stop the sync client. */
+export interface ReplicaError { type: 'error'; code?: ErrorCode; message: string }
+
+/** Every event a replica emits, by type. */
+export interface ReplicaEventMap {
+  status: Status;
+  welcome: WelcomeEvent;
+  applied: AppliedEvent;
+  live: LiveEvent;
+  offline: OfflineEvent;
+  error: ReplicaError;
+}
+export type ReplicaEvent = ReplicaEventMap[keyof ReplicaEventMap];
+
+/** What opening found: `HivesyncReplica.opened`. */
+export interface Opened {
+  storage: 'opfs' | 'memory';
+  /** Last seq applied to the stored copy. */
+  seq: number;
+  /** Where opening spent its time, in ms: loading the wasm, opening the database. */
+  timings: { wasm: number; db: number };
+}
 
 export interface OpenOptions {
   /** The node's feed, e.g. `ws://127.0.0.1:7070/v1/sync`; omit for an offline-only replica. */
   url?: string;
+  /** Sent in the hello; the node answers `unauthorized` (an `error` event) when it is wrong or missing. */
   token?: string;
   /** OPFS database name (default `hivesync`). */
   name?: string;
@@ -41,8 +91,10 @@ export interface OpenOptions {
 }
 
 export declare class HivesyncReplica {
-  opened: { storage: 'opfs' | 'memory'; seq: number };
-  on(type: ReplicaEvent['type'] | '*', f: (ev: ReplicaEvent) => void): () => void;
+  opened: Opened;
+  /** Listen to one type of event, or to all (`*`); returns a function that stops listening. */
+  on<K extends keyof ReplicaEventMap>(type: K, f: (ev: ReplicaEventMap[K]) => void): () => void;
+  on(type: '*', f: (ev: ReplicaEvent) => void): () => void;
   status(): Promise<Status>;
   search(q: SearchQuery): Promise<SearchHit[]>;
   knn(q: KnnQuery): Promise<KnnHit[]>;
@@ -52,7 +104,10 @@ export declare class HivesyncReplica {
   get(kind: 'note', ns: string, id: string): Promise<Note | null>;
   get(kind: 'event', ns: string, id: string): Promise<Event | null>;
   get(kind: 'vector', ns: string, subject: string, model: string): Promise<Vector | null>;
-  list(kind: Exclude<Kind, 'vector'>, ns: string, opts?: { kind?: string; after?: string; limit?: number }): Promise<unknown[]>;
+  list(kind: 'entity', ns: string, opts?: ListOptions): Promise<Entity[]>;
+  list(kind: 'edge', ns: string, opts?: ListOptions): Promise<Edge[]>;
+  list(kind: 'note', ns: string, opts?: ListOptions): Promise<Note[]>;
+  list(kind: 'event', ns: string, opts?: ListOptions): Promise<Event[]>;
   neighbors(ns: string, id: string, opts?: { direction?: Direction; relation?: string; limit?: number }): Promise<Neighbor[]>;
   traverse(ns: string, id: string, opts?: { direction?: Direction; relation?: string; depth?: number; limit?: number }): Promise<Hop[]>;
   sql(query: string, params?: unknown[]): Promise<{ columns: string[]; rows: unknown[][] }>;

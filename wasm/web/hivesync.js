@@ -34,7 +34,7 @@ export class HivesyncReplica {
     });
   }
 
-  /** Listen to `status`, `applied`, `live`, `offline`, `welcome`, `error` (or `*`). */
+  /** Listen to `status`, `applied`, `live`, `offline`, `welcome`, `error` (or `*`); the payloads are in hivesync.d.ts. */
   on(type, f) {
     if (!this.listeners.has(type)) this.listeners.set(type, []);
     this.listeners.get(type).push(f);
@@ -67,6 +67,10 @@ export class HivesyncReplica {
  * protocol ('bin', the default, or 'json'), namespaces (default: all the token may read).
  */
 export async function openReplica(opts = {}) {
+  // Importing this module touches no browser API (it loads in Node and in bundlers); opening does.
+  if (typeof Worker === 'undefined') {
+    throw new Error('openReplica needs Web Workers (a browser); elsewhere drive the wasm Replica with SyncClient from hivesync/sync.js');
+  }
   const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const r = new HivesyncReplica(worker);
   r.opened = await r.call('open', opts);

@@ -28,6 +28,7 @@ export class SyncClient {
     this.nextReq = 1;
     this.lastAck = 0;
     this.fatal = null;
+    this.resumedFrom = null; // the seq the last subscription resumed after (null: a snapshot)
     this.waiters = [];
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
   }
@@ -37,7 +38,7 @@ export class SyncClient {
     return {
       type: 'status', seq, head: Math.max(this.head, seq), lag: this.live ? 0 : Math.max(0, this.head - seq),
       live: this.live, online: this.online, storage: this.replica.storage, error: this.fatal,
-      resumedFrom: this.resumedFrom ?? null,
+      resumedFrom: this.resumedFrom,
     };
   }
 

@@ -42,9 +42,14 @@ async function open(opts) {
 }
 
 const json = (s) => JSON.parse(s);
+const offlineStatus = () => {
+  const seq = replica.appliedSeq();
+  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: replica.storage, error: null, resumedFrom: null };
+};
 const methods = {
   open,
-  status: () => client ? client.status() : { type: 'status', seq: replica.appliedSeq(), live: false, online: false, storage: replica.storage },
+  // An offline-only replica (no url) answers with the same fields as the sync client's status.
+  status: () => client ? client.status() : offlineStatus(),
   search: (q) => json(replica.search(JSON.stringify(q))),
   knn: (q) => json(replica.knn(JSON.stringify(q))),
   hybrid: (t, k, limit) => json(replica.hybrid(JSON.stringify(t), JSON.stringify(k), limit ?? 20)),
