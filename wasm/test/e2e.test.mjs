@@ -15,7 +15,10 @@ import { checkAgainstDts } from './dts.mjs';
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const bin = process.env.HIVESYNC_BIN ?? path.join(root, 'target/debug/hivesync');
 const chromePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const web = process.env.HIVESYNC_WEB ?? path.join(root, 'wasm/web');
+// Without HIVESYNC_WEB the node serves the replica built into it (what a new user's first
+// `hivesync serve` shows); tests/run.sh rebuilds the package and then the binary first.
+const web = process.env.HIVESYNC_WEB;
+const webDir = web ?? path.join(root, 'wasm/web');
 
 function freePort() {
   return new Promise((resolve) => {
@@ -33,7 +36,8 @@ async function waitHealthy(port, ms = 15000) {
 }
 
 function startNode(db, port, ...args) {
-  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--web', web, ...args],
+  const webArgs = web ? ['--web', web] : [];
+  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, ...webArgs, ...args],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr.on('data', () => {});
   return child;
@@ -72,7 +76,7 @@ const eventCases = (events) => events.map((value) =>
   ({ what: `the ${value.type} event`, type: `Extract<H.ReplicaEvent, { type: '${value.type}' }>`, value }));
 
 test('the page syncs live, searches, works offline and resumes from its stored seq', { timeout: 120000 }, async () => {
-  assert.ok(fs.existsSync(path.join(web, 'pkg/hivesync_wasm_bg.wasm')), 'run bash wasm/build.sh first');
+  assert.ok(fs.existsSync(path.join(webDir, 'pkg/hivesync_wasm_bg.wasm')), 'run bash wasm/build.sh first');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-e2e-'));
   const db = path.join(dir, 'e2e.db');
   const port = await freePort();
@@ -140,7 +144,7 @@ test('the page syncs live, searches, works offline and resumes from its stored s
       try { return await r.status(); } finally { r.close(); }
     });
     assert.ok(events.some((ev) => ev.type === 'welcome' && ev.from === seqOnline), 'the welcome event says where the replica resumed');
-    const problems = checkAgainstDts(path.join(web, 'hivesync.d.ts'), [
+    const problems = checkAgainstDts(path.join(webDir, 'hivesync.d.ts'), [
       { what: 'status()', type: 'H.Status', value: st },
       { what: 'opened', type: "H.HivesyncReplica['opened']", value: opened },
       { what: 'status() without a node', type: 'H.Status', value: offline },
@@ -173,12 +177,9 @@ test('with tokens configured, the demo and the status page take a token and wait
   // A page the test serves itself has no address space Chromium knows, so it would block the
   // page's socket to 127.0.0.1 (local network access checks) were they on.
   const browser = await launch('--disable-features=LocalNetworkAccessChecks');
-  // A page in a fresh context (its own OPFS and sessionStorage), counting its WebSockets. The
-  // status page is served from its source file (the node compiles its own copy in).
-  const statusPage = fs.readFileSync(path.join(root, 'src/node/index.html'));
+  // A page in a fresh context (its own OPFS and sessionStorage), counting its WebSockets.
   const open = async (url) => {
     const ctx = await browser.newContext();
-    await ctx.route((u) => u.pathname === '/status', (r) => r.fulfill({ body: statusPage, contentType: 'text/html; charset=utf-8' }));
     const page = await ctx.newPage();
     await page.addInitScript(recordWorkerEvents);
     page.sockets = 0;
@@ -211,6 +212,28 @@ test('with tokens configured, the demo and the status page take a token and wait
     await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
     assert.equal(new URL(page.url()).search, '');
 
+    // Served over https (the node behind a TLS terminator, here played by the test), the
+    // status page opens wss:// on the same host, with the token in its hello.
+    {
+      const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+      const statusHtml = await (await fetch(`${origin}/status`)).text();
+      await ctx.route('https://hivesync.test/**', (r) => r.fulfill({ body: statusHtml, contentType: 'text/html; charset=utf-8' }));
+      const sockets = [];
+      await ctx.routeWebSocket(/.*/, (ws) => {
+        const seen = { url: ws.url(), sent: [] };
+        sockets.push(seen);
+        ws.onMessage((m) => { seen.sent.push(JSON.parse(m)); });
+      });
+      const tls = await ctx.newPage();
+      await tls.goto(`https://hivesync.test/status?token=${secret}`);
+      const t0 = Date.now();
+      while (!(sockets[0] && sockets[0].sent.length) && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(sockets[0]?.url, 'wss://hivesync.test/v1/sync');
+      assert.equal(sockets[0].sent[0].type, 'hello');
+      assert.equal(sockets[0].sent[0].token, secret);
+      await ctx.close();
+    }
+
     // The demo page without a token: stopped with the node's reason, answering from its copy.
     page = await open(`${origin}/`);
     await page.waitForSelector('#error.denied', { timeout: 20000 });
@@ -220,7 +243,7 @@ test('with tokens configured, the demo and the status page take a token and wait
     assert.equal(page.sockets, 1, 'a refused replica does not reconnect on its own');
     const refused = await page.evaluate(() => window.__events);
     assert.ok(refused.some((ev) => ev.type === 'error' && ev.code === 'unauthorized'));
-    const problems = checkAgainstDts(path.join(web, 'hivesync.d.ts'), eventCases(refused));
+    const problems = checkAgainstDts(path.join(webDir, 'hivesync.d.ts'), eventCases(refused));
     assert.deepEqual(problems, [], problems.join('\n'));
     // A token from the field: the page reopens the replica with it and syncs.
     await page.fill('#token', secret);
