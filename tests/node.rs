@@ -1070,6 +1070,102 @@ async fn watch_cli_resumes() {
     );
 }
 
+/// `hivesync watch` stops at once, non-zero, on what no retry can cure (a URL that is no feed,
+/// a refused token), and rides out a node restart: it reconnects after a jittered delay from
+/// the first step of the backoff and resumes after the last seq it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_stops_on_fatal_errors_and_rides_out_a_restart() {
+    let mut node = Node::start().await;
+    let http = format!("http://127.0.0.1:{}/v1/sync", node.port);
+    let wrong_path = format!("ws://127.0.0.1:{}/nope", node.port);
+    let url = node.url();
+    for (args, says) in [
+        (vec!["watch", http.as_str()], "not a WebSocket URL"),
+        (vec!["watch", wrong_path.as_str()], "HTTP 404"),
+        (
+            vec!["watch", url.as_str(), "--token", "wrong"],
+            "unauthorized",
+        ),
+    ] {
+        let t0 = Instant::now();
+        let out = tokio::task::block_in_place(|| common::cli(&node.db, &args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} exited 0: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("reconnecting"), "{args:?} retried: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+    }
+
+    node.cli_put(
+        "entity",
+        "default",
+        &json!({"id": "r0", "kind": "t", "name": "r"}),
+    );
+    let mut child = common::command()
+        .args(["watch", &url, "--json", "--from", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let _guard = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (etx, erx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = etx.send(line);
+        }
+    });
+    assert_eq!(
+        tokio::task::block_in_place(|| next_line(&rx)),
+        (1, "r0".into())
+    );
+    node.restart().await;
+    node.cli_put(
+        "entity",
+        "default",
+        &json!({"id": "r1", "kind": "t", "name": "r"}),
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| next_line(&rx)),
+        (2, "r1".into())
+    );
+    let log: Vec<String> = erx.try_iter().collect();
+    let first = log
+        .iter()
+        .find(|l| l.contains("reconnecting in"))
+        .unwrap_or_else(|| panic!("no reconnect line: {log:?}"));
+    assert!(first.contains("from seq 1"), "{first}");
+    // The first delay is drawn from [125, 250] ms.
+    let ms: f64 = first
+        .split("reconnecting in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|d| {
+            if let Some(ms) = d.strip_suffix("ms") {
+                ms.parse().unwrap()
+            } else {
+                d.trim_end_matches('s').parse::<f64>().unwrap() * 1000.0
+            }
+        })
+        .unwrap();
+    assert!(
+        (125.0..=250.0).contains(&ms),
+        "first retry after {ms} ms: {first}"
+    );
+    assert!(rx.try_recv().is_err(), "a change printed twice");
+}
+
 // ------------------------------------------------------------------ the first command
 
 /// With no `--web`, `/` is the browser replica compiled into the binary (its module and wasm

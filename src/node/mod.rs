@@ -12,6 +12,7 @@ mod accept;
 pub mod auth;
 pub mod config;
 mod conn;
+mod dial;
 mod gate;
 pub mod hub;
 pub mod metrics;

@@ -1,14 +1,19 @@
 //! `hivesync watch`: follow a node's feed and print each change as a JSON line, resuming after
-//! a disconnect from the last seq printed, so nothing repeats and nothing is skipped.
+//! a disconnect from the last seq printed, so nothing repeats and nothing is skipped. A thin
+//! shell over [`ClientSession`], which decides what is fatal (a refused token, a URL that is
+//! no feed) and how long to wait before reconnecting.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::protocol::{self, ClientMsg, ErrorCode, ServerMsg, Subscribe, SUBPROTOCOL_JSON};
+use super::dial;
+use crate::protocol::client::{ClientAction, ClientConfig, ClientSession};
+use crate::protocol::{self, SUBPROTOCOL_JSON};
 
 /// `hivesync watch` options.
 #[derive(clap::Args, Clone, Debug)]
@@ -40,34 +45,6 @@ pub fn watch_blocking(args: WatchArgs) -> anyhow::Result<()> {
     rt.block_on(watch(args))
 }
 
-enum End {
-    Reconnect(String),
-    Fatal(anyhow::Error),
-    Done,
-}
-
-async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let mut cursor = args.from;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match session(&args, &mut cursor).await {
-            End::Done => return Ok(()),
-            End::Fatal(e) => return Err(e),
-            End::Reconnect(why) => {
-                eprintln!(
-                    "disconnected ({why}); reconnecting in {backoff:?} from seq {}",
-                    cursor.map_or("snapshot".into(), |c| c.to_string())
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
 fn print(args: &WatchArgs, out: &mut impl Write, c: &crate::model::Change) -> std::io::Result<()> {
     if args.json {
         let mut b = Vec::new();
@@ -89,131 +66,154 @@ fn print(args: &WatchArgs, out: &mut impl Write, c: &crate::model::Change) -> st
     }
 }
 
-async fn session(args: &WatchArgs, cursor: &mut Option<i64>) -> End {
-    let mut req = match args.url.as_str().into_client_request() {
-        Ok(r) => r,
-        Err(e) => {
-            return End::Fatal(anyhow::anyhow!(
-                "bad URL {:?}: {e}; expected ws://host:port/v1/sync",
-                args.url
-            ))
-        }
-    };
-    if let Ok(v) = SUBPROTOCOL_JSON.parse() {
-        req.headers_mut().insert("Sec-WebSocket-Protocol", v);
-    }
-    let (ws, _) = match tokio_tungstenite::connect_async_with_config(
-        req,
-        Some(super::client_ws_config()),
-        true,
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => return End::Reconnect(format!("cannot connect to {}: {e}", args.url)),
-    };
-    let (mut tx, mut rx) = ws.split();
-    let hello = ClientMsg::Hello {
+/// How a connection ended.
+enum End {
+    /// Connect again after this delay.
+    Retry(Duration),
+    /// Stop: done (interrupted, `--until-live`, stdout closed) or failed for good.
+    Stop(anyhow::Result<()>),
+}
+
+/// The I/O shell over the client session: the socket, the clock, stdout.
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut session = ClientSession::new(ClientConfig {
+        client: "hivesync-watch".into(),
         token: args.token.clone(),
-        client: Some("hivesync-watch".into()),
-    };
-    if let Err(e) = tx
-        .send(Message::Text(protocol::encode_client_json(&hello).into()))
-        .await
-    {
-        return End::Reconnect(e.to_string());
-    }
-    let mut stdout = std::io::stdout().lock();
-    let mut snapshot_at: Option<i64> = None;
-    while let Some(msg) = tokio::select! {
-        m = rx.next() => m,
-        _ = tokio::signal::ctrl_c() => return End::Done,
-    } {
-        let text = match msg {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(f)) => {
-                return End::Reconnect(format!(
-                    "node closed the connection: {}",
-                    f.map(|f| f.reason.to_string()).unwrap_or_default()
-                ))
-            }
-            Ok(_) => continue,
-            Err(e) => return End::Reconnect(e.to_string()),
-        };
-        let m = match protocol::decode_server_json(&text) {
-            Ok(m) => m,
-            Err(e) => return End::Fatal(e.into()),
-        };
-        match m {
-            ServerMsg::Welcome { head, .. } => {
-                if let Some(c) = *cursor {
-                    if c > head {
-                        return End::Fatal(anyhow::anyhow!("the node's log ends at seq {head}, before our cursor {c}: it is not the node we were following (or it was restored); run again without --from"));
+        sub: "watch".into(),
+        from: args.from,
+        namespaces: (!args.ns.is_empty()).then(|| args.ns.clone()),
+        kinds: None,
+        seed: dial::jitter_seed(),
+    });
+    loop {
+        let actions = match dial::dial(&args.url, SUBPROTOCOL_JSON).await {
+            Ok(ws) => {
+                let mut acts = VecDeque::from(session.connected());
+                let end = connection(&args, &mut session, ws, &mut acts, start).await;
+                match end {
+                    End::Stop(r) => return r,
+                    End::Retry(after) => {
+                        pause(after).await;
+                        continue;
                     }
                 }
-                let sub = ClientMsg::Subscribe(Subscribe {
-                    sub: "watch".into(),
-                    from: *cursor,
-                    namespaces: (!args.ns.is_empty()).then(|| args.ns.clone()),
-                    kinds: None,
-                });
-                if let Err(e) = tx
-                    .send(Message::Text(protocol::encode_client_json(&sub).into()))
-                    .await
-                {
-                    return End::Reconnect(e.to_string());
+            }
+            Err(f) => session.connect_failed(f, dial::millis_since(start)),
+        };
+        let mut acts = VecDeque::from(actions);
+        match run(&args, &mut session, None, &mut acts, start).await {
+            Some(End::Stop(r)) => return r,
+            Some(End::Retry(after)) => pause(after).await,
+            None => {}
+        }
+    }
+}
+
+async fn pause(after: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(after) => {}
+        _ = tokio::signal::ctrl_c() => std::process::exit(0),
+    }
+}
+
+async fn connection(
+    args: &WatchArgs,
+    session: &mut ClientSession,
+    ws: dial::Ws,
+    acts: &mut VecDeque<ClientAction>,
+    start: Instant,
+) -> End {
+    let (mut tx, mut rx) = ws.split();
+    loop {
+        if let Some(end) = run(args, session, Some(&mut tx), acts, start).await {
+            return end;
+        }
+        let now = || dial::millis_since(start);
+        let more = tokio::select! {
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => match protocol::decode_server_json(&t) {
+                    Ok(m) => session.frame(m, now()),
+                    Err(e) => session.undecodable(&e.to_string()),
+                },
+                Some(Ok(Message::Close(f))) => session.disconnected(
+                    &format!("the node closed the connection: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()),
+                    now(),
+                ),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => session.disconnected(&e.to_string(), now()),
+                None => session.disconnected("connection ended", now()),
+            },
+            _ = tokio::signal::ctrl_c() => return End::Stop(Ok(())),
+        };
+        acts.extend(more);
+    }
+}
+
+/// Carry out the session's actions, feeding back what applying them produced.
+async fn run(
+    args: &WatchArgs,
+    session: &mut ClientSession,
+    mut tx: Option<&mut SplitSink<dial::Ws, Message>>,
+    acts: &mut VecDeque<ClientAction>,
+    start: Instant,
+) -> Option<End> {
+    let mut stdout = std::io::stdout().lock();
+    while let Some(a) = acts.pop_front() {
+        match a {
+            ClientAction::Send(m) => {
+                let frame = Message::Text(protocol::encode_client_json(&m).into());
+                if let Some(tx) = tx.as_deref_mut() {
+                    if let Err(e) = tx.send(frame).await {
+                        acts.extend(
+                            session.disconnected(&e.to_string(), dial::millis_since(start)),
+                        );
+                    }
                 }
             }
-            ServerMsg::Snapshot { at, rows, done, .. } => {
-                snapshot_at = Some(at);
+            ClientAction::SnapshotBegin { .. } | ClientAction::SnapshotAbort => {}
+            ClientAction::SnapshotRows(rows) => {
                 for r in &rows {
                     if print(args, &mut stdout, r).is_err() {
-                        return End::Done;
+                        return Some(End::Stop(Ok(())));
                     }
                 }
-                if done {
-                    *cursor = Some(at);
-                }
             }
-            ServerMsg::Changes { prev, changes, .. } => {
-                let expected = cursor.or(snapshot_at).unwrap_or(0);
-                if prev != expected {
-                    return End::Reconnect(format!(
-                        "gap: batch continues from {prev}, last seen {expected}"
-                    ));
-                }
+            ClientAction::SnapshotFinish { at } => acts.extend(session.applied(at)),
+            ClientAction::Apply { changes, .. } => {
                 for c in &changes {
                     if print(args, &mut stdout, c).is_err() {
-                        return End::Done;
+                        return Some(End::Stop(Ok(())));
                     }
-                    *cursor = Some(c.seq);
                 }
                 let _ = stdout.flush();
-                if let Some(c) = *cursor {
-                    let ack = ClientMsg::Ack {
-                        sub: "watch".into(),
-                        seq: c,
-                    };
-                    let _ = tx
-                        .send(Message::Text(protocol::encode_client_json(&ack).into()))
-                        .await;
+                if let Some(last) = changes.last() {
+                    acts.extend(session.applied(last.seq));
                 }
             }
-            ServerMsg::Live { seq, .. } => {
+            ClientAction::Live { seq } => {
                 eprintln!("live at seq {seq}");
                 if args.until_live {
                     let _ = stdout.flush();
-                    return End::Done;
+                    return Some(End::Stop(Ok(())));
                 }
             }
-            ServerMsg::Written { .. } => {}
-            ServerMsg::Error(e) => match e.code {
-                ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::BadRequest => {
-                    return End::Fatal(anyhow::anyhow!("node refused: {:?}: {}", e.code, e.message))
-                }
-                _ => return End::Reconnect(format!("{:?}: {}", e.code, e.message)),
-            },
+            ClientAction::Resolve { .. } | ClientAction::Reject { .. } => {}
+            ClientAction::Reconnect { after, why } => {
+                let _ = stdout.flush();
+                eprintln!(
+                    "disconnected ({why}); reconnecting in {after:?} from {}",
+                    session
+                        .cursor()
+                        .map_or("a snapshot".into(), |c| format!("seq {c}"))
+                );
+                return Some(End::Retry(after));
+            }
+            ClientAction::Fatal(e) => {
+                let _ = stdout.flush();
+                return Some(End::Stop(Err(e.into())));
+            }
         }
     }
-    End::Reconnect("connection ended".into())
+    None
 }

@@ -1,0 +1,60 @@
+//! The native clients' side of a connection (a relay's upstream link, `hivesync watch`): one
+//! way to open the socket, and one mapping of what went wrong onto the client session's
+//! [`ConnectFailure`], which decides what is fatal and what is retried.
+
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::protocol::client::ConnectFailure;
+
+/// An open client WebSocket.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connect to `url` offering `subprotocol`, with the frame limits every hivesync client
+/// accepts and no Nagle (acks and forwarded writes are small frames that must not wait for a
+/// delayed ACK).
+pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(ConnectFailure::BadUrl(format!(
+            "{url:?} is not a WebSocket URL; expected ws://host:port/v1/sync (or wss://)"
+        )));
+    }
+    let mut req = url.into_client_request().map_err(|e| {
+        ConnectFailure::BadUrl(format!(
+            "{url:?} is not a WebSocket URL ({e}); expected ws://host:port/v1/sync (or wss://)"
+        ))
+    })?;
+    if let Ok(v) = subprotocol.parse() {
+        req.headers_mut().insert("Sec-WebSocket-Protocol", v);
+    }
+    match tokio_tungstenite::connect_async_with_config(req, Some(super::client_ws_config()), true)
+        .await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Url(e)) => Err(ConnectFailure::BadUrl(format!(
+            "{url:?}: {e}; expected ws://host:port/v1/sync (or wss://)"
+        ))),
+        Err(WsError::Http(resp)) => Err(ConnectFailure::Http(resp.status().as_u16())),
+        Err(e) => Err(ConnectFailure::Network(format!(
+            "cannot connect to {url}: {e}"
+        ))),
+    }
+}
+
+/// The session's clock: milliseconds since `start`.
+pub(crate) fn millis_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// A seed for the session's jitter, different for every client process.
+pub(crate) fn jitter_seed() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}

@@ -1,0 +1,337 @@
+use super::*;
+use crate::model::Op;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+fn cfg(from: Option<i64>) -> ClientConfig {
+    ClientConfig {
+        client: "t".into(),
+        token: Some("tok".into()),
+        sub: "s".into(),
+        from,
+        namespaces: None,
+        kinds: None,
+        seed: 7,
+    }
+}
+
+fn change(seq: i64) -> Change {
+    Change {
+        seq,
+        tx: seq,
+        ts: 0,
+        ns: "default".into(),
+        kind: Kind::Entity,
+        op: Op::Delete,
+        id: format!("e{seq}"),
+        model: None,
+        data: None,
+        embedding: None,
+    }
+}
+
+fn welcome(head: i64) -> ServerMsg {
+    ServerMsg::Welcome {
+        protocol: 1,
+        node: "n".into(),
+        head,
+        horizon: 0,
+    }
+}
+
+fn batch(prev: i64, seqs: &[i64]) -> ServerMsg {
+    ServerMsg::Changes {
+        sub: "s".into(),
+        prev,
+        changes: seqs.iter().map(|&s| change(s)).collect(),
+    }
+}
+
+fn error(code: ErrorCode) -> ServerMsg {
+    ServerMsg::Error(ErrorMsg::new(code, "no"))
+}
+
+/// A session subscribed on a fresh connection.
+fn subscribed(from: Option<i64>, head: i64) -> ClientSession {
+    let mut s = ClientSession::new(cfg(from));
+    s.connected();
+    s.frame(welcome(head), 0);
+    s
+}
+
+fn delay(actions: &[ClientAction]) -> Option<Duration> {
+    actions.iter().find_map(|a| match a {
+        ClientAction::Reconnect { after, .. } => Some(*after),
+        _ => None,
+    })
+}
+
+fn fatal(actions: &[ClientAction]) -> Option<&ClientError> {
+    actions.iter().find_map(|a| match a {
+        ClientAction::Fatal(e) => Some(e),
+        _ => None,
+    })
+}
+
+#[test]
+fn hello_then_subscribe_from_the_cursor() {
+    let mut s = ClientSession::new(cfg(Some(5)));
+    assert_eq!(
+        s.connected(),
+        vec![ClientAction::Send(ClientMsg::Hello {
+            token: Some("tok".into()),
+            client: Some("t".into())
+        })]
+    );
+    let a = s.frame(welcome(9), 0);
+    assert!(
+        matches!(&a[..], [ClientAction::Send(ClientMsg::Subscribe(Subscribe { sub, from: Some(5), .. }))] if sub == "s"),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_cursor_past_the_head_is_fatal() {
+    let mut s = ClientSession::new(cfg(Some(10)));
+    s.connected();
+    let a = s.frame(welcome(3), 0);
+    assert_eq!(
+        fatal(&a),
+        Some(&ClientError::AheadOfHead {
+            cursor: 10,
+            head: 3
+        })
+    );
+    assert!(s.stopped());
+    assert!(s.connected().is_empty(), "a stopped session says nothing");
+}
+
+#[test]
+fn batches_are_gap_checked_and_acked_once_applied() {
+    let mut s = subscribed(Some(5), 9);
+    let a = s.frame(batch(5, &[6, 7]), 0);
+    assert!(matches!(&a[..], [ClientAction::Apply { prev: 5, changes }] if changes.len() == 2));
+    // Handed out but not yet confirmed: the next batch continues from 7 all the same.
+    let a = s.frame(batch(7, &[8]), 0);
+    assert!(matches!(&a[..], [ClientAction::Apply { prev: 7, .. }]));
+    assert_eq!(
+        s.applied(7),
+        vec![ClientAction::Send(ClientMsg::Ack {
+            sub: "s".into(),
+            seq: 7
+        })]
+    );
+    assert_eq!(s.cursor(), Some(7));
+    // A gap: nothing applied, reconnect, resume from the last confirmed seq.
+    let a = s.frame(batch(9, &[10]), 0);
+    assert!(delay(&a).is_some(), "{a:?}");
+    assert!(!a.iter().any(|x| matches!(x, ClientAction::Apply { .. })));
+    s.connected();
+    let a = s.frame(welcome(10), 0);
+    assert!(matches!(
+        &a[..],
+        [ClientAction::Send(ClientMsg::Subscribe(Subscribe {
+            from: Some(7),
+            ..
+        }))]
+    ));
+}
+
+#[test]
+fn a_failed_apply_resumes_from_the_last_confirmed_seq() {
+    let mut s = subscribed(Some(1), 5);
+    s.frame(batch(1, &[2, 3]), 0);
+    let a = s.apply_failed("disk", 0);
+    assert!(delay(&a).is_some());
+    s.connected();
+    let a = s.frame(welcome(5), 0);
+    assert!(matches!(
+        &a[..],
+        [ClientAction::Send(ClientMsg::Subscribe(Subscribe {
+            from: Some(1),
+            ..
+        }))]
+    ));
+}
+
+#[test]
+fn a_snapshot_begins_fills_finishes_and_sets_the_cursor() {
+    let mut s = subscribed(None, 4);
+    let chunk = |done| ServerMsg::Snapshot {
+        sub: "s".into(),
+        at: 4,
+        rows: vec![change(4)],
+        done,
+    };
+    let a = s.frame(chunk(false), 0);
+    assert!(matches!(
+        &a[..],
+        [
+            ClientAction::SnapshotBegin { at: 4 },
+            ClientAction::SnapshotRows(_)
+        ]
+    ));
+    let a = s.frame(chunk(true), 0);
+    assert!(matches!(
+        &a[..],
+        [
+            ClientAction::SnapshotRows(_),
+            ClientAction::SnapshotFinish { at: 4 }
+        ]
+    ));
+    s.applied(4);
+    let a = s.frame(batch(4, &[5]), 0);
+    assert!(matches!(&a[..], [ClientAction::Apply { prev: 4, .. }]));
+}
+
+#[test]
+fn a_lost_connection_aborts_an_open_snapshot_and_refuses_writes_in_flight() {
+    let mut s = subscribed(None, 4);
+    s.frame(
+        ServerMsg::Snapshot {
+            sub: "s".into(),
+            at: 4,
+            rows: vec![],
+            done: false,
+        },
+        0,
+    );
+    let sent = s.write(42, vec![]);
+    assert!(matches!(
+        &sent[..],
+        [ClientAction::Send(ClientMsg::Write { .. })]
+    ));
+    let a = s.disconnected("reset", 0);
+    assert_eq!(a[0], ClientAction::SnapshotAbort);
+    assert!(
+        matches!(&a[1], ClientAction::Reject { id: 42, error } if error.code == ErrorCode::Overloaded)
+    );
+    assert!(delay(&a).is_some());
+    // Changes before the last chunk are a protocol fault, handled the same way.
+    let mut s = subscribed(None, 4);
+    s.frame(
+        ServerMsg::Snapshot {
+            sub: "s".into(),
+            at: 4,
+            rows: vec![],
+            done: false,
+        },
+        0,
+    );
+    let a = s.frame(batch(4, &[5]), 0);
+    assert_eq!(a[0], ClientAction::SnapshotAbort);
+    assert!(delay(&a).is_some());
+}
+
+#[test]
+fn writes_are_answered_by_their_req() {
+    let mut s = ClientSession::new(cfg(Some(0)));
+    let a = s.write(1, vec![]);
+    assert!(
+        matches!(&a[..], [ClientAction::Reject { id: 1, .. }]),
+        "not connected: refused at once"
+    );
+    s.connected();
+    s.frame(welcome(0), 0);
+    let req = |a: &[ClientAction]| match a {
+        [ClientAction::Send(ClientMsg::Write { req, .. })] => req.clone(),
+        other => panic!("{other:?}"),
+    };
+    let r1 = req(&s.write(1, vec![]));
+    let r2 = req(&s.write(2, vec![]));
+    assert_ne!(r1, r2);
+    assert_eq!(
+        s.frame(ServerMsg::Written { req: r2, seq: 9 }, 0),
+        vec![ClientAction::Resolve { id: 2, seq: 9 }]
+    );
+    let mut refused = ErrorMsg::new(ErrorCode::Forbidden, "not yours");
+    refused.req = Some(r1);
+    let a = s.frame(ServerMsg::Error(refused), 0);
+    assert!(
+        matches!(&a[..], [ClientAction::Reject { id: 1, error }] if error.code == ErrorCode::Forbidden),
+        "a refused write is not a fatal error for the session: {a:?}"
+    );
+    assert!(!s.stopped());
+}
+
+#[test]
+fn errors_split_into_fatal_and_retryable() {
+    for code in [
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::BadRequest,
+    ] {
+        let mut s = subscribed(Some(0), 0);
+        let a = s.frame(error(code), 0);
+        assert!(matches!(fatal(&a), Some(ClientError::Refused(e)) if e.code == code));
+        assert!(s.stopped());
+    }
+    for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+        ErrorCode::TooLarge,
+    ] {
+        let mut s = subscribed(Some(0), 0);
+        let a = s.frame(error(code), 0);
+        assert!(fatal(&a).is_none() && delay(&a).is_some(), "{code:?}");
+    }
+    let mut s = ClientSession::new(cfg(None));
+    assert!(fatal(&s.undecodable("junk")).is_some());
+}
+
+#[test]
+fn connect_failures_split_into_fatal_and_retryable() {
+    let fatal_ones = [
+        ConnectFailure::BadUrl("http://x".into()),
+        ConnectFailure::Http(404),
+        ConnectFailure::Http(400),
+    ];
+    for f in fatal_ones {
+        let mut s = ClientSession::new(cfg(None));
+        assert!(fatal(&s.connect_failed(f.clone(), 0)).is_some(), "{f:?}");
+    }
+    let retried = [
+        ConnectFailure::Http(503),
+        ConnectFailure::Http(429),
+        ConnectFailure::Http(408),
+        ConnectFailure::Network("refused".into()),
+    ];
+    for f in retried {
+        let mut s = ClientSession::new(cfg(None));
+        assert!(delay(&s.connect_failed(f.clone(), 0)).is_some(), "{f:?}");
+    }
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_resets_after_a_healthy_connection() {
+    let mut s = ClientSession::new(cfg(None));
+    let mut ceilings = Vec::new();
+    for attempt in 0..8u32 {
+        let d = delay(&s.connect_failed(ConnectFailure::Network("x".into()), 0)).unwrap();
+        let ceiling = BACKOFF_FIRST.saturating_mul(1 << attempt).min(BACKOFF_MAX);
+        assert!(
+            d <= ceiling && d >= ceiling / 2,
+            "attempt {attempt}: {d:?} vs {ceiling:?}"
+        );
+        ceilings.push(ceiling);
+    }
+    assert_eq!(*ceilings.last().unwrap(), BACKOFF_MAX);
+    // Jitter: two clients with other seeds do not wait the same.
+    let waits: std::collections::BTreeSet<_> = (0..8u64)
+        .map(|seed| {
+            let mut s = ClientSession::new(ClientConfig { seed, ..cfg(None) });
+            delay(&s.connect_failed(ConnectFailure::Network("x".into()), 0)).unwrap()
+        })
+        .collect();
+    assert!(waits.len() > 1, "no jitter: {waits:?}");
+    // A short-lived connection does not reset the backoff ...
+    s.connected();
+    s.frame(welcome(0), 1_000);
+    let d = delay(&s.disconnected("bye", 2_000)).unwrap();
+    assert!(d >= BACKOFF_MAX / 2, "{d:?}");
+    // ... one subscribed for HEALTHY_AFTER does: the next outage starts from the first delay.
+    s.connected();
+    s.frame(welcome(0), 10_000);
+    let d = delay(&s.disconnected("bye", 10_000 + HEALTHY_AFTER.as_millis() as u64)).unwrap();
+    assert!(d <= BACKOFF_FIRST, "{d:?}");
+}
