@@ -505,3 +505,48 @@ async fn change_frames_that_queue_up_at_an_edge_are_applied_together_in_order() 
     );
     assert_eq!(digest(&edge.db), digest(&primary.db));
 }
+
+/// A relay whose token the upstream refuses stops following (one attempt, no retry loop
+/// against a node that will refuse it every time) and says why in `/healthz`, while still
+/// serving its copy; the same client session decides this for `watch` and the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_refused_token_stops_and_says_why() {
+    let primary = Node::start_with(NodeOpts {
+        config: Some(format!(
+            "anonymous = \"never\"\n[[token]]\nname = \"r\"\nsha256 = \"{}\"\nread = [\"*\"]\nwrite = [\"*\"]\n",
+            hivesync::node::config::hash_token("right")
+        )),
+        ..Default::default()
+    })
+    .await;
+    let edge = Node::start_with(NodeOpts {
+        args: vec![
+            "--upstream".into(),
+            primary.url(),
+            "--upstream-token".into(),
+            "wrong".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = edge.health().await;
+        if h["upstream"]["error"].is_string() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no upstream error: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let why = h["upstream"]["error"].as_str().unwrap();
+    assert!(
+        why.contains("stopped") && why.contains("unauthorized"),
+        "{h}"
+    );
+    assert_eq!(h["status"], "degraded", "{h}");
+    // No retries: the primary counts one refused hello in the next three seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&primary, "hivesync_failed_hellos_total").await, 1);
+    let mut c = Client::connect(&edge.url()).await;
+    c.hello(None).await;
+}

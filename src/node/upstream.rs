@@ -3,25 +3,31 @@
 //! snapshots and change batches to the local file (idempotent, gap-checked, upstream seqs
 //! kept), and wakes the local hub so this node's own subscribers get them. Writes this node
 //! receives are forwarded upstream and answered with the upstream's `written` or `error`.
+//!
+//! The protocol decisions (resume cursor, gaps, acks, what is fatal, backoff) are the client
+//! session's ([`ClientSession`]); this file is its I/O shell: the socket, the store, the hub.
+//! A refused token (or any fatal error) stops the link: `/healthz` reports it as the upstream's
+//! error, and the node keeps serving its copy until restarted with a working token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use parking_lot::MutexGuard;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::dial;
 use super::hub::{EncodedChange, Hub};
 use crate::apply;
 use crate::error::Error;
-use crate::model::WriteOp;
-use crate::protocol::{
-    self, ClientMsg, ErrorCode, ErrorMsg, ServerMsg, Subscribe, SUBPROTOCOL_BIN,
-};
-use crate::query::ChangeFilter;
+use crate::model::{Change, WriteOp};
+use crate::protocol::client::{self, ClientAction, ClientConfig, ClientSession, WriteId};
+use crate::protocol::{self, ErrorMsg, ServerMsg, SUBPROTOCOL_BIN};
+use crate::query::{self, ChangeFilter};
 use crate::store::Store;
 
 /// Most changes applied in one transaction when frames queue up behind each other.
@@ -85,9 +91,25 @@ pub(crate) fn start(
     Ok(Upstream { forward: tx, state })
 }
 
+/// How a connection (or an attempt) ended.
 enum End {
-    Retry(String),
+    /// Connect again after this delay.
+    Retry(Duration),
+    /// Shut down, or stopped for good.
     Stop,
+}
+
+/// The link's state across connections: the client session and the shell's own bookkeeping.
+struct Link {
+    url: String,
+    session: ClientSession,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    state: Arc<UpstreamState>,
+    /// Where each forwarded write's answer goes, by the id the session knows it by.
+    replies: HashMap<WriteId, oneshot::Sender<Result<i64, ErrorMsg>>>,
+    next_id: WriteId,
+    start: Instant,
 }
 
 async fn follow(
@@ -99,274 +121,293 @@ async fn follow(
     state: Arc<UpstreamState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    // Resume after what the file holds; an empty file starts with a snapshot.
+    let from = match store.read(|c| Ok((apply::applied_seq(c)?, query::head(c)?))) {
+        Ok((applied, head)) => (applied > 0 || head > 0).then_some(applied),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read this edge's position; not following upstream");
+            return;
+        }
+    };
+    let mut link = Link {
+        session: ClientSession::new(ClientConfig {
+            client: "hivesync-edge".into(),
+            token,
+            sub: "edge".into(),
+            from,
+            namespaces: None,
+            kinds: None,
+            seed: dial::jitter_seed(),
+        }),
+        url,
+        store,
+        hub,
+        state,
+        replies: HashMap::new(),
+        next_id: 0,
+        start: Instant::now(),
+    };
     loop {
-        let end = session(
-            &url,
-            &token,
-            &store,
-            &hub,
-            &mut forwards,
-            &state,
-            &mut shutdown,
-        )
-        .await;
-        state.connected.store(false, Relaxed);
-        state.live.store(false, Relaxed);
+        let end = tokio::select! {
+            r = dial::dial(&link.url, SUBPROTOCOL_BIN) => match r {
+                Ok(ws) => {
+                    let store = link.store.clone();
+                    let hello = link.session.connected();
+                    connection(&mut link, &store, ws, hello, &mut forwards, &mut shutdown).await
+                }
+                Err(f) => {
+                    let now = link.now();
+                    let acts = link.session.connect_failed(f, now);
+                    link.after_connection(acts)
+                }
+            },
+            _ = shutdown.changed() => End::Stop,
+        };
+        link.state.connected.store(false, Relaxed);
+        link.state.live.store(false, Relaxed);
         match end {
             End::Stop => return,
-            End::Retry(why) => {
-                *state.down.lock() = Some(why.clone());
-                tracing::warn!(upstream = %url, "upstream link down ({why}); retrying in {backoff:?}");
-                let until = tokio::time::sleep(backoff);
+            End::Retry(after) => {
+                let until = tokio::time::sleep(after);
                 tokio::pin!(until);
-                // Refuse forwarded writes while disconnected rather than queueing them blindly.
+                // Forwarded writes are refused while disconnected (by the session), not queued
+                // blindly.
                 loop {
                     tokio::select! {
                         _ = &mut until => break,
                         _ = shutdown.changed() => return,
                         Some(f) = forwards.recv() => {
-                            let _ = f.reply.send(Err(ErrorMsg::new(ErrorCode::Overloaded,
-                                "this edge node has lost its upstream; retry the write shortly")));
+                            let acts = link.forward(f);
+                            link.after_connection(acts);
                         }
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    url: &str,
-    token: &Option<String>,
-    store: &Arc<Store>,
-    hub: &Arc<Hub>,
+impl Link {
+    fn now(&self) -> u64 {
+        dial::millis_since(self.start)
+    }
+
+    /// Hand a forwarded write to the session.
+    fn forward(&mut self, f: Forward) -> Vec<ClientAction> {
+        self.next_id += 1;
+        self.replies.insert(self.next_id, f.reply);
+        self.session.write(self.next_id, f.ops)
+    }
+
+    /// Carry out what the session decided with no connection open: answer writes, and say
+    /// whether (and when) to connect again.
+    fn after_connection(&mut self, acts: Vec<ClientAction>) -> End {
+        let mut end = End::Retry(client::BACKOFF_FIRST);
+        for a in acts {
+            match a {
+                ClientAction::Resolve { .. } | ClientAction::Reject { .. } => self.answer(a),
+                ClientAction::Reconnect { after, why } => {
+                    tracing::warn!(upstream = %self.url, "upstream link down ({why}); retrying in {after:?}");
+                    *self.state.down.lock() = Some(why);
+                    end = End::Retry(after);
+                }
+                ClientAction::Fatal(e) => {
+                    tracing::error!(upstream = %self.url, "stopped following the upstream: {e}; fix it (for a refused token: --upstream-token-file) and restart this node");
+                    *self.state.down.lock() = Some(format!("stopped: {e}"));
+                    end = End::Stop;
+                }
+                _ => {}
+            }
+        }
+        end
+    }
+
+    /// Answer a forwarded write.
+    fn answer(&mut self, a: ClientAction) {
+        let (id, res) = match a {
+            ClientAction::Resolve { id, seq } => (id, Ok(seq)),
+            ClientAction::Reject { id, error } => (id, Err(error)),
+            _ => return,
+        };
+        if let Some(r) = self.replies.remove(&id) {
+            let _ = r.send(res);
+        }
+    }
+
+    /// Apply a batch the session handed out (with the batches already read behind it), publish
+    /// it, and tell the session. Returns what the session said, plus the actions of read-ahead
+    /// frames that were not changes, to carry out next.
+    fn apply(&mut self, prev: i64, mut changes: Vec<Change>, rx: &mut Rx) -> Vec<ClientAction> {
+        // Change frames that have already arrived behind this one go into the same
+        // transaction: one commit for all of them, so a backlog (after a stall of this thread
+        // or of the machine) clears in one step instead of one commit per frame.
+        let mut later = Vec::new();
+        let mut frames = 1;
+        while changes.len() < COALESCE_MAX && later.is_empty() {
+            let Some(msg) = rx.next().now_or_never() else {
+                break;
+            };
+            for a in self.input(msg) {
+                match a {
+                    ClientAction::Apply { changes: more, .. } if later.is_empty() => {
+                        changes.extend(more);
+                        frames += 1;
+                    }
+                    other => later.push(other),
+                }
+            }
+        }
+        let mut out = match self.store.apply_changes(prev, &changes) {
+            Ok(o) => {
+                self.state.applied.store(o.seq, Relaxed);
+                self.state.frames.fetch_add(frames, Relaxed);
+                self.state.applies.fetch_add(1, Relaxed);
+                // Publish what was just committed, as received: the rows in the log are these
+                // very changes, so the tailer's re-read of them (a wake-up, a blocking read, an
+                // encode) is skipped on the hop's critical path.
+                self.hub.publish(
+                    changes
+                        .iter()
+                        .map(|c| Arc::new(EncodedChange::new(c)))
+                        .collect(),
+                );
+                self.session.applied(o.seq)
+            }
+            Err(Error::Cursor(why)) => {
+                let now = self.now();
+                self.session.apply_failed(&why, now)
+            }
+            Err(e) => {
+                let now = self.now();
+                self.session.apply_failed(&e.to_string(), now)
+            }
+        };
+        out.extend(later);
+        out
+    }
+
+    /// A message (or the end) of the socket, as session input.
+    fn input(&mut self, msg: Option<Result<Message, WsError>>) -> Vec<ClientAction> {
+        let now = self.now();
+        match msg {
+            Some(Ok(Message::Binary(b))) => match protocol::decode_server_bin(&b) {
+                Ok(m) => {
+                    let welcome = matches!(m, ServerMsg::Welcome { .. });
+                    let acts = self.session.frame(m, now);
+                    if welcome && !self.session.stopped() {
+                        self.state.connected.store(true, Relaxed);
+                        *self.state.down.lock() = None;
+                        tracing::info!(upstream = %self.url, from = ?self.session.cursor(), "following upstream");
+                    }
+                    acts
+                }
+                Err(e) => self.session.undecodable(&e.to_string()),
+            },
+            Some(Ok(Message::Close(_))) | None => self
+                .session
+                .disconnected("upstream closed the connection", now),
+            Some(Ok(_)) => vec![],
+            Some(Err(e)) => self.session.disconnected(&e.to_string(), now),
+        }
+    }
+}
+
+type Rx = SplitStream<dial::Ws>;
+
+/// One connection: carry out the session's actions, feed it the socket's frames and the
+/// writes to forward, until it says to reconnect or stop.
+async fn connection<'s>(
+    link: &mut Link,
+    store: &'s Store,
+    ws: dial::Ws,
+    hello: Vec<ClientAction>,
     forwards: &mut mpsc::Receiver<Forward>,
-    state: &UpstreamState,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
-    let mut req = match url.into_client_request() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(
-                "--upstream {url:?} is not a WebSocket URL ({e}); expected ws://host:port/v1/sync"
-            );
-            return End::Stop;
-        }
-    };
-    if let Ok(v) = SUBPROTOCOL_BIN.parse() {
-        req.headers_mut().insert("Sec-WebSocket-Protocol", v);
-    }
-    let ws = tokio::select! {
-        // No Nagle: forwarded writes and acks are small frames that must not wait for the
-        // upstream's delayed ACK (40 ms on Linux).
-        r = tokio_tungstenite::connect_async_with_config(req, Some(super::client_ws_config()), true) => match r {
-            Ok((ws, _)) => ws,
-            Err(e) => return End::Retry(format!("cannot connect: {e}")),
-        },
-        _ = shutdown.changed() => return End::Stop,
-    };
     let (mut tx, mut rx) = ws.split();
-    let hello = ClientMsg::Hello {
-        token: token.clone(),
-        client: Some("hivesync-edge".into()),
-    };
-    if let Err(e) = tx
-        .send(Message::Binary(protocol::encode_client_bin(&hello).into()))
-        .await
-    {
-        return End::Retry(e.to_string());
-    }
-    let mut pending: HashMap<String, oneshot::Sender<Result<i64, ErrorMsg>>> = HashMap::new();
-    let mut next_req = 0u64;
     // An open snapshot holds the writer (and its transaction) until its last chunk.
-    let mut snapshot: Option<parking_lot::MutexGuard<'_, rusqlite::Connection>> = None;
-    // A frame read ahead while gathering change frames, to be handled next.
-    let mut held = None;
-    let end = loop {
-        let msg = if let Some(m) = held.take() {
-            m
-        } else {
-            tokio::select! {
-            m = rx.next() => m,
-            Some(f) = forwards.recv() => {
-                next_req += 1;
-                let req = format!("f{next_req}");
-                let m = ClientMsg::Write { req: req.clone(), ops: f.ops };
-                if let Err(e) = tx.send(Message::Binary(protocol::encode_client_bin(&m).into())).await {
-                    let _ = f.reply.send(Err(ErrorMsg::new(ErrorCode::Overloaded, "upstream link lost; retry")));
-                    break End::Retry(e.to_string());
-                }
-                pending.insert(req, f.reply);
-                continue;
-            }
-            _ = shutdown.changed() => break End::Stop,
-            }
-        };
-        let bytes = match msg {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Close(_))) | None => {
-                break End::Retry("upstream closed the connection".into())
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break End::Retry(e.to_string()),
-        };
-        let m = match protocol::decode_server_bin(&bytes) {
-            Ok(m) => m,
-            Err(e) => break End::Retry(format!("undecodable frame from upstream: {e}")),
-        };
-        match m {
-            ServerMsg::Welcome { head, .. } => {
-                let applied = match store.read(apply::applied_seq) {
-                    Ok(a) => a,
-                    Err(e) => break End::Retry(e.to_string()),
-                };
-                if applied > head {
-                    tracing::error!("this edge's copy is at seq {applied}, ahead of the upstream's head {head}: it was copied from another node; move the file away to re-sync");
-                    break End::Stop;
-                }
-                let local_head = store.head().unwrap_or(0);
-                let from = (applied > 0 || local_head > 0).then_some(applied);
-                let sub = ClientMsg::Subscribe(Subscribe {
-                    sub: "edge".into(),
-                    from,
-                    namespaces: None,
-                    kinds: None,
-                });
-                if let Err(e) = tx
-                    .send(Message::Binary(protocol::encode_client_bin(&sub).into()))
-                    .await
-                {
-                    break End::Retry(e.to_string());
-                }
-                state.connected.store(true, Relaxed);
-                *state.down.lock() = None;
-                tracing::info!(upstream = %url, from = ?from, "following upstream");
-            }
-            ServerMsg::Snapshot { at, rows, done, .. } => {
-                if snapshot.is_none() {
-                    let conn = match store.pool().writer() {
-                        Ok(c) => c,
-                        Err(e) => break End::Retry(e.to_string()),
-                    };
-                    if let Err(e) = apply::snapshot_begin(&conn, &ChangeFilter::default()) {
-                        break End::Retry(e.to_string());
+    let mut snapshot: Option<MutexGuard<'s, rusqlite::Connection>> = None;
+    let mut queue = VecDeque::from(hello);
+    let end = 'conn: loop {
+        while let Some(a) = queue.pop_front() {
+            match a {
+                ClientAction::Send(m) => {
+                    let frame = Message::Binary(protocol::encode_client_bin(&m).into());
+                    if let Err(e) = tx.send(frame).await {
+                        let now = link.now();
+                        queue.extend(link.session.disconnected(&e.to_string(), now));
                     }
-                    snapshot = Some(conn);
                 }
-                let Some(conn) = snapshot.as_deref() else {
-                    continue;
-                };
-                if let Err(e) = apply::snapshot_rows(conn, &rows) {
-                    apply::snapshot_abort(conn);
-                    snapshot = None;
-                    break End::Retry(format!("snapshot rejected: {e}"));
-                }
-                if done {
-                    let res = apply::snapshot_finish(conn, at);
-                    snapshot = None;
-                    if let Err(e) = res {
-                        break End::Retry(e.to_string());
-                    }
-                    state.applied.store(at, Relaxed);
-                    hub.reset(at);
-                    hub.wake();
-                }
-            }
-            ServerMsg::Changes {
-                prev, mut changes, ..
-            } => {
-                if let Some(conn) = snapshot.take() {
-                    apply::snapshot_abort(&conn);
-                }
-                // Change frames that have already arrived behind this one go into the same
-                // transaction: one commit for all of them, so a backlog (after a stall of this
-                // thread or of the machine) clears in one step instead of one commit per frame.
-                let mut last = changes.last().map_or(prev, |c| c.seq);
-                let mut frames = 1;
-                while changes.len() < COALESCE_MAX {
-                    match rx.next().now_or_never() {
-                        None => break,
-                        Some(Some(Ok(Message::Binary(b)))) => match protocol::decode_server_bin(&b)
-                        {
-                            Ok(ServerMsg::Changes {
-                                prev: p,
-                                changes: more,
-                                ..
-                            }) if p == last => {
-                                last = more.last().map_or(last, |c| c.seq);
-                                changes.extend(more);
-                                frames += 1;
-                            }
-                            _ => {
-                                held = Some(Some(Ok(Message::Binary(b))));
-                                break;
-                            }
-                        },
-                        Some(other) => {
-                            held = Some(other);
-                            break;
+                ClientAction::SnapshotBegin { .. } => {
+                    let begun = store.pool().writer().and_then(|conn| {
+                        apply::snapshot_begin(&conn, &ChangeFilter::default())?;
+                        Ok(conn)
+                    });
+                    match begun {
+                        Ok(conn) => snapshot = Some(conn),
+                        Err(e) => {
+                            let now = link.now();
+                            queue.extend(link.session.apply_failed(&e.to_string(), now));
                         }
                     }
                 }
-                match store.apply_changes(prev, &changes) {
-                    Ok(o) => {
-                        state.applied.store(o.seq, Relaxed);
-                        state.frames.fetch_add(frames, Relaxed);
-                        state.applies.fetch_add(1, Relaxed);
-                        // Publish what was just committed, as received: the rows in the log
-                        // are these very changes, so the tailer's re-read of them (a wake-up,
-                        // a blocking read, an encode) is skipped on the hop's critical path.
-                        hub.publish(
-                            changes
-                                .iter()
-                                .map(|c| Arc::new(EncodedChange::new(c)))
-                                .collect(),
-                        );
-                        let ack = ClientMsg::Ack {
-                            sub: "edge".into(),
-                            seq: o.seq,
-                        };
-                        let _ = tx
-                            .send(Message::Binary(protocol::encode_client_bin(&ack).into()))
-                            .await;
+                ClientAction::SnapshotRows(rows) => {
+                    if let Some(conn) = snapshot.as_deref() {
+                        if let Err(e) = apply::snapshot_rows(conn, &rows) {
+                            let now = link.now();
+                            queue.extend(
+                                link.session
+                                    .apply_failed(&format!("snapshot rejected: {e}"), now),
+                            );
+                        }
                     }
-                    Err(Error::Cursor(why)) => break End::Retry(why),
-                    Err(e) => break End::Retry(format!("applying upstream changes failed: {e}")),
                 }
-            }
-            ServerMsg::Live { seq, .. } => {
-                state.live.store(true, Relaxed);
-                tracing::info!(seq, "caught up with upstream");
-            }
-            ServerMsg::Written { req, seq } => {
-                if let Some(r) = pending.remove(&req) {
-                    let _ = r.send(Ok(seq));
+                ClientAction::SnapshotFinish { at } => {
+                    let res = match snapshot.take() {
+                        Some(conn) => apply::snapshot_finish(&conn, at),
+                        None => Err(Error::invalid("no snapshot open")),
+                    };
+                    match res {
+                        Ok(()) => {
+                            link.state.applied.store(at, Relaxed);
+                            link.hub.reset(at);
+                            link.hub.wake();
+                            queue.extend(link.session.applied(at));
+                        }
+                        Err(e) => {
+                            let now = link.now();
+                            queue.extend(link.session.apply_failed(&e.to_string(), now));
+                        }
+                    }
                 }
-            }
-            ServerMsg::Error(e) => {
-                if let Some(r) = e.req.as_ref().and_then(|q| pending.remove(q)) {
-                    let _ = r.send(Err(e));
-                    continue;
+                ClientAction::SnapshotAbort => {
+                    if let Some(conn) = snapshot.take() {
+                        apply::snapshot_abort(&conn);
+                    }
                 }
-                if e.code == ErrorCode::Unauthorized || e.code == ErrorCode::Forbidden {
-                    tracing::error!(
-                        "upstream refused this edge: {:?}: {}; check --upstream-token",
-                        e.code,
-                        e.message
-                    );
+                ClientAction::Apply { prev, changes } => {
+                    queue.extend(link.apply(prev, changes, &mut rx));
                 }
-                break End::Retry(format!("{:?}: {}", e.code, e.message));
+                ClientAction::Live { seq } => {
+                    link.state.live.store(true, Relaxed);
+                    tracing::info!(seq, "caught up with upstream");
+                }
+                a @ (ClientAction::Resolve { .. } | ClientAction::Reject { .. }) => link.answer(a),
+                a @ (ClientAction::Reconnect { .. } | ClientAction::Fatal(_)) => {
+                    let rest: Vec<_> = std::iter::once(a).chain(queue.drain(..)).collect();
+                    break 'conn link.after_connection(rest);
+                }
             }
         }
+        let acts = tokio::select! {
+            m = rx.next() => link.input(m),
+            Some(f) = forwards.recv() => link.forward(f),
+            _ = shutdown.changed() => break 'conn End::Stop,
+        };
+        queue.extend(acts);
     };
     if let Some(conn) = snapshot.take() {
         apply::snapshot_abort(&conn);
-    }
-    for (_, r) in pending.drain() {
-        let _ = r.send(Err(ErrorMsg::new(ErrorCode::Overloaded, "upstream link lost before the write was acknowledged; it may or may not have committed: retry (upserts with ids are idempotent)")));
     }
     end
 }
