@@ -58,9 +58,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "wasm32: the shared modules and the browser crate compile"
-cargo check -p hivesync --no-default-features --target wasm32-unknown-unknown
-cargo check -p hivesync-wasm --target wasm32-unknown-unknown
+step "wasm32: the shared modules and the browser crate compile, clippy-clean"
+cargo clippy -p hivesync --no-default-features --target wasm32-unknown-unknown --lib -- -D warnings
+cargo clippy -p hivesync-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 step "cargo test (native: unit, integration, property, end-to-end over sockets)"
 cargo test

@@ -237,8 +237,12 @@ impl ClientSession {
         }
     }
 
-    /// The connection ended (closed, reset, or the shell gave up on it).
+    /// The connection ended (closed, reset, or the shell gave up on it). Nothing to do when
+    /// the session already ended it (a reconnect or a stop it decided).
     pub fn disconnected(&mut self, why: &str, now_ms: u64) -> Vec<ClientAction> {
+        if matches!(self.phase, Phase::Down | Phase::Stopped) {
+            return vec![];
+        }
         self.retry(why.to_string(), now_ms)
     }
 

@@ -207,6 +207,10 @@ fn a_lost_connection_aborts_an_open_snapshot_and_refuses_writes_in_flight() {
         matches!(&a[1], ClientAction::Reject { id: 42, error } if error.code == ErrorCode::Overloaded)
     );
     assert!(delay(&a).is_some());
+    assert!(
+        s.disconnected("closed", 0).is_empty(),
+        "the socket's close after the session's own reconnect is no second outage"
+    );
     // Changes before the last chunk are a protocol fault, handled the same way.
     let mut s = subscribed(None, 4);
     s.frame(

@@ -12,6 +12,7 @@
 /// The C library's memory functions for SQLite (public for its tests).
 #[doc(hidden)]
 pub mod mem;
+mod sync;
 
 use hivesync::model::{Kind, WriteOp};
 use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
@@ -43,6 +44,8 @@ pub struct Replica {
     filter: ChangeFilter,
     snapshot_open: bool,
     storage: &'static str,
+    /// The sync session, once started.
+    sync: Option<sync::Sync>,
 }
 
 fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsError> {
@@ -53,6 +56,7 @@ fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsError> {
         filter: ChangeFilter::default(),
         snapshot_open: false,
         storage,
+        sync: None,
     })
 }
 

@@ -57,6 +57,9 @@ fn memcmp_orders_like_slices() {
 }
 
 #[test]
+// The references are built byte by byte on purpose: `copy_from_slice` would call the very
+// memcpy under test.
+#[allow(clippy::manual_memcpy)]
 fn memcpy_memmove_and_memset_match_slices() {
     for &n in &LENS {
         let src = bytes(n, 7);

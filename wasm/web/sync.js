@@ -1,8 +1,8 @@
-// The sync client: keeps a Replica in step with a node's feed. Runs wherever the Replica runs
-// (a dedicated Worker in the browser, or Node); the Replica (Rust) decodes and applies every
-// frame, this file only owns the socket, the subscription and reconnects.
-
-const SUB = 'replica';
+// The sync client's I/O shell: the socket and the timers. Every protocol decision (the resume
+// cursor, the ahead-of-head check, gaps, acks, which errors are fatal, backoff with jitter) is
+// the Rust client session's, the one the relay and `hivesync watch` use (src/protocol/client.rs,
+// reached through the wasm Replica's sync* methods, wasm/src/sync.rs); the Replica also applies
+// every frame. This file only moves bytes and turns the session's events into the page's.
 
 export class SyncClient {
   /**
@@ -11,7 +11,6 @@ export class SyncClient {
    */
   constructor(replica, opts) {
     this.replica = replica;
-    this.Replica = replica.constructor;
     this.url = opts.url;
     this.token = opts.token ?? null;
     this.protocol = opts.protocol === 'json' ? 'json' : 'bin';
@@ -20,18 +19,22 @@ export class SyncClient {
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
     this.ws = null;
     this.stopped = true;
-    this.backoff = 250;
     this.head = 0;
     this.live = false;
     this.online = false;
+    this.ready = false; // subscribed: writes can go out
     this.pending = new Map();
-    this.nextReq = 1;
-    this.lastAck = 0;
+    this.nextId = 1;
     this.fatal = null;
     this.resumedFrom = null; // the seq the last subscription resumed after (null: a snapshot)
     this.waiters = [];
+    this.timer = null;
+    this.t0 = Date.now();
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
+    replica.syncStart(this.token ?? undefined, this.protocol === 'json', Math.random());
   }
+
+  now() { return Date.now() - this.t0; }
 
   status() {
     const seq = this.replica.appliedSeq();
@@ -53,6 +56,7 @@ export class SyncClient {
 
   stop() {
     this.stopped = true;
+    clearTimeout(this.timer);
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
       w.reject(new Error('the sync client was disconnected; the write was not sent'));
@@ -60,96 +64,71 @@ export class SyncClient {
     if (this.ws) this.ws.close(1000, 'client stopped');
   }
 
-  send(jsonMsg, binMsg) {
-    if (!this.ws || this.ws.readyState !== 1) throw new Error('not connected to the node');
-    this.ws.send(this.protocol === 'bin' ? binMsg() : JSON.stringify(jsonMsg));
-  }
-
   connect() {
+    if (this.stopped || this.fatal || this.ws) return;
     const sub = this.protocol === 'bin' ? 'hivesync.v1.bin' : 'hivesync.v1.json';
     let ws;
     try {
       ws = new this.WS(this.url, sub);
     } catch (e) {
-      this.emit({ type: 'error', message: String(e) });
-      return this.retry();
+      return this.run(this.replica.syncConnectFailed(String(e), true, this.now()));
     }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this.online = true;
-      this.send({ type: 'hello', token: this.token ?? undefined, client: 'hivesync-web' },
-        () => this.Replica.encodeHello(this.token ?? undefined, 'hivesync-web'));
-      // Writes waiting for the connection go out after the hello, in order.
-      for (const w of this.waiters.splice(0)) { clearTimeout(w.timer); w.resolve(); }
+      this.run(this.replica.syncConnected());
     };
-    ws.onmessage = (e) => this.onFrame(e.data);
+    ws.onmessage = (e) => {
+      if (this.ws !== ws) return;
+      this.run(typeof e.data === 'string'
+        ? this.replica.syncText(e.data, this.now())
+        : this.replica.syncFrame(new Uint8Array(e.data), this.now()));
+    };
     ws.onerror = () => {};
     ws.onclose = () => {
-      if (this.ws === ws) this.ws = null;
-      this.replica.abortSnapshot();
+      const current = this.ws === ws;
+      if (current) this.ws = null;
       const was = this.online;
       this.online = false;
       this.live = false;
-      for (const [, p] of this.pending) p.reject(new Error('connection to the node lost'));
-      this.pending.clear();
+      this.ready = false;
       if (was) this.emit({ type: 'offline' });
       this.emit(this.status());
-      this.retry();
+      if (!current) return;
+      this.run(opened
+        ? this.replica.syncDisconnected('the connection closed', this.now())
+        : this.replica.syncConnectFailed('could not connect to the node', false, this.now()));
     };
   }
 
-  retry() {
-    if (this.stopped || this.fatal) return;
-    const wait = this.backoff * (0.75 + Math.random() / 2);
-    this.backoff = Math.min(this.backoff * 2, 10000);
-    setTimeout(() => { if (!this.stopped && !this.ws) this.connect(); }, wait);
+  /** Send what the session queued, then act on its events. */
+  run(eventsJson) {
+    for (;;) {
+      const f = this.protocol === 'bin' ? this.replica.syncNextFrame() : this.replica.syncNextText();
+      if (f === undefined || f === null) break;
+      if (this.ws && this.ws.readyState === 1) this.ws.send(f);
+    }
+    for (const ev of JSON.parse(eventsJson)) this.onSessionEvent(ev);
   }
 
-  onFrame(data) {
-    let ev;
-    try {
-      ev = JSON.parse(typeof data === 'string' ? this.replica.handleText(data) : this.replica.handleFrame(new Uint8Array(data)));
-    } catch (e) {
-      this.emit({ type: 'error', message: `could not apply a frame: ${e.message ?? e}` });
-      if (this.ws) this.ws.close(4000, 'apply failed');
-      return;
-    }
+  onSessionEvent(ev) {
     switch (ev.type) {
-      case 'welcome': {
+      case 'welcome':
         this.head = ev.head;
-        this.backoff = 250;
-        const applied = this.replica.appliedSeq();
-        // A replica that never synced asks for a snapshot; otherwise it resumes after its seq.
-        const from = applied > 0 ? applied : undefined;
-        if (from !== undefined && from > ev.head) {
-          this.fatal = `this replica is ahead of the node (seq ${from} > head ${ev.head}): it belongs to another node; clear it`;
-          this.emit({ type: 'error', code: 'bad_request', message: this.fatal });
-          this.stop();
-          return;
-        }
-        this.send({ type: 'subscribe', sub: SUB, from, namespaces: this.namespaces ?? undefined },
-          () => this.Replica.encodeSubscribe(SUB, from, this.namespaces ? JSON.stringify(this.namespaces) : undefined));
-        this.resumedFrom = from ?? null;
-        this.emit({ type: 'welcome', node: ev.node, head: ev.head, from: from ?? null });
-        break;
-      }
-      case 'snapshot':
-        if (ev.done) {
-          this.head = Math.max(this.head, ev.at);
-          this.emit({ type: 'applied', seq: ev.at, snapshot: true });
-          this.emit(this.status());
-        }
+        this.ready = true;
+        this.resumedFrom = ev.from ?? null;
+        this.emit({ type: 'welcome', node: ev.node, head: ev.head, from: ev.from ?? null });
+        // Writes waiting for the connection go out after the subscribe, in order.
+        for (const w of this.waiters.splice(0)) { clearTimeout(w.timer); w.resolve(); }
         break;
       case 'applied':
         this.head = Math.max(this.head, ev.seq);
-        if (ev.applied > 0) this.emit({ type: 'applied', seq: ev.seq, count: ev.applied });
-        if (ev.seq - this.lastAck >= 100 || this.live) this.ack(ev.seq);
+        if (ev.snapshot) this.emit({ type: 'applied', seq: ev.seq, snapshot: true });
+        else if (ev.count > 0) this.emit({ type: 'applied', seq: ev.seq, count: ev.count });
         this.emit(this.status());
-        break;
-      case 'gap':
-        this.emit({ type: 'error', message: ev.message });
-        if (this.ws) this.ws.close(4001, 'gap');
         break;
       case 'live':
         this.live = true;
@@ -157,40 +136,35 @@ export class SyncClient {
         this.emit({ type: 'live', seq: ev.seq });
         this.emit(this.status());
         break;
-      case 'written': {
-        const p = this.pending.get(ev.req);
-        if (p) { this.pending.delete(ev.req); p.resolve(ev.seq); }
+      case 'written':
+      case 'rejected': {
+        const p = this.pending.get(ev.id);
+        if (!p) break;
+        this.pending.delete(ev.id);
+        if (ev.type === 'written') p.resolve(ev.seq);
+        else p.reject(new Error(`${ev.code}: ${ev.message}`));
         break;
       }
-      case 'error': {
-        if (ev.req && this.pending.has(ev.req)) {
-          const p = this.pending.get(ev.req);
-          this.pending.delete(ev.req);
-          p.reject(new Error(`${ev.code}: ${ev.message}`));
-          break;
-        }
+      case 'error':
+        this.emit(ev.code ? { type: 'error', code: ev.code, message: ev.message } : { type: 'error', message: ev.message });
+        break;
+      case 'reconnect':
+        if (this.ws) { const ws = this.ws; this.ws = null; ws.close(4000, 'reconnecting'); }
+        clearTimeout(this.timer);
+        if (!this.stopped) this.timer = setTimeout(() => this.connect(), ev.after);
+        break;
+      case 'fatal':
+        this.fatal = `${ev.code}: ${ev.message}`;
         this.emit({ type: 'error', code: ev.code, message: ev.message });
-        if (ev.code === 'unauthorized' || ev.code === 'forbidden' || ev.code === 'bad_request') {
-          this.fatal = `${ev.code}: ${ev.message}`;
-          this.emit(this.status());
-          this.stop();
-        }
+        this.emit(this.status());
+        this.stop();
         break;
-      }
     }
   }
 
-  ack(seq) {
-    this.lastAck = seq;
-    try {
-      this.send({ type: 'ack', sub: SUB, seq }, () => this.Replica.encodeAck(SUB, seq));
-    } catch { /* offline: the next connection resumes from the applied seq anyway */ }
-  }
-
-  /** Send write ops to the node; resolves with the committed seq. */
-  /** Resolves once the socket is open (after the hello); rejects after `ms`. */
+  /** Resolves once subscribed (writes can go out); rejects after `ms`. */
   whenConnected(ms) {
-    if (this.ws && this.ws.readyState === 1) return Promise.resolve();
+    if (this.ready) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const w = { resolve, reject };
       w.timer = setTimeout(() => {
@@ -201,18 +175,19 @@ export class SyncClient {
     });
   }
 
+  /** Send write ops to the node; resolves with the committed seq. */
   async write(ops, waitMs = 10000) {
     // A write made while connecting (right after opening, or during a reconnect) waits for
     // the connection rather than failing.
     if (this.fatal) throw new Error(`the sync client stopped: ${this.fatal}`);
     if (this.stopped) throw new Error('the sync client is disconnected: call reconnect() first; the write was not sent');
     await this.whenConnected(waitMs);
-    const req = `w${this.nextReq++}`;
+    const id = this.nextId++;
     return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
       try {
-        this.send({ type: 'write', req, ops }, () => this.Replica.encodeWrite(req, JSON.stringify(ops)));
-        this.pending.set(req, { resolve, reject });
-      } catch (e) { reject(e); }
+        this.run(this.replica.syncWrite(id, JSON.stringify(ops)));
+      } catch (e) { this.pending.delete(id); reject(e); }
     });
   }
 }

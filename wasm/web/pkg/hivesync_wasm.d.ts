@@ -107,6 +107,44 @@ export class Replica {
      */
     sql(sql: string, params_json?: string | null): string;
     /**
+     * The socket could not be opened (`bad_url`: the URL itself was refused).
+     */
+    syncConnectFailed(why: string, bad_url: boolean, now: number): string;
+    /**
+     * The socket opened.
+     */
+    syncConnected(): string;
+    /**
+     * The socket closed.
+     */
+    syncDisconnected(why: string, now: number): string;
+    /**
+     * A binary frame arrived.
+     */
+    syncFrame(bytes: Uint8Array | number[], now: number): string;
+    /**
+     * The next binary frame to send, if any.
+     */
+    syncNextFrame(): Uint8Array | undefined;
+    /**
+     * The next text frame to send, if any (the JSON subprotocol).
+     */
+    syncNextText(): string | undefined;
+    /**
+     * Start a sync session: resume after the applied seq (a replica that never synced asks
+     * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
+     * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
+     */
+    syncStart(token: string | null | undefined, json: boolean, seed: number): void;
+    /**
+     * A text frame arrived.
+     */
+    syncText(text: string, now: number): string;
+    /**
+     * Send write ops (a JSON array); answered by a `written` or `rejected` event with `id`.
+     */
+    syncWrite(id: number, ops_json: string): string;
+    /**
      * Breadth-first traversal as a JSON array of hops.
      */
     traverse(ns: string, id: string, direction: string, relation: string | null | undefined, depth: number, limit: number): string;
@@ -153,6 +191,15 @@ export interface InitOutput {
     readonly replica_setNamespaces: (a: number, b: number, c: number) => [number, number];
     readonly replica_sql: (a: number, b: number, c: number, d: number, e: number) => [number, number, number, number];
     readonly replica_storage: (a: number) => [number, number];
+    readonly replica_syncConnectFailed: (a: number, b: number, c: number, d: number, e: number) => [number, number];
+    readonly replica_syncConnected: (a: number) => [number, number];
+    readonly replica_syncDisconnected: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncFrame: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncNextFrame: (a: number) => [number, number];
+    readonly replica_syncNextText: (a: number) => [number, number];
+    readonly replica_syncStart: (a: number, b: number, c: number, d: number, e: number) => [number, number];
+    readonly replica_syncText: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncWrite: (a: number, b: number, c: number, d: number) => [number, number, number, number];
     readonly replica_traverse: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number) => [number, number, number, number];
     readonly version: () => [number, number];
     readonly memmove: (a: number, b: number, c: number) => number;

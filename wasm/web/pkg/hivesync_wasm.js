@@ -579,6 +579,179 @@ export class Replica {
         }
     }
     /**
+     * The socket could not be opened (`bad_url`: the URL itself was refused).
+     * @param {string} why
+     * @param {boolean} bad_url
+     * @param {number} now
+     * @returns {string}
+     */
+    syncConnectFailed(why, bad_url, now) {
+        let deferred4_0;
+        let deferred4_1;
+        try {
+            const val2 = +bad_url;
+            const val3 = +now;
+            const ptr0 = passStringToWasm0(why, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_syncConnectFailed(this.__wbg_ptr, ptr0, len0, val2, val3);
+            deferred4_0 = ret[0];
+            deferred4_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+        }
+    }
+    /**
+     * The socket opened.
+     * @returns {string}
+     */
+    syncConnected() {
+        let deferred1_0;
+        let deferred1_1;
+        try {
+            const ret = wasm.replica_syncConnected(this.__wbg_ptr);
+            deferred1_0 = ret[0];
+            deferred1_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
+        }
+    }
+    /**
+     * The socket closed.
+     * @param {string} why
+     * @param {number} now
+     * @returns {string}
+     */
+    syncDisconnected(why, now) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const val2 = +now;
+            const ptr0 = passStringToWasm0(why, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_syncDisconnected(this.__wbg_ptr, ptr0, len0, val2);
+            deferred3_0 = ret[0];
+            deferred3_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * A binary frame arrived.
+     * @param {Uint8Array | number[]} bytes
+     * @param {number} now
+     * @returns {string}
+     */
+    syncFrame(bytes, now) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const val2 = +now;
+            const ptr0 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_syncFrame(this.__wbg_ptr, ptr0, len0, val2);
+            deferred3_0 = ret[0];
+            deferred3_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * The next binary frame to send, if any.
+     * @returns {Uint8Array | undefined}
+     */
+    syncNextFrame() {
+        const ret = wasm.replica_syncNextFrame(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
+     * The next text frame to send, if any (the JSON subprotocol).
+     * @returns {string | undefined}
+     */
+    syncNextText() {
+        const ret = wasm.replica_syncNextText(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getStringFromWasm0(ret[0], ret[1]);
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
+     * Start a sync session: resume after the applied seq (a replica that never synced asks
+     * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
+     * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
+     * @param {string | null | undefined} token
+     * @param {boolean} json
+     * @param {number} seed
+     */
+    syncStart(token, json, seed) {
+        const val2 = +json;
+        const val3 = +seed;
+        var ptr0 = isLikeNone(token) ? 0 : passStringToWasm0(token, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        var len0 = WASM_VECTOR_LEN;
+        const ret = wasm.replica_syncStart(this.__wbg_ptr, ptr0, len0, val2, val3);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * A text frame arrived.
+     * @param {string} text
+     * @param {number} now
+     * @returns {string}
+     */
+    syncText(text, now) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const val2 = +now;
+            const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_syncText(this.__wbg_ptr, ptr0, len0, val2);
+            deferred3_0 = ret[0];
+            deferred3_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * Send write ops (a JSON array); answered by a `written` or `rejected` event with `id`.
+     * @param {number} id
+     * @param {string} ops_json
+     * @returns {string}
+     */
+    syncWrite(id, ops_json) {
+        let deferred4_0;
+        let deferred4_1;
+        try {
+            const val2 = +id;
+            const ptr0 = passStringToWasm0(ops_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_syncWrite(this.__wbg_ptr, val2, ptr0, len0);
+            var ptr3 = ret[0];
+            var len3 = ret[1];
+            if (ret[3]) {
+                ptr3 = 0; len3 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred4_0 = ptr3;
+            deferred4_1 = len3;
+            return getStringFromWasm0(ptr3, len3);
+        } finally {
+            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+        }
+    }
+    /**
      * Breadth-first traversal as a JSON array of hops.
      * @param {string} ns
      * @param {string} id
@@ -931,7 +1104,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 851, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 852, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d);
             return ret;
         },
