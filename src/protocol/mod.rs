@@ -1,0 +1,262 @@
+//! Wire protocol v1: the messages, their two encodings, and the session state machine.
+//!
+//! No I/O here (sans-IO): the node's WebSocket shell feeds frames in and carries out the
+//! [`Action`]s that come back; the wasm sync client uses the same codecs. Two subprotocols:
+//! - `hivesync.v1.json`: text frames, each a JSON object with a `type` (the default);
+//! - `hivesync.v1.bin`: binary frames, the same messages encoded with postcard, embeddings
+//!   as raw f32 and row images as JSON text.
+//!
+//! Fan-out encodes each change once per encoding ([`encode_change_json`],
+//! [`encode_change_bin`]) and assembles a batch frame from the shared fragments
+//! ([`changes_frame`]), so the cost per extra subscriber is a copy, not an encode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Change, Kind, WriteOp};
+
+mod auth;
+mod bin;
+pub mod client;
+mod frame;
+mod json;
+mod session;
+
+pub use auth::*;
+pub use bin::*;
+pub use client::{ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure};
+pub use frame::*;
+pub use json::*;
+pub use session::*;
+
+/// The protocol version in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// JSON subprotocol name.
+pub const SUBPROTOCOL_JSON: &str = "hivesync.v1.json";
+/// Binary (postcard) subprotocol name.
+pub const SUBPROTOCOL_BIN: &str = "hivesync.v1.bin";
+/// Largest frame a node or client accepts: room for a write of a few 1 MiB rows, small enough
+/// that a hostile client cannot make the node buffer much.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// A node starts a new `snapshot` or `changes` frame once one holds this many bytes: a frame
+/// is one allocation per subscriber, and a client applies a frame as one transaction.
+pub const FRAME_SPLIT_BYTES: usize = 1024 * 1024;
+/// The largest frame any hivesync client accepts from a node (the relay, `watch`, the
+/// browser, the tests), and so the most a node ever sends. A node's frames stay near
+/// [`FRAME_SPLIT_BYTES`]; only a single change larger than that goes out alone, and the row
+/// limits (1 MiB of text, 1 MiB of JSON properties, 8,192 dimensions) keep any one change far
+/// below this, however its text escapes.
+pub const MAX_SERVER_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes a client may send before its `hello` is accepted: a hello (a token and a client
+/// name) fits in a few KiB, and a stranger must not make the node buffer 8 MiB frames.
+pub const MAX_PRE_HELLO_BYTES: usize = 16 * 1024;
+/// Most ops in one `write`.
+pub const MAX_OPS_PER_WRITE: usize = 10_000;
+/// Longest `sub` or `req` id.
+pub const MAX_CLIENT_ID: usize = 128;
+/// Most subscriptions one connection may hold.
+pub const MAX_SUBS_PER_CONNECTION: usize = 64;
+
+/// Which encoding a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// `hivesync.v1.json`
+    Json,
+    /// `hivesync.v1.bin`
+    Bin,
+}
+
+impl Encoding {
+    /// Pick the encoding from the subprotocols a client offered (JSON when none).
+    pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<Encoding> {
+        let mut any = false;
+        for p in offered {
+            any = true;
+            match p.trim() {
+                SUBPROTOCOL_JSON => return Some(Encoding::Json),
+                SUBPROTOCOL_BIN => return Some(Encoding::Bin),
+                _ => {}
+            }
+        }
+        if any {
+            None
+        } else {
+            Some(Encoding::Json)
+        }
+    }
+
+    /// The subprotocol name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => SUBPROTOCOL_JSON,
+            Encoding::Bin => SUBPROTOCOL_BIN,
+        }
+    }
+}
+
+/// Error codes of the `error` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Missing or wrong token.
+    Unauthorized,
+    /// The token may not read or write that namespace.
+    Forbidden,
+    /// The message is malformed or not allowed now.
+    BadRequest,
+    /// The message is too large.
+    TooLarge,
+    /// The node is shedding load, or the client is too slow.
+    Overloaded,
+    /// The node failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A subscription request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    /// Client-chosen subscription id.
+    pub sub: String,
+    /// Last seq the client applied (0: from the beginning); absent: snapshot, then live.
+    #[serde(default)]
+    pub from: Option<i64>,
+    /// Namespaces wanted; all readable ones when absent.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// Kinds wanted; all when absent.
+    #[serde(default)]
+    pub kinds: Option<Vec<Kind>>,
+}
+
+/// Client to node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// First message of a connection.
+    Hello {
+        /// Bearer token; may be omitted where anonymous access is allowed.
+        #[serde(default)]
+        token: Option<String>,
+        /// Free-form client name, for logs.
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// Start a subscription.
+    Subscribe(Subscribe),
+    /// Apply ops in one transaction.
+    Write {
+        /// Client-chosen request id, echoed in `written` / `error`.
+        req: String,
+        /// The ops.
+        ops: Vec<WriteOp>,
+    },
+    /// End a subscription.
+    Unsubscribe {
+        /// Its id.
+        sub: String,
+    },
+    /// The client has applied up to `seq` (for lag accounting).
+    Ack {
+        /// Subscription id.
+        sub: String,
+        /// Last seq applied.
+        seq: i64,
+    },
+}
+
+/// An `error` message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorMsg {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// The subscription it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The write request it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<String>,
+}
+
+impl ErrorMsg {
+    /// An error with no sub or req.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorMsg {
+            code,
+            message: message.into(),
+            sub: None,
+            req: None,
+        }
+    }
+}
+
+/// Node to client. (The binary encoding relies on this variant order: append only.)
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerMsg {
+    /// Answer to `hello`.
+    Welcome {
+        /// Protocol version.
+        protocol: u32,
+        /// Node name.
+        node: String,
+        /// Last seq in the log.
+        head: i64,
+        /// Oldest seq kept in the log.
+        horizon: i64,
+    },
+    /// A chunk of a snapshot.
+    Snapshot {
+        /// Subscription id.
+        sub: String,
+        /// The seq the snapshot was taken at.
+        at: i64,
+        /// Rows, as upsert changes.
+        rows: Vec<Change>,
+        /// True on the last chunk.
+        done: bool,
+    },
+    /// A batch of changes, ascending, never splitting a transaction.
+    Changes {
+        /// Subscription id.
+        sub: String,
+        /// The seq this batch continues from.
+        prev: i64,
+        /// The changes.
+        changes: Vec<Change>,
+    },
+    /// Caught up: what follows is live.
+    Live {
+        /// Subscription id.
+        sub: String,
+        /// The seq the subscription is caught up to.
+        seq: i64,
+    },
+    /// A write committed.
+    Written {
+        /// Request id.
+        req: String,
+        /// Last seq of the write.
+        seq: i64,
+    },
+    /// Something failed.
+    Error(ErrorMsg),
+}
+
+#[cfg(test)]
+mod tests;

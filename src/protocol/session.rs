@@ -1,0 +1,388 @@
+//! The server session: the sans-I/O state machine of one connection.
+
+use super::*;
+use crate::model::WriteOp;
+use crate::query::ChangeFilter;
+
+/// What the shell must do after a frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send this message.
+    Send(ServerMsg),
+    /// Send `welcome` (the shell knows head and horizon).
+    Welcome,
+    /// Start a subscription. `filter.namespaces` is what the client asked for; `read` is the
+    /// principal's scope, which every change must also pass.
+    Subscribe {
+        /// Subscription id.
+        sub: String,
+        /// Cursor (None: snapshot first).
+        from: Option<i64>,
+        /// Namespaces and kinds asked for.
+        filter: ChangeFilter,
+        /// What the principal may read.
+        read: Scope,
+    },
+    /// Stop a subscription.
+    Unsubscribe {
+        /// Subscription id.
+        sub: String,
+    },
+    /// Commit these ops and answer `written` or `error` with `req`.
+    Write {
+        /// Request id.
+        req: String,
+        /// The ops (already checked against the write scope).
+        ops: Vec<WriteOp>,
+    },
+    /// Record an acknowledgement.
+    Ack {
+        /// Subscription id.
+        sub: String,
+        /// Last seq applied.
+        seq: i64,
+    },
+    /// The principal's read scope changed (a config reload): every subscription of the
+    /// connection filters its next changes with this one.
+    Rescope {
+        /// What the principal may read now.
+        read: Scope,
+    },
+    /// Close the connection (after sending what came before).
+    Close {
+        /// The WebSocket close code ([`CLOSE_POLICY`], [`CLOSE_INVALID_DATA`],
+        /// [`CLOSE_TOO_BIG`]).
+        code: u16,
+        /// Why, for the close frame.
+        reason: String,
+    },
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    encoding: Encoding,
+    principal: Option<Principal>,
+    /// The token the principal was granted for, re-checked by [`Session::reauthorize`].
+    token: Option<String>,
+    subs: std::collections::HashSet<String>,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Action {
+    Action::Send(ServerMsg::Error(ErrorMsg::new(code, message)))
+}
+
+/// WebSocket close code 1008: the client broke a rule (no or wrong credentials, no hello).
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code 1007: a text frame that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// WebSocket close code 1009: more bytes than allowed.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The error, then the close: what ends a connection on the client's fault.
+fn fail_and_close(code: ErrorCode, message: String, close: u16, reason: &str) -> Vec<Action> {
+    vec![
+        err(code, message),
+        Action::Close {
+            code: close,
+            reason: reason.into(),
+        },
+    ]
+}
+
+fn check_client_id(what: &str, id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID {
+        Err(format!("`{what}` must be 1 to {MAX_CLIENT_ID} bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Session {
+    /// A new connection speaking `encoding`.
+    pub fn new(encoding: Encoding) -> Self {
+        Session {
+            encoding,
+            principal: None,
+            token: None,
+            subs: Default::default(),
+        }
+    }
+
+    /// The encoding.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Who the client is, once `hello` succeeded.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Active subscription ids.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.subs.iter().map(String::as_str)
+    }
+
+    /// The shell ended a subscription on its own (an error while serving it).
+    pub fn subscription_ended(&mut self, sub: &str) {
+        self.subs.remove(sub);
+    }
+
+    /// The node's tokens or scopes changed: check the principal again. A token no longer
+    /// accepted ends the connection with `unauthorized`; a changed scope applies to the next
+    /// write at once and, through [`Action::Rescope`], to the next change delivered.
+    pub fn reauthorize(&mut self, auth: &dyn Authorizer) -> Vec<Action> {
+        let Some(old) = &self.principal else {
+            return Vec::new();
+        };
+        match auth.authenticate(self.token.as_deref()) {
+            Ok(p) if p == *old => Vec::new(),
+            Ok(p) => {
+                let read = p.read.clone();
+                self.principal = Some(p);
+                vec![Action::Rescope { read }]
+            }
+            Err(AuthError(why)) => {
+                self.principal = None;
+                self.subs.clear();
+                fail_and_close(
+                    ErrorCode::Unauthorized,
+                    format!("this connection's credentials are no longer accepted ({why}); the node's config changed"),
+                    CLOSE_POLICY,
+                    "unauthorized",
+                )
+            }
+        }
+    }
+
+    /// A text frame arrived.
+    pub fn on_text(&mut self, text: &str, auth: &dyn Authorizer) -> Vec<Action> {
+        if self.encoding == Encoding::Bin {
+            return vec![err(
+                ErrorCode::BadRequest,
+                "this connection speaks hivesync.v1.bin: send binary frames",
+            )];
+        }
+        match decode_client_json(text) {
+            Ok(m) => self.on_message(m, auth),
+            Err(e) => vec![err(ErrorCode::BadRequest, e.to_string())],
+        }
+    }
+
+    /// A binary frame arrived.
+    pub fn on_binary(&mut self, bytes: &[u8], auth: &dyn Authorizer) -> Vec<Action> {
+        if self.encoding == Encoding::Json {
+            return vec![err(
+                ErrorCode::BadRequest,
+                "this connection speaks hivesync.v1.json: send text frames holding JSON",
+            )];
+        }
+        match decode_client_bin(bytes) {
+            Ok(m) => self.on_message(m, auth),
+            Err(e) => vec![err(ErrorCode::BadRequest, e.to_string())],
+        }
+    }
+
+    /// A frame over [`MAX_FRAME_BYTES`] arrived (or began to): the stream cannot be trusted to
+    /// resynchronise, so the connection ends.
+    pub fn on_oversized(&mut self) -> Vec<Action> {
+        fail_and_close(
+            ErrorCode::TooLarge,
+            format!("frame larger than {MAX_FRAME_BYTES} bytes; split the write into smaller ones"),
+            CLOSE_POLICY,
+            "frame too large",
+        )
+    }
+
+    /// The client sent more than [`MAX_PRE_HELLO_BYTES`] before its `hello` was accepted.
+    pub fn on_pre_hello_overflow(&mut self) -> Vec<Action> {
+        fail_and_close(
+            ErrorCode::TooLarge,
+            format!("more than {MAX_PRE_HELLO_BYTES} bytes before hello: send {{\"type\":\"hello\",\"token\":\"...\"}} first"),
+            CLOSE_TOO_BIG,
+            "too many bytes before hello",
+        )
+    }
+
+    /// No accepted `hello` within `secs` seconds of the upgrade (nothing to do once greeted).
+    pub fn on_hello_timeout(&mut self, secs: u64) -> Vec<Action> {
+        if self.principal.is_some() {
+            return Vec::new();
+        }
+        fail_and_close(
+            ErrorCode::BadRequest,
+            format!(
+                "no hello within {secs} s: send {{\"type\":\"hello\",\"token\":\"...\"}} first"
+            ),
+            CLOSE_POLICY,
+            "no hello",
+        )
+    }
+
+    /// A text frame that is not UTF-8: the stream is not what it claims, so it ends.
+    pub fn on_invalid_utf8(&mut self) -> Vec<Action> {
+        fail_and_close(
+            ErrorCode::BadRequest,
+            "invalid UTF-8 in a text frame".into(),
+            CLOSE_INVALID_DATA,
+            "invalid UTF-8 in a text frame",
+        )
+    }
+
+    /// A decoded message.
+    pub fn on_message(&mut self, m: ClientMsg, auth: &dyn Authorizer) -> Vec<Action> {
+        let Some(p) = &self.principal else {
+            return match m {
+                ClientMsg::Hello { token, .. } => self.on_hello(token, auth),
+                _ => vec![err(
+                    ErrorCode::BadRequest,
+                    "say hello first: {\"type\":\"hello\",\"token\":\"...\"}",
+                )],
+            };
+        };
+        match m {
+            ClientMsg::Hello { .. } => vec![err(
+                ErrorCode::BadRequest,
+                "hello was already received on this connection",
+            )],
+            ClientMsg::Subscribe(s) => on_subscribe(&mut self.subs, s, p),
+            ClientMsg::Write { req, ops } => on_write(req, ops, p),
+            ClientMsg::Unsubscribe { sub } => self.on_unsubscribe(sub),
+            ClientMsg::Ack { sub, seq } => self.on_ack(sub, seq),
+        }
+    }
+
+    fn on_hello(&mut self, token: Option<String>, auth: &dyn Authorizer) -> Vec<Action> {
+        match auth.authenticate(token.as_deref()) {
+            Ok(p) => {
+                self.principal = Some(p);
+                self.token = token;
+                vec![Action::Welcome]
+            }
+            Err(AuthError(why)) => {
+                fail_and_close(ErrorCode::Unauthorized, why, CLOSE_POLICY, "unauthorized")
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, sub: String) -> Vec<Action> {
+        if self.subs.remove(&sub) {
+            vec![Action::Unsubscribe { sub }]
+        } else {
+            vec![Action::Send(ServerMsg::Error(ErrorMsg {
+                code: ErrorCode::BadRequest,
+                message: format!("no active subscription {sub:?}"),
+                sub: Some(sub),
+                req: None,
+            }))]
+        }
+    }
+
+    fn on_ack(&mut self, sub: String, seq: i64) -> Vec<Action> {
+        if self.subs.contains(&sub) {
+            vec![Action::Ack { sub, seq }]
+        } else {
+            vec![err(
+                ErrorCode::BadRequest,
+                format!("ack for unknown subscription {sub:?}"),
+            )]
+        }
+    }
+}
+
+/// A subscription, checked against the connection's others and the principal's read scope.
+fn on_subscribe(
+    subs: &mut std::collections::HashSet<String>,
+    s: Subscribe,
+    p: &Principal,
+) -> Vec<Action> {
+    let fail = |code, message: String| {
+        vec![Action::Send(ServerMsg::Error(ErrorMsg {
+            code,
+            message,
+            sub: Some(s.sub.clone()),
+            req: None,
+        }))]
+    };
+    if let Err(e) = check_client_id("sub", &s.sub) {
+        return fail(ErrorCode::BadRequest, e);
+    }
+    if subs.contains(&s.sub) {
+        return fail(
+            ErrorCode::BadRequest,
+            format!(
+                "subscription {:?} is already active; unsubscribe first",
+                s.sub
+            ),
+        );
+    }
+    if subs.len() >= MAX_SUBS_PER_CONNECTION {
+        return fail(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_SUBS_PER_CONNECTION} subscriptions per connection"),
+        );
+    }
+    if let Some(f) = s.from.filter(|&f| f < 0) {
+        return fail(
+            ErrorCode::BadRequest,
+            format!("`from` must be 0 or more, got {f}"),
+        );
+    }
+    if let Some(bad) = s.namespaces.iter().flatten().find(|n| !p.read.allows(n)) {
+        return fail(
+            ErrorCode::Forbidden,
+            format!("token {:?} may not read namespace {bad:?}", p.name),
+        );
+    }
+    subs.insert(s.sub.clone());
+    vec![Action::Subscribe {
+        sub: s.sub,
+        from: s.from,
+        filter: ChangeFilter {
+            namespaces: s.namespaces,
+            kinds: s.kinds,
+        },
+        read: p.read.clone(),
+    }]
+}
+
+/// A write, checked against the limits and the principal's write scope.
+fn on_write(req: String, ops: Vec<WriteOp>, p: &Principal) -> Vec<Action> {
+    let fail = |code, message: String| {
+        vec![Action::Send(ServerMsg::Error(ErrorMsg {
+            code,
+            message,
+            sub: None,
+            req: Some(req.clone()),
+        }))]
+    };
+    if let Err(e) = check_client_id("req", &req) {
+        return fail(ErrorCode::BadRequest, e);
+    }
+    if ops.is_empty() {
+        return fail(
+            ErrorCode::BadRequest,
+            "a write needs at least one op".into(),
+        );
+    }
+    if ops.len() > MAX_OPS_PER_WRITE {
+        return fail(
+            ErrorCode::TooLarge,
+            format!(
+                "{} ops in one write; the limit is {MAX_OPS_PER_WRITE}",
+                ops.len()
+            ),
+        );
+    }
+    if let Some((i, op)) = ops.iter().enumerate().find(|(_, o)| !p.write.allows(&o.ns)) {
+        return fail(
+            ErrorCode::Forbidden,
+            format!(
+                "op {i}: token {:?} may not write namespace {:?}",
+                p.name, op.ns
+            ),
+        );
+    }
+    vec![Action::Write { req, ops }]
+}
