@@ -1,0 +1,185 @@
+//! Rows by key: `put`, `get`, `delete`, `list`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use hivesync::model::{Kind, Op, WriteOp};
+use hivesync::query::ListQuery;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::Cli;
+
+pub(crate) fn put(cli: &Cli, args: &PutArgs) -> Result<()> {
+    let PutArgs {
+        kind_or_op,
+        data,
+        ns,
+    } = args;
+    let json_out = cli.json;
+    let op = match data {
+        Some(d) => WriteOp::upsert(
+            kind_or_op.parse::<Kind>()?,
+            ns.clone(),
+            parse_json("the row", d)?,
+        ),
+        None => {
+            if !kind_or_op.trim_start().starts_with('{') {
+                bail!("give the row as JSON after the kind: hivesync put {kind_or_op} '{{\"name\":\"...\"}}'");
+            }
+            WriteOp::from_json(kind_or_op)?
+        }
+    };
+    let store = open(&cli)?;
+    let r = store.write(std::slice::from_ref(&op))?;
+    if json_out {
+        print_json(&mut out(), &json!({"seq": r.seq, "id": r.ids[0]}))
+    } else {
+        let verb = if op.op == Op::Upsert {
+            "upserted"
+        } else {
+            "deleted"
+        };
+        println!(
+            "{verb} {} {} in {} (seq {})",
+            op.kind, r.ids[0], op.ns, r.seq
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn get(cli: &Cli, args: &GetArgs) -> Result<()> {
+    let GetArgs {
+        kind,
+        id,
+        ns,
+        model,
+    } = args;
+    let json_out = cli.json;
+    let store = open(&cli)?;
+    let v: Option<Value> = match kind {
+        Kind::Entity => store
+            .get_entity(ns, id)?
+            .map(serde_json::to_value)
+            .transpose()?,
+        Kind::Edge => store
+            .get_edge(ns, id)?
+            .map(serde_json::to_value)
+            .transpose()?,
+        Kind::Note => store
+            .get_note(ns, id)?
+            .map(serde_json::to_value)
+            .transpose()?,
+        Kind::Event => store
+            .get_event(ns, id)?
+            .map(serde_json::to_value)
+            .transpose()?,
+        Kind::Vector => {
+            let model = model
+                .as_deref()
+                .context("a vector is keyed by subject and model: add --model")?;
+            store
+                .get_vector(ns, id, model)?
+                .map(serde_json::to_value)
+                .transpose()?
+        }
+    };
+    match v {
+        Some(v) if json_out => print_json(&mut out(), &v),
+        Some(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        None => bail!("no {kind} {id:?} in namespace {ns:?}"),
+    }
+}
+
+pub(crate) fn delete(cli: &Cli, args: &DeleteArgs) -> Result<()> {
+    let DeleteArgs {
+        kind,
+        id,
+        ns,
+        model,
+    } = args;
+    let json_out = cli.json;
+    let store = open(&cli)?;
+    let mut op = WriteOp::delete(*kind, ns.clone(), id.clone());
+    op.model = model.clone();
+    let r = store.write(&[op])?;
+    if json_out {
+        print_json(&mut out(), &json!({"seq": r.seq, "id": id}))
+    } else {
+        println!("deleted {kind} {id} in {ns} (seq {})", r.seq);
+        Ok(())
+    }
+}
+
+pub(crate) fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
+    let ListArgs {
+        kind,
+        ns,
+        kind_filter,
+        after,
+        limit,
+    } = args;
+    let json_out = cli.json;
+    let store = open(&cli)?;
+    let q = ListQuery {
+        ns: ns.clone(),
+        kind: kind_filter.clone(),
+        after: after.clone(),
+        limit: *limit,
+    };
+    let list = |q: &ListQuery| -> Result<Vec<Value>> {
+        match kind {
+            Kind::Entity => values(store.list_entities(q)?),
+            Kind::Edge => values(store.list_edges(q)?),
+            Kind::Note => values(store.list_notes(q)?),
+            Kind::Event => values(store.list_events(q)?),
+            Kind::Vector => {
+                bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
+            }
+        }
+    };
+    let rows = list(&q)?;
+    let last = rows
+        .last()
+        .and_then(|r| r["id"].as_str())
+        .map(str::to_string);
+    let more = match &last {
+        Some(id) if rows.len() >= (*limit).min(hivesync::query::MAX_LIMIT) => !list(&ListQuery {
+            after: Some(id.clone()),
+            limit: 1,
+            ..q.clone()
+        })?
+        .is_empty(),
+        _ => false,
+    };
+    let mut w = out();
+    for r in &rows {
+        if json_out {
+            print_json(&mut w, &r)?;
+        } else {
+            let label = r
+                .get("name")
+                .or_else(|| r.get("relation"))
+                .or_else(|| r.get("verb"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            writeln!(
+                w,
+                "{}\t{}",
+                r["id"].as_str().unwrap_or(""),
+                label.as_str().unwrap_or("")
+            )?;
+        }
+    }
+    w.flush()?;
+    if let (true, Some(id)) = (more, last) {
+        eprintln!(
+            "stopped at the limit ({}); more follow: the next page is `--after {id}` (or raise --limit)",
+            rows.len()
+        );
+    }
+    Ok(())
+}
