@@ -16,7 +16,7 @@ pub(crate) fn search(cli: &Cli, args: &SearchArgs) -> Result<()> {
         limit,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let q = SearchQuery {
         text: text.join(" "),
         ns: ns.clone(),
@@ -53,7 +53,7 @@ pub(crate) fn knn(cli: &Cli, args: &KnnArgs) -> Result<()> {
         kind,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let embedding: Vec<f32> = match (vector, like) {
         (Some(v), _) => {
             serde_json::from_str(v).context("--vector must be a JSON array of numbers")?
@@ -95,7 +95,7 @@ pub(crate) fn neighbors(cli: &Cli, args: &NeighborsArgs) -> Result<()> {
         limit,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let mut w = out();
     if *depth <= 1 {
         for n in store.neighbors(ns, id, *direction, relation.as_deref(), *limit)? {
@@ -136,7 +136,7 @@ pub(crate) fn neighbors(cli: &Cli, args: &NeighborsArgs) -> Result<()> {
 
 pub(crate) fn changes(cli: &Cli, args: &ChangesArgs) -> Result<()> {
     let ChangesArgs { from, ns, limit } = args;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let filter = ChangeFilter {
         namespaces: (!ns.is_empty()).then(|| ns.clone()),
         kinds: None,
@@ -166,7 +166,7 @@ pub(crate) fn changes(cli: &Cli, args: &ChangesArgs) -> Result<()> {
 pub(crate) fn digest(cli: &Cli, args: &DigestArgs) -> Result<()> {
     let DigestArgs { ns } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let d = store.digest((!ns.is_empty()).then_some(ns.as_slice()))?;
     if json_out {
         print_json(&mut out(), &d)
@@ -183,7 +183,7 @@ pub(crate) fn digest(cli: &Cli, args: &DigestArgs) -> Result<()> {
 
 pub(crate) fn check(cli: &Cli) -> Result<()> {
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let r = store.check()?;
     if json_out {
         print_json(&mut out(), &r)?;

@@ -30,7 +30,7 @@ pub(crate) fn put(cli: &Cli, args: &PutArgs) -> Result<()> {
             WriteOp::from_json(kind_or_op)?
         }
     };
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let r = store.write(std::slice::from_ref(&op))?;
     if json_out {
         print_json(&mut out(), &json!({"seq": r.seq, "id": r.ids[0]}))
@@ -56,7 +56,7 @@ pub(crate) fn get(cli: &Cli, args: &GetArgs) -> Result<()> {
         model,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let v: Option<Value> = match kind {
         Kind::Entity => store
             .get_entity(ns, id)?
@@ -102,7 +102,7 @@ pub(crate) fn delete(cli: &Cli, args: &DeleteArgs) -> Result<()> {
         model,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let mut op = WriteOp::delete(*kind, ns.clone(), id.clone());
     op.model = model.clone();
     let r = store.write(&[op])?;
@@ -123,7 +123,7 @@ pub(crate) fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
         limit,
     } = args;
     let json_out = cli.json;
-    let store = open(&cli)?;
+    let store = open(cli)?;
     let q = ListQuery {
         ns: ns.clone(),
         kind: kind_filter.clone(),
