@@ -333,24 +333,14 @@ pub(crate) async fn handle(
     let conn_id = node.next_conn.fetch_add(1, Relaxed);
     node.metrics.connections.fetch_add(1, Relaxed);
     node.metrics.connections_total.fetch_add(1, Relaxed);
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     // The last word for a client that stopped reading (see `spawn_sender`).
     let (last_word_tx, last_word_rx) = oneshot::channel::<Message>();
     let writer = spawn_sender(sink, out_rx, last_word_rx, node.metrics.clone());
-    let (replies_tx, mut replies_rx) = mpsc::channel::<oneshot::Receiver<ServerMsg>>(OUT_QUEUE);
-    let replies_out = out_tx.clone();
-    let replies = tokio::spawn(async move {
-        while let Some(rx) = replies_rx.recv().await {
-            let Ok(m) = rx.await else { break };
-            let frame = Out::Frame(to_message(encode_server(enc, &m)), None);
-            if replies_out.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, bool)>();
-    let mut shell = Shell {
+    let (replies_tx, replies) = spawn_replies(enc, out_tx.clone());
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let shell = Shell {
         node: node.clone(),
         conn_id,
         enc,
@@ -365,103 +355,21 @@ pub(crate) async fn handle(
         scope: Arc::new(RwLock::new(Scope::default())),
         ended: ended_tx,
     };
-    let mut session = Session::new(enc);
-    let mut stalled_end = false;
-    let mut shutdown = node.shutdown.clone();
-    // A second receiver for the wait on write budgets (the select holds the first).
-    let mut shutdown_reading = node.shutdown.clone();
-    let mut config_gen = node.auth.subscribe();
-    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
-    tokio::pin!(hello_deadline);
-    let shutting_down = || Out::Close(1001, "node shutting down".into());
-    'conn: loop {
-        let mut write_budget = None;
-        let greeted = session.principal().is_some();
-        let actions = tokio::select! {
-            // Ended subscriptions first (a failed one is reported here before the client hears of
-            // it, so the client's next frames see it gone), then shutdown (not starved by a
-            // chatty client), then the client's frames.
-            biased;
-            Some((sub, stalled)) = ended_rx.recv() => {
-                session.subscription_ended(&sub);
-                shell.end_sub(&sub);
-                if stalled {
-                    // The client stopped reading: end the connection. Its queue is dropped; the
-                    // error goes out if the client reads again within the stall timeout (then
-                    // the connection is cut). It resumes from its last applied seq.
-                    let _ = last_word_tx.send(stalled_word(enc, &sub));
-                    stalled_end = true;
-                    break 'conn;
-                }
-                continue;
-            }
-            _ = shutdown.changed() => {
-                let _ = shell.out.send(shutting_down()).await;
-                break;
-            }
-            _ = config_gen.changed() => session.reauthorize(&node.auth),
-            _ = &mut hello_deadline, if !greeted => session.on_hello_timeout(HELLO_TIMEOUT.as_secs()),
-            msg = stream.next() => {
-                node.metrics.frames_in.fetch_add(1, Relaxed);
-                // Inside the arm, not in the select: a frame already read is never dropped.
-                if let Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) = &msg {
-                    if greeted {
-                        match take_write_budget(m, &shell.budget, &node, &mut shutdown_reading).await {
-                            Ok(b) => write_budget = b,
-                            Err(()) => {
-                                let _ = shell.out.send(shutting_down()).await;
-                                break;
-                            }
-                        }
-                    }
-                }
-                match msg {
-                    None | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
-                    Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
-                    Some(Ok(_)) => continue,
-                    Some(Err(WsError::Capacity(_))) => session.on_oversized(),
-                    Some(Err(WsError::Utf8(_))) => session.on_invalid_utf8(),
-                    Some(Err(_)) if gate.exceeded() => session.on_pre_hello_overflow(),
-                    Some(Err(e)) => {
-                        tracing::debug!(conn = conn_id, error = %e, "connection read failed");
-                        break;
-                    }
-                }
-            }
-        };
-        if !greeted {
-            if session.principal().is_some() {
-                gate.open();
-            } else if actions.iter().any(|a| {
-                matches!(a, Action::Send(ServerMsg::Error(e)) if e.code == ErrorCode::Unauthorized)
-            }) {
-                // A refused hello: counted, logged at most once a second, and answered late.
-                if let Some(n) = node.metrics.failed_hello() {
-                    tracing::warn!(refused = n, "hello refused (wrong or missing token)");
-                }
-                tokio::time::sleep(FAILED_HELLO_DELAY).await;
-            }
-        }
-        for a in actions {
-            if !shell.act(a, &mut write_budget).await {
-                break 'conn;
-            }
-        }
-    }
-    let subs: Vec<String> = shell.subs.keys().cloned().collect();
-    for sub in subs {
-        shell.end_sub(&sub);
-    }
+    let reader = Reader {
+        stream,
+        gate,
+        ended: ended_rx,
+        last_word: Some(last_word_tx),
+    };
+    let stalled = reader.run(shell).await;
     // Writes already queued still commit; their answers go out before the connection closes.
-    drop(shell);
     if tokio::time::timeout(Duration::from_secs(5), replies)
         .await
         .is_err()
     {
         tracing::debug!(conn = conn_id, "write answers did not finish in time");
     }
-    let grace = if stalled_end {
+    let grace = if stalled {
         node.stall_timeout
     } else {
         Duration::from_secs(2)
@@ -472,6 +380,168 @@ pub(crate) async fn handle(
         tracing::debug!(conn = conn_id, "writer did not finish in time");
     }
     node.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// The task that sends write answers in the order the writes arrived.
+fn spawn_replies(
+    enc: Encoding,
+    out: mpsc::Sender<Out>,
+) -> (mpsc::Sender<oneshot::Receiver<ServerMsg>>, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<oneshot::Receiver<ServerMsg>>(OUT_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let Ok(m) = reply.await else { break };
+            let frame = Out::Frame(to_message(encode_server(enc, &m)), None);
+            if out.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// The read side of a connection: the client's frames, ended subscriptions, shutdown and
+/// config reloads, turned into session actions for the shell.
+struct Reader {
+    stream: futures_util::stream::SplitStream<Socket>,
+    gate: Arc<HelloGate>,
+    ended: mpsc::UnboundedReceiver<(String, bool)>,
+    last_word: Option<oneshot::Sender<Message>>,
+}
+
+/// What one read produced.
+enum Step {
+    Act(Vec<Action>, Option<WriteBudget>),
+    Skip,
+    /// End the connection (saying `node shutting down` first when true).
+    End(bool),
+}
+
+fn shutting_down() -> Out {
+    Out::Close(1001, "node shutting down".into())
+}
+
+impl Reader {
+    /// Read until the connection ends; true when it ended because the client stopped
+    /// reading. The shell (and with it every subscription) is gone when this returns.
+    async fn run(mut self, mut shell: Shell) -> bool {
+        let node = shell.node.clone();
+        let mut session = Session::new(shell.enc);
+        let mut stalled = false;
+        let mut shutdown = node.shutdown.clone();
+        // A second receiver for the wait on write budgets (the select holds the first).
+        let mut shutdown_reading = node.shutdown.clone();
+        let mut config_gen = node.auth.subscribe();
+        let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+        tokio::pin!(hello_deadline);
+        'conn: loop {
+            let greeted = session.principal().is_some();
+            let step = tokio::select! {
+                // Ended subscriptions first (a failed one is reported here before the client
+                // hears of it, so the client's next frames see it gone), then shutdown (not
+                // starved by a chatty client), then the client's frames.
+                biased;
+                Some((sub, stall)) = self.ended.recv() => {
+                    session.subscription_ended(&sub);
+                    shell.end_sub(&sub);
+                    if !stall {
+                        continue;
+                    }
+                    // The client stopped reading: end the connection. Its queue is dropped;
+                    // the error goes out if the client reads again within the stall timeout
+                    // (then the connection is cut). It resumes from its last applied seq.
+                    if let Some(w) = self.last_word.take() {
+                        let _ = w.send(stalled_word(shell.enc, &sub));
+                    }
+                    stalled = true;
+                    break 'conn;
+                }
+                _ = shutdown.changed() => Step::End(true),
+                _ = config_gen.changed() => Step::Act(session.reauthorize(&node.auth), None),
+                _ = &mut hello_deadline, if !greeted => {
+                    Step::Act(session.on_hello_timeout(HELLO_TIMEOUT.as_secs()), None)
+                }
+                msg = self.stream.next() => {
+                    self.frame(msg, &mut session, &shell, greeted, &mut shutdown_reading).await
+                }
+            };
+            let (actions, mut write_budget) = match step {
+                Step::Act(a, b) => (a, b),
+                Step::Skip => continue,
+                Step::End(say) => {
+                    if say {
+                        let _ = shell.out.send(shutting_down()).await;
+                    }
+                    break;
+                }
+            };
+            if !greeted {
+                self.after_hello(&session, &actions, &node).await;
+            }
+            for a in actions {
+                if !shell.act(a, &mut write_budget).await {
+                    break 'conn;
+                }
+            }
+        }
+        let subs: Vec<String> = shell.subs.keys().cloned().collect();
+        for sub in subs {
+            shell.end_sub(&sub);
+        }
+        stalled
+    }
+
+    /// One frame (or the end) from the client, through the session. A frame already read is
+    /// never dropped: a write waits here for its share of the write budgets.
+    async fn frame(
+        &self,
+        msg: Option<Result<Message, WsError>>,
+        session: &mut Session,
+        shell: &Shell,
+        greeted: bool,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Step {
+        let node = &shell.node;
+        node.metrics.frames_in.fetch_add(1, Relaxed);
+        let mut write_budget = None;
+        if let Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) = &msg {
+            if greeted {
+                match take_write_budget(m, &shell.budget, node, shutdown).await {
+                    Ok(b) => write_budget = b,
+                    Err(()) => return Step::End(true),
+                }
+            }
+        }
+        let actions = match msg {
+            None | Some(Ok(Message::Close(_))) => return Step::End(false),
+            Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
+            Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
+            Some(Ok(_)) => return Step::Skip,
+            Some(Err(WsError::Capacity(_))) => session.on_oversized(),
+            Some(Err(WsError::Utf8(_))) => session.on_invalid_utf8(),
+            Some(Err(_)) if self.gate.exceeded() => session.on_pre_hello_overflow(),
+            Some(Err(e)) => {
+                tracing::debug!(conn = shell.conn_id, error = %e, "connection read failed");
+                return Step::End(false);
+            }
+        };
+        Step::Act(actions, write_budget)
+    }
+
+    /// Before `hello` was accepted: open the gate once it is, and answer a refused one late
+    /// (counted, logged at most once a second).
+    async fn after_hello(&self, session: &Session, actions: &[Action], node: &NodeState) {
+        if session.principal().is_some() {
+            self.gate.open();
+        } else if actions.iter().any(
+            |a| matches!(a, Action::Send(ServerMsg::Error(e)) if e.code == ErrorCode::Unauthorized),
+        ) {
+            if let Some(n) = node.metrics.failed_hello() {
+                tracing::warn!(refused = n, "hello refused (wrong or missing token)");
+            }
+            tokio::time::sleep(FAILED_HELLO_DELAY).await;
+        }
+    }
 }
 
 /// A write for the node's writer thread: the ops, and where its answer goes.
