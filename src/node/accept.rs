@@ -165,52 +165,9 @@ pub(crate) async fn ws_upgrade(
     axum::extract::State(node): axum::extract::State<Arc<NodeState>>,
     mut req: axum::extract::Request,
 ) -> Response {
-    let headers = req.headers();
-    let has_token = |h: &HeaderMap, name: header::HeaderName, token: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case(token))
-    };
-    if req.method() != Method::GET
-        || !has_token(headers, header::CONNECTION, "upgrade")
-        || !has_token(headers, header::UPGRADE, "websocket")
-    {
-        return bad(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is the WebSocket feed: connect with a WebSocket client (ws://HOST:PORT/v1/sync)\n"
-                .into(),
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            "unsupported WebSocket version: send Sec-WebSocket-Version: 13\n".into(),
-        );
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key\n".into(),
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let offered: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    let Some(enc) = Encoding::negotiate(offered.iter().map(String::as_str)) else {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json or hivesync.v1.bin (or none, for JSON)\n"),
-        );
+    let (accept, enc, offered) = match handshake(req.method(), req.headers()) {
+        Ok(h) => h,
+        Err((status, why)) => return bad(status, why),
     };
     if node.metrics.connections.load(Relaxed) >= node.sockets.max_websockets() as i64 {
         node.metrics.refused_connections.fetch_add(1, Relaxed);
@@ -233,24 +190,7 @@ pub(crate) async fn ws_upgrade(
         );
     };
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        let gate = HelloGate::new();
-        let io = Gated::new(TokioIo::new(upgraded), gate.clone());
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES))
-            // tungstenite's default 128 KiB read buffer is zero-filled, so fully resident, on
-            // every connection: 139 KiB per idle subscriber measured (benches/node.rs), 14 KiB
-            // with 4 KiB. Large frames are then read in 4 KiB steps.
-            .read_buffer_size(4 * 1024);
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        conn::handle(ws, node, enc, gate).await;
+        serve_upgraded(on_upgrade, node, enc).await;
         drop(permit);
     });
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -260,13 +200,94 @@ pub(crate) async fn ws_upgrade(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if !offered.is_empty() {
+    if offered {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(enc.name()),
         );
     }
     res
+}
+
+/// Check a WebSocket handshake: (the accept key, the negotiated encoding, whether the client
+/// offered subprotocols), or the status and text refusing it with what to do.
+fn handshake(
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(String, Encoding, bool), (StatusCode, String)> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    if method != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "this is the WebSocket feed: connect with a WebSocket client (ws://HOST:PORT/v1/sync)\n"
+                .into(),
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "unsupported WebSocket version: send Sec-WebSocket-Version: 13\n".into(),
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key\n".into(),
+        ));
+    };
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let Some(enc) = Encoding::negotiate(offered.iter().map(String::as_str)) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json or hivesync.v1.bin (or none, for JSON)\n"),
+        ));
+    };
+    Ok((derive_accept_key(key.as_bytes()), enc, !offered.is_empty()))
+}
+
+/// Run the connection once the upgrade completes.
+async fn serve_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    node: Arc<NodeState>,
+    enc: Encoding,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let gate = HelloGate::new();
+    let io = Gated::new(TokioIo::new(upgraded), gate.clone());
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        // tungstenite's default 128 KiB read buffer is zero-filled, so fully resident, on
+        // every connection: 139 KiB per idle subscriber measured (benches/node.rs), 14 KiB
+        // with 4 KiB. Large frames are then read in 4 KiB steps.
+        .read_buffer_size(4 * 1024);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    conn::handle(ws, node, enc, gate).await;
 }
 
 #[cfg(test)]

@@ -174,36 +174,7 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                 // Catch-up from the log: read a page, filter and encode it in the blocking
                 // task, in this subscriber's encoding only, release the reader, then send.
                 let slot = ctx.bulk_slot().await?;
-                let (s, filter, from) = (node.store.clone(), ctx.filter.clone(), scan);
-                let (enc, sub, prev) = (ctx.enc, ctx.sub.clone(), sent);
-                let res = blocking(move || {
-                    s.read(|c| {
-                        c.execute_batch("BEGIN")?;
-                        let r = (|| {
-                            // Retention (or an edge node's re-sync) may have trimmed the log
-                            // past this subscription while it caught up: the changes it missed
-                            // are gone, so it gets a fresh snapshot instead of a silent gap.
-                            if from < query::horizon(c)? - 1 {
-                                return Ok(None);
-                            }
-                            let head = query::head(c)?;
-                            let (rows, more) =
-                                query::changes_page(c, from, &filter, BATCH, FRAME_SPLIT_BYTES)?;
-                            let scanned = if more {
-                                rows.last().map_or(head, |r| r.seq)
-                            } else {
-                                head
-                            };
-                            // `changes_page` applied the filter; the token's scope remains.
-                            let pass: Vec<&Change> =
-                                rows.iter().filter(|c| read_scope.allows(&c.ns)).collect();
-                            Ok(Some((changes_frames(enc, &sub, prev, &pass), scanned)))
-                        })();
-                        let _ = c.execute_batch("COMMIT");
-                        r
-                    })
-                })
-                .await;
+                let res = read_log_page(ctx, scan, sent, read_scope).await;
                 drop(slot.1);
                 let Some(read) = res? else {
                     drop(slot.0);
@@ -243,6 +214,44 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
             }
         }
     }
+}
+
+/// A page of catch-up from the log after `from`, as this subscriber's frames continuing from
+/// `prev`, and the position scanned up to; read, filtered and encoded in a blocking task (one
+/// read transaction, the reader released before anything is sent). None when retention (or
+/// an edge node's re-sync) trimmed the log past `from` while the subscription caught up: the
+/// changes it missed are gone, so it takes a fresh snapshot instead of a silent gap.
+async fn read_log_page(
+    ctx: &SubCtx,
+    from: i64,
+    prev: i64,
+    read_scope: Scope,
+) -> Result<Option<(Vec<(Message, i64)>, i64)>, SubEnd> {
+    let (s, filter) = (ctx.node.store.clone(), ctx.filter.clone());
+    let (enc, sub) = (ctx.enc, ctx.sub.clone());
+    blocking(move || {
+        s.read(|c| {
+            c.execute_batch("BEGIN")?;
+            let r = (|| {
+                if from < query::horizon(c)? - 1 {
+                    return Ok(None);
+                }
+                let head = query::head(c)?;
+                let (rows, more) = query::changes_page(c, from, &filter, BATCH, FRAME_SPLIT_BYTES)?;
+                let scanned = if more {
+                    rows.last().map_or(head, |r| r.seq)
+                } else {
+                    head
+                };
+                // `changes_page` applied the filter; the token's scope remains.
+                let pass: Vec<&Change> = rows.iter().filter(|c| read_scope.allows(&c.ns)).collect();
+                Ok(Some((changes_frames(enc, &sub, prev, &pass), scanned)))
+            })();
+            let _ = c.execute_batch("COMMIT");
+            r
+        })
+    })
+    .await
 }
 
 /// `changes` frames of whole transactions up to [`FRAME_SPLIT_BYTES`] each (a transaction
