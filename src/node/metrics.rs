@@ -108,6 +108,15 @@ impl Metrics {
     /// count: config reloads, the socket limit, the upstream link).
     pub fn render(&self, head: i64, extra: &[Sample<'_>]) -> String {
         let mut o = String::new();
+        for (name, kind, help, v) in self.samples(head).iter().chain(extra) {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        self.render_latency(&mut o);
+        o
+    }
+
+    /// The node's own samples, one table.
+    fn samples(&self, head: i64) -> [Sample<'static>; 13] {
         let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         // Aggregates only: per-subscription series named every tenant's connections and
         // subscriptions, and grew without bound.
@@ -117,7 +126,7 @@ impl Metrics {
             let (max, sum) = lags.fold((0i64, 0i64), |(m, t), l| (m.max(l), t + l));
             (subs.len() as i64, max, sum)
         };
-        let own: [Sample<'_>; 13] = [
+        [
             (
                 "hivesync_connections",
                 GAUGE,
@@ -191,10 +200,11 @@ impl Metrics {
                 "Changes between the head and what each subscription was sent, summed.",
                 sum_lag,
             ),
-        ];
-        for (name, kind, help, v) in own.iter().chain(extra) {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        }
+        ]
+    }
+
+    /// The write commit latency histogram.
+    fn render_latency(&self, o: &mut String) {
         let _ = writeln!(o, "# HELP hivesync_write_commit_seconds Write commit latency.\n# TYPE hivesync_write_commit_seconds histogram");
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
@@ -211,6 +221,5 @@ impl Metrics {
             self.latency_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(o, "hivesync_write_commit_seconds_count {n}");
-        o
     }
 }

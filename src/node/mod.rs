@@ -216,31 +216,54 @@ pub async fn start(
         )),
         sockets: sockets.clone(),
     });
+    let watchers = spawn_background(&node, config_path, args.upstream.is_none(), poll);
+    let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
+    let join = tokio::spawn(accept::serve(listener, app, sockets, shutdown_rx.clone()));
+    Ok(NodeHandle {
+        addr,
+        shutdown: shutdown_tx,
+        join,
+        metrics,
+        _watchers: watchers,
+    })
+}
+
+/// The node's background work: file watchers (config, database), the tailer, retention.
+fn spawn_background(
+    node: &Arc<NodeState>,
+    config_path: Option<PathBuf>,
+    watch_file: bool,
+    poll: Duration,
+) -> Vec<notify::RecommendedWatcher> {
     let mut watchers = Vec::new();
     if let Some(p) = config_path {
-        watchers.extend(auth.watch(p));
+        watchers.extend(node.auth.watch(p));
     }
     // An edge's database is written only by its upstream link, which publishes what it applies
     // itself: file notifications there would only wake the tailer for nothing, once per commit.
-    if args.upstream.is_none() {
-        if let Some(db) = store.pool().path() {
-            watchers.extend(watch_db(db, hub.clone()));
+    if watch_file {
+        if let Some(db) = node.store.pool().path() {
+            watchers.extend(watch_db(db, node.hub.clone()));
         }
     }
     tokio::spawn(hub::run_tailer(
-        store.clone(),
-        hub.clone(),
+        node.store.clone(),
+        node.hub.clone(),
         poll,
-        shutdown_rx.clone(),
+        node.shutdown.clone(),
     ));
-    if !read_only {
+    if !node.read_only {
         tokio::spawn(run_retention(
-            store.clone(),
-            auth.clone(),
-            shutdown_rx.clone(),
+            node.store.clone(),
+            node.auth.clone(),
+            node.shutdown.clone(),
         ));
     }
-    let web_files = web::WebFiles::choose(args.web.as_deref())?;
+    watchers
+}
+
+/// The HTTP routes: the feed, health, metrics, and the browser replica's files.
+fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
     if let web::WebFiles::Dir(d) = &web_files {
         tracing::info!("serving the browser replica from {}", d.display());
     }
@@ -250,20 +273,12 @@ pub async fn start(
         .route("/{name}", get(web::asset))
         .route("/pkg/{name}", get(web::pkg))
         .with_state(web_files);
-    let app = Router::new()
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sync", get(accept::ws_upgrade))
         .with_state(node)
-        .merge(web_routes);
-    let join = tokio::spawn(accept::serve(listener, app, sockets, shutdown_rx.clone()));
-    Ok(NodeHandle {
-        addr,
-        shutdown: shutdown_tx,
-        join,
-        metrics,
-        _watchers: watchers,
-    })
+        .merge(web_routes)
 }
 
 /// The token an edge presents upstream: from --upstream-token (or its variable), or read from

@@ -422,9 +422,22 @@ pub(super) fn write_run_aside(
     let Some((tx, ts)) = log else {
         return set_applying(conn, 1).map_err(at0);
     };
+    log_run(conn, rows, &created, tx, ts)?;
+    set_applying(conn, 0).map_err(at0)?;
+    Ok(())
+}
+
+/// The change-log copies of a run: one upsert per op, with the row image as stored.
+fn log_run(
+    conn: &Connection,
+    rows: &[EntityRow<'_>],
+    created: &[Option<i64>],
+    tx: i64,
+    ts: i64,
+) -> std::result::Result<(), (usize, Error)> {
     let images = rows
         .iter()
-        .zip(&created)
+        .zip(created)
         .enumerate()
         .map(|(i, (r, c))| {
             let c = c.ok_or_else(|| (i, returned_unknown_row(&r.e.id)))?;
@@ -447,9 +460,7 @@ pub(super) fn write_run_aside(
             stmt.raw_bind_parameter(b + 7, image)?;
             Ok(())
         },
-    )?;
-    set_applying(conn, 0).map_err(at0)?;
-    Ok(())
+    )
 }
 
 /// Column `i` of a returned row as text, without copying it.

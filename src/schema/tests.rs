@@ -525,17 +525,12 @@ fn knn_now(c: &Connection, model: &str, ns: Option<&str>, e: &[f32]) -> Vec<(Str
         .collect()
 }
 
-#[test]
-fn migration_5_converts_per_model_tables_and_triggers() {
-    register_extensions();
-    let c = Connection::open_in_memory().unwrap();
-    configure(&c).unwrap();
-    assert_eq!(migrate_to(&c, &SchemaOptions::default(), 4).unwrap(), 4);
-    // A schema-4 file: three global models (one with no vectors left), vectors in two
-    // namespaces, written with the old per-model triggers in place.
-    register_model_v4(&c, "m2", 2);
-    register_model_v4(&c, "m3", 3);
-    register_model_v4(&c, "unused", 5);
+/// Three global models (one with no vectors left) and vectors in two namespaces, written into
+/// a schema-4 file with the old per-model triggers in place.
+fn fill_schema_4(c: &Connection) {
+    register_model_v4(c, "m2", 2);
+    register_model_v4(c, "m3", 3);
+    register_model_v4(c, "unused", 5);
     let mut sql = String::new();
     for ns in ["a", "b"] {
         for i in 0..12 {
@@ -559,6 +554,15 @@ fn migration_5_converts_per_model_tables_and_triggers() {
     }
     sql.push_str("DELETE FROM vectors WHERE ns = 'b' AND subject = 'e3' AND model = 'm2';");
     c.execute_batch(&sql).unwrap();
+}
+
+#[test]
+fn migration_5_converts_per_model_tables_and_triggers() {
+    register_extensions();
+    let c = Connection::open_in_memory().unwrap();
+    configure(&c).unwrap();
+    assert_eq!(migrate_to(&c, &SchemaOptions::default(), 4).unwrap(), 4);
+    fill_schema_4(&c);
     let probes: [(&str, &str, Vec<f32>); 2] = [
         ("vec_1", "m2", vec![0.9, 0.3]),
         ("vec_2", "m3", vec![0.2, 0.7, -0.1]),
