@@ -190,7 +190,8 @@ impl NewToken {
         toml::to_string(&File {
             token: [&self.config],
         })
-        .unwrap_or_default()
+        // Infallible: a table of strings and string arrays.
+        .expect("a token table always serializes")
     }
 }
 

@@ -218,7 +218,8 @@ pub fn encode_server_bin(m: &ServerMsg) -> Vec<u8> {
             req: e.req.as_deref(),
         },
     };
-    postcard::to_allocvec(&r).unwrap_or_default()
+    // Infallible: postcard writes these types to a Vec without failing: no unsized sequences, no maps, no custom Serialize that errs.
+    postcard::to_allocvec(&r).expect("a server message always encodes")
 }
 
 /// Decode a node message from binary (client side).
@@ -291,7 +292,8 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
         ClientMsg::Unsubscribe { sub } => BinClientMsg::Unsubscribe { sub },
         ClientMsg::Ack { sub, seq } => BinClientMsg::Ack { sub, seq },
     };
-    postcard::to_allocvec(&b).unwrap_or_default()
+    // Infallible, as for server messages above.
+    postcard::to_allocvec(&b).expect("a client message always encodes")
 }
 
 /// Decode a client message from binary, with an error that says what was wrong.

@@ -77,7 +77,9 @@ fn changes_frame_head(enc: Encoding, sub: &str, prev: i64, n: usize, body: usize
         }
         Encoding::Bin => {
             let out = Vec::with_capacity(32 + sub.len() + body);
-            postcard::to_extend(&(BIN_CHANGES_VARIANT, sub, prev, n), out).unwrap_or_default()
+            // Infallible: a tuple of integers and a string, extending a Vec.
+            postcard::to_extend(&(BIN_CHANGES_VARIANT, sub, prev, n), out)
+                .expect("a changes frame head always encodes")
         }
     }
 }
@@ -86,7 +88,8 @@ fn changes_frame_end(enc: Encoding, mut out: Vec<u8>) -> Frame {
     match enc {
         Encoding::Json => {
             out.extend_from_slice(b"]}");
-            Frame::Text(String::from_utf8(out).unwrap_or_default())
+            // UTF-8 by construction: the head and the fragments are JSON text.
+            Frame::Text(String::from_utf8(out).expect("a JSON changes frame is UTF-8"))
         }
         Encoding::Bin => Frame::Binary(out),
     }

@@ -222,15 +222,16 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
             let _ = write!(out, ",\"seq\":{seq}}}");
         }
         ServerMsg::Error(e) => {
-            let mut v = serde_json::to_value(e).unwrap_or_default();
+            // Infallible: strings and an enum, no maps with non-string keys.
+            let mut v = serde_json::to_value(e).expect("an error message always encodes");
             if let Some(o) = v.as_object_mut() {
                 o.insert("type".into(), "error".into());
             }
-            out = serde_json::to_vec(&v).unwrap_or_default();
+            out = serde_json::to_vec(&v).expect("a JSON value always encodes");
         }
     }
     // Every byte written above is UTF-8: ASCII punctuation and serde_json's output.
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8(out).expect("JSON frames are UTF-8 by construction")
 }
 
 /// Decode a node message from JSON text (client side).
@@ -286,7 +287,8 @@ pub fn decode_server_json(text: &str) -> Result<ServerMsg> {
 
 /// Encode a client message as JSON text.
 pub fn encode_client_json(m: &ClientMsg) -> String {
-    serde_json::to_string(m).unwrap_or_default()
+    // Infallible: the message types hold strings, numbers and JSON values only.
+    serde_json::to_string(m).expect("a client message always encodes")
 }
 
 /// Decode a client message from JSON text, with an error that says what was wrong.
