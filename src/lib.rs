@@ -9,9 +9,18 @@
 //! - [`ops`]: validation of write ops and the row-level write statements.
 //! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
 //! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side).
-//! - [`protocol`]: wire protocol v1: messages, JSON and postcard codecs, the sans-IO session.
+//! - [`protocol`]: wire protocol v1: messages, JSON and postcard codecs, the server session and
+//!   the one client session ([`protocol::client`]) every hivesync client runs.
 //! - `store` (native): the pooled store (one writer, N readers, WAL, background checkpoints).
 //! - `node` (native): the server: WebSocket feed, fan-out hub, auth, metrics, edge mode, watch client.
+//!
+//! A change's path through them: a client's `write` → `protocol` session checks →
+//! `node::conn`'s writer thread → `ops` (validate, write rows) → `schema` triggers → the
+//! `changes` log, in the same transaction → `node::hub` (read once, encoded once, kept in a
+//! window) → `node::sub` (snapshot, catch-up, live) → `node::conn`'s sender → a client's
+//! `protocol::client::ClientSession` → `apply` on the replica. `docs/design.md` in the
+//! repository describes each step, the protocol's invariants, the `sync_ctx` contract and the
+//! bulk write path.
 //!
 //! ```
 //! use hivesync::{model::{Kind, WriteOp}, schema, ops, query};
