@@ -229,13 +229,6 @@ pub(crate) fn print_json(w: &mut impl Write, v: &impl serde::Serialize) -> Resul
     Ok(())
 }
 
-pub(crate) fn values<T: serde::Serialize>(rows: Vec<T>) -> Result<Vec<Value>> {
-    Ok(rows
-        .into_iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?)
-}
-
 pub(crate) fn parse_json(what: &str, s: &str) -> Result<Value> {
     serde_json::from_str(s).with_context(|| format!("{what} is not valid JSON"))
 }

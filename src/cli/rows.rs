@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use hivesync::model::{Kind, Op, WriteOp};
 use hivesync::query::ListQuery;
 use serde_json::{json, Value};
@@ -57,33 +57,10 @@ pub(crate) fn get(cli: &Cli, args: &GetArgs) -> Result<()> {
     } = args;
     let json_out = cli.json;
     let store = open(cli)?;
-    let v: Option<Value> = match kind {
-        Kind::Entity => store
-            .get_entity(ns, id)?
-            .map(serde_json::to_value)
-            .transpose()?,
-        Kind::Edge => store
-            .get_edge(ns, id)?
-            .map(serde_json::to_value)
-            .transpose()?,
-        Kind::Note => store
-            .get_note(ns, id)?
-            .map(serde_json::to_value)
-            .transpose()?,
-        Kind::Event => store
-            .get_event(ns, id)?
-            .map(serde_json::to_value)
-            .transpose()?,
-        Kind::Vector => {
-            let model = model
-                .as_deref()
-                .context("a vector is keyed by subject and model: add --model")?;
-            store
-                .get_vector(ns, id, model)?
-                .map(serde_json::to_value)
-                .transpose()?
-        }
-    };
+    if *kind == Kind::Vector && model.is_none() {
+        bail!("a vector is keyed by subject and model: add --model");
+    }
+    let v = store.get_json(*kind, ns, id, model.as_deref())?;
     match v {
         Some(v) if json_out => print_json(&mut out(), &v),
         Some(v) => {
@@ -130,17 +107,10 @@ pub(crate) fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
         after: after.clone(),
         limit: *limit,
     };
-    let list = |q: &ListQuery| -> Result<Vec<Value>> {
-        match kind {
-            Kind::Entity => values(store.list_entities(q)?),
-            Kind::Edge => values(store.list_edges(q)?),
-            Kind::Note => values(store.list_notes(q)?),
-            Kind::Event => values(store.list_events(q)?),
-            Kind::Vector => {
-                bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`")
-            }
-        }
-    };
+    if *kind == Kind::Vector {
+        bail!("vectors are listed through `knn` or `get vector SUBJECT --model M`");
+    }
+    let list = |q: &ListQuery| store.list_json(*kind, q);
     let rows = list(&q)?;
     let last = rows
         .last()

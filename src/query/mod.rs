@@ -56,6 +56,55 @@ fn get_row<T: DeserializeOwned>(
     json.map(|j| decode(&j)).transpose()
 }
 
+/// One row of any kind, as JSON (None when absent): the one dispatch on kind that the CLI,
+/// the store and the browser replica share. A vector is keyed by its subject and `model`.
+pub fn get_json(
+    conn: &Connection,
+    kind: Kind,
+    ns: &str,
+    id: &str,
+    model: Option<&str>,
+) -> Result<Option<serde_json::Value>> {
+    let v = match kind {
+        Kind::Entity => serde_json::to_value(get_entity(conn, ns, id)?),
+        Kind::Edge => serde_json::to_value(get_edge(conn, ns, id)?),
+        Kind::Note => serde_json::to_value(get_note(conn, ns, id)?),
+        Kind::Event => serde_json::to_value(get_event(conn, ns, id)?),
+        Kind::Vector => {
+            let model = model.ok_or_else(|| {
+                Error::invalid("a vector is keyed by subject and model: give the model")
+            })?;
+            serde_json::to_value(get_vector(conn, ns, id, model)?)
+        }
+    }?;
+    Ok((!v.is_null()).then_some(v))
+}
+
+/// A page of rows of one kind, in id order, as JSON (unexpired notes as of `now_us`): the
+/// list counterpart of [`get_json`]. Vectors are not listed (KNN finds them; `get_json`
+/// reads one).
+pub fn list_json(
+    conn: &Connection,
+    kind: Kind,
+    q: &ListQuery,
+    now_us: i64,
+) -> Result<Vec<serde_json::Value>> {
+    fn json<T: serde::Serialize>(rows: Vec<T>) -> Result<Vec<serde_json::Value>> {
+        rows.into_iter()
+            .map(|r| serde_json::to_value(r).map_err(Error::from))
+            .collect()
+    }
+    match kind {
+        Kind::Entity => json(list_entities(conn, q)?),
+        Kind::Edge => json(list_edges(conn, q)?),
+        Kind::Note => json(list_notes(conn, q, now_us)?),
+        Kind::Event => json(list_events(conn, q)?),
+        Kind::Vector => Err(Error::invalid(
+            "vectors are not listed: find them with knn, or read one by subject and model",
+        )),
+    }
+}
+
 /// One entity.
 pub fn get_entity(conn: &Connection, ns: &str, id: &str) -> Result<Option<Entity>> {
     get_row(conn, Kind::Entity, ns, id)

@@ -136,6 +136,20 @@ impl Store {
     pub fn get_vector(&self, ns: &str, subject: &str, model: &str) -> Result<Option<Vector>> {
         self.read(|c| query::get_vector(c, ns, subject, model))
     }
+    /// One row of any kind as JSON ([`query::get_json`]).
+    pub fn get_json(
+        &self,
+        kind: Kind,
+        ns: &str,
+        id: &str,
+        model: Option<&str>,
+    ) -> Result<Option<serde_json::Value>> {
+        self.read(|c| query::get_json(c, kind, ns, id, model))
+    }
+    /// A page of rows of one kind as JSON ([`query::list_json`]).
+    pub fn list_json(&self, kind: Kind, q: &ListQuery) -> Result<Vec<serde_json::Value>> {
+        self.read(|c| query::list_json(c, kind, q, ops::now_us(c)?))
+    }
     /// A page of entities.
     pub fn list_entities(&self, q: &ListQuery) -> Result<Vec<Entity>> {
         self.read(|c| query::list_entities(c, q))

@@ -244,19 +244,9 @@ impl Replica {
         id: &str,
         model: Option<String>,
     ) -> Result<String, JsError> {
-        let c = &self.conn;
-        let v: Value = match kind.parse::<Kind>().map_err(js_err)? {
-            Kind::Entity => serde_json::to_value(query::get_entity(c, ns, id).map_err(js_err)?),
-            Kind::Edge => serde_json::to_value(query::get_edge(c, ns, id).map_err(js_err)?),
-            Kind::Note => serde_json::to_value(query::get_note(c, ns, id).map_err(js_err)?),
-            Kind::Event => serde_json::to_value(query::get_event(c, ns, id).map_err(js_err)?),
-            Kind::Vector => {
-                let m =
-                    model.ok_or_else(|| JsError::new("a vector is keyed by subject and model"))?;
-                serde_json::to_value(query::get_vector(c, ns, id, &m).map_err(js_err)?)
-            }
-        }
-        .map_err(js_err)?;
+        let kind = kind.parse::<Kind>().map_err(js_err)?;
+        let v = query::get_json(&self.conn, kind, ns, id, model.as_deref()).map_err(js_err)?;
+        let v = v.unwrap_or(Value::Null);
         Ok(v.to_string())
     }
 
@@ -276,15 +266,9 @@ impl Replica {
             after,
             limit,
         };
-        match kind.parse::<Kind>().map_err(js_err)? {
-            Kind::Entity => to_json(&query::list_entities(c, &q).map_err(js_err)?),
-            Kind::Edge => to_json(&query::list_edges(c, &q).map_err(js_err)?),
-            Kind::Note => {
-                to_json(&query::list_notes(c, &q, ops::now_us(c).map_err(js_err)?).map_err(js_err)?)
-            }
-            Kind::Event => to_json(&query::list_events(c, &q).map_err(js_err)?),
-            Kind::Vector => Err(JsError::new("list vectors through knn or get")),
-        }
+        let kind = kind.parse::<Kind>().map_err(js_err)?;
+        let now = ops::now_us(c).map_err(js_err)?;
+        to_json(&query::list_json(c, kind, &q, now).map_err(js_err)?)
     }
 
     /// Edges around a node (`direction`: out, in, both) as a JSON array.
