@@ -73,7 +73,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use hivesync::model::{Kind, WriteOp};
 use hivesync::node::config::Config;
-use hivesync::node::{NodeHandle, ServeArgs};
+use hivesync::node::{NodeHandle, NodeOptions};
 use hivesync::protocol::{
     changes_frame, decode_client_json, decode_server_json, encode_change_json, encode_client_json,
     encode_server_json, ClientMsg, Encoding, Frame, ServerMsg, Subscribe, PROTOCOL_VERSION,
@@ -1495,18 +1495,11 @@ async fn catchup_node(addr: SocketAddr, head: i64) -> (u64, f64, u64, u64, bool)
 // ---------------------------------------------------------------------------------------------
 // Node start-up
 
-fn serve_args() -> ServeArgs {
-    ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        config: None,
-        read_only: false,
+fn serve_args() -> NodeOptions {
+    NodeOptions {
         upstream: None,
-        upstream_token: None,
         poll_ms: None,
-        readers: 4,
-        web: None,
-        max_connections: None,
-        upstream_token_file: None,
+        ..Default::default()
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use hivesync::model::{Kind, WriteOp};
-use hivesync::node::{config::Config, ServeArgs};
+use hivesync::node::{config::Config, NodeOptions};
 use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
 use hivesync::store::{Store, StoreOptions};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,18 +27,11 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-fn args(addr: std::net::SocketAddr, upstream: Option<String>) -> ServeArgs {
-    ServeArgs {
-        listen: addr,
-        config: None,
-        read_only: false,
+fn args(upstream: Option<String>) -> NodeOptions {
+    NodeOptions {
         upstream,
-        upstream_token: None,
         poll_ms: None,
-        readers: 4,
-        web: None,
-        max_connections: None,
-        upstream_token_file: None,
+        ..Default::default()
     }
 }
 
@@ -49,7 +42,7 @@ async fn node(
 ) -> (hivesync::node::NodeHandle, String) {
     let store = Arc::new(Store::open(dir.join(name), StoreOptions::default()).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = args(l.local_addr().unwrap(), upstream);
+    let a = args(upstream);
     let h = hivesync::node::start(store, l, Config::default(), None, &a)
         .await
         .unwrap();

@@ -50,7 +50,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the sync node.
-    Serve(hivesync::node::ServeArgs),
+    Serve(cli::serve::ServeArgs),
     /// Upsert a row: `put entity '{"name":"Ada"}'` or `put '{"op":"upsert","kind":"entity",...}'`.
     Put(cli::PutArgs),
     /// Print one row.
@@ -177,7 +177,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Serve(args) => hivesync::node::serve_blocking(&cli.db, args.clone()),
+        Cmd::Serve(args) => cli::serve::serve(&cli.db, args),
         Cmd::Watch(args) => hivesync::node::watch_blocking(args.clone()),
         Cmd::Token(args) => cli::admin::token(&cli, args),
         Cmd::Init(args) => cli::admin::init(&cli, args),

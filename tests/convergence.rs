@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hivesync::model::{Change, Kind, WriteOp};
-use hivesync::node::{config::Config, ServeArgs};
+use hivesync::node::{config::Config, NodeOptions};
 use hivesync::protocol::{self, ClientMsg, ServerMsg, Subscribe};
 use hivesync::query::ChangeFilter;
 use hivesync::store::{Store, StoreOptions};
@@ -143,17 +143,10 @@ fn run(steps: Vec<Step>) {
         let store = Arc::new(Store::open(&db, StoreOptions::default()).unwrap());
         let external = Store::open(&db, StoreOptions::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let args = ServeArgs {
-            listen: listener.local_addr().unwrap(),
-            config: None,
-            read_only: false,
+        let args = NodeOptions {
             upstream: None,
-            upstream_token: None,
             poll_ms: Some(50),
-            readers: 4,
-            web: None,
-            max_connections: None,
-            upstream_token_file: None,
+            ..Default::default()
         };
         let node = hivesync::node::start(store.clone(), listener, Config::default(), None, &args)
             .await

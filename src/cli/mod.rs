@@ -15,6 +15,7 @@ use crate::{Cli, Cmd};
 pub(crate) mod admin;
 pub(crate) mod read;
 pub(crate) mod rows;
+pub(crate) mod serve;
 
 /// `hivesync put`.
 #[derive(clap::Args)]

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,54 +36,30 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch as tokio_watch;
 
-use crate::store::{PoolConfig, Store, StoreOptions};
+use crate::store::Store;
 use auth::Auth;
 use config::Config;
 use hub::{Hub, WindowLimits};
 use metrics::Metrics;
 
-/// `hivesync serve` options.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "HIVESYNC_LISTEN", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
-    /// TOML config file (tokens, retention); reloaded when it changes.
-    #[arg(long, env = "HIVESYNC_CONFIG")]
-    pub config: Option<PathBuf>,
+/// How a node runs (`hivesync serve` builds these from its command line).
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
     /// Follower mode: never write; stream what appears in a file something else replicates.
-    #[arg(long)]
     pub read_only: bool,
     /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy;
     /// writes received here are forwarded to it.
-    #[arg(long)]
     pub upstream: Option<String>,
-    /// Token this edge presents to its upstream. On the command line it shows in the process
-    /// list: prefer the environment variable or --upstream-token-file.
-    #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN", hide_env_values = true)]
+    /// The token this edge presents to its upstream.
     pub upstream_token: Option<String>,
-    /// File holding the token this edge presents to its upstream (surrounding whitespace is
-    /// ignored).
-    #[arg(
-        long,
-        env = "HIVESYNC_UPSTREAM_TOKEN_FILE",
-        conflicts_with = "upstream_token"
-    )]
-    pub upstream_token_file: Option<PathBuf>,
     /// Milliseconds between checks of the log for commits made by other processes, beside
     /// file notifications (default 1000, or 100 in read-only mode where notifications may
     /// not arrive).
-    #[arg(long)]
     pub poll_ms: Option<u64>,
-    /// Read connections in the pool.
-    #[arg(long, default_value_t = 4)]
-    pub readers: usize,
-    /// Directory of the browser replica's files (default: wasm/web, when built).
-    #[arg(long, env = "HIVESYNC_WEB")]
+    /// A directory laid out as `wasm/web` to serve instead of the built-in replica.
     pub web: Option<PathBuf>,
     /// Most open sockets (HTTP and WebSocket); default: the open-files limit less what the
     /// node keeps for its own files.
-    #[arg(long)]
     pub max_connections: Option<usize>,
 }
 
@@ -155,8 +130,8 @@ pub async fn start(
     listener: tokio::net::TcpListener,
     config: Config,
     config_path: Option<PathBuf>,
-    args: &ServeArgs,
-) -> anyhow::Result<NodeHandle> {
+    args: &NodeOptions,
+) -> crate::Result<NodeHandle> {
     let addr = listener.local_addr()?;
     let auth = Auth::new(config.clone(), addr);
     let nofile = accept::nofile_limit();
@@ -174,7 +149,9 @@ pub async fn start(
     }
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
     let s = store.clone();
-    let head = tokio::task::spawn_blocking(move || s.head()).await??;
+    let head = tokio::task::spawn_blocking(move || s.head())
+        .await
+        .map_err(|e| crate::Error::invalid(format!("reading the log head failed: {e}")))??;
     let hub = Hub::new(head, WindowLimits::default());
     let read_only = args.read_only;
     let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
@@ -202,7 +179,7 @@ pub async fn start(
         upstream: match &args.upstream {
             Some(url) => Some(upstream::start(
                 url.clone(),
-                upstream_token(args)?,
+                args.upstream_token.clone(),
                 store.clone(),
                 hub.clone(),
                 shutdown_rx.clone(),
@@ -279,25 +256,6 @@ fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
         .route("/v1/sync", get(accept::ws_upgrade))
         .with_state(node)
         .merge(web_routes)
-}
-
-/// The token an edge presents upstream: from --upstream-token (or its variable), or read from
-/// --upstream-token-file.
-fn upstream_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    match &args.upstream_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the upstream token file {}", p.display()))?;
-            let t = t.trim();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "the upstream token file {} is empty",
-                p.display()
-            );
-            Ok(Some(t.to_string()))
-        }
-        None => Ok(args.upstream_token.clone()),
-    }
 }
 
 /// Notice commits by other processes: a notification on the database or its WAL wakes the
@@ -427,69 +385,4 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         node.metrics.render(node.hub.head(), &extra),
     )
         .into_response()
-}
-
-/// Run `hivesync serve` until SIGINT or SIGTERM.
-pub fn serve_blocking(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let signal = shutdown_signal()?;
-        if args.upstream.is_some() && args.read_only {
-            anyhow::bail!("--upstream and --read-only exclude each other: an edge node writes what it receives from upstream into its own file");
-        }
-        let config = match &args.config {
-            Some(p) => Config::load(p)?,
-            None => Config::default(),
-        };
-        let opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
-        let db2 = db.to_path_buf();
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&db2, opts))
-                .await?
-                .with_context(|| format!("opening {}", db.display()))?,
-        );
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}: is another node running there? pick another address with --listen", args.listen))?;
-        let handle = start(store.clone(), listener, config, args.config.clone(), &args).await?;
-        tracing::info!(
-            "hivesync serving {} on http://{} (feed ws://{}/v1/sync, head seq {}{})",
-            db.display(),
-            handle.addr,
-            handle.addr,
-            store.head()?,
-            if args.read_only { ", read-only follower" } else { "" }
-        );
-        signal.await;
-        tracing::info!("shutting down: closing connections");
-        tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.ok();
-        drop(store);
-        tracing::info!("stopped");
-        Ok(())
-    })
-}
-
-/// Register SIGINT and SIGTERM handlers now (before the port is bound, so a signal that comes
-/// right after startup still shuts down cleanly) and return a future that ends on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
 }

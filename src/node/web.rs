@@ -46,17 +46,17 @@ static EMBEDDED: &[(&str, &[u8])] = embed!(
 
 impl WebFiles {
     /// `--web DIR` when given (it must hold a built package), else the embedded package.
-    pub fn choose(dir: Option<&Path>) -> anyhow::Result<WebFiles> {
+    pub fn choose(dir: Option<&Path>) -> crate::Result<WebFiles> {
         match dir {
             None => Ok(WebFiles::Embedded),
             Some(d) if d.join("pkg/hivesync_wasm_bg.wasm").is_file() => {
                 Ok(WebFiles::Dir(Arc::new(d.to_path_buf())))
             }
-            Some(d) => anyhow::bail!(
+            Some(d) => Err(crate::Error::invalid(format!(
                 "--web {}: no built browser replica there (expected pkg/hivesync_wasm_bg.wasm; \
                  build one with `bash wasm/build.sh`, or leave out --web to serve the one built in)",
                 d.display()
-            ),
+            ))),
         }
     }
 

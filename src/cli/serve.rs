@@ -1,0 +1,149 @@
+//! `hivesync serve`: the node's command line, its config file and signals, around
+//! [`hivesync::node::start`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hivesync::node::config::Config;
+use hivesync::node::NodeOptions;
+use hivesync::store::{PoolConfig, Store, StoreOptions};
+
+/// `hivesync serve` options.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HIVESYNC_LISTEN", default_value = "127.0.0.1:7070")]
+    pub(crate) listen: SocketAddr,
+    /// TOML config file (tokens, retention); reloaded when it changes.
+    #[arg(long, env = "HIVESYNC_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Follower mode: never write; stream what appears in a file something else replicates.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy;
+    /// writes received here are forwarded to it.
+    #[arg(long)]
+    pub(crate) upstream: Option<String>,
+    /// Token this edge presents to its upstream. On the command line it shows in the process
+    /// list: prefer the environment variable or --upstream-token-file.
+    #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN", hide_env_values = true)]
+    pub(crate) upstream_token: Option<String>,
+    /// File holding the token this edge presents to its upstream (surrounding whitespace is
+    /// ignored).
+    #[arg(
+        long,
+        env = "HIVESYNC_UPSTREAM_TOKEN_FILE",
+        conflicts_with = "upstream_token"
+    )]
+    pub(crate) upstream_token_file: Option<PathBuf>,
+    /// Milliseconds between checks of the log for commits made by other processes, beside
+    /// file notifications (default 1000, or 100 in read-only mode where notifications may
+    /// not arrive).
+    #[arg(long)]
+    pub(crate) poll_ms: Option<u64>,
+    /// Read connections in the pool.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) readers: usize,
+    /// A directory laid out as wasm/web to serve instead of the browser replica built in.
+    #[arg(long, env = "HIVESYNC_WEB")]
+    pub(crate) web: Option<PathBuf>,
+    /// Most open sockets (HTTP and WebSocket); default: the open-files limit less what the
+    /// node keeps for its own files.
+    #[arg(long)]
+    pub(crate) max_connections: Option<usize>,
+}
+
+/// The token an edge presents upstream: from --upstream-token (or its variable), or read from
+/// --upstream-token-file.
+fn upstream_token(args: &ServeArgs) -> Result<Option<String>> {
+    match &args.upstream_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the upstream token file {}", p.display()))?;
+            let t = t.trim();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "the upstream token file {} is empty",
+                p.display()
+            );
+            Ok(Some(t.to_string()))
+        }
+        None => Ok(args.upstream_token.clone()),
+    }
+}
+
+/// Run `hivesync serve` until SIGINT or SIGTERM.
+pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let signal = shutdown_signal()?;
+        if args.upstream.is_some() && args.read_only {
+            anyhow::bail!("--upstream and --read-only exclude each other: an edge node writes what it receives from upstream into its own file");
+        }
+        let config = match &args.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        let opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
+        let db2 = db.to_path_buf();
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&db2, opts))
+                .await?
+                .with_context(|| format!("opening {}", db.display()))?,
+        );
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}: is another node running there? pick another address with --listen", args.listen))?;
+        let opts = NodeOptions {
+            read_only: args.read_only,
+            upstream: args.upstream.clone(),
+            upstream_token: upstream_token(args)?,
+            poll_ms: args.poll_ms,
+            web: args.web.clone(),
+            max_connections: args.max_connections,
+        };
+        let handle = hivesync::node::start(store.clone(), listener, config, args.config.clone(), &opts).await?;
+        tracing::info!(
+            "hivesync serving {} on http://{} (feed ws://{}/v1/sync, head seq {}{})",
+            db.display(),
+            handle.addr,
+            handle.addr,
+            store.head()?,
+            if args.read_only { ", read-only follower" } else { "" }
+        );
+        signal.await;
+        tracing::info!("shutting down: closing connections");
+        tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.ok();
+        drop(store);
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Register SIGINT and SIGTERM handlers now (before the port is bound, so a signal that comes
+/// right after startup still shuts down cleanly) and return a future that ends on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
