@@ -54,9 +54,9 @@ enum Cmd {
     /// Upsert a row: `put entity '{"name":"Ada"}'` or `put '{"op":"upsert","kind":"entity",...}'`.
     Put(cli::PutArgs),
     /// Print one row.
-    Get(cli::GetArgs),
+    Get(cli::KeyArgs),
     /// Delete one row.
-    Delete(cli::DeleteArgs),
+    Delete(cli::KeyArgs),
     /// List rows of one kind, in id order.
     List(cli::ListArgs),
     /// Full-text search over entities and notes.

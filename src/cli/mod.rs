@@ -29,24 +29,9 @@ pub(crate) struct PutArgs {
     pub(crate) ns: String,
 }
 
-/// `hivesync get`.
+/// A row's key: `hivesync get` and `hivesync delete`.
 #[derive(clap::Args)]
-pub(crate) struct GetArgs {
-    /// The kind.
-    pub(crate) kind: Kind,
-    /// Its id (vectors: the subject).
-    pub(crate) id: String,
-    /// Namespace.
-    #[arg(long, default_value = "default")]
-    pub(crate) ns: String,
-    /// The model, for vectors.
-    #[arg(long)]
-    pub(crate) model: Option<String>,
-}
-
-/// `hivesync delete`.
-#[derive(clap::Args)]
-pub(crate) struct DeleteArgs {
+pub(crate) struct KeyArgs {
     /// The kind.
     pub(crate) kind: Kind,
     /// Its id (vectors: the subject).

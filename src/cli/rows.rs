@@ -48,8 +48,8 @@ pub(crate) fn put(cli: &Cli, args: &PutArgs) -> Result<()> {
     }
 }
 
-pub(crate) fn get(cli: &Cli, args: &GetArgs) -> Result<()> {
-    let GetArgs {
+pub(crate) fn get(cli: &Cli, args: &KeyArgs) -> Result<()> {
+    let KeyArgs {
         kind,
         id,
         ns,
@@ -71,8 +71,8 @@ pub(crate) fn get(cli: &Cli, args: &GetArgs) -> Result<()> {
     }
 }
 
-pub(crate) fn delete(cli: &Cli, args: &DeleteArgs) -> Result<()> {
-    let DeleteArgs {
+pub(crate) fn delete(cli: &Cli, args: &KeyArgs) -> Result<()> {
+    let KeyArgs {
         kind,
         id,
         ns,

@@ -167,11 +167,7 @@ pub(super) fn entity_row_text(
 }
 
 pub(super) fn entity_row_from(conn: &Connection, e: EntityIn, now: i64) -> Result<Entity> {
-    let id = match e.id {
-        Some(id) => id,
-        None => new_id(conn)?,
-    };
-    check_key("id", &id)?;
+    let id = id_or_new(conn, e.id)?;
     let row = Entity {
         id,
         kind: e.kind.unwrap_or_else(|| "thing".into()),
@@ -294,14 +290,20 @@ fn edge_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<Edge>
     Ok(row)
 }
 
-/// A note row from an upsert's data, checked.
-fn note_row(conn: &Connection, data: &Value, now: i64) -> Result<Note> {
-    let n: NoteIn = parse_data(Kind::Note, data)?;
-    let id = match n.id {
+/// The id given, checked, or a new one.
+fn id_or_new(conn: &Connection, id: Option<String>) -> Result<String> {
+    let id = match id {
         Some(id) => id,
         None => new_id(conn)?,
     };
     check_key("id", &id)?;
+    Ok(id)
+}
+
+/// A note row from an upsert's data, checked.
+fn note_row(conn: &Connection, data: &Value, now: i64) -> Result<Note> {
+    let n: NoteIn = parse_data(Kind::Note, data)?;
+    let id = id_or_new(conn, n.id)?;
     let salience = n.salience.unwrap_or(0.5);
     if !salience.is_finite() {
         return Err(Error::invalid("note salience must be a finite number"));
@@ -326,11 +328,7 @@ fn note_row(conn: &Connection, data: &Value, now: i64) -> Result<Note> {
 /// An event row from an upsert's data, checked.
 fn event_row(conn: &Connection, data: &Value, now: i64) -> Result<Event> {
     let e: EventIn = parse_data(Kind::Event, data)?;
-    let id = match e.id {
-        Some(id) => id,
-        None => new_id(conn)?,
-    };
-    check_key("id", &id)?;
+    let id = id_or_new(conn, e.id)?;
     check_name("event verb", &e.verb, true)?;
     for s in [&e.actor, &e.outcome, &e.target].into_iter().flatten() {
         check_name("event field", s, false)?;
