@@ -64,6 +64,16 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A client session stopped for good (a refused token, a URL that is no feed, another
+    /// node's log). (Not a `#[source]`: its message is ours.)
+    #[error("{0}")]
+    Client(crate::protocol::client::ClientError),
+}
+
+impl From<crate::protocol::client::ClientError> for Error {
+    fn from(e: crate::protocol::client::ClientError) -> Self {
+        Error::Client(e)
+    }
 }
 
 impl From<rusqlite::Error> for Error {

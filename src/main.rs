@@ -86,7 +86,7 @@ enum Cmd {
     Init(cli::InitArgs),
     /// Follow a node's change feed, printing each change as a JSON line; resumes after a
     /// disconnect from the last seq printed.
-    Watch(hivesync::node::WatchArgs),
+    Watch(cli::WatchArgs),
     /// Make a client token: prints a random secret once, and the lines for the node's config
     /// file (which holds only the secret's hash).
     Token(cli::TokenArgs),
@@ -178,7 +178,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Serve(args) => cli::serve::serve(&cli.db, args),
-        Cmd::Watch(args) => hivesync::node::watch_blocking(args.clone()),
+        Cmd::Watch(args) => cli::watch(args),
         Cmd::Token(args) => cli::admin::token(&cli, args),
         Cmd::Init(args) => cli::admin::init(&cli, args),
         Cmd::Put(args) => cli::rows::put(&cli, args),

@@ -29,6 +29,43 @@ pub(crate) struct PutArgs {
     pub(crate) ns: String,
 }
 
+/// `hivesync watch`.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct WatchArgs {
+    /// The node's feed, e.g. ws://127.0.0.1:7070/v1/sync.
+    pub(crate) url: String,
+    /// Last seq already seen (0: everything in the log); absent: a snapshot of current state first.
+    #[arg(long)]
+    pub(crate) from: Option<i64>,
+    /// Only this namespace (repeatable).
+    #[arg(long)]
+    pub(crate) ns: Vec<String>,
+    /// Token.
+    #[arg(long, env = "HIVESYNC_TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Print JSON lines (the default prints a short line per change).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Exit once caught up (after `live`) instead of following.
+    #[arg(long)]
+    pub(crate) until_live: bool,
+}
+
+/// `hivesync watch`: follow a node's feed ([`hivesync::node::watch_blocking`]).
+pub(crate) fn watch(args: &WatchArgs) -> Result<()> {
+    let a = args.clone();
+    Ok(hivesync::node::watch_blocking(
+        hivesync::node::WatchOptions {
+            url: a.url,
+            from: a.from,
+            ns: a.ns,
+            token: a.token,
+            json: a.json,
+            until_live: a.until_live,
+        },
+    )?)
+}
+
 /// A row's key: `hivesync get` and `hivesync delete`.
 #[derive(clap::Args)]
 pub(crate) struct KeyArgs {

@@ -21,7 +21,7 @@ pub mod upstream;
 mod watch;
 pub mod web;
 
-pub use watch::{watch_blocking, WatchArgs};
+pub use watch::{watch_blocking, WatchOptions};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

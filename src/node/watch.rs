@@ -15,37 +15,36 @@ use super::dial;
 use crate::protocol::client::{ClientAction, ClientConfig, ClientSession};
 use crate::protocol::{self, SUBPROTOCOL_JSON};
 
-/// `hivesync watch` options.
-#[derive(clap::Args, Clone, Debug)]
-pub struct WatchArgs {
+/// What `hivesync watch` follows and how it prints.
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
     /// The node's feed, e.g. ws://127.0.0.1:7070/v1/sync.
     pub url: String,
-    /// Last seq already seen (0: everything in the log); absent: a snapshot of current state first.
-    #[arg(long)]
+    /// Last seq already seen (0: everything in the log); None: a snapshot of current state first.
     pub from: Option<i64>,
-    /// Only this namespace (repeatable).
-    #[arg(long)]
+    /// Only these namespaces (empty: every readable one).
     pub ns: Vec<String>,
-    /// Token.
-    #[arg(long, env = "HIVESYNC_TOKEN")]
+    /// The token sent in `hello`.
     pub token: Option<String>,
-    /// Print JSON lines (the default prints a short line per change).
-    #[arg(long)]
+    /// Print JSON lines (else a short line per change).
     pub json: bool,
     /// Exit once caught up (after `live`) instead of following.
-    #[arg(long)]
     pub until_live: bool,
 }
 
 /// Run the watcher until interrupted (or until live, with `--until-live`).
-pub fn watch_blocking(args: WatchArgs) -> anyhow::Result<()> {
+pub fn watch_blocking(args: WatchOptions) -> crate::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(watch(args))
 }
 
-fn print(args: &WatchArgs, out: &mut impl Write, c: &crate::model::Change) -> std::io::Result<()> {
+fn print(
+    args: &WatchOptions,
+    out: &mut impl Write,
+    c: &crate::model::Change,
+) -> std::io::Result<()> {
     if args.json {
         let mut b = Vec::new();
         protocol::encode_change_json(&mut b, c);
@@ -71,11 +70,11 @@ enum End {
     /// Connect again after this delay.
     Retry(Duration),
     /// Stop: done (interrupted, `--until-live`, stdout closed) or failed for good.
-    Stop(anyhow::Result<()>),
+    Stop(crate::Result<()>),
 }
 
 /// The I/O shell over the client session: the socket, the clock, stdout.
-async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+async fn watch(args: WatchOptions) -> crate::Result<()> {
     let start = Instant::now();
     let mut session = ClientSession::new(ClientConfig {
         client: "hivesync-watch".into(),
@@ -118,7 +117,7 @@ async fn pause(after: Duration) {
 }
 
 async fn connection(
-    args: &WatchArgs,
+    args: &WatchOptions,
     session: &mut ClientSession,
     ws: dial::Ws,
     acts: &mut VecDeque<ClientAction>,
@@ -152,7 +151,7 @@ async fn connection(
 
 /// Carry out the session's actions, feeding back what applying them produced.
 async fn run(
-    args: &WatchArgs,
+    args: &WatchOptions,
     session: &mut ClientSession,
     mut tx: Option<&mut SplitSink<dial::Ws, Message>>,
     acts: &mut VecDeque<ClientAction>,
