@@ -192,12 +192,11 @@ impl<'a> EntityRun<'a> {
     /// An empty run of the write path, which logs its rows as change `tx` at time `ts`, doing
     /// itself, in multi-row statements, what the entity triggers do row by row.
     ///
-    /// Why: a trigger program per row, with three `sync_ctx` lookups, a `json_object` image that
-    /// re-parses the `properties` and `tags` text, a change-log insert and a full-text queue
-    /// insert, held 1,024-row writes at 0.72x of raw SQLite, while a raw-SQL variant writing the
-    /// same change rows with images built in Rust, 64 rows per INSERT, ran at 0.73-0.94x
-    /// (`cargo bench --bench write_throughput`, diagnostics). The images are byte for byte
-    /// those of `row_image_sql` (tested).
+    /// Why: a trigger program per row (three `sync_ctx` lookups, a `json_object` image that
+    /// re-parses `properties` and `tags`, a change-log insert and a full-text queue insert) was
+    /// the cost of bulk writes; multi-row statements with images built in Rust are not
+    /// (benches/README.md, write_throughput, has the measurements). The images are byte for
+    /// byte those of `row_image_sql` (tested).
     ///
     /// How, for a run of [`LOGGED_RUN_MIN`] or more: with `sync_ctx.applying` at
     /// [`WRITER_LOGS_ENTITIES`](crate::schema::WRITER_LOGS_ENTITIES) the entity insert and update

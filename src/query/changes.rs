@@ -118,9 +118,9 @@ pub fn changes_page(
     let cond = "(?2 IS NULL OR ns IN (SELECT value FROM json_each(?2)))
                 AND (?3 IS NULL OR kind IN (SELECT value FROM json_each(?3)))";
     // One statement without LIMIT, stepped until `limit` rows are in and the transaction
-    // ends: a bound LIMIT made SQLite re-prepare the statement on every call (22% of a node's
-    // CPU), and a follow-up `tx = ?` query scanned the rest of the log (catch-up went
-    // quadratic). Measured in benches/node.rs.
+    // ends: a bound LIMIT made SQLite re-prepare the statement on every call, and a follow-up
+    // `tx = ?` query scanned the rest of the log (catch-up went quadratic); benches/README.md
+    // (sync node) has the measurements.
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {cols} FROM changes WHERE seq > ?1 AND {cond} ORDER BY seq"
     ))?;
