@@ -32,6 +32,7 @@ macro_rules! embed {
 static EMBEDDED: &[(&str, &[u8])] = embed!(
     "index.html",
     "app.js",
+    "token.js",
     "hivesync.js",
     "hivesync.d.ts",
     "sync.js",

@@ -216,8 +216,11 @@ test('with tokens configured, the demo and the status page take a token and wait
     // status page opens wss:// on the same host, with the token in its hello.
     {
       const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
-      const statusHtml = await (await fetch(`${origin}/status`)).text();
-      await ctx.route('https://hivesync.test/**', (r) => r.fulfill({ body: statusHtml, contentType: 'text/html; charset=utf-8' }));
+      // The node's own responses, under an https origin.
+      await ctx.route('https://hivesync.test/**', async (r) => {
+        const res = await fetch(origin + new URL(r.request().url()).pathname);
+        r.fulfill({ status: res.status, body: Buffer.from(await res.arrayBuffer()), contentType: res.headers.get('content-type') ?? undefined });
+      });
       const sockets = [];
       await ctx.routeWebSocket(/.*/, (ws) => {
         const seen = { url: ws.url(), sent: [] };

@@ -1,26 +1,17 @@
 import { openReplica } from './hivesync.js';
+import { pageToken, saveToken } from './token.js';
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
 
-// The token: from ?token= or the token field, kept for this tab (sessionStorage; the node's
-// status page at /status reads the same key). A token in the URL is taken out of the address
-// bar, so that it stays out of the history and of links copied from it.
-const TOKEN_KEY = 'hivesync.token';
-const params = new URLSearchParams(location.search);
-if (params.has('token')) {
-  sessionStorage.setItem(TOKEN_KEY, params.get('token'));
-  params.delete('token');
-  const rest = params.toString();
-  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
-}
-const token = sessionStorage.getItem(TOKEN_KEY) || undefined;
+// The token (token.js: ?token= or the field, kept for the tab, shared with /status).
+const token = pageToken();
 $('token').value = token ?? '';
 // The sync client takes its token when the replica opens: another token reloads the page.
 $('auth').addEventListener('submit', (e) => {
   e.preventDefault();
-  sessionStorage.setItem(TOKEN_KEY, $('token').value);
+  saveToken($('token').value);
   location.reload();
 });
 
