@@ -25,14 +25,15 @@ pub enum Error {
     /// A referenced row does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// One op of a multi-op write failed; nothing of the write was committed.
-    #[error("op {index} failed: {source}")]
+    /// One op of a multi-op write failed; nothing of the write was committed. (The cause is
+    /// in the message and not a `#[source]`, like every variant here: error-chain printers
+    /// would say it twice.)
+    #[error("op {index} failed: {cause}")]
     Op {
         /// Zero-based position of the failing op.
         index: usize,
         /// Why it failed.
-        #[source]
-        source: Box<Error>,
+        cause: Box<Error>,
     },
     /// The database file was written by a newer hivesync.
     #[error("the database schema is version {found}, newer than this build supports ({supported}); upgrade hivesync to open it")]
@@ -60,14 +61,26 @@ pub enum Error {
     Sqlite(rusqlite::Error),
     /// JSON could not be encoded or decoded.
     #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// A file could not be read or written.
     #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A client session stopped for good (a refused token, a URL that is no feed, another
     /// node's log). (Not a `#[source]`: its message is ours.)
     #[error("{0}")]
     Client(crate::protocol::client::ClientError),
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 impl From<crate::protocol::client::ClientError> for Error {
@@ -99,7 +112,7 @@ impl Error {
             Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Cursor(_) => {
                 true
             }
-            Error::Op { source, .. } => source.is_client_error(),
+            Error::Op { cause, .. } => cause.is_client_error(),
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 e.code == rusqlite::ErrorCode::ConstraintViolation
             }

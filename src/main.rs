@@ -136,27 +136,10 @@ fn main() -> ExitCode {
         // The reader went away (`hivesync export | head`): stop quietly, as Unix tools do.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes, each said once: a cause whose text its wrapper already includes
-/// (an error that shows its source in its own message) is not repeated.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let m = cause.to_string();
-        if out.contains(&m) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&m);
-    }
-    out
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -125,10 +125,10 @@ fn import_file(cli: &Cli, file: &PathBuf, batch: usize) -> Result<()> {
         let batch_ops: Vec<WriteOp> = chunk.iter().map(|(_, o)| o.clone()).collect();
         match store.write(&batch_ops) {
             Ok(r) => last_seq = r.seq,
-            Err(hivesync::Error::Op { index, source }) => {
+            Err(hivesync::Error::Op { index, cause }) => {
                 bar.abandon();
                 bail!(
-                    "line {}: {source}\n{done} ops before this batch were committed; the batch holding line {} (lines {}..={}) was rolled back",
+                    "line {}: {cause}\n{done} ops before this batch were committed; the batch holding line {} (lines {}..={}) was rolled back",
                     chunk[index].0,
                     chunk[index].0,
                     chunk[0].0,

@@ -115,7 +115,7 @@ pub(crate) fn code_for(e: &Error) -> ErrorCode {
         Error::PoolTimeout(_) | Error::DiskFull => ErrorCode::Overloaded,
         Error::ReadOnly => ErrorCode::Forbidden,
         Error::TooLarge { .. } => ErrorCode::TooLarge,
-        Error::Op { source, .. } => code_for(source),
+        Error::Op { cause, .. } => code_for(cause),
         e if e.is_client_error() => ErrorCode::BadRequest,
         _ => ErrorCode::Internal,
     }

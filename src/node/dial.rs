@@ -18,7 +18,8 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// accepts and no Nagle (acks and forwarded writes are small frames that must not wait for a
 /// delayed ACK).
 pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
         return Err(ConnectFailure::BadUrl(format!(
             "{url:?} is not a WebSocket URL; expected ws://host:port/v1/sync (or wss://)"
         )));

@@ -126,6 +126,7 @@ async fn follow(
         Ok((applied, head)) => (applied > 0 || head > 0).then_some(applied),
         Err(e) => {
             tracing::error!(error = %e, "cannot read this edge's position; not following upstream");
+            *state.down.lock() = Some(format!("stopped: cannot read this edge's position: {e}"));
             return;
         }
     };

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -61,13 +62,14 @@ impl WebFiles {
         }
     }
 
-    async fn read(&self, path: &str) -> Option<Vec<u8>> {
+    /// A file's bytes: the built-in ones are served without a copy.
+    async fn read(&self, path: &str) -> Option<Bytes> {
         match self {
             WebFiles::Embedded => EMBEDDED
                 .iter()
                 .find(|(name, _)| *name == path)
-                .map(|(_, bytes)| bytes.to_vec()),
-            WebFiles::Dir(d) => tokio::fs::read(d.join(path)).await.ok(),
+                .map(|(_, bytes)| Bytes::from_static(bytes)),
+            WebFiles::Dir(d) => tokio::fs::read(d.join(path)).await.ok().map(Bytes::from),
         }
     }
 }

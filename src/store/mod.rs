@@ -318,7 +318,7 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
     let mut ids = Vec::with_capacity(ops_.len());
     let as_op = |index: usize, e: Error| Error::Op {
         index,
-        source: Box::new(e),
+        cause: Box::new(e),
     };
     let run_err = |(i, e): (Option<usize>, Error)| match i {
         Some(i) => as_op(i, e),
