@@ -92,18 +92,19 @@ enum Cmd {
     Token(cli::TokenArgs),
 }
 
-/// Serve buffers of 1 MiB and more (frames, rows of big text) from their own mappings, which
+/// Serve buffers of 256 KiB and more (frames, rows of big text) from their own mappings, which
 /// go back to the OS when freed. glibc's default threshold rises to 32 MiB after each large
 /// free, after which such buffers are carved from the heap and stay there: under the hostile
-/// suite's write flood (tests/hostile.rs, 3 clients pipelining 7 MiB writes) the node's
-/// anonymous memory peaked at 840 MiB with the default and 312 MiB with this.
+/// suite's write flood (tests/hostile.rs, 3 clients pipelining 7 MiB writes of 1,047,552-byte
+/// notes) the node's anonymous memory peaked at 840 MiB with the default, and still reached
+/// 843 MiB in CI with a 1 MiB threshold, which those notes' buffers fall just under.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn fix_mmap_threshold() {
     // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
     // exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
