@@ -115,7 +115,7 @@ fn import_file(cli: &Cli, file: &PathBuf, batch: usize) -> Result<()> {
         .with_key(
             "rate",
             |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = w.write_fmt(format_args!("{:.0} ops/s", s.per_sec()));
+                let _ = w.write_str(&rate(s.per_sec()));
             },
         ),
     );
@@ -183,4 +183,18 @@ fn export_to(cli: &Cli, ns: &[String], output: Option<&PathBuf>) -> Result<()> {
     w.flush()?;
     eprintln!("exported {n} rows as of seq {at}");
     Ok(())
+}
+
+/// An import rate as the progress bar shows it: a whole number of ops per second.
+fn rate(per_sec: f64) -> String {
+    format!("{:.0} ops/s", per_sec)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_are_whole_numbers() {
+        assert_eq!(super::rate(5321.0874), "5321 ops/s");
+        assert_eq!(super::rate(0.4), "0 ops/s");
+    }
 }
