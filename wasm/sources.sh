@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hash=$(
   {
-    find src wasm/src -type f -name '*.rs' -not -path 'src/node/*' -not -path 'src/store/*' \
+    find src wasm/src -type f -name '*.rs' -not -path 'src/node/*' -not -path 'src/store/*' -not -path 'src/cli/*' \
       -not -name tests.rs -not -name '*_tests.rs' -not -name conformance.rs \
       -not -path src/main.rs
     printf '%s\n' Cargo.toml Cargo.lock wasm/Cargo.toml wasm/build.sh
