@@ -300,7 +300,11 @@ impl WriteOp {
 ///
 /// `data` is the row image as JSON text (kept as text so the node encodes it once, without a
 /// parse); for vectors the embedding travels beside it in `embedding`.
-#[derive(Clone, PartialEq, Debug)]
+///
+/// Its serde form is its binary wire form (`hivesync.v1.bin`, postcard): the field order is
+/// the format, so fields are only ever appended. The JSON wire form is written by hand
+/// ([`crate::protocol::encode_change_json`]): the row image goes out verbatim there.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Change {
     /// Position in the log: gap-free, strictly increasing.
     pub seq: i64,

@@ -130,37 +130,127 @@ impl JsonChange<'_> {
     }
 }
 
-/// Every field any node message has: internally tagged enums buffer their content, which
-/// loses borrowed raw JSON, so the decoder reads one flat object and checks it per type.
+/// The names a node message's JSON object may hold (any message: they are checked per type).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonServerAny<'a> {
-    #[serde(rename = "type")]
-    ty: String,
-    protocol: Option<u32>,
-    node: Option<String>,
-    head: Option<i64>,
-    horizon: Option<i64>,
-    sub: Option<String>,
-    at: Option<i64>,
-    #[serde(borrow)]
-    rows: Option<Vec<JsonChange<'a>>>,
-    done: Option<bool>,
-    prev: Option<i64>,
-    #[serde(borrow)]
-    changes: Option<Vec<JsonChange<'a>>>,
-    seq: Option<i64>,
-    req: Option<String>,
-    code: Option<ErrorCode>,
-    message: Option<String>,
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Type,
+    Protocol,
+    Node,
+    Head,
+    Horizon,
+    Sub,
+    At,
+    Rows,
+    Done,
+    Prev,
+    Changes,
+    Seq,
+    Req,
+    Code,
+    Message,
 }
 
-fn need<T>(v: Option<T>, ty: &str, field: &str) -> Result<T> {
-    v.ok_or_else(|| {
-        Error::invalid(format!(
-            "malformed message from node: `{ty}` without `{field}`"
-        ))
-    })
+/// Reads a node message's JSON object into [`ServerMsg`]. Internally tagged enums buffer
+/// their content, which loses the borrowed row images, so this reads the object's members in
+/// any order, then checks them against its `type`.
+struct ServerJson;
+
+impl<'de> serde::de::Visitor<'de> for ServerJson {
+    type Value = ServerMsg;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a node message: a JSON object with a `type`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ServerMsg, A::Error> {
+        use serde::de::Error as _;
+        let (mut ty, mut protocol, mut node, mut head, mut horizon) =
+            (None, None, None, None, None);
+        let (mut sub, mut at, mut rows, mut done, mut prev) = (None, None, None, None, None);
+        let (mut changes, mut seq, mut req, mut code, mut message) = (None, None, None, None, None);
+        fn set<'de, A: serde::de::MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(A::Error::duplicate_field(name));
+            }
+            *slot = map.next_value()?;
+            Ok(())
+        }
+        while let Some(k) = map.next_key::<Field>()? {
+            match k {
+                Field::Type => set(&mut map, &mut ty, "type")?,
+                Field::Protocol => set(&mut map, &mut protocol, "protocol")?,
+                Field::Node => set(&mut map, &mut node, "node")?,
+                Field::Head => set(&mut map, &mut head, "head")?,
+                Field::Horizon => set(&mut map, &mut horizon, "horizon")?,
+                Field::Sub => set(&mut map, &mut sub, "sub")?,
+                Field::At => set(&mut map, &mut at, "at")?,
+                Field::Rows => set::<_, Vec<JsonChange<'de>>>(&mut map, &mut rows, "rows")?,
+                Field::Done => set(&mut map, &mut done, "done")?,
+                Field::Prev => set(&mut map, &mut prev, "prev")?,
+                Field::Changes => {
+                    set::<_, Vec<JsonChange<'de>>>(&mut map, &mut changes, "changes")?
+                }
+                Field::Seq => set(&mut map, &mut seq, "seq")?,
+                Field::Req => set(&mut map, &mut req, "req")?,
+                Field::Code => set(&mut map, &mut code, "code")?,
+                Field::Message => set(&mut map, &mut message, "message")?,
+            }
+        }
+        let ty: String = ty.ok_or_else(|| A::Error::missing_field("type"))?;
+        fn need<T, E: serde::de::Error>(v: Option<T>, ty: &str, field: &str) -> Result<T, E> {
+            v.ok_or_else(|| E::custom(format!("`{ty}` without `{field}`")))
+        }
+        let list =
+            |v: Option<Vec<JsonChange<'de>>>, field: &str| -> Result<Vec<Change>, A::Error> {
+                need::<_, A::Error>(v, &ty, field)?
+                    .into_iter()
+                    .map(|c| c.into_change().map_err(A::Error::custom))
+                    .collect()
+            };
+        Ok(match ty.as_str() {
+            "welcome" => ServerMsg::Welcome {
+                protocol: need(protocol, &ty, "protocol")?,
+                node: need(node, &ty, "node")?,
+                head: need(head, &ty, "head")?,
+                horizon: need(horizon, &ty, "horizon")?,
+            },
+            "snapshot" => ServerMsg::Snapshot {
+                sub: need(sub, &ty, "sub")?,
+                at: need(at, &ty, "at")?,
+                rows: list(rows, "rows")?,
+                done: need(done, &ty, "done")?,
+            },
+            "changes" => ServerMsg::Changes {
+                sub: need(sub, &ty, "sub")?,
+                prev: need(prev, &ty, "prev")?,
+                changes: list(changes, "changes")?,
+            },
+            "live" => ServerMsg::Live {
+                sub: need(sub, &ty, "sub")?,
+                seq: need(seq, &ty, "seq")?,
+            },
+            "written" => ServerMsg::Written {
+                req: need(req, &ty, "req")?,
+                seq: need(seq, &ty, "seq")?,
+            },
+            "error" => ServerMsg::Error(ErrorMsg {
+                code: need(code, &ty, "code")?,
+                message: need(message, &ty, "message")?,
+                sub,
+                req,
+            }),
+            other => {
+                return Err(A::Error::custom(format!(
+                    "unknown message type {other:?} from node"
+                )))
+            }
+        })
+    }
 }
 
 fn json_changes(out: &mut Vec<u8>, changes: &[Change]) {
@@ -222,12 +312,19 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
             let _ = write!(out, ",\"seq\":{seq}}}");
         }
         ServerMsg::Error(e) => {
-            // Infallible: strings and an enum, no maps with non-string keys.
-            let mut v = serde_json::to_value(e).expect("an error message always encodes");
-            if let Some(o) = v.as_object_mut() {
-                o.insert("type".into(), "error".into());
+            let _ = write!(
+                out,
+                "{{\"type\":\"error\",\"code\":\"{}\",\"message\":",
+                e.code.as_str()
+            );
+            json_str(&mut out, &e.message);
+            for (name, v) in [("sub", &e.sub), ("req", &e.req)] {
+                if let Some(v) = v {
+                    let _ = write!(out, ",\"{name}\":");
+                    json_str(&mut out, v);
+                }
             }
-            out = serde_json::to_vec(&v).expect("a JSON value always encodes");
+            out.push(b'}');
         }
     }
     // Every byte written above is UTF-8: ASCII punctuation and serde_json's output.
@@ -236,53 +333,11 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
 
 /// Decode a node message from JSON text (client side).
 pub fn decode_server_json(text: &str) -> Result<ServerMsg> {
-    let m: JsonServerAny<'_> = serde_json::from_str(text)
-        .map_err(|e| Error::invalid(format!("malformed message from node: {e}")))?;
-    let ty = m.ty.as_str();
-    let changes = |v: Option<Vec<JsonChange<'_>>>, f: &str| -> Result<Vec<Change>> {
-        need(v, ty, f)?
-            .into_iter()
-            .map(JsonChange::into_change)
-            .collect()
-    };
-    Ok(match ty {
-        "welcome" => ServerMsg::Welcome {
-            protocol: need(m.protocol, ty, "protocol")?,
-            node: need(m.node, ty, "node")?,
-            head: need(m.head, ty, "head")?,
-            horizon: need(m.horizon, ty, "horizon")?,
-        },
-        "snapshot" => ServerMsg::Snapshot {
-            sub: need(m.sub, ty, "sub")?,
-            at: need(m.at, ty, "at")?,
-            rows: changes(m.rows, "rows")?,
-            done: need(m.done, ty, "done")?,
-        },
-        "changes" => ServerMsg::Changes {
-            sub: need(m.sub, ty, "sub")?,
-            prev: need(m.prev, ty, "prev")?,
-            changes: changes(m.changes, "changes")?,
-        },
-        "live" => ServerMsg::Live {
-            sub: need(m.sub, ty, "sub")?,
-            seq: need(m.seq, ty, "seq")?,
-        },
-        "written" => ServerMsg::Written {
-            req: need(m.req, ty, "req")?,
-            seq: need(m.seq, ty, "seq")?,
-        },
-        "error" => ServerMsg::Error(ErrorMsg {
-            code: need(m.code, ty, "code")?,
-            message: need(m.message, ty, "message")?,
-            sub: m.sub,
-            req: m.req,
-        }),
-        other => {
-            return Err(Error::invalid(format!(
-                "unknown message type {other:?} from node"
-            )))
-        }
-    })
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(ServerJson)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| Error::invalid(format!("malformed message from node: {e}")))
 }
 
 /// Encode a client message as JSON text.

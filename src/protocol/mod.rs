@@ -178,19 +178,16 @@ pub enum ClientMsg {
     },
 }
 
-/// An `error` message.
+/// An `error` message. (Its serde form is the binary one: fields in order, none skipped.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorMsg {
     /// Machine-readable code.
     pub code: ErrorCode,
     /// What went wrong and what to do.
     pub message: String,
     /// The subscription it concerns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// The write request it concerns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<String>,
 }
 
@@ -206,8 +203,13 @@ impl ErrorMsg {
     }
 }
 
-/// Node to client. (The binary encoding relies on this variant order: append only.)
-#[derive(Clone, Debug, PartialEq)]
+/// Node to client: the one type both encodings read and write.
+///
+/// Its serde form *is* the binary encoding (postcard: the variant's index, then its fields in
+/// order), so variants and fields are only ever appended. The JSON encoding
+/// (`{"type":"welcome",...}`, the row images verbatim) is written and read by [`encode_server_json`]
+/// and [`decode_server_json`] over this same type; there is no second message type to keep in step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Answer to `hello`.
     Welcome {
