@@ -511,7 +511,7 @@ async fn raw_conn(sock: TcpStream, st: RawState) {
                         rx = Some(st.tx.subscribe());
                         ServerMsg::Live { sub: s.sub, seq: st.seq.load(Relaxed) }
                     }
-                    Ok(ClientMsg::Write { req, ops }) => ServerMsg::Written { seq: raw_publish(&st, &ops), req },
+                    Ok(ClientMsg::Write { req, ops, .. }) => ServerMsg::Written { seq: raw_publish(&st, &ops), req },
                     _ => continue,
                 };
                 if sink.send(Message::Text(encode_server_json(&reply).into())).await.is_err() {
@@ -839,6 +839,8 @@ async fn send_write(w: &mut Writer, i: usize, ops: Vec<WriteOp>) {
     let text = encode_client_json(&ClientMsg::Write {
         req: i.to_string(),
         ops,
+        client: None,
+        n: None,
     });
     w.sent[i].store(now_us(), Relaxed);
     w.sink

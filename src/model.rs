@@ -296,6 +296,18 @@ impl WriteOp {
     }
 }
 
+/// Who sent a write, for an exactly-once upload: a client id, made once per replica and kept
+/// with it, and that client's write number (1, 2, ...: its outbox order). A node applies each
+/// (client, n) at most once: a write whose `n` is not above the last one it applied for that
+/// client is answered from its record, not applied again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The client id.
+    pub client: String,
+    /// The client's write number.
+    pub n: i64,
+}
+
 /// One entry of the change log, as stored in `changes` and sent on the wire.
 ///
 /// `data` is the row image as JSON text (kept as text so the node encodes it once, without a

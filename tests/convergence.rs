@@ -193,6 +193,8 @@ fn run(steps: Vec<Step>) {
                     let m = ClientMsg::Write {
                         req: format!("w{req}"),
                         ops,
+                        client: None,
+                        n: None,
                     };
                     writer
                         .send(Message::Text(protocol::encode_client_json(&m).into()))

@@ -546,6 +546,8 @@ async fn socket_writer(
                         let msg = ClientMsg::Write {
                             req: req.clone(),
                             ops: p.ops.clone(),
+                            client: None,
+                            n: None,
                         };
                         if !try_send(&mut c, &msg).await {
                             lost = Some("write not sent".into());

@@ -151,6 +151,8 @@ fn binary_write_with_null_data_decodes_as_json_does() {
     let want = ClientMsg::Write {
         req: "w".into(),
         ops: vec![WriteOp::delete(Kind::Entity, "a", "x")],
+        client: None,
+        n: None,
     };
     assert_eq!(bin, want);
     assert_eq!(json, want);

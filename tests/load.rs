@@ -304,6 +304,8 @@ async fn write_closed_loop(
                 &ClientMsg::Write {
                     req: req.clone(),
                     ops: vec![padded(*next_id, pad)],
+                    client: None,
+                    n: None,
                 },
             )
             .await
@@ -341,6 +343,8 @@ async fn write_paced(ws: &mut Ws, next_id: &mut u64, rate: u64, secs: f64, pad: 
             &ClientMsg::Write {
                 req: format!("p{next_id}"),
                 ops: vec![padded(*next_id, pad)],
+                client: None,
+                n: None,
             },
         )
         .await

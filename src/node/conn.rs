@@ -271,8 +271,8 @@ impl Shell {
                     s.acked.store(seq, Relaxed);
                 }
             }
-            Action::Write { req, ops } => {
-                let answer = write(&self.node, req, ops, write_budget.take()).await;
+            Action::Write { req, ops, origin } => {
+                let answer = write(&self.node, req, ops, origin, write_budget.take()).await;
                 return self.replies.send(answer).await.is_ok();
             }
             Action::Close { code, reason } => {
@@ -548,6 +548,7 @@ impl Reader {
 pub(crate) struct WriteJob {
     req: String,
     ops: Vec<crate::model::WriteOp>,
+    origin: Option<crate::model::Origin>,
     t0: Instant,
     reply: oneshot::Sender<ServerMsg>,
     /// Released when the writer is done with the job.
@@ -573,7 +574,7 @@ pub(crate) fn spawn_writer(
         .name("hivesync-writer".into())
         .spawn(move || {
             while let Some(job) = jobs.blocking_recv() {
-                let m = match store.write(&job.ops) {
+                let m = match store.write_from(&job.ops, job.origin.as_ref()) {
                     Ok(r) => {
                         metrics.observe_write(job.t0.elapsed());
                         hub.wake();
@@ -603,6 +604,7 @@ async fn write(
     node: &Arc<NodeState>,
     req: String,
     ops: Vec<crate::model::WriteOp>,
+    origin: Option<crate::model::Origin>,
     budget: Option<WriteBudget>,
 ) -> oneshot::Receiver<ServerMsg> {
     let (reply, rx) = oneshot::channel();
@@ -633,6 +635,7 @@ async fn write(
             .forward
             .send(super::upstream::Forward {
                 ops,
+                origin,
                 reply: up_reply,
             })
             .await
@@ -671,6 +674,7 @@ async fn write(
     let job = WriteJob {
         req,
         ops,
+        origin,
         t0,
         reply,
         _budget: budget,

@@ -36,6 +36,8 @@ const COALESCE_MAX: usize = 8192;
 /// A write to forward, with where to send the answer.
 pub(crate) struct Forward {
     pub(crate) ops: Vec<WriteOp>,
+    /// Who sent it, for an exactly-once upload: passed on, so the primary's ledger decides.
+    pub(crate) origin: Option<crate::model::Origin>,
     pub(crate) reply: oneshot::Sender<Result<i64, ErrorMsg>>,
 }
 
@@ -197,7 +199,7 @@ impl Link {
     fn forward(&mut self, f: Forward) -> Vec<ClientAction> {
         self.next_id += 1;
         self.replies.insert(self.next_id, f.reply);
-        self.session.write(self.next_id, f.ops)
+        self.session.write(self.next_id, f.ops, f.origin)
     }
 
     /// Carry out what the session decided with no connection open: answer writes, and say

@@ -36,6 +36,13 @@ enum BinClientMsg {
         sub: String,
         seq: i64,
     },
+    /// A write with its origin (appended: older clients never send it, older nodes refuse it).
+    WriteFrom {
+        req: String,
+        ops: Vec<BinWriteOp>,
+        client: Option<String>,
+        n: Option<i64>,
+    },
 }
 
 /// Postcard's variant index of `Changes` in [`ServerMsg`] (see [`changes_frame`]).
@@ -65,9 +72,13 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
     let b = match m.clone() {
         ClientMsg::Hello { token, client } => BinClientMsg::Hello { token, client },
         ClientMsg::Subscribe(s) => BinClientMsg::Subscribe(s),
-        ClientMsg::Write { req, ops } => BinClientMsg::Write {
+        ClientMsg::Write {
             req,
-            ops: ops
+            ops,
+            client,
+            n,
+        } => {
+            let ops = ops
                 .into_iter()
                 .map(|o| BinWriteOp {
                     op: o.op,
@@ -77,8 +88,18 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
                     id: o.id,
                     model: o.model,
                 })
-                .collect(),
-        },
+                .collect();
+            if client.is_none() && n.is_none() {
+                BinClientMsg::Write { req, ops }
+            } else {
+                BinClientMsg::WriteFrom {
+                    req,
+                    ops,
+                    client,
+                    n,
+                }
+            }
+        }
         ClientMsg::Unsubscribe { sub } => BinClientMsg::Unsubscribe { sub },
         ClientMsg::Ack { sub, seq } => BinClientMsg::Ack { sub, seq },
     };
@@ -95,31 +116,45 @@ pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
         BinClientMsg::Subscribe(s) => ClientMsg::Subscribe(s),
         BinClientMsg::Write { req, ops } => ClientMsg::Write {
             req,
-            ops: ops
-                .into_iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    // `"data":null` in JSON decodes as no data; so must its binary form.
-                    let data = o
-                        .data
-                        .map(|d| serde_json::from_str::<serde_json::Value>(&d))
-                        .transpose()
-                        .map_err(|e| {
-                            Error::invalid(format!("op {i}: `data` is not valid JSON: {e}"))
-                        })?
-                        .filter(|v| !v.is_null());
-                    Ok(WriteOp {
-                        op: o.op,
-                        kind: o.kind,
-                        ns: o.ns,
-                        data,
-                        id: o.id,
-                        model: o.model,
-                    })
-                })
-                .collect::<Result<_>>()?,
+            ops: bin_ops(ops)?,
+            client: None,
+            n: None,
+        },
+        BinClientMsg::WriteFrom {
+            req,
+            ops,
+            client,
+            n,
+        } => ClientMsg::Write {
+            req,
+            ops: bin_ops(ops)?,
+            client,
+            n,
         },
         BinClientMsg::Unsubscribe { sub } => ClientMsg::Unsubscribe { sub },
         BinClientMsg::Ack { sub, seq } => ClientMsg::Ack { sub, seq },
     })
+}
+
+fn bin_ops(ops: Vec<BinWriteOp>) -> Result<Vec<WriteOp>> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            // `"data":null` in JSON decodes as no data; so must its binary form.
+            let data = o
+                .data
+                .map(|d| serde_json::from_str::<serde_json::Value>(&d))
+                .transpose()
+                .map_err(|e| Error::invalid(format!("op {i}: `data` is not valid JSON: {e}")))?
+                .filter(|v| !v.is_null());
+            Ok(WriteOp {
+                op: o.op,
+                kind: o.kind,
+                ns: o.ns,
+                data,
+                id: o.id,
+                model: o.model,
+            })
+        })
+        .collect()
 }

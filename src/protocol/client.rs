@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{ClientMsg, ErrorCode, ErrorMsg, ServerMsg, Subscribe};
-use crate::model::{Change, Kind, WriteOp};
+use crate::model::{Change, Kind, Origin, WriteOp};
 
 /// The first retry waits up to this long ...
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -269,7 +269,13 @@ impl ClientSession {
     }
 
     /// Send a write; its answer comes back as [`ClientAction::Resolve`] or `Reject` with `id`.
-    pub fn write(&mut self, id: WriteId, ops: Vec<WriteOp>) -> Vec<ClientAction> {
+    /// With an `origin`, the node applies it at most once however often it is sent.
+    pub fn write(
+        &mut self,
+        id: WriteId,
+        ops: Vec<WriteOp>,
+        origin: Option<Origin>,
+    ) -> Vec<ClientAction> {
         if self.phase != Phase::Subscribed {
             return vec![ClientAction::Reject {
                 id,
@@ -282,7 +288,13 @@ impl ClientSession {
         self.next_req += 1;
         let req = format!("w{}", self.next_req);
         self.writes.insert(req.clone(), id);
-        vec![ClientAction::Send(ClientMsg::Write { req, ops })]
+        let (client, n) = origin.map(|o| (o.client, o.n)).unzip();
+        vec![ClientAction::Send(ClientMsg::Write {
+            req,
+            ops,
+            client,
+            n,
+        })]
     }
 
     /// A frame from the node.

@@ -196,7 +196,7 @@ fn a_lost_connection_aborts_an_open_snapshot_and_refuses_writes_in_flight() {
         },
         0,
     );
-    let sent = s.write(42, vec![]);
+    let sent = s.write(42, vec![], None);
     assert!(matches!(
         &sent[..],
         [ClientAction::Send(ClientMsg::Write { .. })]
@@ -230,7 +230,7 @@ fn a_lost_connection_aborts_an_open_snapshot_and_refuses_writes_in_flight() {
 #[test]
 fn writes_are_answered_by_their_req() {
     let mut s = ClientSession::new(cfg(Some(0)));
-    let a = s.write(1, vec![]);
+    let a = s.write(1, vec![], None);
     assert!(
         matches!(&a[..], [ClientAction::Reject { id: 1, .. }]),
         "not connected: refused at once"
@@ -241,8 +241,8 @@ fn writes_are_answered_by_their_req() {
         [ClientAction::Send(ClientMsg::Write { req, .. })] => req.clone(),
         other => panic!("{other:?}"),
     };
-    let r1 = req(&s.write(1, vec![]));
-    let r2 = req(&s.write(2, vec![]));
+    let r1 = req(&s.write(1, vec![], None));
+    let r2 = req(&s.write(2, vec![], None));
     assert_ne!(r1, r2);
     assert_eq!(
         s.frame(ServerMsg::Written { req: r2, seq: 9 }, 0),

@@ -163,6 +163,12 @@ pub enum ClientMsg {
         req: String,
         /// The ops.
         ops: Vec<WriteOp>,
+        /// For an exactly-once upload: the client id ([`crate::model::Origin`]); with `n`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// For an exactly-once upload: the client's write number; with `client`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<i64>,
     },
     /// End a subscription.
     Unsubscribe {

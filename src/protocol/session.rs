@@ -1,7 +1,7 @@
 //! The server session: the sans-I/O state machine of one connection.
 
 use super::*;
-use crate::model::WriteOp;
+use crate::model::{Origin, WriteOp};
 use crate::query::ChangeFilter;
 
 /// What the shell must do after a frame.
@@ -34,6 +34,8 @@ pub enum Action {
         req: String,
         /// The ops (already checked against the write scope).
         ops: Vec<WriteOp>,
+        /// Who sent it, for an exactly-once upload (checked: both fields or neither).
+        origin: Option<Origin>,
     },
     /// Record an acknowledgement.
     Ack {
@@ -247,7 +249,12 @@ impl Session {
                 "hello was already received on this connection",
             )],
             ClientMsg::Subscribe(s) => on_subscribe(&mut self.subs, s, p),
-            ClientMsg::Write { req, ops } => on_write(req, ops, p),
+            ClientMsg::Write {
+                req,
+                ops,
+                client,
+                n,
+            } => on_write(req, ops, (client, n), p),
             ClientMsg::Unsubscribe { sub } => self.on_unsubscribe(sub),
             ClientMsg::Ack { sub, seq } => self.on_ack(sub, seq),
         }
@@ -348,7 +355,12 @@ fn on_subscribe(
 }
 
 /// A write, checked against the limits and the principal's write scope.
-fn on_write(req: String, ops: Vec<WriteOp>, p: &Principal) -> Vec<Action> {
+fn on_write(
+    req: String,
+    ops: Vec<WriteOp>,
+    origin: (Option<String>, Option<i64>),
+    p: &Principal,
+) -> Vec<Action> {
     let fail = |code, message: String| {
         vec![Action::Send(ServerMsg::Error(ErrorMsg {
             code,
@@ -366,6 +378,28 @@ fn on_write(req: String, ops: Vec<WriteOp>, p: &Principal) -> Vec<Action> {
             "a write needs at least one op".into(),
         );
     }
+    let origin = match origin {
+        (None, None) => None,
+        (Some(client), Some(n)) => {
+            if let Err(e) = check_client_id("client", &client) {
+                return fail(ErrorCode::BadRequest, e);
+            }
+            if n < 1 {
+                return fail(
+                    ErrorCode::BadRequest,
+                    format!("`n` is {n}: a client's write numbers start at 1"),
+                );
+            }
+            Some(Origin { client, n })
+        }
+        _ => {
+            return fail(
+                ErrorCode::BadRequest,
+                "`client` and `n` go together: send both (an exactly-once upload) or neither"
+                    .into(),
+            )
+        }
+    };
     if ops.len() > MAX_OPS_PER_WRITE {
         return fail(
             ErrorCode::TooLarge,
@@ -384,5 +418,5 @@ fn on_write(req: String, ops: Vec<WriteOp>, p: &Principal) -> Vec<Action> {
             ),
         );
     }
-    vec![Action::Write { req, ops }]
+    vec![Action::Write { req, ops, origin }]
 }

@@ -125,9 +125,28 @@ fn client_messages_roundtrip_and_reject_junk() {
             "default",
             serde_json::json!({"name": "Ada", "n": 1.5}),
         )],
+        client: None,
+        n: None,
     };
     assert_eq!(decode_client_bin(&encode_client_bin(&w)).unwrap(), w);
     assert_eq!(decode_client_json(&encode_client_json(&w)).unwrap(), w);
+    // With an origin: a separate binary variant, so older nodes and clients are unaffected.
+    let ClientMsg::Write { req, ops, .. } = w.clone() else {
+        unreachable!()
+    };
+    let from = ClientMsg::Write {
+        req,
+        ops,
+        client: Some("c1".into()),
+        n: Some(3),
+    };
+    assert_eq!(decode_client_bin(&encode_client_bin(&from)).unwrap(), from);
+    assert_eq!(
+        decode_client_json(&encode_client_json(&from)).unwrap(),
+        from
+    );
+    assert_ne!(encode_client_bin(&from)[0], encode_client_bin(&w)[0]);
+    assert!(!encode_client_json(&w).contains("client"));
     let s = decode_client_json(r#"{"type":"subscribe","sub":"s1","from":42,"namespaces":["default"],"kinds":["entity","note"]}"#).unwrap();
     assert!(matches!(
         s,

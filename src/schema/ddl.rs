@@ -353,6 +353,27 @@ pub(super) fn migration_5(conn: &Connection, _opts: &SchemaOptions) -> Result<()
     super::models::migration_5(conn)
 }
 
+/// Local-first writes, both halves (docs/design.md, "Offline writes"):
+/// - `client_writes` (a node): per client, the last write number applied and the log head
+///   after it, written in the write's own transaction, so a re-sent write is answered from it
+///   and never applied twice;
+/// - `outbox` and `outbox_shadow` (a replica): its own writes not yet seen in the node's feed,
+///   in order, and the node's image of every row they touched, to take them back.
+pub(super) fn migration_6(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE client_writes(
+           client TEXT PRIMARY KEY, n INTEGER NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE outbox(
+           n INTEGER PRIMARY KEY, ops TEXT NOT NULL, created_us INTEGER NOT NULL,
+           seq INTEGER, error TEXT);
+         CREATE TABLE outbox_shadow(
+           kind TEXT NOT NULL, ns TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL,
+           present INTEGER NOT NULL, data TEXT, embedding BLOB,
+           PRIMARY KEY(kind, ns, id, model)) WITHOUT ROWID;",
+    )?;
+    Ok(())
+}
+
 /// Apply queued full-text and vector index updates, then empty the queue. Returns how many
 /// entries there were. (Vector entries: see [`super::models`].)
 ///

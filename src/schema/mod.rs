@@ -102,6 +102,11 @@ const MIGRATIONS: &[Migration] = &[
             "vector models per namespace, one vec0 table per dimension count, no per-model triggers",
         up: ddl::migration_5,
     },
+    Migration {
+        version: 6,
+        name: "local-first writes: the node's per-client ledger, the replica's outbox",
+        up: ddl::migration_6,
+    },
 ];
 
 /// Register sqlite-vec with every connection this process opens from now on.

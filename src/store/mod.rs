@@ -18,11 +18,11 @@ pub use pool::{Location, Pool, PoolConfig, Reader};
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Change, Edge, Entity, Event, Kind, Note, Vector, WriteOp};
+use crate::model::{Change, Edge, Entity, Event, Kind, Note, Origin, Vector, WriteOp};
 use crate::query::{
     self, ChangeFilter, Direction, Hop, HybridHit, KnnHit, KnnQuery, ListQuery, Neighbor,
     SearchHit, SearchQuery, Snapshot,
@@ -44,8 +44,12 @@ pub struct StoreOptions {
 pub struct WriteResult {
     /// The last seq committed (the log head after this write).
     pub seq: i64,
-    /// The id of each op's row, in op order.
+    /// The id of each op's row, in op order (empty for a replayed write).
     pub ids: Vec<String>,
+    /// The write's origin had been applied already: nothing was written, and `seq` is the log
+    /// head recorded after that client's last applied write.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// The store: a pooled SQLite knowledge base with a change log.
@@ -91,8 +95,15 @@ impl Store {
 
     /// Apply `ops` in one transaction: all commit, or none does (the error names the op).
     pub fn write(&self, ops: &[WriteOp]) -> Result<WriteResult> {
+        self.write_from(ops, None)
+    }
+
+    /// [`Store::write`], at most once per `origin`: the client's last applied write number is
+    /// recorded in the same transaction, and a write whose number is not above it is answered
+    /// from that record (`replayed`), with nothing written.
+    pub fn write_from(&self, ops: &[WriteOp], origin: Option<&Origin>) -> Result<WriteResult> {
         let mut conn = self.pool.writer()?;
-        write_ops(&mut conn, ops)
+        write_ops(&mut conn, ops, origin)
     }
 
     /// Upsert one row.
@@ -304,8 +315,26 @@ impl Store {
 
 /// The write transaction: `sync_ctx` gives every change of the commit the same `tx` (the seq of
 /// its first change) and `ts`.
-pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<WriteResult> {
+pub(crate) fn write_ops(
+    conn: &mut Connection,
+    ops_: &[WriteOp],
+    origin: Option<&Origin>,
+) -> Result<WriteResult> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(o) = origin {
+        let last: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT n, seq FROM client_writes WHERE client = ?1")?
+            .query_row([&o.client], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((n, seq)) = last.filter(|(n, _)| o.n <= *n) {
+            tracing::debug!(client = %o.client, n = o.n, last = n, "write replayed: answered from the ledger");
+            return Ok(WriteResult {
+                seq,
+                ids: Vec::new(),
+                replayed: true,
+            });
+        }
+    }
     let now = ops::now_us(&tx)?;
     let first_seq: i64 = tx
         .prepare_cached(
@@ -340,8 +369,19 @@ pub(crate) fn write_ops(conn: &mut Connection, ops_: &[WriteOp]) -> Result<Write
     schema::drain_fts_queue(&tx)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;
+    if let Some(o) = origin {
+        tx.prepare_cached(
+            "INSERT INTO client_writes(client, n, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT(client) DO UPDATE SET n = excluded.n, seq = excluded.seq",
+        )?
+        .execute(params![o.client, o.n, seq])?;
+    }
     tx.commit()?;
-    Ok(WriteResult { seq, ids })
+    Ok(WriteResult {
+        seq,
+        ids,
+        replayed: false,
+    })
 }
 
 /// The result of [`Store::check`].

@@ -543,6 +543,8 @@ impl Client {
         self.send(&ClientMsg::Write {
             req: req.into(),
             ops,
+            client: None,
+            n: None,
         })
         .await;
     }

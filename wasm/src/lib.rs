@@ -224,7 +224,12 @@ impl Replica {
     #[wasm_bindgen(js_name = encodeWrite)]
     pub fn encode_write(req: String, ops_json: &str) -> Result<Vec<u8>, JsError> {
         let ops: Vec<WriteOp> = parse("ops", ops_json)?;
-        Ok(protocol::encode_client_bin(&ClientMsg::Write { req, ops }))
+        Ok(protocol::encode_client_bin(&ClientMsg::Write {
+            req,
+            ops,
+            client: None,
+            n: None,
+        }))
     }
 
     /// The binary `ack`.

@@ -115,7 +115,7 @@ impl Replica {
     #[wasm_bindgen(js_name = syncWrite)]
     pub fn sync_write(&mut self, id: f64, ops_json: &str) -> Result<String, JsError> {
         let ops: Vec<WriteOp> = parse("ops", ops_json)?;
-        Ok(self.sync_run(0.0, |s| (s.write(id as u64, ops), vec![])))
+        Ok(self.sync_run(0.0, |s| (s.write(id as u64, ops, None), vec![])))
     }
 
     /// The next binary frame to send, if any.

@@ -385,11 +385,28 @@ fn session_step(
             acts.len() == 1 && is_error(&acts[0], ErrorCode::BadRequest),
             "second hello: {acts:?}"
         ),
-        ClientMsg::Write { req, ops } => {
+        ClientMsg::Write {
+            req,
+            ops,
+            client,
+            n,
+        } => {
             let out_of_scope = ops.iter().any(|o| !may(&p.write, &o.ns));
-            let valid = id_ok(&req) && !ops.is_empty() && ops.len() <= MAX_OPS_PER_WRITE;
+            let origin_ok = match (&client, n) {
+                (None, None) => true,
+                (Some(c), Some(n)) => id_ok(c) && n >= 1,
+                _ => false,
+            };
+            let valid =
+                id_ok(&req) && !ops.is_empty() && ops.len() <= MAX_OPS_PER_WRITE && origin_ok;
             match &acts[..] {
-                [Action::Write { req: r, ops: o }] => {
+                [Action::Write {
+                    req: r,
+                    ops: o,
+                    origin,
+                }] => {
+                    let sent = origin.clone().map(|o| (o.client, o.n)).unzip();
+                    assert_eq!(sent, (client, n), "Write lost or changed its origin");
                     assert!(
                         !out_of_scope,
                         "Write outside the write scope {:?}: {o:?}",
@@ -748,10 +765,14 @@ fn seed_client_msgs() -> Vec<ClientMsg> {
                     ..WriteOp::delete(Kind::Vector, "a", "e1")
                 },
             ],
+            client: Some("tab-1".into()),
+            n: Some(7),
         },
         ClientMsg::Write {
             req: "w2".into(),
             ops: vec![WriteOp::delete(Kind::Edge, "zz", "x1")],
+            client: None,
+            n: None,
         },
         ClientMsg::Unsubscribe { sub: "s1".into() },
         ClientMsg::Ack {
