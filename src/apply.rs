@@ -64,7 +64,7 @@ fn end_applying(conn: &Connection, ok: bool) -> Result<()> {
     }
 }
 
-fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     begin_applying(conn)?;
     match f() {
         Ok(v) => {
@@ -109,6 +109,9 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             seq: applied,
             ..Default::default()
         };
+        // This replica's pending writes that share rows with the batch step aside for it.
+        let upto = changes.last().map_or(applied, |c| c.seq);
+        let undone = crate::outbox::undo(conn, changes, upto)?;
         // Consecutive entity upserts are written together.
         let mut run = ops::EntityRun::replica_direct();
         // The upstream's change rows, copied into this log after the batch's rows.
@@ -155,6 +158,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
         )
         .map_err(|(_, e)| e)?;
         set_applied(conn, out.seq)?;
+        crate::outbox::redo(conn, &undone, out.seq)?;
         Ok(out)
     })
 }
@@ -316,7 +320,8 @@ pub fn apply_snapshot(
 /// visible to other connections until the commit; an abort leaves the previous state.
 pub fn snapshot_begin(conn: &Connection, filter: &ChangeFilter) -> Result<()> {
     begin_applying(conn)?;
-    if let Err(e) = clear(conn, filter) {
+    // This replica's pending writes step aside (they are redone on top at the finish).
+    if let Err(e) = crate::outbox::undo_all(conn).and_then(|_| clear(conn, filter)) {
         let _ = end_applying(conn, false);
         return Err(e);
     }
@@ -348,6 +353,11 @@ pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
 
 fn snapshot_mark(conn: &Connection, at: i64) -> Result<()> {
     set_applied(conn, at)?;
+    let pending = conn
+        .prepare_cached("SELECT n FROM outbox ORDER BY n")?
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    crate::outbox::redo(conn, &pending, at)?;
     // The log restarts at `at`: its head must say so even though it holds no change yet, so a
     // node serving this copy (edge mode) reports the upstream's position.
     conn.execute(

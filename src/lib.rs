@@ -45,6 +45,7 @@ pub mod model;
 #[cfg(feature = "node")]
 pub mod node;
 pub mod ops;
+pub mod outbox;
 pub mod protocol;
 pub mod query;
 pub mod schema;

@@ -154,3 +154,376 @@ async fn an_edge_relay_passes_the_origin_to_the_primary() {
     assert_eq!(again, s1);
     assert_eq!(counts(&primary), (1, 1));
 }
+
+// ---- The replica's half: local writes kept on top of the node's feed (real SQLite, no
+// network: the node is a `Store`, the feed is its change log, the upload is `write_from`).
+
+mod replica {
+    use hivesync::apply;
+    use hivesync::model::{Kind, Origin, WriteOp};
+    use hivesync::outbox;
+    use hivesync::query::{self, ChangeFilter};
+    use hivesync::schema::{self, SchemaOptions};
+    use hivesync::store::{Store, StoreOptions};
+    use proptest::prelude::*;
+    use rusqlite::Connection;
+    use serde_json::json;
+
+    struct World {
+        node: Store,
+        replica: Connection,
+        client: String,
+    }
+
+    impl World {
+        fn new() -> World {
+            let replica = schema::open_in_memory(&SchemaOptions::default()).unwrap();
+            let client = outbox::client_id(&replica).unwrap();
+            World {
+                node: Store::open_in_memory(StoreOptions::default()).unwrap(),
+                replica,
+                client,
+            }
+        }
+
+        /// Apply the node's log to the replica in batches of `batch`, up to `upto` (all: None).
+        fn feed(&self, batch: usize, upto: Option<i64>) {
+            loop {
+                let prev = apply::applied_seq(&self.replica).unwrap();
+                let mut changes = self
+                    .node
+                    .changes_since(prev, &ChangeFilter::default(), batch)
+                    .unwrap();
+                if let Some(u) = upto {
+                    changes.retain(|c| c.seq <= u);
+                }
+                // Never split a transaction (the node does not either).
+                if let Some(last) = changes.last().map(|c| c.tx) {
+                    let more = self
+                        .node
+                        .changes_since(prev, &ChangeFilter::default(), batch + 10_000)
+                        .unwrap();
+                    if more.len() > changes.len() && more[changes.len()].tx == last {
+                        changes = more.into_iter().take_while(|c| c.tx <= last).collect();
+                    }
+                }
+                if changes.is_empty() {
+                    return;
+                }
+                apply::apply_changes(&self.replica, prev, &changes).unwrap();
+            }
+        }
+
+        /// Upload every unconfirmed entry; `lose_acks`: the answers are lost (nothing recorded
+        /// here), so the next upload sends them again.
+        fn upload(&self, lose_acks: bool) -> Vec<i64> {
+            let mut refused = Vec::new();
+            for p in outbox::pending(&self.replica).unwrap() {
+                if p.seq.is_some() {
+                    continue;
+                }
+                let origin = Origin {
+                    client: self.client.clone(),
+                    n: p.n,
+                };
+                match self.node.write_from(&p.ops, Some(&origin)) {
+                    Ok(r) if !lose_acks => outbox::confirm(&self.replica, p.n, r.seq).unwrap(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        outbox::reject(&self.replica, p.n).unwrap();
+                        refused.push(p.n);
+                    }
+                }
+            }
+            refused
+        }
+
+        fn replica_digest(&self) -> String {
+            query::digest(&self.replica, None).unwrap().sha256
+        }
+
+        fn node_digest(&self) -> String {
+            self.node.digest(None).unwrap().sha256
+        }
+
+        fn name(&self, kind: Kind, id: &str) -> Option<String> {
+            query::get_json(&self.replica, kind, "default", id, None)
+                .unwrap()
+                .map(|v| v["name"].as_str().unwrap_or("").to_string())
+        }
+
+        fn search(&self, q: &str) -> usize {
+            let q: query::SearchQuery = serde_json::from_value(json!({ "text": q })).unwrap();
+            query::search(&self.replica, &q, i64::MAX / 2)
+                .unwrap()
+                .len()
+        }
+    }
+
+    fn ent(id: &str, name: &str) -> WriteOp {
+        WriteOp::upsert(
+            Kind::Entity,
+            "default",
+            json!({"id": id, "kind": "thing", "name": name}),
+        )
+    }
+
+    fn edge(id: &str, s: &str, t: &str) -> WriteOp {
+        WriteOp::upsert(
+            Kind::Edge,
+            "default",
+            json!({"id": id, "source": s, "target": t, "relation": "knows"}),
+        )
+    }
+
+    #[test]
+    fn local_writes_show_at_once_stay_on_top_and_land_once() {
+        let w = World::new();
+        w.node.write(&[ent("b", "bee"), ent("c", "sea")]).unwrap();
+        w.node
+            .write(&[ent("d", "dee"), edge("x", "d", "b")])
+            .unwrap();
+        w.feed(100, None);
+
+        // Offline: new rows, an update, a delete that cascades to an edge.
+        let lw =
+            outbox::write_local(&w.replica, vec![ent("a", "quokka"), edge("y", "a", "b")]).unwrap();
+        assert_eq!(lw.n, 1);
+        outbox::write_local(&w.replica, vec![ent("c", "sea local")]).unwrap();
+        outbox::write_local(
+            &w.replica,
+            vec![WriteOp::delete(Kind::Entity, "default", "d")],
+        )
+        .unwrap();
+        // An upsert without an id gets one here, and the node will write that same id.
+        let gen = outbox::write_local(
+            &w.replica,
+            vec![WriteOp::upsert(
+                Kind::Note,
+                "default",
+                json!({"content": "wombat notes"}),
+            )],
+        )
+        .unwrap();
+        assert_eq!(w.name(Kind::Entity, "a").as_deref(), Some("quokka"));
+        assert_eq!(w.search("quokka"), 1, "full-text follows local writes");
+        assert_eq!(w.search("wombat"), 1);
+        assert!(w.name(Kind::Edge, "x").is_none(), "the cascade ran locally");
+        let st = outbox::status(&w.replica).unwrap();
+        assert_eq!((st.pending, st.unsent), (4, 4));
+
+        // Meanwhile another client writes at the node: one row we changed, one new.
+        w.node
+            .write(&[ent("c", "sea remote"), ent("e", "emu")])
+            .unwrap();
+        w.feed(1, None);
+        assert_eq!(w.name(Kind::Entity, "e").as_deref(), Some("emu"));
+        assert_eq!(
+            w.name(Kind::Entity, "c").as_deref(),
+            Some("sea local"),
+            "a pending write stays on top of newer node changes"
+        );
+        assert!(w.name(Kind::Entity, "d").is_none());
+        assert_eq!(w.search("quokka"), 1);
+
+        // Online: the first upload's answers are lost; the second sends everything again.
+        assert!(w.upload(true).is_empty());
+        assert!(w.upload(false).is_empty());
+        w.feed(3, None);
+        assert_eq!(outbox::status(&w.replica).unwrap().pending, 0);
+        assert_eq!(w.replica_digest(), w.node_digest(), "converged");
+        assert_eq!(
+            w.node
+                .get_json(Kind::Note, "default", &gen.ids[0], None)
+                .unwrap()
+                .map(|v| v["content"].clone()),
+            Some(json!("wombat notes"))
+        );
+        // Exactly once: 4 node writes + 4 uploads, one change per row written.
+        let n_changes = w
+            .node
+            .changes_since(0, &ChangeFilter::default(), 1000)
+            .unwrap()
+            .len();
+        assert_eq!(
+            n_changes,
+            2 + 2 + 2 + 2 + 1 + 1 + 1 + 1,
+            "no write applied twice"
+        );
+        assert_eq!(w.search("quokka"), 1);
+    }
+
+    #[test]
+    fn a_refused_write_is_taken_back_and_its_neighbours_land() {
+        let w = World::new();
+        w.node.write(&[ent("b", "bee")]).unwrap();
+        w.feed(100, None);
+        outbox::write_local(&w.replica, vec![ent("a", "ant")]).unwrap();
+        outbox::write_local(&w.replica, vec![ent("b", "bee local")]).unwrap();
+        outbox::write_local(&w.replica, vec![edge("y", "a", "b")]).unwrap();
+        outbox::write_local(&w.replica, vec![ent("c", "cat")]).unwrap();
+        // Refused (say, a narrowed token): only that entry is taken back.
+        let taken = outbox::reject(&w.replica, 2).unwrap().unwrap();
+        assert_eq!(taken, vec![ent("b", "bee local")]);
+        assert_eq!(
+            w.name(Kind::Entity, "b").as_deref(),
+            Some("bee"),
+            "back to the node's"
+        );
+        assert!(
+            w.name(Kind::Edge, "y").is_some(),
+            "the entries after it stay"
+        );
+        assert_eq!(w.name(Kind::Entity, "c").as_deref(), Some("cat"));
+
+        // Refused by the node itself: the edge's target was deleted there first.
+        w.node
+            .write(&[WriteOp::delete(Kind::Entity, "default", "b")])
+            .unwrap();
+        assert_eq!(
+            w.upload(false),
+            vec![3],
+            "the edge to a deleted entity is refused"
+        );
+        assert!(w.name(Kind::Edge, "y").is_none(), "and undone here");
+        w.feed(100, None);
+        assert_eq!(outbox::status(&w.replica).unwrap().pending, 0);
+        assert_eq!(w.replica_digest(), w.node_digest());
+    }
+
+    #[test]
+    fn a_node_delete_that_cascades_keeps_local_rows_on_top() {
+        let w = World::new();
+        w.node.write(&[ent("b", "bee")]).unwrap();
+        w.feed(100, None);
+        // Locally: a (new) and an edge a -> b; at the node, b is deleted.
+        outbox::write_local(&w.replica, vec![ent("a", "ant"), edge("y", "a", "b")]).unwrap();
+        w.node
+            .write(&[WriteOp::delete(Kind::Entity, "default", "b")])
+            .unwrap();
+        w.feed(100, None);
+        // The cascade took the edge; the entry that wrote it was redone, and fails now (its
+        // target is gone), so it shows nothing until the node judges it.
+        assert!(w.name(Kind::Entity, "b").is_none());
+        assert_eq!(
+            w.name(Kind::Entity, "a"),
+            None,
+            "the entry is all or nothing"
+        );
+        assert_eq!(w.upload(false), vec![1]);
+        w.feed(100, None);
+        assert_eq!(w.replica_digest(), w.node_digest());
+
+        // And when the pending entries re-create the target, the edge stays on top.
+        w.node.write(&[ent("b", "bee")]).unwrap();
+        w.feed(100, None);
+        outbox::write_local(&w.replica, vec![ent("b", "bee local")]).unwrap();
+        outbox::write_local(&w.replica, vec![edge("z", "b", "b")]).unwrap();
+        w.node
+            .write(&[WriteOp::delete(Kind::Entity, "default", "b")])
+            .unwrap();
+        w.feed(100, None);
+        assert_eq!(w.name(Kind::Entity, "b").as_deref(), Some("bee local"));
+        assert!(
+            w.name(Kind::Edge, "z").is_some(),
+            "redone after the cascade"
+        );
+        assert!(w.upload(false).is_empty());
+        w.feed(100, None);
+        assert_eq!(w.replica_digest(), w.node_digest());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_pending_writes_on_top() {
+        let w = World::new();
+        w.node.write(&[ent("b", "bee")]).unwrap();
+        w.feed(100, None);
+        outbox::write_local(&w.replica, vec![ent("a", "ant"), ent("b", "bee local")]).unwrap();
+        w.node.write(&[ent("c", "cat")]).unwrap();
+        let snap = w.node.snapshot(&ChangeFilter::default()).unwrap();
+        apply::snapshot_begin(&w.replica, &ChangeFilter::default()).unwrap();
+        apply::snapshot_rows(&w.replica, &snap.rows).unwrap();
+        apply::snapshot_finish(&w.replica, snap.at).unwrap();
+        assert_eq!(w.name(Kind::Entity, "a").as_deref(), Some("ant"));
+        assert_eq!(w.name(Kind::Entity, "b").as_deref(), Some("bee local"));
+        assert_eq!(w.name(Kind::Entity, "c").as_deref(), Some("cat"));
+        w.upload(false);
+        w.feed(100, None);
+        assert_eq!(w.replica_digest(), w.node_digest());
+    }
+
+    /// One step of the randomized schedule.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Local(Vec<(u8, u8)>),
+        Node(Vec<(u8, u8)>),
+        Feed(usize),
+        Upload { lose_acks: bool },
+    }
+
+    fn op(kind: u8, i: u8, v: u8) -> WriteOp {
+        let id = format!("k{}", i % 6);
+        match kind % 4 {
+            0 | 1 => ent(&id, &format!("v{v}")),
+            2 => WriteOp::delete(Kind::Entity, "default", &id),
+            _ => edge(
+                &format!("x{}", v % 3),
+                &id,
+                &format!("k{}", (i % 6 + 1) % 6),
+            ),
+        }
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let ops = || prop::collection::vec((any::<u8>(), any::<u8>()), 1..4);
+        prop::collection::vec(
+            prop_oneof![
+                3 => ops().prop_map(Step::Local),
+                2 => ops().prop_map(Step::Node),
+                2 => (1usize..6).prop_map(Step::Feed),
+                2 => any::<bool>().prop_map(|lose_acks| Step::Upload { lose_acks }),
+            ],
+            1..30,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// Any schedule of local writes, other clients' writes, partial feeds and uploads
+        /// (answers lost or not): in the end the replica equals the node, no pending write
+        /// is left, and each local write that the node accepted landed exactly once.
+        #[test]
+        fn replicas_converge_and_nothing_lands_twice(steps in steps()) {
+            let w = World::new();
+            w.node.write(&[ent("k0", "seed"), ent("k1", "seed")]).unwrap();
+            let mut local_ok = 0usize;
+            let mut refused = 0usize;
+            for s in &steps {
+                match s {
+                    Step::Local(v) => {
+                        let ops: Vec<_> = v.iter().enumerate().map(|(i, (k, x))| op(*k, *x, i as u8 ^ *k)).collect();
+                        if outbox::write_local(&w.replica, ops).is_ok() {
+                            local_ok += 1;
+                        }
+                    }
+                    Step::Node(v) => {
+                        let ops: Vec<_> = v.iter().map(|(k, x)| op(*k, *x, *k)).collect();
+                        let _ = w.node.write(&ops);
+                    }
+                    Step::Feed(b) => w.feed(*b, None),
+                    Step::Upload { lose_acks } => refused += w.upload(*lose_acks).len(),
+                }
+            }
+            refused += w.upload(false).len();
+            w.feed(7, None);
+            prop_assert_eq!(outbox::status(&w.replica).unwrap().pending, 0);
+            prop_assert_eq!(w.replica_digest(), w.node_digest());
+            // Each accepted local write is in the node's ledger once: its number advanced by
+            // exactly the accepted ones.
+            let ledger: i64 = w.node.read(|c| Ok(c.query_row(
+                "SELECT coalesce(max(n), 0) FROM client_writes", [], |r| r.get(0))?)).unwrap();
+            prop_assert!(ledger as usize <= local_ok);
+            prop_assert!(local_ok == 0 || ledger as usize + refused >= local_ok);
+        }
+    }
+}

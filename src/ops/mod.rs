@@ -46,7 +46,7 @@ pub fn now_us(conn: &Connection) -> Result<i64> {
     }
 }
 
-fn new_id(conn: &Connection) -> Result<String> {
+pub(crate) fn new_id(conn: &Connection) -> Result<String> {
     let mut b: [u8; 16] = conn
         .prepare_cached("SELECT randomblob(16)")?
         .query_row([], |r| {

@@ -357,8 +357,9 @@ pub(super) fn migration_5(conn: &Connection, _opts: &SchemaOptions) -> Result<()
 /// - `client_writes` (a node): per client, the last write number applied and the log head
 ///   after it, written in the write's own transaction, so a re-sent write is answered from it
 ///   and never applied twice;
-/// - `outbox` and `outbox_shadow` (a replica): its own writes not yet seen in the node's feed,
-///   in order, and the node's image of every row they touched, to take them back.
+/// - `outbox`, `outbox_shadow` and `outbox_keys` (a replica): its own writes not yet seen in
+///   the node's feed, in order; the node's image of every row they touched, to take them back;
+///   which entry touched which row (`crate::outbox`).
 pub(super) fn migration_6(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE client_writes(
@@ -369,7 +370,11 @@ pub(super) fn migration_6(conn: &Connection, _opts: &SchemaOptions) -> Result<()
          CREATE TABLE outbox_shadow(
            kind TEXT NOT NULL, ns TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL,
            present INTEGER NOT NULL, data TEXT, embedding BLOB,
-           PRIMARY KEY(kind, ns, id, model)) WITHOUT ROWID;",
+           PRIMARY KEY(kind, ns, id, model)) WITHOUT ROWID;
+         CREATE TABLE outbox_keys(
+           n INTEGER NOT NULL, kind TEXT NOT NULL, ns TEXT NOT NULL, id TEXT NOT NULL,
+           model TEXT NOT NULL, PRIMARY KEY(kind, ns, id, model, n)) WITHOUT ROWID;
+         CREATE INDEX outbox_keys_n ON outbox_keys(n);",
     )?;
     Ok(())
 }

@@ -1,0 +1,477 @@
+//! A replica's own writes (local-first): applied at once, kept in order in the outbox in the
+//! same transaction, uploaded with their origin (the replica's client id and the entry's
+//! number, so the node applies each at most once), and kept on top of the node's changes
+//! until the feed carries them.
+//!
+//! How pending writes stay on top (docs/design.md, "Offline writes"): while a local write runs,
+//! temporary triggers record, for every row it touches (cascades included), the node's image
+//! of that row in `outbox_shadow` (the first image wins: the state before any pending write)
+//! and which entry touched which row in `outbox_keys`. Before a feed batch is applied, the
+//! pending entries that share a row with the batch (and, transitively, with each other) are
+//! undone by writing the shadows back; the batch is applied to the node's state; entries the
+//! node has confirmed at or below the new applied seq leave the outbox; the rest are redone in
+//! order. Entries that share no row with the batch are not touched, so draining a long outbox
+//! costs each batch only its own rows. A refused entry is taken back the same way.
+//!
+//! A node delete that cascades (an entity takes its edges and vectors, a note its vectors) also
+//! sets aside the entries that wrote those rows, so they are redone after it. Two writers on
+//! one row: the last committed at the node wins; a local write shows on top until the node has
+//! it.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{blob_to_embedding, Change, Kind, Op, WriteOp};
+use crate::{apply, ops, schema};
+
+/// One pending write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its number: the client write number it is uploaded with.
+    pub n: i64,
+    /// Its ops, ids filled in (so the node writes the rows the replica shows).
+    pub ops: Vec<WriteOp>,
+    /// When it was made (µs since the Unix epoch).
+    pub created_us: i64,
+    /// The node's seq once it answered `written` (the entry leaves when the feed reaches it).
+    pub seq: Option<i64>,
+}
+
+/// The outbox at a glance, for a status line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Pending writes.
+    pub pending: i64,
+    /// Pending writes the node has not answered yet.
+    pub unsent: i64,
+    /// When the oldest pending write was made (µs since the Unix epoch).
+    pub oldest_us: Option<i64>,
+    /// The last upload error, until a later upload succeeds.
+    pub error: Option<String>,
+}
+
+/// What a local write did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalWrite {
+    /// The outbox entry's number.
+    pub n: i64,
+    /// Each op's row id, in op order.
+    pub ids: Vec<String>,
+}
+
+/// The replica's client id: made once (random, 128 bits) and kept in `meta`.
+pub fn client_id(conn: &Connection) -> Result<String> {
+    if let Some(id) = meta(conn, "client_id")? {
+        return Ok(id);
+    }
+    let id: String = conn.query_row("SELECT 'r-' || lower(hex(randomblob(16)))", [], |r| {
+        r.get(0)
+    })?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES ('client_id', ?1)",
+        [&id],
+    )?;
+    Ok(meta(conn, "client_id")?.unwrap_or(id))
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        Some(v) => conn
+            .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute([key, v])?,
+        None => conn.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute([key])?,
+    };
+    Ok(())
+}
+
+/// Give every upsert without an id (but vectors, keyed by subject) a new one, so the node
+/// writes the very rows the replica shows.
+fn fill_ids(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
+    for op in ops_.iter_mut() {
+        if op.op != Op::Upsert || op.kind == Kind::Vector {
+            continue;
+        }
+        if let Some(serde_json::Value::Object(m)) = op.data.as_mut() {
+            if !m.contains_key("id") {
+                m.insert("id".into(), ops::new_id(conn)?.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply `ops` to this replica now, with an outbox entry, in one transaction: all or nothing
+/// (the error names the op). The rows are visible to every query at once.
+pub fn write_local(conn: &Connection, mut ops_: Vec<WriteOp>) -> Result<LocalWrite> {
+    fill_ids(conn, &mut ops_)?;
+    ensure_capture(conn)?;
+    apply::in_tx(conn, || {
+        let n = meta(conn, "outbox_n")?
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let ids = run_ops(conn, n, &ops_)?;
+        conn.prepare_cached("INSERT INTO outbox(n, ops, created_us) VALUES (?1, ?2, ?3)")?
+            .execute(params![
+                n,
+                serde_json::to_string(&ops_)?,
+                ops::now_us(conn)?
+            ])?;
+        set_meta(conn, "outbox_n", Some(&n.to_string()))?;
+        Ok(LocalWrite { n, ids })
+    })
+}
+
+/// Run one entry's ops with capture on (inside the caller's applying transaction).
+fn run_ops(conn: &Connection, n: i64, ops_: &[WriteOp]) -> Result<Vec<String>> {
+    conn.prepare_cached("INSERT INTO temp.outbox_capture(n) VALUES (?1)")?
+        .execute([n])?;
+    let now = ops::now_us(conn)?;
+    let res = ops_
+        .iter()
+        .enumerate()
+        .map(|(index, op)| {
+            ops::execute(conn, op, now)
+                .map(|r| r.id)
+                .map_err(|e| Error::Op {
+                    index,
+                    cause: Box::new(e),
+                })
+        })
+        .collect::<Result<Vec<_>>>();
+    conn.prepare_cached("DELETE FROM temp.outbox_capture")?
+        .execute([])?;
+    res
+}
+
+/// Pending writes, oldest first.
+pub fn pending(conn: &Connection) -> Result<Vec<Pending>> {
+    let mut stmt = conn.prepare_cached("SELECT n, ops, created_us, seq FROM outbox ORDER BY n")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (n, ops_, created_us, seq) = row?;
+        out.push(Pending {
+            n,
+            ops: serde_json::from_str(&ops_)?,
+            created_us,
+            seq,
+        });
+    }
+    Ok(out)
+}
+
+/// The outbox at a glance.
+pub fn status(conn: &Connection) -> Result<OutboxStatus> {
+    let (pending, unsent, oldest_us) = conn.query_row(
+        "SELECT count(*), count(*) - count(seq), min(created_us) FROM outbox",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(OutboxStatus {
+        pending,
+        unsent,
+        oldest_us,
+        error: meta(conn, "outbox_error")?,
+    })
+}
+
+/// Record an upload that failed for now (it is retried); `None` clears it.
+pub fn set_error(conn: &Connection, error: Option<&str>) -> Result<()> {
+    set_meta(conn, "outbox_error", error)
+}
+
+/// The node committed entry `n` at `seq`. Once the feed has reached `seq`, the entry leaves.
+pub fn confirm(conn: &Connection, n: i64, seq: i64) -> Result<()> {
+    ensure_capture(conn)?;
+    apply::in_tx(conn, || {
+        conn.prepare_cached("UPDATE outbox SET seq = ?2 WHERE n = ?1")?
+            .execute(params![n, seq])?;
+        set_error(conn, None)?;
+        let applied = apply::applied_seq(conn)?;
+        if seq <= applied {
+            let undone = undo(conn, &[], applied)?;
+            redo(conn, &undone, applied)?;
+        }
+        Ok(())
+    })
+}
+
+/// The node refused entry `n`: take it back (its neighbours stay) and return its ops.
+pub fn reject(conn: &Connection, n: i64) -> Result<Option<Vec<WriteOp>>> {
+    ensure_capture(conn)?;
+    apply::in_tx(conn, || {
+        let Some(ops_) = conn
+            .prepare_cached("SELECT ops FROM outbox WHERE n = ?1")?
+            .query_row([n], |r| r.get::<_, String>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let undone = undo_entries(conn, closure(conn, BTreeSet::from([n]))?)?;
+        conn.prepare_cached("DELETE FROM outbox WHERE n = ?1")?
+            .execute([n])?;
+        redo(conn, &undone, apply::applied_seq(conn)?)?;
+        Ok(Some(serde_json::from_str(&ops_)?))
+    })
+}
+
+/// True when the outbox holds anything (one indexed probe: the apply path asks per batch).
+fn any_pending(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox)")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Inside an apply transaction, before `changes` (up to seq `upto`) are applied: undo the
+/// entries that share a row with them or will be confirmed by them. Returns those entries,
+/// for [`redo`] after the batch.
+pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<Vec<i64>> {
+    if !any_pending(conn)? {
+        return Ok(Vec::new());
+    }
+    ensure_capture(conn)?;
+    let mut seed = BTreeSet::new();
+    {
+        let mut by_key = conn.prepare_cached(
+            "SELECT n FROM outbox_keys WHERE kind = ?1 AND ns = ?2 AND id = ?3 AND model = ?4",
+        )?;
+        for c in changes {
+            let model = c.model.as_deref().unwrap_or("");
+            for n in by_key.query_map(params![c.kind.as_str(), c.ns, c.id, model], |r| {
+                r.get::<_, i64>(0)
+            })? {
+                seed.insert(n?);
+            }
+        }
+        // A delete reaches further than its own row: an entity takes its edges and vectors
+        // with it, a note its vectors. Entries that wrote those rows step aside too.
+        let mut dependents = conn.prepare_cached(
+            "SELECT k.n FROM outbox_keys k JOIN edges e ON e.ns = k.ns AND e.id = k.id
+              WHERE k.kind = 'edge' AND k.ns = ?1 AND (e.source = ?2 OR e.target = ?2) AND ?3
+             UNION
+             SELECT n FROM outbox_keys WHERE kind = 'vector' AND ns = ?1 AND id = ?2",
+        )?;
+        for c in changes.iter().filter(|c| c.op == Op::Delete) {
+            if matches!(c.kind, Kind::Entity | Kind::Note) {
+                let entity = c.kind == Kind::Entity;
+                for n in
+                    dependents.query_map(params![c.ns, c.id, entity], |r| r.get::<_, i64>(0))?
+                {
+                    seed.insert(n?);
+                }
+            }
+        }
+        let mut confirmed =
+            conn.prepare_cached("SELECT n FROM outbox WHERE seq IS NOT NULL AND seq <= ?1")?;
+        for n in confirmed.query_map([upto], |r| r.get::<_, i64>(0))? {
+            seed.insert(n?);
+        }
+    }
+    undo_entries(conn, closure(conn, seed)?)
+}
+
+/// Undo every pending entry (before a snapshot replaces the replica's state).
+pub(crate) fn undo_all(conn: &Connection) -> Result<Vec<i64>> {
+    if !any_pending(conn)? {
+        return Ok(Vec::new());
+    }
+    ensure_capture(conn)?;
+    let all = conn
+        .prepare_cached("SELECT n FROM outbox")?
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<BTreeSet<_>>>()?;
+    undo_entries(conn, all)
+}
+
+/// The entries that share a row with `seed`'s, transitively.
+fn closure(conn: &Connection, mut set: BTreeSet<i64>) -> Result<BTreeSet<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT b.n FROM outbox_keys a JOIN outbox_keys b
+           ON b.kind = a.kind AND b.ns = a.ns AND b.id = a.id AND b.model = a.model
+         WHERE a.n = ?1",
+    )?;
+    let mut todo: Vec<i64> = set.iter().copied().collect();
+    while let Some(n) = todo.pop() {
+        for m in stmt.query_map([n], |r| r.get::<_, i64>(0))? {
+            let m = m?;
+            if set.insert(m) {
+                todo.push(m);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Write back the node's image of every row `entries` touched, and forget their keys.
+fn undo_entries(conn: &Connection, entries: BTreeSet<i64>) -> Result<Vec<i64>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.execute_batch("DELETE FROM temp.outbox_undo")?;
+    {
+        let mut mark = conn.prepare_cached("INSERT INTO temp.outbox_undo(n) VALUES (?1)")?;
+        for n in &entries {
+            mark.execute([n])?;
+        }
+    }
+    // Rows the entries created go first (children before parents), then the node's images
+    // come back (parents before children: an edge needs its entities).
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.kind, s.ns, s.id, s.model, s.present, s.data, s.embedding FROM outbox_shadow s
+         WHERE EXISTS (SELECT 1 FROM outbox_keys k JOIN temp.outbox_undo u ON u.n = k.n
+                       WHERE k.kind = s.kind AND k.ns = s.ns AND k.id = s.id AND k.model = s.model)
+         ORDER BY s.present,
+           CASE s.kind WHEN 'entity' THEN 1 WHEN 'note' THEN 2 WHEN 'event' THEN 3
+                       WHEN 'edge' THEN 4 ELSE 5 END * (2 * s.present - 1)",
+    )?;
+    let shadows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (kind, ns, id, model, present, data, emb) in shadows {
+        let kind: Kind = kind.parse()?;
+        let change = Change {
+            seq: 0,
+            tx: 0,
+            ts: 0,
+            kind,
+            op: if present { Op::Upsert } else { Op::Delete },
+            model: (kind == Kind::Vector).then(|| model.clone()),
+            data: if present { data } else { None },
+            embedding: emb.as_deref().and_then(blob_to_embedding),
+            ns: ns.clone(),
+            id: id.clone(),
+        };
+        apply::apply_row(conn, &change)?;
+        conn.prepare_cached(
+            "DELETE FROM outbox_shadow WHERE kind = ?1 AND ns = ?2 AND id = ?3 AND model = ?4",
+        )?
+        .execute(params![kind.as_str(), ns, id, model])?;
+    }
+    conn.execute_batch(
+        "DELETE FROM outbox_keys WHERE n IN (SELECT n FROM temp.outbox_undo);
+         DELETE FROM temp.outbox_undo;",
+    )?;
+    Ok(entries.into_iter().collect())
+}
+
+/// After a batch applied up to `applied`: drop the undone entries the node has confirmed at or
+/// below it, and redo the others in order. A redo that fails now (its entity was deleted
+/// upstream, say) leaves that entry without effect here; it stays for the node to judge.
+pub(crate) fn redo(conn: &Connection, undone: &[i64], applied: i64) -> Result<()> {
+    if undone.is_empty() {
+        return Ok(());
+    }
+    let mut get = conn.prepare_cached("SELECT ops, seq FROM outbox WHERE n = ?1")?;
+    for &n in undone {
+        let Some((text, seq)) = get
+            .query_row([n], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        if seq.is_some_and(|s| s <= applied) {
+            // The node's state holds it now.
+            conn.prepare_cached("DELETE FROM outbox WHERE n = ?1")?
+                .execute([n])?;
+            continue;
+        }
+        let ops_: Vec<WriteOp> = serde_json::from_str(&text)?;
+        conn.execute_batch("SAVEPOINT outbox_redo")?;
+        match run_ops(conn, n, &ops_) {
+            Ok(_) => conn.execute_batch("RELEASE outbox_redo")?,
+            Err(e) => {
+                tracing::debug!(n, error = %e, "a pending write does not apply over the node's state");
+                conn.execute_batch("ROLLBACK TO outbox_redo; RELEASE outbox_redo")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The temporary tables and triggers that record what a local write touches. Per connection,
+/// idempotent; they fire only while `temp.outbox_capture` holds the entry's number.
+fn ensure_capture(conn: &Connection) -> Result<()> {
+    let done: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'outbox_capture')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if done {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "CREATE TEMP TABLE IF NOT EXISTS outbox_capture(n INTEGER NOT NULL);
+         CREATE TEMP TABLE IF NOT EXISTS outbox_undo(n INTEGER PRIMARY KEY);\n",
+    );
+    for kind in [
+        Kind::Entity,
+        Kind::Edge,
+        Kind::Note,
+        Kind::Event,
+        Kind::Vector,
+    ] {
+        let t = kind.table();
+        let k = kind.as_str();
+        let (id, model, emb) = if kind == Kind::Vector {
+            ("subject", "{p}model", "{p}embedding")
+        } else {
+            ("id", "''", "NULL")
+        };
+        for (when, p, present, suffix) in [
+            ("AFTER INSERT", "new.", "0", "i"),
+            ("BEFORE UPDATE", "old.", "1", "u"),
+            ("BEFORE DELETE", "old.", "1", "d"),
+        ] {
+            let model = model.replace("{p}", p);
+            let emb = emb.replace("{p}", p);
+            let image = if present == "1" {
+                schema::row_image_sql(kind, p)
+            } else {
+                "NULL".into()
+            };
+            let emb = if present == "1" { emb } else { "NULL".into() };
+            let name = format!("outbox_{t}_{suffix}");
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS {name} {when} ON main.{t}
+                 WHEN EXISTS (SELECT 1 FROM temp.outbox_capture) BEGIN
+                   INSERT OR IGNORE INTO main.outbox_shadow(kind, ns, id, model, present, data, embedding)
+                   VALUES ('{k}', {p}ns, {p}{id}, {model}, {present}, {image}, {emb});
+                   INSERT OR IGNORE INTO main.outbox_keys(n, kind, ns, id, model)
+                   SELECT n, '{k}', {p}ns, {p}{id}, {model} FROM temp.outbox_capture;
+                 END;\n"
+            ));
+        }
+    }
+    conn.execute_batch(&sql)?;
+    Ok(())
+}
