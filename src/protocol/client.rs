@@ -37,6 +37,16 @@ pub fn is_fatal_code(code: ErrorCode) -> bool {
     )
 }
 
+/// Error codes in answer to a `write` that mean the node refused that write for good (it is
+/// invalid, out of the token's scope, or too large): a replica takes it back and tells the app.
+/// Any other answer (`overloaded`, `internal`, a lost connection) leaves it to be sent again.
+pub fn is_refusal_code(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::TooLarge
+    )
+}
+
 /// Why a connection attempt failed, as the shell saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConnectFailure {
@@ -206,6 +216,11 @@ impl ClientSession {
     /// True once the session stopped for good.
     pub fn stopped(&self) -> bool {
         self.phase == Phase::Stopped
+    }
+
+    /// True while subscribed: writes can go out.
+    pub fn subscribed(&self) -> bool {
+        self.phase == Phase::Subscribed
     }
 
     /// The socket is open: say hello.

@@ -339,3 +339,22 @@ fn backoff_grows_with_jitter_and_resets_after_a_healthy_connection() {
     let d = delay(&s.disconnected("bye", 10_000 + HEALTHY_AFTER.as_millis() as u64)).unwrap();
     assert!(d <= BACKOFF_FIRST, "{d:?}");
 }
+
+#[test]
+fn refusals_of_a_write_are_told_apart_from_failures_to_send_it() {
+    use crate::protocol::client::is_refusal_code;
+    for code in [
+        ErrorCode::BadRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::TooLarge,
+    ] {
+        assert!(is_refusal_code(code), "{code:?}");
+    }
+    for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+    ] {
+        assert!(!is_refusal_code(code), "{code:?}");
+    }
+}

@@ -4,28 +4,41 @@
 //! shell drains with `syncNextFrame` / `syncNextText` after every input.
 //!
 //! Events: `welcome {node, head, from}`, `applied {seq, count, snapshot}`, `live {seq}`,
-//! `written {id, seq}`, `rejected {id, code, message}`, `error {code, message}` (the node's
-//! or an apply's, not fatal by itself), `reconnect {after, why}` (close the socket, connect
-//! again after `after` ms), `fatal {code, message}` (stop: no retry can succeed).
+//! `written {n, seq}` (the node committed outbox entry `n`), `rejected {n, ops, code,
+//! message}` (the node refused it: it was taken back here), `upload_error {n, code, message}`
+//! (not sent this time: it will be again), `error {code, message}` (the node's or an apply's,
+//! not fatal by itself), `reconnect {after, why}` (close the socket, connect again after
+//! `after` ms), `fatal {code, message}` (stop: no retry can succeed).
+//!
+//! Writes are local first (`hivesync::outbox`): `writeLocal` commits them here with an outbox
+//! entry; the session uploads the outbox in order, each entry with this replica's client id
+//! and its number, so the node applies it once however often it is sent.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
-use hivesync::apply;
-use hivesync::model::WriteOp;
+use hivesync::model::{Origin, WriteOp};
 use hivesync::protocol::client::{
-    ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure,
+    is_refusal_code, ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure,
 };
 use hivesync::protocol::{self, ServerMsg};
+use hivesync::{apply, outbox};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
 use crate::{js_err, parse, Replica};
 
-/// The session and its outbox.
+/// Most outbox entries sent and not yet answered (more go out as answers come back).
+const UPLOAD_WINDOW: usize = 256;
+
+/// The session and its frames to send.
 pub(crate) struct Sync {
     session: ClientSession,
     json: bool,
     outbox: VecDeque<Frame>,
+    /// This replica's client id (the origin of its uploads).
+    client_id: String,
+    /// Outbox entries sent on this connection and not answered yet.
+    inflight: BTreeSet<i64>,
     /// The shell's clock at the last input (ms).
     now: u64,
 }
@@ -57,6 +70,7 @@ impl Replica {
         seed: f64,
     ) -> Result<(), JsError> {
         let applied = apply::applied_seq(&self.conn).map_err(js_err)?;
+        let client_id = outbox::client_id(&self.conn).map_err(js_err)?;
         self.sync = Some(Sync {
             session: ClientSession::new(ClientConfig {
                 client: "hivesync-web".into(),
@@ -69,6 +83,8 @@ impl Replica {
             }),
             json,
             outbox: VecDeque::new(),
+            client_id,
+            inflight: BTreeSet::new(),
             now: 0,
         });
         Ok(())
@@ -111,11 +127,36 @@ impl Replica {
         self.sync_message(m, now)
     }
 
-    /// Send write ops (a JSON array); answered by a `written` or `rejected` event with `id`.
-    #[wasm_bindgen(js_name = syncWrite)]
-    pub fn sync_write(&mut self, id: f64, ops_json: &str) -> Result<String, JsError> {
+    /// Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
+    /// `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
+    /// once; `syncFlush` uploads the entry when connected.
+    #[wasm_bindgen(js_name = writeLocal)]
+    pub fn write_local(&mut self, ops_json: &str) -> Result<String, JsError> {
         let ops: Vec<WriteOp> = parse("ops", ops_json)?;
-        Ok(self.sync_run(0.0, |s| (s.write(id as u64, ops, None), vec![])))
+        let w = outbox::write_local(&self.conn, ops).map_err(js_err)?;
+        Ok(json!({"n": w.n, "ids": w.ids}).to_string())
+    }
+
+    /// The outbox at a glance: `{"pending", "unsent", "oldest_us", "error"}`.
+    #[wasm_bindgen(js_name = outboxStatus)]
+    pub fn outbox_status(&self) -> Result<String, JsError> {
+        Ok(serde_json::to_string(
+            &outbox::status(&self.conn).map_err(js_err)?,
+        )?)
+    }
+
+    /// The pending writes, oldest first: `[{"n", "ops", "created_us", "seq"}]`.
+    #[wasm_bindgen(js_name = outboxPending)]
+    pub fn outbox_pending(&self) -> Result<String, JsError> {
+        Ok(serde_json::to_string(
+            &outbox::pending(&self.conn).map_err(js_err)?,
+        )?)
+    }
+
+    /// Upload what the outbox holds and this connection has not sent yet (when subscribed).
+    #[wasm_bindgen(js_name = syncFlush)]
+    pub fn sync_flush(&mut self) -> String {
+        self.sync_run(0.0, |_| (vec![], vec![]))
     }
 
     /// The next binary frame to send, if any.
@@ -173,6 +214,40 @@ impl Replica {
         })
     }
 
+    /// Hand the session the outbox entries not yet sent on this connection, up to the window.
+    fn flush(&mut self, events: &mut Vec<Value>) -> Vec<ClientAction> {
+        let Some(sync) = self.sync.as_mut() else {
+            return vec![];
+        };
+        if !sync.session.subscribed() || sync.inflight.len() >= UPLOAD_WINDOW {
+            return vec![];
+        }
+        let pending = match outbox::pending(&self.conn) {
+            Ok(p) => p,
+            Err(e) => {
+                events.push(
+                    json!({"type": "error", "message": format!("could not read the outbox: {e}")}),
+                );
+                return vec![];
+            }
+        };
+        let mut acts = Vec::new();
+        for p in pending {
+            if sync.inflight.len() >= UPLOAD_WINDOW {
+                break;
+            }
+            if p.seq.is_some() || !sync.inflight.insert(p.n) {
+                continue;
+            }
+            let origin = Origin {
+                client: sync.client_id.clone(),
+                n: p.n,
+            };
+            acts.extend(sync.session.write(p.n as u64, p.ops, Some(origin)));
+        }
+        acts
+    }
+
     /// Feed the session one input and carry out its actions (applying to this replica, queueing
     /// frames), including what applying produced; returns the events as a JSON array.
     fn sync_run(
@@ -186,8 +261,16 @@ impl Replica {
         sync.now = sync.now.max(now as u64);
         let (acts, mut events) = input(&mut sync.session);
         let mut queue = VecDeque::from(acts);
-        while let Some(a) = queue.pop_front() {
-            let more = self.sync_act(a, &mut events);
+        loop {
+            while let Some(a) = queue.pop_front() {
+                let more = self.sync_act(a, &mut events);
+                queue.extend(more);
+            }
+            // Whatever happened (a welcome, an answer, a local write), the outbox goes next.
+            let more = self.flush(&mut events);
+            if more.is_empty() {
+                break;
+            }
             queue.extend(more);
         }
         Value::Array(events).to_string()
@@ -251,11 +334,29 @@ impl Replica {
                 vec![]
             }
             ClientAction::Resolve { id, seq } => {
-                events.push(json!({"type": "written", "id": id, "seq": seq}));
+                let n = id as i64;
+                sync.inflight.remove(&n);
+                match outbox::confirm(&self.conn, n, seq) {
+                    Ok(()) => events.push(json!({"type": "written", "n": n, "seq": seq})),
+                    Err(e) => events.push(json!({"type": "error", "message": format!("could not record the node's answer to write {n}: {e}")})),
+                }
                 vec![]
             }
             ClientAction::Reject { id, error } => {
-                events.push(json!({"type": "rejected", "id": id, "code": error.code.as_str(), "message": error.message}));
+                let n = id as i64;
+                sync.inflight.remove(&n);
+                let (code, message) = (error.code.as_str(), error.message);
+                if is_refusal_code(error.code) {
+                    match outbox::reject(&self.conn, n) {
+                        Ok(ops) => events.push(json!({"type": "rejected", "n": n, "ops": ops, "code": code, "message": message})),
+                        Err(e) => events.push(json!({"type": "error", "message": format!("could not take back write {n}: {e}")})),
+                    }
+                } else {
+                    let _ = outbox::set_error(&self.conn, Some(&format!("{code}: {message}")));
+                    events.push(
+                        json!({"type": "upload_error", "n": n, "code": code, "message": message}),
+                    );
+                }
                 vec![]
             }
             ClientAction::Reconnect { after, why } => {

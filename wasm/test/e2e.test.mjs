@@ -121,10 +121,10 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     node = startNode(db, port);
     await waitHealthy(port);
     await page.reload();
-    // A write made as soon as the replica opens (as in the README's example) waits for the
-    // connection instead of failing, and is committed by the node once.
+    // A write made as soon as the replica opens (as in the README's example) is committed
+    // here at once and by the node once; `wait: 'node'` answers with the node's seq.
     await page.waitForFunction(() => window.hivesync);
-    const wseq = await page.evaluate(() => window.hivesync.write([{ op: 'upsert', kind: 'entity', data: { id: 'early', name: 'Written from the page' } }]));
+    const wseq = await page.evaluate(() => window.hivesync.write([{ op: 'upsert', kind: 'entity', data: { id: 'early', name: 'Written from the page' } }], { wait: 'node' }));
     assert.ok(wseq > seqOnline, `write acknowledged at seq ${wseq}`);
     assert.match(cli(db, 'get', 'entity', 'early'), /Written from the page/);
     await page.waitForSelector('#recent li[data-id="barbara"]', { timeout: 20000 });
@@ -262,6 +262,141 @@ test('with tokens configured, the demo and the status page take a token and wait
     page = await open(`${origin}/?token=wrong`);
     await page.waitForSelector('#error.denied', { timeout: 20000 });
     assert.match(await page.textContent('#error'), /Enter another token/);
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// A page origin of the test's own (localhost: a secure context, so OPFS is there), its files
+// read from disk, so the page (and its OPFS copy)
+// stays reachable while the node is down.
+async function appContext(browser) {
+  const ctx = await browser.newContext();
+  const types = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.html': 'text/html', '.json': 'application/json' };
+  await ctx.route('http://localhost:9/**', (r) => {
+    const p = new URL(r.request().url()).pathname;
+    if (p === '/') return r.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>app</title>' });
+    const file = path.join(webDir, path.normalize(p));
+    if (!file.startsWith(webDir) || !fs.existsSync(file)) return r.fulfill({ status: 404, body: 'no' });
+    r.fulfill({ status: 200, body: fs.readFileSync(file), contentType: types[path.extname(file)] ?? 'application/octet-stream' });
+  });
+  return ctx;
+}
+
+// Opens a replica named `name` in the page, following the node at `url`; events go to
+// window.__seen.
+async function openIn(page, url, name) {
+  await page.goto('http://localhost:9/');
+  await page.evaluate(async ({ url, name }) => {
+    const { openReplica } = await import('/hivesync.js');
+    window.__seen = [];
+    window.db = await openReplica({ url, name });
+    window.db.on('*', (ev) => window.__seen.push(ev));
+  }, { url, name });
+}
+
+// Polls `f` (which may be async) in the page until it returns something truthy.
+async function until(page, f, ms = 20000) {
+  const t0 = Date.now();
+  for (;;) {
+    if (await page.evaluate(f)) return;
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${f}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+const changesOf = (db, id) => cli(db, '--json', 'changes', '--limit', '1000').split('\n').filter(Boolean)
+  .map((l) => JSON.parse(l)).filter((c) => c.id === id);
+
+test('offline writes show at once, survive a reload, land exactly once, and a refused one is taken back', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-lf-'));
+  const db = path.join(dir, 'lf.db');
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  cli(db, 'put', 'entity', '{"id":"ada","kind":"person","name":"Ada Lovelace"}');
+  let node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser);
+    let page = await ctx.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await openIn(page, url, 'lf');
+    await until(page, async () => (await window.db.status()).live);
+    assert.equal((await page.evaluate(() => window.db.status())).storage, 'opfs');
+
+    // Node down: writes are committed here at once and found by search.
+    await stopNode(node);
+    await until(page, async () => !(await window.db.status()).online);
+    // Meanwhile ada is deleted at the node (by the CLI, straight into its file).
+    cli(db, 'delete', 'entity', 'ada');
+    const w = await page.evaluate(async () => [
+      await window.db.write([{ op: 'upsert', kind: 'entity', data: { id: 'q1', kind: 'animal', name: 'Offline quokka' } }]),
+      await window.db.write([{ op: 'upsert', kind: 'edge', data: { id: 'likes', source: 'q1', target: 'ada', relation: 'likes' } }]),
+      await window.db.write([{ op: 'upsert', kind: 'note', data: { id: 'n1', content: 'a wombat, written offline' } }]),
+    ]);
+    assert.deepEqual(w.map((x) => [x.n, x.pending]), [[1, true], [2, true], [3, true]]);
+    const local = await page.evaluate(async () => ({
+      q: (await window.db.search({ text: 'quokka' })).map((h) => h.id),
+      w: (await window.db.search({ text: 'wombat' })).map((h) => h.id),
+      edges: (await window.db.neighbors('default', 'q1')).map((n) => n.edge.id),
+      st: await window.db.status(),
+    }));
+    assert.deepEqual(local.q, ['q1']);
+    assert.deepEqual(local.w, ['n1']);
+    assert.deepEqual(local.edges, ['likes']);
+    assert.equal(local.st.pending, 3);
+    assert.ok(local.st.pendingAgeMs >= 0);
+
+    // A reload while the node is down: the writes are still here, still pending.
+    await page.close();
+    page = await ctx.newPage();
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await openIn(page, url, 'lf');
+    const again = await page.evaluate(async () => ({
+      q: (await window.db.search({ text: 'quokka' })).map((h) => h.id),
+      st: await window.db.status(),
+      pending: (await window.db.pending()).map((p) => p.n),
+    }));
+    assert.deepEqual(again.q, ['q1']);
+    assert.equal(again.st.pending, 3);
+    assert.deepEqual(again.pending, [1, 2, 3]);
+
+    // The node is back: the outbox drains. The edge to the entity deleted meanwhile is
+    // refused there, taken back here and reported; its neighbours land, each exactly once.
+    node = startNode(db, port);
+    await waitHealthy(port);
+    await until(page, async () => { const s = await window.db.status(); return s.live && s.pending === 0; });
+    const seen = await page.evaluate(() => window.__seen);
+    const rejected = seen.filter((e) => e.type === 'rejected');
+    assert.equal(rejected.length, 1, JSON.stringify(rejected));
+    assert.equal(rejected[0].n, 2);
+    assert.equal(rejected[0].ops[0].data.id, 'likes');
+    assert.equal(rejected[0].code, 'bad_request');
+    assert.deepEqual(seen.filter((e) => e.type === 'written').map((e) => e.n).sort(), [1, 3]);
+    assert.deepEqual(await page.evaluate(async () => (await window.db.neighbors('default', 'q1')).length), 0);
+    assert.equal(changesOf(db, 'q1').length, 1, 'exactly one copy of each write at the node');
+    assert.equal(changesOf(db, 'n1').length, 1);
+    assert.equal(changesOf(db, 'likes').length, 0);
+    await until(page, async () => !(await window.db.get('entity', 'default', 'ada')));
+    const mine = await page.evaluate(() => window.db.digest());
+    assert.equal(mine.sha256, JSON.parse(cli(db, '--json', 'digest')).sha256, 'replica digest equals the node digest');
+
+    // `wait: 'node'` resolves with the node's seq; the status and events match the types.
+    const seq = await page.evaluate(() => window.db.write([{ op: 'upsert', kind: 'entity', data: { id: 'q2', name: 'Online quokka' } }], { wait: 'node' }));
+    assert.ok(seq > 0);
+    assert.equal(changesOf(db, 'q2').length, 1);
+    const st = await page.evaluate(() => window.db.status());
+    const events = await page.evaluate(() => window.__seen);
+    const problems = checkAgainstDts(path.join(webDir, 'hivesync.d.ts'), [
+      { what: 'status()', type: 'H.Status', value: st },
+      { what: 'pending()', type: 'H.PendingWrite[]', value: await page.evaluate(() => window.db.pending()) },
+      ...eventCases(events),
+    ]);
+    assert.deepEqual(problems, [], problems.join('\n'));
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
     await stopNode(node);

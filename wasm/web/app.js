@@ -27,13 +27,29 @@ function showStatus(s) {
   $('status').className = `pill ${state}`;
   $('seq').textContent = s.seq;
   $('lag').textContent = s.lag;
+  $('pending').textContent = s.pending;
+  $('pending-age').textContent = s.pending ? ` oldest ${Math.round(s.pendingAgeMs / 1000)} s${s.uploadError ? ` · ${s.uploadError}` : ''}` : '';
 }
 
 async function renderRecent() {
   const r = await db.sql('SELECT ns, id, kind, name FROM entities ORDER BY updated_at DESC, rowid DESC LIMIT 20');
+  // Rows written here and not yet confirmed by the node are marked.
+  const pending = new Set((await db.pending()).flatMap((p) => p.ops.map((o) => `${o.ns ?? 'default'}/${o.data?.id ?? o.id}`)));
   $('recent').innerHTML = r.rows.map(([ns, id, kind, name]) =>
-    `<li data-id="${esc(id)}"><b>${esc(name)}</b> <small>${esc(kind)} · ${esc(ns)}/${esc(id)}</small></li>`).join('');
+    `<li data-id="${esc(id)}"${pending.has(`${ns}/${id}`) ? ' class="pending"' : ''}><b>${esc(name)}</b> <small>${esc(kind)} · ${esc(ns)}/${esc(id)}` +
+    `${pending.has(`${ns}/${id}`) ? ' · pending' : ''}</small></li>`).join('');
 }
+
+$('add').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = $('add-name').value.trim();
+  if (!name) return;
+  try {
+    await db.write([{ op: 'upsert', kind: 'entity', data: { kind: 'item', name } }]);
+    $('add-name').value = '';
+    await renderRecent();
+  } catch (err) { $('error').textContent = err.message; }
+});
 
 async function similar(ns, id) {
   const models = await db.models();
@@ -84,6 +100,11 @@ db.on('applied', () => {
   requestAnimationFrame(async () => { pending = false; await renderRecent(); if ($('q').value) await renderSearch(); });
 });
 db.on('status', showStatus);
+db.on('written', () => renderRecent());
+db.on('rejected', (r) => {
+  $('error').textContent = `the node refused a write made here (${r.code}: ${r.message}); it was taken back`;
+  renderRecent();
+});
 db.on('error', (e) => {
   // Refused by the node: the sync client has stopped; the page answers from its stored copy
   // until another token is entered.

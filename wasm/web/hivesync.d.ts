@@ -37,6 +37,12 @@ export interface Status {
   error: string | null;
   /** The seq the last subscription resumed after; null for a snapshot (or before the first). */
   resumedFrom: number | null;
+  /** Local writes not yet confirmed by the node (they show in every query meanwhile). */
+  pending: number;
+  /** Age of the oldest pending write in ms; null when none is pending. */
+  pendingAgeMs: number | null;
+  /** Why the last upload did not go through (it is retried), until one does; else null. */
+  uploadError: string | null;
 }
 
 /** Error codes of the wire protocol. */
@@ -57,6 +63,11 @@ export interface OfflineEvent { type: 'offline' }
 /** `code` is set for errors from the node; `unauthorized`, `forbidden` and `bad_request` stop the sync client. */
 export interface ReplicaError { type: 'error'; code?: ErrorCode; message: string }
 
+/** The node committed local write `n` at `seq` (exactly once). */
+export interface WrittenEvent { type: 'written'; n: number; seq: number }
+/** The node refused local write `n`: it was taken back in this replica. */
+export interface RejectedEvent { type: 'rejected'; n: number; ops: WriteOp[]; code: ErrorCode; message: string }
+
 /** Every event a replica emits, by type. */
 export interface ReplicaEventMap {
   status: Status;
@@ -64,8 +75,15 @@ export interface ReplicaEventMap {
   applied: AppliedEvent;
   live: LiveEvent;
   offline: OfflineEvent;
+  written: WrittenEvent;
+  rejected: RejectedEvent;
   error: ReplicaError;
 }
+
+/** A local write, as `write()` answers it (without `wait: 'node'`). */
+export interface LocalWrite { n: number; ids: string[]; pending: true }
+/** A write not yet confirmed by the node. */
+export interface PendingWrite { n: number; ops: WriteOp[]; created_us: number; seq: number | null }
 export type ReplicaEvent = ReplicaEventMap[keyof ReplicaEventMap];
 
 /** What opening found: `HivesyncReplica.opened`. */
@@ -115,7 +133,11 @@ export declare class HivesyncReplica {
   digest(namespaces?: string[]): Promise<{ sha256: string; rows: [Kind, number][]; namespaces: string[] | null }>;
   exportBytes(): Promise<Uint8Array>;
   importBytes(bytes: Uint8Array): Promise<void>;
-  write(ops: WriteOp[]): Promise<number>;
+  /** Commit here at once (visible to every query), upload exactly once when online. */
+  write(ops: WriteOp[], opts?: { wait?: 'local' }): Promise<LocalWrite>;
+  /** The same, resolving with the seq the node committed it at (rejects when the node refuses it). */
+  write(ops: WriteOp[], opts: { wait: 'node' }): Promise<number>;
+  pending(): Promise<PendingWrite[]>;
   disconnect(): Promise<void>;
   reconnect(): Promise<void>;
   close(): void;

@@ -34,7 +34,7 @@ export class HivesyncReplica {
     });
   }
 
-  /** Listen to `status`, `applied`, `live`, `offline`, `welcome`, `error` (or `*`); the payloads are in hivesync.d.ts. */
+  /** Listen to `status`, `applied`, `live`, `offline`, `welcome`, `written`, `rejected`, `error` (or `*`); the payloads are in hivesync.d.ts. */
   on(type, f) {
     if (!this.listeners.has(type)) this.listeners.set(type, []);
     this.listeners.get(type).push(f);
@@ -55,7 +55,10 @@ export class HivesyncReplica {
   digest(namespaces) { return this.call('digest', namespaces); }
   exportBytes() { return this.call('exportBytes'); }
   importBytes(bytes) { return this.call('importBytes', bytes); }
-  write(ops) { return this.call('write', ops); }
+  /** Write here at once (uploaded exactly once when online); `{ wait: 'node' }`: resolve with the node's seq. */
+  write(ops, opts) { return this.call('write', ops, opts); }
+  /** The writes not yet confirmed by the node, oldest first. */
+  pending() { return this.call('pending'); }
   disconnect() { return this.call('stop'); }
   reconnect() { return this.call('start'); }
   close() { this.worker.terminate(); }

@@ -2,7 +2,8 @@
 // cursor, the ahead-of-head check, gaps, acks, which errors are fatal, backoff with jitter) is
 // the Rust client session's, the one the relay and `hivesync watch` use (src/protocol/client.rs,
 // reached through the wasm Replica's sync* methods, wasm/src/sync.rs); the Replica also applies
-// every frame. This file only moves bytes and turns the session's events into the page's.
+// every frame and keeps the outbox of local writes (src/outbox.rs), which the session uploads
+// exactly once. This file only moves bytes and turns the session's events into the page's.
 
 export class SyncClient {
   /**
@@ -22,12 +23,9 @@ export class SyncClient {
     this.head = 0;
     this.live = false;
     this.online = false;
-    this.ready = false; // subscribed: writes can go out
-    this.pending = new Map();
-    this.nextId = 1;
+    this.pending = new Map(); // outbox entry n -> { resolve, reject } of a write({ wait: 'node' })
     this.fatal = null;
     this.resumedFrom = null; // the seq the last subscription resumed after (null: a snapshot)
-    this.waiters = [];
     this.timer = null;
     this.t0 = Date.now();
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
@@ -41,7 +39,7 @@ export class SyncClient {
     return {
       type: 'status', seq, head: Math.max(this.head, seq), lag: this.live ? 0 : Math.max(0, this.head - seq),
       live: this.live, online: this.online, storage: this.replica.storage, error: this.fatal,
-      resumedFrom: this.resumedFrom,
+      resumedFrom: this.resumedFrom, ...outboxStatus(this.replica),
     };
   }
 
@@ -57,10 +55,6 @@ export class SyncClient {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
-    for (const w of this.waiters.splice(0)) {
-      clearTimeout(w.timer);
-      w.reject(new Error('the sync client was disconnected; the write was not sent'));
-    }
     if (this.ws) this.ws.close(1000, 'client stopped');
   }
 
@@ -94,7 +88,6 @@ export class SyncClient {
       const was = this.online;
       this.online = false;
       this.live = false;
-      this.ready = false;
       if (was) this.emit({ type: 'offline' });
       this.emit(this.status());
       if (!current) return;
@@ -118,11 +111,8 @@ export class SyncClient {
     switch (ev.type) {
       case 'welcome':
         this.head = ev.head;
-        this.ready = true;
         this.resumedFrom = ev.from ?? null;
         this.emit({ type: 'welcome', node: ev.node, head: ev.head, from: ev.from ?? null });
-        // Writes waiting for the connection go out after the subscribe, in order.
-        for (const w of this.waiters.splice(0)) { clearTimeout(w.timer); w.resolve(); }
         break;
       case 'applied':
         this.head = Math.max(this.head, ev.seq);
@@ -136,15 +126,27 @@ export class SyncClient {
         this.emit({ type: 'live', seq: ev.seq });
         this.emit(this.status());
         break;
-      case 'written':
-      case 'rejected': {
-        const p = this.pending.get(ev.id);
-        if (!p) break;
-        this.pending.delete(ev.id);
-        if (ev.type === 'written') p.resolve(ev.seq);
-        else p.reject(new Error(`${ev.code}: ${ev.message}`));
+      case 'written': {
+        // The node committed outbox entry n (once, however often it was sent).
+        this.pending.get(ev.n)?.resolve(ev.seq);
+        this.pending.delete(ev.n);
+        this.emit({ type: 'written', n: ev.n, seq: ev.seq });
+        this.emit(this.status());
         break;
       }
+      case 'rejected': {
+        // The node refused entry n: the replica took it back; the app decides what to do.
+        const message = `${ev.code}: ${ev.message}`;
+        this.pending.get(ev.n)?.reject(new Error(message));
+        this.pending.delete(ev.n);
+        this.emit({ type: 'rejected', n: ev.n, ops: ev.ops, code: ev.code, message: ev.message });
+        this.emit(this.status());
+        break;
+      }
+      case 'upload_error':
+        // Not sent this time (the link dropped, the node is busy): it goes again.
+        this.emit(this.status());
+        break;
       case 'error':
         this.emit(ev.code ? { type: 'error', code: ev.code, message: ev.message } : { type: 'error', message: ev.message });
         break;
@@ -162,32 +164,28 @@ export class SyncClient {
     }
   }
 
-  /** Resolves once subscribed (writes can go out); rejects after `ms`. */
-  whenConnected(ms) {
-    if (this.ready) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const w = { resolve, reject };
-      w.timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new Error(`not connected to the node after ${ms / 1000} s; the write was not sent: retry when the status says online`));
-      }, ms);
-      this.waiters.push(w);
-    });
+  /**
+   * Write ops: committed in this replica at once, in one transaction with an outbox entry that
+   * is uploaded (exactly once) when connected. Resolves with `{ n, ids, pending: true }` (the
+   * entry's number and each op's row id) without waiting for the node; with
+   * `{ wait: 'node' }`, with the seq the node committed it at instead (and rejects when the node
+   * refuses it). A write that is invalid here throws and leaves nothing behind.
+   */
+  write(ops, opts = {}) {
+    if (this.fatal) throw new Error(`the sync client stopped: ${this.fatal}; the write was not made`);
+    const w = JSON.parse(this.replica.writeLocal(JSON.stringify(ops)));
+    const done = opts.wait === 'node'
+      ? new Promise((resolve, reject) => this.pending.set(w.n, { resolve, reject }))
+      : null;
+    this.run(this.replica.syncFlush());
+    this.emit(this.status());
+    return done ?? Promise.resolve({ n: w.n, ids: w.ids, pending: true });
   }
+}
 
-  /** Send write ops to the node; resolves with the committed seq. */
-  async write(ops, waitMs = 10000) {
-    // A write made while connecting (right after opening, or during a reconnect) waits for
-    // the connection rather than failing.
-    if (this.fatal) throw new Error(`the sync client stopped: ${this.fatal}`);
-    if (this.stopped) throw new Error('the sync client is disconnected: call reconnect() first; the write was not sent');
-    await this.whenConnected(waitMs);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      try {
-        this.run(this.replica.syncWrite(id, JSON.stringify(ops)));
-      } catch (e) { this.pending.delete(id); reject(e); }
-    });
-  }
+/** The outbox part of a status: pending writes, the age of the oldest (ms), the last upload error. */
+export function outboxStatus(replica) {
+  const o = JSON.parse(replica.outboxStatus());
+  const age = o.oldest_us == null ? null : Math.max(0, Math.round(Date.now() - o.oldest_us / 1000));
+  return { pending: o.pending, pendingAgeMs: age, uploadError: o.error ?? null };
 }

@@ -1,7 +1,7 @@
 // The replica's Worker: SQLite (OPFS-persisted) and the sync client run here, off the main
 // thread. The page talks to it through hivesync.js.
 import init, { Replica } from './pkg/hivesync_wasm.js';
-import { SyncClient } from './sync.js';
+import { SyncClient, outboxStatus } from './sync.js';
 
 let replica = null;
 let client = null;
@@ -44,7 +44,7 @@ async function open(opts) {
 const json = (s) => JSON.parse(s);
 const offlineStatus = () => {
   const seq = replica.appliedSeq();
-  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: replica.storage, error: null, resumedFrom: null };
+  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: replica.storage, error: null, resumedFrom: null, ...outboxStatus(replica) };
 };
 const methods = {
   open,
@@ -62,7 +62,12 @@ const methods = {
   digest: (namespaces) => json(replica.digest(namespaces ? JSON.stringify(namespaces) : undefined)),
   exportBytes: () => replica.exportBytes(),
   importBytes: (bytes) => replica.importBytes(bytes),
-  write: (ops) => { if (!client) throw new Error('no node configured'); startSync(); return client.write(ops); },
+  write: (ops, opts) => {
+    if (!client) throw new Error('this replica has no node to upload to (open it with a url)');
+    startSync();
+    return client.write(ops, opts ?? {});
+  },
+  pending: () => json(replica.outboxPending()),
   stop: () => { if (pendingStart) { clearTimeout(pendingStart); pendingStart = null; } client?.stop(); },
   start: () => { if (pendingStart) startSync(); else client?.start(); },
 };

@@ -93,6 +93,14 @@ export class Replica {
      */
     static openPersistent(name: string): Promise<Replica>;
     /**
+     * The pending writes, oldest first: `[{"n", "ops", "created_us", "seq"}]`.
+     */
+    outboxPending(): string;
+    /**
+     * The outbox at a glance: `{"pending", "unsent", "oldest_us", "error"}`.
+     */
+    outboxStatus(): string;
+    /**
      * Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
      */
     search(query_json: string): string;
@@ -119,6 +127,10 @@ export class Replica {
      */
     syncDisconnected(why: string, now: number): string;
     /**
+     * Upload what the outbox holds and this connection has not sent yet (when subscribed).
+     */
+    syncFlush(): string;
+    /**
      * A binary frame arrived.
      */
     syncFrame(bytes: Uint8Array | number[], now: number): string;
@@ -141,13 +153,15 @@ export class Replica {
      */
     syncText(text: string, now: number): string;
     /**
-     * Send write ops (a JSON array); answered by a `written` or `rejected` event with `id`.
-     */
-    syncWrite(id: number, ops_json: string): string;
-    /**
      * Breadth-first traversal as a JSON array of hops.
      */
     traverse(ns: string, id: string, direction: string, relation: string | null | undefined, depth: number, limit: number): string;
+    /**
+     * Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
+     * `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
+     * once; `syncFlush` uploads the entry when connected.
+     */
+    writeLocal(ops_json: string): string;
     /**
      * `opfs` or `memory`.
      */
@@ -187,6 +201,8 @@ export interface InitOutput {
     readonly replica_neighbors: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => [number, number, number, number];
     readonly replica_openMemory: () => [number, number, number];
     readonly replica_openPersistent: (a: number, b: number) => any;
+    readonly replica_outboxPending: (a: number) => [number, number, number, number];
+    readonly replica_outboxStatus: (a: number) => [number, number, number, number];
     readonly replica_search: (a: number, b: number, c: number) => [number, number, number, number];
     readonly replica_setNamespaces: (a: number, b: number, c: number) => [number, number];
     readonly replica_sql: (a: number, b: number, c: number, d: number, e: number) => [number, number, number, number];
@@ -194,13 +210,14 @@ export interface InitOutput {
     readonly replica_syncConnectFailed: (a: number, b: number, c: number, d: number, e: number) => [number, number];
     readonly replica_syncConnected: (a: number) => [number, number];
     readonly replica_syncDisconnected: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncFlush: (a: number) => [number, number];
     readonly replica_syncFrame: (a: number, b: number, c: number, d: number) => [number, number];
     readonly replica_syncNextFrame: (a: number) => [number, number];
     readonly replica_syncNextText: (a: number) => [number, number];
     readonly replica_syncStart: (a: number, b: number, c: number, d: number, e: number) => [number, number];
     readonly replica_syncText: (a: number, b: number, c: number, d: number) => [number, number];
-    readonly replica_syncWrite: (a: number, b: number, c: number, d: number) => [number, number, number, number];
     readonly replica_traverse: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number) => [number, number, number, number];
+    readonly replica_writeLocal: (a: number, b: number, c: number) => [number, number, number, number];
     readonly version: () => [number, number];
     readonly memmove: (a: number, b: number, c: number) => number;
     readonly rust_sqlite_wasm_assert_fail: (a: number, b: number, c: number, d: number) => void;

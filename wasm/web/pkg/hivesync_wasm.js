@@ -489,6 +489,50 @@ export class Replica {
         return ret;
     }
     /**
+     * The pending writes, oldest first: `[{"n", "ops", "created_us", "seq"}]`.
+     * @returns {string}
+     */
+    outboxPending() {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_outboxPending(this.__wbg_ptr);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
+     * The outbox at a glance: `{"pending", "unsent", "oldest_us", "error"}`.
+     * @returns {string}
+     */
+    outboxStatus() {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_outboxStatus(this.__wbg_ptr);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
      * Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
      * @param {string} query_json
      * @returns {string}
@@ -639,6 +683,22 @@ export class Replica {
         }
     }
     /**
+     * Upload what the outbox holds and this connection has not sent yet (when subscribed).
+     * @returns {string}
+     */
+    syncFlush() {
+        let deferred1_0;
+        let deferred1_1;
+        try {
+            const ret = wasm.replica_syncFlush(this.__wbg_ptr);
+            deferred1_0 = ret[0];
+            deferred1_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
+        }
+    }
+    /**
      * A binary frame arrived.
      * @param {Uint8Array | number[]} bytes
      * @param {number} now
@@ -725,33 +785,6 @@ export class Replica {
         }
     }
     /**
-     * Send write ops (a JSON array); answered by a `written` or `rejected` event with `id`.
-     * @param {number} id
-     * @param {string} ops_json
-     * @returns {string}
-     */
-    syncWrite(id, ops_json) {
-        let deferred4_0;
-        let deferred4_1;
-        try {
-            const val2 = +id;
-            const ptr0 = passStringToWasm0(ops_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_syncWrite(this.__wbg_ptr, val2, ptr0, len0);
-            var ptr3 = ret[0];
-            var len3 = ret[1];
-            if (ret[3]) {
-                ptr3 = 0; len3 = 0;
-                throw takeFromExternrefTable0(ret[2]);
-            }
-            deferred4_0 = ptr3;
-            deferred4_1 = len3;
-            return getStringFromWasm0(ptr3, len3);
-        } finally {
-            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
-        }
-    }
-    /**
      * Breadth-first traversal as a JSON array of hops.
      * @param {string} ns
      * @param {string} id
@@ -796,6 +829,33 @@ export class Replica {
             return getStringFromWasm0(ptr7, len7);
         } finally {
             wasm.__wbindgen_free(deferred8_0, deferred8_1, 1);
+        }
+    }
+    /**
+     * Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
+     * `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
+     * once; `syncFlush` uploads the entry when connected.
+     * @param {string} ops_json
+     * @returns {string}
+     */
+    writeLocal(ops_json) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(ops_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.replica_writeLocal(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
         }
     }
 }
@@ -1104,7 +1164,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 890, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 891, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d);
             return ret;
         },
