@@ -403,3 +403,82 @@ test('offline writes show at once, survive a reload, land exactly once, and a re
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('tabs share one replica: both query and write, and closing the leader hands over with nothing lost', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-tabs-'));
+  const db = path.join(dir, 'tabs.db');
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  cli(db, 'put', 'entity', '{"id":"ada","kind":"person","name":"Ada Lovelace"}');
+  let node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser);
+    const a = await ctx.newPage();
+    const b = await ctx.newPage();
+    const errors = [];
+    for (const p of [a, b]) p.on('pageerror', (e) => errors.push(String(e)));
+    await openIn(a, url, 'tabs');
+    await openIn(b, url, 'tabs');
+    assert.equal(await a.evaluate(() => window.db.opened.tab), 'leader');
+    assert.equal(await b.evaluate(() => window.db.opened.tab), 'follower');
+    await until(b, async () => (await window.db.status()).live);
+    assert.equal((await b.evaluate(() => window.db.status())).storage, 'opfs');
+
+    // Both write; both see both writes; one connection (the leader's) carries them, once each.
+    await b.evaluate(() => window.db.write([{ op: 'upsert', kind: 'entity', data: { id: 'from-b', name: 'Bilby from tab b' } }], { wait: 'node' }));
+    await a.evaluate(() => window.db.write([{ op: 'upsert', kind: 'entity', data: { id: 'from-a', name: 'Aardvark from tab a' } }], { wait: 'node' }));
+    for (const p of [a, b]) {
+      assert.deepEqual(await p.evaluate(async () => (await window.db.search({ text: 'bilby' })).map((h) => h.id)), ['from-b']);
+      assert.deepEqual(await p.evaluate(async () => (await window.db.search({ text: 'aardvark' })).map((h) => h.id)), ['from-a']);
+    }
+    // Live events reach the follower too.
+    cli(db, 'put', 'entity', '{"id":"cli","kind":"person","name":"Written by the CLI"}');
+    await until(b, () => window.__seen.some((e) => e.type === 'applied' && e.count > 0));
+    await until(b, async () => !!(await window.db.get('entity', 'default', 'cli')));
+    assert.equal(changesOf(db, 'from-a').length, 1);
+    assert.equal(changesOf(db, 'from-b').length, 1);
+
+    // Node down; tab b writes (through a); then the leader's tab closes.
+    await stopNode(node);
+    await until(b, async () => !(await window.db.status()).online);
+    const w = await b.evaluate(() => window.db.write([{ op: 'upsert', kind: 'note', data: { id: 'handover', content: 'a numbat, written before the leader closed' } }]));
+    assert.equal(w.pending, true);
+    await a.close();
+    // b takes over: a call made now is answered by b's own Worker, from the same OPFS file.
+    const found = await b.evaluate(async () => (await window.db.search({ text: 'numbat' })).map((h) => h.id));
+    assert.deepEqual(found, ['handover']);
+    await until(b, () => window.db.opened.tab === 'leader');
+    const st = await b.evaluate(() => window.db.status());
+    assert.equal(st.storage, 'opfs');
+    assert.equal(st.pending, 1, 'the pending write survived the handover');
+
+    // The node comes back: the new leader uploads it, once.
+    node = startNode(db, port);
+    await waitHealthy(port);
+    await until(b, async () => { const s = await window.db.status(); return s.live && s.pending === 0; });
+    assert.equal(changesOf(db, 'handover').length, 1);
+    const mine = await b.evaluate(() => window.db.digest());
+    assert.equal(mine.sha256, JSON.parse(cli(db, '--json', 'digest')).sha256);
+
+    // Without sharing (persist: false), a tab has its own replica, in memory.
+    const alone = await b.evaluate(async () => {
+      const { openReplica } = await import('/hivesync.js');
+      const r = await openReplica({ persist: false });
+      try { return { opened: r.opened, st: await r.status() }; } finally { r.close(); }
+    });
+    assert.equal(alone.opened.tab, 'alone');
+    assert.equal(alone.st.storage, 'memory');
+    const problems = checkAgainstDts(path.join(webDir, 'hivesync.d.ts'), [
+      { what: 'opened (follower, then leader)', type: "H.HivesyncReplica['opened']", value: await b.evaluate(() => window.db.opened) },
+      { what: 'opened (alone)', type: "H.HivesyncReplica['opened']", value: alone.opened },
+    ]);
+    assert.deepEqual(problems, [], problems.join('\n'));
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

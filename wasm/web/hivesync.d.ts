@@ -93,6 +93,12 @@ export interface Opened {
   seq: number;
   /** Where opening spent its time, in ms: loading the wasm, opening the database. */
   timings: { wasm: number; db: number };
+  /**
+   * This tab's part in sharing the replica: `leader` (its Worker holds the database and the
+   * connection), `follower` (served by the leader tab; it takes over when that tab closes), or
+   * `alone` (not shared: `persist: false`, `shareTabs: false`, or no Web Locks).
+   */
+  tab: 'leader' | 'follower' | 'alone';
 }
 
 export interface OpenOptions {
@@ -106,6 +112,8 @@ export interface OpenOptions {
   persist?: boolean;
   protocol?: 'bin' | 'json';
   namespaces?: string[];
+  /** Share one replica and one connection among this origin's tabs (default true). */
+  shareTabs?: boolean;
 }
 
 export declare class HivesyncReplica {

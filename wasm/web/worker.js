@@ -18,16 +18,29 @@ const startSync = () => {
 };
 const emit = (event) => postMessage({ event });
 
+let openedInfo = null;
+let markOpen;
+const isOpen = new Promise((r) => { markOpen = r; });
+
 async function open(opts) {
   const t0 = performance.now();
   await init();
   const tInit = performance.now();
   const name = opts.name ?? 'hivesync';
   if (opts.persist !== false) {
-    try {
-      replica = await Replica.openPersistent(name);
-    } catch (e) {
-      emit({ type: 'error', message: `persistence unavailable, keeping the replica in memory: ${e.message ?? e}` });
+    // Taking over from a tab that just closed (or reloaded): its Worker may hold the OPFS files
+    // a moment longer. (Without OPFS at all, e.g. outside a secure context, no retry helps.)
+    const hasOpfs = typeof navigator !== 'undefined' && typeof navigator.storage?.getDirectory === 'function';
+    const until = performance.now() + (hasOpfs ? (opts.takeover ? 5000 : 1500) : 0);
+    for (;;) {
+      try {
+        replica = await Replica.openPersistent(name);
+        break;
+      } catch (e) {
+        if (performance.now() < until) { await new Promise((r) => setTimeout(r, 100)); continue; }
+        emit({ type: 'error', message: `persistence unavailable, keeping the replica in memory: ${e.message ?? e}` });
+        break;
+      }
     }
   }
   if (!replica) replica = Replica.openMemory();
@@ -38,7 +51,9 @@ async function open(opts) {
   }
   // Where opening spent its time (ms), for diagnosing slow starts.
   const timings = { wasm: Math.round(tInit - t0), db: Math.round(tOpen - tInit) };
-  return { storage: replica.storage, seq: replica.appliedSeq(), timings };
+  openedInfo = { storage: replica.storage, seq: replica.appliedSeq(), timings };
+  markOpen();
+  return openedInfo;
 }
 
 const json = (s) => JSON.parse(s);
@@ -48,6 +63,8 @@ const offlineStatus = () => {
 };
 const methods = {
   open,
+  // What opening found, for the other tabs this one serves.
+  opened: () => ({ ...openedInfo, seq: replica.appliedSeq() }),
   // An offline-only replica (no url) answers with the same fields as the sync client's status.
   status: () => client ? client.status() : offlineStatus(),
   search: (q) => json(replica.search(JSON.stringify(q))),
@@ -75,7 +92,8 @@ const methods = {
 onmessage = async (e) => {
   const { id, method, args } = e.data;
   try {
-    if (!replica && method !== 'open') throw new Error('replica not open yet');
+    // Calls sent before the open finished (by other tabs, or resent after a handover) wait for it.
+    if (method !== 'open') await isOpen;
     const result = await methods[method](...(args ?? []));
     postMessage({ id, result });
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
