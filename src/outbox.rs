@@ -419,7 +419,9 @@ pub(crate) fn redo(conn: &Connection, undone: &[i64], applied: i64) -> Result<()
 }
 
 /// The temporary tables and triggers that record what a local write touches. Per connection,
-/// idempotent; they fire only while `temp.outbox_capture` holds the entry's number.
+/// idempotent; they fire only while `temp.outbox_capture` holds the entry's number. (They test
+/// for an existing row rather than `INSERT OR IGNORE`: inside a trigger, an upsert's conflict
+/// handling overrides the trigger's own, and the second write to a row would fail.)
 fn ensure_capture(conn: &Connection) -> Result<()> {
     let done: bool = conn
         .prepare_cached(
@@ -464,10 +466,14 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             sql.push_str(&format!(
                 "CREATE TEMP TRIGGER IF NOT EXISTS {name} {when} ON main.{t}
                  WHEN EXISTS (SELECT 1 FROM temp.outbox_capture) BEGIN
-                   INSERT OR IGNORE INTO main.outbox_shadow(kind, ns, id, model, present, data, embedding)
-                   VALUES ('{k}', {p}ns, {p}{id}, {model}, {present}, {image}, {emb});
-                   INSERT OR IGNORE INTO main.outbox_keys(n, kind, ns, id, model)
-                   SELECT n, '{k}', {p}ns, {p}{id}, {model} FROM temp.outbox_capture;
+                   INSERT INTO main.outbox_shadow(kind, ns, id, model, present, data, embedding)
+                   SELECT '{k}', {p}ns, {p}{id}, {model}, {present}, {image}, {emb}
+                   WHERE NOT EXISTS (SELECT 1 FROM main.outbox_shadow
+                     WHERE kind = '{k}' AND ns = {p}ns AND id = {p}{id} AND model = {model});
+                   INSERT INTO main.outbox_keys(n, kind, ns, id, model)
+                   SELECT c.n, '{k}', {p}ns, {p}{id}, {model} FROM temp.outbox_capture c
+                   WHERE NOT EXISTS (SELECT 1 FROM main.outbox_keys
+                     WHERE n = c.n AND kind = '{k}' AND ns = {p}ns AND id = {p}{id} AND model = {model});
                  END;\n"
             ));
         }

@@ -502,8 +502,15 @@ mod replica {
                 match s {
                     Step::Local(v) => {
                         let ops: Vec<_> = v.iter().enumerate().map(|(i, (k, x))| op(*k, *x, i as u8 ^ *k)).collect();
-                        if outbox::write_local(&w.replica, ops).is_ok() {
-                            local_ok += 1;
+                        match outbox::write_local(&w.replica, ops) {
+                            Ok(_) => local_ok += 1,
+                            // The only refusals these ops can meet here: an edge to an entity
+                            // this replica does not have, a second edge with one triple.
+                            Err(e) => prop_assert!(
+                                e.to_string().contains("is not an entity")
+                                    || e.to_string().contains("already exists with id"),
+                                "a local write failed: {e}"
+                            ),
                         }
                     }
                     Step::Node(v) => {
