@@ -82,6 +82,17 @@ pub(crate) fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Resu
 /// what was applied shows a gap and is refused, with nothing written; changes at or below
 /// the applied seq are skipped, so re-delivery is harmless.
 pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result<ApplyOutcome> {
+    apply_changes_confirming(conn, prev, changes, &[])
+}
+
+/// [`apply_changes`], recording in the same transaction the node's answers to this replica's
+/// own writes (`(outbox entry, seq)`, see [`crate::outbox`]).
+pub fn apply_changes_confirming(
+    conn: &Connection,
+    prev: i64,
+    changes: &[Change],
+    confirmed: &[(i64, i64)],
+) -> Result<ApplyOutcome> {
     let mut last = i64::MIN;
     for c in changes {
         if c.seq <= last {
@@ -110,6 +121,7 @@ pub fn apply_changes(conn: &Connection, prev: i64, changes: &[Change]) -> Result
             ..Default::default()
         };
         // This replica's pending writes that share rows with the batch step aside for it.
+        crate::outbox::record(conn, confirmed)?;
         let upto = changes.last().map_or(applied, |c| c.seq);
         let undone = crate::outbox::undo(conn, changes, upto)?;
         // Consecutive entity upserts are written together.

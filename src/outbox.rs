@@ -156,8 +156,22 @@ fn run_ops(conn: &Connection, n: i64, ops_: &[WriteOp]) -> Result<Vec<String>> {
 
 /// Pending writes, oldest first.
 pub fn pending(conn: &Connection) -> Result<Vec<Pending>> {
-    let mut stmt = conn.prepare_cached("SELECT n, ops, created_us, seq FROM outbox ORDER BY n")?;
-    let rows = stmt.query_map([], |r| {
+    pending_after(conn, 0, false, i64::MAX)
+}
+
+/// Up to `limit` pending writes numbered above `after`, oldest first; `unsent`: only those the
+/// node has not answered.
+pub fn pending_after(
+    conn: &Connection,
+    after: i64,
+    unsent: bool,
+    limit: i64,
+) -> Result<Vec<Pending>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n, ops, created_us, seq FROM outbox
+         WHERE n > ?1 AND (seq IS NULL OR NOT ?2) ORDER BY n LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![after, unsent, limit], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
@@ -200,18 +214,34 @@ pub fn set_error(conn: &Connection, error: Option<&str>) -> Result<()> {
 
 /// The node committed entry `n` at `seq`. Once the feed has reached `seq`, the entry leaves.
 pub fn confirm(conn: &Connection, n: i64, seq: i64) -> Result<()> {
+    confirm_many(conn, &[(n, seq)])
+}
+
+/// [`confirm`] for many entries, in one transaction.
+pub fn confirm_many(conn: &Connection, confirmed: &[(i64, i64)]) -> Result<()> {
+    if confirmed.is_empty() {
+        return Ok(());
+    }
     ensure_capture(conn)?;
     apply::in_tx(conn, || {
-        conn.prepare_cached("UPDATE outbox SET seq = ?2 WHERE n = ?1")?
-            .execute(params![n, seq])?;
-        set_error(conn, None)?;
+        record(conn, confirmed)?;
         let applied = apply::applied_seq(conn)?;
-        if seq <= applied {
-            let undone = undo(conn, &[], applied)?;
-            redo(conn, &undone, applied)?;
-        }
-        Ok(())
+        let undone = undo(conn, &[], applied)?;
+        redo(conn, &undone, applied)
     })
+}
+
+/// Record the node's answers (inside the caller's transaction: a feed batch's, so answers cost
+/// no commit of their own).
+pub(crate) fn record(conn: &Connection, confirmed: &[(i64, i64)]) -> Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE outbox SET seq = ?2 WHERE n = ?1")?;
+    for (n, seq) in confirmed {
+        stmt.execute(params![n, seq])?;
+    }
+    if !confirmed.is_empty() {
+        set_error(conn, None)?;
+    }
+    Ok(())
 }
 
 /// The node refused entry `n`: take it back (its neighbours stay) and return its ops.
@@ -240,15 +270,17 @@ fn any_pending(conn: &Connection) -> Result<bool> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// Inside an apply transaction, before `changes` (up to seq `upto`) are applied: undo the
-/// entries that share a row with them or will be confirmed by them. Returns those entries,
-/// for [`redo`] after the batch.
+/// Inside an apply transaction, before `changes` (up to seq `upto`) are applied: undo the entries that share a row with them or will be confirmed by them. Returns
+/// those entries, for [`redo`] after the batch.
 pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<Vec<i64>> {
     if !any_pending(conn)? {
         return Ok(Vec::new());
     }
     ensure_capture(conn)?;
     let mut seed = BTreeSet::new();
+    // A pending edge holds the triple of another edge in the batch: the batch must meet the
+    // node's state in its own order, so nothing may skip the undo.
+    let mut clash = false;
     {
         let mut by_key = conn.prepare_cached(
             "SELECT n FROM outbox_keys WHERE kind = ?1 AND ns = ?2 AND id = ?3 AND model = ?4",
@@ -279,13 +311,140 @@ pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<V
                 }
             }
         }
+        // An edge is unique by (source, target, relation) too: entries that held the triple of
+        // an edge in the batch (under any id) step aside for it; and if a pending edge holds it
+        // now under another id, the batch must meet the node's state in its own order.
+        let mut by_triple = conn.prepare_cached(
+            "SELECT n FROM outbox_keys WHERE kind = 'edge-triple' AND ns = ?1 AND id = ?2",
+        )?;
+        let mut held = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3
+                              AND relation = ?4 AND id <> ?5)",
+        )?;
+        for c in changes
+            .iter()
+            .filter(|c| c.kind == Kind::Edge && c.op == Op::Upsert)
+        {
+            let Some((source, target, relation)) = edge_triple(c)? else {
+                continue;
+            };
+            let key = triple_key(&source, &target, &relation);
+            for n in by_triple.query_map(params![c.ns, key], |r| r.get::<_, i64>(0))? {
+                seed.insert(n?);
+            }
+            clash |= held.query_row(params![c.ns, source, target, relation, c.id], |r| {
+                r.get::<_, bool>(0)
+            })?;
+        }
         let mut confirmed =
             conn.prepare_cached("SELECT n FROM outbox WHERE seq IS NOT NULL AND seq <= ?1")?;
         for n in confirmed.query_map([upto], |r| r.get::<_, i64>(0))? {
             seed.insert(n?);
         }
     }
-    undo_entries(conn, closure(conn, seed)?)
+    let entries = closure(conn, seed)?;
+    if !clash && settled_by(conn, &entries, changes, upto)? {
+        // Every entry concerned is one the node committed, and the batch carries the node's
+        // images of all the rows each touched: they leave without being undone (draining an
+        // outbox then costs each batch only its own rows). An entry with a row outside the
+        // batch may have been redone over the node's row since: it must be undone.
+        forget(conn, &entries)?;
+        return Ok(Vec::new());
+    }
+    undo_entries(conn, entries)
+}
+
+/// An edge change's (source, target, relation), from its row image.
+fn edge_triple(c: &Change) -> Result<Option<(String, String, String)>> {
+    let Some(image) = c.data.as_deref() else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(image)?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    Ok(Some((field("source"), field("target"), field("relation"))))
+}
+
+/// The row record of an edge triple (`outbox_keys` kind `edge-triple`), as the triggers write it.
+fn triple_key(source: &str, target: &str, relation: &str) -> String {
+    format!("{source}\u{0}{target}\u{0}{relation}")
+}
+
+/// True when every entry of `entries` was committed by the node at or below `upto` and every
+/// row it touched has a change in `changes`.
+fn settled_by(
+    conn: &Connection,
+    entries: &BTreeSet<i64>,
+    changes: &[Change],
+    upto: i64,
+) -> Result<bool> {
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    let mut in_batch: std::collections::HashSet<(String, String, String, String)> = changes
+        .iter()
+        .map(|c| {
+            let model = c.model.clone().unwrap_or_default();
+            (
+                c.kind.as_str().to_string(),
+                c.ns.clone(),
+                c.id.clone(),
+                model,
+            )
+        })
+        .collect();
+    for c in changes
+        .iter()
+        .filter(|c| c.kind == Kind::Edge && c.op == Op::Upsert)
+    {
+        if let Some((s, t, r)) = edge_triple(c)? {
+            in_batch.insert((
+                "edge-triple".into(),
+                c.ns.clone(),
+                triple_key(&s, &t, &r),
+                String::new(),
+            ));
+        }
+    }
+    let mut seq_of = conn.prepare_cached("SELECT seq FROM outbox WHERE n = ?1")?;
+    let mut keys_of =
+        conn.prepare_cached("SELECT kind, ns, id, model FROM outbox_keys WHERE n = ?1")?;
+    for n in entries {
+        let seq: Option<i64> = seq_of.query_row([n], |r| r.get(0)).optional()?.flatten();
+        if seq.is_none_or(|s| s > upto) {
+            return Ok(false);
+        }
+        let keys = keys_of.query_map([n], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for k in keys {
+            if !in_batch.contains(&k?) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Drop `entries`, their row records and the shadows no other entry needs.
+fn forget(conn: &Connection, entries: &BTreeSet<i64>) -> Result<()> {
+    let mut drop_shadow = conn.prepare_cached(
+        "DELETE FROM outbox_shadow WHERE (kind, ns, id, model) IN
+           (SELECT kind, ns, id, model FROM outbox_keys WHERE n = ?1)",
+    )?;
+    let mut drop_keys = conn.prepare_cached("DELETE FROM outbox_keys WHERE n = ?1")?;
+    let mut drop_entry = conn.prepare_cached("DELETE FROM outbox WHERE n = ?1")?;
+    for n in entries {
+        // The closure holds every entry that shares a row with these: no other needs them.
+        drop_shadow.execute([n])?;
+        drop_keys.execute([n])?;
+        drop_entry.execute([n])?;
+    }
+    Ok(())
 }
 
 /// Undo every pending entry (before a snapshot replaces the replica's state).
@@ -335,9 +494,10 @@ fn undo_entries(conn: &Connection, entries: BTreeSet<i64>) -> Result<Vec<i64>> {
     // Rows the entries created go first (children before parents), then the node's images
     // come back (parents before children: an edge needs its entities).
     let mut stmt = conn.prepare_cached(
-        "SELECT s.kind, s.ns, s.id, s.model, s.present, s.data, s.embedding FROM outbox_shadow s
-         WHERE EXISTS (SELECT 1 FROM outbox_keys k JOIN temp.outbox_undo u ON u.n = k.n
-                       WHERE k.kind = s.kind AND k.ns = s.ns AND k.id = s.id AND k.model = s.model)
+        "SELECT DISTINCT s.kind, s.ns, s.id, s.model, s.present, s.data, s.embedding
+         FROM temp.outbox_undo u JOIN outbox_keys k ON k.n = u.n
+         JOIN outbox_shadow s
+           ON s.kind = k.kind AND s.ns = k.ns AND s.id = k.id AND s.model = k.model
          ORDER BY s.present,
            CASE s.kind WHEN 'entity' THEN 1 WHEN 'note' THEN 2 WHEN 'event' THEN 3
                        WHEN 'edge' THEN 4 ELSE 5 END * (2 * s.present - 1)",
@@ -463,6 +623,26 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             };
             let emb = if present == "1" { emb } else { "NULL".into() };
             let name = format!("outbox_{t}_{suffix}");
+            // Edges are also unique by (source, target, relation): the triples an entry held
+            // or freed are rows of it too (kind `edge-triple`, no shadow).
+            let mut triples = String::new();
+            if kind == Kind::Edge {
+                let sides: &[&str] = match suffix {
+                    "i" => &["new."],
+                    "u" => &["old.", "new."],
+                    _ => &["old."],
+                };
+                for q in sides {
+                    let key =
+                        format!("{q}source || char(0) || {q}target || char(0) || {q}relation");
+                    triples.push_str(&format!(
+                        "INSERT INTO main.outbox_keys(n, kind, ns, id, model)
+                         SELECT c.n, 'edge-triple', {q}ns, {key}, '' FROM temp.outbox_capture c
+                         WHERE NOT EXISTS (SELECT 1 FROM main.outbox_keys WHERE n = c.n
+                           AND kind = 'edge-triple' AND ns = {q}ns AND id = {key} AND model = '');\n"
+                    ));
+                }
+            }
             sql.push_str(&format!(
                 "CREATE TEMP TRIGGER IF NOT EXISTS {name} {when} ON main.{t}
                  WHEN EXISTS (SELECT 1 FROM temp.outbox_capture) BEGIN
@@ -474,6 +654,7 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
                    SELECT c.n, '{k}', {p}ns, {p}{id}, {model} FROM temp.outbox_capture c
                    WHERE NOT EXISTS (SELECT 1 FROM main.outbox_keys
                      WHERE n = c.n AND kind = '{k}' AND ns = {p}ns AND id = {p}{id} AND model = {model});
+                   {triples}
                  END;\n"
             ));
         }

@@ -367,6 +367,7 @@ pub(super) fn migration_6(conn: &Connection, _opts: &SchemaOptions) -> Result<()
          CREATE TABLE outbox(
            n INTEGER PRIMARY KEY, ops TEXT NOT NULL, created_us INTEGER NOT NULL,
            seq INTEGER, error TEXT);
+         CREATE INDEX outbox_seq ON outbox(seq) WHERE seq IS NOT NULL;
          CREATE TABLE outbox_shadow(
            kind TEXT NOT NULL, ns TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL,
            present INTEGER NOT NULL, data TEXT, embedding BLOB,

@@ -84,6 +84,18 @@ impl Replica {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
         let conn = Connection::open_with_flags_and_vfs(format!("{name}.db"), flags, OPFS_VFS)
             .map_err(js_err)?;
+        // One connection owns the file (the pool is this Worker's alone), so WAL needs no
+        // shared memory; a commit appends to the WAL and is not flushed until a checkpoint.
+        // Durable across a tab or browser crash; an OS crash or power loss may take back the
+        // last commits, never corrupt the file (IndexedDB's default, "relaxed", is the same
+        // trade). Measured with a disk-backed profile: one local write 3.5 -> 2.5 ms, a write
+        // through the page API 14 -> 4.6 ms (p50, wasm/bench/local-first.mjs).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(js_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(js_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(js_err)?;
         setup(conn, "opfs")
     }
 

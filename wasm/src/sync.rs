@@ -39,6 +39,13 @@ pub(crate) struct Sync {
     client_id: String,
     /// Outbox entries sent on this connection and not answered yet.
     inflight: BTreeSet<i64>,
+    /// The last entry handed to the session on this connection (0: none yet).
+    sent_upto: i64,
+    /// The node's answers (entry, seq) not yet recorded in the outbox: they go into the next
+    /// feed batch's transaction (the batch that carries the writes back), or their own when
+    /// the subscription is live or the connection ends. Lost with the page, they cost a re-send
+    /// that the node answers from its ledger.
+    confirmed: Vec<(i64, i64)>,
     /// The shell's clock at the last input (ms).
     now: u64,
 }
@@ -85,6 +92,8 @@ impl Replica {
             outbox: VecDeque::new(),
             client_id,
             inflight: BTreeSet::new(),
+            sent_upto: 0,
+            confirmed: Vec::new(),
             now: 0,
         });
         Ok(())
@@ -219,10 +228,16 @@ impl Replica {
         let Some(sync) = self.sync.as_mut() else {
             return vec![];
         };
-        if !sync.session.subscribed() || sync.inflight.len() >= UPLOAD_WINDOW {
+        if !sync.session.subscribed() {
+            // A new connection sends everything not answered again, from the first.
+            sync.sent_upto = 0;
             return vec![];
         }
-        let pending = match outbox::pending(&self.conn) {
+        let room = UPLOAD_WINDOW.saturating_sub(sync.inflight.len());
+        if room == 0 {
+            return vec![];
+        }
+        let next = match outbox::pending_after(&self.conn, sync.sent_upto, true, room as i64) {
             Ok(p) => p,
             Err(e) => {
                 events.push(
@@ -232,11 +247,9 @@ impl Replica {
             }
         };
         let mut acts = Vec::new();
-        for p in pending {
-            if sync.inflight.len() >= UPLOAD_WINDOW {
-                break;
-            }
-            if p.seq.is_some() || !sync.inflight.insert(p.n) {
+        for p in next {
+            sync.sent_upto = p.n;
+            if sync.confirmed.iter().any(|(n, _)| *n == p.n) || !sync.inflight.insert(p.n) {
                 continue;
             }
             let origin = Origin {
@@ -272,6 +285,11 @@ impl Replica {
                 break;
             }
             queue.extend(more);
+        }
+        if self.sync.as_ref().is_some_and(|s| {
+            !s.confirmed.is_empty() && (!s.session.subscribed() || s.confirmed.len() >= 4096)
+        }) {
+            self.record_confirmed(&mut events);
         }
         Value::Array(events).to_string()
     }
@@ -321,7 +339,8 @@ impl Replica {
                 vec![]
             }
             ClientAction::Apply { prev, changes } => {
-                match apply::apply_changes(&self.conn, prev, &changes) {
+                let confirmed = std::mem::take(&mut sync.confirmed);
+                match apply::apply_changes_confirming(&self.conn, prev, &changes, &confirmed) {
                     Ok(o) => {
                         events.push(json!({"type": "applied", "seq": o.seq, "count": o.applied}));
                         self.sync_session().map_or(vec![], |s| s.applied(o.seq))
@@ -331,15 +350,14 @@ impl Replica {
             }
             ClientAction::Live { seq } => {
                 events.push(json!({"type": "live", "seq": seq}));
+                self.record_confirmed(events);
                 vec![]
             }
             ClientAction::Resolve { id, seq } => {
                 let n = id as i64;
                 sync.inflight.remove(&n);
-                match outbox::confirm(&self.conn, n, seq) {
-                    Ok(()) => events.push(json!({"type": "written", "n": n, "seq": seq})),
-                    Err(e) => events.push(json!({"type": "error", "message": format!("could not record the node's answer to write {n}: {e}")})),
-                }
+                sync.confirmed.push((n, seq));
+                events.push(json!({"type": "written", "n": n, "seq": seq}));
                 vec![]
             }
             ClientAction::Reject { id, error } => {
@@ -369,6 +387,17 @@ impl Replica {
                 events.push(fatal_event(&e));
                 vec![]
             }
+        }
+    }
+
+    /// Record the node's answers held in memory, in a transaction of their own.
+    fn record_confirmed(&mut self, events: &mut Vec<Value>) {
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        let confirmed = std::mem::take(&mut sync.confirmed);
+        if let Err(e) = outbox::confirm_many(&self.conn, &confirmed) {
+            events.push(json!({"type": "error", "message": format!("could not record the node's answers: {e}")}));
         }
     }
 

@@ -27,6 +27,7 @@ export class SyncClient {
     this.fatal = null;
     this.resumedFrom = null; // the seq the last subscription resumed after (null: a snapshot)
     this.timer = null;
+    this.statusTimer = null;
     this.t0 = Date.now();
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
     replica.syncStart(this.token ?? undefined, this.protocol === 'json', Math.random());
@@ -44,6 +45,12 @@ export class SyncClient {
   }
 
   emit(ev) { try { this.onEvent(ev); } catch (e) { console.error(e); } }
+
+  /** A status event soon: many answers or batches in a row make one (a status counts the outbox). */
+  statusSoon() {
+    if (this.statusTimer) return;
+    this.statusTimer = setTimeout(() => { this.statusTimer = null; this.emit(this.status()); }, 50);
+  }
 
   start() {
     if (!this.stopped) return;
@@ -118,20 +125,20 @@ export class SyncClient {
         this.head = Math.max(this.head, ev.seq);
         if (ev.snapshot) this.emit({ type: 'applied', seq: ev.seq, snapshot: true });
         else if (ev.count > 0) this.emit({ type: 'applied', seq: ev.seq, count: ev.count });
-        this.emit(this.status());
+        this.statusSoon();
         break;
       case 'live':
         this.live = true;
         this.head = Math.max(this.head, ev.seq);
         this.emit({ type: 'live', seq: ev.seq });
-        this.emit(this.status());
+        this.statusSoon();
         break;
       case 'written': {
         // The node committed outbox entry n (once, however often it was sent).
         this.pending.get(ev.n)?.resolve(ev.seq);
         this.pending.delete(ev.n);
         this.emit({ type: 'written', n: ev.n, seq: ev.seq });
-        this.emit(this.status());
+        this.statusSoon();
         break;
       }
       case 'rejected': {
@@ -140,12 +147,12 @@ export class SyncClient {
         this.pending.get(ev.n)?.reject(new Error(message));
         this.pending.delete(ev.n);
         this.emit({ type: 'rejected', n: ev.n, ops: ev.ops, code: ev.code, message: ev.message });
-        this.emit(this.status());
+        this.statusSoon();
         break;
       }
       case 'upload_error':
         // Not sent this time (the link dropped, the node is busy): it goes again.
-        this.emit(this.status());
+        this.statusSoon();
         break;
       case 'error':
         this.emit(ev.code ? { type: 'error', code: ev.code, message: ev.message } : { type: 'error', message: ev.message });
@@ -178,7 +185,7 @@ export class SyncClient {
       ? new Promise((resolve, reject) => this.pending.set(w.n, { resolve, reject }))
       : null;
     this.run(this.replica.syncFlush());
-    this.emit(this.status());
+    this.statusSoon();
     return done ?? Promise.resolve({ n: w.n, ids: w.ids, pending: true });
   }
 }
