@@ -380,7 +380,7 @@ fn settled_by(
     if changes.is_empty() {
         return Ok(false);
     }
-    let mut in_batch: std::collections::HashSet<(String, String, String, String)> = changes
+    let mut in_batch: BTreeSet<(String, String, String, String)> = changes
         .iter()
         .map(|c| {
             let model = c.model.clone().unwrap_or_default();
@@ -569,10 +569,8 @@ pub(crate) fn redo(conn: &Connection, undone: &[i64], applied: i64) -> Result<()
         conn.execute_batch("SAVEPOINT outbox_redo")?;
         match run_ops(conn, n, &ops_) {
             Ok(_) => conn.execute_batch("RELEASE outbox_redo")?,
-            Err(e) => {
-                tracing::debug!(n, error = %e, "a pending write does not apply over the node's state");
-                conn.execute_batch("ROLLBACK TO outbox_redo; RELEASE outbox_redo")?;
-            }
+            // It does not apply over the node's state now: no effect here until the node judges.
+            Err(_) => conn.execute_batch("ROLLBACK TO outbox_redo; RELEASE outbox_redo")?,
         }
     }
     Ok(())
