@@ -42,9 +42,9 @@ pub(crate) struct Sync {
     /// The last entry handed to the session on this connection (0: none yet).
     sent_upto: i64,
     /// The node's answers (entry, seq) not yet recorded in the outbox: they go into the next
-    /// feed batch's transaction (the batch that carries the writes back), or their own when
-    /// the subscription is live or the connection ends. Lost with the page, they cost a re-send
-    /// that the node answers from its ledger.
+    /// feed batch's transaction (the batch that carries the writes back), or their own when the
+    /// feed has passed them already, the subscription goes live or the connection ends. Lost
+    /// with the page, they cost a re-send that the node answers from its ledger.
     confirmed: Vec<(i64, i64)>,
     /// The shell's clock at the last input (ms).
     now: u64,
@@ -286,8 +286,14 @@ impl Replica {
             }
             queue.extend(more);
         }
+        // Answers wait for the batch that carries their writes back, unless the feed has passed
+        // them already (the batch came before the answer), or the connection ended.
+        let applied = apply::applied_seq(&self.conn).unwrap_or(0);
         if self.sync.as_ref().is_some_and(|s| {
-            !s.confirmed.is_empty() && (!s.session.subscribed() || s.confirmed.len() >= 4096)
+            !s.confirmed.is_empty()
+                && (!s.session.subscribed()
+                    || s.confirmed.len() >= 4096
+                    || s.confirmed.iter().any(|&(_, seq)| seq <= applied))
         }) {
             self.record_confirmed(&mut events);
         }

@@ -110,6 +110,11 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     await page.fill('#q', '');
     await page.fill('#q', 'lovelace');
     await page.waitForSelector('#results li[data-id="ada"]', { timeout: 5000 });
+    // And takes a write: shown at once, marked pending, counted in the header.
+    await page.fill('#add-name', 'Added while the node was down');
+    await page.click('#add button');
+    await page.waitForSelector('#recent li.pending:has-text("Added while the node was down")', { timeout: 5000 });
+    await page.waitForFunction(() => document.getElementById('pending').textContent === '1', null, { timeout: 5000 });
 
     // Node back (with a write made while it was down), page reloaded: the replica comes back
     // from OPFS and resumes after its stored seq instead of starting over. (The sync client is
@@ -127,6 +132,9 @@ test('the page syncs live, searches, works offline and resumes from its stored s
     const wseq = await page.evaluate(() => window.hivesync.write([{ op: 'upsert', kind: 'entity', data: { id: 'early', name: 'Written from the page' } }], { wait: 'node' }));
     assert.ok(wseq > seqOnline, `write acknowledged at seq ${wseq}`);
     assert.match(cli(db, 'get', 'entity', 'early'), /Written from the page/);
+    // The write made in the demo while the node was down reached it, once.
+    await page.waitForFunction(() => document.getElementById('pending').textContent === '0', null, { timeout: 20000 });
+    assert.equal((cli(db, '--json', 'list', 'entity').match(/Added while the node was down/g) ?? []).length, 1);
     await page.waitForSelector('#recent li[data-id="barbara"]', { timeout: 20000 });
     await page.waitForSelector('#recent li[data-id="early"]', { timeout: 5000 });
     await page.fill('#q', 'hopper');

@@ -1051,7 +1051,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return wasm_bindgen__convert__closures_____invoke__h5db24a7716ec7476(a, state0.b, arg0, arg1);
+                        return wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -1164,8 +1164,8 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 863, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 878, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0) {
@@ -1193,15 +1193,15 @@ function __wbg_get_imports() {
     };
 }
 
-function wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d(arg0, arg1, arg2) {
-    const ret = wasm.wasm_bindgen__convert__closures_____invoke__h0373da6983c3e02d(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e(arg0, arg1, arg2) {
+    const ret = wasm.wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e(arg0, arg1, arg2);
     if (ret[1]) {
         throw takeFromExternrefTable0(ret[0]);
     }
 }
 
-function wasm_bindgen__convert__closures_____invoke__h5db24a7716ec7476(arg0, arg1, arg2, arg3) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h5db24a7716ec7476(arg0, arg1, arg2, arg3);
+function wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(arg0, arg1, arg2, arg3) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(arg0, arg1, arg2, arg3);
 }
 
 const ReplicaFinalization = (typeof FinalizationRegistry === 'undefined')
