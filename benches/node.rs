@@ -841,6 +841,7 @@ async fn send_write(w: &mut Writer, i: usize, ops: Vec<WriteOp>) {
         ops,
         client: None,
         n: None,
+        entries: None,
     });
     w.sent[i].store(now_us(), Relaxed);
     w.sink

@@ -156,7 +156,7 @@ fn main() {
         for i in 0..nw + n {
             tick.tick().await;
             let op = WriteOp::upsert(Kind::Entity, "default", serde_json::json!({"id": format!("e{i}"), "name": "x", "properties": {"t_us": now_us()}}));
-            let m = ClientMsg::Write { req: format!("w{i}"), ops: vec![op], client: None, n: None };
+            let m = ClientMsg::Write { req: format!("w{i}"), ops: vec![op], client: None, n: None, entries: None };
             wtx.send(Message::Text(protocol::encode_client_json(&m).into())).await.unwrap();
         }
         let mut d = tokio::time::timeout(Duration::from_secs(60), direct).await.unwrap().unwrap();

@@ -300,12 +300,19 @@ impl WriteOp {
 /// with it, and that client's write number (1, 2, ...: its outbox order). A node applies each
 /// (client, n) at most once: a write whose `n` is not above the last one it applied for that
 /// client is answered from its record, not applied again.
+///
+/// One `write` may carry several consecutive client writes (`entries`: how many ops each has,
+/// the last numbered `n`): they commit in one transaction, and those at or below the node's
+/// record are skipped, so a batch sent again, or cut differently, still lands each write once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The client id.
     pub client: String,
-    /// The client's write number.
+    /// The client's write number (of the last write, for a batch).
     pub n: i64,
+    /// For a batch of consecutive writes: each one's op count, in order (empty: one write).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<u32>,
 }
 
 /// One entry of the change log, as stored in `changes` and sent on the wire.

@@ -38,6 +38,9 @@ pub struct Pending {
     pub created_us: i64,
     /// The node's seq once it answered `written` (the entry leaves when the feed reaches it).
     pub seq: Option<i64>,
+    /// The size of its ops as JSON text (for batching uploads by size).
+    #[serde(skip)]
+    pub size: usize,
 }
 
 /// The outbox at a glance, for a status line.
@@ -187,6 +190,7 @@ pub fn pending_after(
             ops: serde_json::from_str(&ops_)?,
             created_us,
             seq,
+            size: ops_.len(),
         });
     }
     Ok(out)

@@ -195,6 +195,7 @@ fn run(steps: Vec<Step>) {
                         ops,
                         client: None,
                         n: None,
+                        entries: None,
                     };
                     writer
                         .send(Message::Text(protocol::encode_client_json(&m).into()))

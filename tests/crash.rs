@@ -548,6 +548,7 @@ async fn socket_writer(
                             ops: p.ops.clone(),
                             client: None,
                             n: None,
+                            entries: None,
                         };
                         if !try_send(&mut c, &msg).await {
                             lost = Some("write not sent".into());

@@ -153,6 +153,7 @@ fn binary_write_with_null_data_decodes_as_json_does() {
         ops: vec![WriteOp::delete(Kind::Entity, "a", "x")],
         client: None,
         n: None,
+        entries: None,
     };
     assert_eq!(bin, want);
     assert_eq!(json, want);

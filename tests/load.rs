@@ -306,6 +306,7 @@ async fn write_closed_loop(
                     ops: vec![padded(*next_id, pad)],
                     client: None,
                     n: None,
+                    entries: None,
                 },
             )
             .await
@@ -345,6 +346,7 @@ async fn write_paced(ws: &mut Ws, next_id: &mut u64, rate: u64, secs: f64, pad: 
                 ops: vec![padded(*next_id, pad)],
                 client: None,
                 n: None,
+                entries: None,
             },
         )
         .await

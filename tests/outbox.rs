@@ -17,6 +17,7 @@ fn write_from(req: &str, client: &str, n: i64, id: &str) -> ClientMsg {
         ops: vec![entity("default", id, id)],
         client: Some(client.into()),
         n: Some(n),
+        entries: None,
     }
 }
 
@@ -114,12 +115,50 @@ async fn a_write_with_an_origin_is_applied_once() {
         )],
         client: Some("tab-a".into()),
         n: Some(3),
+        entries: None,
     };
     answer(&mut c, &bad).await.unwrap_err();
     answer(&mut c, &write_from("j", "tab-a", 3, "e4"))
         .await
         .unwrap();
     assert_eq!(counts(&node), (4, 4));
+}
+
+#[tokio::test]
+async fn a_batch_of_client_writes_lands_each_once_however_it_is_cut() {
+    let node = Node::start().await;
+    let mut c = Client::connect(&node.url()).await;
+    c.hello(None).await;
+    let batch = |req: &str, ids: &[&str], n: i64| ClientMsg::Write {
+        req: req.into(),
+        ops: ids.iter().map(|id| entity("default", id, id)).collect(),
+        client: Some("tab-c".into()),
+        n: Some(n),
+        entries: Some(vec![1; ids.len()]),
+    };
+    let s1 = answer(&mut c, &batch("a", &["b1", "b2"], 2)).await.unwrap();
+    assert_eq!(counts(&node), (2, 2));
+    // Sent again, cut differently (the answer was lost, more writes were made since): the
+    // writes the node has are skipped, the new one lands, all in one transaction.
+    let s2 = answer(&mut c, &batch("b", &["b1", "b2", "b3"], 3))
+        .await
+        .unwrap();
+    assert!(s2 > s1);
+    assert_eq!(counts(&node), (3, 3), "b1 and b2 were not applied again");
+    assert_eq!(
+        answer(&mut c, &batch("c", &["b3"], 3)).await.unwrap(),
+        s2,
+        "then answered from the ledger"
+    );
+    // Counts that do not add up are refused.
+    let mut bad = batch("d", &["b4", "b5"], 5);
+    if let ClientMsg::Write { entries, .. } = &mut bad {
+        *entries = Some(vec![1, 2]);
+    }
+    let e = answer(&mut c, &bad).await.unwrap_err();
+    assert_code(&e, ErrorCode::BadRequest);
+    assert!(e.message.contains("`entries` counts 3 ops"), "{e:?}");
+    assert_eq!(counts(&node), (3, 3));
 }
 
 #[tokio::test]
@@ -217,21 +256,48 @@ mod replica {
         /// Upload every unconfirmed entry; `lose_acks`: the answers are lost (nothing recorded
         /// here), so the next upload sends them again.
         fn upload(&self, lose_acks: bool) -> Vec<i64> {
+            self.upload_batched(lose_acks, 1)
+        }
+
+        /// [`World::upload`], `batch` consecutive entries per write (a refused batch is sent
+        /// again one entry per write, to find the refused one).
+        fn upload_batched(&self, lose_acks: bool, batch: usize) -> Vec<i64> {
+            let unsent: Vec<_> = outbox::pending(&self.replica)
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.seq.is_none())
+                .collect();
             let mut refused = Vec::new();
-            for p in outbox::pending(&self.replica).unwrap() {
-                if p.seq.is_some() {
-                    continue;
+            for chunk in unsent.chunks(batch.max(1)) {
+                if chunk.len() > 1 {
+                    let origin = Origin {
+                        client: self.client.clone(),
+                        n: chunk[chunk.len() - 1].n,
+                        entries: chunk.iter().map(|p| p.ops.len() as u32).collect(),
+                    };
+                    let ops: Vec<WriteOp> = chunk.iter().flat_map(|p| p.ops.clone()).collect();
+                    if let Ok(r) = self.node.write_from(&ops, Some(&origin)) {
+                        if !lose_acks {
+                            for p in chunk {
+                                outbox::confirm(&self.replica, p.n, r.seq).unwrap();
+                            }
+                        }
+                        continue;
+                    }
                 }
-                let origin = Origin {
-                    client: self.client.clone(),
-                    n: p.n,
-                };
-                match self.node.write_from(&p.ops, Some(&origin)) {
-                    Ok(r) if !lose_acks => outbox::confirm(&self.replica, p.n, r.seq).unwrap(),
-                    Ok(_) => {}
-                    Err(_) => {
-                        outbox::reject(&self.replica, p.n).unwrap();
-                        refused.push(p.n);
+                for p in chunk {
+                    let origin = Origin {
+                        client: self.client.clone(),
+                        n: p.n,
+                        entries: Vec::new(),
+                    };
+                    match self.node.write_from(&p.ops, Some(&origin)) {
+                        Ok(r) if !lose_acks => outbox::confirm(&self.replica, p.n, r.seq).unwrap(),
+                        Ok(_) => {}
+                        Err(_) => {
+                            outbox::reject(&self.replica, p.n).unwrap();
+                            refused.push(p.n);
+                        }
                     }
                 }
             }
@@ -485,7 +551,7 @@ mod replica {
         Local(Vec<(u8, u8)>),
         Node(Vec<(u8, u8)>),
         Feed(usize),
-        Upload { lose_acks: bool },
+        Upload { lose_acks: bool, batch: usize },
     }
 
     fn op(kind: u8, i: u8, v: u8) -> WriteOp {
@@ -508,7 +574,7 @@ mod replica {
                 3 => ops().prop_map(Step::Local),
                 2 => ops().prop_map(Step::Node),
                 2 => (1usize..6).prop_map(Step::Feed),
-                2 => any::<bool>().prop_map(|lose_acks| Step::Upload { lose_acks }),
+                2 => (any::<bool>(), 1usize..5).prop_map(|(lose_acks, batch)| Step::Upload { lose_acks, batch }),
             ],
             1..30,
         )
@@ -545,7 +611,9 @@ mod replica {
                         let _ = w.node.write(&ops);
                     }
                     Step::Feed(b) => w.feed(*b, None),
-                    Step::Upload { lose_acks } => refused += w.upload(*lose_acks).len(),
+                    Step::Upload { lose_acks, batch } => {
+                        refused += w.upload_batched(*lose_acks, *batch).len()
+                    }
                 }
             }
             refused += w.upload(false).len();

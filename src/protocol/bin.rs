@@ -42,6 +42,7 @@ enum BinClientMsg {
         ops: Vec<BinWriteOp>,
         client: Option<String>,
         n: Option<i64>,
+        entries: Option<Vec<u32>>,
     },
 }
 
@@ -77,6 +78,7 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
             ops,
             client,
             n,
+            entries,
         } => {
             let ops = ops
                 .into_iter()
@@ -89,7 +91,7 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
                     model: o.model,
                 })
                 .collect();
-            if client.is_none() && n.is_none() {
+            if client.is_none() && n.is_none() && entries.is_none() {
                 BinClientMsg::Write { req, ops }
             } else {
                 BinClientMsg::WriteFrom {
@@ -97,6 +99,7 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
                     ops,
                     client,
                     n,
+                    entries,
                 }
             }
         }
@@ -119,17 +122,20 @@ pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
             ops: bin_ops(ops)?,
             client: None,
             n: None,
+            entries: None,
         },
         BinClientMsg::WriteFrom {
             req,
             ops,
             client,
             n,
+            entries,
         } => ClientMsg::Write {
             req,
             ops: bin_ops(ops)?,
             client,
             n,
+            entries,
         },
         BinClientMsg::Unsubscribe { sub } => ClientMsg::Unsubscribe { sub },
         BinClientMsg::Ack { sub, seq } => ClientMsg::Ack { sub, seq },

@@ -303,12 +303,20 @@ impl ClientSession {
         self.next_req += 1;
         let req = format!("w{}", self.next_req);
         self.writes.insert(req.clone(), id);
-        let (client, n) = origin.map(|o| (o.client, o.n)).unzip();
+        let (client, n, entries) = match origin {
+            Some(o) => (
+                Some(o.client),
+                Some(o.n),
+                (!o.entries.is_empty()).then_some(o.entries),
+            ),
+            None => (None, None, None),
+        };
         vec![ClientAction::Send(ClientMsg::Write {
             req,
             ops,
             client,
             n,
+            entries,
         })]
     }
 

@@ -169,6 +169,9 @@ pub enum ClientMsg {
         /// For an exactly-once upload: the client's write number; with `client`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         n: Option<i64>,
+        /// A batch of consecutive client writes, the last numbered `n`: each one's op count.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entries: Option<Vec<u32>>,
     },
     /// End a subscription.
     Unsubscribe {

@@ -254,7 +254,8 @@ impl Session {
                 ops,
                 client,
                 n,
-            } => on_write(req, ops, (client, n), p),
+                entries,
+            } => on_write(req, ops, (client, n, entries), p),
             ClientMsg::Unsubscribe { sub } => self.on_unsubscribe(sub),
             ClientMsg::Ack { sub, seq } => self.on_ack(sub, seq),
         }
@@ -354,11 +355,35 @@ fn on_subscribe(
     }]
 }
 
+/// A batch's op counts: each write has ops, they add up to the write's, and the first is
+/// numbered 1 or more.
+fn check_entries(entries: &[u32], n: i64, ops: usize) -> std::result::Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if entries.contains(&0) {
+        return Err("`entries`: every client write in a batch has at least one op".into());
+    }
+    let total: u64 = entries.iter().map(|&k| u64::from(k)).sum();
+    if total != ops as u64 {
+        return Err(format!(
+            "`entries` counts {total} ops, the write has {ops}: they must be equal"
+        ));
+    }
+    if entries.len() as i64 > n {
+        return Err(format!(
+            "`entries` holds {} client writes, but the last is numbered {n}: numbers start at 1",
+            entries.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A write, checked against the limits and the principal's write scope.
 fn on_write(
     req: String,
     ops: Vec<WriteOp>,
-    origin: (Option<String>, Option<i64>),
+    origin: (Option<String>, Option<i64>, Option<Vec<u32>>),
     p: &Principal,
 ) -> Vec<Action> {
     let fail = |code, message: String| {
@@ -379,8 +404,8 @@ fn on_write(
         );
     }
     let origin = match origin {
-        (None, None) => None,
-        (Some(client), Some(n)) => {
+        (None, None, None) => None,
+        (Some(client), Some(n), entries) => {
             if let Err(e) = check_client_id("client", &client) {
                 return fail(ErrorCode::BadRequest, e);
             }
@@ -390,7 +415,11 @@ fn on_write(
                     format!("`n` is {n}: a client's write numbers start at 1"),
                 );
             }
-            Some(Origin { client, n })
+            let entries = entries.unwrap_or_default();
+            if let Err(e) = check_entries(&entries, n, ops.len()) {
+                return fail(ErrorCode::BadRequest, e);
+            }
+            Some(Origin { client, n, entries })
         }
         _ => {
             return fail(

@@ -127,6 +127,7 @@ fn client_messages_roundtrip_and_reject_junk() {
         )],
         client: None,
         n: None,
+        entries: None,
     };
     assert_eq!(decode_client_bin(&encode_client_bin(&w)).unwrap(), w);
     assert_eq!(decode_client_json(&encode_client_json(&w)).unwrap(), w);
@@ -139,6 +140,7 @@ fn client_messages_roundtrip_and_reject_junk() {
         ops,
         client: Some("c1".into()),
         n: Some(3),
+        entries: None,
     };
     assert_eq!(decode_client_bin(&encode_client_bin(&from)).unwrap(), from);
     assert_eq!(

@@ -334,6 +334,21 @@ pub(crate) fn write_ops(
                 replayed: true,
             });
         }
+        // A batch some of whose writes the node has: only the rest are applied.
+        if let Some((last, _)) = last {
+            let first = o.n - o.entries.len() as i64 + 1;
+            let skip = usize::try_from(last - first + 1).unwrap_or(0);
+            if !o.entries.is_empty() && skip > 0 {
+                let ops_skipped: usize = o.entries[..skip].iter().map(|&k| k as usize).sum();
+                drop(tx);
+                let rest = Origin {
+                    client: o.client.clone(),
+                    n: o.n,
+                    entries: o.entries[skip..].to_vec(),
+                };
+                return write_ops(conn, &ops_[ops_skipped..], Some(&rest));
+            }
+        }
     }
     let now = ops::now_us(&tx)?;
     let first_seq: i64 = tx

@@ -545,6 +545,7 @@ impl Client {
             ops,
             client: None,
             n: None,
+            entries: None,
         })
         .await;
     }

@@ -241,6 +241,7 @@ impl Replica {
             ops,
             client: None,
             n: None,
+            entries: None,
         }))
     }
 

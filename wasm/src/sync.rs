@@ -28,7 +28,12 @@ use wasm_bindgen::prelude::*;
 use crate::{js_err, parse, Replica};
 
 /// Most outbox entries sent and not yet answered (more go out as answers come back).
-const UPLOAD_WINDOW: usize = 256;
+const UPLOAD_WINDOW: usize = 1024;
+/// Consecutive entries sent as one `write` (one transaction at the node): at most this many ...
+const BATCH_ENTRIES: usize = 128;
+/// ... this many ops, and about this many bytes (the node's frame limit is 8 MiB).
+const BATCH_OPS: usize = 1024;
+const BATCH_BYTES: usize = hivesync::protocol::FRAME_SPLIT_BYTES;
 
 /// The session and its frames to send.
 pub(crate) struct Sync {
@@ -41,6 +46,10 @@ pub(crate) struct Sync {
     inflight: BTreeSet<i64>,
     /// The last entry handed to the session on this connection (0: none yet).
     sent_upto: i64,
+    /// Batches in flight: the write id (its last entry) -> the entries it carries.
+    batches: std::collections::BTreeMap<i64, Vec<i64>>,
+    /// Entries of a refused batch: sent one per write from now on, to find the refused one.
+    singles: BTreeSet<i64>,
     /// The node's answers (entry, seq) not yet recorded in the outbox: they go into the next
     /// feed batch's transaction (the batch that carries the writes back), or their own when the
     /// feed has passed them already, the subscription goes live or the connection ends. Lost
@@ -93,6 +102,8 @@ impl Replica {
             client_id,
             inflight: BTreeSet::new(),
             sent_upto: 0,
+            batches: Default::default(),
+            singles: BTreeSet::new(),
             confirmed: Vec::new(),
             now: 0,
         });
@@ -187,6 +198,25 @@ impl Replica {
     }
 }
 
+/// Hand the session one `write` carrying `batch` (consecutive entries), with its origin.
+fn send_batch(sync: &mut Sync, batch: Vec<outbox::Pending>) -> Vec<ClientAction> {
+    let last = batch[batch.len() - 1].n;
+    let entries = if batch.len() > 1 {
+        batch.iter().map(|p| p.ops.len() as u32).collect()
+    } else {
+        Vec::new()
+    };
+    sync.batches
+        .insert(last, batch.iter().map(|p| p.n).collect());
+    let origin = Origin {
+        client: sync.client_id.clone(),
+        n: last,
+        entries,
+    };
+    let ops = batch.into_iter().flat_map(|p| p.ops).collect();
+    sync.session.write(last as u64, ops, Some(origin))
+}
+
 impl Replica {
     fn sync_message(&mut self, m: hivesync::Result<ServerMsg>, now: f64) -> String {
         let m = match m {
@@ -231,6 +261,7 @@ impl Replica {
         if !sync.session.subscribed() {
             // A new connection sends everything not answered again, from the first.
             sync.sent_upto = 0;
+            sync.batches.clear();
             return vec![];
         }
         let room = UPLOAD_WINDOW.saturating_sub(sync.inflight.len());
@@ -246,17 +277,33 @@ impl Replica {
                 return vec![];
             }
         };
+        // Consecutive entries go together, one transaction at the node; an entry of a refused
+        // batch goes alone.
         let mut acts = Vec::new();
+        let mut batch: Vec<outbox::Pending> = Vec::new();
         for p in next {
             sync.sent_upto = p.n;
             if sync.confirmed.iter().any(|(n, _)| *n == p.n) || !sync.inflight.insert(p.n) {
                 continue;
             }
-            let origin = Origin {
-                client: sync.client_id.clone(),
-                n: p.n,
-            };
-            acts.extend(sync.session.write(p.n as u64, p.ops, Some(origin)));
+            let alone = sync.singles.contains(&p.n);
+            let ops: usize = batch.iter().map(|b| b.ops.len()).sum();
+            let bytes: usize = batch.iter().map(|b| b.size).sum();
+            let contiguous = batch.last().is_none_or(|b| b.n + 1 == p.n);
+            if !batch.is_empty()
+                && (alone
+                    || !contiguous
+                    || batch.len() >= BATCH_ENTRIES
+                    || ops + p.ops.len() > BATCH_OPS
+                    || bytes + p.size > BATCH_BYTES
+                    || sync.singles.contains(&batch[0].n))
+            {
+                acts.extend(send_batch(sync, std::mem::take(&mut batch)));
+            }
+            batch.push(p);
+        }
+        if !batch.is_empty() {
+            acts.extend(send_batch(sync, batch));
         }
         acts
     }
@@ -360,15 +407,28 @@ impl Replica {
                 vec![]
             }
             ClientAction::Resolve { id, seq } => {
-                let n = id as i64;
-                sync.inflight.remove(&n);
-                sync.confirmed.push((n, seq));
-                events.push(json!({"type": "written", "n": n, "seq": seq}));
+                let entries = sync.batches.remove(&(id as i64)).unwrap_or(vec![id as i64]);
+                for n in entries {
+                    sync.inflight.remove(&n);
+                    sync.singles.remove(&n);
+                    sync.confirmed.push((n, seq));
+                    events.push(json!({"type": "written", "n": n, "seq": seq}));
+                }
                 vec![]
             }
             ClientAction::Reject { id, error } => {
-                let n = id as i64;
-                sync.inflight.remove(&n);
+                let entries = sync.batches.remove(&(id as i64)).unwrap_or(vec![id as i64]);
+                for n in &entries {
+                    sync.inflight.remove(n);
+                }
+                if entries.len() > 1 && is_refusal_code(error.code) {
+                    // One of them is refused: send them one by one to find it.
+                    sync.singles.extend(entries.iter().copied());
+                    sync.sent_upto = sync.sent_upto.min(entries[0] - 1);
+                    return vec![];
+                }
+                let n = entries[0];
+                sync.singles.remove(&n);
                 let (code, message) = (error.code.as_str(), error.message);
                 if is_refusal_code(error.code) {
                     match outbox::reject(&self.conn, n) {

@@ -390,11 +390,20 @@ fn session_step(
             ops,
             client,
             n,
+            entries,
         } => {
             let out_of_scope = ops.iter().any(|o| !may(&p.write, &o.ns));
-            let origin_ok = match (&client, n) {
-                (None, None) => true,
-                (Some(c), Some(n)) => id_ok(c) && n >= 1,
+            let entries_ok = |e: &[u32], n: i64| {
+                e.is_empty()
+                    || (!e.contains(&0)
+                        && e.iter().map(|&k| k as u64).sum::<u64>() == ops.len() as u64
+                        && e.len() as i64 <= n)
+            };
+            let origin_ok = match (&client, n, &entries) {
+                (None, None, None) => true,
+                (Some(c), Some(n), e) => {
+                    id_ok(c) && n >= 1 && entries_ok(e.as_deref().unwrap_or(&[]), n)
+                }
                 _ => false,
             };
             let valid =
@@ -407,6 +416,15 @@ fn session_step(
                 }] => {
                     let sent = origin.clone().map(|o| (o.client, o.n)).unzip();
                     assert_eq!(sent, (client, n), "Write lost or changed its origin");
+                    let sent_entries = origin
+                        .as_ref()
+                        .map(|o| o.entries.clone())
+                        .unwrap_or_default();
+                    assert_eq!(
+                        sent_entries,
+                        entries.clone().unwrap_or_default(),
+                        "Write changed its entries"
+                    );
                     assert!(
                         !out_of_scope,
                         "Write outside the write scope {:?}: {o:?}",
@@ -767,12 +785,14 @@ fn seed_client_msgs() -> Vec<ClientMsg> {
             ],
             client: Some("tab-1".into()),
             n: Some(7),
+            entries: None,
         },
         ClientMsg::Write {
             req: "w2".into(),
             ops: vec![WriteOp::delete(Kind::Edge, "zz", "x1")],
             client: None,
             n: None,
+            entries: None,
         },
         ClientMsg::Unsubscribe { sub: "s1".into() },
         ClientMsg::Ack {
