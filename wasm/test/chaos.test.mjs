@@ -14,6 +14,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { appContext, until } from './app-origin.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const bin = process.env.HIVESYNC_BIN ?? path.join(root, 'target/debug/hivesync');
@@ -64,34 +65,12 @@ class NodeProc {
   }
 }
 
-async function appContext(browser) {
-  const ctx = await browser.newContext();
-  const types = { '.js': 'text/javascript', '.wasm': 'application/wasm' };
-  await ctx.route('http://localhost:9/**', (r) => {
-    const p = new URL(r.request().url()).pathname;
-    if (p === '/') return r.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>app</title>' });
-    const file = path.join(webDir, path.normalize(p));
-    if (!file.startsWith(webDir) || !fs.existsSync(file)) return r.fulfill({ status: 404, body: 'no' });
-    r.fulfill({ status: 200, body: fs.readFileSync(file), contentType: types[path.extname(file)] ?? 'application/octet-stream' });
-  });
-  return ctx;
-}
-
 async function openIn(page, url) {
   await page.goto('http://localhost:9/');
   await page.evaluate(async (url) => {
     const { openReplica } = await import('/hivesync.js');
     window.db = await openReplica({ url, name: 'chaos' });
   }, url);
-}
-
-async function until(page, f, arg, ms = 30000) {
-  const t0 = Date.now();
-  for (;;) {
-    if (await page.evaluate(f, arg)) return;
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${f}`);
-    await sleep(50);
-  }
 }
 
 test(`two tabs, the CLI and a crashing node converge (seed ${seed}, ${rounds} rounds)`, { timeout: 600000 }, async () => {
@@ -109,7 +88,7 @@ test(`two tabs, the CLI and a crashing node converge (seed ${seed}, ${rounds} ro
   const committed = new Set(); // unique ids of writes a tab saw committed locally
   const log = [];
   try {
-    const ctx = await appContext(browser);
+    const ctx = await appContext(browser, webDir);
     const tabs = [await ctx.newPage(), await ctx.newPage()];
     for (const t of tabs) await openIn(t, url);
     let counter = 0;

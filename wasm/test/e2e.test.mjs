@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { checkAgainstDts } from './dts.mjs';
+import { appContext, until } from './app-origin.mjs';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const bin = process.env.HIVESYNC_BIN ?? path.join(root, 'target/debug/hivesync');
@@ -277,22 +278,6 @@ test('with tokens configured, the demo and the status page take a token and wait
   }
 });
 
-// A page origin of the test's own (localhost: a secure context, so OPFS is there), its files
-// read from disk, so the page (and its OPFS copy)
-// stays reachable while the node is down.
-async function appContext(browser) {
-  const ctx = await browser.newContext();
-  const types = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.html': 'text/html', '.json': 'application/json' };
-  await ctx.route('http://localhost:9/**', (r) => {
-    const p = new URL(r.request().url()).pathname;
-    if (p === '/') return r.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>app</title>' });
-    const file = path.join(webDir, path.normalize(p));
-    if (!file.startsWith(webDir) || !fs.existsSync(file)) return r.fulfill({ status: 404, body: 'no' });
-    r.fulfill({ status: 200, body: fs.readFileSync(file), contentType: types[path.extname(file)] ?? 'application/octet-stream' });
-  });
-  return ctx;
-}
-
 // Opens a replica named `name` in the page, following the node at `url`; events go to
 // window.__seen.
 async function openIn(page, url, name) {
@@ -305,15 +290,6 @@ async function openIn(page, url, name) {
   }, { url, name });
 }
 
-// Polls `f` (which may be async) in the page until it returns something truthy.
-async function until(page, f, ms = 20000) {
-  const t0 = Date.now();
-  for (;;) {
-    if (await page.evaluate(f)) return;
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${f}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 const changesOf = (db, id) => cli(db, '--json', 'changes', '--limit', '1000').split('\n').filter(Boolean)
   .map((l) => JSON.parse(l)).filter((c) => c.id === id);
 
@@ -327,7 +303,7 @@ test('offline writes show at once, survive a reload, land exactly once, and a re
   const browser = await launch('--disable-features=LocalNetworkAccessChecks');
   try {
     await waitHealthy(port);
-    const ctx = await appContext(browser);
+    const ctx = await appContext(browser, webDir);
     let page = await ctx.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -422,7 +398,7 @@ test('tabs share one replica: both query and write, and closing the leader hands
   const browser = await launch('--disable-features=LocalNetworkAccessChecks');
   try {
     await waitHealthy(port);
-    const ctx = await appContext(browser);
+    const ctx = await appContext(browser, webDir);
     const a = await ctx.newPage();
     const b = await ctx.newPage();
     const errors = [];
