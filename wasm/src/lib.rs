@@ -461,6 +461,11 @@ impl Replica {
                 .conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
                 .map_err(js_err)?;
+            // Neither a page size change nor a backup goes into a WAL file: the replica leaves
+            // WAL for the copy, and goes back to it after (see `open_persistent`).
+            self.conn
+                .pragma_update(None, "journal_mode", "DELETE")
+                .map_err(js_err)?;
             if page != ours {
                 self.conn
                     .execute_batch(&format!("PRAGMA page_size = {page}; VACUUM;"))
@@ -468,6 +473,10 @@ impl Replica {
             }
             let b = rusqlite::backup::Backup::new(&tmp, &mut self.conn).map_err(js_err)?;
             b.run_to_completion(1024, std::time::Duration::ZERO, None)
+                .map_err(js_err)?;
+            drop(b);
+            self.conn
+                .pragma_update(None, "journal_mode", "WAL")
                 .map_err(js_err)?;
         }
         schema::migrate(&self.conn, &Default::default()).map_err(js_err)?;
