@@ -365,11 +365,7 @@ pub fn snapshot_finish(conn: &Connection, at: i64) -> Result<()> {
 
 fn snapshot_mark(conn: &Connection, at: i64) -> Result<()> {
     set_applied(conn, at)?;
-    let pending = conn
-        .prepare_cached("SELECT n FROM outbox ORDER BY n")?
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    crate::outbox::redo(conn, &pending, at)?;
+    crate::outbox::redo_all(conn, at)?;
     // The log restarts at `at`: its head must say so even though it holds no change yet, so a
     // node serving this copy (edge mode) reports the upstream's position.
     conn.execute(

@@ -315,6 +315,39 @@ pub struct Origin {
     pub entries: Vec<u32>,
 }
 
+impl Origin {
+    /// Check an origin against the write it comes with: numbers start at 1, and a batch's op
+    /// counts are each at least one and add up to the write's `ops`. Says what is wrong.
+    pub fn check(&self, ops: usize) -> std::result::Result<(), String> {
+        if self.n < 1 {
+            return Err(format!(
+                "`n` is {}: a client's write numbers start at 1",
+                self.n
+            ));
+        }
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        if self.entries.contains(&0) {
+            return Err("`entries`: every client write in a batch has at least one op".into());
+        }
+        let total: u64 = self.entries.iter().map(|&k| u64::from(k)).sum();
+        if total != ops as u64 {
+            return Err(format!(
+                "`entries` counts {total} ops, the write has {ops}: they must be equal"
+            ));
+        }
+        if self.entries.len() as i64 > self.n {
+            return Err(format!(
+                "`entries` holds {} client writes, but the last is numbered {}: numbers start at 1",
+                self.entries.len(),
+                self.n
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One entry of the change log, as stored in `changes` and sent on the wire.
 ///
 /// `data` is the row image as JSON text (kept as text so the node encodes it once, without a

@@ -281,6 +281,12 @@ pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<V
         return Ok(Vec::new());
     }
     ensure_capture(conn)?;
+    // The batch's edge upserts with their (source, target, relation), read once.
+    let triples = changes
+        .iter()
+        .filter(|c| c.kind == Kind::Edge && c.op == Op::Upsert)
+        .filter_map(|c| edge_triple(c).transpose().map(|t| t.map(|t| (c, t))))
+        .collect::<Result<Vec<_>>>()?;
     let mut seed = BTreeSet::new();
     // A pending edge holds the triple of another edge in the batch: the batch must meet the
     // node's state in its own order, so nothing may skip the undo.
@@ -325,14 +331,8 @@ pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<V
             "SELECT EXISTS (SELECT 1 FROM edges WHERE ns = ?1 AND source = ?2 AND target = ?3
                               AND relation = ?4 AND id <> ?5)",
         )?;
-        for c in changes
-            .iter()
-            .filter(|c| c.kind == Kind::Edge && c.op == Op::Upsert)
-        {
-            let Some((source, target, relation)) = edge_triple(c)? else {
-                continue;
-            };
-            let key = triple_key(&source, &target, &relation);
+        for (c, (source, target, relation)) in &triples {
+            let key = triple_key(source, target, relation);
             for n in by_triple.query_map(params![c.ns, key], |r| r.get::<_, i64>(0))? {
                 seed.insert(n?);
             }
@@ -347,7 +347,7 @@ pub(crate) fn undo(conn: &Connection, changes: &[Change], upto: i64) -> Result<V
         }
     }
     let entries = closure(conn, seed)?;
-    if !clash && settled_by(conn, &entries, changes, upto)? {
+    if !clash && settled_by(conn, &entries, changes, &triples, upto)? {
         // Every entry concerned is one the node committed, and the batch carries the node's
         // images of all the rows each touched: they leave without being undone (draining an
         // outbox then costs each batch only its own rows). An entry with a row outside the
@@ -379,10 +379,11 @@ fn settled_by(
     conn: &Connection,
     entries: &BTreeSet<i64>,
     changes: &[Change],
+    triples: &[(&Change, (String, String, String))],
     upto: i64,
 ) -> Result<bool> {
-    if changes.is_empty() {
-        return Ok(false);
+    if changes.is_empty() || entries.is_empty() {
+        return Ok(entries.is_empty());
     }
     let mut in_batch: BTreeSet<(String, String, String, String)> = changes
         .iter()
@@ -396,18 +397,13 @@ fn settled_by(
             )
         })
         .collect();
-    for c in changes
-        .iter()
-        .filter(|c| c.kind == Kind::Edge && c.op == Op::Upsert)
-    {
-        if let Some((s, t, r)) = edge_triple(c)? {
-            in_batch.insert((
-                "edge-triple".into(),
-                c.ns.clone(),
-                triple_key(&s, &t, &r),
-                String::new(),
-            ));
-        }
+    for (c, (s, t, r)) in triples {
+        in_batch.insert((
+            "edge-triple".into(),
+            c.ns.clone(),
+            triple_key(s, t, r),
+            String::new(),
+        ));
     }
     let mut seq_of = conn.prepare_cached("SELECT seq FROM outbox WHERE n = ?1")?;
     let mut keys_of =
@@ -462,6 +458,15 @@ pub(crate) fn undo_all(conn: &Connection) -> Result<Vec<i64>> {
         .query_map([], |r| r.get::<_, i64>(0))?
         .collect::<rusqlite::Result<BTreeSet<_>>>()?;
     undo_entries(conn, all)
+}
+
+/// After a snapshot applied at `at`: redo every pending entry (see [`undo_all`]).
+pub(crate) fn redo_all(conn: &Connection, at: i64) -> Result<()> {
+    let all = conn
+        .prepare_cached("SELECT n FROM outbox ORDER BY n")?
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    redo(conn, &all, at)
 }
 
 /// The entries that share a row with `seed`'s, transitively.

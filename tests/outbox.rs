@@ -420,6 +420,34 @@ mod replica {
     }
 
     #[test]
+    fn an_origin_that_does_not_add_up_is_refused_by_the_store() {
+        let w = World::new();
+        let first = Origin {
+            client: "c".into(),
+            n: 2,
+            entries: Vec::new(),
+        };
+        w.node.write_from(&[ent("a", "ant")], Some(&first)).unwrap();
+        // With the ledger at 2, a batch 2..=3 skips its first write: counts that lie would
+        // reach past the ops.
+        let bad = Origin {
+            client: "c".into(),
+            n: 3,
+            entries: vec![5, 1],
+        };
+        let two = [ent("a", "ant"), ent("b", "bee")];
+        let e = w.node.write_from(&two, Some(&bad)).unwrap_err();
+        assert!(e.to_string().contains("`entries` counts 6 ops"), "{e}");
+        let zero = Origin {
+            client: "c".into(),
+            n: 0,
+            entries: Vec::new(),
+        };
+        assert!(w.node.write_from(&[ent("a", "ant")], Some(&zero)).is_err());
+        assert_eq!(w.node.head().unwrap(), 1, "nothing written after the first");
+    }
+
+    #[test]
     fn a_refused_write_is_taken_back_and_its_neighbours_land() {
         let w = World::new();
         w.node.write(&[ent("b", "bee")]).unwrap();

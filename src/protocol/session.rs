@@ -355,30 +355,6 @@ fn on_subscribe(
     }]
 }
 
-/// A batch's op counts: each write has ops, they add up to the write's, and the first is
-/// numbered 1 or more.
-fn check_entries(entries: &[u32], n: i64, ops: usize) -> std::result::Result<(), String> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if entries.contains(&0) {
-        return Err("`entries`: every client write in a batch has at least one op".into());
-    }
-    let total: u64 = entries.iter().map(|&k| u64::from(k)).sum();
-    if total != ops as u64 {
-        return Err(format!(
-            "`entries` counts {total} ops, the write has {ops}: they must be equal"
-        ));
-    }
-    if entries.len() as i64 > n {
-        return Err(format!(
-            "`entries` holds {} client writes, but the last is numbered {n}: numbers start at 1",
-            entries.len()
-        ));
-    }
-    Ok(())
-}
-
 /// A write, checked against the limits and the principal's write scope.
 fn on_write(
     req: String,
@@ -409,17 +385,15 @@ fn on_write(
             if let Err(e) = check_client_id("client", &client) {
                 return fail(ErrorCode::BadRequest, e);
             }
-            if n < 1 {
-                return fail(
-                    ErrorCode::BadRequest,
-                    format!("`n` is {n}: a client's write numbers start at 1"),
-                );
-            }
-            let entries = entries.unwrap_or_default();
-            if let Err(e) = check_entries(&entries, n, ops.len()) {
+            let origin = Origin {
+                client,
+                n,
+                entries: entries.unwrap_or_default(),
+            };
+            if let Err(e) = origin.check(ops.len()) {
                 return fail(ErrorCode::BadRequest, e);
             }
-            Some(Origin { client, n, entries })
+            Some(origin)
         }
         _ => {
             return fail(

@@ -320,7 +320,11 @@ pub(crate) fn write_ops(
     ops_: &[WriteOp],
     origin: Option<&Origin>,
 ) -> Result<WriteResult> {
+    if let Some(o) = origin {
+        o.check(ops_.len()).map_err(Error::invalid)?;
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut ops_ = ops_;
     if let Some(o) = origin {
         let last: Option<(i64, i64)> = tx
             .prepare_cached("SELECT n, seq FROM client_writes WHERE client = ?1")?
@@ -334,20 +338,13 @@ pub(crate) fn write_ops(
                 replayed: true,
             });
         }
-        // A batch some of whose writes the node has: only the rest are applied.
-        if let Some((last, _)) = last {
+        // A batch some of whose writes the node has: only the rest are applied. (`check`
+        // made the counts add up, and `last < o.n` leaves at least one write.)
+        if let Some((last, _)) = last.filter(|_| !o.entries.is_empty()) {
             let first = o.n - o.entries.len() as i64 + 1;
             let skip = usize::try_from(last - first + 1).unwrap_or(0);
-            if !o.entries.is_empty() && skip > 0 {
-                let ops_skipped: usize = o.entries[..skip].iter().map(|&k| k as usize).sum();
-                drop(tx);
-                let rest = Origin {
-                    client: o.client.clone(),
-                    n: o.n,
-                    entries: o.entries[skip..].to_vec(),
-                };
-                return write_ops(conn, &ops_[ops_skipped..], Some(&rest));
-            }
+            let skipped: usize = o.entries[..skip].iter().map(|&k| k as usize).sum();
+            ops_ = &ops_[skipped..];
         }
     }
     let now = ops::now_us(&tx)?;

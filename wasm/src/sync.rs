@@ -54,7 +54,9 @@ pub(crate) struct Sync {
     /// feed batch's transaction (the batch that carries the writes back), or their own when the
     /// feed has passed them already, the subscription goes live or the connection ends. Lost
     /// with the page, they cost a re-send that the node answers from its ledger.
-    confirmed: Vec<(i64, i64)>,
+    confirmed: std::collections::BTreeMap<i64, i64>,
+    /// The lowest seq among `confirmed` (`i64::MAX` when none).
+    confirmed_min_seq: i64,
     /// The shell's clock at the last input (ms).
     now: u64,
 }
@@ -104,7 +106,8 @@ impl Replica {
             sent_upto: 0,
             batches: Default::default(),
             singles: BTreeSet::new(),
-            confirmed: Vec::new(),
+            confirmed: Default::default(),
+            confirmed_min_seq: i64::MAX,
             now: 0,
         });
         Ok(())
@@ -198,6 +201,14 @@ impl Replica {
     }
 }
 
+impl Sync {
+    /// The node's answers held in memory, for recording (they leave memory).
+    fn take_confirmed(&mut self) -> Vec<(i64, i64)> {
+        self.confirmed_min_seq = i64::MAX;
+        std::mem::take(&mut self.confirmed).into_iter().collect()
+    }
+}
+
 /// Hand the session one `write` carrying `batch` (consecutive entries), with its origin.
 fn send_batch(sync: &mut Sync, batch: Vec<outbox::Pending>) -> Vec<ClientAction> {
     let last = batch[batch.len() - 1].n;
@@ -281,14 +292,13 @@ impl Replica {
         // batch goes alone.
         let mut acts = Vec::new();
         let mut batch: Vec<outbox::Pending> = Vec::new();
+        let (mut ops, mut bytes) = (0usize, 0usize);
         for p in next {
             sync.sent_upto = p.n;
-            if sync.confirmed.iter().any(|(n, _)| *n == p.n) || !sync.inflight.insert(p.n) {
+            if sync.confirmed.contains_key(&p.n) || !sync.inflight.insert(p.n) {
                 continue;
             }
             let alone = sync.singles.contains(&p.n);
-            let ops: usize = batch.iter().map(|b| b.ops.len()).sum();
-            let bytes: usize = batch.iter().map(|b| b.size).sum();
             let contiguous = batch.last().is_none_or(|b| b.n + 1 == p.n);
             if !batch.is_empty()
                 && (alone
@@ -299,7 +309,10 @@ impl Replica {
                     || sync.singles.contains(&batch[0].n))
             {
                 acts.extend(send_batch(sync, std::mem::take(&mut batch)));
+                (ops, bytes) = (0, 0);
             }
+            ops += p.ops.len();
+            bytes += p.size;
             batch.push(p);
         }
         if !batch.is_empty() {
@@ -335,12 +348,11 @@ impl Replica {
         }
         // Answers wait for the batch that carries their writes back, unless the feed has passed
         // them already (the batch came before the answer), or the connection ended.
-        let applied = apply::applied_seq(&self.conn).unwrap_or(0);
         if self.sync.as_ref().is_some_and(|s| {
             !s.confirmed.is_empty()
                 && (!s.session.subscribed()
                     || s.confirmed.len() >= 4096
-                    || s.confirmed.iter().any(|&(_, seq)| seq <= applied))
+                    || s.confirmed_min_seq <= apply::applied_seq(&self.conn).unwrap_or(0))
         }) {
             self.record_confirmed(&mut events);
         }
@@ -392,7 +404,7 @@ impl Replica {
                 vec![]
             }
             ClientAction::Apply { prev, changes } => {
-                let confirmed = std::mem::take(&mut sync.confirmed);
+                let confirmed = sync.take_confirmed();
                 match apply::apply_changes_confirming(&self.conn, prev, &changes, &confirmed) {
                     Ok(o) => {
                         events.push(json!({"type": "applied", "seq": o.seq, "count": o.applied}));
@@ -411,7 +423,8 @@ impl Replica {
                 for n in entries {
                     sync.inflight.remove(&n);
                     sync.singles.remove(&n);
-                    sync.confirmed.push((n, seq));
+                    sync.confirmed.insert(n, seq);
+                    sync.confirmed_min_seq = sync.confirmed_min_seq.min(seq);
                     events.push(json!({"type": "written", "n": n, "seq": seq}));
                 }
                 vec![]
@@ -461,7 +474,7 @@ impl Replica {
         let Some(sync) = self.sync.as_mut() else {
             return;
         };
-        let confirmed = std::mem::take(&mut sync.confirmed);
+        let confirmed = sync.take_confirmed();
         if let Err(e) = outbox::confirm_many(&self.conn, &confirmed) {
             events.push(json!({"type": "error", "message": format!("could not record the node's answers: {e}")}));
         }
