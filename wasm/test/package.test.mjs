@@ -127,14 +127,18 @@ test("the sync client's events and status carry exactly what hivesync.d.ts decla
   ws.onopen();
   assert.deepEqual(JSON.parse(ws.sent[0]), { type: 'hello', token: 'secret', client: 'hivesync-web' });
   const frame = (m) => ws.onmessage({ data: JSON.stringify(m) });
+  // Frames are applied in a task of their own, after calls already waiting (sync.js).
+  const applied = () => new Promise((r) => setTimeout(r, 60));
   const change = { seq: 2, tx: 2, ts: 1, ns: 'default', kind: 'entity', op: 'upsert', id: 'ada',
     data: { id: 'ada', kind: 'person', name: 'Ada Lovelace', description: '', properties: {}, tags: [], created_at: 1, updated_at: 1 } };
   frame({ type: 'welcome', protocol: 1, node: 'n1', head: 2, horizon: 0 });
   frame({ type: 'snapshot', sub: 'replica', at: 1, rows: [], done: true });
   frame({ type: 'changes', sub: 'replica', prev: 1, changes: [change] });
   frame({ type: 'live', sub: 'replica', seq: 2 });
+  await applied();
   statuses.push(client.status());
   frame({ type: 'error', code: 'unauthorized', message: 'the token was revoked' });
+  await applied();
   statuses.push(client.status());
   assert.equal(sockets.length, 1, 'unauthorized stops the client: no reconnect');
   assert.equal(statuses.at(-1).error, 'unauthorized: the token was revoked');

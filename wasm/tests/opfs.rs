@@ -48,6 +48,34 @@ async fn a_persistent_replica_survives_reopening() {
         .contains("\"b\""));
 }
 
+#[wasm_bindgen_test]
+async fn an_idle_checkpoint_copies_the_wal_and_keeps_every_row() {
+    let name = format!("c{}", js_sys_now());
+    {
+        let mut r = Replica::open_persistent(name.clone()).await.unwrap();
+        let b = ServerMsg::Changes {
+            sub: "s".into(),
+            prev: 0,
+            changes: (1..=50).map(|i| entity(i, &format!("e{i}"))).collect(),
+        };
+        r.handle_frame(&encode_server_bin(&b)).unwrap();
+        assert!(r.checkpoint().unwrap() > 0, "the WAL held the batch");
+        assert_eq!(r.checkpoint().unwrap(), 0, "nothing left to copy");
+        let c = ServerMsg::Changes {
+            sub: "s".into(),
+            prev: 50,
+            changes: vec![entity(51, "after")],
+        };
+        r.handle_frame(&encode_server_bin(&c)).unwrap();
+    }
+    let r = Replica::open_persistent(name).await.unwrap();
+    assert_eq!(r.applied_seq().unwrap(), 51.0);
+    assert!(r.search(r#"{"text":"e7"}"#).unwrap().contains("\"e7\""));
+    assert!(r.get("entity", "default", "after", None).unwrap().contains("persisted after"));
+    // A replica in memory has no WAL.
+    assert_eq!(Replica::open_memory().unwrap().checkpoint().unwrap(), 0);
+}
+
 fn js_sys_now() -> u64 {
     // A name per run, so a previous run's file does not count.
     (hivesync::ops::now_us(&hivesync::rusqlite::Connection::open_in_memory().unwrap()).unwrap())

@@ -5,10 +5,23 @@
 // every frame and keeps the outbox of local writes (src/outbox.rs), which the session uploads
 // exactly once. This file only moves bytes and turns the session's events into the page's.
 
+// Runs `f` in a task below the page's calls (where the browser has task priorities), and
+// within FRAME_WAIT_MS whatever else keeps the thread busy; `f` must be safe to run twice.
+const FRAME_WAIT_MS = 50;
+const later = (f) => {
+  if (globalThis.scheduler?.postTask) {
+    globalThis.scheduler.postTask(f, { priority: 'background' }).catch(() => {});
+    setTimeout(f, FRAME_WAIT_MS);
+  } else {
+    setTimeout(f, 0);
+  }
+};
+
 export class SyncClient {
   /**
    * @param {object} replica  a wasm Replica
-   * @param {object} opts     { url, token, protocol: 'bin'|'json', namespaces, onEvent, WebSocket }
+   * @param {object} opts     { url, token, protocol: 'bin'|'json', namespaces, onEvent, onWork, WebSocket }
+   *                          (onWork: called after each frame the replica handled)
    */
   constructor(replica, opts) {
     this.replica = replica;
@@ -17,6 +30,7 @@ export class SyncClient {
     this.protocol = opts.protocol === 'json' ? 'json' : 'bin';
     this.namespaces = opts.namespaces ?? null;
     this.onEvent = opts.onEvent ?? (() => {});
+    this.onWork = opts.onWork ?? (() => {});
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
     this.ws = null;
     this.stopped = true;
@@ -82,14 +96,30 @@ export class SyncClient {
       this.online = true;
       this.run(this.replica.syncConnected());
     };
+    // Frames wait in `inbox` for a task of lower priority than the page's calls, so that a
+    // query or a write that is already queued is answered before the frames that arrived
+    // beside it are applied.
+    let inbox = [];
+    const drain = () => {
+      if (inbox.length === 0) return;
+      const frames = inbox;
+      inbox = [];
+      for (const d of frames) {
+        if (this.ws !== ws) return;
+        this.run(typeof d === 'string'
+          ? this.replica.syncText(d, this.now())
+          : this.replica.syncFrame(new Uint8Array(d), this.now()));
+      }
+      this.onWork();
+    };
     ws.onmessage = (e) => {
       if (this.ws !== ws) return;
-      this.run(typeof e.data === 'string'
-        ? this.replica.syncText(e.data, this.now())
-        : this.replica.syncFrame(new Uint8Array(e.data), this.now()));
+      inbox.push(e.data);
+      if (inbox.length === 1) later(drain);
     };
     ws.onerror = () => {};
     ws.onclose = () => {
+      if (this.ws === ws) drain();
       const current = this.ws === ws;
       if (current) this.ws = null;
       const was = this.online;

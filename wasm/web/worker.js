@@ -18,6 +18,20 @@ const startSync = () => {
 };
 const emit = (event) => postMessage({ event });
 
+// Checkpoints in idle time: once the replica has had no call and no frame for IDLE_MS, the WAL
+// is copied into the database file here, where no write or query waits for it (SQLite's own
+// checkpoint, inside a commit, is only the backstop for a replica that is never idle; see
+// `Replica.checkpoint`).
+const IDLE_MS = 100;
+let idleTimer = null;
+const worked = () => {
+  clearTimeout(idleTimer);
+  idleTimer = setTimeout(() => {
+    idleTimer = null;
+    try { replica?.checkpoint(); } catch (e) { emit({ type: 'error', message: `checkpoint: ${e.message ?? e}` }); }
+  }, IDLE_MS);
+};
+
 let openedInfo = null;
 let markOpen;
 const isOpen = new Promise((r) => { markOpen = r; });
@@ -46,7 +60,7 @@ async function open(opts) {
   if (!replica) replica = Replica.openMemory();
   const tOpen = performance.now();
   if (opts.url) {
-    client = new SyncClient(replica, { ...opts, onEvent: emit });
+    client = new SyncClient(replica, { ...opts, onEvent: emit, onWork: worked });
     pendingStart = setTimeout(startSync, 300);
   }
   // Where opening spent its time (ms), for diagnosing slow starts.
@@ -96,6 +110,7 @@ onmessage = async (e) => {
     if (method !== 'open') await isOpen;
     const result = await methods[method](...(args ?? []));
     postMessage({ id, result });
+    worked();
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
     postMessage({ id, error: String(err?.message ?? err) });

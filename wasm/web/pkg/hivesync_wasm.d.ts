@@ -22,6 +22,12 @@ export class Replica {
      */
     applyChanges(prev: number, changes_json: string): number;
     /**
+     * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
+     * later write or query pays for it; the Worker calls it when the replica has been idle a
+     * moment. Returns the pages the WAL held (0 for a replica in memory).
+     */
+    checkpoint(): number;
+    /**
      * A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
      * all when absent): equal to the node's `hivesync digest` for the same rows.
      */
@@ -184,6 +190,7 @@ export interface InitOutput {
     readonly replica_abortSnapshot: (a: number) => void;
     readonly replica_appliedSeq: (a: number) => [number, number, number];
     readonly replica_applyChanges: (a: number, b: number, c: number, d: number) => [number, number, number];
+    readonly replica_checkpoint: (a: number) => [number, number, number];
     readonly replica_digest: (a: number, b: number, c: number) => [number, number, number, number];
     readonly replica_encodeAck: (a: number, b: number, c: number) => [number, number];
     readonly replica_encodeHello: (a: number, b: number, c: number, d: number) => [number, number];

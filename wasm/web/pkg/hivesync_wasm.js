@@ -55,6 +55,19 @@ export class Replica {
         return ret[0];
     }
     /**
+     * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
+     * later write or query pays for it; the Worker calls it when the replica has been idle a
+     * moment. Returns the pages the WAL held (0 for a replica in memory).
+     * @returns {number}
+     */
+    checkpoint() {
+        const ret = wasm.replica_checkpoint(this.__wbg_ptr);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return ret[0] >>> 0;
+    }
+    /**
      * A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
      * all when absent): equal to the node's `hivesync digest` for the same rows.
      * @param {string | null} [namespaces_json]
@@ -1164,7 +1177,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 878, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 879, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e);
             return ret;
         },

@@ -8,6 +8,7 @@ export const memset: (a: number, b: number, c: number) => number;
 export const replica_abortSnapshot: (a: number) => void;
 export const replica_appliedSeq: (a: number) => [number, number, number];
 export const replica_applyChanges: (a: number, b: number, c: number, d: number) => [number, number, number];
+export const replica_checkpoint: (a: number) => [number, number, number];
 export const replica_digest: (a: number, b: number, c: number) => [number, number, number, number];
 export const replica_encodeAck: (a: number, b: number, c: number) => [number, number];
 export const replica_encodeHello: (a: number, b: number, c: number, d: number) => [number, number];
