@@ -866,3 +866,138 @@ fn a_paged_snapshot_converges_across_a_replaced_edge() {
         s.digest(None).unwrap().sha256
     );
 }
+
+/// Search as it was before top-k (every match joined to its row, given a snippet, then sorted
+/// by weighted bm25): the reference the top-k plan must agree with.
+fn search_sorting_every_match(
+    s: &Store,
+    record: Kind,
+    fts: &str,
+    limit: i64,
+) -> Vec<(String, String, f64)> {
+    let (table, fts_table, weights) = match record {
+        Kind::Entity => ("entities", "entities_fts", "10.0, 3.0, 5.0"),
+        _ => ("notes", "notes_fts", "10.0, 3.0"),
+    };
+    s.read(|c| {
+        let sql = format!(
+            "SELECT t.id, snippet({fts_table}, -1, '[', ']', '…', 16), -bm25({fts_table}, {weights})
+             FROM {fts_table} JOIN {table} t ON t.rowid = {fts_table}.rowid
+             WHERE {fts_table} MATCH ?1 ORDER BY bm25({fts_table}, {weights}) LIMIT ?2"
+        );
+        let mut st = c.prepare(&sql)?;
+        let rows = st.query_map(hivesync::rusqlite::params![fts, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<hivesync::rusqlite::Result<Vec<_>>>()?)
+    })
+    .unwrap()
+}
+
+#[test]
+fn top_k_search_gives_the_scores_and_snippets_of_sorting_every_match() {
+    use hivesync::schema::{SchemaOptions, Tokenizer};
+    let words = [
+        "amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "heron",
+    ];
+    for tokenizer in [Tokenizer::Unicode61, Tokenizer::Trigram] {
+        let d = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            schema: SchemaOptions { tokenizer },
+            ..Default::default()
+        };
+        let s = Store::open(d.path().join("t.db"), opts).unwrap();
+        // Rows of varied lengths and term counts, so scores differ; some rows in another
+        // namespace or of another kind, for the filters.
+        let mut ops = Vec::new();
+        for i in 0..600usize {
+            let pick = |k: usize| words[(i * 7 + k * 3 + i / 5) % words.len()];
+            let text: Vec<&str> = (0..(3 + i % 11)).map(pick).collect();
+            let ns = if i % 9 == 0 { "other" } else { "d" };
+            let kind = if i % 4 == 0 { "place" } else { "thing" };
+            ops.push(WriteOp::upsert(
+                Kind::Entity,
+                ns,
+                json!({
+                "id": format!("e{i}"), "kind": kind, "name": format!("{} {}", pick(1), pick(i % 5)),
+                "description": text.join(" "), "tags": [pick(2)]}),
+            ));
+            ops.push(WriteOp::upsert(
+                Kind::Note,
+                ns,
+                json!({
+                "id": format!("n{i}"), "kind": kind, "name": pick(4),
+                "content": format!("{} and then {}", text.join(" "), pick(6))}),
+            ));
+        }
+        s.write(&ops).unwrap();
+        for term in ["amber", "cobalt heron", "fjord*", "\"ember dune\""] {
+            let fts = hivesync::query::fts_query(term).unwrap();
+            for record in [Kind::Entity, Kind::Note] {
+                for limit in [5usize, 20, 1000] {
+                    let hits = s
+                        .search(&SearchQuery {
+                            text: term.into(),
+                            records: Some(vec![record]),
+                            limit,
+                            ..Default::default()
+                        })
+                        .unwrap();
+                    let want = search_sorting_every_match(&s, record, &fts, limit as i64);
+                    assert_eq!(
+                        hits.len(),
+                        want.len(),
+                        "{tokenizer:?} {term} {record:?} {limit}"
+                    );
+                    // Scores in the same order (rows of equal score may come in either order).
+                    let got_scores: Vec<f64> = hits.iter().map(|h| h.score).collect();
+                    let want_scores: Vec<f64> = want.iter().map(|w| w.2).collect();
+                    assert_eq!(
+                        got_scores, want_scores,
+                        "{tokenizer:?} {term} {record:?} {limit}"
+                    );
+                    // Each returned row has the snippet and score the old plan gave it.
+                    let all = search_sorting_every_match(&s, record, &fts, 10_000);
+                    for h in &hits {
+                        let w = all.iter().find(|w| w.0 == h.id).unwrap();
+                        assert_eq!(
+                            (&h.snippet, h.score),
+                            (&w.1, w.2),
+                            "{tokenizer:?} {term} {}",
+                            h.id
+                        );
+                    }
+                }
+            }
+            // Filters keep their meaning: every hit of a filtered search is in the namespace
+            // and of the kind asked for, and none that qualifies is missed.
+            for record in [Kind::Entity, Kind::Note] {
+                let records = Some(vec![record]);
+                let q = SearchQuery {
+                    text: term.into(),
+                    ns: Some("other".into()),
+                    kind: Some("place".into()),
+                    limit: 1000,
+                    records: records.clone(),
+                };
+                let hits = s.search(&q).unwrap();
+                assert!(hits.iter().all(|h| h.ns == "other" && h.kind == "place"));
+                let qualifying: usize = s
+                    .search(&SearchQuery {
+                        text: term.into(),
+                        limit: 1000,
+                        records,
+                        ..Default::default()
+                    })
+                    .unwrap()
+                    .iter()
+                    .filter(|h| h.ns == "other" && h.kind == "place")
+                    .count();
+                if term == "amber" {
+                    assert!(qualifying > 0, "the corpus has rows for the filter");
+                }
+                assert_eq!(hits.len(), qualifying, "{tokenizer:?} {term} {record:?}");
+            }
+        }
+    }
+}

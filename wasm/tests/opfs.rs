@@ -71,7 +71,10 @@ async fn an_idle_checkpoint_copies_the_wal_and_keeps_every_row() {
     let r = Replica::open_persistent(name).await.unwrap();
     assert_eq!(r.applied_seq().unwrap(), 51.0);
     assert!(r.search(r#"{"text":"e7"}"#).unwrap().contains("\"e7\""));
-    assert!(r.get("entity", "default", "after", None).unwrap().contains("persisted after"));
+    assert!(r
+        .get("entity", "default", "after", None)
+        .unwrap()
+        .contains("persisted after"));
     // A replica in memory has no WAL.
     assert_eq!(Replica::open_memory().unwrap().checkpoint().unwrap(), 0);
 }
