@@ -36,6 +36,7 @@ use crate::error::Error;
 use crate::protocol::{
     encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg, Session,
 };
+use crate::store::{GROUP_MAX_BYTES, GROUP_MAX_OPS, GROUP_MAX_WRITES};
 
 /// Frames queued per connection (a second bound beside [`CONN_OUT_BYTES`]).
 const OUT_QUEUE: usize = 64;
@@ -125,6 +126,8 @@ pub(crate) fn code_for(e: &Error) -> ErrorCode {
 pub(crate) struct WriteBudget {
     _conn: OwnedSemaphorePermit,
     _node: OwnedSemaphorePermit,
+    /// The frame's size.
+    bytes: usize,
 }
 
 /// The connection's sender: sends queued frames in order until the queue closes or a close
@@ -205,7 +208,11 @@ async fn take_write_budget(
             .acquire_many_owned(permits(n, NODE_WRITE_BYTES))
             .await
             .ok()?;
-        Some(WriteBudget { _conn: c, _node: w })
+        Some(WriteBudget {
+            _conn: c,
+            _node: w,
+            bytes: n,
+        })
     };
     tokio::select! {
         b = take => Ok(b),
@@ -552,18 +559,31 @@ pub(crate) struct WriteJob {
     t0: Instant,
     reply: oneshot::Sender<ServerMsg>,
     /// Released when the writer is done with the job.
-    _budget: Option<WriteBudget>,
+    budget: Option<WriteBudget>,
+}
+
+impl WriteJob {
+    /// The size of the frame that carried it (0 when unknown).
+    fn bytes(&self) -> usize {
+        self.budget.as_ref().map_or(0, |b| b.bytes)
+    }
 }
 
 /// Writes waiting for the writer thread, across all connections; a full queue makes sessions
 /// wait before reading their next frame (backpressure on writers, not on subscribers).
 pub(crate) const WRITE_QUEUE: usize = 1024;
 
-/// The node's writer: one thread that commits queued writes one transaction each, in arrival
-/// order, and answers each. Sessions never wait for a commit: the answer goes through the
-/// connection's replies task. Measured against committing inside the session task (through
-/// `spawn_blocking`, behind every subscriber's task in tokio's run queue): writer round trip at
-/// 1,000 subscribers p50 29.8 s -> 0.66 s (benches/node.rs, part 1).
+/// The node's writer: one thread that commits queued writes in arrival order and answers each.
+/// Sessions never wait for a commit: the answer goes through the connection's replies task.
+/// Measured against committing inside the session task (through `spawn_blocking`, behind every
+/// subscriber's task in tokio's run queue): writer round trip at 1,000 subscribers p50 29.8 s
+/// -> 0.66 s (benches/node.rs, part 1).
+///
+/// Group commit: the writes waiting in the queue when the writer is free (up to
+/// [`GROUP_MAX_WRITES`], [`GROUP_MAX_OPS`] ops and [`GROUP_MAX_BYTES`] of frames) commit in
+/// one transaction, each in its own savepoint (`Store::write_group`), and each is answered
+/// after that commit with its own seq. The writer never waits for more writes to arrive: a
+/// lone write commits at once.
 pub(crate) fn spawn_writer(
     store: Arc<crate::store::Store>,
     hub: Arc<super::hub::Hub>,
@@ -573,27 +593,64 @@ pub(crate) fn spawn_writer(
     std::thread::Builder::new()
         .name("hivesync-writer".into())
         .spawn(move || {
-            while let Some(job) = jobs.blocking_recv() {
-                let m = match store.write_from(&job.ops, job.origin.as_ref()) {
-                    Ok(r) => {
-                        metrics.observe_write(job.t0.elapsed());
-                        hub.wake();
-                        ServerMsg::Written {
-                            req: job.req,
-                            seq: r.seq,
-                        }
-                    }
-                    Err(e) => {
-                        metrics.write_errors.fetch_add(1, Relaxed);
-                        ServerMsg::Error(ErrorMsg {
-                            code: code_for(&e),
-                            message: e.to_string(),
-                            sub: None,
-                            req: Some(job.req),
-                        })
-                    }
+            let mut next: Option<WriteJob> = None;
+            let mut group: Vec<WriteJob> = Vec::new();
+            loop {
+                let Some(first) = next.take().or_else(|| jobs.blocking_recv()) else {
+                    break;
                 };
-                let _ = job.reply.send(m);
+                let (mut ops, mut bytes) = (first.ops.len(), first.bytes());
+                group.push(first);
+                while group.len() < GROUP_MAX_WRITES {
+                    let Ok(job) = jobs.try_recv() else { break };
+                    if ops + job.ops.len() > GROUP_MAX_OPS || bytes + job.bytes() > GROUP_MAX_BYTES
+                    {
+                        next = Some(job);
+                        break;
+                    }
+                    ops += job.ops.len();
+                    bytes += job.bytes();
+                    group.push(job);
+                }
+                let writes: Vec<crate::store::GroupWrite<'_>> = group
+                    .iter()
+                    .map(|j| (j.ops.as_slice(), j.origin.as_ref()))
+                    .collect();
+                let results = match store.write_group(&writes) {
+                    Ok(r) => r,
+                    // No writer connection: every write of the group gets the error.
+                    Err(e) => writes
+                        .iter()
+                        .map(|_| Err(Error::invalid(e.to_string())))
+                        .collect(),
+                };
+                drop(writes);
+                let committed = results.iter().any(Result::is_ok);
+                if committed {
+                    hub.wake();
+                    metrics.observe_group(group.len());
+                }
+                for (job, r) in group.drain(..).zip(results) {
+                    let m = match r {
+                        Ok(r) => {
+                            metrics.observe_write(job.t0.elapsed());
+                            ServerMsg::Written {
+                                req: job.req,
+                                seq: r.seq,
+                            }
+                        }
+                        Err(e) => {
+                            metrics.write_errors.fetch_add(1, Relaxed);
+                            ServerMsg::Error(ErrorMsg {
+                                code: code_for(&e),
+                                message: e.to_string(),
+                                sub: None,
+                                req: Some(job.req),
+                            })
+                        }
+                    };
+                    let _ = job.reply.send(m);
+                }
             }
         })
 }
@@ -677,7 +734,7 @@ async fn write(
         origin,
         t0,
         reply,
-        _budget: budget,
+        budget,
     };
     if let Err(mpsc::error::SendError(job)) = writes.send(job).await {
         let _ = job.reply.send(refuse(

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub writes: AtomicU64,
     /// Writes refused or failed.
     pub write_errors: AtomicU64,
+    /// Transactions the writer committed writes in (group commit: writes per transaction is
+    /// `writes / write_groups`).
+    pub write_groups: AtomicU64,
     /// Subscribers dropped for not draining their queue.
     pub stalled_drops: AtomicU64,
     /// WebSocket upgrades refused at the connection limit.
@@ -60,6 +63,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Record one group commit of `writes` writes.
+    pub fn observe_group(&self, writes: usize) {
+        if writes > 0 {
+            self.write_groups.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Record one write's commit latency.
     pub fn observe_write(&self, d: Duration) {
         let s = d.as_secs_f64();
@@ -116,7 +126,7 @@ impl Metrics {
     }
 
     /// The node's own samples, one table.
-    fn samples(&self, head: i64) -> [Sample<'static>; 13] {
+    fn samples(&self, head: i64) -> [Sample<'static>; 14] {
         let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         // Aggregates only: per-subscription series named every tenant's connections and
         // subscriptions, and grew without bound.
@@ -168,6 +178,12 @@ impl Metrics {
                 COUNTER,
                 "Writes refused or failed.",
                 c(&self.write_errors),
+            ),
+            (
+                "hivesync_write_groups_total",
+                COUNTER,
+                "Transactions the writer committed writes in (group commit).",
+                c(&self.write_groups),
             ),
             (
                 "hivesync_stalled_drops_total",

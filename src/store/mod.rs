@@ -106,6 +106,14 @@ impl Store {
         write_ops(&mut conn, ops, origin)
     }
 
+    /// Group commit: many writes in one transaction, each in its own savepoint (a refused one
+    /// fails alone); one result per write, in order (see [`GroupWrite`] and the bounds the
+    /// node's writer keeps, [`GROUP_MAX_WRITES`]).
+    pub fn write_group(&self, writes: &[GroupWrite<'_>]) -> Result<Vec<Result<WriteResult>>> {
+        let mut conn = self.pool.writer()?;
+        Ok(write_group(&mut conn, writes))
+    }
+
     /// Upsert one row.
     pub fn upsert(&self, kind: Kind, ns: &str, data: serde_json::Value) -> Result<WriteResult> {
         self.write(&[WriteOp::upsert(kind, ns, data)])
@@ -313,17 +321,89 @@ impl Store {
     }
 }
 
-/// The write transaction: `sync_ctx` gives every change of the commit the same `tx` (the seq of
-/// its first change) and `ts`.
+/// One write in a transaction of its own.
 pub(crate) fn write_ops(
     conn: &mut Connection,
-    ops_: &[WriteOp],
+    ops: &[WriteOp],
     origin: Option<&Origin>,
 ) -> Result<WriteResult> {
     if let Some(o) = origin {
-        o.check(ops_.len()).map_err(Error::invalid)?;
+        o.check(ops.len()).map_err(Error::invalid)?;
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let r = write_in(&tx, ops, origin)?;
+    schema::drain_fts_queue(&tx)?;
+    tx.commit()?;
+    Ok(r)
+}
+
+/// One write of a group: its ops, and its origin (a client's numbered write) if any.
+pub type GroupWrite<'a> = (&'a [WriteOp], Option<&'a Origin>);
+
+/// Most writes one group commit takes, and most ops and bytes (the writer stops adding writes
+/// at the first that would pass a bound; a single write past them still goes, alone).
+pub const GROUP_MAX_WRITES: usize = 256;
+/// See [`GROUP_MAX_WRITES`].
+pub const GROUP_MAX_OPS: usize = 8192;
+/// See [`GROUP_MAX_WRITES`].
+pub const GROUP_MAX_BYTES: usize = 8 << 20;
+
+/// Group commit: `writes` in one transaction, each in a savepoint of its own, so a refused
+/// write is rolled back alone and the others commit. Each result is what [`write_ops`] would
+/// have answered for that write alone, in the same order: its own seq range and `tx` (the seq
+/// of its first change), the ledger of its origin. When the transaction itself fails (it
+/// cannot begin, a savepoint cannot roll back, the commit fails), nothing of it committed and
+/// each write runs again alone, for its own answer.
+pub(crate) fn write_group(
+    conn: &mut Connection,
+    writes: &[GroupWrite<'_>],
+) -> Vec<Result<WriteResult>> {
+    if let [(ops, origin)] = writes {
+        return vec![write_ops(conn, ops, *origin)];
+    }
+    match try_group(conn, writes) {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::warn!(error = %e, writes = writes.len(), "group commit failed; committing each write alone");
+            writes
+                .iter()
+                .map(|(ops, origin)| write_ops(conn, ops, *origin))
+                .collect()
+        }
+    }
+}
+
+fn try_group(conn: &mut Connection, writes: &[GroupWrite<'_>]) -> Result<Vec<Result<WriteResult>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(writes.len());
+    for (ops, origin) in writes {
+        if let Some(o) = origin {
+            if let Err(e) = o.check(ops.len()) {
+                out.push(Err(Error::invalid(e)));
+                continue;
+            }
+        }
+        tx.execute_batch("SAVEPOINT hs_write")?;
+        match write_in(&tx, ops, *origin) {
+            Ok(r) => {
+                tx.execute_batch("RELEASE hs_write")?;
+                out.push(Ok(r));
+            }
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO hs_write; RELEASE hs_write")?;
+                out.push(Err(e));
+            }
+        }
+    }
+    schema::drain_fts_queue(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The body of a write, inside the caller's transaction: `sync_ctx` gives every change of the
+/// write the same `tx` (the seq of its first change) and `ts`. The caller drains the full-text
+/// and vector queue before it commits.
+fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Result<WriteResult> {
     let mut ops_ = ops_;
     if let Some(o) = origin {
         let last: Option<(i64, i64)> = tx
@@ -377,8 +457,7 @@ pub(crate) fn write_ops(
         let r = ops::execute(&tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }
-    run.finish(&tx).map_err(run_err)?;
-    schema::drain_fts_queue(&tx)?;
+    run.finish(tx).map_err(run_err)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(&tx)?;
     if let Some(o) = origin {
@@ -388,7 +467,6 @@ pub(crate) fn write_ops(
         )?
         .execute(params![o.client, o.n, seq])?;
     }
-    tx.commit()?;
     Ok(WriteResult {
         seq,
         ids,
