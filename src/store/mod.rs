@@ -427,7 +427,7 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
             ops_ = &ops_[skipped..];
         }
     }
-    let now = ops::now_us(&tx)?;
+    let now = ops::now_us(tx)?;
     let first_seq: i64 = tx
         .prepare_cached(
             "INSERT INTO sync_ctx(one, tx, ts, applying)
@@ -448,18 +448,18 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
     // Consecutive entity upserts are written together, with their change rows.
     let mut run = ops::EntityRun::logged(first_seq, now);
     for (index, op) in ops_.iter().enumerate() {
-        if let Some((e, props)) = ops::entity_upsert(&tx, op, now).map_err(|e| as_op(index, e))? {
+        if let Some((e, props)) = ops::entity_upsert(tx, op, now).map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
             run.push_rendered(index, &op.ns, e, props);
             continue;
         }
-        run.before_other(&tx).map_err(run_err)?;
-        let r = ops::execute(&tx, op, now).map_err(|e| as_op(index, e))?;
+        run.before_other(tx).map_err(run_err)?;
+        let r = ops::execute(tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }
     run.finish(tx).map_err(run_err)?;
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
-    let seq = query::head(&tx)?;
+    let seq = query::head(tx)?;
     if let Some(o) = origin {
         tx.prepare_cached(
             "INSERT INTO client_writes(client, n, seq) VALUES (?1, ?2, ?3)
