@@ -81,13 +81,11 @@ fn answer(r: &hivesync::Result<WriteResult>) -> Result<(i64, Vec<String>, bool),
     }
 }
 
+/// A change log entry without its timestamp: seq, tx, kind, op, id, model.
+type LogEntry = (i64, i64, String, String, String, Option<String>);
+
 /// The change log and the rows, without timestamps.
-fn state(
-    s: &Store,
-) -> (
-    Vec<(i64, i64, String, String, String, Option<String>)>,
-    Vec<String>,
-) {
+fn state(s: &Store) -> (Vec<LogEntry>, Vec<String>) {
     let log = s
         .changes_since(0, &ChangeFilter::default(), 100_000)
         .unwrap()
