@@ -202,3 +202,65 @@ fn a_refused_write_fails_alone_and_its_neighbours_commit_with_their_own_seqs() {
         [(1, 1), (2, 1), (3, 3)]
     );
 }
+
+#[test]
+fn a_row_deleted_in_one_write_and_its_rowid_reused_by_the_next_keeps_the_index_whole() {
+    // Write A deletes the newest entity (its rowid is free again); write B, in the same group,
+    // inserts a new entity, which takes that rowid, with words the old row had. Each write's
+    // full-text work must be done before the next write's starts.
+    let s = Store::open_in_memory(StoreOptions::default()).unwrap();
+    let named = |id: &str, name: &str| {
+        WriteOp::upsert(
+            Kind::Entity,
+            "d",
+            json!({"id": id, "kind": "k", "name": name}),
+        )
+    };
+    s.write(&[named("e1", "name 7"), named("e2", "name 7 alpha beta")])
+        .unwrap();
+    let a = vec![op(&OpSpec::DelEntity(2))];
+    let b = vec![named("e3", "name 7 beta gamma")];
+    for r in s.write_group(&[(&a, None), (&b, None)]).unwrap() {
+        r.unwrap();
+    }
+    let rowid: i64 = s
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT rowid FROM entities WHERE id = 'e3'", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .unwrap();
+    assert_eq!(rowid, 2, "the new row took the deleted row's rowid");
+    let report = s.check().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    let hits = s
+        .search(&hivesync::query::SearchQuery {
+            text: "name 7".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut ids: Vec<_> = hits.iter().map(|h| h.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e1", "e3"]);
+    for (word, want) in [
+        ("alpha", vec![]),
+        ("beta", vec!["e3"]),
+        ("gamma", vec!["e3"]),
+    ] {
+        let hits = s
+            .search(&hivesync::query::SearchQuery {
+                text: word.into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            want,
+            "{word}"
+        );
+    }
+}

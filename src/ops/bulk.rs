@@ -222,6 +222,14 @@ impl<'a> EntityRun<'a> {
         }
     }
 
+    /// Use the queue from the start: for a queue that holds work not yet drained (an earlier
+    /// write of a group commit, which drains once after its last write), where indexing new
+    /// rows directly would not be right.
+    pub fn queue_only(mut self) -> Self {
+        self.direct = None;
+        self
+    }
+
     /// Gather entity `e` of namespace `ns`, op (or change) number `index` of the caller's.
     pub fn push(&mut self, index: usize, ns: &'a str, e: Entity) {
         self.rows.push((index, ns, e, None));

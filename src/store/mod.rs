@@ -402,7 +402,7 @@ fn try_group(conn: &mut Connection, writes: &[GroupWrite<'_>]) -> Result<Vec<Res
 
 /// The body of a write, inside the caller's transaction: `sync_ctx` gives every change of the
 /// write the same `tx` (the seq of its first change) and `ts`. The caller drains the full-text
-/// and vector queue before it commits.
+/// and vector queue before it commits (a group, once after its last write).
 fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Result<WriteResult> {
     let mut ops_ = ops_;
     if let Some(o) = origin {
@@ -447,6 +447,11 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
     };
     // Consecutive entity upserts are written together, with their change rows.
     let mut run = ops::EntityRun::logged(first_seq, now);
+    // New rows are indexed directly only on a drained queue: a later write of a group (or a
+    // file another program queued work in) goes through the queue.
+    if schema::fts_queue_pending(tx)? {
+        run = run.queue_only();
+    }
     for (index, op) in ops_.iter().enumerate() {
         if let Some((e, props)) = ops::entity_upsert(tx, op, now).map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
@@ -458,6 +463,9 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
         ids.push(r.id);
     }
     run.finish(tx).map_err(run_err)?;
+    // Each write's full-text and vector work is done before the next write of a group starts:
+    // the bulk path indexes a write's new rows directly, which is only right on a drained
+    // queue.
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(tx)?;
     if let Some(o) = origin {
