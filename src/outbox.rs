@@ -612,7 +612,7 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
         let t = kind.table();
         let k = kind.as_str();
         let (id, model, emb) = if kind == Kind::Vector {
-            ("subject", "{p}model", "{p}embedding")
+            ("subject", "{p}model", "EMB")
         } else {
             ("id", "''", "NULL")
         };
@@ -622,7 +622,12 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             ("BEFORE DELETE", "old.", "1", "d"),
         ] {
             let model = model.replace("{p}", p);
-            let emb = emb.replace("{p}", p);
+            // A vector's embedding may be held by its index alone (schema 7).
+            let emb = if emb == "EMB" {
+                schema::embedding_sql(p)
+            } else {
+                emb.to_string()
+            };
             let image = if present == "1" {
                 schema::row_image_sql(kind, p)
             } else {
@@ -652,7 +657,8 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             }
             sql.push_str(&format!(
                 "CREATE TEMP TRIGGER IF NOT EXISTS {name} {when} ON main.{t}
-                 WHEN EXISTS (SELECT 1 FROM temp.outbox_capture) BEGIN
+                 WHEN EXISTS (SELECT 1 FROM temp.outbox_capture)
+                   AND NOT EXISTS (SELECT 1 FROM main.sync_ctx WHERE applying = 4) BEGIN
                    INSERT INTO main.outbox_shadow(kind, ns, id, model, present, data, embedding)
                    SELECT '{k}', {p}ns, {p}{id}, {model}, {present}, {image}, {emb}
                    WHERE NOT EXISTS (SELECT 1 FROM main.outbox_shadow

@@ -1001,3 +1001,59 @@ fn top_k_search_gives_the_scores_and_snippets_of_sorting_every_match() {
         }
     }
 }
+
+#[test]
+fn an_embedding_is_stored_once_and_read_back_from_its_index() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[ent("d", "a", "Ada")]).unwrap();
+    let v = WriteOp::upsert(
+        Kind::Vector,
+        "d",
+        json!({"subject": "a", "model": "m", "embedding": [0.5, -0.25, 1.0]}),
+    );
+    s.write(&[v]).unwrap();
+    let (in_row, in_index): (bool, bool) = s
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT embedding IS NOT NULL, EXISTS (SELECT 1 FROM vec_d3 x WHERE x.rowid = v.rowid)
+                 FROM vectors v",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!((in_row, in_index), (false, true), "one copy, in the index");
+    assert_eq!(
+        s.get_vector("d", "a", "m").unwrap().unwrap().embedding,
+        [0.5, -0.25, 1.0]
+    );
+    let log = s.changes_since(0, &ChangeFilter::default(), 10).unwrap();
+    assert_eq!(log[1].embedding.as_deref(), Some(&[0.5, -0.25, 1.0][..]));
+    // A batch of many, the model new to it, then another batch.
+    for b in 0..2 {
+        let mut ops = Vec::new();
+        for i in 0..100 {
+            ops.push(ent("d", &format!("s{b}-{i}"), "x"));
+        }
+        for i in 0..100 {
+            ops.push(WriteOp::upsert(
+                Kind::Vector,
+                "d",
+                json!({"subject": format!("s{b}-{i}"), "model": "m2", "embedding": [0.5, i as f32, 1.0, 2.0]}),
+            ));
+        }
+        s.write(&ops).unwrap();
+    }
+    let copies: i64 = s
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM vectors WHERE embedding IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(copies, 0, "no row keeps a second copy");
+    assert!(s.check().unwrap().ok, "{:?}", s.check().unwrap().problems);
+}

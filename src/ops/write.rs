@@ -1,6 +1,6 @@
 //! Row writes, one statement per row, shared by the node's writes and the replica's apply.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::*;
 use crate::error::Result;
@@ -82,23 +82,73 @@ pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
     Ok(())
 }
 
-/// Insert or replace a vector row (its model must be registered).
+/// Insert or replace a vector row (its model must be registered), its embedding stored once:
+/// in the vec0 table of its dimension count, written here, the row's own `embedding` NULL
+/// (schema 7; see `schema::models`). The vector triggers stand aside for the row write
+/// (`sync_ctx.applying = 5`), so this function logs the change itself, with the embedding,
+/// unless a replica is applying (which copies its upstream's log rows).
 pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> Result<()> {
+    // Index work queued for vectors (a delete earlier in this transaction, another program's
+    // write) is done first: a queued removal must not meet the entry written here.
+    if conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM fts_queue WHERE tbl = 'vectors')")?
+        .query_row([], |r| r.get::<_, bool>(0))?
+    {
+        crate::schema::drain_fts_queue(conn)?;
+    }
+    let before: Option<i64> = conn
+        .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    set_ctx(conn, Some(crate::schema::WRITER_WRITES_VECTOR))?;
+    let rowid = conn
+        .prepare_cached(&format!(
+            "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)
+             ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
+               embedding = NULL, updated_at = excluded.updated_at{}
+             RETURNING rowid",
+            created_clause(replica)
+        ))?
+        .query_row(
+            params![ns, v.subject, v.model, v.kind, v.created_at, v.updated_at],
+            |r| r.get::<_, i64>(0),
+        );
+    set_ctx(conn, before)?;
+    let rowid = rowid?;
+    let blob = embedding_to_blob(&v.embedding);
+    let t = crate::schema::vec_table(v.embedding.len());
+    conn.prepare_cached(&format!("DELETE FROM {t} WHERE rowid = ?1"))?
+        .execute([rowid])?;
     conn.prepare_cached(&format!(
-        "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
-           embedding = excluded.embedding, updated_at = excluded.updated_at{}",
-        created_clause(replica)
+        "INSERT INTO {t}(rowid, embedding, ns, model, kind) VALUES (?1, ?2, ?3, ?4, ?5)"
     ))?
-    .execute(params![
-        ns,
-        v.subject,
-        v.model,
-        v.kind,
-        embedding_to_blob(&v.embedding),
-        v.created_at,
-        v.updated_at
-    ])?;
+    .execute(params![rowid, blob, ns, v.model, v.kind])?;
+    if before.unwrap_or(0) != 1 {
+        conn.prepare_cached(&format!(
+            "INSERT INTO changes(tx, ts, ns, kind, op, id, model, data, embedding)
+             SELECT coalesce((SELECT tx FROM sync_ctx), {next}), coalesce((SELECT ts FROM sync_ctx), {now}),
+                    ns, 'vector', 'upsert', subject, model, {img}, ?2
+             FROM vectors WHERE rowid = ?1",
+            next = crate::schema::NEXT_SEQ,
+            now = crate::schema::NOW_US,
+            img = crate::schema::row_image_sql(crate::model::Kind::Vector, ""),
+        ))?
+        .execute(params![rowid, blob])?;
+    }
+    Ok(())
+}
+
+/// Put `sync_ctx.applying` at `v`, or remove the row for `None`.
+fn set_ctx(conn: &Connection, v: Option<i64>) -> Result<()> {
+    match v {
+        Some(v) => conn
+            .prepare_cached(
+                "INSERT INTO sync_ctx(one, applying) VALUES (1, ?1)
+                 ON CONFLICT(one) DO UPDATE SET applying = excluded.applying",
+            )?
+            .execute([v])?,
+        None => conn.prepare_cached("DELETE FROM sync_ctx")?.execute([])?,
+    };
     Ok(())
 }

@@ -183,9 +183,14 @@ pub fn snapshot_page(
             continue;
         }
         let (id, model, ts, emb) = match kind {
-            Kind::Vector => ("subject", "model", "updated_at", "embedding"),
-            Kind::Event => ("id", "NULL", "created_at", "NULL"),
-            _ => ("id", "NULL", "updated_at", "NULL"),
+            Kind::Vector => (
+                "subject",
+                "model",
+                "updated_at",
+                crate::schema::embedding_sql("vectors."),
+            ),
+            Kind::Event => ("id", "NULL", "created_at", "NULL".to_string()),
+            _ => ("id", "NULL", "updated_at", "NULL".to_string()),
         };
         let sql = format!(
             "SELECT ?2, ?2, {ts}, ns, '{k}', 'upsert', {id}, {model}, {img}, {emb}, rowid FROM {t}

@@ -32,8 +32,11 @@ pub fn digest(conn: &Connection, namespaces: Option<&[String]>) -> Result<StateD
     let res = (|| -> Result<()> {
         for kind in Kind::ALL {
             let (key, emb) = match kind {
-                Kind::Vector => ("subject || char(0) || model", "embedding"),
-                _ => ("id", "NULL"),
+                Kind::Vector => (
+                    "subject || char(0) || model",
+                    crate::schema::embedding_sql("vectors."),
+                ),
+                _ => ("id", "NULL".to_string()),
             };
             let sql = format!(
                 "SELECT ns, {key}, {img}, {emb} FROM {t}

@@ -130,8 +130,9 @@ pub fn get_vector(
     model: &str,
 ) -> Result<Option<Vector>> {
     let sql = format!(
-        "SELECT {}, embedding FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
-        row_image_sql(Kind::Vector, "")
+        "SELECT {}, {} FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
+        row_image_sql(Kind::Vector, ""),
+        crate::schema::embedding_sql("vectors.")
     );
     let row: Option<(String, Vec<u8>)> = conn
         .prepare_cached(&sql)?

@@ -53,11 +53,12 @@ fn id_col(kind: Kind) -> &'static str {
 }
 
 const NOT_APPLYING: &str = "NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying = 1)";
-const NEXT_SEQ: &str =
+/// The next seq of the log, as an SQL expression.
+pub const NEXT_SEQ: &str =
     "(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1)";
 
 /// `INSERT INTO changes` for an upsert of the row `new`, or a delete of the row `old`.
-fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
+fn log_sql(kind: Kind, op: &str, extra_cond: &str, vector_emb: &str) -> String {
     let r = if op == "upsert" { "new." } else { "old." };
     let id = id_col(kind);
     let model = if kind == Kind::Vector {
@@ -67,7 +68,7 @@ fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
     };
     let (data, emb) = if op == "upsert" {
         let emb = if kind == Kind::Vector {
-            "new.embedding"
+            vector_emb
         } else {
             "NULL"
         };
@@ -87,16 +88,18 @@ fn log_sql(kind: Kind, op: &str, extra_cond: &str) -> String {
 /// Triggers that log every insert, update and delete of `kind` into `changes`, plus `extra`
 /// statements per event (derived-index upkeep).
 fn log_triggers(kind: Kind, on_insert: &str, on_update: &str, on_delete: &str) -> String {
-    log_triggers_when(kind, on_insert, on_update, on_delete, "")
+    log_triggers_when(kind, on_insert, on_update, on_delete, "", "new.embedding")
 }
 
-/// [`log_triggers`] whose insert and update triggers have the `WHEN` clause `when` (or none).
+/// [`log_triggers`] whose insert and update triggers have the `WHEN` clause `when` (or none),
+/// and which log `vector_emb` as a vector's embedding.
 fn log_triggers_when(
     kind: Kind,
     on_insert: &str,
     on_update: &str,
     on_delete: &str,
     when: &str,
+    vector_emb: &str,
 ) -> String {
     let t = kind.table();
     let id = id_col(kind);
@@ -120,10 +123,10 @@ fn log_triggers_when(
            {del}
            {on_delete}
          END;",
-        ins = log_sql(kind, "upsert", ""),
-        moved = log_sql(kind, "delete", &key_moved),
-        upd = log_sql(kind, "upsert", ""),
-        del = log_sql(kind, "delete", ""),
+        ins = log_sql(kind, "upsert", "", vector_emb),
+        moved = log_sql(kind, "delete", &key_moved, vector_emb),
+        upd = log_sql(kind, "upsert", "", vector_emb),
+        del = log_sql(kind, "delete", "", vector_emb),
     )
 }
 
@@ -309,6 +312,7 @@ fn queued_fts_triggers(insert_text: bool, entity_when: &str) -> String {
             "{del}\n DELETE FROM edges WHERE ns = old.ns AND (source = old.id OR target = old.id);"
         ),
         entity_when,
+        "new.embedding",
     ));
     let (ins, upd, del) = fts_queue_sql(Kind::Note, insert_text);
     sql.push_str(&log_triggers(Kind::Note, &ins, &upd, &del));
@@ -330,6 +334,15 @@ pub(super) fn migration_3(conn: &Connection, _opts: &SchemaOptions) -> Result<()
 /// only the logging is silenced.)
 pub const WRITER_LOGS_ENTITIES: i64 = 2;
 
+/// `sync_ctx.applying` while the queue drain moves embeddings into their vec0 tables
+/// (schema 7): the vector triggers, and the outbox's capture, stand aside.
+pub const DRAIN_MOVES_EMBEDDINGS: i64 = 4;
+
+/// `sync_ctx.applying` while `ops::write_vector` writes a vector row itself (schema 7): the
+/// vector triggers stand aside (it keeps the index and logs the change itself); the outbox's
+/// capture does not.
+pub const WRITER_WRITES_VECTOR: i64 = 5;
+
 /// Migration 4: the entity insert and update triggers do nothing while
 /// `sync_ctx.applying = 2` ([`WRITER_LOGS_ENTITIES`]). Without a `sync_ctx` row (any other
 /// program's write) they run as before.
@@ -347,10 +360,31 @@ pub(super) fn vector_log_triggers(on_insert: &str, on_update: &str, on_delete: &
     log_triggers(Kind::Vector, on_insert, on_update, on_delete)
 }
 
+/// Migration 7's vector triggers: a vector's embedding may be held by its vec0 index only (the
+/// row's `embedding` NULL), so the log reads it from there (`vec_all`); and the queue drain's
+/// own update (moving an embedding into the index, `sync_ctx.applying = 4`) logs and queues
+/// nothing, as does the writer's own vector write (`applying = 5`,
+/// [`WRITER_WRITES_VECTOR`]: `ops::write_vector` keeps the index and logs the change itself).
+pub(super) fn vector_log_triggers_v7(on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    log_triggers_when(
+        Kind::Vector,
+        on_insert,
+        on_update,
+        on_delete,
+        " WHEN NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying IN (4, 5))",
+        &super::models::embedding_sql("new."),
+    )
+}
+
 /// Migration 5: vector models per namespace, one vec0 table per dimension count, vec0 kept in
 /// step through the queue (see [`super::models`]).
 pub(super) fn migration_5(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
     super::models::migration_5(conn)
+}
+
+/// Migration 7: each embedding stored once (see [`super::models`]).
+pub(super) fn migration_7(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    super::models::migration_7(conn)
 }
 
 /// Local-first writes, both halves (docs/design.md, "Offline writes"):

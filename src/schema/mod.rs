@@ -18,10 +18,13 @@
 mod ddl;
 mod models;
 
-pub use ddl::{drain_fts_queue, fts_queue_pending, row_image_sql, NOW_US, WRITER_LOGS_ENTITIES};
+pub use ddl::{
+    drain_fts_queue, fts_queue_pending, row_image_sql, DRAIN_MOVES_EMBEDDINGS, NEXT_SEQ, NOW_US,
+    WRITER_LOGS_ENTITIES, WRITER_WRITES_VECTOR,
+};
 pub use models::{
-    ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table, ModelInfo,
-    ModelLimit, MAX_DIMS, MAX_MODELS_PER_NS,
+    embedding_sql, ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table,
+    ModelInfo, ModelLimit, MAX_DIMS, MAX_MODELS_PER_NS,
 };
 
 use rusqlite::{Connection, OptionalExtension};
@@ -106,6 +109,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "local-first writes: the node's per-client ledger, the replica's outbox",
         up: ddl::migration_6,
+    },
+    Migration {
+        version: 7,
+        name: "each embedding stored once: vectors.embedding is NULL once its vec0 index holds it",
+        up: ddl::migration_7,
     },
 ];
 

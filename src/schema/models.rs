@@ -16,6 +16,13 @@
 //! queue is drained, before hivesync commits: the same path as full-text updates, so a vector
 //! written with plain SQL by another program is indexed when a hivesync process next touches
 //! the file, like its text.
+//!
+//! Each embedding is stored once (migration 7): once the drain has put a row's embedding into
+//! its vec0 table, the row's `embedding` is set to NULL, and the vec0 table is its store of
+//! record; a NULL `embedding` always means "held by the index". `vec_all` is a view over every
+//! vec0 table (`vid`, `embedding`), so SQL reads either copy with [`embedding_sql`]: the log
+//! triggers, snapshots, the digest and point reads. A row whose embedding is not indexed (a
+//! plain-SQL write not yet drained, or one of no registered model) keeps it in the row.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -42,6 +49,36 @@ pub struct ModelInfo {
     /// Name of the vec0 table it shares with the other models of its dimension count
     /// (`vec_d<dims>`).
     pub table: String,
+}
+
+/// A vector row's embedding as SQL, for the row `p` (`new.`, `old.`, `vectors.`): the row's
+/// own copy, or the one its vec0 table holds (see the module documentation).
+pub fn embedding_sql(p: &str) -> String {
+    format!("coalesce({p}embedding, (SELECT embedding FROM vec_all WHERE vid = {p}rowid))")
+}
+
+/// (Re)create the view `vec_all(vid, embedding)` over every vec0 table there is.
+fn refresh_vec_view(conn: &Connection) -> Result<()> {
+    let tables: Vec<String> = conn
+        .prepare_cached(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vec_d[0-9]*'
+               AND name NOT GLOB 'vec_d*_*' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let body = if tables.is_empty() {
+        "SELECT NULL, NULL WHERE 0".to_string()
+    } else {
+        tables
+            .iter()
+            .map(|t| format!("SELECT rowid, embedding FROM {t}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    conn.execute_batch(&format!(
+        "DROP VIEW IF EXISTS vec_all; CREATE VIEW vec_all(vid, embedding) AS {body};"
+    ))?;
+    Ok(())
 }
 
 /// The vec0 table of every model with `dims` dimensions.
@@ -154,6 +191,15 @@ pub fn ensure_model(
     })
 }
 
+/// True when `vec_all` exists (schema 7 and later).
+fn view_exists(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = 'vec_all')",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// True when the vec0 table of `dims` dimensions exists.
 fn vec_table_exists(conn: &Connection, dims: usize) -> Result<bool> {
     Ok(conn
@@ -185,6 +231,9 @@ fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
                embedding float[{dims}] distance_metric=cosine,
                ns text partition key, model text partition key, kind text)"
         ))?;
+        if view_exists(conn)? {
+            refresh_vec_view(conn)?;
+        }
     }
     Ok(t)
 }
@@ -198,6 +247,20 @@ fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
 /// holds now. A row changed several times since the last drain thus ends up indexed once, as
 /// it is.
 pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
+    let once = view_exists(conn)?;
+    if once {
+        // A queued row whose embedding the index holds (the row's is NULL) gets it back first:
+        // its index entry is about to be removed, and it is indexed again from the row.
+        with_triggers_aside(conn, || {
+            conn.prepare_cached(
+                "UPDATE vectors SET embedding = (SELECT embedding FROM vec_all WHERE vid = vectors.rowid)
+                 WHERE embedding IS NULL
+                   AND rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
+            )?
+            .execute([])?;
+            Ok(())
+        })?;
+    }
     let removed: Vec<(i64, i64)> = conn
         .prepare_cached(
             "SELECT DISTINCT rid, CAST(c1 AS INTEGER) FROM fts_queue
@@ -239,6 +302,94 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
         ))?
         .execute([d])?;
     }
+    if once {
+        // The index now holds them: one copy of each embedding.
+        with_triggers_aside(conn, || {
+            conn.prepare_cached(
+                "UPDATE vectors SET embedding = NULL
+                 WHERE rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
+                   AND embedding IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM vec_all WHERE vid = vectors.rowid)",
+            )?
+            .execute([])?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Run `f` with the vector triggers standing aside (`sync_ctx.applying = 4`, see
+/// [`vector_queue_sql_v7`]), then put `sync_ctx` back as it was.
+fn with_triggers_aside(conn: &Connection, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let before: Option<i64> = conn
+        .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    match before {
+        Some(_) => conn
+            .prepare_cached("UPDATE sync_ctx SET applying = 4")?
+            .execute([])?,
+        None => conn
+            .prepare_cached("INSERT INTO sync_ctx(one, applying) VALUES (1, 4)")?
+            .execute([])?,
+    };
+    let r = f();
+    match before {
+        Some(a) => conn
+            .prepare_cached("UPDATE sync_ctx SET applying = ?1")?
+            .execute([a])?,
+        None => conn.prepare_cached("DELETE FROM sync_ctx")?.execute([])?,
+    };
+    r
+}
+
+/// Migration 7's queue statements: as [`vector_queue_sql`], with a removal's dimension count
+/// taken from the row's model when the row's embedding is held by the index (NULL), and the
+/// drain's own moves (`applying = 4`) left out by the triggers' `WHEN`.
+fn vector_queue_sql_v7() -> (String, String, String) {
+    let dims = "coalesce(length(old.embedding) / 4,
+                  (SELECT dims FROM vector_models WHERE ns = old.ns AND model = old.model))";
+    let ins = "INSERT INTO fts_queue(tbl, op, rid) VALUES ('vectors', 'i', new.rowid);".to_string();
+    let ch = "old.rowid IS NOT new.rowid OR old.embedding IS NOT new.embedding \
+              OR old.ns IS NOT new.ns OR old.model IS NOT new.model OR old.kind IS NOT new.kind";
+    let upd = format!(
+        "INSERT INTO fts_queue(tbl, op, rid, c1)
+           SELECT 'vectors', 'd', old.rowid, {dims} WHERE {ch};
+         INSERT INTO fts_queue(tbl, op, rid) SELECT 'vectors', 'i', new.rowid WHERE {ch};"
+    );
+    let del = format!(
+        "INSERT INTO fts_queue(tbl, op, rid, c1) VALUES ('vectors', 'd', old.rowid, {dims});"
+    );
+    (ins, upd, del)
+}
+
+/// Migration 7: each embedding stored once. `vectors.embedding` becomes nullable (the table is
+/// rebuilt with its rowids, which are the vec0 rowids); every row whose embedding its vec0
+/// table holds, and has no index work queued, gives up its own copy; `vec_all` is created and
+/// the triggers read embeddings through it.
+pub(super) fn migration_7(conn: &Connection) -> Result<()> {
+    refresh_vec_view(conn)?;
+    let (ins, upd, del) = vector_queue_sql_v7();
+    conn.execute_batch(&format!(
+        "CREATE TABLE vectors_new(
+           ns TEXT NOT NULL, subject TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',
+           embedding BLOB,
+           created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+           UNIQUE(ns, subject, model));
+         INSERT INTO vectors_new(rowid, ns, subject, model, kind, embedding, created_at, updated_at)
+           SELECT v.rowid, v.ns, v.subject, v.model, v.kind,
+                  CASE WHEN EXISTS (SELECT 1 FROM vec_all x WHERE x.vid = v.rowid)
+                         AND v.rowid NOT IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors')
+                       THEN NULL ELSE v.embedding END,
+                  v.created_at, v.updated_at
+           FROM vectors v ORDER BY v.rowid;
+         DROP TABLE vectors;
+         ALTER TABLE vectors_new RENAME TO vectors;
+         CREATE INDEX vectors_ns_model ON vectors(ns, model);
+         {triggers}",
+        now = super::NOW_US,
+        triggers = super::ddl::vector_log_triggers_v7(&ins, &upd, &del),
+    ))?;
     Ok(())
 }
 
@@ -283,9 +434,11 @@ pub fn vec_index_problems(conn: &Connection) -> Result<Vec<String>> {
     for d in dims {
         let t = vec_table(d as usize);
         let exists = vec_table_exists(conn, d as usize)?;
+        // A row's embedding is indexed when it is of its model's length, or held by the
+        // index alone (NULL, schema 7).
         let indexed = "FROM vectors v JOIN vector_models m
              ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
-             WHERE length(v.embedding) = ?1 * 4";
+             WHERE (v.embedding IS NULL OR length(v.embedding) = ?1 * 4)";
         let base: i64 = conn.query_row(&format!("SELECT count(*) {indexed}"), [d], |r| r.get(0))?;
         if !exists {
             if base > 0 {
@@ -313,7 +466,8 @@ pub fn vec_index_problems(conn: &Connection) -> Result<Vec<String>> {
     }
     let unindexed: i64 = conn.query_row(
         "SELECT count(*) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM vector_models m
-           WHERE m.ns = v.ns AND m.model = v.model AND length(v.embedding) = m.dims * 4)",
+           WHERE m.ns = v.ns AND m.model = v.model
+             AND (v.embedding IS NULL OR length(v.embedding) = m.dims * 4))",
         [],
         |r| r.get(0),
     )?;

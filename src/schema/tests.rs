@@ -683,3 +683,118 @@ fn plain_sql_vector_writes_are_indexed_at_the_next_drain() {
     );
     assert!(vec_index_problems(&c).unwrap().is_empty());
 }
+
+#[test]
+fn migration_7_keeps_each_embedding_once_and_changes_nothing_else() {
+    register_extensions();
+    let c = Connection::open_in_memory().unwrap();
+    configure(&c).unwrap();
+    assert_eq!(migrate_to(&c, &SchemaOptions::default(), 6).unwrap(), 6);
+    ops::execute(&c, &ent_op("d", "a", "doc"), 1).unwrap();
+    ops::execute(&c, &ent_op("d", "b", "doc"), 1).unwrap();
+    ensure_model(&c, "d", "m", 2, ModelLimit::Enforce).unwrap();
+    c.execute_batch(
+        "INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'a', 'm', 'doc', vec_f32('[1.0, 0.0]'));
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'm', 'doc', vec_f32('[0.5, 0.5]'));
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'unregistered', 'doc', vec_f32('[0.5, 0.5]'));",
+    )
+    .unwrap();
+    drain_fts_queue(&c).unwrap();
+    let rows = |c: &Connection, emb: &str| -> Vec<(String, String, String, Vec<u8>)> {
+        c.prepare(&format!(
+            "SELECT subject, model, kind, {emb} FROM vectors ORDER BY rowid"
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let rows_before = rows(&c, "embedding");
+    let knn_before = knn_now(&c, "m", Some("d"), &[1.0, 0.0]);
+    let head = query::head(&c).unwrap();
+    let log_before: Vec<Option<Vec<u8>>> = c
+        .prepare("SELECT embedding FROM changes ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+
+    assert_eq!(
+        migrate(&c, &SchemaOptions::default()).unwrap(),
+        SCHEMA_VERSION
+    );
+
+    let copies: Vec<(String, String, bool)> = c
+        .prepare("SELECT subject, model, embedding IS NOT NULL FROM vectors ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let s = |a: &str, b: &str, k| (a.to_string(), b.to_string(), k);
+    assert_eq!(
+        copies,
+        [
+            s("a", "m", false),
+            s("b", "m", false),
+            s("b", "unregistered", true)
+        ],
+        "indexed rows give up their copy; an unindexed one keeps it"
+    );
+    assert_eq!(
+        rows(&c, &embedding_sql("vectors.")),
+        rows_before,
+        "every embedding reads back"
+    );
+    assert_eq!(knn_now(&c, "m", Some("d"), &[1.0, 0.0]), knn_before);
+    assert_eq!(query::head(&c).unwrap(), head, "the migration logs nothing");
+    assert_eq!(
+        vec_index_problems(&c).unwrap().len(),
+        1,
+        "the unregistered one, as before"
+    );
+    // A plain-SQL update of a row the index holds: logged with its embedding, kept indexed.
+    c.execute(
+        "UPDATE vectors SET kind = 'memo' WHERE subject = 'a' AND model = 'm'",
+        [],
+    )
+    .unwrap();
+    drain_fts_queue(&c).unwrap();
+    let logged: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT embedding FROM changes ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        logged,
+        log_before.iter().flatten().next().cloned(),
+        "a's embedding, from the index"
+    );
+    assert_eq!(knn_now(&c, "m", Some("d"), &[1.0, 0.0])[0].1, "a");
+    let a_copy: bool = c
+        .query_row(
+            "SELECT embedding IS NOT NULL FROM vectors WHERE subject = 'a' AND model = 'm'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!a_copy, "moved back into the index alone");
+    // Writes through the store path keep one copy and log the embedding.
+    ops::execute(&c, &vec_op("d", "b", "m", vec![0.0, 1.0]), 1).unwrap();
+    let mut del = WriteOp::delete(Kind::Vector, "d", "a");
+    del.model = Some("m".into());
+    ops::execute(&c, &del, 1).unwrap();
+    drain_fts_queue(&c).unwrap();
+    assert_eq!(
+        knn_now(&c, "m", Some("d"), &[0.0, 1.0])
+            .iter()
+            .map(|h| h.1.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(vec_index_problems(&c).unwrap().len(), 1);
+}

@@ -1,0 +1,177 @@
+//! Vector ingest and bytes on disk, each against its baseline in the same run.
+//!
+//! - Ingest: N x 384 embeddings (default 100,000) through `Store::write` in batches of 1,000
+//!   vector ops (one transaction each; their subjects, notes, written before and not timed),
+//!   against raw rusqlite inserting the same vectors into a vec0 table alone (same pragmas:
+//!   WAL, synchronous=NORMAL; one transaction per 1,000). Goal: >= 0.8x the raw rate.
+//! - Bytes: the database file after a checkpoint (WAL folded in, closed), minus the same file
+//!   before the vectors were written, per vector, against the raw floats (N x 384 x 4 bytes).
+//!   Goal: <= 2.2x. The raw vec0 file's own bytes per vector are printed beside it.
+//!
+//! Run: `cargo bench --bench vectors` (`HIVESYNC_BENCH_VECTORS=20000` for a quick run). A
+//! measurement, not a test: nothing is asserted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{load_average, machine_info};
+
+use std::path::Path;
+use std::time::Instant;
+
+use hivesync::model::{embedding_to_blob, Kind, WriteOp};
+use hivesync::rusqlite::{params, Connection};
+use hivesync::store::{Store, StoreOptions};
+use serde_json::json;
+
+const DIMS: usize = 384;
+const BATCH: usize = 1000;
+
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+}
+
+fn file_bytes(path: &Path) -> u64 {
+    // Fold the WAL in and close: the bytes the database holds.
+    let c = Connection::open(path).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn main() {
+    let n: usize = std::env::var("HIVESYNC_BENCH_VECTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    println!("vectors bench: {}", machine_info());
+    println!("load average: {}", load_average());
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let vectors: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..DIMS).map(|_| rng.f()).collect())
+        .collect();
+    let raw_floats = (n * DIMS * 4) as f64;
+
+    // The store: subjects first (not timed), then the vectors.
+    let path = dir.path().join("store.db");
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        for b in 0..n / BATCH {
+            let ops: Vec<WriteOp> = (b * BATCH..(b + 1) * BATCH)
+                .map(|i| {
+                    WriteOp::upsert(
+                        Kind::Note,
+                        "default",
+                        json!({"id": format!("s{i}"), "content": "subject"}),
+                    )
+                })
+                .collect();
+            store.write(&ops).unwrap();
+        }
+    }
+    let before = file_bytes(&path);
+    let mut store_secs = 0.0;
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        for b in 0..n / BATCH {
+            // The ops are built outside the timing (as a node receives them, decoded).
+            let ops: Vec<WriteOp> = (b * BATCH..(b + 1) * BATCH)
+                .map(|i| {
+                    WriteOp::upsert(
+                        Kind::Vector,
+                        "default",
+                        json!({"subject": format!("s{i}"), "model": "bench-384", "embedding": vectors[i]}),
+                    )
+                })
+                .collect();
+            let t0 = Instant::now();
+            store.write(&ops).unwrap();
+            store_secs += t0.elapsed().as_secs_f64();
+        }
+    }
+    let after = file_bytes(&path);
+    {
+        // Where the bytes are: pages per table (dbstat, where this SQLite has it) and free.
+        let c = Connection::open(&path).unwrap();
+        let free: i64 = c
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        let psize: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let copies: i64 = c
+            .query_row(
+                "SELECT count(*) FROM vectors WHERE embedding IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        println!(
+            "page size {psize}, free pages {free}, rows still holding their embedding {copies}"
+        );
+        if let Ok(mut st) = c.prepare(
+            "SELECT name, count(*) * max(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8",
+        ) {
+            let rows: Vec<(String, i64)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            for (name, bytes) in rows {
+                println!("  {name}: {:.0} B per vector", bytes as f64 / n as f64);
+            }
+        };
+    }
+
+    // Raw: the same vectors into a vec0 table alone.
+    let raw_path = dir.path().join("raw.db");
+    hivesync::schema::register_extensions();
+    let t0 = Instant::now();
+    {
+        let mut c = Connection::open(&raw_path).unwrap();
+        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        c.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        c.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE v USING vec0(embedding float[{DIMS}] distance_metric=cosine)"
+        ))
+        .unwrap();
+        for b in 0..n / BATCH {
+            let tx = c.transaction().unwrap();
+            {
+                let mut st = tx
+                    .prepare_cached("INSERT INTO v(rowid, embedding) VALUES (?1, ?2)")
+                    .unwrap();
+                for (i, v) in vectors.iter().enumerate().skip(b * BATCH).take(BATCH) {
+                    st.execute(params![i as i64 + 1, embedding_to_blob(v)])
+                        .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+    }
+    let raw_secs = t0.elapsed().as_secs_f64();
+    let raw_bytes = file_bytes(&raw_path);
+
+    let store_rate = n as f64 / store_secs;
+    let raw_rate = n as f64 / raw_secs;
+    println!(
+        "ingest {n} x {DIMS}: store {store_rate:.0} vectors/s ({store_secs:.2} s), raw vec0 {raw_rate:.0} vectors/s ({raw_secs:.2} s): {:.2}x (goal >= 0.8x)",
+        store_rate / raw_rate
+    );
+    println!(
+        "bytes per vector, log included: store {:.0} B = {:.2}x the raw floats (goal <= 2.2x); raw vec0 file {:.0} B = {:.2}x; file {} -> {} bytes",
+        (after - before) as f64 / n as f64,
+        (after - before) as f64 / raw_floats,
+        raw_bytes as f64 / n as f64,
+        raw_bytes as f64 / raw_floats,
+        before,
+        after,
+    );
+}
