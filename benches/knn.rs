@@ -395,6 +395,24 @@ fn main() {
         N as f64 / load_time.as_secs_f64(),
         file_mib(&path)
     );
+    // Where the file's bytes are (dbstat), per vector.
+    store
+        .read(|c| {
+            let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let mut st = c.prepare(
+                "SELECT name, count(*) * max(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 5",
+            )?;
+            let rows: Vec<(String, i64)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<hivesync::rusqlite::Result<_>>()?;
+            let parts: Vec<String> = rows
+                .iter()
+                .map(|(n, b)| format!("{n} {:.0} B", *b as f64 / N as f64))
+                .collect();
+            println!("bytes per vector: {}; {free} free pages", parts.join(", "));
+            Ok(())
+        })
+        .expect("dbstat");
 
     // Recall@10 of hivesync against the floor, per query (untimed), and the largest gap
     // between the distances the two report at equal ranks.
