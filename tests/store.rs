@@ -1057,3 +1057,77 @@ fn an_embedding_is_stored_once_and_read_back_from_its_index() {
     assert_eq!(copies, 0, "no row keeps a second copy");
     assert!(s.check().unwrap().ok, "{:?}", s.check().unwrap().problems);
 }
+
+#[test]
+fn the_log_keeps_every_version_of_an_embedding_it_holds_by_reference() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    s.write(&[ent("d", "a", "Ada"), ent("d", "b", "Bo")])
+        .unwrap();
+    let vec = |subject: &str, e: [f32; 3]| {
+        WriteOp::upsert(
+            Kind::Vector,
+            "d",
+            json!({"subject": subject, "model": "m", "embedding": e}),
+        )
+    };
+    s.write(&[vec("a", [1.0, 0.0, 0.0])]).unwrap(); // seq 3
+    s.write(&[vec("b", [0.0, 1.0, 0.0])]).unwrap(); // seq 4
+    let logged = |s: &Store| -> Vec<(i64, Option<Vec<f32>>)> {
+        s.changes_since(2, &ChangeFilter::default(), 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.seq, c.embedding))
+            .collect()
+    };
+    let copies = |s: &Store| -> i64 {
+        s.read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM changes WHERE kind = 'vector' AND embedding IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        copies(&s),
+        0,
+        "the current embeddings are logged by reference"
+    );
+    // Overwritten, kind-only rewrite, deleted by a cascade, and by another program's SQL: each
+    // change logged before still reads what it logged.
+    s.write(&[vec("a", [0.0, 0.0, 1.0])]).unwrap(); // seq 5
+    s.write(&[vec("a", [0.0, 0.0, 1.0])]).unwrap(); // seq 6
+    s.delete(Kind::Entity, "d", "b").unwrap(); // seq 7 (b), 8 (b's vector)
+    s.read(|_| Ok(())).unwrap();
+    {
+        let c = hivesync::rusqlite::Connection::open(d.path().join("t.db")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.execute("UPDATE vectors SET kind = 'other' WHERE subject = 'a'", [])
+            .unwrap(); // seq 9
+    }
+    s.drain_fts_if_pending().unwrap();
+    let want: Vec<(i64, Option<Vec<f32>>)> = vec![
+        (3, Some(vec![1.0, 0.0, 0.0])),
+        (4, Some(vec![0.0, 1.0, 0.0])),
+        (5, Some(vec![0.0, 0.0, 1.0])),
+        (6, Some(vec![0.0, 0.0, 1.0])),
+        (7, None),
+        (8, None),
+        (9, Some(vec![0.0, 0.0, 1.0])),
+    ];
+    assert_eq!(logged(&s), want);
+    assert!(s.check().unwrap().ok, "{:?}", s.check().unwrap().problems);
+    // A replica built from this log has the same state.
+    let r = Store::open_in_memory(StoreOptions::default()).unwrap();
+    r.apply_changes(
+        0,
+        &s.changes_since(0, &ChangeFilter::default(), 100).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.digest(None).unwrap().sha256,
+        s.digest(None).unwrap().sha256
+    );
+}

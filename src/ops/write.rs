@@ -100,18 +100,39 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
         .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
         .query_row([], |r| r.get(0))
         .optional()?;
+    // The store logs the change itself, with the embedding by reference (the log row's own
+    // `embedding` NULL, `vectors.log_seq` naming it: one copy on disk, read back through the
+    // index by `schema::LOGGED_EMBEDDING_SQL`); a replica applying copies its upstream's rows.
+    let logs = before.unwrap_or(0) != 1;
+    // The change that logged the current embedding by reference gets its copy first.
+    conn.prepare_cached(&format!(
+        "UPDATE changes SET embedding = (SELECT {} FROM vectors
+           WHERE ns = ?1 AND subject = ?2 AND model = ?3)
+         WHERE seq = (SELECT log_seq FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3)
+           AND embedding IS NULL",
+        crate::schema::embedding_sql("vectors.")
+    ))?
+    .execute(params![ns, v.subject, v.model])?;
+    let log_seq: Option<i64> = if logs {
+        Some(
+            conn.prepare_cached(&format!("SELECT {}", crate::schema::NEXT_SEQ))?
+                .query_row([], |r| r.get(0))?,
+        )
+    } else {
+        None
+    };
     set_ctx(conn, Some(crate::schema::WRITER_WRITES_VECTOR))?;
     let rowid = conn
         .prepare_cached(&format!(
-            "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)
+            "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at, log_seq)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)
              ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
-               embedding = NULL, updated_at = excluded.updated_at{}
+               embedding = NULL, updated_at = excluded.updated_at, log_seq = excluded.log_seq{}
              RETURNING rowid",
             created_clause(replica)
         ))?
         .query_row(
-            params![ns, v.subject, v.model, v.kind, v.created_at, v.updated_at],
+            params![ns, v.subject, v.model, v.kind, v.created_at, v.updated_at, log_seq],
             |r| r.get::<_, i64>(0),
         );
     set_ctx(conn, before)?;
@@ -124,17 +145,16 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
         "INSERT INTO {t}(rowid, embedding, ns, model, kind) VALUES (?1, ?2, ?3, ?4, ?5)"
     ))?
     .execute(params![rowid, blob, ns, v.model, v.kind])?;
-    if before.unwrap_or(0) != 1 {
+    if let Some(seq) = log_seq {
         conn.prepare_cached(&format!(
-            "INSERT INTO changes(tx, ts, ns, kind, op, id, model, data, embedding)
-             SELECT coalesce((SELECT tx FROM sync_ctx), {next}), coalesce((SELECT ts FROM sync_ctx), {now}),
-                    ns, 'vector', 'upsert', subject, model, {img}, ?2
+            "INSERT INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
+             SELECT ?2, coalesce((SELECT tx FROM sync_ctx), ?2), coalesce((SELECT ts FROM sync_ctx), {now}),
+                    ns, 'vector', 'upsert', subject, model, {img}, NULL
              FROM vectors WHERE rowid = ?1",
-            next = crate::schema::NEXT_SEQ,
             now = crate::schema::NOW_US,
             img = crate::schema::row_image_sql(crate::model::Kind::Vector, ""),
         ))?
-        .execute(params![rowid, blob])?;
+        .execute(params![rowid, seq])?;
     }
     Ok(())
 }

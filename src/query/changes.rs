@@ -114,7 +114,10 @@ pub fn changes_page(
 ) -> Result<(Vec<Change>, bool)> {
     let (ns, kinds) = filter.sql_params()?;
     let limit = limit.clamp(1, 1_000_000) as i64;
-    let cols = "seq, tx, ts, ns, kind, op, id, model, data, embedding";
+    let cols = format!(
+        "seq, tx, ts, ns, kind, op, id, model, data, {}",
+        crate::schema::LOGGED_EMBEDDING_SQL
+    );
     let cond = "(?2 IS NULL OR ns IN (SELECT value FROM json_each(?2)))
                 AND (?3 IS NULL OR kind IN (SELECT value FROM json_each(?3)))";
     // One statement without LIMIT, stepped until `limit` rows are in and the transaction

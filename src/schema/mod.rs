@@ -23,8 +23,9 @@ pub use ddl::{
     WRITER_LOGS_ENTITIES, WRITER_WRITES_VECTOR,
 };
 pub use models::{
-    embedding_sql, ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table,
-    ModelInfo, ModelLimit, MAX_DIMS, MAX_MODELS_PER_NS,
+    embedding_sql, ensure_model, materialize_sql, model_by_name, model_dims, models,
+    vec_index_problems, vec_table, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL, MAX_DIMS,
+    MAX_MODELS_PER_NS,
 };
 
 use rusqlite::{Connection, OptionalExtension};

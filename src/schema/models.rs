@@ -57,6 +57,26 @@ pub fn embedding_sql(p: &str) -> String {
     format!("coalesce({p}embedding, (SELECT embedding FROM vec_all WHERE vid = {p}rowid))")
 }
 
+/// A change row's embedding (read with the row as `changes`, unaliased): its own copy, or,
+/// for the vector upsert that is its key's current one (logged by reference, schema 7), the
+/// embedding the index holds now. Every change to a key's embedding first copies it into the
+/// by-reference row (`ops::write_vector`, the `vectors` triggers), so that row always reads
+/// what it logged.
+pub const LOGGED_EMBEDDING_SQL: &str = "coalesce(changes.embedding,
+    CASE WHEN changes.kind = 'vector' AND changes.op = 'upsert' THEN
+      (SELECT x.embedding FROM vectors v JOIN vec_all x ON x.vid = v.rowid
+       WHERE v.ns = changes.ns AND v.subject = changes.id AND v.model = changes.model
+         AND v.log_seq = changes.seq) END)";
+
+/// The statement that copies a vector's embedding (as the row `p` holds it, see
+/// [`embedding_sql`]) into the change row that logged it by reference, if there is one.
+pub fn materialize_sql(p: &str) -> String {
+    format!(
+        "UPDATE changes SET embedding = {} WHERE seq = {p}log_seq AND embedding IS NULL;",
+        embedding_sql(p)
+    )
+}
+
 /// (Re)create the view `vec_all(vid, embedding)` over every vec0 table there is.
 fn refresh_vec_view(conn: &Connection) -> Result<()> {
     let tables: Vec<String> = conn
@@ -352,13 +372,17 @@ fn vector_queue_sql_v7() -> (String, String, String) {
     let ins = "INSERT INTO fts_queue(tbl, op, rid) VALUES ('vectors', 'i', new.rowid);".to_string();
     let ch = "old.rowid IS NOT new.rowid OR old.embedding IS NOT new.embedding \
               OR old.ns IS NOT new.ns OR old.model IS NOT new.model OR old.kind IS NOT new.kind";
+    // The change that logged the old embedding by reference gets its copy first.
+    let keep = materialize_sql("old.");
     let upd = format!(
-        "INSERT INTO fts_queue(tbl, op, rid, c1)
+        "{keep}
+         INSERT INTO fts_queue(tbl, op, rid, c1)
            SELECT 'vectors', 'd', old.rowid, {dims} WHERE {ch};
          INSERT INTO fts_queue(tbl, op, rid) SELECT 'vectors', 'i', new.rowid WHERE {ch};"
     );
     let del = format!(
-        "INSERT INTO fts_queue(tbl, op, rid, c1) VALUES ('vectors', 'd', old.rowid, {dims});"
+        "{keep}
+         INSERT INTO fts_queue(tbl, op, rid, c1) VALUES ('vectors', 'd', old.rowid, {dims});"
     );
     (ins, upd, del)
 }
@@ -366,7 +390,9 @@ fn vector_queue_sql_v7() -> (String, String, String) {
 /// Migration 7: each embedding stored once. `vectors.embedding` becomes nullable (the table is
 /// rebuilt with its rowids, which are the vec0 rowids); every row whose embedding its vec0
 /// table holds, and has no index work queued, gives up its own copy; `vec_all` is created and
-/// the triggers read embeddings through it.
+/// the triggers read embeddings through it. `vectors.log_seq` is the seq of the change that
+/// logged the row's embedding by reference (NULL: none; the log rows written before keep
+/// their copies).
 pub(super) fn migration_7(conn: &Connection) -> Result<()> {
     refresh_vec_view(conn)?;
     let (ins, upd, del) = vector_queue_sql_v7();
@@ -375,6 +401,7 @@ pub(super) fn migration_7(conn: &Connection) -> Result<()> {
            ns TEXT NOT NULL, subject TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',
            embedding BLOB,
            created_at INTEGER NOT NULL DEFAULT ({now}), updated_at INTEGER NOT NULL DEFAULT ({now}),
+           log_seq INTEGER,
            UNIQUE(ns, subject, model));
          INSERT INTO vectors_new(rowid, ns, subject, model, kind, embedding, created_at, updated_at)
            SELECT v.rowid, v.ns, v.subject, v.model, v.kind,
