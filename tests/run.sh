@@ -18,12 +18,14 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs npm)
+# tests/nats.rs starts its own JetStream servers (nats-server -js on loopback ports).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "clang, llvm-ar, sqlite3, openssl, chromium, chromedriver, node: present"
+  echo "clang, llvm-ar, sqlite3, openssl, chromium, chromedriver, node, nats-server: present"
 fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown

@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// node keeps for its own files.
     #[arg(long)]
     pub(crate) max_connections: Option<usize>,
+    /// Publish every committed change, in seq order, to NATS JetStream at this URL
+    /// (nats://host:port; credentials and the stream's name go in the config's [publish]).
+    #[arg(long, env = "HIVESYNC_PUBLISH")]
+    pub(crate) publish: Option<String>,
 }
 
 /// The token an edge presents upstream: from --upstream-token (or its variable), or read from
@@ -106,6 +110,7 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             poll_ms: args.poll_ms,
             web: args.web.clone(),
             max_connections: args.max_connections,
+            publish: args.publish.clone(),
         };
         let handle = hivesync::node::start(store.clone(), listener, config, args.config.clone(), &opts).await?;
         tracing::info!(

@@ -102,6 +102,8 @@ pub struct Config {
     /// Where writes go when this node is a read-only follower (named in its refusals), e.g.
     /// `ws://primary.internal:7070/v1/sync`.
     pub primary: Option<String>,
+    /// `[publish]`: the change feed into NATS JetStream (see `node::publish`).
+    pub publish: Option<super::publish::PublishConfig>,
 }
 
 impl Config {

@@ -49,6 +49,12 @@ pub struct Metrics {
     /// Transactions the writer committed writes in (group commit: writes per transaction is
     /// `writes / write_groups`).
     pub write_groups: AtomicU64,
+    /// 1 while the NATS publisher is connected.
+    pub nats_connected: AtomicU64,
+    /// The last seq the NATS stream acknowledged.
+    pub nats_published: AtomicI64,
+    /// Times publishing to NATS stopped on an error.
+    pub nats_errors: AtomicU64,
     /// Subscribers dropped for not draining their queue.
     pub stalled_drops: AtomicU64,
     /// WebSocket upgrades refused at the connection limit.
@@ -126,7 +132,7 @@ impl Metrics {
     }
 
     /// The node's own samples, one table.
-    fn samples(&self, head: i64) -> [Sample<'static>; 14] {
+    fn samples(&self, head: i64) -> [Sample<'static>; 17] {
         let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         // Aggregates only: per-subscription series named every tenant's connections and
         // subscriptions, and grew without bound.
@@ -178,6 +184,24 @@ impl Metrics {
                 COUNTER,
                 "Writes refused or failed.",
                 c(&self.write_errors),
+            ),
+            (
+                "hivesync_nats_connected",
+                GAUGE,
+                "1 while the NATS publisher is connected (serve --publish).",
+                c(&self.nats_connected),
+            ),
+            (
+                "hivesync_nats_published_seq",
+                GAUGE,
+                "The last seq the NATS stream acknowledged.",
+                self.nats_published.load(Relaxed),
+            ),
+            (
+                "hivesync_nats_errors_total",
+                COUNTER,
+                "Times publishing to NATS stopped on an error.",
+                c(&self.nats_errors),
             ),
             (
                 "hivesync_write_groups_total",

@@ -16,6 +16,7 @@ mod dial;
 mod gate;
 pub mod hub;
 pub mod metrics;
+pub mod publish;
 mod sub;
 pub mod upstream;
 mod watch;
@@ -61,6 +62,9 @@ pub struct NodeOptions {
     /// Most open sockets (HTTP and WebSocket); default: the open-files limit less what the
     /// node keeps for its own files.
     pub max_connections: Option<usize>,
+    /// Publish the change feed to this NATS server's JetStream (`nats://host:port`); overrides
+    /// `url` in the config's `[publish]`.
+    pub publish: Option<String>,
 }
 
 /// Everything a connection needs.
@@ -193,6 +197,24 @@ pub async fn start(
         )),
         sockets: sockets.clone(),
     });
+    let mut publish = config.publish.clone().unwrap_or_default();
+    if let Some(url) = &args.publish {
+        publish.url = Some(url.clone());
+    }
+    if publish.url.is_some() {
+        if read_only || args.upstream.is_some() {
+            return Err(crate::Error::invalid(
+                "--publish is for the node that owns the log: not a read-only follower or an edge",
+            ));
+        }
+        tokio::spawn(publish::run(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            publish,
+            shutdown_rx.clone(),
+        ));
+    }
     let watchers = spawn_background(&node, config_path, args.upstream.is_none(), poll);
     let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
     let join = tokio::spawn(accept::serve(listener, app, sockets, shutdown_rx.clone()));

@@ -184,11 +184,10 @@ pub struct ClientSession {
     snapshot: Option<i64>,
     /// When this connection subscribed (the shell's clock, ms).
     subscribed_at: Option<u64>,
-    /// Failed attempts since the last healthy connection.
-    attempts: u32,
+    /// Delays between attempts.
+    backoff: Backoff,
     writes: BTreeMap<String, WriteId>,
     next_req: u64,
-    rng: u64,
 }
 
 impl ClientSession {
@@ -196,13 +195,12 @@ impl ClientSession {
     pub fn new(cfg: ClientConfig) -> Self {
         ClientSession {
             cursor: cfg.from,
-            rng: cfg.seed | 1,
+            backoff: Backoff::new(cfg.seed),
             cfg,
             phase: Phase::Down,
             handed: None,
             snapshot: None,
             subscribed_at: None,
-            attempts: 0,
             writes: BTreeMap::new(),
             next_req: 0,
         }
@@ -423,12 +421,11 @@ impl ClientSession {
             .subscribed_at
             .is_some_and(|t| now_ms.saturating_sub(t) >= HEALTHY_AFTER.as_millis() as u64);
         if healthy {
-            self.attempts = 0;
+            self.backoff.reset();
         }
         self.phase = Phase::Down;
         self.subscribed_at = None;
-        let after = self.backoff();
-        self.attempts = self.attempts.saturating_add(1);
+        let after = self.backoff.next_delay();
         out.push(ClientAction::Reconnect { after, why });
         out
     }
@@ -440,12 +437,38 @@ impl ClientSession {
         out.push(ClientAction::Fatal(e));
         out
     }
+}
+
+/// The one backoff policy for reconnecting (the client session's, and the NATS publisher's):
+/// the delay doubles from [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`], each jittered into the upper
+/// half of its ceiling; [`Backoff::reset`] once a connection has been healthy.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    /// Failed attempts since the last reset.
+    attempts: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    /// A policy whose jitter starts from `seed` (any value; differing between clients).
+    pub fn new(seed: u64) -> Self {
+        Backoff {
+            attempts: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// Start again from the first delay.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
 
     /// The delay before the next attempt: the attempt's ceiling, jittered into its upper half.
-    fn backoff(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = BACKOFF_FIRST
             .saturating_mul(1u32 << self.attempts.min(16))
             .min(BACKOFF_MAX);
+        self.attempts = self.attempts.saturating_add(1);
         let ms = ceiling.as_millis() as u64;
         // xorshift64: jitter needs no cryptographic quality, and must run in wasm32 too.
         self.rng ^= self.rng << 13;

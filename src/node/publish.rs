@@ -1,0 +1,276 @@
+//! `serve --publish nats://HOST:PORT`: the change feed into a NATS JetStream stream.
+//!
+//! The publisher follows the change log (it never holds up a write: the log is its backlog) and
+//! publishes every change, in seq order, to the stream `HIVESYNC` (by default), subject
+//! `hivesync.changes.<ns>.<kind>`, as the protocol's JSON form of the change, with the seq as
+//! the JetStream message id (`Nats-Msg-Id`) and in the header `Hivesync-Seq`. It waits for
+//! each batch's acks before it moves on, so the stream holds the log in order. Where it
+//! resumes after a restart or a lost connection: after the highest of the seq it recorded in
+//! the database (`meta` key `nats_published_seq`, written after each acknowledged batch) and
+//! the seq of the stream's last message; a batch published again after a crash before it was
+//! recorded is dropped by the stream's duplicate window (10 minutes) where the stream's last
+//! message does not already cover it.
+//!
+//! A namespace that is not a valid subject token (letters, digits, `_`, `-` only) is written
+//! as `~` and the hex of its UTF-8 bytes.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+
+use super::hub::Hub;
+use super::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::model::Change;
+use crate::protocol::client::Backoff;
+use crate::query::ChangeFilter;
+use crate::store::Store;
+
+/// Changes per batch (published, then their acks awaited, then the seq recorded).
+const BATCH: usize = 1024;
+/// The stream's duplicate window.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// The `meta` key of the last seq the stream acknowledged.
+const CURSOR_KEY: &str = "nats_published_seq";
+
+/// `[publish]` in the node's TOML config; `serve --publish URL` sets `url`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// `nats://host:port` (several, comma-separated, for a cluster).
+    pub url: Option<String>,
+    /// The stream's name (default `HIVESYNC`); created if missing.
+    pub stream: Option<String>,
+    /// The subjects' first tokens (default `hivesync.changes`).
+    pub subject_prefix: Option<String>,
+    /// NATS token authentication.
+    pub token: Option<String>,
+    /// NATS user and password authentication.
+    pub user: Option<String>,
+    /// See `user`.
+    pub password: Option<String>,
+}
+
+impl PublishConfig {
+    fn stream(&self) -> String {
+        self.stream.clone().unwrap_or_else(|| "HIVESYNC".into())
+    }
+
+    fn prefix(&self) -> String {
+        self.subject_prefix
+            .clone()
+            .unwrap_or_else(|| "hivesync.changes".into())
+    }
+}
+
+/// The subject a change is published under.
+pub fn subject(prefix: &str, c: &Change) -> String {
+    format!("{prefix}.{}.{}", ns_token(&c.ns), c.kind.as_str())
+}
+
+/// A namespace as one subject token.
+pub fn ns_token(ns: &str) -> String {
+    if !ns.is_empty()
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        ns.to_string()
+    } else {
+        let mut t = String::from("~");
+        for b in ns.bytes() {
+            t.push_str(&format!("{b:02x}"));
+        }
+        t
+    }
+}
+
+/// Run the publisher until `shutdown`: connect, publish, and on any failure log it, wait
+/// (the client session's backoff) and start again.
+pub(crate) async fn run(
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    cfg: PublishConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(std::process::id() as u64);
+    loop {
+        let started = Instant::now();
+        let r = tokio::select! {
+            r = session(&store, &hub, &metrics, &cfg) => r,
+            _ = shutdown.changed() => return,
+        };
+        metrics.nats_connected.store(0, Relaxed);
+        if let Err(e) = r {
+            metrics.nats_errors.fetch_add(1, Relaxed);
+            let behind = hub.head() - metrics.nats_published.load(Relaxed);
+            tracing::warn!(error = %e, behind, "publishing to NATS stopped; the change log holds what is not published yet, and it resumes when NATS is back");
+        }
+        if started.elapsed() >= crate::protocol::client::HEALTHY_AFTER {
+            backoff.reset();
+        }
+        let wait = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn nats_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Io(std::io::Error::other(format!("{what}: {e}")))
+}
+
+async fn connect(cfg: &PublishConfig) -> Result<async_nats::Client> {
+    let url = cfg
+        .url
+        .clone()
+        .ok_or_else(|| Error::invalid("publish needs a url (nats://host:port)"))?;
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("hivesync-publisher")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(t) = &cfg.token {
+        opts = opts.token(t.clone());
+    }
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    opts.connect(url.as_str())
+        .await
+        .map_err(|e| nats_err(&format!("connecting to {url}"), e))
+}
+
+/// The highest seq recorded in the `Hivesync-Seq` header of the stream's last message.
+async fn stream_last_seq(stream: &mut jetstream::stream::Stream) -> Result<i64> {
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| nats_err("reading the stream's state", e))?;
+    let last = info.state.last_sequence;
+    if last == 0 {
+        return Ok(0);
+    }
+    let m = stream
+        .get_raw_message(last)
+        .await
+        .map_err(|e| nats_err("reading the stream's last message", e))?;
+    Ok(m.headers
+        .get("Hivesync-Seq")
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0))
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| nats_err("publisher task", e))?
+}
+
+async fn session(
+    store: &Arc<Store>,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+    cfg: &PublishConfig,
+) -> Result<()> {
+    let client = connect(cfg).await?;
+    let js = jetstream::new(client);
+    let prefix = cfg.prefix();
+    let mut stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: cfg.stream(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err("creating the stream", e))?;
+    let recorded = blocking(store, |s| {
+        s.read(|c| {
+            let v: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [CURSOR_KEY],
+                |r| r.get(0),
+            ))?;
+            Ok(v.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
+        })
+    })
+    .await?;
+    let mut after = recorded.max(stream_last_seq(&mut stream).await?);
+    metrics.nats_connected.store(1, Relaxed);
+    metrics.nats_published.store(after, Relaxed);
+    tracing::info!(stream = %cfg.stream(), after, "publishing the change feed to NATS");
+    let mut head = hub.subscribe_head();
+    loop {
+        let horizon = blocking(store, |s| s.horizon()).await?;
+        if after + 1 < horizon {
+            tracing::error!(
+                from = after + 1,
+                to = horizon - 1,
+                "changes were trimmed from the log before they were published: the stream has a gap there; its consumers need a snapshot from this node"
+            );
+            after = horizon - 1;
+        }
+        let batch = blocking(store, move |s| {
+            s.changes_since(after, &ChangeFilter::default(), BATCH)
+        })
+        .await?;
+        if batch.is_empty() {
+            // Wait for a commit (or check again now and then: another process may write).
+            let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
+            continue;
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        for c in &batch {
+            let mut payload = Vec::with_capacity(c.frame_bytes());
+            crate::protocol::encode_change_json(&mut payload, c);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", c.seq.to_string().as_str());
+            headers.insert("Hivesync-Seq", c.seq.to_string().as_str());
+            let ack = js
+                .publish_with_headers(subject(&prefix, c), headers, payload.into())
+                .await
+                .map_err(|e| nats_err("publishing", e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| nats_err("waiting for the stream's ack", e))?;
+        }
+        let last = batch.last().map_or(after, |c| c.seq);
+        blocking(store, move |s| {
+            let w = s.pool().writer()?;
+            w.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![CURSOR_KEY, last.to_string()],
+            )?;
+            Ok(())
+        })
+        .await?;
+        after = last;
+        metrics.nats_published.store(after, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_become_one_subject_token() {
+        assert_eq!(ns_token("default"), "default");
+        assert_eq!(ns_token("team-a_1"), "team-a_1");
+        assert_eq!(ns_token("a.b"), "~612e62");
+        assert_eq!(ns_token("*"), "~2a");
+        assert_eq!(ns_token(""), "~");
+        assert_eq!(ns_token("é"), "~c3a9");
+    }
+}
