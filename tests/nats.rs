@@ -179,7 +179,10 @@ async fn a_primary_killed_while_publishing_leaves_every_seq_once_in_the_stream()
     node.kill();
     eprintln!(
         "killed at {}",
-        metrics.lines().find(|l| l.starts_with("hivesync_nats_published_seq")).unwrap()
+        metrics
+            .lines()
+            .find(|l| l.starts_with("hivesync_nats_published_seq"))
+            .unwrap()
     );
     node.start_again().await;
     let head = node.head().await;
