@@ -26,6 +26,22 @@ use hivesync::node::NodeOptions;
 use hivesync::store::{Store, StoreOptions};
 use serde_json::json;
 
+/// `n` entities (rounded down to batches of 64) through `Store::write`, 64 per call.
+fn write_entities(store: &Store, n: usize) {
+    for b in 0..n / 64 {
+        let ops: Vec<WriteOp> = (0..64)
+            .map(|i| {
+                WriteOp::upsert(
+                    Kind::Entity,
+                    "default",
+                    json!({"id": format!("e{}", b * 64 + i), "kind": "thing", "name": "published"}),
+                )
+            })
+            .collect();
+        store.write(&ops).unwrap();
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("HIVESYNC_BENCH_NATS")
         .ok()
@@ -78,18 +94,7 @@ fn main() {
     // Let the publisher connect and create the stream.
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
-    for b in 0..n / 64 {
-        let ops: Vec<WriteOp> = (0..64)
-            .map(|i| {
-                WriteOp::upsert(
-                    Kind::Entity,
-                    "default",
-                    json!({"id": format!("e{}", b * 64 + i), "kind": "thing", "name": "published"}),
-                )
-            })
-            .collect();
-        store.write(&ops).unwrap();
-    }
+    write_entities(&store, n);
     let written = start.elapsed().as_secs_f64();
     let head = store.head().unwrap();
     let published = rt.block_on(async {
@@ -97,19 +102,12 @@ fn main() {
         let js = async_nats::jetstream::new(client);
         loop {
             if let Ok(mut s) = js.get_stream("HIVESYNC").await {
-                let last = s.info().await.unwrap().state.last_sequence;
-                if last > 0 {
-                    let m = s.get_raw_message(last).await.unwrap();
-                    let h: i64 = m
-                        .headers
-                        .get("Hivesync-Seq")
-                        .unwrap()
-                        .as_str()
-                        .parse()
-                        .unwrap();
-                    if h >= head {
-                        return start.elapsed().as_secs_f64();
-                    }
+                if hivesync::node::publish::stream_last_seq(&mut s)
+                    .await
+                    .unwrap()
+                    >= head
+                {
+                    return start.elapsed().as_secs_f64();
                 }
             }
             assert!(
@@ -133,18 +131,7 @@ fn main() {
     // The backlog: the same changes already in a log, then a node publishing them.
     let store2 =
         Arc::new(Store::open(dir.path().join("backlog.db"), StoreOptions::default()).unwrap());
-    for b in 0..n / 64 {
-        let ops: Vec<WriteOp> = (0..64)
-            .map(|i| {
-                WriteOp::upsert(
-                    Kind::Entity,
-                    "default",
-                    json!({"id": format!("e{}", b * 64 + i), "kind": "thing", "name": "published"}),
-                )
-            })
-            .collect();
-        store2.write(&ops).unwrap();
-    }
+    write_entities(&store2, n);
     let cfg = Config {
         publish: Some(hivesync::node::publish::PublishConfig {
             url: Some(url.clone()),

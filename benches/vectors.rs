@@ -46,6 +46,32 @@ fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
 
+/// Seconds to insert `vectors` with `insert` (rowid ?1, blob ?2) into the table `create` makes
+/// in a new file at `path` (WAL, synchronous=NORMAL), one transaction per [`BATCH`].
+fn raw_ingest(path: &Path, vectors: &[Vec<f32>], create: &str, insert: &str) -> f64 {
+    let t0 = Instant::now();
+    let mut c = Connection::open(path).unwrap();
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    c.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    c.execute_batch(create).unwrap();
+    for chunk in vectors.chunks(BATCH) {
+        let first =
+            (chunk.as_ptr() as usize - vectors.as_ptr() as usize) / std::mem::size_of::<Vec<f32>>();
+        let tx = c.transaction().unwrap();
+        {
+            let mut st = tx.prepare_cached(insert).unwrap();
+            for (i, v) in chunk.iter().enumerate() {
+                st.execute(params![(first + i) as i64 + 1, embedding_to_blob(v)])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    drop(c);
+    t0.elapsed().as_secs_f64()
+}
+
 fn main() {
     let n: usize = std::env::var("HIVESYNC_BENCH_VECTORS")
         .ok()
@@ -130,64 +156,29 @@ fn main() {
     }
 
     // Raw: the same vectors into a vec0 table alone.
-    let raw_path = dir.path().join("raw.db");
     hivesync::schema::register_extensions();
-    let t0 = Instant::now();
-    {
-        let mut c = Connection::open(&raw_path).unwrap();
-        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .unwrap();
-        c.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        c.execute_batch(&format!(
+    let raw_path = dir.path().join("raw.db");
+    let raw_secs = raw_ingest(
+        &raw_path,
+        &vectors,
+        &format!(
             "CREATE VIRTUAL TABLE v USING vec0(embedding float[{DIMS}] distance_metric=cosine)"
-        ))
-        .unwrap();
-        for b in 0..n / BATCH {
-            let tx = c.transaction().unwrap();
-            {
-                let mut st = tx
-                    .prepare_cached("INSERT INTO v(rowid, embedding) VALUES (?1, ?2)")
-                    .unwrap();
-                for (i, v) in vectors.iter().enumerate().skip(b * BATCH).take(BATCH) {
-                    st.execute(params![i as i64 + 1, embedding_to_blob(v)])
-                        .unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
-    }
-    let raw_secs = t0.elapsed().as_secs_f64();
+        ),
+        "INSERT INTO v(rowid, embedding) VALUES (?1, ?2)",
+    );
     let raw_bytes = file_bytes(&raw_path);
-
     // For the record: the same into a vec0 table shaped as the store's (partition keys ns and
     // model, a `kind` metadata column).
-    let part_path = dir.path().join("raw-partitioned.db");
-    let t0 = Instant::now();
-    {
-        let mut c = Connection::open(&part_path).unwrap();
-        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .unwrap();
-        c.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        c.execute_batch(&format!(
-            "CREATE VIRTUAL TABLE v USING vec0(embedding float[{DIMS}] distance_metric=cosine,
-               ns text partition key, model text partition key, kind text)"
-        ))
-        .unwrap();
-        for b in 0..n / BATCH {
-            let tx = c.transaction().unwrap();
-            {
-                let mut st = tx
-                    .prepare_cached("INSERT INTO v(rowid, embedding, ns, model, kind) VALUES (?1, ?2, 'default', 'bench-384', 'memo')")
-                    .unwrap();
-                for (i, v) in vectors.iter().enumerate().skip(b * BATCH).take(BATCH) {
-                    st.execute(params![i as i64 + 1, embedding_to_blob(v)])
-                        .unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
-    }
-    let part_rate = n as f64 / t0.elapsed().as_secs_f64();
+    let part_rate = n as f64
+        / raw_ingest(
+            &dir.path().join("raw-partitioned.db"),
+            &vectors,
+            &format!(
+                "CREATE VIRTUAL TABLE v USING vec0(embedding float[{DIMS}] distance_metric=cosine,
+                   ns text partition key, model text partition key, kind text)"
+            ),
+            "INSERT INTO v(rowid, embedding, ns, model, kind) VALUES (?1, ?2, 'default', 'bench-384', 'memo')",
+        );
 
     let store_rate = n as f64 / store_secs;
     let raw_rate = n as f64 / raw_secs;

@@ -115,19 +115,12 @@ async fn until_published(nats: &Nats, head: i64) {
         if let Ok(client) = async_nats::connect(nats.url()).await {
             let js = async_nats::jetstream::new(client);
             if let Ok(mut stream) = js.get_stream("HIVESYNC").await {
-                let last = stream.info().await.unwrap().state.last_sequence;
-                if last > 0 {
-                    let m = stream.get_raw_message(last).await.unwrap();
-                    let h: i64 = m
-                        .headers
-                        .get("Hivesync-Seq")
-                        .unwrap()
-                        .as_str()
-                        .parse()
-                        .unwrap();
-                    if h >= head {
-                        return;
-                    }
+                if hivesync::node::publish::stream_last_seq(&mut stream)
+                    .await
+                    .unwrap()
+                    >= head
+                {
+                    return;
                 }
             }
         }

@@ -144,8 +144,9 @@ async fn connect(cfg: &PublishConfig) -> Result<async_nats::Client> {
         .map_err(|e| nats_err(&format!("connecting to {url}"), e))
 }
 
-/// The highest seq recorded in the `Hivesync-Seq` header of the stream's last message.
-async fn stream_last_seq(stream: &mut jetstream::stream::Stream) -> Result<i64> {
+/// The seq in the `Hivesync-Seq` header of the stream's last message (0 for an empty
+/// stream): where the stream is. Consumers and tests ask it too.
+pub async fn stream_last_seq(stream: &mut jetstream::stream::Stream) -> Result<i64> {
     let info = stream
         .info()
         .await
