@@ -55,9 +55,8 @@ fn raw_ingest(path: &Path, vectors: &[Vec<f32>], create: &str, insert: &str) -> 
         .unwrap();
     c.pragma_update(None, "synchronous", "NORMAL").unwrap();
     c.execute_batch(create).unwrap();
-    for chunk in vectors.chunks(BATCH) {
-        let first =
-            (chunk.as_ptr() as usize - vectors.as_ptr() as usize) / std::mem::size_of::<Vec<f32>>();
+    for (k, chunk) in vectors.chunks(BATCH).enumerate() {
+        let first = k * BATCH;
         let tx = c.transaction().unwrap();
         {
             let mut st = tx.prepare_cached(insert).unwrap();
