@@ -342,6 +342,62 @@ mod replica {
         )
     }
 
+    fn vector(subject: &str, e: [f32; 2]) -> WriteOp {
+        WriteOp::upsert(
+            Kind::Vector,
+            "default",
+            json!({"subject": subject, "model": "m", "embedding": e}),
+        )
+    }
+
+    fn embedding(w: &World, subject: &str) -> Option<Vec<f32>> {
+        query::get_vector(&w.replica, "default", subject, "m")
+            .unwrap()
+            .map(|v| v.embedding)
+    }
+
+    #[test]
+    fn local_vector_writes_are_taken_back_to_the_nodes_embedding() {
+        // The replica holds each embedding once, in its index: a local overwrite, a refusal
+        // that takes it back, and a local delete the node then confirms.
+        let w = World::new();
+        w.node
+            .write(&[ent("a", "ant"), vector("a", [1.0, 0.0])])
+            .unwrap();
+        w.feed(100, None);
+        assert_eq!(embedding(&w, "a"), Some(vec![1.0, 0.0]));
+        let lw = outbox::write_local(&w.replica, vec![vector("a", [0.0, 1.0])]).unwrap();
+        assert_eq!(embedding(&w, "a"), Some(vec![0.0, 1.0]), "visible at once");
+        let near = query::knn(
+            &w.replica,
+            &query::KnnQuery {
+                model: "m".into(),
+                embedding: vec![0.0, 1.0],
+                k: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(near[0].subject, "a");
+        assert!(
+            near[0].distance < 1e-6,
+            "the index holds the local embedding"
+        );
+        outbox::reject(&w.replica, lw.n).unwrap();
+        assert_eq!(embedding(&w, "a"), Some(vec![1.0, 0.0]), "taken back");
+        outbox::write_local(
+            &w.replica,
+            vec![WriteOp::delete(Kind::Entity, "default", "a")],
+        )
+        .unwrap();
+        assert_eq!(embedding(&w, "a"), None, "the cascade ran locally");
+        assert!(w.upload(false).is_empty());
+        w.feed(100, None);
+        assert_eq!(outbox::status(&w.replica).unwrap().pending, 0);
+        assert_eq!(w.replica_digest(), w.node_digest(), "converged");
+        assert!(schema::vec_index_problems(&w.replica).unwrap().is_empty());
+    }
+
     #[test]
     fn local_writes_show_at_once_stay_on_top_and_land_once() {
         let w = World::new();
