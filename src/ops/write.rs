@@ -85,8 +85,9 @@ pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
 /// Insert or replace a vector row (its model must be registered), its embedding stored once:
 /// in the vec0 table of its dimension count, written here, the row's own `embedding` NULL
 /// (schema 7; see `schema::models`). The vector triggers stand aside for the row write
-/// (`sync_ctx.applying = 5`), so this function logs the change itself, with the embedding,
-/// unless a replica is applying (which copies its upstream's log rows).
+/// (`sync_ctx.applying = 5`), so this function logs the change itself, the embedding by
+/// reference (`vectors.log_seq`), unless a replica is applying (which copies its upstream's
+/// log rows).
 pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> Result<()> {
     // Index work queued for vectors (a delete earlier in this transaction, another program's
     // write) is done first: a queued removal must not meet the entry written here.
