@@ -611,10 +611,10 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
     ] {
         let t = kind.table();
         let k = kind.as_str();
-        let (id, model, emb) = if kind == Kind::Vector {
-            ("subject", "{p}model", "EMB")
+        let (id, model) = if kind == Kind::Vector {
+            ("subject", "{p}model")
         } else {
-            ("id", "''", "NULL")
+            ("id", "''")
         };
         for (when, p, present, suffix) in [
             ("AFTER INSERT", "new.", "0", "i"),
@@ -622,18 +622,17 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             ("BEFORE DELETE", "old.", "1", "d"),
         ] {
             let model = model.replace("{p}", p);
-            // A vector's embedding may be held by its index alone (schema 7).
-            let emb = if emb == "EMB" {
-                schema::embedding_sql(p)
-            } else {
-                emb.to_string()
-            };
             let image = if present == "1" {
                 schema::row_image_sql(kind, p)
             } else {
                 "NULL".into()
             };
-            let emb = if present == "1" { emb } else { "NULL".into() };
+            // A vector's embedding may be held by its index alone (schema 7).
+            let emb = if kind == Kind::Vector && present == "1" {
+                schema::embedding_sql(p)
+            } else {
+                "NULL".into()
+            };
             let name = format!("outbox_{t}_{suffix}");
             // Edges are also unique by (source, target, relation): the triples an entry held
             // or freed are rows of it too (kind `edge-triple`, no shadow).
@@ -658,7 +657,7 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
             sql.push_str(&format!(
                 "CREATE TEMP TRIGGER IF NOT EXISTS {name} {when} ON main.{t}
                  WHEN EXISTS (SELECT 1 FROM temp.outbox_capture)
-                   AND NOT EXISTS (SELECT 1 FROM main.sync_ctx WHERE applying = 4) BEGIN
+                   AND NOT EXISTS (SELECT 1 FROM main.sync_ctx WHERE applying = {moving}) BEGIN
                    INSERT INTO main.outbox_shadow(kind, ns, id, model, present, data, embedding)
                    SELECT '{k}', {p}ns, {p}{id}, {model}, {present}, {image}, {emb}
                    WHERE NOT EXISTS (SELECT 1 FROM main.outbox_shadow
@@ -668,7 +667,8 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
                    WHERE NOT EXISTS (SELECT 1 FROM main.outbox_keys
                      WHERE n = c.n AND kind = '{k}' AND ns = {p}ns AND id = {p}{id} AND model = {model});
                    {triples}
-                 END;\n"
+                 END;\n",
+                moving = schema::DRAIN_MOVES_EMBEDDINGS,
             ));
         }
     }

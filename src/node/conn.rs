@@ -31,12 +31,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::gate::{HelloGate, Socket};
 use super::metrics::{Metrics, SubStats};
 use super::sub::{run_sub, SubCtx};
+use super::writer::WriteJob;
 use super::NodeState;
 use crate::error::Error;
 use crate::protocol::{
     encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg, Session,
 };
-use crate::store::{GROUP_MAX_BYTES, GROUP_MAX_OPS, GROUP_MAX_WRITES};
 
 /// Frames queued per connection (a second bound beside [`CONN_OUT_BYTES`]).
 const OUT_QUEUE: usize = 64;
@@ -127,7 +127,7 @@ pub(crate) struct WriteBudget {
     _conn: OwnedSemaphorePermit,
     _node: OwnedSemaphorePermit,
     /// The frame's size.
-    bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// The connection's sender: sends queued frames in order until the queue closes or a close
@@ -549,110 +549,6 @@ impl Reader {
             tokio::time::sleep(FAILED_HELLO_DELAY).await;
         }
     }
-}
-
-/// A write for the node's writer thread: the ops, and where its answer goes.
-pub(crate) struct WriteJob {
-    req: String,
-    ops: Vec<crate::model::WriteOp>,
-    origin: Option<crate::model::Origin>,
-    t0: Instant,
-    reply: oneshot::Sender<ServerMsg>,
-    /// Released when the writer is done with the job.
-    budget: Option<WriteBudget>,
-}
-
-impl WriteJob {
-    /// The size of the frame that carried it (0 when unknown).
-    fn bytes(&self) -> usize {
-        self.budget.as_ref().map_or(0, |b| b.bytes)
-    }
-}
-
-/// Writes waiting for the writer thread, across all connections; a full queue makes sessions
-/// wait before reading their next frame (backpressure on writers, not on subscribers).
-pub(crate) const WRITE_QUEUE: usize = 1024;
-
-/// The node's writer: one thread that commits queued writes in arrival order and answers each.
-/// Sessions never wait for a commit: the answer goes through the connection's replies task.
-/// Measured against committing inside the session task (through `spawn_blocking`, behind every
-/// subscriber's task in tokio's run queue): writer round trip at 1,000 subscribers p50 29.8 s
-/// -> 0.66 s (benches/node.rs, part 1).
-///
-/// Group commit: the writes waiting in the queue when the writer is free (up to
-/// [`GROUP_MAX_WRITES`], [`GROUP_MAX_OPS`] ops and [`GROUP_MAX_BYTES`] of frames) commit in
-/// one transaction, each in its own savepoint (`Store::write_group`), and each is answered
-/// after that commit with its own seq. The writer never waits for more writes to arrive: a
-/// lone write commits at once.
-pub(crate) fn spawn_writer(
-    store: Arc<crate::store::Store>,
-    hub: Arc<super::hub::Hub>,
-    metrics: Arc<super::metrics::Metrics>,
-    mut jobs: mpsc::Receiver<WriteJob>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("hivesync-writer".into())
-        .spawn(move || {
-            let mut next: Option<WriteJob> = None;
-            let mut group: Vec<WriteJob> = Vec::new();
-            loop {
-                let Some(first) = next.take().or_else(|| jobs.blocking_recv()) else {
-                    break;
-                };
-                let (mut ops, mut bytes) = (first.ops.len(), first.bytes());
-                group.push(first);
-                while group.len() < GROUP_MAX_WRITES {
-                    let Ok(job) = jobs.try_recv() else { break };
-                    if ops + job.ops.len() > GROUP_MAX_OPS || bytes + job.bytes() > GROUP_MAX_BYTES
-                    {
-                        next = Some(job);
-                        break;
-                    }
-                    ops += job.ops.len();
-                    bytes += job.bytes();
-                    group.push(job);
-                }
-                let writes: Vec<crate::store::GroupWrite<'_>> = group
-                    .iter()
-                    .map(|j| (j.ops.as_slice(), j.origin.as_ref()))
-                    .collect();
-                let results = match store.write_group(&writes) {
-                    Ok(r) => r,
-                    // No writer connection: every write of the group gets the error.
-                    Err(e) => writes
-                        .iter()
-                        .map(|_| Err(Error::invalid(e.to_string())))
-                        .collect(),
-                };
-                drop(writes);
-                let committed = results.iter().any(Result::is_ok);
-                if committed {
-                    hub.wake();
-                    metrics.observe_group(group.len());
-                }
-                for (job, r) in group.drain(..).zip(results) {
-                    let m = match r {
-                        Ok(r) => {
-                            metrics.observe_write(job.t0.elapsed());
-                            ServerMsg::Written {
-                                req: job.req,
-                                seq: r.seq,
-                            }
-                        }
-                        Err(e) => {
-                            metrics.write_errors.fetch_add(1, Relaxed);
-                            ServerMsg::Error(ErrorMsg {
-                                code: code_for(&e),
-                                message: e.to_string(),
-                                sub: None,
-                                req: Some(job.req),
-                            })
-                        }
-                    };
-                    let _ = job.reply.send(m);
-                }
-            }
-        })
 }
 
 /// Start a write and return where its answer will arrive. Writes from one connection are

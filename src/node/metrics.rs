@@ -124,7 +124,8 @@ impl Metrics {
     /// count: config reloads, the socket limit, the upstream link).
     pub fn render(&self, head: i64, extra: &[Sample<'_>]) -> String {
         let mut o = String::new();
-        for (name, kind, help, v) in self.samples(head).iter().chain(extra) {
+        let samples = self.samples(head).into_iter().chain(self.write_samples());
+        for (name, kind, help, v) in samples.chain(extra.iter().copied()) {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.render_latency(&mut o);
@@ -132,7 +133,7 @@ impl Metrics {
     }
 
     /// The node's own samples, one table.
-    fn samples(&self, head: i64) -> [Sample<'static>; 17] {
+    fn samples(&self, head: i64) -> [Sample<'static>; 12] {
         let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         // Aggregates only: per-subscription series named every tenant's connections and
         // subscriptions, and grew without bound.
@@ -180,36 +181,6 @@ impl Metrics {
                 c(&self.frames_in),
             ),
             (
-                "hivesync_write_errors_total",
-                COUNTER,
-                "Writes refused or failed.",
-                c(&self.write_errors),
-            ),
-            (
-                "hivesync_nats_connected",
-                GAUGE,
-                "1 while the NATS publisher is connected (serve --publish).",
-                c(&self.nats_connected),
-            ),
-            (
-                "hivesync_nats_published_seq",
-                GAUGE,
-                "The last seq the NATS stream acknowledged.",
-                self.nats_published.load(Relaxed),
-            ),
-            (
-                "hivesync_nats_errors_total",
-                COUNTER,
-                "Times publishing to NATS stopped on an error.",
-                c(&self.nats_errors),
-            ),
-            (
-                "hivesync_write_groups_total",
-                COUNTER,
-                "Transactions the writer committed writes in (group commit).",
-                c(&self.write_groups),
-            ),
-            (
                 "hivesync_stalled_drops_total",
                 COUNTER,
                 "Subscribers dropped for stalling.",
@@ -239,6 +210,43 @@ impl Metrics {
                 GAUGE,
                 "Changes between the head and what each subscription was sent, summed.",
                 sum_lag,
+            ),
+        ]
+    }
+
+    /// The writer's and the NATS publisher's samples.
+    fn write_samples(&self) -> [Sample<'static>; 5] {
+        let c = |a: &AtomicU64| a.load(Relaxed) as i64;
+        [
+            (
+                "hivesync_write_errors_total",
+                COUNTER,
+                "Writes refused or failed.",
+                c(&self.write_errors),
+            ),
+            (
+                "hivesync_nats_connected",
+                GAUGE,
+                "1 while the NATS publisher is connected (serve --publish).",
+                c(&self.nats_connected),
+            ),
+            (
+                "hivesync_nats_published_seq",
+                GAUGE,
+                "The last seq the NATS stream acknowledged.",
+                self.nats_published.load(Relaxed),
+            ),
+            (
+                "hivesync_nats_errors_total",
+                COUNTER,
+                "Times publishing to NATS stopped on an error.",
+                c(&self.nats_errors),
+            ),
+            (
+                "hivesync_write_groups_total",
+                COUNTER,
+                "Transactions the writer committed writes in (group commit).",
+                c(&self.write_groups),
             ),
         ]
     }

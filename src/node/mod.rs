@@ -21,6 +21,7 @@ mod sub;
 pub mod upstream;
 mod watch;
 pub mod web;
+mod writer;
 
 pub use watch::{watch_blocking, WatchOptions};
 
@@ -80,7 +81,7 @@ pub(crate) struct NodeState {
     pub(crate) read_only: bool,
     pub(crate) upstream: Option<upstream::Upstream>,
     /// The writer thread's queue (None on followers and edges, which never write locally).
-    pub(crate) writes: Option<tokio::sync::mpsc::Sender<conn::WriteJob>>,
+    pub(crate) writes: Option<tokio::sync::mpsc::Sender<writer::WriteJob>>,
     /// Bytes of write frames queued or committing, node-wide ([`conn::NODE_WRITE_BYTES`]).
     pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
     /// Readers snapshots and catch-ups may hold at once: all but one of the pool's, so
@@ -163,8 +164,8 @@ pub async fn start(
     let writes = if read_only || args.upstream.is_some() {
         None
     } else {
-        let (tx, rx) = tokio::sync::mpsc::channel(conn::WRITE_QUEUE);
-        conn::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(writer::WRITE_QUEUE);
+        writer::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
         Some(tx)
     };
     let node = Arc::new(NodeState {

@@ -97,51 +97,61 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
     {
         crate::schema::drain_fts_queue(conn)?;
     }
-    let before: Option<i64> = conn
-        .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
-        .query_row([], |r| r.get(0))
+    let existing: Option<(i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT rowid, log_seq FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3",
+        )?
+        .query_row(params![ns, v.subject, v.model], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
-    // The store logs the change itself, with the embedding by reference (the log row's own
-    // `embedding` NULL, `vectors.log_seq` naming it: one copy on disk, read back through the
-    // index by `schema::LOGGED_EMBEDDING_SQL`); a replica applying copies its upstream's rows.
-    let logs = before.unwrap_or(0) != 1;
-    // The change that logged the current embedding by reference gets its copy first.
-    conn.prepare_cached(&format!(
-        "UPDATE changes SET embedding = (SELECT {} FROM vectors
-           WHERE ns = ?1 AND subject = ?2 AND model = ?3)
-         WHERE seq = (SELECT log_seq FROM vectors WHERE ns = ?1 AND subject = ?2 AND model = ?3)
-           AND embedding IS NULL",
-        crate::schema::embedding_sql("vectors.")
-    ))?
-    .execute(params![ns, v.subject, v.model])?;
-    let log_seq: Option<i64> = if logs {
-        Some(
-            conn.prepare_cached(&format!("SELECT {}", crate::schema::NEXT_SEQ))?
-                .query_row([], |r| r.get(0))?,
-        )
-    } else {
-        None
-    };
-    set_ctx(conn, Some(crate::schema::WRITER_WRITES_VECTOR))?;
-    let rowid = conn
-        .prepare_cached(&format!(
-            "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at, log_seq)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)
-             ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
-               embedding = NULL, updated_at = excluded.updated_at, log_seq = excluded.log_seq{}
-             RETURNING rowid",
-            created_clause(replica)
+    if let Some((rowid, Some(seq))) = existing {
+        // The change that logged the current embedding by reference gets its copy first.
+        conn.prepare_cached(&format!(
+            "UPDATE changes SET embedding = (SELECT {} FROM vectors WHERE rowid = ?1)
+             WHERE seq = ?2 AND embedding IS NULL",
+            crate::schema::embedding_sql("vectors.")
         ))?
-        .query_row(
-            params![ns, v.subject, v.model, v.kind, v.created_at, v.updated_at, log_seq],
-            |r| r.get::<_, i64>(0),
-        );
-    set_ctx(conn, before)?;
-    let rowid = rowid?;
+        .execute(params![rowid, seq])?;
+    }
+    let (rowid, log_seq) = crate::schema::with_applying(
+        conn,
+        crate::schema::WRITER_WRITES_VECTOR,
+        |before| {
+            // The store logs the change itself, with the embedding by reference (the log
+            // row's own `embedding` NULL, `vectors.log_seq` naming it: one copy on disk, read
+            // back through the index by `schema::LOGGED_EMBEDDING_SQL`); a replica applying
+            // copies its upstream's rows.
+            let log_seq: Option<i64> = if before.unwrap_or(0) != 1 {
+                Some(
+                    conn.prepare_cached(&format!("SELECT {}", crate::schema::NEXT_SEQ))?
+                        .query_row([], |r| r.get(0))?,
+                )
+            } else {
+                None
+            };
+            let rowid = conn
+                .prepare_cached(&format!(
+                    "INSERT INTO vectors(ns, subject, model, kind, embedding, created_at, updated_at, log_seq)
+                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)
+                     ON CONFLICT(ns, subject, model) DO UPDATE SET kind = excluded.kind,
+                       embedding = NULL, updated_at = excluded.updated_at, log_seq = excluded.log_seq{}
+                     RETURNING rowid",
+                    created_clause(replica)
+                ))?
+                .query_row(
+                    params![ns, v.subject, v.model, v.kind, v.created_at, v.updated_at, log_seq],
+                    |r| r.get::<_, i64>(0),
+                )?;
+            Ok((rowid, log_seq))
+        },
+    )?;
     let blob = embedding_to_blob(&v.embedding);
     let t = crate::schema::vec_table(v.embedding.len());
-    conn.prepare_cached(&format!("DELETE FROM {t} WHERE rowid = ?1"))?
-        .execute([rowid])?;
+    if existing.is_some() {
+        conn.prepare_cached(&format!("DELETE FROM {t} WHERE rowid = ?1"))?
+            .execute([rowid])?;
+    }
     conn.prepare_cached(&format!(
         "INSERT INTO {t}(rowid, embedding, ns, model, kind) VALUES (?1, ?2, ?3, ?4, ?5)"
     ))?
@@ -157,19 +167,5 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
         ))?
         .execute(params![rowid, seq])?;
     }
-    Ok(())
-}
-
-/// Put `sync_ctx.applying` at `v`, or remove the row for `None`.
-fn set_ctx(conn: &Connection, v: Option<i64>) -> Result<()> {
-    match v {
-        Some(v) => conn
-            .prepare_cached(
-                "INSERT INTO sync_ctx(one, applying) VALUES (1, ?1)
-                 ON CONFLICT(one) DO UPDATE SET applying = excluded.applying",
-            )?
-            .execute([v])?,
-        None => conn.prepare_cached("DELETE FROM sync_ctx")?.execute([])?,
-    };
     Ok(())
 }

@@ -371,7 +371,9 @@ pub(super) fn vector_log_triggers_v7(on_insert: &str, on_update: &str, on_delete
         on_insert,
         on_update,
         on_delete,
-        " WHEN NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying IN (4, 5))",
+        &format!(
+            " WHEN NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying IN ({DRAIN_MOVES_EMBEDDINGS}, {WRITER_WRITES_VECTOR}))"
+        ),
         &super::models::embedding_sql("new."),
     )
 }

@@ -23,9 +23,8 @@ pub use ddl::{
     WRITER_LOGS_ENTITIES, WRITER_WRITES_VECTOR,
 };
 pub use models::{
-    embedding_sql, ensure_model, materialize_sql, model_by_name, model_dims, models,
-    vec_index_problems, vec_table, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL, MAX_DIMS,
-    MAX_MODELS_PER_NS,
+    embedding_sql, ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table,
+    with_applying, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL, MAX_DIMS, MAX_MODELS_PER_NS,
 };
 
 use rusqlite::{Connection, OptionalExtension};
@@ -267,3 +266,6 @@ pub fn configure(conn: &Connection) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod migration_tests;

@@ -70,7 +70,7 @@ pub const LOGGED_EMBEDDING_SQL: &str = "coalesce(changes.embedding,
 
 /// The statement that copies a vector's embedding (as the row `p` holds it, see
 /// [`embedding_sql`]) into the change row that logged it by reference, if there is one.
-pub fn materialize_sql(p: &str) -> String {
+fn materialize_sql(p: &str) -> String {
     format!(
         "UPDATE changes SET embedding = {} WHERE seq = {p}log_seq AND embedding IS NULL;",
         embedding_sql(p)
@@ -267,11 +267,17 @@ fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
 /// holds now. A row changed several times since the last drain thus ends up indexed once, as
 /// it is.
 pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
-    let once = view_exists(conn)?;
+    // Embeddings move between rows and the index only for rows queued to be indexed (schema 7).
+    let once = view_exists(conn)?
+        && conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
+            )?
+            .query_row([], |r| r.get::<_, bool>(0))?;
     if once {
         // A queued row whose embedding the index holds (the row's is NULL) gets it back first:
         // its index entry is about to be removed, and it is indexed again from the row.
-        with_triggers_aside(conn, || {
+        with_applying(conn, super::DRAIN_MOVES_EMBEDDINGS, |_| {
             conn.prepare_cached(
                 "UPDATE vectors SET embedding = (SELECT embedding FROM vec_all WHERE vid = vectors.rowid)
                  WHERE embedding IS NULL
@@ -324,7 +330,7 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
     }
     if once {
         // The index now holds them: one copy of each embedding.
-        with_triggers_aside(conn, || {
+        with_applying(conn, super::DRAIN_MOVES_EMBEDDINGS, |_| {
             conn.prepare_cached(
                 "UPDATE vectors SET embedding = NULL
                  WHERE rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
@@ -338,22 +344,25 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` with the vector triggers standing aside (`sync_ctx.applying = 4`, see
-/// [`vector_queue_sql_v7`]), then put `sync_ctx` back as it was.
-fn with_triggers_aside(conn: &Connection, f: impl FnOnce() -> Result<()>) -> Result<()> {
+/// Run `f` with `sync_ctx.applying` at `value` (the row made if there is none), then put
+/// `sync_ctx` back as it was, whether `f` failed or not; `f` is given the value it found. The drain moves embeddings with
+/// [`super::DRAIN_MOVES_EMBEDDINGS`]; `ops::write_vector` writes a row with
+/// [`super::WRITER_WRITES_VECTOR`].
+pub fn with_applying<T>(
+    conn: &Connection,
+    value: i64,
+    f: impl FnOnce(Option<i64>) -> Result<T>,
+) -> Result<T> {
     let before: Option<i64> = conn
         .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
         .query_row([], |r| r.get(0))
         .optional()?;
-    match before {
-        Some(_) => conn
-            .prepare_cached("UPDATE sync_ctx SET applying = 4")?
-            .execute([])?,
-        None => conn
-            .prepare_cached("INSERT INTO sync_ctx(one, applying) VALUES (1, 4)")?
-            .execute([])?,
-    };
-    let r = f();
+    conn.prepare_cached(
+        "INSERT INTO sync_ctx(one, applying) VALUES (1, ?1)
+         ON CONFLICT(one) DO UPDATE SET applying = excluded.applying",
+    )?
+    .execute([value])?;
+    let r = f(before);
     match before {
         Some(a) => conn
             .prepare_cached("UPDATE sync_ctx SET applying = ?1")?
@@ -365,7 +374,7 @@ fn with_triggers_aside(conn: &Connection, f: impl FnOnce() -> Result<()>) -> Res
 
 /// Migration 7's queue statements: as [`vector_queue_sql`], with a removal's dimension count
 /// taken from the row's model when the row's embedding is held by the index (NULL), and the
-/// drain's own moves (`applying = 4`) left out by the triggers' `WHEN`.
+/// change that logged the old embedding by reference given its copy first.
 fn vector_queue_sql_v7() -> (String, String, String) {
     let dims = "coalesce(length(old.embedding) / 4,
                   (SELECT dims FROM vector_models WHERE ns = old.ns AND model = old.model))";

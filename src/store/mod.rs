@@ -463,9 +463,6 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
         ids.push(r.id);
     }
     run.finish(tx).map_err(run_err)?;
-    // Each write's full-text and vector work is done before the next write of a group starts:
-    // the bulk path indexes a write's new rows directly, which is only right on a drained
-    // queue.
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(tx)?;
     if let Some(o) = origin {

@@ -18,10 +18,10 @@ const startSync = () => {
 };
 const emit = (event) => postMessage({ event });
 
-// Checkpoints in idle time: once the replica has had no call and no frame for IDLE_MS, the WAL
-// is copied into the database file here, where no write or query waits for it (SQLite's own
+// Checkpoints in idle time: once the replica has had no write and no frame for IDLE_MS, the
+// WAL is copied into the database file here, where no write waits for it (SQLite's own
 // checkpoint, inside a commit, is only the backstop for a replica that is never idle; see
-// `Replica.checkpoint`).
+// `Replica.checkpoint`). Queries do not put it off: they add nothing to the WAL.
 const IDLE_MS = 100;
 let idleTimer = null;
 const worked = () => {
@@ -110,7 +110,7 @@ onmessage = async (e) => {
     if (method !== 'open') await isOpen;
     const result = await methods[method](...(args ?? []));
     postMessage({ id, result });
-    worked();
+    if (method === 'write' || method === 'importBytes') worked();
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
     postMessage({ id, error: String(err?.message ?? err) });
