@@ -1,7 +1,9 @@
 //! `serve --publish nats://`: the change feed in a real NATS JetStream stream (Debian's
 //! `nats-server`, started here with `-js` on a loopback port; `.ci/run` installs it).
 //! Every seq exactly once, in order, with no gap: across a primary killed with SIGKILL while
-//! publishing, and across nats-server stopped and restarted under write load.
+//! publishing, and across nats-server stopped and restarted under write load. And edges fed
+//! from the stream (`serve --upstream nats://`): resumed from their cursor after a kill, past a
+//! purged stream, with their own tokens.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -164,6 +166,9 @@ async fn a_primary_killed_while_publishing_leaves_every_seq_once_in_the_stream()
         ..Default::default()
     };
     let mut node = Node::start_with(opts).await;
+    // An edge reading the stream, caught up (empty) before the writes begin.
+    let edge = edge_of(&nats, &node, None).await;
+    until_edge_at(&edge, 0).await;
     write_many(&node, 0, 500).await;
     until_published(&nats, 500).await;
     // More writes, and the node killed while it publishes them.
@@ -186,6 +191,11 @@ async fn a_primary_killed_while_publishing_leaves_every_seq_once_in_the_stream()
     write_many(&node, 3500, 100).await;
     until_published(&nats, 3600).await;
     assert_exactly_once(&stream_seqs(&nats).await, 3600);
+    // The edge's subscribers see the same: every seq once, in order.
+    until_edge_at(&edge, 3600).await;
+    let mut feed = common::Feed::from(0);
+    read_to(&edge, &mut feed, None, 3600).await;
+    assert_eq!(feed.seqs(), (1..=3600).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +206,8 @@ async fn nats_stopped_and_restarted_under_write_load_loses_nothing() {
         ..Default::default()
     };
     let node = Node::start_with(opts).await;
+    let edge = edge_of(&nats, &node, None).await;
+    until_edge_at(&edge, 0).await;
     write_many(&node, 0, 500).await;
     until_published(&nats, 500).await;
     nats.stop();
@@ -212,7 +224,221 @@ async fn nats_stopped_and_restarted_under_write_load_loses_nothing() {
         metrics.contains("hivesync_nats_published_seq 500"),
         "{metrics}"
     );
+    // The edge follows the primary's feed while the stream is away.
+    let t0 = Instant::now();
+    while edge.health().await["upstream"]["applied"] != 1500 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", edge.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("edge at 1500 without NATS after {:?}", t0.elapsed());
     nats.run().await;
     until_published(&nats, 1500).await;
     assert_exactly_once(&stream_seqs(&nats).await, 1500);
+    // And reads the stream again once it is back.
+    write_many(&node, 1500, 100).await;
+    until_edge_at(&edge, 1600).await;
+    let mut feed = common::Feed::from(0);
+    read_to(&edge, &mut feed, None, 1600).await;
+    assert_eq!(feed.seqs(), (1..=1600).collect::<Vec<_>>());
+}
+
+/// An edge fed from the stream (`--upstream nats://... --primary ws://...`).
+async fn edge_of(nats: &Nats, primary: &Node, config: Option<String>) -> Node {
+    Node::start_with(NodeOpts {
+        config,
+        args: vec![
+            "--upstream".into(),
+            nats.url(),
+            "--primary".into(),
+            primary.url(),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+async fn metric(node: &Node, name: &str) -> i64 {
+    let (_, text) = common::http_get(node.port, "/metrics").await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Wait until the edge has applied `head` and reads the stream.
+async fn until_edge_at(edge: &Node, head: i64) {
+    let t0 = Instant::now();
+    loop {
+        let h = edge.health().await;
+        if h["upstream"]["applied"].as_i64() == Some(head) && h["upstream"]["nats"] == true {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the edge did not reach seq {head} on the stream: {h}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber of `node` resuming after `feed.last`, read up to `head`.
+async fn read_to(node: &Node, feed: &mut common::Feed, token: Option<&str>, head: i64) {
+    let mut c = Client::connect(&node.url()).await;
+    c.hello(token).await;
+    c.subscribe("s", feed.last, None).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        feed.read_until(&mut c, "s", |f| f.last >= Some(head)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the subscriber did not reach {head}: {:?}", feed.last));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subscribers_see_no_gap()
+{
+    let nats = Nats::start().await;
+    let primary = Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await;
+    // A new edge: a snapshot from the primary's feed (empty here, so that the edge's log holds
+    // every change for a subscriber from 0), then the stream.
+    let mut edge = edge_of(&nats, &primary, None).await;
+    until_edge_at(&edge, 0).await;
+    write_many(&primary, 0, 200).await;
+    until_edge_at(&edge, 200).await;
+    let mut feed = common::Feed::from(0);
+    read_to(&edge, &mut feed, None, 200).await;
+    // Live changes come through the stream.
+    write_many(&primary, 200, 300).await;
+    until_edge_at(&edge, 500).await;
+    read_to(&edge, &mut feed, None, 500).await;
+    assert_eq!(metric(&edge, "hivesync_upstream_nats_changes_total").await, 500);
+    // Killed; the primary goes on; restarted, the edge reads the stream from its cursor: every
+    // change it lacks comes from the stream, none from the primary.
+    edge.kill();
+    write_many(&primary, 500, 500).await;
+    until_published(&nats, 1000).await;
+    edge.start_again().await;
+    until_edge_at(&edge, 1000).await;
+    assert_eq!(
+        metric(&edge, "hivesync_upstream_nats_changes_total").await,
+        500,
+        "{}",
+        edge.log_text()
+    );
+    read_to(&edge, &mut feed, None, 1000).await;
+    assert_eq!(
+        feed.seqs(),
+        (1..=1000).collect::<Vec<_>>(),
+        "no gap, nothing twice"
+    );
+    // Writes sent to the edge reach the primary and come back through the stream.
+    let mut c = Client::connect(&edge.url()).await;
+    c.hello(None).await;
+    let seq = c.write("w", vec![entity("default", "via-edge", "x")]).await;
+    assert_eq!(seq, 1001);
+    until_edge_at(&edge, 1001).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_fed_from_nats_enforces_its_own_tokens_and_recovers_from_a_purged_stream() {
+    let nats = Nats::start().await;
+    let primary = Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await;
+    let mut w = Client::connect(&primary.url()).await;
+    w.hello(None).await;
+    let mut n = 0;
+    let mut write_ab = async |w: &mut Client, k: usize| {
+        for _ in 0..k {
+            n += 1;
+            w.write(
+                &format!("w{n}"),
+                vec![
+                    entity("a", &format!("a{n}"), "x"),
+                    entity("b", &format!("b{n}"), "x"),
+                ],
+            )
+            .await;
+        }
+    };
+    write_ab(&mut w, 20).await;
+    let config = format!(
+        "anonymous = \"never\"\n[[token]]\nname = \"a-reader\"\nsha256 = \"{}\"\nread = [\"a\"]\nwrite = []\n",
+        hivesync::node::config::hash_token("ta")
+    );
+    let mut edge = edge_of(&nats, &primary, Some(config)).await;
+    until_edge_at(&edge, 40).await;
+    // The scoped token sees namespace a only, from the snapshot on and live from the stream.
+    let mut feed = common::Feed::default();
+    let mut c = Client::connect(&edge.url()).await;
+    c.hello(Some("ta")).await;
+    c.subscribe("s", None, None).await;
+    feed.read_until(&mut c, "s", |f| f.snapshot_done).await;
+    write_ab(&mut w, 10).await;
+    until_edge_at(&edge, 60).await;
+    feed.read_until(&mut c, "s", |f| f.changes.len() >= 10)
+        .await;
+    assert_eq!(feed.snapshot.len(), 20);
+    assert!(feed
+        .snapshot
+        .iter()
+        .chain(&feed.changes)
+        .all(|ch| ch.ns == "a"));
+    c.subscribe("b", Some(0), Some(vec!["b".into()])).await;
+    loop {
+        match c.recv().await {
+            hivesync::protocol::ServerMsg::Error(e) => {
+                common::assert_code(&e, hivesync::protocol::ErrorCode::Forbidden);
+                break;
+            }
+            m => assert!(feed.take("s", &m), "{m:?}"),
+        }
+    }
+    // No token, no feed.
+    let mut anon = Client::connect(&edge.url()).await;
+    anon.send(&hivesync::protocol::ClientMsg::Hello {
+        token: None,
+        client: None,
+    })
+    .await;
+    common::assert_code(
+        &anon.recv_error().await,
+        hivesync::protocol::ErrorCode::Unauthorized,
+    );
+    // The edge is down while the stream is purged: what follows its cursor is gone from the
+    // stream, so it catches up from the primary, then reads the stream again.
+    edge.kill();
+    write_ab(&mut w, 10).await;
+    until_published(&nats, 80).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_stream("HIVESYNC")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    write_ab(&mut w, 5).await;
+    until_published(&nats, 90).await;
+    edge.start_again().await;
+    until_edge_at(&edge, 90).await;
+    write_ab(&mut w, 5).await;
+    until_edge_at(&edge, 100).await;
+    assert!(metric(&edge, "hivesync_upstream_nats_changes_total").await >= 10);
+    let mut feed2 = common::Feed::from(feed.last.unwrap());
+    let mut c = Client::connect(&edge.url()).await;
+    c.hello(Some("ta")).await;
+    c.subscribe("s", feed2.last, None).await;
+    feed2
+        .read_until(&mut c, "s", |f| f.changes.len() >= 20)
+        .await;
+    assert!(feed2.changes.iter().all(|ch| ch.ns == "a"));
+    let ids: Vec<String> = feed2.changes.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(ids, (31..=50).map(|i| format!("a{i}")).collect::<Vec<_>>());
 }

@@ -24,9 +24,15 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) read_only: bool,
     /// Edge mode: replicate from this node (ws://host:port/v1/sync) and serve the local copy;
-    /// writes received here are forwarded to it.
-    #[arg(long)]
+    /// writes received here are forwarded to it. Or from the NATS JetStream stream a primary
+    /// publishes to (nats://host:port, with --primary; stream name and credentials in the
+    /// config's [follow]).
+    #[arg(long, env = "HIVESYNC_UPSTREAM")]
     pub(crate) upstream: Option<String>,
+    /// For an edge fed from NATS: the primary's feed (ws://host:port/v1/sync), which serves
+    /// snapshots and catch-ups when the stream does not hold them, and takes forwarded writes.
+    #[arg(long, env = "HIVESYNC_PRIMARY", requires = "upstream")]
+    pub(crate) primary: Option<String>,
     /// Token this edge presents to its upstream. On the command line it shows in the process
     /// list: prefer the environment variable or --upstream-token-file.
     #[arg(long, env = "HIVESYNC_UPSTREAM_TOKEN", hide_env_values = true)]
@@ -107,6 +113,7 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             read_only: args.read_only,
             upstream: args.upstream.clone(),
             upstream_token: upstream_token(args)?,
+            primary: args.primary.clone(),
             poll_ms: args.poll_ms,
             web: args.web.clone(),
             max_connections: args.max_connections,

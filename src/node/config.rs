@@ -104,6 +104,9 @@ pub struct Config {
     pub primary: Option<String>,
     /// `[publish]`: the change feed into NATS JetStream (see `node::publish`).
     pub publish: Option<super::publish::PublishConfig>,
+    /// `[follow]`: for an edge fed from NATS (`serve --upstream nats://`), the stream's name and
+    /// the NATS credentials; the same keys as `[publish]` (`url` is `--upstream`'s).
+    pub follow: Option<super::publish::PublishConfig>,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 mod dial;
+mod follow;
 mod gate;
 pub mod hub;
 pub mod metrics;
@@ -54,6 +55,9 @@ pub struct NodeOptions {
     pub upstream: Option<String>,
     /// The token this edge presents to its upstream.
     pub upstream_token: Option<String>,
+    /// For an edge whose `upstream` is a NATS server (`nats://host:port`): the primary's feed
+    /// (ws://host:port/v1/sync), which serves its snapshots and catch-ups and takes its writes.
+    pub primary: Option<String>,
     /// Milliseconds between checks of the log for commits made by other processes, beside
     /// file notifications (default 1000, or 100 in read-only mode where notifications may
     /// not arrive).
@@ -182,13 +186,17 @@ pub async fn start(
         stall_timeout: Duration::from_secs(config.stall_timeout_secs.unwrap_or(30)),
         read_only,
         upstream: match &args.upstream {
-            Some(url) => Some(upstream::start(
-                url.clone(),
-                args.upstream_token.clone(),
-                store.clone(),
-                hub.clone(),
-                shutdown_rx.clone(),
-            )?),
+            Some(url) => {
+                let (feed, nats) = edge_feeds(url, args.primary.as_deref(), &config)?;
+                Some(upstream::start(
+                    feed,
+                    nats,
+                    args.upstream_token.clone(),
+                    store.clone(),
+                    hub.clone(),
+                    shutdown_rx.clone(),
+                )?)
+            }
             None => None,
         },
         writes,
@@ -226,6 +234,30 @@ pub async fn start(
         metrics,
         _watchers: watchers,
     })
+}
+
+/// An edge's two feeds from `--upstream` and `--primary`: the node whose WebSocket feed it
+/// follows (and forwards writes to), and the NATS stream its live changes come from, if any.
+fn edge_feeds(
+    upstream: &str,
+    primary: Option<&str>,
+    config: &Config,
+) -> crate::Result<(String, Option<follow::Follow>)> {
+    let nats = upstream.starts_with("nats://") || upstream.starts_with("tls://");
+    match (nats, primary) {
+        (false, None) => Ok((upstream.to_string(), None)),
+        (false, Some(_)) => Err(crate::Error::invalid(
+            "--primary is for an edge fed from NATS (--upstream nats://host:port); with --upstream ws://... the edge follows that node directly",
+        )),
+        (true, None) => Err(crate::Error::invalid(format!(
+            "an edge fed from NATS ({upstream}) needs the primary's feed too: add --primary ws://HOST:PORT/v1/sync (it serves snapshots and catch-ups, and takes the writes this edge forwards)"
+        ))),
+        (true, Some(p)) => {
+            let mut cfg = config.follow.clone().unwrap_or_default();
+            cfg.url = Some(upstream.to_string());
+            Ok((p.to_string(), Some(follow::Follow::new(cfg))))
+        }
+    }
 }
 
 /// The node's background work: file watchers (config, database), the tailer, retention.
@@ -340,9 +372,10 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
                 .and_then(|u| u.state.down.lock().clone());
             let upstream = match &node.upstream {
                 Some(u) => format!(
-                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"applied\":{}{}}}",
+                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"applied\":{}{}}}",
                     u.state.connected.load(Relaxed),
                     u.state.live.load(Relaxed),
+                    u.state.nats.load(Relaxed),
                     u.state.applied.load(Relaxed),
                     down.as_ref().map_or(String::new(), |d| format!(
                         ",\"error\":{}",
@@ -401,6 +434,18 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
             COUNTER,
             "Transactions they were applied in (frames that queued up share one).",
             u.state.applies.load(Relaxed) as i64,
+        ));
+        extra.push((
+            "hivesync_upstream_nats_changes_total",
+            COUNTER,
+            "Changes applied from the NATS stream (an edge fed from NATS).",
+            u.state.nats_changes.load(Relaxed) as i64,
+        ));
+        extra.push((
+            "hivesync_upstream_nats",
+            GAUGE,
+            "1 while the live changes come from the NATS stream.",
+            u.state.nats.load(Relaxed) as i64,
         ));
     }
     (

@@ -3,7 +3,10 @@
 //! The publisher follows the change log (it never holds up a write: the log is its backlog) and
 //! publishes every change, in seq order, to the stream `HIVESYNC` (by default), subject
 //! `hivesync.changes.<ns>.<kind>`, as the protocol's JSON form of the change, with the seq as
-//! the JetStream message id (`Nats-Msg-Id`) and in the header `Hivesync-Seq`. It waits for
+//! the JetStream message id (`Nats-Msg-Id`) and in the header `Hivesync-Seq`, and the seq of the
+//! change before it in the log in `Hivesync-Prev` (a consumer checks that chain to know it missed
+//! nothing; a change larger than the server's `max_payload` goes out as a stand-in with the
+//! header `Hivesync-Omitted` and no payload, to be read from the node's feed). It waits for
 //! each batch's acks before it moves on, so the stream holds the log in order. Where it
 //! resumes after a restart or a lost connection: after the highest of the seq it recorded in
 //! the database (`meta` key `nats_published_seq`, written after each acknowledged batch) and
@@ -35,6 +38,14 @@ const BATCH: usize = 1024;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// The `meta` key of the last seq the stream acknowledged.
 const CURSOR_KEY: &str = "nats_published_seq";
+/// The header holding a message's seq.
+pub const SEQ_HEADER: &str = "Hivesync-Seq";
+/// The header holding the seq of the change before it in the log (a consumer that saw that one
+/// has missed nothing).
+pub const PREV_HEADER: &str = "Hivesync-Prev";
+/// The header of a message that stands in for a change too large for the NATS server's
+/// `max_payload`: it has no payload; read the change from the node's feed.
+pub const OMITTED_HEADER: &str = "Hivesync-Omitted";
 
 /// `[publish]` in the node's TOML config; `serve --publish URL` sets `url`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +66,7 @@ pub struct PublishConfig {
 }
 
 impl PublishConfig {
-    fn stream(&self) -> String {
+    pub(crate) fn stream(&self) -> String {
         self.stream.clone().unwrap_or_else(|| "HIVESYNC".into())
     }
 
@@ -121,17 +132,21 @@ pub(crate) async fn run(
     }
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn nats_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(format!("{what}: {e}")))
 }
 
-async fn connect(cfg: &PublishConfig) -> Result<async_nats::Client> {
+/// Connect to the NATS server(s) in `cfg`, as `name`, with its credentials.
+pub(crate) async fn connect(cfg: &PublishConfig, name: &str) -> Result<async_nats::Client> {
     let url = cfg
         .url
         .clone()
-        .ok_or_else(|| Error::invalid("publish needs a url (nats://host:port)"))?;
+        .ok_or_else(|| Error::invalid("NATS needs a url (nats://host:port)"))?;
     let mut opts = async_nats::ConnectOptions::new()
-        .name("hivesync-publisher")
+        .name(name)
+        // The client's own reports (one per failed reconnect) at debug: the publisher and the
+        // edge say what a lost connection means for them.
+        .event_callback(|e| async move { tracing::debug!(event = %e, "NATS") })
         .connection_timeout(Duration::from_secs(5));
     if let Some(t) = &cfg.token {
         opts = opts.token(t.clone());
@@ -160,7 +175,7 @@ pub async fn stream_last_seq(stream: &mut jetstream::stream::Stream) -> Result<i
         .await
         .map_err(|e| nats_err("reading the stream's last message", e))?;
     Ok(m.headers
-        .get("Hivesync-Seq")
+        .get(SEQ_HEADER)
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0))
 }
@@ -181,7 +196,9 @@ async fn session(
     metrics: &Arc<Metrics>,
     cfg: &PublishConfig,
 ) -> Result<()> {
-    let client = connect(cfg).await?;
+    let client = connect(cfg, "hivesync-publisher").await?;
+    // A change larger than the server takes goes out as a stand-in without payload.
+    let max_payload = client.server_info().max_payload;
     let js = jetstream::new(client);
     let prefix = cfg.prefix();
     let mut stream = js
@@ -229,12 +246,26 @@ async fn session(
             continue;
         }
         let mut acks = Vec::with_capacity(batch.len());
+        let mut prev = after;
         for c in &batch {
             let mut payload = Vec::with_capacity(c.frame_bytes());
             crate::protocol::encode_change_json(&mut payload, c);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", c.seq.to_string().as_str());
-            headers.insert("Hivesync-Seq", c.seq.to_string().as_str());
+            headers.insert(SEQ_HEADER, c.seq.to_string().as_str());
+            headers.insert(PREV_HEADER, prev.to_string().as_str());
+            prev = c.seq;
+            // Headers and subject take well under 1 KiB.
+            if payload.len() + 1024 > max_payload {
+                tracing::warn!(
+                    seq = c.seq,
+                    bytes = payload.len(),
+                    max_payload,
+                    "a change is larger than the NATS server's max_payload: the stream gets a stand-in without it (consumers read it from the node's feed); raise max_payload in nats-server's config to carry it"
+                );
+                headers.insert(OMITTED_HEADER, "too-large");
+                payload.clear();
+            }
             let ack = js
                 .publish_with_headers(subject(&prefix, c), headers, payload.into())
                 .await

@@ -8,6 +8,11 @@
 //! session's ([`ClientSession`]); this file is its I/O shell: the socket, the store, the hub.
 //! A refused token (or any fatal error) stops the link: `/healthz` reports it as the upstream's
 //! error, and the node keeps serving its copy until restarted with a working token.
+//!
+//! An edge fed from NATS (`--upstream nats://... --primary ws://...`) runs the same link to the
+//! primary, and once it has caught up it takes the live changes from the stream instead
+//! ([`super::follow`]): the session ends its subscription at the primary, checks the stream's
+//! chain, and hands back to the primary's feed whenever the stream cannot go on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -21,11 +26,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::dial;
+use super::follow::{Feed, Follow, Item, Opening};
 use super::hub::{EncodedChange, Hub};
 use crate::apply;
 use crate::error::Error;
 use crate::model::{Change, WriteOp};
-use crate::protocol::client::{self, ClientAction, ClientConfig, ClientSession, WriteId};
+use crate::protocol::client::{self, Backoff, ClientAction, ClientConfig, ClientSession, WriteId};
 use crate::protocol::{self, ErrorMsg, ServerMsg, SUBPROTOCOL_BIN};
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
@@ -56,6 +62,10 @@ pub struct UpstreamState {
     pub applies: AtomicU64,
     /// Why the link is down, while it is (for `/healthz`).
     pub down: parking_lot::Mutex<Option<String>>,
+    /// The live changes come from the NATS stream (an edge fed from NATS, while it can).
+    pub nats: AtomicBool,
+    /// Changes applied from the NATS stream.
+    pub nats_changes: AtomicU64,
 }
 
 /// The handle the local node keeps.
@@ -67,6 +77,7 @@ pub(crate) struct Upstream {
 /// Start following `url` on a thread of its own.
 pub(crate) fn start(
     url: String,
+    nats: Option<Follow>,
     token: Option<String>,
     store: Arc<Store>,
     hub: Arc<Hub>,
@@ -88,7 +99,7 @@ pub(crate) fn start(
                     return;
                 }
             };
-            rt.block_on(follow(url, token, store, hub, rx, st, shutdown));
+            rt.block_on(run(url, nats, token, store, hub, rx, st, shutdown));
         })?;
     Ok(Upstream { forward: tx, state })
 }
@@ -112,10 +123,17 @@ struct Link {
     replies: HashMap<WriteId, oneshot::Sender<Result<i64, ErrorMsg>>>,
     next_id: WriteId,
     start: Instant,
+    /// The NATS stream, for an edge fed from it.
+    nats: Option<Follow>,
+    /// When to try the stream again after it could not be opened.
+    nats_retry: Option<tokio::time::Instant>,
+    nats_backoff: Backoff,
 }
 
-async fn follow(
+#[allow(clippy::too_many_arguments)]
+async fn run(
     url: String,
+    nats: Option<Follow>,
     token: Option<String>,
     store: Arc<Store>,
     hub: Arc<Hub>,
@@ -149,14 +167,23 @@ async fn follow(
         replies: HashMap::new(),
         next_id: 0,
         start: Instant::now(),
+        nats,
+        nats_retry: None,
+        nats_backoff: Backoff::new(dial::jitter_seed()),
     };
     loop {
+        // An edge fed from NATS with a cursor reads the stream from there when it holds it;
+        // otherwise (or while NATS is away) it catches up from the primary first.
+        let feed = match link.start_open() {
+            Some(opening) => link.opened(opening.await).map(|(f, _)| f),
+            None => None,
+        };
         let end = tokio::select! {
             r = dial::dial(&link.url, SUBPROTOCOL_BIN) => match r {
                 Ok(ws) => {
                     let store = link.store.clone();
                     let hello = link.session.connected();
-                    connection(&mut link, &store, ws, hello, &mut forwards, &mut shutdown).await
+                    connection(&mut link, &store, ws, hello, feed, &mut forwards, &mut shutdown).await
                 }
                 Err(f) => {
                     let now = link.now();
@@ -168,6 +195,7 @@ async fn follow(
         };
         link.state.connected.store(false, Relaxed);
         link.state.live.store(false, Relaxed);
+        link.state.nats.store(false, Relaxed);
         match end {
             End::Stop => return,
             End::Retry(after) => {
@@ -193,6 +221,114 @@ async fn follow(
 impl Link {
     fn now(&self) -> u64 {
         dial::millis_since(self.start)
+    }
+
+    /// Start opening the NATS stream after the cursor (an edge fed from NATS with a cursor).
+    fn start_open(&mut self) -> Option<Opening> {
+        let after = self.session.cursor()?;
+        Some(self.nats.as_ref()?.open(after))
+    }
+
+    /// The stream opened (or not): hand the live changes over to it. Returns the feed and what
+    /// the session says to send (the end of its subscription at the primary); None when the
+    /// stream cannot take over now (down, or it no longer holds what follows the cursor: it is
+    /// tried again after a backoff), or the session cannot yet (a snapshot is open: the
+    /// primary's `live` after it tries again).
+    fn opened(&mut self, r: crate::Result<Option<Feed>>) -> Option<(Feed, Vec<ClientAction>)> {
+        let url = self.nats.as_ref().map_or("", |n| n.url()).to_string();
+        match r {
+            Ok(Some(feed)) => {
+                let acts = self.session.go_external()?;
+                self.nats_backoff.reset();
+                self.nats_retry = None;
+                self.state.nats.store(true, Relaxed);
+                tracing::info!(nats = %url, after = ?self.session.cursor(), "following the NATS stream");
+                Some((feed, acts))
+            }
+            Ok(None) => {
+                self.retry_nats();
+                None
+            }
+            Err(e) => {
+                let after = self.retry_nats();
+                tracing::warn!(nats = %url, error = %e, "cannot read the NATS stream; following the primary's feed, and trying the stream again in {after:?}");
+                None
+            }
+        }
+    }
+
+    /// Try the stream again after the next backoff delay.
+    fn retry_nats(&mut self) -> Duration {
+        self.state.nats.store(false, Relaxed);
+        let after = self.nats_backoff.next_delay();
+        self.nats_retry = Some(tokio::time::Instant::now() + after);
+        after
+    }
+
+    /// Messages of the stream (the first, and those already read behind it) as session input,
+    /// applied here so that a break in the stream hands back to the primary's feed from the
+    /// cursor they advanced. Clears `feed` when the stream cannot go on.
+    fn feed_input(
+        &mut self,
+        first: Option<crate::Result<Item>>,
+        feed: &mut Option<Feed>,
+        rx: &mut Rx,
+    ) -> Vec<ClientAction> {
+        let mut items = Vec::new();
+        let mut broken = None;
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(Item::Change(prev, c))) => items.push((prev, c)),
+                Some(Ok(Item::Omitted(seq))) => {
+                    broken = Some(format!("change {seq} is too large for the stream"));
+                    break;
+                }
+                Some(Err(e)) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
+                None => {
+                    broken = Some("the stream's consumer ended".into());
+                    break;
+                }
+            }
+            if items.len() >= COALESCE_MAX {
+                break;
+            }
+            let Some(f) = feed.as_mut() else { break };
+            match f.next().now_or_never() {
+                Some(m) => next = m,
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        for a in self.session.external_changes(items) {
+            match a {
+                ClientAction::Apply { prev, changes } => {
+                    let n = changes.len() as u64;
+                    let before = self.state.applies.load(Relaxed);
+                    out.extend(self.apply(prev, changes, rx));
+                    if self.state.applies.load(Relaxed) > before {
+                        self.state.nats_changes.fetch_add(n, Relaxed);
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        if let Some(why) = broken {
+            if self.session.external() {
+                tracing::warn!(nats = %self.nats.as_ref().map_or("", |n| n.url()), "{why}: following the primary's feed until the stream can take over again");
+                out.extend(self.session.external_lost());
+            }
+        }
+        if !self.session.external() {
+            // Catching up from the primary again: its `live` hands back to the stream.
+            *feed = None;
+            self.state.live.store(false, Relaxed);
+            self.retry_nats();
+        }
+        out
     }
 
     /// Hand a forwarded write to the session.
@@ -317,13 +453,33 @@ impl Link {
 
 type Rx = SplitStream<dial::Ws>;
 
-/// One connection: carry out the session's actions, feed it the socket's frames and the
-/// writes to forward, until it says to reconnect or stop.
+/// What woke a connection up.
+enum Event {
+    Socket(Option<Result<Message, WsError>>),
+    Opened(crate::Result<Option<Feed>>),
+    Forward(Forward),
+    Stream(Option<crate::Result<Item>>),
+    RetryStream,
+    Stop,
+}
+
+/// The next message of the stream, or never without one.
+async fn next_item(feed: &mut Option<Feed>) -> Option<crate::Result<Item>> {
+    match feed {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection: carry out the session's actions, feed it the socket's frames, the stream's
+/// messages and the writes to forward, until it says to reconnect or stop.
+#[allow(clippy::too_many_arguments)]
 async fn connection<'s>(
     link: &mut Link,
     store: &'s Store,
     ws: dial::Ws,
     hello: Vec<ClientAction>,
+    mut feed: Option<Feed>,
     forwards: &mut mpsc::Receiver<Forward>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
@@ -331,6 +487,8 @@ async fn connection<'s>(
     // An open snapshot holds the writer (and its transaction) until its last chunk.
     let mut snapshot: Option<MutexGuard<'s, rusqlite::Connection>> = None;
     let mut queue = VecDeque::from(hello);
+    // The stream being opened (after the primary's `live`, or a backoff).
+    let mut opening: Option<Opening> = None;
     let end = 'conn: loop {
         while let Some(a) = queue.pop_front() {
             match a {
@@ -394,6 +552,10 @@ async fn connection<'s>(
                 ClientAction::Live { seq } => {
                     link.state.live.store(true, Relaxed);
                     tracing::info!(seq, "caught up with upstream");
+                    // Caught up from the primary: the stream takes the live changes over.
+                    if feed.is_none() && opening.is_none() {
+                        opening = link.start_open();
+                    }
                 }
                 a @ (ClientAction::Resolve { .. } | ClientAction::Reject { .. }) => link.answer(a),
                 a @ (ClientAction::Reconnect { .. } | ClientAction::Fatal(_)) => {
@@ -402,12 +564,34 @@ async fn connection<'s>(
                 }
             }
         }
-        let acts = tokio::select! {
-            m = rx.next() => link.input(m),
-            Some(f) = forwards.recv() => link.forward(f),
-            _ = shutdown.changed() => break 'conn End::Stop,
+        let retry = link
+            .nats_retry
+            .filter(|_| feed.is_none() && opening.is_none() && link.state.live.load(Relaxed));
+        let event = tokio::select! {
+            m = rx.next() => Event::Socket(m),
+            r = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => Event::Opened(r),
+            Some(f) = forwards.recv() => Event::Forward(f),
+            i = next_item(&mut feed) => Event::Stream(i),
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => Event::RetryStream,
+            _ = shutdown.changed() => Event::Stop,
         };
-        queue.extend(acts);
+        match event {
+            Event::Socket(m) => queue.extend(link.input(m)),
+            Event::Forward(f) => queue.extend(link.forward(f)),
+            Event::Stream(i) => queue.extend(link.feed_input(i, &mut feed, &mut rx)),
+            Event::Opened(r) => {
+                opening = None;
+                if let Some((f, acts)) = link.opened(r) {
+                    feed = Some(f);
+                    queue.extend(acts);
+                }
+            }
+            Event::RetryStream => {
+                link.nats_retry = None;
+                opening = link.start_open();
+            }
+            Event::Stop => break 'conn End::Stop,
+        }
     };
     if let Some(conn) = snapshot.take() {
         apply::snapshot_abort(&conn);

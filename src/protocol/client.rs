@@ -11,7 +11,12 @@
 //! - which failures are fatal ([`is_fatal_code`], [`ConnectFailure`]) and which are retried;
 //! - one backoff policy with jitter, reset once a connection has been healthy for a while;
 //! - writes in flight: answered by `written` or `error` with their `req`, or refused when the
-//!   link is down or is lost before their answer.
+//!   link is down or is lost before their answer;
+//! - for an edge fed from NATS, the hand-over between feeds: once caught up, the live changes
+//!   come from another feed ([`ClientSession::go_external`]) through the same gap check
+//!   ([`ClientSession::external_changes`]), and when that feed breaks or skips a seq the node's
+//!   own feed takes over again from the cursor ([`ClientSession::external_lost`]), the
+//!   connection kept for writes throughout.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -188,6 +193,10 @@ pub struct ClientSession {
     backoff: Backoff,
     writes: BTreeMap<String, WriteId>,
     next_req: u64,
+    /// Live changes come from another feed, not this connection's subscription.
+    external: bool,
+    /// This connection holds a subscription at the node.
+    at_node: bool,
 }
 
 impl ClientSession {
@@ -203,7 +212,92 @@ impl ClientSession {
             subscribed_at: None,
             writes: BTreeMap::new(),
             next_req: 0,
+            external: false,
+            at_node: false,
         }
+    }
+
+    /// True while the live changes come from another feed ([`ClientSession::go_external`]).
+    pub fn external(&self) -> bool {
+        self.external
+    }
+
+    /// Take the live changes from another feed from here on (a NATS stream the shell has
+    /// positioned after [`ClientSession::cursor`]): the subscription at the node ends (or, before
+    /// a connection's `welcome`, is not made), and the connection stays for writes. `None`
+    /// while that cannot be: a snapshot is open, or the session has no cursor or has stopped.
+    pub fn go_external(&mut self) -> Option<Vec<ClientAction>> {
+        if self.stopped() || self.snapshot.is_some() || self.cursor.is_none() {
+            return None;
+        }
+        self.external = true;
+        self.handed = self.cursor;
+        if !self.at_node {
+            return Some(vec![]);
+        }
+        self.at_node = false;
+        Some(vec![ClientAction::Send(ClientMsg::Unsubscribe {
+            sub: self.cfg.sub.clone(),
+        })])
+    }
+
+    /// The other feed broke: the node's feed takes over again from the cursor (a catch-up, or
+    /// a snapshot if the node no longer holds it), on this connection or the next.
+    pub fn external_lost(&mut self) -> Vec<ClientAction> {
+        self.external = false;
+        if self.phase != Phase::Subscribed || self.at_node {
+            return vec![];
+        }
+        self.at_node = true;
+        self.handed = self.cursor;
+        vec![self.subscribe()]
+    }
+
+    /// Changes from the other feed, each with the seq it follows (`prev`), in the feed's
+    /// order. Those already handed out are dropped (a feed resumed from before the cursor);
+    /// the rest must continue the chain from the last seq handed out. A break in the chain
+    /// drops the batch and ends the other feed ([`ClientSession::external_lost`]): check
+    /// [`ClientSession::external`] after the call.
+    pub fn external_changes(&mut self, items: Vec<(i64, Change)>) -> Vec<ClientAction> {
+        if !self.external || self.stopped() {
+            return vec![];
+        }
+        let first = self.handed.unwrap_or(0);
+        let mut expected = first;
+        let mut changes = Vec::with_capacity(items.len());
+        for (prev, c) in items {
+            if c.seq <= expected && changes.is_empty() {
+                continue;
+            }
+            if prev != expected {
+                tracing::warn!(
+                    prev,
+                    expected,
+                    "the stream skips seqs here (trimmed, or purged): catching up from the node"
+                );
+                // The node's feed resends the whole batch from the cursor.
+                return self.external_lost();
+            }
+            expected = c.seq;
+            changes.push(c);
+        }
+        if changes.is_empty() {
+            return vec![];
+        }
+        self.handed = Some(expected);
+        vec![ClientAction::Apply {
+            prev: first,
+            changes,
+        }]
+    }
+
+    fn subscribe(&self) -> ClientAction {
+        ClientAction::Send(ClientMsg::Subscribe(Subscribe {
+            sub: self.cfg.sub.clone(),
+            from: self.cursor,
+            namespaces: self.cfg.namespaces.clone(),
+            kinds: self.cfg.kinds.clone(),
+        }))
     }
 
     /// Where a new connection resumes (None: with a snapshot).
@@ -227,6 +321,7 @@ impl ClientSession {
             return vec![];
         }
         self.phase = Phase::Hello;
+        self.at_node = false;
         self.handed = self.cursor;
         self.snapshot = None;
         self.subscribed_at = None;
@@ -267,7 +362,7 @@ impl ClientSession {
     /// The shell committed everything up to `seq` (a batch, or a finished snapshot).
     pub fn applied(&mut self, seq: i64) -> Vec<ClientAction> {
         self.cursor = Some(seq);
-        if self.phase != Phase::Subscribed {
+        if self.phase != Phase::Subscribed || !self.at_node {
             return vec![];
         }
         vec![ClientAction::Send(ClientMsg::Ack {
@@ -330,12 +425,18 @@ impl ClientSession {
                 }
                 self.phase = Phase::Subscribed;
                 self.subscribed_at = Some(now_ms);
-                vec![ClientAction::Send(ClientMsg::Subscribe(Subscribe {
-                    sub: self.cfg.sub.clone(),
-                    from: self.cursor,
-                    namespaces: self.cfg.namespaces.clone(),
-                    kinds: self.cfg.kinds.clone(),
-                }))]
+                if self.external {
+                    return vec![];
+                }
+                self.at_node = true;
+                vec![self.subscribe()]
+            }
+            // What the node sent for a subscription this session has ended (before it saw the
+            // `unsubscribe`): the other feed carries those changes.
+            ServerMsg::Snapshot { .. } | ServerMsg::Changes { .. } | ServerMsg::Live { .. }
+                if !self.at_node =>
+            {
+                vec![]
             }
             ServerMsg::Snapshot { at, rows, done, .. } => {
                 let mut out = Vec::new();
@@ -409,6 +510,8 @@ impl ClientSession {
             });
         }
         self.handed = self.cursor;
+        self.external = false;
+        self.at_node = false;
     }
 
     fn retry(&mut self, why: String, now_ms: u64) -> Vec<ClientAction> {

@@ -358,3 +358,126 @@ fn refusals_of_a_write_are_told_apart_from_failures_to_send_it() {
         assert!(!is_refusal_code(code), "{code:?}");
     }
 }
+
+fn items(chain: &[(i64, i64)]) -> Vec<(i64, Change)> {
+    chain
+        .iter()
+        .map(|&(prev, seq)| (prev, change(seq)))
+        .collect()
+}
+
+fn sent(actions: &[ClientAction]) -> Vec<&ClientMsg> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            ClientAction::Send(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_external_feed_takes_over_when_live_and_is_gap_checked_like_the_nodes() {
+    let mut s = subscribed(Some(5), 10);
+    // Catch-up from the node, then live.
+    assert!(matches!(
+        s.frame(batch(5, &[6, 7]), 0)[..],
+        [ClientAction::Apply { prev: 5, .. }]
+    ));
+    s.applied(7);
+    s.frame(
+        ServerMsg::Live {
+            sub: "s".into(),
+            seq: 7,
+        },
+        0,
+    );
+    let acts = s.go_external().unwrap();
+    assert_eq!(sent(&acts), [&ClientMsg::Unsubscribe { sub: "s".into() }]);
+    assert!(s.external());
+    // What the node sent before it saw the unsubscribe is left to the other feed.
+    assert!(s.frame(batch(7, &[8]), 0).is_empty());
+    // The other feed resumes from before the cursor: what was handed out is dropped.
+    let acts = s.external_changes(items(&[(5, 6), (6, 7), (7, 8), (8, 9)]));
+    match &acts[..] {
+        [ClientAction::Apply { prev: 7, changes }] => {
+            assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), [8, 9])
+        }
+        other => panic!("{other:?}"),
+    }
+    // No acks for a subscription the node no longer holds.
+    assert!(s.applied(9).is_empty());
+    // Writes still go out on the connection.
+    assert!(matches!(
+        s.write(1, vec![], None)[..],
+        [ClientAction::Send(ClientMsg::Write { .. })]
+    ));
+}
+
+#[test]
+fn a_break_in_the_external_chain_hands_back_to_the_node_from_the_cursor() {
+    let mut s = subscribed(Some(3), 3);
+    s.frame(
+        ServerMsg::Live {
+            sub: "s".into(),
+            seq: 3,
+        },
+        0,
+    );
+    s.go_external().unwrap();
+    assert!(matches!(
+        s.external_changes(items(&[(3, 4)]))[..],
+        [ClientAction::Apply { prev: 3, .. }]
+    ));
+    s.applied(4);
+    // 5 and 6 are missing from the stream (purged): nothing of the batch is applied, and the
+    // node's feed resumes from the cursor on the same connection.
+    let acts = s.external_changes(items(&[(4, 5), (6, 7)]));
+    assert!(!s.external());
+    match sent(&acts)[..] {
+        [ClientMsg::Subscribe(sub)] => assert_eq!(sub.from, Some(4)),
+        ref other => panic!("{other:?}"),
+    }
+    assert!(!acts.iter().any(|a| matches!(a, ClientAction::Apply { .. })));
+    // The node's frames count again, and are acked again.
+    assert!(matches!(
+        s.frame(batch(4, &[5, 6, 7]), 0)[..],
+        [ClientAction::Apply { prev: 4, .. }]
+    ));
+    assert!(matches!(
+        s.applied(7)[..],
+        [ClientAction::Send(ClientMsg::Ack { seq: 7, .. })]
+    ));
+    // Changes offered while not external are not the session's to take.
+    assert!(s.external_changes(items(&[(7, 8)])).is_empty());
+}
+
+#[test]
+fn an_external_feed_chosen_before_connecting_skips_the_subscription() {
+    let mut s = ClientSession::new(cfg(Some(9)));
+    assert!(s.go_external().unwrap().is_empty());
+    s.connected();
+    // Welcome: no subscribe, but writes may go out.
+    assert!(s.frame(welcome(12), 0).is_empty());
+    assert!(s.subscribed());
+    // The feed breaks: the node's feed takes over from the cursor.
+    let acts = s.external_lost();
+    match sent(&acts)[..] {
+        [ClientMsg::Subscribe(sub)] => assert_eq!(sub.from, Some(9)),
+        ref other => panic!("{other:?}"),
+    }
+    // A lost connection ends the external feed too: the next one subscribes.
+    let mut s = ClientSession::new(cfg(Some(9)));
+    s.go_external().unwrap();
+    s.connected();
+    s.frame(welcome(12), 0);
+    s.disconnected("reset", 0);
+    assert!(!s.external());
+    s.connected();
+    assert!(matches!(
+        sent(&s.frame(welcome(12), 0))[..],
+        [ClientMsg::Subscribe(_)]
+    ));
+    // Without a cursor (a snapshot is due) there is nothing to continue from.
+    assert!(ClientSession::new(cfg(None)).go_external().is_none());
+}

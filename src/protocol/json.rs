@@ -130,6 +130,14 @@ impl JsonChange<'_> {
     }
 }
 
+/// Decode one change in its JSON form (what [`encode_change_json`] writes: a NATS message's
+/// payload, for one).
+pub fn decode_change_json(bytes: &[u8]) -> Result<Change> {
+    serde_json::from_slice::<JsonChange>(bytes)
+        .map_err(|e| Error::invalid(format!("malformed change: {e}")))?
+        .into_change()
+}
+
 /// The names a node message's JSON object may hold (any message: they are checked per type).
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "lowercase")]
