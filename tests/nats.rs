@@ -341,6 +341,41 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
     let seq = c.write("w", vec![entity("default", "via-edge", "x")]).await;
     assert_eq!(seq, 1001);
     until_edge_at(&edge, 1001).await;
+    // A change too large for a NATS message (1 MiB by default) goes into the stream as a
+    // stand-in; the edge reads it from the primary, and the stream takes over again after it.
+    let big = hivesync::model::WriteOp::upsert(
+        hivesync::model::Kind::Note,
+        "default",
+        serde_json::json!({"id": "big", "content": "\"".repeat(600_000)}),
+    );
+    let mut w = Client::connect(&primary.url()).await;
+    w.hello(None).await;
+    assert_eq!(w.write("big", vec![big]).await, 1002);
+    w.write("after", vec![entity("default", "after-big", "x")]).await;
+    until_edge_at(&edge, 1003).await;
+    let stand_in = {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("HIVESYNC").await.unwrap();
+        stream.get_raw_message(1002).await.unwrap()
+    };
+    assert_eq!(
+        stand_in.headers.get("Hivesync-Omitted").map(|v| v.as_str()),
+        Some("too-large")
+    );
+    assert!(stand_in.payload.is_empty());
+    read_to(&edge, &mut feed, None, 1003).await;
+    assert_eq!(feed.seqs(), (1..=1003).collect::<Vec<_>>());
+    assert_eq!(
+        common::data(&feed.changes[1001])["content"].as_str().map(str::len),
+        Some(600_000)
+    );
+    // 1003 came from the stream once the edge was live on it again.
+    let t0 = Instant::now();
+    while metric(&edge, "hivesync_upstream_nats").await != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", edge.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
