@@ -1,6 +1,8 @@
 //! Added latency per relay hop: changes written to a primary at a steady rate reach a
-//! subscriber of the primary (direct) and a subscriber of an edge relay (`--upstream`), in the
-//! same run; the difference of their commit-to-receipt latencies is the hop's cost.
+//! subscriber of the primary (direct), a subscriber of an edge relay (`--upstream ws://`) and,
+//! where `nats-server` is installed, a subscriber of an edge fed from NATS JetStream (the primary
+//! publishing with `--publish`, the edge on `--upstream nats:// --primary`), in the same run;
+//! the difference of their commit-to-receipt latencies is each path's cost.
 //! Run: `cargo bench --bench relay` (HIVESYNC_RELAY_SECS, HIVESYNC_RELAY_RATE to change load,
 //! HIVESYNC_RELAY_DIR to put the databases on another filesystem).
 //!
@@ -27,22 +29,13 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-fn args(upstream: Option<String>) -> NodeOptions {
-    NodeOptions {
-        upstream,
-        poll_ms: None,
-        ..Default::default()
-    }
-}
-
 async fn node(
     dir: &std::path::Path,
     name: &str,
-    upstream: Option<String>,
+    a: NodeOptions,
 ) -> (hivesync::node::NodeHandle, String) {
     let store = Arc::new(Store::open(dir.join(name), StoreOptions::default()).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = args(upstream);
     let h = hivesync::node::start(store, l, Config::default(), None, &a)
         .await
         .unwrap();
@@ -91,6 +84,38 @@ async fn subscriber(url: String, from: i64, n: usize) -> Vec<i64> {
     lat
 }
 
+/// A nats-server with JetStream on a free loopback port, storing under `dir`, if installed.
+fn nats_server(dir: &std::path::Path) -> Option<(std::process::Child, String)> {
+    let bin = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, format!("nats://127.0.0.1:{port}")))
+}
+
 fn pct(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
@@ -137,13 +162,23 @@ fn main() {
             None => tempfile::tempdir().unwrap(),
         };
         println!("databases in {}", dir.path().display());
-        let (p, purl) = node(dir.path(), "primary.db", None).await;
-        let (r, rurl) = node(dir.path(), "relay.db", Some(purl.clone())).await;
+        let nats = nats_server(dir.path());
+        let publish = nats.as_ref().map(|(_, url)| url.clone());
+        let (p, purl) = node(dir.path(), "primary.db", NodeOptions { publish: publish.clone(), ..Default::default() }).await;
+        let (r, rurl) = node(dir.path(), "relay.db", NodeOptions { upstream: Some(purl.clone()), ..Default::default() }).await;
+        let edge = match &publish {
+            Some(url) => Some(node(dir.path(), "edge.db", NodeOptions { upstream: Some(url.clone()), primary: Some(purl.clone()), ..Default::default() }).await),
+            None => {
+                println!("no nats-server found: the NATS-fed edge is left out (Debian: apt-get install nats-server)");
+                None
+            }
+        };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let n = (secs * rate) as usize;
         let nw = (warmup * rate) as usize;
         let direct = tokio::spawn(subscriber(purl.clone(), 0, nw + n));
         let relayed = tokio::spawn(subscriber(rurl.clone(), 0, nw + n));
+        let via_nats = edge.as_ref().map(|(_, eurl)| tokio::spawn(subscriber(eurl.clone(), 0, nw + n)));
         tokio::time::sleep(Duration::from_millis(300)).await;
         // TCP_NODELAY on the writer: with Nagle, each small write waits for the delayed ACK of
         // the one before (40 ms on Linux), which was most of the p99 measured here before.
@@ -161,6 +196,10 @@ fn main() {
         }
         let mut d = tokio::time::timeout(Duration::from_secs(60), direct).await.unwrap().unwrap();
         let mut e = tokio::time::timeout(Duration::from_secs(60), relayed).await.unwrap().unwrap();
+        let mut f = match via_nats {
+            Some(j) => Some(tokio::time::timeout(Duration::from_secs(60), j).await.unwrap().unwrap()),
+            None => None,
+        };
         println!("{n} changes at {rate}/s over socket writes to the primary, after {nw} changes of warm-up");
         println!("{:<28} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
         let row = |label: &str, v: &mut [i64]| {
@@ -173,17 +212,36 @@ fn main() {
         let per_change = |d: &[i64], e: &[i64]| -> Vec<i64> { d.iter().zip(e).map(|(a, b)| b - a).collect() };
         let mut delta = per_change(&d[nw..], &e[nw..]);
         let mut delta_all = per_change(&d, &e);
+        let mut fdelta = f.as_ref().map(|f| per_change(&d[nw..], &f[nw..]));
+        let mut fdelta_all = f.as_ref().map(|f| per_change(&d, f));
         let (d50, d99) = row("direct (primary)", &mut d[nw..]);
         let (e50, e99) = row("through one relay", &mut e[nw..]);
         println!("{:<28} {:>9.3} {:>9.3}            (goal: p99 added <= 1 ms per hop)", "added by the hop", e50 - d50, e99 - d99);
         row("  per change: relay - direct", &mut delta);
+        if let (Some(f), Some(fd)) = (f.as_mut(), fdelta.as_mut()) {
+            let (f50, f99) = row("through a NATS-fed edge", &mut f[nw..]);
+            println!("{:<28} {:>9.3} {:>9.3}            (goal: p99 added <= 2 ms)", "added by NATS", f50 - d50, f99 - d99);
+            row("  per change: edge - direct", fd);
+        }
         println!("whole run, warm-up included ({} changes):", nw + n);
         let (d50, d99) = row("direct (primary)", &mut d);
         let (e50, e99) = row("through one relay", &mut e);
         println!("{:<28} {:>9.3} {:>9.3}", "added by the hop", e50 - d50, e99 - d99);
         row("  per change: relay - direct", &mut delta_all);
+        if let (Some(f), Some(fd)) = (f.as_mut(), fdelta_all.as_mut()) {
+            let (f50, f99) = row("through a NATS-fed edge", f);
+            println!("{:<28} {:>9.3} {:>9.3}", "added by NATS", f50 - d50, f99 - d99);
+            row("  per change: edge - direct", fd);
+        }
         println!("added by the hop = relay percentile - direct percentile; per change = the percentiles of each change's own relay - direct difference");
+        if let Some((h, _)) = edge {
+            h.stop().await;
+        }
         r.stop().await;
         p.stop().await;
+        if let Some((mut child, _)) = nats {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     });
 }

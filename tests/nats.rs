@@ -227,7 +227,11 @@ async fn nats_stopped_and_restarted_under_write_load_loses_nothing() {
     // The edge follows the primary's feed while the stream is away.
     let t0 = Instant::now();
     while edge.health().await["upstream"]["applied"] != 1500 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{}", edge.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            edge.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("edge at 1500 without NATS after {:?}", t0.elapsed());
@@ -315,7 +319,10 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
     write_many(&primary, 200, 300).await;
     until_edge_at(&edge, 500).await;
     read_to(&edge, &mut feed, None, 500).await;
-    assert_eq!(metric(&edge, "hivesync_upstream_nats_changes_total").await, 500);
+    assert_eq!(
+        metric(&edge, "hivesync_upstream_nats_changes_total").await,
+        500
+    );
     // Killed; the primary goes on; restarted, the edge reads the stream from its cursor: every
     // change it lacks comes from the stream, none from the primary.
     edge.kill();
@@ -351,7 +358,8 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
     let mut w = Client::connect(&primary.url()).await;
     w.hello(None).await;
     assert_eq!(w.write("big", vec![big]).await, 1002);
-    w.write("after", vec![entity("default", "after-big", "x")]).await;
+    w.write("after", vec![entity("default", "after-big", "x")])
+        .await;
     until_edge_at(&edge, 1003).await;
     let stand_in = {
         let client = async_nats::connect(nats.url()).await.unwrap();
@@ -367,13 +375,19 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
     read_to(&edge, &mut feed, None, 1003).await;
     assert_eq!(feed.seqs(), (1..=1003).collect::<Vec<_>>());
     assert_eq!(
-        common::data(&feed.changes[1001])["content"].as_str().map(str::len),
+        common::data(&feed.changes[1001])["content"]
+            .as_str()
+            .map(str::len),
         Some(600_000)
     );
     // 1003 came from the stream once the edge was live on it again.
     let t0 = Instant::now();
     while metric(&edge, "hivesync_upstream_nats").await != 1 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{}", edge.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            edge.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

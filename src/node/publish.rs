@@ -24,16 +24,21 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
-use super::hub::Hub;
+use super::hub::{EncodedChange, Hub, WindowRead};
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::model::Change;
+use crate::model::Kind;
+use crate::protocol::Encoding;
 use crate::protocol::client::Backoff;
 use crate::query::ChangeFilter;
 use crate::store::Store;
 
-/// Changes per batch (published, then their acks awaited, then the seq recorded).
+/// Most changes per batch (published, then their acks awaited) ...
 const BATCH: usize = 1024;
+/// ... and most bytes of payload.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most time between records of the published seq while changes flow.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// The stream's duplicate window.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// The `meta` key of the last seq the stream acknowledged.
@@ -78,8 +83,8 @@ impl PublishConfig {
 }
 
 /// The subject a change is published under.
-pub fn subject(prefix: &str, c: &Change) -> String {
-    format!("{prefix}.{}.{}", ns_token(&c.ns), c.kind.as_str())
+pub fn subject(prefix: &str, ns: &str, kind: Kind) -> String {
+    format!("{prefix}.{}.{}", ns_token(ns), kind.as_str())
 }
 
 /// A namespace as one subject token.
@@ -226,21 +231,39 @@ async fn session(
     metrics.nats_published.store(after, Relaxed);
     tracing::info!(stream = %cfg.stream(), after, "publishing the change feed to NATS");
     let mut head = hub.subscribe_head();
+    // The seq recorded in the database, and when: recording is a write transaction, so it is
+    // done at most once per RECORD_EVERY while changes flow (and when the feed goes idle); the
+    // stream's last message is where a restart resumes anyway.
+    let mut recorded_at = (after, Instant::now());
     loop {
-        let horizon = blocking(store, |s| s.horizon()).await?;
-        if after + 1 < horizon {
-            tracing::error!(
-                from = after + 1,
-                to = horizon - 1,
-                "changes were trimmed from the log before they were published: the stream has a gap there; its consumers need a snapshot from this node"
-            );
-            after = horizon - 1;
-        }
-        let batch = blocking(store, move |s| {
-            s.changes_since(after, &ChangeFilter::default(), BATCH)
-        })
-        .await?;
+        // The hub's window holds the latest changes already encoded (the fragment subscribers
+        // get is the message's payload); a publisher behind it reads the log.
+        let batch = match hub.read(after, BATCH, BATCH_BYTES, Encoding::Json, |_, _| true) {
+            WindowRead::Changes(batch, _) => batch,
+            WindowRead::Behind => {
+                let horizon = blocking(store, |s| s.horizon()).await?;
+                if after + 1 < horizon {
+                    tracing::error!(
+                        from = after + 1,
+                        to = horizon - 1,
+                        "changes were trimmed from the log before they were published: the stream has a gap there; its consumers need a snapshot from this node"
+                    );
+                    after = horizon - 1;
+                }
+                blocking(store, move |s| {
+                    s.changes_since(after, &ChangeFilter::default(), BATCH)
+                })
+                .await?
+                .iter()
+                .map(|c| Arc::new(EncodedChange::new(c)))
+                .collect()
+            }
+        };
         if batch.is_empty() {
+            if recorded_at.0 < after {
+                record(store, after).await?;
+                recorded_at = (after, Instant::now());
+            }
             // Wait for a commit (or check again now and then: another process may write).
             let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
             continue;
@@ -248,26 +271,27 @@ async fn session(
         let mut acks = Vec::with_capacity(batch.len());
         let mut prev = after;
         for c in &batch {
-            let mut payload = Vec::with_capacity(c.frame_bytes());
-            crate::protocol::encode_change_json(&mut payload, c);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", c.seq.to_string().as_str());
             headers.insert(SEQ_HEADER, c.seq.to_string().as_str());
             headers.insert(PREV_HEADER, prev.to_string().as_str());
             prev = c.seq;
             // Headers and subject take well under 1 KiB.
-            if payload.len() + 1024 > max_payload {
+            let payload = if c.json.len() + 1024 > max_payload {
                 tracing::warn!(
                     seq = c.seq,
-                    bytes = payload.len(),
+                    bytes = c.json.len(),
                     max_payload,
                     "a change is larger than the NATS server's max_payload: the stream gets a stand-in without it (consumers read it from the node's feed); raise max_payload in nats-server's config to carry it"
                 );
                 headers.insert(OMITTED_HEADER, "too-large");
-                payload.clear();
-            }
+                Vec::new()
+            } else {
+                c.json.to_vec()
+            };
+            let subject = subject(&prefix, &c.ns, c.kind);
             let ack = js
-                .publish_with_headers(subject(&prefix, c), headers, payload.into())
+                .publish_with_headers(subject, headers, payload.into())
                 .await
                 .map_err(|e| nats_err("publishing", e))?;
             acks.push(ack);
@@ -276,20 +300,27 @@ async fn session(
             ack.await
                 .map_err(|e| nats_err("waiting for the stream's ack", e))?;
         }
-        let last = batch.last().map_or(after, |c| c.seq);
-        blocking(store, move |s| {
-            let w = s.pool().writer()?;
-            w.execute(
-                "INSERT INTO meta(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![CURSOR_KEY, last.to_string()],
-            )?;
-            Ok(())
-        })
-        .await?;
-        after = last;
+        after = prev;
         metrics.nats_published.store(after, Relaxed);
+        if recorded_at.1.elapsed() >= RECORD_EVERY {
+            record(store, after).await?;
+            recorded_at = (after, Instant::now());
+        }
     }
+}
+
+/// Record `seq` as published.
+async fn record(store: &Arc<Store>, seq: i64) -> Result<()> {
+    blocking(store, move |s| {
+        let w = s.pool().writer()?;
+        w.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![CURSOR_KEY, seq.to_string()],
+        )?;
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]
