@@ -364,7 +364,7 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
     let stand_in = {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("HIVESYNC").await.unwrap();
+        let stream = js.get_stream("HIVESYNC").await.unwrap();
         stream.get_raw_message(1002).await.unwrap()
     };
     assert_eq!(
