@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::model::{Kind, WriteOp};
 use crate::query::{self, ChangeFilter, Direction, KnnQuery, ListQuery, SearchQuery};
-use crate::{ops, schema};
+use crate::{ops, protocol, schema};
 
 const NOW: i64 = 1_764_000_000_000_000;
 const WORDS: [&str; 24] = [
@@ -215,6 +215,55 @@ pub(crate) fn run() -> crate::Result<Value> {
     out.insert(
         "digest_b".into(),
         serde_json::to_value(query::digest(&c, Some(&["b".to_string()]))?)?,
+    );
+    // Vectors on the wire: two vector changes in each encoding (JSON arrays, JSON base64 of
+    // packed little-endian f32, postcard's raw f32), and a replica that applies the whole log
+    // from a `hivesync.v1.json-b64` frame: its knn answer and its digest.
+    let all = query::changes_since(&c, 0, &ChangeFilter::default(), 100_000)?;
+    let wire: Vec<Value> = all
+        .iter()
+        .filter(|ch| ch.embedding.is_some())
+        .take(2)
+        .map(|ch| {
+            // `ts` is the clock at commit: fixed here, as the other fields are.
+            let ch = &crate::model::Change { ts: NOW, ..ch.clone() };
+            let (mut j, mut b, mut bin) = (Vec::new(), Vec::new(), Vec::new());
+            protocol::encode_change_json(&mut j, ch);
+            protocol::encode_change_json_as(&mut b, ch, protocol::VectorForm::Base64);
+            protocol::encode_change_bin(&mut bin, ch);
+            let hex: String = bin.iter().map(|x| format!("{x:02x}")).collect();
+            json!({"json": String::from_utf8_lossy(&j), "json_b64": String::from_utf8_lossy(&b), "bin": hex})
+        })
+        .collect();
+    out.insert("vector_wire".into(), Value::Array(wire));
+    let frame = protocol::encode_server_json_as(
+        &protocol::ServerMsg::Changes {
+            sub: "g".into(),
+            prev: 0,
+            changes: all,
+        },
+        protocol::VectorForm::Base64,
+    );
+    let protocol::ServerMsg::Changes { changes, .. } = protocol::decode_server_json(&frame)? else {
+        return Err(crate::Error::invalid(
+            "a changes frame decoded as another message",
+        ));
+    };
+    let replica = schema::open_in_memory(&Default::default())?;
+    crate::apply::apply_changes(&replica, 0, &changes)?;
+    let q = KnnQuery {
+        model: "m8".into(),
+        embedding: vec![0.5, -0.25, 0.1, 0.9, -0.6, 0.3, 0.0, -0.1],
+        k: 7,
+        ..Default::default()
+    };
+    out.insert(
+        "replica_b64_knn".into(),
+        serde_json::to_value(query::knn(&replica, &q)?)?,
+    );
+    out.insert(
+        "replica_b64_digest".into(),
+        serde_json::to_value(query::digest(&replica, None)?)?,
     );
     Ok(round(Value::Object(out)))
 }

@@ -813,6 +813,61 @@ async fn bad_frames() {
         }
     }
     assert_eq!(node.health().await["head"], 3);
+
+    // JSON with embeddings as base64 of packed little-endian f32, where a client asks for it:
+    // in a snapshot, in a catch-up, and live; the plain JSON subprotocol keeps arrays.
+    let expect = "\"embedding\":\"AAAAPwAAgL8AAABA\""; // 0.5, -1.0, 2.0
+    let mut j = Client::connect_enc(&url, Some(Encoding::JsonB64)).await;
+    j.hello(None).await;
+    j.subscribe("snap", None, None).await;
+    let snap = raw_text(&mut j).await;
+    assert!(
+        snap.contains("\"type\":\"snapshot\"") && snap.contains(expect),
+        "{snap}"
+    );
+    j.subscribe("catchup", Some(0), None).await;
+    let mut frames = String::new();
+    while !frames.contains("\"type\":\"live\",\"sub\":\"catchup\"") {
+        frames.push_str(&raw_text(&mut j).await);
+    }
+    assert!(frames.contains(expect), "{frames}");
+    let emb = WriteOp::upsert(
+        Kind::Vector,
+        "default",
+        json!({"subject": "bin1", "model": "m3", "embedding": [0.5, -1.0, 2.0]}),
+    );
+    j.send_write("jw", vec![emb]).await;
+    let mut live = String::new();
+    while !live.contains("\"type\":\"changes\",\"sub\":\"catchup\"") {
+        live = raw_text(&mut j).await;
+    }
+    assert!(live.contains(expect), "{live}");
+    let ServerMsg::Changes { changes, .. } = hivesync::protocol::decode_server_json(&live).unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        changes[0].embedding.as_deref(),
+        Some(&[0.5f32, -1.0, 2.0][..])
+    );
+    let mut plain = Client::connect_enc(&url, Some(Encoding::Json)).await;
+    plain.hello(None).await;
+    plain.subscribe("p", Some(3), None).await;
+    let text = raw_text(&mut plain).await;
+    assert!(text.contains("\"embedding\":[0.5,-1.0,2.0]"), "{text}");
+}
+
+/// The next frame's text (it must be a text frame).
+async fn raw_text(c: &mut Client) -> String {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut c.ws),
+    )
+    .await
+    {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
 }
 
 // ------------------------------------------------------------------------------------ 7

@@ -258,7 +258,7 @@ fn handshake(
     let Some(enc) = Encoding::negotiate(offered.iter().map(String::as_str)) else {
         return Err((
             StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json or hivesync.v1.bin (or none, for JSON)\n"),
+            format!("unsupported subprotocol {offered:?}: offer hivesync.v1.json, hivesync.v1.json-b64 or hivesync.v1.bin (or none, for JSON)\n"),
         ));
     };
     Ok((derive_accept_key(key.as_bytes()), enc, !offered.is_empty()))

@@ -12,7 +12,10 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 use crate::model::{Change, Kind};
-use crate::protocol::{encode_change_bin, encode_change_json, Encoding, FRAME_SPLIT_BYTES};
+use crate::protocol::{
+    encode_change_bin, encode_change_json, encode_change_json_as, Encoding, VectorForm,
+    FRAME_SPLIT_BYTES,
+};
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
 
@@ -29,6 +32,9 @@ pub struct EncodedChange {
     pub kind: Kind,
     /// JSON fragment.
     pub json: Box<[u8]>,
+    /// JSON fragment with the embedding in base64 (`hivesync.v1.json-b64`), for a change
+    /// that carries one; the others share `json`.
+    pub json_b64: Option<Box<[u8]>>,
     /// Postcard fragment.
     pub bin: Box<[u8]>,
 }
@@ -40,12 +46,18 @@ impl EncodedChange {
         encode_change_json(&mut json, c);
         let mut bin = Vec::with_capacity(128);
         encode_change_bin(&mut bin, c);
+        let json_b64 = c.embedding.is_some().then(|| {
+            let mut j = Vec::with_capacity(json.len() / 2);
+            encode_change_json_as(&mut j, c, VectorForm::Base64);
+            j.into()
+        });
         EncodedChange {
             seq: c.seq,
             tx: c.tx,
             ns: c.ns.clone(),
             kind: c.kind,
             json: json.into(),
+            json_b64,
             bin: bin.into(),
         }
     }
@@ -55,11 +67,16 @@ impl EncodedChange {
         match enc {
             Encoding::Json => &self.json,
             Encoding::Bin => &self.bin,
+            Encoding::JsonB64 => self.json_b64.as_deref().unwrap_or(&self.json),
         }
     }
 
     fn size(&self) -> usize {
-        self.json.len() + self.bin.len() + self.ns.len() + 64
+        self.json.len()
+            + self.json_b64.as_ref().map_or(0, |j| j.len())
+            + self.bin.len()
+            + self.ns.len()
+            + 64
     }
 }
 

@@ -28,8 +28,8 @@ use super::hub::{EncodedChange, Hub, WindowRead};
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::model::Kind;
-use crate::protocol::Encoding;
 use crate::protocol::client::Backoff;
+use crate::protocol::Encoding;
 use crate::query::ChangeFilter;
 use crate::store::Store;
 

@@ -6,9 +6,9 @@ use crate::model::Change;
 
 /// Encode a node message in the given encoding: text for JSON, bytes for binary.
 pub fn encode_server(enc: Encoding, m: &ServerMsg) -> Frame {
-    match enc {
-        Encoding::Json => Frame::Text(encode_server_json(m)),
-        Encoding::Bin => Frame::Binary(encode_server_bin(m)),
+    match enc.vectors() {
+        Some(form) => Frame::Text(encode_server_json_as(m, form)),
+        None => Frame::Binary(encode_server_bin(m)),
     }
 }
 
@@ -33,7 +33,7 @@ pub fn changes_frame<'a>(
     let body: usize = parts.clone().map(|p| p.len() + 1).sum();
     let mut out = changes_frame_head(enc, sub, prev, parts.len(), body);
     for (i, p) in parts.enumerate() {
-        if enc == Encoding::Json && i > 0 {
+        if enc.is_json() && i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(p);
@@ -52,14 +52,14 @@ pub fn changes_frame_of<'a>(
     let n = changes.len();
     let mut out = changes_frame_head(enc, sub, prev, n, n * 320);
     for (i, c) in changes.enumerate() {
-        match enc {
-            Encoding::Json => {
+        match enc.vectors() {
+            Some(form) => {
                 if i > 0 {
                     out.push(b',');
                 }
-                encode_change_json(&mut out, c);
+                encode_change_json_as(&mut out, c, form);
             }
-            Encoding::Bin => encode_change_bin(&mut out, c),
+            None => encode_change_bin(&mut out, c),
         }
     }
     changes_frame_end(enc, out)
@@ -67,7 +67,7 @@ pub fn changes_frame_of<'a>(
 
 fn changes_frame_head(enc: Encoding, sub: &str, prev: i64, n: usize, body: usize) -> Vec<u8> {
     match enc {
-        Encoding::Json => {
+        Encoding::Json | Encoding::JsonB64 => {
             use std::io::Write;
             let mut out = Vec::with_capacity(64 + sub.len() * 2 + body);
             out.extend_from_slice(b"{\"type\":\"changes\",\"sub\":");
@@ -86,7 +86,7 @@ fn changes_frame_head(enc: Encoding, sub: &str, prev: i64, n: usize, body: usize
 
 fn changes_frame_end(enc: Encoding, mut out: Vec<u8>) -> Frame {
     match enc {
-        Encoding::Json => {
+        Encoding::Json | Encoding::JsonB64 => {
             out.extend_from_slice(b"]}");
             // UTF-8 by construction: the head and the fragments are JSON text.
             Frame::Text(String::from_utf8(out).expect("a JSON changes frame is UTF-8"))

@@ -13,6 +13,41 @@ pub(super) fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// How the JSON encodings write an embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorForm {
+    /// A JSON array of numbers (`hivesync.v1.json`).
+    Array,
+    /// A string: base64 (standard alphabet, padded) of the packed little-endian f32
+    /// (`hivesync.v1.json-b64`).
+    Base64,
+}
+
+/// An embedding as base64 of its packed little-endian f32.
+pub fn f32s_to_base64(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The embedding in a base64 string of packed little-endian f32.
+pub fn base64_to_f32s(s: &str) -> Result<Vec<f32>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| Error::invalid(format!("embedding is not base64: {e}")))?;
+    if bytes.len() % 4 != 0 {
+        return Err(Error::invalid(format!(
+            "embedding has {} bytes, not a whole number of f32",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 pub(super) fn json_f32s(out: &mut Vec<u8>, v: &[f32]) {
     out.push(b'[');
     for (i, x) in v.iter().enumerate() {
@@ -30,8 +65,14 @@ pub(super) fn json_f32s(out: &mut Vec<u8>, v: &[f32]) {
 }
 
 /// Append a change's JSON form: `{"seq":..,"tx":..,"ts":..,"ns":..,"kind":..,"op":..,"id":..,
-/// ["model":..,]"data":{row image}|null}`. A vector's embedding goes inside `data`.
+/// ["model":..,]"data":{row image}|null}`. A vector's embedding goes inside `data`, as an array
+/// of numbers.
 pub fn encode_change_json(out: &mut Vec<u8>, c: &Change) {
+    encode_change_json_as(out, c, VectorForm::Array)
+}
+
+/// [`encode_change_json`] with the embedding in `form`.
+pub fn encode_change_json_as(out: &mut Vec<u8>, c: &Change, form: VectorForm) {
     use std::io::Write;
     let _ = write!(
         out,
@@ -58,7 +99,14 @@ pub fn encode_change_json(out: &mut Vec<u8>, c: &Change) {
             // Splice the embedding in as the object's first member: `{"embedding":[..],...}`.
             let body = d.trim_start().strip_prefix('{').unwrap_or("}");
             out.extend_from_slice(b"{\"embedding\":");
-            json_f32s(out, e);
+            match form {
+                VectorForm::Array => json_f32s(out, e),
+                VectorForm::Base64 => {
+                    out.push(b'"');
+                    out.extend_from_slice(f32s_to_base64(e).as_bytes());
+                    out.push(b'"');
+                }
+            }
             if !body.trim_start().starts_with('}') {
                 out.push(b',');
             }
@@ -104,13 +152,18 @@ impl JsonChange<'_> {
                             self.seq
                         ))
                     })?;
-                let emb = obj
-                    .remove("embedding")
-                    .map(serde_json::from_value::<Vec<f32>>)
-                    .transpose()
-                    .map_err(|e| {
+                // Either form: an array of numbers, or base64 of packed little-endian f32.
+                let emb = match obj.remove("embedding") {
+                    None => None,
+                    Some(serde_json::Value::String(s)) => {
+                        Some(base64_to_f32s(&s).map_err(|e| {
+                            Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
+                        })?)
+                    }
+                    Some(v) => Some(serde_json::from_value::<Vec<f32>>(v).map_err(|e| {
                         Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
-                    })?;
+                    })?),
+                };
                 (Some(serde_json::to_string(&obj)?), emb)
             }
             Some(raw) => (Some(raw.get().to_string()), None),
@@ -261,19 +314,24 @@ impl<'de> serde::de::Visitor<'de> for ServerJson {
     }
 }
 
-fn json_changes(out: &mut Vec<u8>, changes: &[Change]) {
+fn json_changes(out: &mut Vec<u8>, changes: &[Change], form: VectorForm) {
     out.push(b'[');
     for (i, c) in changes.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        encode_change_json(out, c);
+        encode_change_json_as(out, c, form);
     }
     out.push(b']');
 }
 
-/// Encode a node message as JSON text.
+/// Encode a node message as JSON text (`hivesync.v1.json`).
 pub fn encode_server_json(m: &ServerMsg) -> String {
+    encode_server_json_as(m, VectorForm::Array)
+}
+
+/// Encode a node message as JSON text with embeddings in `form`.
+pub fn encode_server_json_as(m: &ServerMsg, form: VectorForm) -> String {
     use std::io::Write;
     let mut out = Vec::with_capacity(128);
     match m {
@@ -299,14 +357,14 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
             out.extend_from_slice(b"{\"type\":\"snapshot\",\"sub\":");
             json_str(&mut out, sub);
             let _ = write!(out, ",\"at\":{at},\"rows\":");
-            json_changes(&mut out, rows);
+            json_changes(&mut out, rows, form);
             let _ = write!(out, ",\"done\":{done}}}");
         }
         ServerMsg::Changes { sub, prev, changes } => {
             out.extend_from_slice(b"{\"type\":\"changes\",\"sub\":");
             json_str(&mut out, sub);
             let _ = write!(out, ",\"prev\":{prev},\"changes\":");
-            json_changes(&mut out, changes);
+            json_changes(&mut out, changes, form);
             out.push(b'}');
         }
         ServerMsg::Live { sub, seq } => {

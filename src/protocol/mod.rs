@@ -1,8 +1,11 @@
-//! Wire protocol v1: the messages, their two encodings, and the session state machine.
+//! Wire protocol v1: the messages, their encodings, and the session state machine.
 //!
 //! No I/O here (sans-IO): the node's WebSocket shell feeds frames in and carries out the
 //! [`Action`]s that come back; the wasm sync client uses the same codecs. Two subprotocols:
 //! - `hivesync.v1.json`: text frames, each a JSON object with a `type` (the default);
+//! - `hivesync.v1.json-b64`: the JSON encoding with each embedding as a base64 string of its
+//!   packed little-endian f32 (a third of the bytes of a JSON number array, and exact), for
+//!   clients that ask for it; decoders take either form;
 //! - `hivesync.v1.bin`: binary frames, the same messages encoded with postcard, embeddings
 //!   as raw f32 and row images as JSON text.
 //!
@@ -34,6 +37,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SUBPROTOCOL_JSON: &str = "hivesync.v1.json";
 /// Binary (postcard) subprotocol name.
 pub const SUBPROTOCOL_BIN: &str = "hivesync.v1.bin";
+/// JSON with embeddings as base64 of packed little-endian f32: subprotocol name. A client offers
+/// it before `hivesync.v1.json` (a node that does not know it picks the next).
+pub const SUBPROTOCOL_JSON_B64: &str = "hivesync.v1.json-b64";
 /// Largest frame a node or client accepts: room for a write of a few 1 MiB rows, small enough
 /// that a hostile client cannot make the node buffer much.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -63,6 +69,8 @@ pub enum Encoding {
     Json,
     /// `hivesync.v1.bin`
     Bin,
+    /// `hivesync.v1.json-b64`
+    JsonB64,
 }
 
 impl Encoding {
@@ -74,6 +82,7 @@ impl Encoding {
             match p.trim() {
                 SUBPROTOCOL_JSON => return Some(Encoding::Json),
                 SUBPROTOCOL_BIN => return Some(Encoding::Bin),
+                SUBPROTOCOL_JSON_B64 => return Some(Encoding::JsonB64),
                 _ => {}
             }
         }
@@ -89,6 +98,21 @@ impl Encoding {
         match self {
             Encoding::Json => SUBPROTOCOL_JSON,
             Encoding::Bin => SUBPROTOCOL_BIN,
+            Encoding::JsonB64 => SUBPROTOCOL_JSON_B64,
+        }
+    }
+
+    /// True for the JSON encodings (text frames).
+    pub fn is_json(self) -> bool {
+        self != Encoding::Bin
+    }
+
+    /// How the JSON encodings write an embedding (None for binary).
+    pub fn vectors(self) -> Option<VectorForm> {
+        match self {
+            Encoding::Json => Some(VectorForm::Array),
+            Encoding::JsonB64 => Some(VectorForm::Base64),
+            Encoding::Bin => None,
         }
     }
 }

@@ -174,10 +174,13 @@ impl Session {
 
     /// A binary frame arrived.
     pub fn on_binary(&mut self, bytes: &[u8], auth: &dyn Authorizer) -> Vec<Action> {
-        if self.encoding == Encoding::Json {
+        if self.encoding.is_json() {
             return vec![err(
                 ErrorCode::BadRequest,
-                "this connection speaks hivesync.v1.json: send text frames holding JSON",
+                format!(
+                    "this connection speaks {}: send text frames holding JSON",
+                    self.encoding.name()
+                ),
             )];
         }
         match decode_client_bin(bytes) {

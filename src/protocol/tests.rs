@@ -70,7 +70,41 @@ fn server_messages_roundtrip_in_both_encodings() {
         assert!(v["type"].is_string(), "{text}");
         assert_eq!(decode_server_json(&text).unwrap(), m, "{text}");
         assert_eq!(decode_server_bin(&encode_server_bin(&m)).unwrap(), m);
+        let b64 = encode_server_json_as(&m, VectorForm::Base64);
+        assert_eq!(decode_server_json(&b64).unwrap(), m, "{b64}");
     }
+}
+
+#[test]
+fn embeddings_go_as_base64_of_packed_f32_where_asked_and_either_form_decodes() {
+    let text = encode_server_json_as(&all_msgs()[2], VectorForm::Base64);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // 0.25 and -1.0 as little-endian f32: 00 00 80 3e, 00 00 80 bf.
+    assert_eq!(v["changes"][1]["data"]["embedding"], "AACAPgAAgL8=");
+    assert_eq!(v["changes"][1]["model"], "m");
+    // Only embeddings change: the other changes are the plain JSON encoding's.
+    let plain: serde_json::Value =
+        serde_json::from_str(&encode_server_json(&all_msgs()[2])).unwrap();
+    assert_eq!(v["changes"][0], plain["changes"][0]);
+    assert_eq!(v["changes"][2], plain["changes"][2]);
+    // A hostile or broken embedding string is an error, not a panic.
+    for bad in ["\"AACAPgAAgL\"", "\"!!!!\"", "\"AACA\"", "17"] {
+        let t = text.replace("\"AACAPgAAgL8=\"", bad);
+        assert!(decode_server_json(&t).is_err(), "{t}");
+    }
+    // Negotiation: offered first, chosen; a node that does not know it takes the next offer.
+    assert_eq!(
+        Encoding::negotiate([SUBPROTOCOL_JSON_B64, SUBPROTOCOL_JSON]),
+        Some(Encoding::JsonB64)
+    );
+    assert_eq!(
+        Encoding::negotiate(["hivesync.v1.json-zstd", SUBPROTOCOL_JSON]),
+        Some(Encoding::Json)
+    );
+    assert_eq!(
+        base64_to_f32s(&f32s_to_base64(&[1.5, f32::MIN_POSITIVE])).unwrap(),
+        [1.5, f32::MIN_POSITIVE]
+    );
 }
 
 #[test]
@@ -93,14 +127,14 @@ fn assembled_frames_equal_whole_encodings() {
     let ServerMsg::Changes { changes, .. } = &all_msgs()[2] else {
         unreachable!()
     };
-    for enc in [Encoding::Json, Encoding::Bin] {
+    for enc in [Encoding::Json, Encoding::Bin, Encoding::JsonB64] {
         let parts: Vec<Vec<u8>> = changes
             .iter()
             .map(|c| {
                 let mut b = Vec::new();
-                match enc {
-                    Encoding::Json => encode_change_json(&mut b, c),
-                    Encoding::Bin => encode_change_bin(&mut b, c),
+                match enc.vectors() {
+                    Some(form) => encode_change_json_as(&mut b, c, form),
+                    None => encode_change_bin(&mut b, c),
                 }
                 b
             })

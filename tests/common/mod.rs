@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hivesync::model::{Change, Kind, WriteOp};
 use hivesync::protocol::{
     decode_server_bin, decode_server_json, encode_client_bin, encode_client_json, ClientMsg,
-    Encoding, ErrorCode, ErrorMsg, ServerMsg, Subscribe, SUBPROTOCOL_BIN, SUBPROTOCOL_JSON,
+    Encoding, ErrorCode, ErrorMsg, ServerMsg, Subscribe,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -383,13 +383,8 @@ impl Client {
     pub async fn connect_enc(url: &str, enc: Option<Encoding>) -> Client {
         let mut req = url.into_client_request().unwrap();
         if let Some(e) = enc {
-            let name = if e == Encoding::Bin {
-                SUBPROTOCOL_BIN
-            } else {
-                SUBPROTOCOL_JSON
-            };
             req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", name.parse().unwrap());
+                .insert("Sec-WebSocket-Protocol", e.name().parse().unwrap());
         }
         let (ws, resp) = tokio::time::timeout(
             NET_TIMEOUT,
@@ -418,7 +413,7 @@ impl Client {
     /// Send a message in this connection's encoding.
     pub async fn send(&mut self, m: &ClientMsg) {
         let frame = match self.enc {
-            Encoding::Json => Message::Text(encode_client_json(m).into()),
+            Encoding::Json | Encoding::JsonB64 => Message::Text(encode_client_json(m).into()),
             Encoding::Bin => Message::Binary(encode_client_bin(m).into()),
         };
         self.send_raw(frame).await;
@@ -449,11 +444,7 @@ impl Client {
             return Some(match m {
                 None => Event::Closed(None),
                 Some(Ok(Message::Text(t))) => {
-                    assert_eq!(
-                        self.enc,
-                        Encoding::Json,
-                        "text frame on a binary connection: {t}"
-                    );
+                    assert!(self.enc.is_json(), "text frame on a binary connection: {t}");
                     Event::Msg(
                         decode_server_json(&t)
                             .unwrap_or_else(|e| panic!("undecodable frame {t}: {e}")),

@@ -925,7 +925,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             msgs.extend(seed_client_msgs().into_iter().skip(2));
             for m in &msgs {
                 match enc {
-                    Encoding::Json => frame(&mut s, 0, protocol::encode_client_json(m).as_bytes()),
+                    Encoding::Json | Encoding::JsonB64 => {
+                        frame(&mut s, 0, protocol::encode_client_json(m).as_bytes())
+                    }
                     Encoding::Bin => frame(&mut s, 3, &protocol::encode_client_bin(m)),
                 }
             }
