@@ -997,6 +997,19 @@ fn top_k_search_gives_the_scores_and_snippets_of_sorting_every_match() {
                     assert!(qualifying > 0, "the corpus has rows for the filter");
                 }
                 assert_eq!(hits.len(), qualifying, "{tokenizer:?} {term} {record:?}");
+                // A small limit: the best qualifying rows, in order, where most of the best
+                // matches overall do not qualify.
+                let few = s
+                    .search(&SearchQuery {
+                        limit: 3,
+                        ..q.clone()
+                    })
+                    .unwrap();
+                assert_eq!(
+                    few[..],
+                    hits[..hits.len().min(3)],
+                    "{tokenizer:?} {term} {record:?}"
+                );
             }
         }
     }

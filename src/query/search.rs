@@ -96,21 +96,62 @@ fn search_table(
     q: &SearchQuery,
     now_us: i64,
 ) -> Result<Vec<SearchHit>> {
-    let (table, fts_table, weights, extra) = match record {
-        Kind::Entity => ("entities", "entities_fts", "10.0, 3.0, 5.0", ""),
-        _ => (
-            "notes",
-            "notes_fts",
-            "10.0, 3.0",
-            "AND (t.expires_at IS NULL OR t.expires_at > ?5)",
-        ),
+    let (table, fts_table, weights, notes) = match record {
+        Kind::Entity => ("entities", "entities_fts", "10.0, 3.0, 5.0", false),
+        _ => ("notes", "notes_fts", "10.0, 3.0", true),
     };
-    // Top k without sorting every match: FTS5 orders its matches by `rank` (here the weighted
-    // bm25, set per query), the CROSS JOIN keeps the FTS table the outer loop so that order
-    // holds, and rows, filters and snippets are read for matches in rank order until `limit`
-    // rows passed (not for every match, then sorted, as `ORDER BY bm25(...)` did). The score
-    // is the same bm25 called for the rows returned: selecting the `rank` column itself cost
-    // 0.4-2 ms more over 4,000 matches (benches/search.rs).
+    let limit = clamp_limit(q.limit);
+    // Top k from FTS5 alone: it orders its matches by `rank` (here the weighted bm25, set per
+    // query), and with nothing else in its subquery, rows come out in that order until LIMIT;
+    // snippets and scores are computed for those rows only, then joined to their rows (the
+    // subquery is the outer loop, so the order holds) and the filters (namespace, kind, a
+    // note's expiry) applied here. The score is the same bm25 called for the rows returned:
+    // selecting the `rank` column itself cost 0.4-2 ms more over 4,000 matches
+    // (benches/search.rs).
+    let expiry = if notes { "t.expires_at" } else { "NULL" };
+    let top_sql = format!(
+        "SELECT t.ns, t.id, t.kind, t.name, m.snippet, m.score, {expiry}
+         FROM (SELECT rowid AS r, snippet({fts_table}, -1, '[', ']', '…', 16) AS snippet,
+                      -bm25({fts_table}, {weights}) AS score
+               FROM {fts_table} WHERE {fts_table} MATCH ?1 AND rank MATCH 'bm25({weights})'
+               ORDER BY rank LIMIT ?2) AS m
+         CROSS JOIN {table} t ON t.rowid = m.r"
+    );
+    let mut stmt = conn.prepare_cached(&top_sql)?;
+    let mut rows = stmt.query(params![fts, limit])?;
+    let mut seen = 0;
+    let mut hits = Vec::new();
+    while let Some(r) = rows.next()? {
+        seen += 1;
+        let (ns, kind): (String, String) = (r.get(0)?, r.get(2)?);
+        let passes = q.ns.as_ref().is_none_or(|n| *n == ns)
+            && q.kind.as_ref().is_none_or(|k| *k == kind)
+            && r.get::<_, Option<i64>>(6)?.is_none_or(|e| e > now_us);
+        if passes {
+            hits.push(SearchHit {
+                record,
+                ns,
+                id: r.get(1)?,
+                kind,
+                name: r.get(3)?,
+                snippet: r.get(4)?,
+                score: r.get(5)?,
+            });
+        }
+    }
+    drop(rows);
+    // Every match was seen, or the best `limit` all passed: done.
+    if seen < limit || hits.len() as i64 == limit {
+        return Ok(hits);
+    }
+    // The filters turned some of the best away: rows, filters and snippets in rank order
+    // until `limit` rows pass (the CROSS JOIN keeps the FTS table the outer loop, so its rank
+    // order holds).
+    let extra = if notes {
+        "AND (t.expires_at IS NULL OR t.expires_at > ?5)"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT t.ns, t.id, t.kind, t.name, snippet({fts_table}, -1, '[', ']', '…', 16), -bm25({fts_table}, {weights})
          FROM {fts_table} CROSS JOIN {table} t ON t.rowid = {fts_table}.rowid
@@ -131,11 +172,10 @@ fn search_table(
         })
     };
     // The time is a parameter (?5, notes only), so the statement is prepared once.
-    let limit = clamp_limit(q.limit);
-    let rows = if record == Kind::Entity {
-        stmt.query_map(params![fts, q.ns, q.kind, limit], hit)?
-    } else {
+    let rows = if notes {
         stmt.query_map(params![fts, q.ns, q.kind, limit, now_us], hit)?
+    } else {
+        stmt.query_map(params![fts, q.ns, q.kind, limit], hit)?
     };
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
