@@ -226,14 +226,12 @@ async fn nats_stopped_and_restarted_under_write_load_loses_nothing() {
     );
     // The edge follows the primary's feed while the stream is away.
     let t0 = Instant::now();
-    while edge.health().await["upstream"]["applied"] != 1500 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        Duration::from_secs(30),
+        || async { edge.health().await["upstream"]["applied"] == 1500 },
+        || edge.log_text(),
+    )
+    .await;
     eprintln!("edge at 1500 without NATS after {:?}", t0.elapsed());
     nats.run().await;
     until_published(&nats, 1500).await;
@@ -270,19 +268,20 @@ async fn metric(node: &Node, name: &str) -> i64 {
 
 /// Wait until the edge has applied `head` and reads the stream.
 async fn until_edge_at(edge: &Node, head: i64) {
-    let t0 = Instant::now();
-    loop {
-        let h = edge.health().await;
-        if h["upstream"]["applied"].as_i64() == Some(head) && h["upstream"]["nats"] == true {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the edge did not reach seq {head} on the stream: {h}\n{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        Duration::from_secs(60),
+        || async {
+            let h = edge.health().await;
+            h["upstream"]["applied"].as_i64() == Some(head) && h["upstream"]["nats"] == true
+        },
+        || {
+            format!(
+                "the edge did not reach seq {head} on the stream\n{}",
+                edge.log_text()
+            )
+        },
+    )
+    .await;
 }
 
 /// A subscriber of `node` resuming after `feed.last`, read up to `head`.
@@ -380,16 +379,13 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
             .map(str::len),
         Some(600_000)
     );
-    // 1003 came from the stream once the edge was live on it again.
-    let t0 = Instant::now();
-    while metric(&edge, "hivesync_upstream_nats").await != 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The edge reads the stream again after the stand-in.
+    common::eventually(
+        Duration::from_secs(30),
+        || async { metric(&edge, "hivesync_upstream_nats").await == 1 },
+        || edge.log_text(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

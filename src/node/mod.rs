@@ -423,30 +423,33 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         ),
     ];
     if let Some(u) = &node.upstream {
-        extra.push((
-            "hivesync_upstream_frames_total",
-            COUNTER,
-            "Change frames applied from the upstream.",
-            u.state.frames.load(Relaxed) as i64,
-        ));
-        extra.push((
-            "hivesync_upstream_applies_total",
-            COUNTER,
-            "Transactions they were applied in (frames that queued up share one).",
-            u.state.applies.load(Relaxed) as i64,
-        ));
-        extra.push((
-            "hivesync_upstream_nats_changes_total",
-            COUNTER,
-            "Changes applied from the NATS stream (an edge fed from NATS).",
-            u.state.nats_changes.load(Relaxed) as i64,
-        ));
-        extra.push((
-            "hivesync_upstream_nats",
-            GAUGE,
-            "1 while the live changes come from the NATS stream.",
-            u.state.nats.load(Relaxed) as i64,
-        ));
+        let s = &u.state;
+        extra.extend([
+            (
+                "hivesync_upstream_frames_total",
+                COUNTER,
+                "Change frames applied from the upstream.",
+                s.frames.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_applies_total",
+                COUNTER,
+                "Transactions they were applied in (frames that queued up share one).",
+                s.applies.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_nats_changes_total",
+                COUNTER,
+                "Changes applied from the NATS stream (an edge fed from NATS).",
+                s.nats_changes.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_nats",
+                GAUGE,
+                "1 while the live changes come from the NATS stream.",
+                s.nats.load(Relaxed) as i64,
+            ),
+        ]);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -678,6 +678,20 @@ impl Feed {
     }
 }
 
+/// Check `holds` every 50 ms until it is true; after `within`, fail with `what()` (a message
+/// that says what never happened, with whatever helps to see why).
+pub async fn eventually<F, Fut>(within: Duration, mut holds: F, what: impl Fn() -> String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !holds().await {
+        assert!(tokio::time::Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The JSON row image of a change.
 pub fn data(c: &Change) -> Value {
     serde_json::from_str(c.data.as_deref().expect("an upsert carries its row")).unwrap()
