@@ -445,3 +445,50 @@ fn logs_are_plain_on_a_pipe_and_json_on_request() {
         }
     }
 }
+
+/// An edge fed from NATS names the primary too; a mistaken combination says what to add or
+/// drop, before anything listens.
+#[test]
+fn edge_feed_flags_are_checked_with_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("e.db");
+    for (args, says) in [
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "nats://127.0.0.1:1",
+            ][..],
+            "add --primary ws://",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "ws://127.0.0.1:1/v1/sync",
+                "--primary",
+                "ws://127.0.0.1:2/v1/sync",
+            ],
+            "--primary is for an edge fed from NATS",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--primary",
+                "ws://127.0.0.1:2/v1/sync",
+            ],
+            "--upstream",
+        ),
+    ] {
+        let o = hs(&db, args);
+        assert!(!o.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
