@@ -492,7 +492,11 @@ fn diagnostics(store: &Store, path: &Path, data: &[f32], queries: &[Vec<f32>]) {
         .expect("model");
     let norms: (f32, f32) = store
         .read(|c| {
-            let mut st = c.prepare("SELECT embedding FROM vectors LIMIT 1000")?;
+            // Each embedding is stored once, in the index (schema 7): read it from there.
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM vectors LIMIT 1000",
+                hivesync::schema::embedding_sql("vectors.")
+            ))?;
             let blobs = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
             let mut lo = f32::INFINITY;
             let mut hi = 0f32;
