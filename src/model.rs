@@ -402,6 +402,27 @@ pub fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
     out
 }
 
+/// An embedding as base64 (standard alphabet, padded) of its packed little-endian f32: how
+/// `hivesync.v1.json-b64` carries it, and a form `write` accepts beside a number array.
+pub fn embedding_to_base64(v: &[f32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(embedding_to_blob(v))
+}
+
+/// The embedding in a base64 string of packed little-endian f32.
+pub fn embedding_from_base64(s: &str) -> crate::Result<Vec<f32>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| crate::Error::invalid(format!("embedding is not base64: {e}")))?;
+    blob_to_embedding(&bytes).ok_or_else(|| {
+        crate::Error::invalid(format!(
+            "embedding has {} bytes, not a whole number of f32",
+            bytes.len()
+        ))
+    })
+}
+
 /// Decode a little-endian f32 blob; `None` when its length is not a multiple of 4.
 pub fn blob_to_embedding(b: &[u8]) -> Option<Vec<f32>> {
     if !b.len().is_multiple_of(4) {

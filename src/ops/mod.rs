@@ -146,21 +146,6 @@ pub fn check_embedding(v: &[f32]) -> Result<()> {
     Ok(())
 }
 
-fn to_f32(v: &[f64]) -> Result<Vec<f32>> {
-    let out: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    if let Some(i) = v
-        .iter()
-        .zip(&out)
-        .position(|(a, b)| a.is_finite() && !b.is_finite())
-    {
-        return Err(Error::invalid(format!(
-            "embedding value {i} ({}) does not fit in an f32",
-            v[i]
-        )));
-    }
-    Ok(out)
-}
-
 /// Result of one executed op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpResult {

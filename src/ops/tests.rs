@@ -150,3 +150,49 @@ fn embeddings_must_be_finite_and_match_the_model() {
     assert!(check_embedding(&[f32::INFINITY]).is_err());
     assert!(check_embedding(&[0.0, 0.0]).is_err());
 }
+
+#[test]
+fn an_embedding_may_be_written_as_base64_of_packed_f32() {
+    let c = db();
+    execute(
+        &c,
+        &WriteOp::upsert(Kind::Entity, "d", json!({"id": "a", "name": "A"})),
+        1,
+    )
+    .unwrap();
+    let v = |emb: Value| {
+        WriteOp::upsert(
+            Kind::Vector,
+            "d",
+            json!({"subject": "a", "model": "m", "embedding": emb}),
+        )
+    };
+    // 0.5, -1.0, 2.0 as little-endian f32.
+    execute(&c, &v(json!("AAAAPwAAgL8AAABA")), 1).unwrap();
+    let stored: Vec<u8> = c
+        .query_row(
+            &format!(
+                "SELECT {} FROM vectors",
+                crate::schema::embedding_sql("vectors.")
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        crate::model::blob_to_embedding(&stored).unwrap(),
+        [0.5, -1.0, 2.0]
+    );
+    // Checked as arrays are: dimensions, finiteness; and a broken string says what is wrong.
+    for (emb, says) in [
+        (json!("AAAAPwAAgL8="), "3 dimensions"),
+        (json!("AACAfwAAgL8AAABA"), "only finite"),
+        (json!("AAAAPwAAgL8AAAB"), "not base64"),
+        (json!("AAAAPwAAgL8AAA=="), "whole number of f32"),
+        (json!({"x": 1}), "array of numbers, or a base64 string"),
+        (json!([1, "x", 3]), "invalid vector data"),
+    ] {
+        let e = execute(&c, &v(emb.clone()), 1).unwrap_err().to_string();
+        assert!(e.contains(says), "{emb}: {e}");
+    }
+}

@@ -23,31 +23,6 @@ pub enum VectorForm {
     Base64,
 }
 
-/// An embedding as base64 of its packed little-endian f32.
-pub fn f32s_to_base64(v: &[f32]) -> String {
-    use base64::Engine as _;
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// The embedding in a base64 string of packed little-endian f32.
-pub fn base64_to_f32s(s: &str) -> Result<Vec<f32>> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| Error::invalid(format!("embedding is not base64: {e}")))?;
-    if bytes.len() % 4 != 0 {
-        return Err(Error::invalid(format!(
-            "embedding has {} bytes, not a whole number of f32",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
 pub(super) fn json_f32s(out: &mut Vec<u8>, v: &[f32]) {
     out.push(b'[');
     for (i, x) in v.iter().enumerate() {
@@ -103,7 +78,7 @@ pub fn encode_change_json_as(out: &mut Vec<u8>, c: &Change, form: VectorForm) {
                 VectorForm::Array => json_f32s(out, e),
                 VectorForm::Base64 => {
                     out.push(b'"');
-                    out.extend_from_slice(f32s_to_base64(e).as_bytes());
+                    out.extend_from_slice(crate::model::embedding_to_base64(e).as_bytes());
                     out.push(b'"');
                 }
             }
@@ -156,7 +131,7 @@ impl JsonChange<'_> {
                 let emb = match obj.remove("embedding") {
                     None => None,
                     Some(serde_json::Value::String(s)) => {
-                        Some(base64_to_f32s(&s).map_err(|e| {
+                        Some(crate::model::embedding_from_base64(&s).map_err(|e| {
                             Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
                         })?)
                     }

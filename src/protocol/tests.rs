@@ -102,7 +102,11 @@ fn embeddings_go_as_base64_of_packed_f32_where_asked_and_either_form_decodes() {
         Some(Encoding::Json)
     );
     assert_eq!(
-        base64_to_f32s(&f32s_to_base64(&[1.5, f32::MIN_POSITIVE])).unwrap(),
+        crate::model::embedding_from_base64(&crate::model::embedding_to_base64(&[
+            1.5,
+            f32::MIN_POSITIVE
+        ]))
+        .unwrap(),
         [1.5, f32::MIN_POSITIVE]
     );
 }
