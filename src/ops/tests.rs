@@ -118,8 +118,8 @@ fn bad_ops_are_refused_with_reasons() {
     assert!(matches!(e, Error::TooLarge { .. }), "{e}");
 }
 
-#[test]
-fn embeddings_must_be_finite_and_match_the_model() {
+/// A store with the entity `d/a`, for vectors of it.
+fn db_with_subject() -> Connection {
     let c = db();
     execute(
         &c,
@@ -127,13 +127,21 @@ fn embeddings_must_be_finite_and_match_the_model() {
         1,
     )
     .unwrap();
-    let v = |emb: Value| {
-        WriteOp::upsert(
-            Kind::Vector,
-            "d",
-            json!({"subject": "a", "model": "m", "embedding": emb}),
-        )
-    };
+    c
+}
+
+/// An upsert of `d/a`'s vector under model `m`.
+fn v(emb: Value) -> WriteOp {
+    WriteOp::upsert(
+        Kind::Vector,
+        "d",
+        json!({"subject": "a", "model": "m", "embedding": emb}),
+    )
+}
+
+#[test]
+fn embeddings_must_be_finite_and_match_the_model() {
+    let c = db_with_subject();
     execute(&c, &v(json!([1.0, 0.0, 0.0])), 1).unwrap();
     let e = execute(&c, &v(json!([1.0, 0.0])), 1)
         .unwrap_err()
@@ -153,20 +161,7 @@ fn embeddings_must_be_finite_and_match_the_model() {
 
 #[test]
 fn an_embedding_may_be_written_as_base64_of_packed_f32() {
-    let c = db();
-    execute(
-        &c,
-        &WriteOp::upsert(Kind::Entity, "d", json!({"id": "a", "name": "A"})),
-        1,
-    )
-    .unwrap();
-    let v = |emb: Value| {
-        WriteOp::upsert(
-            Kind::Vector,
-            "d",
-            json!({"subject": "a", "model": "m", "embedding": emb}),
-        )
-    };
+    let c = db_with_subject();
     // 0.5, -1.0, 2.0 as little-endian f32.
     execute(&c, &v(json!("AAAAPwAAgL8AAABA")), 1).unwrap();
     let stored: Vec<u8> = c
