@@ -216,10 +216,15 @@ pub(crate) fn run() -> crate::Result<Value> {
         "digest_b".into(),
         serde_json::to_value(query::digest(&c, Some(&["b".to_string()]))?)?,
     );
-    // Vectors on the wire: two vector changes in each encoding (JSON arrays, JSON base64 of
-    // packed little-endian f32, postcard's raw f32), and a replica that applies the whole log
-    // from a `hivesync.v1.json-b64` frame: its knn answer and its digest.
-    let all = query::changes_since(&c, 0, &ChangeFilter::default(), 100_000)?;
+    vector_wire(&c, &mut out)?;
+    Ok(round(Value::Object(out)))
+}
+
+/// Vectors on the wire: two vector changes in each encoding (JSON arrays, JSON base64 of packed
+/// little-endian f32, postcard's raw f32), and a replica that applies the whole log from a
+/// `hivesync.v1.json-b64` frame: its knn answer and its digest.
+fn vector_wire(c: &Connection, out: &mut serde_json::Map<String, Value>) -> crate::Result<()> {
+    let all = query::changes_since(c, 0, &ChangeFilter::default(), 100_000)?;
     let wire: Vec<Value> = all
         .iter()
         .filter(|ch| ch.embedding.is_some())
@@ -265,7 +270,7 @@ pub(crate) fn run() -> crate::Result<Value> {
         "replica_b64_digest".into(),
         serde_json::to_value(query::digest(&replica, None)?)?,
     );
-    Ok(round(Value::Object(out)))
+    Ok(())
 }
 
 #[cfg(test)]

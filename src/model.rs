@@ -423,6 +423,47 @@ pub fn embedding_from_base64(s: &str) -> crate::Result<Vec<f32>> {
     })
 }
 
+/// An embedding as JSON holds it, in a `write` or in a change of the JSON encodings: an array of
+/// numbers, or a base64 string of packed little-endian f32 (decoded as it is read, with no copy
+/// of the array in between; a number that does not fit an f32 is an error).
+pub struct EmbeddingIn(pub Vec<f32>);
+
+impl<'de> Deserialize<'de> for EmbeddingIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EmbeddingIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of numbers, or a base64 string of packed little-endian f32")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                s: &str,
+            ) -> std::result::Result<EmbeddingIn, E> {
+                embedding_from_base64(s).map(EmbeddingIn).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<EmbeddingIn, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8192));
+                while let Some(x) = seq.next_element::<f64>()? {
+                    let f = x as f32;
+                    if x.is_finite() && !f.is_finite() {
+                        return Err(serde::de::Error::custom(format!(
+                            "embedding value {} ({x}) does not fit in an f32",
+                            v.len()
+                        )));
+                    }
+                    v.push(f);
+                }
+                Ok(EmbeddingIn(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Decode a little-endian f32 blob; `None` when its length is not a multiple of 4.
 pub fn blob_to_embedding(b: &[u8]) -> Option<Vec<f32>> {
     if !b.len().is_multiple_of(4) {

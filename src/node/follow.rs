@@ -89,6 +89,46 @@ impl Follow {
     }
 
     async fn try_open(&self, after: i64) -> Result<Option<Feed>> {
+        let client = self.client().await?;
+        let js = jetstream::new(client.clone());
+        let name = self.cfg.stream();
+        let mut stream = js.get_stream(&name).await.map_err(|e| {
+            publish::nats_err(
+                &format!("opening the stream {name} (does the primary publish to it?)"),
+                e,
+            )
+        })?;
+        let Some(start) = first_after(&mut stream, after).await? else {
+            return Ok(None);
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| publish::nats_err("creating the stream's consumer", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| publish::nats_err("reading the stream", e))?;
+        tracing::debug!(after, from = start, "reading the stream");
+        let messages = messages.map(|m| {
+            let m = m.map_err(|e| publish::nats_err("reading the stream", e))?;
+            item(&m.message)
+        });
+        // The ordered consumer waits through an outage without a word: the watchdog ends the
+        // feed instead.
+        Ok(Some(Box::pin(futures_util::stream::select(
+            messages,
+            watchdog(client, self.url().to_string()),
+        ))))
+    }
+
+    /// The NATS connection, made on first use; an error while it is down.
+    async fn client(&self) -> Result<async_nats::Client> {
         let client = {
             let mut slot = self.client.lock().await;
             match &*slot {
@@ -106,114 +146,89 @@ impl Follow {
                 format!("not connected to {}", self.url()),
             ));
         }
-        let js = jetstream::new(client.clone());
-        let name = self.cfg.stream();
-        let mut stream = js.get_stream(&name).await.map_err(|e| {
-            publish::nats_err(
-                &format!("opening the stream {name} (does the primary publish to it?)"),
-                e,
-            )
-        })?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| publish::nats_err("reading the stream's state", e))?
-            .state
-            .clone();
-        // The first stream sequence whose change comes after `after`.
-        let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
-        if state.messages == 0 {
-            lo = hi;
-        }
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let (seq, _) = message_seqs(&stream.get_raw_message(mid).await.map_err(|e| {
-                publish::nats_err(&format!("reading message {mid} of the stream"), e)
-            })?)?;
-            if seq > after {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        if lo <= state.last_sequence {
-            let (seq, prev) = message_seqs(&stream.get_raw_message(lo).await.map_err(|e| {
-                publish::nats_err(&format!("reading message {lo} of the stream"), e)
-            })?)?;
-            if prev > after {
-                tracing::info!(
-                    after,
-                    seq,
-                    prev,
-                    "the stream no longer holds what follows this edge's cursor: catching up from the primary"
-                );
-                return Ok(None);
-            }
-        }
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: lo },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| publish::nats_err("creating the stream's consumer", e))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| publish::nats_err("reading the stream", e))?;
-        tracing::debug!(after, from = lo, "reading the stream");
-        let messages = messages.map(|m| {
-            let m = m.map_err(|e| publish::nats_err("reading the stream", e))?;
-            item(&m.message)
-        });
-        // The ordered consumer waits through an outage without a word: a watchdog ends the
-        // feed when the connection has been down for DOWN_AFTER.
-        let url = self.url().to_string();
-        let watchdog = futures_util::stream::unfold(
-            (client, None::<tokio::time::Instant>),
-            move |(client, mut down_since)| {
-                let url = url.clone();
-                async move {
-                    loop {
-                        tokio::time::sleep(DOWN_AFTER / 4).await;
-                        if client.connection_state() == State::Connected {
-                            down_since = None;
-                            continue;
-                        }
-                        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-                        if since.elapsed() >= DOWN_AFTER {
-                            let e = publish::nats_err(
-                                "reading the stream",
-                                format!("lost the connection to {url}"),
-                            );
-                            return Some((Err(e), (client, None)));
-                        }
-                    }
-                }
-            },
-        );
-        Ok(Some(Box::pin(futures_util::stream::select(
-            messages, watchdog,
-        ))))
+        Ok(client)
     }
 }
 
-/// A header's integer.
-fn header(h: Option<&async_nats::HeaderMap>, name: &str) -> Result<i64> {
-    h.and_then(|h| h.get(name))
-        .and_then(|v| v.as_str().parse().ok())
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "a message of the stream has no {name} header: was it published by hivesync 0.x before {name} existed, or by something else? Purge the stream or point --upstream at the primary's stream"
-            ))
-        })
+/// The stream sequence of the first message whose change comes after `after` (one past the
+/// last message when none does yet), found by bisection: seqs ascend through the stream. None
+/// when that message does not continue from `after` (the stream no longer holds what follows).
+async fn first_after(stream: &mut jetstream::stream::Stream, after: i64) -> Result<Option<u64>> {
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| publish::nats_err("reading the stream's state", e))?
+        .state
+        .clone();
+    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
+    if state.messages == 0 {
+        lo = hi;
+    }
+    // The seqs of the message at `hi`, once read.
+    let mut at_hi = None;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let m = stream
+            .get_raw_message(mid)
+            .await
+            .map_err(|e| publish::nats_err(&format!("reading message {mid} of the stream"), e))?;
+        let (seq, prev) = (
+            header(Some(&m.headers), publish::SEQ_HEADER)?,
+            header(Some(&m.headers), publish::PREV_HEADER)?,
+        );
+        if seq > after {
+            hi = mid;
+            at_hi = Some((seq, prev));
+        } else {
+            lo = mid + 1;
+        }
+    }
+    if let Some((seq, prev)) = at_hi.filter(|&(_, prev)| prev > after) {
+        tracing::info!(
+            after,
+            seq,
+            prev,
+            "the stream no longer holds what follows this edge's cursor: catching up from the primary"
+        );
+        return Ok(None);
+    }
+    Ok(Some(lo))
 }
 
-fn message_seqs(m: &async_nats::jetstream::message::StreamMessage) -> Result<(i64, i64)> {
-    Ok((
-        header(Some(&m.headers), publish::SEQ_HEADER)?,
-        header(Some(&m.headers), publish::PREV_HEADER)?,
-    ))
+/// A stream that yields an error once the connection has been down for [`DOWN_AFTER`].
+fn watchdog(client: async_nats::Client, url: String) -> impl Stream<Item = Result<Item>> + Send {
+    futures_util::stream::unfold(
+        (client, None::<tokio::time::Instant>),
+        move |(client, mut down_since)| {
+            let url = url.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(DOWN_AFTER / 4).await;
+                    if client.connection_state() == State::Connected {
+                        down_since = None;
+                        continue;
+                    }
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= DOWN_AFTER {
+                        let e = publish::nats_err(
+                            "reading the stream",
+                            format!("lost the connection to {url}"),
+                        );
+                        return Some((Err(e), (client, None)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A header's integer (a seq), required.
+fn header(h: Option<&async_nats::HeaderMap>, name: &str) -> Result<i64> {
+    h.and_then(|h| publish::header_seq(h, name)).ok_or_else(|| {
+        Error::invalid(format!(
+            "a message of the stream has no {name} header: it was not published by a hivesync node (or by one older than that header); point --upstream at the stream the primary publishes to"
+        ))
+    })
 }
 
 /// A message of the stream as an [`Item`].

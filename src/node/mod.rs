@@ -156,6 +156,7 @@ pub async fn start(
     if !auth.anonymous_allowed() && config.tokens.is_empty() {
         tracing::warn!("no tokens configured and anonymous access is off for {addr}: every client will be refused; add [[token]] entries to the config");
     }
+    let publish = publish_config(&config, args)?;
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
     let s = store.clone();
     let head = tokio::task::spawn_blocking(move || s.head())
@@ -206,16 +207,7 @@ pub async fn start(
         )),
         sockets: sockets.clone(),
     });
-    let mut publish = config.publish.clone().unwrap_or_default();
-    if let Some(url) = &args.publish {
-        publish.url = Some(url.clone());
-    }
-    if publish.url.is_some() {
-        if read_only || args.upstream.is_some() {
-            return Err(crate::Error::invalid(
-                "--publish is for the node that owns the log: not a read-only follower or an edge",
-            ));
-        }
+    if let Some(publish) = publish {
         tokio::spawn(publish::run(
             store.clone(),
             hub.clone(),
@@ -234,6 +226,27 @@ pub async fn start(
         metrics,
         _watchers: watchers,
     })
+}
+
+/// Where the node publishes its feed (`--publish`, over the config's `[publish]`), if it does:
+/// only the node that owns the log may.
+fn publish_config(
+    config: &Config,
+    args: &NodeOptions,
+) -> crate::Result<Option<publish::PublishConfig>> {
+    let mut publish = config.publish.clone().unwrap_or_default();
+    if let Some(url) = &args.publish {
+        publish.url = Some(url.clone());
+    }
+    if publish.url.is_none() {
+        return Ok(None);
+    }
+    if args.read_only || args.upstream.is_some() {
+        return Err(crate::Error::invalid(
+            "--publish is for the node that owns the log: not a read-only follower or an edge",
+        ));
+    }
+    Ok(Some(publish))
 }
 
 /// An edge's two feeds from `--upstream` and `--primary`: the node whose WebSocket feed it

@@ -9,10 +9,10 @@
 //! header `Hivesync-Omitted` and no payload, to be read from the node's feed). It waits for
 //! each batch's acks before it moves on, so the stream holds the log in order. Where it
 //! resumes after a restart or a lost connection: after the highest of the seq it recorded in
-//! the database (`meta` key `nats_published_seq`, written after each acknowledged batch) and
-//! the seq of the stream's last message; a batch published again after a crash before it was
-//! recorded is dropped by the stream's duplicate window (10 minutes) where the stream's last
-//! message does not already cover it.
+//! the database (`meta` key `nats_published_seq`, written at most once a second while changes
+//! flow, and when the feed goes idle) and the seq of the stream's last message; a batch
+//! published again after a crash is dropped by the stream's duplicate window (10 minutes)
+//! where the stream's last message does not already cover it.
 //!
 //! A namespace that is not a valid subject token (letters, digits, `_`, `-` only) is written
 //! as `~` and the hex of its UTF-8 bytes.
@@ -179,10 +179,12 @@ pub async fn stream_last_seq(stream: &mut jetstream::stream::Stream) -> Result<i
         .get_raw_message(last)
         .await
         .map_err(|e| nats_err("reading the stream's last message", e))?;
-    Ok(m.headers
-        .get(SEQ_HEADER)
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0))
+    Ok(header_seq(&m.headers, SEQ_HEADER).unwrap_or(0))
+}
+
+/// The integer in a message's header `name` (a seq), if it has one.
+pub(crate) fn header_seq(headers: &async_nats::HeaderMap, name: &str) -> Option<i64> {
+    headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -206,6 +208,43 @@ async fn session(
     let max_payload = client.server_info().max_payload;
     let js = jetstream::new(client);
     let prefix = cfg.prefix();
+    let mut after = resume_point(store, &js, cfg, &prefix).await?;
+    metrics.nats_connected.store(1, Relaxed);
+    metrics.nats_published.store(after, Relaxed);
+    tracing::info!(stream = %cfg.stream(), after, "publishing the change feed to NATS");
+    let mut head = hub.subscribe_head();
+    // The seq recorded in the database, and when: recording is a write transaction, so it is
+    // done at most once per RECORD_EVERY while changes flow (and when the feed goes idle); the
+    // stream's last message is where a restart resumes anyway.
+    let mut recorded_at = (after, Instant::now());
+    loop {
+        let batch = next_batch(store, hub, &mut after).await?;
+        if batch.is_empty() {
+            if recorded_at.0 < after {
+                record(store, after).await?;
+                recorded_at = (after, Instant::now());
+            }
+            // Wait for a commit (or check again now and then: another process may write).
+            let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
+            continue;
+        }
+        after = publish_batch(&js, &prefix, max_payload, after, &batch).await?;
+        metrics.nats_published.store(after, Relaxed);
+        if recorded_at.1.elapsed() >= RECORD_EVERY {
+            record(store, after).await?;
+            recorded_at = (after, Instant::now());
+        }
+    }
+}
+
+/// Create the stream if missing, and say where publishing resumes: after the higher of the seq
+/// recorded in the database and the stream's last message.
+async fn resume_point(
+    store: &Arc<Store>,
+    js: &jetstream::Context,
+    cfg: &PublishConfig,
+    prefix: &str,
+) -> Result<i64> {
     let mut stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: cfg.stream(),
@@ -226,87 +265,84 @@ async fn session(
         })
     })
     .await?;
-    let mut after = recorded.max(stream_last_seq(&mut stream).await?);
-    metrics.nats_connected.store(1, Relaxed);
-    metrics.nats_published.store(after, Relaxed);
-    tracing::info!(stream = %cfg.stream(), after, "publishing the change feed to NATS");
-    let mut head = hub.subscribe_head();
-    // The seq recorded in the database, and when: recording is a write transaction, so it is
-    // done at most once per RECORD_EVERY while changes flow (and when the feed goes idle); the
-    // stream's last message is where a restart resumes anyway.
-    let mut recorded_at = (after, Instant::now());
-    loop {
-        // The hub's window holds the latest changes already encoded (the fragment subscribers
-        // get is the message's payload); a publisher behind it reads the log.
-        let batch = match hub.read(after, BATCH, BATCH_BYTES, Encoding::Json, |_, _| true) {
-            WindowRead::Changes(batch, _) => batch,
-            WindowRead::Behind => {
-                let horizon = blocking(store, |s| s.horizon()).await?;
-                if after + 1 < horizon {
-                    tracing::error!(
-                        from = after + 1,
-                        to = horizon - 1,
-                        "changes were trimmed from the log before they were published: the stream has a gap there; its consumers need a snapshot from this node"
-                    );
-                    after = horizon - 1;
-                }
-                blocking(store, move |s| {
-                    s.changes_since(after, &ChangeFilter::default(), BATCH)
-                })
-                .await?
-                .iter()
-                .map(|c| Arc::new(EncodedChange::new(c)))
-                .collect()
-            }
-        };
-        if batch.is_empty() {
-            if recorded_at.0 < after {
-                record(store, after).await?;
-                recorded_at = (after, Instant::now());
-            }
-            // Wait for a commit (or check again now and then: another process may write).
-            let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
-            continue;
-        }
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut prev = after;
-        for c in &batch {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", c.seq.to_string().as_str());
-            headers.insert(SEQ_HEADER, c.seq.to_string().as_str());
-            headers.insert(PREV_HEADER, prev.to_string().as_str());
-            prev = c.seq;
-            // Headers and subject take well under 1 KiB.
-            let payload = if c.json.len() + 1024 > max_payload {
-                tracing::warn!(
-                    seq = c.seq,
-                    bytes = c.json.len(),
-                    max_payload,
-                    "a change is larger than the NATS server's max_payload: the stream gets a stand-in without it (consumers read it from the node's feed); raise max_payload in nats-server's config to carry it"
-                );
-                headers.insert(OMITTED_HEADER, "too-large");
-                Vec::new()
-            } else {
-                c.json.to_vec()
-            };
-            let subject = subject(&prefix, &c.ns, c.kind);
-            let ack = js
-                .publish_with_headers(subject, headers, payload.into())
-                .await
-                .map_err(|e| nats_err("publishing", e))?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await
-                .map_err(|e| nats_err("waiting for the stream's ack", e))?;
-        }
-        after = prev;
-        metrics.nats_published.store(after, Relaxed);
-        if recorded_at.1.elapsed() >= RECORD_EVERY {
-            record(store, after).await?;
-            recorded_at = (after, Instant::now());
-        }
+    Ok(recorded.max(stream_last_seq(&mut stream).await?))
+}
+
+/// The next changes after `after`: from the hub's window, which holds the latest ones already
+/// encoded (the fragment subscribers get is the message's payload), or from the log when the
+/// publisher is behind the window. Where the log was trimmed past `after`, `after` moves to
+/// the gap's end (said in the log; the stream's `Hivesync-Prev` shows it to consumers).
+async fn next_batch(
+    store: &Arc<Store>,
+    hub: &Hub,
+    after: &mut i64,
+) -> Result<Vec<Arc<EncodedChange>>> {
+    if let WindowRead::Changes(batch, _) =
+        hub.read(*after, BATCH, BATCH_BYTES, Encoding::Json, |_, _| true)
+    {
+        return Ok(batch);
     }
+    let horizon = blocking(store, |s| s.horizon()).await?;
+    if *after + 1 < horizon {
+        tracing::error!(
+            from = *after + 1,
+            to = horizon - 1,
+            "changes were trimmed from the log before they were published: the stream has a gap there; its consumers need a snapshot from this node"
+        );
+        *after = horizon - 1;
+    }
+    let from = *after;
+    Ok(blocking(store, move |s| {
+        s.changes_since(from, &ChangeFilter::default(), BATCH)
+    })
+    .await?
+    .iter()
+    .map(|c| Arc::new(EncodedChange::new(c)))
+    .collect())
+}
+
+/// Publish `batch` (continuing from `after`) and wait for the stream's acks; returns its last
+/// seq.
+async fn publish_batch(
+    js: &jetstream::Context,
+    prefix: &str,
+    max_payload: usize,
+    after: i64,
+    batch: &[Arc<EncodedChange>],
+) -> Result<i64> {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut prev = after;
+    for c in batch {
+        let seq = c.seq.to_string();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", seq.as_str());
+        headers.insert(SEQ_HEADER, seq.as_str());
+        headers.insert(PREV_HEADER, prev.to_string().as_str());
+        prev = c.seq;
+        // Headers and subject take well under 1 KiB.
+        let payload = if c.json.len() + 1024 > max_payload {
+            tracing::warn!(
+                seq = c.seq,
+                bytes = c.json.len(),
+                max_payload,
+                "a change is larger than the NATS server's max_payload: the stream gets a stand-in without it (consumers read it from the node's feed); raise max_payload in nats-server's config to carry it"
+            );
+            headers.insert(OMITTED_HEADER, "too-large");
+            Vec::new()
+        } else {
+            c.json.to_vec()
+        };
+        let ack = js
+            .publish_with_headers(subject(prefix, &c.ns, c.kind), headers, payload.into())
+            .await
+            .map_err(|e| nats_err("publishing", e))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await
+            .map_err(|e| nats_err("waiting for the stream's ack", e))?;
+    }
+    Ok(prev)
 }
 
 /// Record `seq` as published.

@@ -425,6 +425,55 @@ impl Link {
         out
     }
 
+    /// Carry out a snapshot action on `open`, the writer held for the snapshot's
+    /// transaction from its first chunk to its last; returns what the session says next.
+    fn snapshot<'s>(
+        &mut self,
+        store: &'s Store,
+        open: &mut Option<MutexGuard<'s, rusqlite::Connection>>,
+        a: ClientAction,
+    ) -> Vec<ClientAction> {
+        let res = match a {
+            ClientAction::SnapshotBegin { .. } => store.pool().writer().and_then(|conn| {
+                apply::snapshot_begin(&conn, &ChangeFilter::default())?;
+                *open = Some(conn);
+                Ok(())
+            }),
+            ClientAction::SnapshotRows(rows) => match open.as_deref() {
+                Some(conn) => apply::snapshot_rows(conn, &rows)
+                    .map_err(|e| Error::invalid(format!("snapshot rejected: {e}"))),
+                None => Ok(()),
+            },
+            ClientAction::SnapshotFinish { at } => {
+                let res = match open.take() {
+                    Some(conn) => apply::snapshot_finish(&conn, at),
+                    None => Err(Error::invalid("no snapshot open")),
+                };
+                if res.is_ok() {
+                    self.state.applied.store(at, Relaxed);
+                    self.hub.reset(at);
+                    self.hub.wake();
+                    return self.session.applied(at);
+                }
+                res
+            }
+            ClientAction::SnapshotAbort => {
+                if let Some(conn) = open.take() {
+                    apply::snapshot_abort(&conn);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        match res {
+            Ok(()) => vec![],
+            Err(e) => {
+                let now = self.now();
+                self.session.apply_failed(&e.to_string(), now)
+            }
+        }
+    }
+
     /// A message (or the end) of the socket, as session input.
     fn input(&mut self, msg: Option<Result<Message, WsError>>) -> Vec<ClientAction> {
         let now = self.now();
@@ -499,52 +548,11 @@ async fn connection<'s>(
                         queue.extend(link.session.disconnected(&e.to_string(), now));
                     }
                 }
-                ClientAction::SnapshotBegin { .. } => {
-                    let begun = store.pool().writer().and_then(|conn| {
-                        apply::snapshot_begin(&conn, &ChangeFilter::default())?;
-                        Ok(conn)
-                    });
-                    match begun {
-                        Ok(conn) => snapshot = Some(conn),
-                        Err(e) => {
-                            let now = link.now();
-                            queue.extend(link.session.apply_failed(&e.to_string(), now));
-                        }
-                    }
-                }
-                ClientAction::SnapshotRows(rows) => {
-                    if let Some(conn) = snapshot.as_deref() {
-                        if let Err(e) = apply::snapshot_rows(conn, &rows) {
-                            let now = link.now();
-                            queue.extend(
-                                link.session
-                                    .apply_failed(&format!("snapshot rejected: {e}"), now),
-                            );
-                        }
-                    }
-                }
-                ClientAction::SnapshotFinish { at } => {
-                    let res = match snapshot.take() {
-                        Some(conn) => apply::snapshot_finish(&conn, at),
-                        None => Err(Error::invalid("no snapshot open")),
-                    };
-                    match res {
-                        Ok(()) => {
-                            link.state.applied.store(at, Relaxed);
-                            link.hub.reset(at);
-                            link.hub.wake();
-                            queue.extend(link.session.applied(at));
-                        }
-                        Err(e) => {
-                            let now = link.now();
-                            queue.extend(link.session.apply_failed(&e.to_string(), now));
-                        }
-                    }
-                }
-                ClientAction::SnapshotAbort => {
-                    if let Some(conn) = snapshot.take() {
-                        apply::snapshot_abort(&conn);
-                    }
+                a @ (ClientAction::SnapshotBegin { .. }
+                | ClientAction::SnapshotRows(_)
+                | ClientAction::SnapshotFinish { .. }
+                | ClientAction::SnapshotAbort) => {
+                    queue.extend(link.snapshot(store, &mut snapshot, a));
                 }
                 ClientAction::Apply { prev, changes } => {
                     queue.extend(link.apply(prev, changes, &mut rx));

@@ -78,52 +78,10 @@ pub(super) struct EventIn {
 pub(super) struct VectorIn {
     subject: String,
     model: String,
-    embedding: EmbeddingIn,
+    embedding: crate::model::EmbeddingIn,
     kind: Option<String>,
     created_at: Option<i64>,
     updated_at: Option<i64>,
-}
-
-/// A vector's `embedding` as written: an array of numbers, or a base64 string of packed
-/// little-endian f32 (decoded as it is read, with no copy of the array in between).
-pub(super) struct EmbeddingIn(Vec<f32>);
-
-impl<'de> Deserialize<'de> for EmbeddingIn {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = EmbeddingIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of numbers, or a base64 string of packed little-endian f32")
-            }
-            fn visit_str<E: serde::de::Error>(
-                self,
-                s: &str,
-            ) -> std::result::Result<EmbeddingIn, E> {
-                crate::model::embedding_from_base64(s)
-                    .map(EmbeddingIn)
-                    .map_err(E::custom)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<EmbeddingIn, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8192));
-                while let Some(x) = seq.next_element::<f64>()? {
-                    let f = x as f32;
-                    if x.is_finite() && !f.is_finite() {
-                        return Err(serde::de::Error::custom(format!(
-                            "embedding value {} ({x}) does not fit in an f32",
-                            v.len()
-                        )));
-                    }
-                    v.push(f);
-                }
-                Ok(EmbeddingIn(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// `data` as an [`EntityIn`] read straight from the JSON value (serde's derived visitor over a

@@ -157,15 +157,19 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
     ))?
     .execute(params![rowid, blob, ns, v.model, v.kind])?;
     if let Some(seq) = log_seq {
-        conn.prepare_cached(&format!(
-            "INSERT INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
-             SELECT ?2, coalesce((SELECT tx FROM sync_ctx), ?2), coalesce((SELECT ts FROM sync_ctx), {now}),
-                    ns, 'vector', 'upsert', subject, model, {img}, NULL
-             FROM vectors WHERE rowid = ?1",
-            now = crate::schema::NOW_US,
-            img = crate::schema::row_image_sql(crate::model::Kind::Vector, ""),
-        ))?
-        .execute(params![rowid, seq])?;
+        // Built once: the row image's SQL is assembled from the column list.
+        static LOG_VECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = LOG_VECTOR.get_or_init(|| {
+            format!(
+                "INSERT INTO changes(seq, tx, ts, ns, kind, op, id, model, data, embedding)
+                 SELECT ?2, coalesce((SELECT tx FROM sync_ctx), ?2), coalesce((SELECT ts FROM sync_ctx), {now}),
+                        ns, 'vector', 'upsert', subject, model, {img}, NULL
+                 FROM vectors WHERE rowid = ?1",
+                now = crate::schema::NOW_US,
+                img = crate::schema::row_image_sql(crate::model::Kind::Vector, ""),
+            )
+        });
+        conn.prepare_cached(sql)?.execute(params![rowid, seq])?;
     }
     Ok(())
 }

@@ -128,17 +128,14 @@ impl JsonChange<'_> {
                         ))
                     })?;
                 // Either form: an array of numbers, or base64 of packed little-endian f32.
-                let emb = match obj.remove("embedding") {
-                    None => None,
-                    Some(serde_json::Value::String(s)) => {
-                        Some(crate::model::embedding_from_base64(&s).map_err(|e| {
-                            Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
-                        })?)
-                    }
-                    Some(v) => Some(serde_json::from_value::<Vec<f32>>(v).map_err(|e| {
+                let emb = obj
+                    .remove("embedding")
+                    .map(|v| crate::model::EmbeddingIn::deserialize(&v))
+                    .transpose()
+                    .map_err(|e| {
                         Error::invalid(format!("change {}: bad embedding: {e}", self.seq))
-                    })?),
-                };
+                    })?
+                    .map(|e| e.0);
                 (Some(serde_json::to_string(&obj)?), emb)
             }
             Some(raw) => (Some(raw.get().to_string()), None),

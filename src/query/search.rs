@@ -123,20 +123,12 @@ fn search_table(
     let mut hits = Vec::new();
     while let Some(r) = rows.next()? {
         seen += 1;
-        let (ns, kind): (String, String) = (r.get(0)?, r.get(2)?);
-        let passes = q.ns.as_ref().is_none_or(|n| *n == ns)
-            && q.kind.as_ref().is_none_or(|k| *k == kind)
+        let h = hit(record, r)?;
+        let passes = q.ns.as_ref().is_none_or(|n| *n == h.ns)
+            && q.kind.as_ref().is_none_or(|k| *k == h.kind)
             && r.get::<_, Option<i64>>(6)?.is_none_or(|e| e > now_us);
         if passes {
-            hits.push(SearchHit {
-                record,
-                ns,
-                id: r.get(1)?,
-                kind,
-                name: r.get(3)?,
-                snippet: r.get(4)?,
-                score: r.get(5)?,
-            });
+            hits.push(h);
         }
     }
     drop(rows);
@@ -160,17 +152,7 @@ fn search_table(
          ORDER BY {fts_table}.rank LIMIT ?4"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let hit = |r: &rusqlite::Row<'_>| {
-        Ok(SearchHit {
-            record,
-            ns: r.get(0)?,
-            id: r.get(1)?,
-            kind: r.get(2)?,
-            name: r.get(3)?,
-            snippet: r.get(4)?,
-            score: r.get(5)?,
-        })
-    };
+    let hit = |r: &rusqlite::Row<'_>| hit(record, r);
     // The time is a parameter (?5, notes only), so the statement is prepared once.
     let rows = if notes {
         stmt.query_map(params![fts, q.ns, q.kind, limit, now_us], hit)?
@@ -178,6 +160,19 @@ fn search_table(
         stmt.query_map(params![fts, q.ns, q.kind, limit], hit)?
     };
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A hit from a row of either plan: ns, id, kind, name, snippet, score.
+fn hit(record: Kind, r: &rusqlite::Row<'_>) -> rusqlite::Result<SearchHit> {
+    Ok(SearchHit {
+        record,
+        ns: r.get(0)?,
+        id: r.get(1)?,
+        kind: r.get(2)?,
+        name: r.get(3)?,
+        snippet: r.get(4)?,
+        score: r.get(5)?,
+    })
 }
 
 /// Search entities and notes; best hits first.
