@@ -506,6 +506,7 @@ async fn raw_conn(sock: TcpStream, st: RawState) {
                         node: "raw".into(),
                         head: st.seq.load(Relaxed),
                         horizon: 1,
+                        publish_key: None,
                     },
                     Ok(ClientMsg::Subscribe(s)) => {
                         rx = Some(st.tx.subscribe());

@@ -18,15 +18,22 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// User and password the server requires, if any.
+    auth: Option<(String, String)>,
 }
 
 impl Nats {
     async fn start() -> Nats {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(auth: Option<(String, String)>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let mut n = Nats {
             child: None,
             port: common::free_port(),
             dir,
+            auth,
         };
         n.run().await;
         n
@@ -48,6 +55,11 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(
+                self.auth.iter().flat_map(|(u, p)| {
+                    ["--user".to_string(), u.clone(), "--pass".into(), p.clone()]
+                }),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -72,8 +84,12 @@ impl Nats {
         }
     }
 
+    /// The server's URL, with its credentials when it requires some.
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match &self.auth {
+            Some((u, p)) => format!("nats://{u}:{p}@127.0.0.1:{}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 }
 
@@ -486,4 +502,206 @@ async fn an_edge_fed_from_nats_enforces_its_own_tokens_and_recovers_from_a_purge
     assert!(feed2.changes.iter().all(|ch| ch.ns == "a"));
     let ids: Vec<String> = feed2.changes.iter().map(|c| c.id.clone()).collect();
     assert_eq!(ids, (31..=50).map(|i| format!("a{i}")).collect::<Vec<_>>());
+}
+
+/// A third party that can publish to the stream's subjects (no NATS auth: the default) tries
+/// everything issue 23 found: the next seq forged, the next message ids squatted (the old
+/// scheme's ids were the seqs), a seq of 10^12, a message with a made-up signature, and a
+/// forged message left as the stream's last when the primary restarts. The edge applies none
+/// of it, counts it and says so in `/healthz`, and ends with the primary's digest; every
+/// genuine change is in the stream once; the primary resumes after its own last message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_publishing_to_the_stream_cannot_write_into_an_edge() {
+    use async_nats::HeaderMap;
+    let nats = Nats::start().await;
+    let mut primary = Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await;
+    let edge = edge_of(&nats, &primary, None).await;
+    until_edge_at(&edge, 0).await;
+    write_many(&primary, 0, 100).await;
+    until_edge_at(&edge, 100).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let genuine = js
+        .get_stream("HIVESYNC")
+        .await
+        .unwrap()
+        .get_raw_message(100)
+        .await
+        .unwrap();
+    // A change as the primary would write it, with another row.
+    let forged_payload = |seq: i64| {
+        let mut c: serde_json::Value = serde_json::from_slice(&genuine.payload).unwrap();
+        c["seq"] = seq.into();
+        c["data"]["id"] = "forged".into();
+        c["data"]["name"] = "written by a third party".into();
+        c.to_string()
+    };
+    let forge = |seq: i64, prev: i64, id: Option<String>, sig: Option<&str>| {
+        let mut h = HeaderMap::new();
+        h.insert("Hivesync-Seq", seq.to_string().as_str());
+        h.insert("Hivesync-Prev", prev.to_string().as_str());
+        if let Some(id) = id {
+            h.insert("Nats-Msg-Id", id.as_str());
+        }
+        if let Some(sig) = sig {
+            h.insert("Hivesync-Sig", sig);
+        }
+        h
+    };
+    let publish = async |h: HeaderMap, payload: String| {
+        js.publish_with_headers("hivesync.changes.default.entity", h, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    };
+    // Squat the ids the next 50 changes had under the old scheme, and the seqs' strings.
+    for seq in 101..=150 {
+        publish(
+            forge(seq, seq - 1, Some(seq.to_string()), None),
+            forged_payload(seq),
+        )
+        .await;
+    }
+    // The next seq, unsigned and with a signature made up; and a seq of 10^12.
+    publish(forge(101, 100, None, None), forged_payload(101)).await;
+    let fake_sig = "A".repeat(86) + "==";
+    publish(forge(101, 100, None, Some(&fake_sig)), forged_payload(101)).await;
+    publish(
+        forge(1_000_000_000_000, 100, None, None),
+        forged_payload(1_000_000_000_000),
+    )
+    .await;
+
+    // The primary's changes go on; the edge drops the forged messages, follows the primary's
+    // feed, and comes back to the stream.
+    write_many(&primary, 100, 100).await;
+    until_edge_at(&edge, 200).await;
+    assert!(
+        metric(&edge, "hivesync_upstream_nats_rejected_total").await >= 1,
+        "{}",
+        edge.log_text()
+    );
+    assert!(edge.health().await["upstream"]["nats_rejected"].as_i64() >= Some(1));
+    assert_eq!(edge.health().await["status"], "degraded");
+    let mut feed = common::Feed::from(0);
+    read_to(&edge, &mut feed, None, 200).await;
+    assert_eq!(feed.seqs(), (1..=200).collect::<Vec<_>>());
+    assert!(
+        feed.changes.iter().all(|c| c.id != "forged"),
+        "a forged change reached a subscriber"
+    );
+    // Every genuine change is in the stream, once: no id was squatted.
+    let mut stream = js.get_stream("HIVESYNC").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut signed = Vec::new();
+    for s in 1..=last {
+        let m = stream.get_raw_message(s).await.unwrap();
+        if m.headers
+            .get("Hivesync-Sig")
+            .is_some_and(|v| v.as_str() != fake_sig)
+        {
+            signed.push(
+                m.headers
+                    .get("Hivesync-Seq")
+                    .unwrap()
+                    .as_str()
+                    .parse::<i64>()
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(signed, (1..=200).collect::<Vec<_>>());
+    assert_eq!(
+        metric(&primary, "hivesync_nats_duplicates_total").await,
+        0,
+        "the stream took a genuine change for a duplicate"
+    );
+
+    // A forged 10^12 as the stream's last message while the primary restarts: it resumes
+    // after its own last message, says what it found, and publishes on.
+    primary.kill();
+    publish(
+        forge(1_000_000_000_000, 200, None, None),
+        forged_payload(1_000_000_000_000),
+    )
+    .await;
+    primary.start_again().await;
+    write_many(&primary, 200, 50).await;
+    until_edge_at(&edge, 250).await;
+    common::eventually(
+        Duration::from_secs(30),
+        || async { primary.health().await["publish"]["published"] == 250 },
+        || primary.log_text(),
+    )
+    .await;
+    assert!(primary.health().await["publish"]["foreign"].as_i64() >= Some(1));
+    assert!(metric(&primary, "hivesync_nats_foreign_messages_total").await >= 1);
+    let digest = |n: &Node| {
+        let out = n.cli(&["digest"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        digest(&edge),
+        digest(&primary),
+        "the edge holds what the primary holds"
+    );
+}
+
+/// NATS with authentication, as `deploy/compose.nats.yml` runs it: the primary and the edge
+/// pass the credentials in their `nats://user:password@host` URLs (never logged), and a client
+/// without them can neither publish nor read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_authentication_only_the_nodes_reach_the_stream() {
+    let nats = Nats::start_with(Some(("hivesync".into(), "s3cret-pass".into()))).await;
+    let anonymous = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(0)
+        .connect(format!("nats://127.0.0.1:{}", nats.port));
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        match anonymous.await {
+            Err(e) => e.to_string(),
+            Ok(c) => {
+                let js = async_nats::jetstream::new(c);
+                match js
+                    .publish("hivesync.changes.default.entity", "x".into())
+                    .await
+                {
+                    Err(e) => e.to_string(),
+                    Ok(ack) => format!("{:?}", ack.await.map(|_| "stored")),
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "timed out".into());
+    assert!(!refused.contains("stored"), "{refused}");
+    let primary = Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await;
+    let edge = edge_of(&nats, &primary, None).await;
+    until_edge_at(&edge, 0).await;
+    write_many(&primary, 0, 100).await;
+    until_edge_at(&edge, 100).await;
+    assert_eq!(
+        metric(&edge, "hivesync_upstream_nats_changes_total").await,
+        100
+    );
+    for log in [primary.log_text(), edge.log_text()] {
+        assert!(
+            !log.contains("s3cret-pass"),
+            "a NATS password in a log:\n{log}"
+        );
+    }
 }

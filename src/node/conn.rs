@@ -309,6 +309,7 @@ async fn welcome(node: &Arc<NodeState>) -> ServerMsg {
             node: node.name.clone(),
             head,
             horizon,
+            publish_key: node.publish_key.clone(),
         },
         _ => ServerMsg::Error(ErrorMsg::new(
             ErrorCode::Internal,

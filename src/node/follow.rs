@@ -8,6 +8,15 @@
 //! after a lost message or connection). Each message gives the change and the seq it follows
 //! (`Hivesync-Prev`); the client session checks that chain, as it checks the primary's frames.
 //!
+//! The edge applies only what the primary vouched for ([`super::vouch`]): every message must
+//! carry the primary's signature, checked with the key its `welcome` gave over the edge's
+//! authenticated link, and kept in the edge's database (`meta` key `nats_primary_key`) so that
+//! a restarted edge reads the stream before its link is back. The stream is not opened before
+//! the edge has that key; the search skips
+//! messages that do not verify, and one read from the consumer is dropped, counted
+//! (`hivesync_upstream_nats_rejected_total`, `/healthz`) and ends the feed, so the edge follows
+//! the primary's feed again until the stream can take over.
+//!
 //! Everything else is the relay's ([`super::upstream`]): the link to the primary stays open for
 //! writes, and it is the primary that serves a catch-up, or a snapshot, whenever the stream does
 //! not hold what follows the edge's cursor (an empty edge, a stream trimmed or purged past it, a
@@ -23,8 +32,10 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::Deliv
 use futures_util::{Stream, StreamExt};
 
 use super::publish::{self, PublishConfig};
+use super::vouch::VerifyingKey;
 use crate::error::{Error, Result};
 use crate::model::Change;
+use crate::store::Store;
 
 /// How long opening the feed (connecting, searching, creating the consumer) may take before the
 /// edge goes on with the primary's feed and tries again later.
@@ -38,7 +49,15 @@ pub(crate) enum Item {
     /// The change `seq` is not in the stream (too large for a NATS message): the primary's
     /// feed must carry it.
     Omitted(i64),
+    /// A message the primary did not sign (its stream seq): dropped.
+    Unsigned(u64),
 }
+
+/// Most messages the search for the edge's place in the stream reads past because they do not
+/// verify: beyond that the stream is not used (the edge follows the primary's feed).
+const MAX_SKIPPED: u32 = 1024;
+/// The `meta` key of the primary's publish key, as the edge last learned it.
+const KEY_META: &str = "nats_primary_key";
 
 /// The stream from a position on.
 pub(crate) type Feed = Pin<Box<dyn Stream<Item = Result<Item>> + Send>>;
@@ -57,6 +76,8 @@ pub(crate) type Opening = Pin<Box<dyn Future<Output = Result<Option<Feed>>> + Se
 pub(crate) struct Follow {
     cfg: Arc<PublishConfig>,
     client: Arc<tokio::sync::Mutex<Option<async_nats::Client>>>,
+    /// The primary's publish key, from its latest `welcome`.
+    key: Arc<parking_lot::Mutex<Option<VerifyingKey>>>,
 }
 
 impl Follow {
@@ -64,12 +85,64 @@ impl Follow {
         Follow {
             cfg: Arc::new(cfg),
             client: Arc::default(),
+            key: Arc::default(),
+        }
+    }
+
+    /// The publish key the edge learned before (from its database), until a `welcome` says.
+    pub(crate) fn load_key(&self, store: &Store) {
+        let kept = store.read(|c| {
+            Ok(rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [KEY_META],
+                |r| r.get::<_, String>(0),
+            ))?)
+        });
+        match kept {
+            Ok(Some(k)) => *self.key.lock() = VerifyingKey::parse(&k).ok(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the primary's publish key"),
+        }
+    }
+
+    /// Take the publish key from the primary's `welcome` (None: it does not vouch for a stream,
+    /// and the edge follows its feed), and keep it in `store` when it changed.
+    pub(crate) fn set_key(&self, key: Option<&str>, store: &Store) {
+        let parsed = match key.map(VerifyingKey::parse).transpose() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "the primary's publish key is unusable: following its feed");
+                None
+            }
+        };
+        let mut slot = self.key.lock();
+        if *slot == parsed {
+            return;
+        }
+        if parsed.is_none() {
+            tracing::warn!("the primary does not vouch for a NATS stream (its welcome has no publish key): following its feed");
+        }
+        *slot = parsed;
+        drop(slot);
+        let kept = store.pool().writer().and_then(|w| {
+            match key.filter(|_| self.key.lock().is_some()) {
+                Some(k) => w.execute(
+                    "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    rusqlite::params![KEY_META, k],
+                ),
+                None => w.execute("DELETE FROM meta WHERE key = ?1", [KEY_META]),
+            }?;
+            Ok(())
+        });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "cannot keep the primary's publish key (a restart waits for the link to learn it again)");
         }
     }
 
     /// Where it reads, for logs.
-    pub(crate) fn url(&self) -> &str {
-        self.cfg.url.as_deref().unwrap_or("")
+    pub(crate) fn url(&self) -> String {
+        publish::redacted(self.cfg.url.as_deref().unwrap_or(""))
     }
 
     /// Open the feed of the changes after `after`: `None` when the stream no longer holds the
@@ -89,6 +162,11 @@ impl Follow {
     }
 
     async fn try_open(&self, after: i64) -> Result<Option<Feed>> {
+        let key = self.key.lock().clone().ok_or_else(|| {
+            Error::invalid(
+                "the primary has not vouched for the stream: its welcome carries no publish key (it does not publish to NATS, or runs a release before signed streams); following its feed",
+            )
+        })?;
         let client = self.client().await?;
         let js = jetstream::new(client.clone());
         let name = self.cfg.stream();
@@ -98,7 +176,7 @@ impl Follow {
                 e,
             )
         })?;
-        let Some(start) = first_after(&mut stream, after).await? else {
+        let Some(start) = first_after(&mut stream, after, &key).await? else {
             return Ok(None);
         };
         let consumer = stream
@@ -115,15 +193,16 @@ impl Follow {
             .await
             .map_err(|e| publish::nats_err("reading the stream", e))?;
         tracing::debug!(after, from = start, "reading the stream");
-        let messages = messages.map(|m| {
+        let messages = messages.map(move |m| {
             let m = m.map_err(|e| publish::nats_err("reading the stream", e))?;
-            item(&m.message)
+            let at = m.info().map_or(0, |i| i.stream_sequence);
+            item(&m.message, &key, at)
         });
         // The ordered consumer waits through an outage without a word: the watchdog ends the
         // feed instead.
         Ok(Some(Box::pin(futures_util::stream::select(
             messages,
-            watchdog(client, self.url().to_string()),
+            watchdog(client, self.url()),
         ))))
     }
 
@@ -150,10 +229,15 @@ impl Follow {
     }
 }
 
-/// The stream sequence of the first message whose change comes after `after` (one past the
-/// last message when none does yet), found by bisection: seqs ascend through the stream. None
-/// when that message does not continue from `after` (the stream no longer holds what follows).
-async fn first_after(stream: &mut jetstream::stream::Stream, after: i64) -> Result<Option<u64>> {
+/// The stream sequence of the first message the primary signed whose change comes after
+/// `after` (one past the last message when none does yet), found by bisection: the signed
+/// messages' seqs ascend through the stream, and the others are read past. None when that
+/// message does not continue from `after` (the stream no longer holds what follows).
+async fn first_after(
+    stream: &mut jetstream::stream::Stream,
+    after: i64,
+    key: &VerifyingKey,
+) -> Result<Option<u64>> {
     let state = stream
         .info()
         .await
@@ -164,26 +248,49 @@ async fn first_after(stream: &mut jetstream::stream::Stream, after: i64) -> Resu
     if state.messages == 0 {
         lo = hi;
     }
-    // The seqs of the message at `hi`, once read.
-    let mut at_hi = None;
+    // The answer so far: the position and seqs of the first signed message found after `after`.
+    let mut found = None;
+    let mut skipped = 0;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let m = stream
-            .get_raw_message(mid)
-            .await
-            .map_err(|e| publish::nats_err(&format!("reading message {mid} of the stream"), e))?;
-        let (seq, prev) = (
-            header(Some(&m.headers), publish::SEQ_HEADER)?,
-            header(Some(&m.headers), publish::PREV_HEADER)?,
-        );
-        if seq > after {
-            hi = mid;
-            at_hi = Some((seq, prev));
-        } else {
-            lo = mid + 1;
+        // The first signed message at or after `mid` (before `hi`).
+        let mut at = mid;
+        let probe = loop {
+            if at >= hi {
+                break None;
+            }
+            let m = stream.get_raw_message(at).await.map_err(|e| {
+                publish::nats_err(&format!("reading message {at} of the stream"), e)
+            })?;
+            if let Some(seq) = publish::signed_seq(key, &m.headers, &m.payload) {
+                let prev = header(Some(&m.headers), publish::PREV_HEADER)?;
+                break Some((seq, prev));
+            }
+            skipped += 1;
+            if skipped > MAX_SKIPPED {
+                return Err(Error::invalid(format!(
+                    "the stream holds over {MAX_SKIPPED} messages the primary did not sign near this edge's place: someone else publishes to its subjects; following the primary's feed (turn on NATS authentication)"
+                )));
+            }
+            at += 1;
+        };
+        match probe {
+            Some((seq, prev)) if seq > after => {
+                found = Some((at, seq, prev));
+                hi = mid;
+            }
+            Some(_) => lo = at + 1,
+            None => hi = mid,
         }
     }
-    if let Some((seq, prev)) = at_hi.filter(|&(_, prev)| prev > after) {
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "the stream holds messages the primary did not sign: read past them"
+        );
+    }
+    let start = found.map_or(state.last_sequence + 1, |(at, _, _)| at);
+    if let Some((_, seq, prev)) = found.filter(|&(_, _, prev)| prev > after) {
         tracing::info!(
             after,
             seq,
@@ -192,7 +299,7 @@ async fn first_after(stream: &mut jetstream::stream::Stream, after: i64) -> Resu
         );
         return Ok(None);
     }
-    Ok(Some(lo))
+    Ok(Some(start))
 }
 
 /// A stream that yields an error once the connection has been down for [`DOWN_AFTER`].
@@ -231,15 +338,16 @@ fn header(h: Option<&async_nats::HeaderMap>, name: &str) -> Result<i64> {
     })
 }
 
-/// A message of the stream as an [`Item`].
-fn item(m: &async_nats::Message) -> Result<Item> {
-    let seq = header(m.headers.as_ref(), publish::SEQ_HEADER)?;
-    let prev = header(m.headers.as_ref(), publish::PREV_HEADER)?;
-    if m.headers
-        .as_ref()
-        .and_then(|h| h.get(publish::OMITTED_HEADER))
-        .is_some()
-    {
+/// A message of the stream (at stream sequence `at`) as an [`Item`].
+fn item(m: &async_nats::Message, key: &VerifyingKey, at: u64) -> Result<Item> {
+    let Some(headers) = m.headers.as_ref() else {
+        return Ok(Item::Unsigned(at));
+    };
+    let Some(seq) = publish::signed_seq(key, headers, &m.payload) else {
+        return Ok(Item::Unsigned(at));
+    };
+    let prev = header(Some(headers), publish::PREV_HEADER)?;
+    if headers.get(publish::OMITTED_HEADER).is_some() {
         return Ok(Item::Omitted(seq));
     }
     let c = crate::protocol::decode_change_json(&m.payload)?;

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub nats_published: AtomicI64,
     /// Times publishing to NATS stopped on an error.
     pub nats_errors: AtomicU64,
+    /// Messages found in the NATS stream that this node did not sign (someone else publishes
+    /// to its subjects).
+    pub nats_foreign: AtomicU64,
+    /// Changes the stream acknowledged as duplicates (not stored).
+    pub nats_duplicates: AtomicU64,
     /// Subscribers dropped for not draining their queue.
     pub stalled_drops: AtomicU64,
     /// WebSocket upgrades refused at the connection limit.
@@ -215,7 +220,7 @@ impl Metrics {
     }
 
     /// The writer's and the NATS publisher's samples.
-    fn write_samples(&self) -> [Sample<'static>; 5] {
+    fn write_samples(&self) -> [Sample<'static>; 7] {
         let c = |a: &AtomicU64| a.load(Relaxed) as i64;
         [
             (
@@ -241,6 +246,18 @@ impl Metrics {
                 COUNTER,
                 "Times publishing to NATS stopped on an error.",
                 c(&self.nats_errors),
+            ),
+            (
+                "hivesync_nats_foreign_messages_total",
+                COUNTER,
+                "Messages found at the NATS stream's end that this node did not sign (someone else can publish to its subjects).",
+                c(&self.nats_foreign),
+            ),
+            (
+                "hivesync_nats_duplicates_total",
+                COUNTER,
+                "Changes the NATS stream took for duplicates and did not store.",
+                c(&self.nats_duplicates),
             ),
             (
                 "hivesync_write_groups_total",

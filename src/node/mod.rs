@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod publish;
 mod sub;
 pub mod upstream;
+pub mod vouch;
 mod watch;
 pub mod web;
 mod writer;
@@ -93,6 +94,9 @@ pub(crate) struct NodeState {
     pub(crate) bulk_reads: Arc<tokio::sync::Semaphore>,
     /// The socket limit.
     pub(crate) sockets: Arc<accept::Sockets>,
+    /// The key this node signs its NATS stream with, base64 (`welcome` carries it), when it
+    /// publishes.
+    pub(crate) publish_key: Option<String>,
 }
 
 /// A running node (for tests and embedding).
@@ -157,6 +161,19 @@ pub async fn start(
         tracing::warn!("no tokens configured and anonymous access is off for {addr}: every client will be refused; add [[token]] entries to the config");
     }
     let publish = publish_config(&config, args)?;
+    let signing = match &publish {
+        Some(_) => {
+            let s = store.clone();
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || vouch::SigningKey::load_or_create(&s))
+                    .await
+                    .map_err(|e| {
+                        crate::Error::invalid(format!("loading the NATS signing key failed: {e}"))
+                    })??,
+            ))
+        }
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
     let s = store.clone();
     let head = tokio::task::spawn_blocking(move || s.head())
@@ -206,13 +223,15 @@ pub async fn start(
             store.pool().readers().saturating_sub(1).max(1),
         )),
         sockets: sockets.clone(),
+        publish_key: signing.as_ref().map(|k| k.public()),
     });
-    if let Some(publish) = publish {
+    if let (Some(publish), Some(key)) = (publish, signing) {
         tokio::spawn(publish::run(
             store.clone(),
             hub.clone(),
             metrics.clone(),
             publish,
+            key,
             shutdown_rx.clone(),
         ));
     }
@@ -383,12 +402,20 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
                 .upstream
                 .as_ref()
                 .and_then(|u| u.state.down.lock().clone());
+            // A message in the stream the primary did not sign: someone else can publish there.
+            let forged = node.upstream.as_ref().is_some_and(|u| {
+                u.state
+                    .nats_rejected_at
+                    .lock()
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+            });
             let upstream = match &node.upstream {
                 Some(u) => format!(
-                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"applied\":{}{}}}",
+                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"nats_rejected\":{},\"applied\":{}{}}}",
                     u.state.connected.load(Relaxed),
                     u.state.live.load(Relaxed),
                     u.state.nats.load(Relaxed),
+                    u.state.nats_rejected.load(Relaxed),
                     u.state.applied.load(Relaxed),
                     down.as_ref().map_or(String::new(), |d| format!(
                         ",\"error\":{}",
@@ -397,9 +424,25 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
                 ),
                 None => String::new(),
             };
-            let status = if down.is_some() { "degraded" } else { "ok" };
+            let publish = node.publish_key.as_ref().map_or(String::new(), |_| {
+                let m = &node.metrics;
+                format!(
+                    ",\"publish\":{{\"connected\":{},\"published\":{},\"behind\":{},\"errors\":{},\"foreign\":{},\"duplicates\":{}}}",
+                    m.nats_connected.load(Relaxed) == 1,
+                    m.nats_published.load(Relaxed),
+                    head - m.nats_published.load(Relaxed),
+                    m.nats_errors.load(Relaxed),
+                    m.nats_foreign.load(Relaxed),
+                    m.nats_duplicates.load(Relaxed),
+                )
+            });
+            let status = if down.is_some() || forged {
+                "degraded"
+            } else {
+                "ok"
+            };
             format!(
-                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}}}\n",
+                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}{publish}}}\n",
                 node.read_only
             )
         })
@@ -455,6 +498,12 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
                 COUNTER,
                 "Changes applied from the NATS stream (an edge fed from NATS).",
                 s.nats_changes.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_nats_rejected_total",
+                COUNTER,
+                "Messages of the NATS stream dropped because the primary did not sign them.",
+                s.nats_rejected.load(Relaxed) as i64,
             ),
             (
                 "hivesync_upstream_nats",

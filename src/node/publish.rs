@@ -2,16 +2,18 @@
 //!
 //! The publisher follows the change log (it never holds up a write: the log is its backlog) and
 //! publishes every change, in seq order, to the stream `HIVESYNC` (by default), subject
-//! `hivesync.changes.<ns>.<kind>`, as the protocol's JSON form of the change, with the seq as
-//! the JetStream message id (`Nats-Msg-Id`) and in the header `Hivesync-Seq`, and the seq of the
-//! change before it in the log in `Hivesync-Prev` (a consumer checks that chain to know it missed
-//! nothing; a change larger than the server's `max_payload` goes out as a stand-in with the
-//! header `Hivesync-Omitted` and no payload, to be read from the node's feed). It waits for
-//! each batch's acks before it moves on, so the stream holds the log in order. Where it
+//! `hivesync.changes.<ns>.<kind>`, as the protocol's JSON form of the change, with its seq in
+//! the header `Hivesync-Seq`, the seq of the change before it in the log in `Hivesync-Prev` (a
+//! consumer checks that chain to know it missed nothing; a change larger than the server's
+//! `max_payload` goes out as a stand-in with the header `Hivesync-Omitted` and no payload, to be
+//! read from the node's feed), and the node's signature over all three in `Hivesync-Sig`, whose
+//! first 16 bytes are the JetStream message id (`Nats-Msg-Id`): see [`super::vouch`]. It waits
+//! for each batch's acks before it moves on, so the stream holds the log in order. Where it
 //! resumes after a restart or a lost connection: after the highest of the seq it recorded in
 //! the database (`meta` key `nats_published_seq`, written at most once a second while changes
-//! flow, and when the feed goes idle) and the seq of the stream's last message; a batch
-//! published again after a crash is dropped by the stream's duplicate window (10 minutes)
+//! flow, and when the feed goes idle) and the seq of the last message in the stream that
+//! carries its signature (messages it did not sign are counted and logged, never trusted); a
+//! batch published again after a crash is dropped by the stream's duplicate window (10 minutes)
 //! where the stream's last message does not already cover it.
 //!
 //! A namespace that is not a valid subject token (letters, digits, `_`, `-` only) is written
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hub::{EncodedChange, Hub, WindowRead};
 use super::metrics::Metrics;
+use super::vouch::{SigningKey, VerifyingKey, SIG_HEADER};
 use crate::error::{Error, Result};
 use crate::model::Kind;
 use crate::protocol::client::Backoff;
@@ -41,6 +44,10 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// The stream's duplicate window.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// How many messages back from the stream's end the publisher looks for the last one it signed,
+/// when the last is not (a third party published after it): past that it resumes from the seq
+/// it recorded.
+const VERIFY_BACK: u64 = 256;
 /// The `meta` key of the last seq the stream acknowledged.
 const CURSOR_KEY: &str = "nats_published_seq";
 /// The header holding a message's seq.
@@ -111,13 +118,14 @@ pub(crate) async fn run(
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     cfg: PublishConfig,
+    key: Arc<SigningKey>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(std::process::id() as u64);
     loop {
         let started = Instant::now();
         let r = tokio::select! {
-            r = session(&store, &hub, &metrics, &cfg) => r,
+            r = session(&store, &hub, &metrics, &cfg, &key) => r,
             _ = shutdown.changed() => return,
         };
         metrics.nats_connected.store(0, Relaxed);
@@ -155,13 +163,42 @@ pub(crate) async fn connect(cfg: &PublishConfig, name: &str) -> Result<async_nat
         .connection_timeout(Duration::from_secs(5));
     if let Some(t) = &cfg.token {
         opts = opts.token(t.clone());
-    }
-    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+    } else if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(u.clone(), p.clone());
+    } else if let Some((user, pass)) = url_credentials(&url) {
+        // `nats://user:password@host:port` or `nats://token@host:port`, as NATS's own tools
+        // take them (the client library does not read them from the URL itself).
+        opts = match pass {
+            Some(p) => opts.user_and_password(user, p),
+            None => opts.token(user),
+        };
     }
     opts.connect(url.as_str())
         .await
-        .map_err(|e| nats_err(&format!("connecting to {url}"), e))
+        .map_err(|e| nats_err(&format!("connecting to {}", redacted(&url)), e))
+}
+
+/// `urls` with any credentials in them replaced by `***`, for logs and errors.
+pub(crate) fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match u.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => u.to_string(),
+            },
+            None => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The credentials in the first of `urls` that has any (user, and password if given).
+fn url_credentials(urls: &str) -> Option<(String, Option<String>)> {
+    urls.split(',').find_map(|u| {
+        let addr: async_nats::ServerAddr = u.trim().parse().ok()?;
+        let user = addr.username()?.to_string();
+        Some((user, addr.password().map(str::to_string)))
+    })
 }
 
 /// The seq in the `Hivesync-Seq` header of the stream's last message (0 for an empty
@@ -202,13 +239,14 @@ async fn session(
     hub: &Arc<Hub>,
     metrics: &Arc<Metrics>,
     cfg: &PublishConfig,
+    key: &SigningKey,
 ) -> Result<()> {
     let client = connect(cfg, "hivesync-publisher").await?;
     // A change larger than the server takes goes out as a stand-in without payload.
     let max_payload = client.server_info().max_payload;
     let js = jetstream::new(client);
     let prefix = cfg.prefix();
-    let mut after = resume_point(store, &js, cfg, &prefix).await?;
+    let mut after = resume_point(store, &js, cfg, &prefix, key, metrics).await?;
     metrics.nats_connected.store(1, Relaxed);
     metrics.nats_published.store(after, Relaxed);
     tracing::info!(stream = %cfg.stream(), after, "publishing the change feed to NATS");
@@ -228,7 +266,7 @@ async fn session(
             let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
             continue;
         }
-        after = publish_batch(&js, &prefix, max_payload, after, &batch).await?;
+        after = publish_batch(&js, &prefix, max_payload, after, &batch, key, metrics).await?;
         metrics.nats_published.store(after, Relaxed);
         if recorded_at.1.elapsed() >= RECORD_EVERY {
             record(store, after).await?;
@@ -238,12 +276,14 @@ async fn session(
 }
 
 /// Create the stream if missing, and say where publishing resumes: after the higher of the seq
-/// recorded in the database and the stream's last message.
+/// recorded in the database and the last message in the stream that this node signed.
 async fn resume_point(
     store: &Arc<Store>,
     js: &jetstream::Context,
     cfg: &PublishConfig,
     prefix: &str,
+    key: &SigningKey,
+    metrics: &Metrics,
 ) -> Result<i64> {
     let mut stream = js
         .get_or_create_stream(jetstream::stream::Config {
@@ -265,7 +305,64 @@ async fn resume_point(
         })
     })
     .await?;
-    Ok(recorded.max(stream_last_seq(&mut stream).await?))
+    let (signed, foreign) = last_signed_seq(&mut stream, key).await?;
+    if foreign > 0 {
+        metrics.nats_foreign.fetch_add(foreign, Relaxed);
+        tracing::error!(
+            stream = %cfg.stream(),
+            foreign,
+            last_signed = signed,
+            recorded,
+            "the NATS stream ends with messages this node did not sign: someone else can publish to its subjects; they are ignored (edges refuse them too). Turn on NATS authentication (README: Edges fed from NATS)"
+        );
+    }
+    Ok(recorded.max(signed))
+}
+
+/// The seq of the last message in the stream that carries this node's signature (0 if none of
+/// the last [`VERIFY_BACK`] does), and how many after it do not.
+async fn last_signed_seq(
+    stream: &mut jetstream::stream::Stream,
+    key: &SigningKey,
+) -> Result<(i64, u64)> {
+    let verify = VerifyingKey::parse(&key.public())?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| nats_err("reading the stream's state", e))?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if info.state.messages == 0 || last == 0 {
+        return Ok((0, 0));
+    }
+    let mut foreign = 0;
+    let mut at = last;
+    while at >= first.max(1) && last - at < VERIFY_BACK {
+        match stream.get_raw_message(at).await {
+            Ok(m) => {
+                if let Some(seq) = signed_seq(&verify, &m.headers, &m.payload) {
+                    return Ok((seq, foreign));
+                }
+                foreign += 1;
+            }
+            // Deleted from the middle of the stream: nothing there to trust.
+            Err(e) => tracing::debug!(at, error = %e, "reading a message of the stream"),
+        }
+        at -= 1;
+    }
+    Ok((0, foreign))
+}
+
+/// The seq of a stream message when `key` signed it.
+pub(crate) fn signed_seq(
+    key: &VerifyingKey,
+    headers: &async_nats::HeaderMap,
+    payload: &[u8],
+) -> Option<i64> {
+    let seq = header_seq(headers, SEQ_HEADER)?;
+    let prev = header_seq(headers, PREV_HEADER)?;
+    let sig = headers.get(SIG_HEADER)?.as_str();
+    let body = headers.get(OMITTED_HEADER).is_none().then_some(payload);
+    key.verify(seq, prev, body, sig).then_some(seq)
 }
 
 /// The next changes after `after`: from the hub's window, which holds the latest ones already
@@ -309,18 +406,23 @@ async fn publish_batch(
     max_payload: usize,
     after: i64,
     batch: &[Arc<EncodedChange>],
+    key: &SigningKey,
+    metrics: &Metrics,
 ) -> Result<i64> {
     let mut acks = Vec::with_capacity(batch.len());
     let mut prev = after;
     for c in batch {
         let seq = c.seq.to_string();
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", seq.as_str());
         headers.insert(SEQ_HEADER, seq.as_str());
         headers.insert(PREV_HEADER, prev.to_string().as_str());
-        prev = c.seq;
         // Headers and subject take well under 1 KiB.
-        let payload = if c.json.len() + 1024 > max_payload {
+        let too_large = c.json.len() + 1024 > max_payload;
+        let signed = key.sign(c.seq, prev, (!too_large).then_some(&c.json[..]));
+        headers.insert("Nats-Msg-Id", signed.id.as_str());
+        headers.insert(SIG_HEADER, signed.sig.as_str());
+        prev = c.seq;
+        let payload = if too_large {
             tracing::warn!(
                 seq = c.seq,
                 bytes = c.json.len(),
@@ -336,11 +438,19 @@ async fn publish_batch(
             .publish_with_headers(subject(prefix, &c.ns, c.kind), headers, payload.into())
             .await
             .map_err(|e| nats_err("publishing", e))?;
-        acks.push(ack);
+        acks.push((c.seq, ack));
     }
-    for ack in acks {
-        ack.await
+    for (seq, ack) in acks {
+        let ack = ack
+            .await
             .map_err(|e| nats_err("waiting for the stream's ack", e))?;
+        if ack.duplicate {
+            // Its id is its signature: only a message of ours published before can match it,
+            // and the publisher resumes after the last one the stream holds. The stream did not
+            // store this change: its consumers see the gap and read it from this node's feed.
+            metrics.nats_duplicates.fetch_add(1, Relaxed);
+            tracing::warn!(seq, "the NATS stream called a change a duplicate and did not store it: it holds a message with that id this publisher did not expect");
+        }
     }
     Ok(prev)
 }
@@ -362,6 +472,23 @@ async fn record(store: &Arc<Store>, seq: i64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_come_from_the_url_and_never_reach_a_log() {
+        assert_eq!(
+            url_credentials("nats://hs:s3cret@n:4222"),
+            Some(("hs".into(), Some("s3cret".into())))
+        );
+        assert_eq!(
+            url_credentials("nats://a:4222, nats://tok@b:4222"),
+            Some(("tok".into(), None))
+        );
+        assert_eq!(url_credentials("nats://a:4222"), None);
+        assert_eq!(
+            redacted("nats://hs:s3cret@n:4222,nats://m:4222"),
+            "nats://***@n:4222,nats://m:4222"
+        );
+    }
 
     #[test]
     fn namespaces_become_one_subject_token() {

@@ -66,6 +66,11 @@ pub struct UpstreamState {
     pub nats: AtomicBool,
     /// Changes applied from the NATS stream.
     pub nats_changes: AtomicU64,
+    /// Messages of the NATS stream dropped because the primary did not sign them, and when the
+    /// last was (`/healthz` says "degraded" for a minute after one).
+    pub nats_rejected: AtomicU64,
+    /// See `nats_rejected`.
+    pub nats_rejected_at: parking_lot::Mutex<Option<Instant>>,
 }
 
 /// The handle the local node keeps.
@@ -150,6 +155,9 @@ async fn run(
             return;
         }
     };
+    if let Some(f) = &nats {
+        f.load_key(&store);
+    }
     let mut link = Link {
         session: ClientSession::new(ClientConfig {
             client: "hivesync-edge".into(),
@@ -235,7 +243,7 @@ impl Link {
     /// tried again after a backoff), or the session cannot yet (a snapshot is open: the
     /// primary's `live` after it tries again).
     fn opened(&mut self, r: crate::Result<Option<Feed>>) -> Option<(Feed, Vec<ClientAction>)> {
-        let url = self.nats.as_ref().map_or("", |n| n.url()).to_string();
+        let url = self.nats.as_ref().map_or(String::new(), |n| n.url());
         match r {
             Ok(Some(feed)) => {
                 let acts = self.session.go_external()?;
@@ -284,6 +292,12 @@ impl Link {
                     broken = Some(format!("change {seq} is too large for the stream"));
                     break;
                 }
+                Some(Ok(Item::Unsigned(at))) => {
+                    self.state.nats_rejected.fetch_add(1, Relaxed);
+                    *self.state.nats_rejected_at.lock() = Some(Instant::now());
+                    broken = Some(format!("message {at} of the stream was not signed by the primary (someone else publishes to its subjects: turn on NATS authentication); dropped it"));
+                    break;
+                }
                 Some(Err(e)) => {
                     broken = Some(e.to_string());
                     break;
@@ -318,7 +332,7 @@ impl Link {
         }
         if let Some(why) = broken {
             if self.session.external() {
-                tracing::warn!(nats = %self.nats.as_ref().map_or("", |n| n.url()), "{why}: following the primary's feed until the stream can take over again");
+                tracing::warn!(nats = %self.nats.as_ref().map_or(String::new(), |n| n.url()), "{why}: following the primary's feed until the stream can take over again");
                 out.extend(self.session.external_lost());
             }
         }
@@ -481,6 +495,9 @@ impl Link {
             Some(Ok(Message::Binary(b))) => match protocol::decode_server_bin(&b) {
                 Ok(m) => {
                     let welcome = matches!(m, ServerMsg::Welcome { .. });
+                    if let (ServerMsg::Welcome { publish_key, .. }, Some(f)) = (&m, &self.nats) {
+                        f.set_key(publish_key.as_deref(), &self.store);
+                    }
                     let acts = self.session.frame(m, now);
                     if welcome && !self.session.stopped() {
                         self.state.connected.store(true, Relaxed);

@@ -59,13 +59,28 @@ pub fn encode_change_bin(out: &mut Vec<u8>, c: &Change) {
 /// Encode a node message in binary: its serde form, written by postcard.
 pub fn encode_server_bin(m: &ServerMsg) -> Vec<u8> {
     // Infallible: postcard writes these types to a Vec without failing: no unsized sequences, no maps, no custom Serialize that errs.
-    postcard::to_allocvec(m).expect("a server message always encodes")
+    let out = postcard::to_allocvec(m).expect("a server message always encodes");
+    match m {
+        // Appended after the message: decoders that predate it stop before it.
+        ServerMsg::Welcome {
+            publish_key: Some(k),
+            ..
+        } => postcard::to_extend(k, out).expect("a string always encodes"),
+        _ => out,
+    }
 }
 
 /// Decode a node message from binary (client side).
 pub fn decode_server_bin(bytes: &[u8]) -> Result<ServerMsg> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| Error::invalid(format!("malformed binary message from node: {e}")))
+    let bad =
+        |e: postcard::Error| Error::invalid(format!("malformed binary message from node: {e}"));
+    let (mut m, rest) = postcard::take_from_bytes::<ServerMsg>(bytes).map_err(bad)?;
+    if let ServerMsg::Welcome { publish_key, .. } = &mut m {
+        if !rest.is_empty() {
+            *publish_key = Some(postcard::from_bytes::<String>(rest).map_err(bad)?);
+        }
+    }
+    Ok(m)
 }
 
 /// Encode a client message in binary.

@@ -36,6 +36,7 @@ fn welcome(head: i64) -> ServerMsg {
         node: "n".into(),
         head,
         horizon: 0,
+        publish_key: None,
     }
 }
 
@@ -550,7 +551,7 @@ mod handover {
             // Chosen before connecting: the stream from the cursor, no subscription at the node.
             assert!(s.go_external().unwrap().is_empty());
             let mut acts = s.connected();
-            acts.extend(s.frame(ServerMsg::Welcome { protocol: 1, node: "n".into(), head: n, horizon: 0 }, 0));
+            acts.extend(s.frame(ServerMsg::Welcome { protocol: 1, node: "n".into(), head: n, horizon: 0, publish_key: None }, 0));
             shell.run(&mut s, acts);
             // Where the stream is read from: the first message after the cursor.
             let position = |cursor: i64| stream.iter().position(|m| m.1 > cursor).unwrap_or(stream.len());

@@ -251,6 +251,7 @@ impl<'de> serde::de::Visitor<'de> for ServerJson {
                 node: need(node, &ty, "node")?,
                 head: need(head, &ty, "head")?,
                 horizon: need(horizon, &ty, "horizon")?,
+                publish_key: None,
             },
             "snapshot" => ServerMsg::Snapshot {
                 sub: need(sub, &ty, "sub")?,
@@ -312,6 +313,7 @@ pub fn encode_server_json_as(m: &ServerMsg, form: VectorForm) -> String {
             node,
             head,
             horizon,
+            ..
         } => {
             let _ = write!(
                 out,

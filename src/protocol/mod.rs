@@ -254,6 +254,13 @@ pub enum ServerMsg {
         head: i64,
         /// Oldest seq kept in the log.
         horizon: i64,
+        /// The key the node signs its NATS stream's messages with (base64 of an Ed25519
+        /// public key), when it publishes to one: edges fed from that stream check every
+        /// message against it. Binary encoding only, appended after the fields above
+        /// ([`encode_server_bin`]): decoders that predate it ignore a frame's trailing bytes,
+        /// and the JSON encodings never carry it.
+        #[serde(skip)]
+        publish_key: Option<String>,
     },
     /// A chunk of a snapshot.
     Snapshot {

@@ -32,6 +32,7 @@ fn all_msgs() -> Vec<ServerMsg> {
             node: "n".into(),
             head: 10,
             horizon: 1,
+            publish_key: None,
         },
         ServerMsg::Snapshot {
             sub: "s1".into(),
@@ -480,4 +481,36 @@ fn json_server_messages_are_read_in_any_order_and_checked() {
         "x\"y",
     )));
     assert_eq!(e, r#"{"type":"error","code":"internal","message":"x\"y"}"#);
+}
+
+/// A node that publishes to NATS appends its publish key to the binary `welcome`: a decoder
+/// that stops after the v1 fields (every older client) reads the same welcome as before, and
+/// today's decoder reads the key; a welcome without one keeps its v1 bytes.
+#[test]
+fn a_binary_welcome_carries_the_publish_key_after_its_v1_fields() {
+    let plain = ServerMsg::Welcome {
+        protocol: 1,
+        node: "n".into(),
+        head: 10,
+        horizon: 1,
+        publish_key: None,
+    };
+    let keyed = ServerMsg::Welcome {
+        publish_key: Some("a2V5".into()),
+        ..plain.clone()
+    };
+    let (old, new) = (encode_server_bin(&plain), encode_server_bin(&keyed));
+    assert_eq!(old, [0x00, 0x01, 0x01, 0x6e, 0x14, 0x02]);
+    assert_eq!(&new[..old.len()], &old[..]);
+    // What a decoder that predates the key sees: postcard ignores the trailing bytes.
+    let v1: ServerMsg = postcard::from_bytes(&new).unwrap();
+    assert_eq!(v1, plain);
+    assert_eq!(decode_server_bin(&new).unwrap(), keyed);
+    assert_eq!(decode_server_bin(&old).unwrap(), plain);
+    // Trailing bytes that are not a string are an error, not a panic.
+    let mut bad = old.clone();
+    bad.extend_from_slice(&[0x05, b'a']);
+    assert!(decode_server_bin(&bad).is_err());
+    // The JSON encodings never carry it.
+    assert!(!encode_server_json(&keyed).contains("a2V5"));
 }

@@ -181,6 +181,7 @@ impl Replica {
                 node,
                 head,
                 horizon,
+                ..
             } => {
                 json!({"type": "welcome", "protocol": protocol, "node": node, "head": head, "horizon": horizon})
             }

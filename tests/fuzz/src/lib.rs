@@ -836,6 +836,7 @@ fn seed_server_msgs() -> Vec<ServerMsg> {
             node: "n".into(),
             head: 10,
             horizon: 1,
+            publish_key: None,
         },
         ServerMsg::Snapshot {
             sub: "s1".into(),
