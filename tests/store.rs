@@ -1144,3 +1144,63 @@ fn the_log_keeps_every_version_of_an_embedding_it_holds_by_reference() {
         s.digest(None).unwrap().sha256
     );
 }
+
+/// Issue 23, item 5: `[1e-30, 1e-30, 0]` passed the zero check, KNN ranked it first with a NULL
+/// distance and `knn --like` failed. Embeddings whose squared length is not a normal f32 are
+/// refused (too small and too large), and `check` names any stored before this rule (here one
+/// written with plain SQL, which the index drain takes as it is).
+#[test]
+fn embeddings_too_small_or_large_for_cosine_are_refused_and_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let s = file_store(&d);
+    let v = |subject: &str, e: serde_json::Value| {
+        WriteOp::upsert(
+            Kind::Vector,
+            "d",
+            json!({"subject": subject, "model": "m", "embedding": e}),
+        )
+    };
+    for id in ["ok", "bad", "small", "old"] {
+        s.write(&[ent("d", id, id)]).unwrap();
+    }
+    s.write(&[v("ok", json!([1.0, 0.5, 0.0]))]).unwrap();
+    for bad in [
+        json!([1e-30, 1e-30, 0.0]),
+        json!([1e20, 1.0, 0.0]),
+        json!([1e-23, 0.0, 0.0]),
+    ] {
+        let e = s.write(&[v("bad", bad.clone())]).unwrap_err().to_string();
+        assert!(e.contains("no usable direction"), "{bad}: {e}");
+    }
+    // Small but usable still goes in.
+    s.write(&[v("small", json!([1e-10, 2e-10, 0.0]))]).unwrap();
+    let q = KnnQuery {
+        model: "m".into(),
+        embedding: vec![1.0, 0.0, 0.0],
+        k: 5,
+        ns: Some("d".into()),
+        kind: None,
+    };
+    assert_eq!(s.knn(&q).unwrap().len(), 2);
+    assert!(s.check().unwrap().ok);
+    {
+        let w = s.pool().writer().unwrap();
+        let blob = hivesync::model::embedding_to_blob(&[1e-30, 1e-30, 0.0]);
+        w.execute(
+            "INSERT INTO vectors(ns, subject, model, embedding) VALUES ('d', 'old', 'm', ?1)",
+            [blob],
+        )
+        .unwrap();
+    }
+    // KNN skips it instead of failing on its missing distance.
+    assert_eq!(s.knn(&q).unwrap().len(), 2);
+    let r = s.check().unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("(d, m, old)") && p.contains("no usable length")),
+        "{:?}",
+        r.problems
+    );
+}

@@ -143,7 +143,25 @@ pub fn check_embedding(v: &[f32]) -> Result<()> {
             "an all-zero embedding has no direction: cosine distance is undefined",
         ));
     }
+    if !cosine_safe(v) {
+        return Err(Error::invalid(format!(
+            "an embedding whose squared length is {} in 32-bit floats has no usable direction (cosine distance divides by its length): scale it, e.g. to length 1",
+            squared_length(v)
+        )));
+    }
     Ok(())
+}
+
+/// The sum of the squares, in f32, as sqlite-vec sums them for cosine distance.
+fn squared_length(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum()
+}
+
+/// True when sqlite-vec's cosine distance is defined for `v`: its squared length, summed in f32
+/// as sqlite-vec does, is a normal number. Values such as 1e-30 square to 0 (the distance
+/// divides by 0 and comes back NULL), values such as 1e20 square to infinity.
+pub fn cosine_safe(v: &[f32]) -> bool {
+    squared_length(v).is_normal()
 }
 
 /// Result of one executed op.

@@ -107,15 +107,20 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     let blob = embedding_to_blob(&q.embedding);
     let k = clamp_limit(q.k.min(4096));
     let map = |r: &rusqlite::Row<'_>| {
-        Ok(KnnHit {
+        // No distance: an embedding stored before its length was checked (`check` names it).
+        let Some(distance) = r.get::<_, Option<f64>>(3)? else {
+            return Ok(None);
+        };
+        Ok(Some(KnnHit {
             ns: r.get(0)?,
             subject: r.get(1)?,
             kind: r.get(2)?,
-            distance: r.get(3)?,
-        })
+            distance,
+        }))
     };
     let rows = stmt
         .query_map(params![blob, k, q.ns, q.kind, q.model], map)?
+        .filter_map(Result::transpose)
         .collect::<rusqlite::Result<Vec<_>>>();
     Ok(rows?)
 }

@@ -494,6 +494,39 @@ pub struct CheckReport {
     pub horizon: i64,
 }
 
+/// Vectors stored before embeddings were checked for a usable length (KNN gives them no
+/// distance): one problem line each, the first ten named.
+fn unusable_embeddings(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT ns, model, subject, {} FROM vectors",
+        schema::embedding_sql("vectors.")
+    ))?;
+    let mut rows = stmt.query([])?;
+    let (mut named, mut more) = (Vec::new(), 0);
+    while let Some(r) = rows.next()? {
+        let blob: Option<Vec<u8>> = r.get(3)?;
+        let usable = blob
+            .as_deref()
+            .and_then(crate::model::blob_to_embedding)
+            .is_some_and(|e| crate::ops::cosine_safe(&e));
+        if usable {
+            continue;
+        }
+        if named.len() < 10 {
+            let (ns, model, subject): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            named.push(format!(
+                "vector ({ns}, {model}, {subject}) has an embedding with no usable length (KNN gives it no distance): write it again scaled (e.g. to length 1), or delete it"
+            ));
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        named.push(format!("{more} more vectors like these"));
+    }
+    Ok(named)
+}
+
 fn check(conn: &Connection) -> Result<CheckReport> {
     let mut problems = Vec::new();
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
@@ -513,6 +546,7 @@ fn check(conn: &Connection) -> Result<CheckReport> {
         }
     }
     problems.extend(schema::vec_index_problems(conn)?);
+    problems.extend(unusable_embeddings(conn)?);
     let (n, lo, hi): (i64, Option<i64>, Option<i64>) = conn.query_row(
         "SELECT count(*), min(seq), max(seq) FROM changes",
         [],
