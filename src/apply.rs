@@ -293,14 +293,14 @@ fn write_row(conn: &Connection, c: &Change, snapshot: bool) -> Result<()> {
                             c.seq
                         )));
                     }
-                    schema::ensure_model(
+                    let model = schema::ensure_model(
                         conn,
                         &c.ns,
                         &r.model,
                         r.embedding.len(),
                         schema::ModelLimit::Upstream,
                     )?;
-                    ops::write_vector(conn, &c.ns, &r, true)
+                    ops::write_vector(conn, &c.ns, &r, &model.table, true)
                 }
             }
         }

@@ -22,6 +22,9 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The caller may not do this (a client id another principal writes with).
+    #[error("{0}")]
+    Forbidden(String),
     /// A referenced row does not exist.
     #[error("{0}")]
     NotFound(String),

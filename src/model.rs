@@ -304,6 +304,9 @@ impl WriteOp {
 /// One `write` may carry several consecutive client writes (`entries`: how many ops each has,
 /// the last numbered `n`): they commit in one transaction, and those at or below the node's
 /// record are skipped, so a batch sent again, or cut differently, still lands each write once.
+///
+/// A client id belongs to the principal that first wrote with it (issue 23): another
+/// principal's write with that id is refused, and never answered from the record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The client id.
@@ -313,6 +316,12 @@ pub struct Origin {
     /// For a batch of consecutive writes: each one's op count, in order (empty: one write).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<u32>,
+    /// Who the node that received the write knows the sender as (its token's name), set by
+    /// the node's session, never sent: the client id is bound to it. None where the sender may
+    /// write every namespace (an operator's token, an edge forwarding its clients' writes):
+    /// such a writer is trusted with any client id and claims none.
+    #[serde(skip)]
+    pub principal: Option<String>,
 }
 
 impl Origin {

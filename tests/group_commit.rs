@@ -138,6 +138,7 @@ fn origins(w: &[WriteSpec]) -> Vec<Option<Origin>> {
                 client: format!("c{c}"),
                 n: i64::from(n),
                 entries: Vec::new(),
+                principal: None,
             })
         })
         .collect()

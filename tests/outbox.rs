@@ -194,6 +194,111 @@ async fn an_edge_relay_passes_the_origin_to_the_primary() {
     assert_eq!(counts(&primary), (1, 1));
 }
 
+/// Tokens `ta` and `tb` (each its namespace... and `default`), and `admin` (every namespace).
+fn two_tenants() -> String {
+    let tok = |name: &str, secret: &str, ns: &str| {
+        format!(
+            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nread = [{ns}]\nwrite = [{ns}]\n",
+            hivesync::node::config::hash_token(secret)
+        )
+    };
+    format!(
+        "anonymous = \"never\"\n{}{}{}",
+        tok("a", "ta", "\"default\", \"a\""),
+        tok("b", "tb", "\"default\", \"b\""),
+        tok("admin", "tadmin", "\"*\"")
+    )
+}
+
+/// Issue 23, item 4: token A's write with client id `r-victim` and `n = 1000000` made the node
+/// answer token B's later writes with that id `written` (A's recorded seq) and store nothing;
+/// `n = i64::MAX` blocked an id for good. A client id now belongs to the token that first wrote
+/// with it: another token's write with it is refused (`forbidden`, no seq in the answer), on
+/// the node and through an edge, whose clients the primary knows only by the edge's token.
+#[tokio::test]
+async fn a_client_id_belongs_to_the_token_that_first_wrote_with_it() {
+    let node = Node::start_with(NodeOpts {
+        config: Some(two_tenants()),
+        ..Default::default()
+    })
+    .await;
+    let mut a = Client::connect(&node.url()).await;
+    a.hello(Some("ta")).await;
+    let mut b = Client::connect(&node.url()).await;
+    b.hello(Some("tb")).await;
+    let seq_a = answer(&mut a, &write_from("1", "r-victim", 1_000_000, "by-a"))
+        .await
+        .unwrap();
+    let e = answer(&mut b, &write_from("2", "r-victim", 1, "by-b"))
+        .await
+        .unwrap_err();
+    assert_code(&e, ErrorCode::Forbidden);
+    assert!(e.message.contains("belongs to another token"), "{e:?}");
+    assert!(
+        !e.message.contains(&seq_a.to_string()),
+        "the answer leaks A's seq: {e:?}"
+    );
+    // B's own ids work, and A's maximal n blocks only A's id.
+    assert!(answer(&mut b, &write_from("3", "r-b", 1, "b1"))
+        .await
+        .is_ok());
+    assert!(answer(&mut a, &write_from("4", "r-a2", i64::MAX, "a-max"))
+        .await
+        .is_ok());
+    let e = answer(&mut b, &write_from("5", "r-a2", 1, "b2"))
+        .await
+        .unwrap_err();
+    assert_code(&e, ErrorCode::Forbidden);
+    assert!(answer(&mut b, &write_from("6", "r-b", 2, "b3"))
+        .await
+        .is_ok());
+    // A token that writes every namespace is trusted with any id (an operator, an edge).
+    let mut admin = Client::connect(&node.url()).await;
+    admin.hello(Some("tadmin")).await;
+    assert_eq!(
+        answer(&mut admin, &write_from("7", "r-victim", 5, "x"))
+            .await
+            .unwrap(),
+        seq_a,
+        "replayed from the record"
+    );
+    assert_eq!(counts(&node).0, 4, "by-a, b1, a-max, b3");
+
+    // Through an edge (its token at the primary writes everything): the edge binds its own
+    // clients' ids.
+    let edge = Node::start_with(NodeOpts {
+        config: Some(two_tenants()),
+        args: vec![
+            "--upstream".into(),
+            node.url(),
+            "--upstream-token".into(),
+            "tadmin".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while edge.health().await["upstream"]["live"] != json!(true) {
+        assert!(Instant::now() < deadline, "the edge never went live");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ea = Client::connect(&edge.url()).await;
+    ea.hello(Some("ta")).await;
+    let mut eb = Client::connect(&edge.url()).await;
+    eb.hello(Some("tb")).await;
+    assert!(answer(&mut ea, &write_from("8", "r-edge-a", 1, "ea1"))
+        .await
+        .is_ok());
+    let e = answer(&mut eb, &write_from("9", "r-edge-a", 7, "eb1"))
+        .await
+        .unwrap_err();
+    assert_code(&e, ErrorCode::Forbidden);
+    assert!(answer(&mut ea, &write_from("10", "r-edge-a", 2, "ea2"))
+        .await
+        .is_ok());
+    assert_eq!(counts(&node).0, 6);
+}
+
 // ---- The replica's half: local writes kept on top of the node's feed (real SQLite, no
 // network: the node is a `Store`, the feed is its change log, the upload is `write_from`).
 
@@ -274,6 +379,7 @@ mod replica {
                         client: self.client.clone(),
                         n: chunk[chunk.len() - 1].n,
                         entries: chunk.iter().map(|p| p.ops.len() as u32).collect(),
+                        principal: None,
                     };
                     let ops: Vec<WriteOp> = chunk.iter().flat_map(|p| p.ops.clone()).collect();
                     if let Ok(r) = self.node.write_from(&ops, Some(&origin)) {
@@ -290,6 +396,7 @@ mod replica {
                         client: self.client.clone(),
                         n: p.n,
                         entries: Vec::new(),
+                        principal: None,
                     };
                     match self.node.write_from(&p.ops, Some(&origin)) {
                         Ok(r) if !lose_acks => outbox::confirm(&self.replica, p.n, r.seq).unwrap(),
@@ -482,6 +589,7 @@ mod replica {
             client: "c".into(),
             n: 2,
             entries: Vec::new(),
+            principal: None,
         };
         w.node.write_from(&[ent("a", "ant")], Some(&first)).unwrap();
         // With the ledger at 2, a batch 2..=3 skips its first write: counts that lie would
@@ -490,6 +598,7 @@ mod replica {
             client: "c".into(),
             n: 3,
             entries: vec![5, 1],
+            principal: None,
         };
         let two = [ent("a", "ant"), ent("b", "bee")];
         let e = w.node.write_from(&two, Some(&bad)).unwrap_err();
@@ -498,6 +607,7 @@ mod replica {
             client: "c".into(),
             n: 0,
             entries: Vec::new(),
+            principal: None,
         };
         assert!(w.node.write_from(&[ent("a", "ant")], Some(&zero)).is_err());
         assert_eq!(w.node.head().unwrap(), 1, "nothing written after the first");

@@ -114,7 +114,7 @@ async fn wait_last_word(rx: &mut Option<oneshot::Receiver<Message>>) -> Message 
 pub(crate) fn code_for(e: &Error) -> ErrorCode {
     match e {
         Error::PoolTimeout(_) | Error::DiskFull => ErrorCode::Overloaded,
-        Error::ReadOnly => ErrorCode::Forbidden,
+        Error::ReadOnly | Error::Forbidden(_) => ErrorCode::Forbidden,
         Error::TooLarge { .. } => ErrorCode::TooLarge,
         Error::Op { cause, .. } => code_for(cause),
         e if e.is_client_error() => ErrorCode::BadRequest,
@@ -582,7 +582,23 @@ async fn write(
     let t0 = Instant::now();
     if let Some(up) = &node.upstream {
         // Edge mode: the upstream owns the log; its answer is ours. The forward is queued here,
-        // in order; only the wait for the upstream's answer runs on its own.
+        // in order; only the wait for the upstream's answer runs on its own. The upstream
+        // knows every client of this edge by the edge's token: the edge binds its clients'
+        // ids to their own tokens (`store::bind_client`) before it forwards.
+        if let Some(o) = origin.as_ref().filter(|o| o.principal.is_some()) {
+            let (s, o) = (node.store.clone(), o.clone());
+            let bound = tokio::task::spawn_blocking(move || {
+                let principal = o.principal.as_deref().unwrap_or_default();
+                s.bind_client(&o.client, principal)
+            })
+            .await
+            .unwrap_or_else(|e| Err(crate::Error::invalid(format!("binding a client id: {e}"))));
+            if let Err(e) = bound {
+                node.metrics.write_errors.fetch_add(1, Relaxed);
+                let _ = reply.send(refuse(code_for(&e), e.to_string(), req));
+                return rx;
+            }
+        }
         let (up_reply, up_rx) = oneshot::channel();
         let overloaded = |m: &str, req: String| refuse(ErrorCode::Overloaded, m.into(), req);
         if up

@@ -235,8 +235,8 @@ pub(super) fn upsert(
             Ok(OpResult { id: row.id })
         }
         Kind::Vector => {
-            let row = vector_row(conn, ns, data, now)?;
-            write_vector(conn, ns, &row, false)?;
+            let (row, table) = vector_row(conn, ns, data, now)?;
+            write_vector(conn, ns, &row, &table, false)?;
             Ok(OpResult { id: row.subject })
         }
     }
@@ -346,8 +346,8 @@ fn event_row(conn: &Connection, data: &Value, now: i64) -> Result<Event> {
     Ok(row)
 }
 
-/// A vector row from an upsert's data, checked.
-fn vector_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<Vector> {
+/// A vector row from an upsert's data, checked, and the vec0 table its model's pair is in.
+fn vector_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<(Vector, String)> {
     let v: VectorIn = parse_data(Kind::Vector, data)?;
     check_key("vector subject", &v.subject)?;
     let embedding = v.embedding.0;
@@ -365,7 +365,7 @@ fn vector_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<Vec
             v.subject
         ))
     })?;
-    schema::ensure_model(
+    let model = schema::ensure_model(
         conn,
         ns,
         &v.model,
@@ -380,5 +380,5 @@ fn vector_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<Vec
         created_at: v.created_at.unwrap_or(now),
         updated_at: v.updated_at.unwrap_or(now),
     };
-    Ok(row)
+    Ok((row, model.table))
 }

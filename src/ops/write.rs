@@ -88,7 +88,16 @@ pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
 /// (`sync_ctx.applying = 5`), so this function logs the change itself, the embedding by
 /// reference (`vectors.log_seq`), unless a replica is applying (which copies its upstream's
 /// log rows).
-pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> Result<()> {
+///
+/// `table` is the vec0 table its model's pair is in ([`crate::schema::ModelInfo::table`]); a
+/// small pair that reaches [`crate::schema::SMALL_PAIR_VECTORS`] moves to the large one.
+pub fn write_vector(
+    conn: &Connection,
+    ns: &str,
+    v: &Vector,
+    table: &str,
+    replica: bool,
+) -> Result<()> {
     // Index work queued for vectors (a delete earlier in this transaction, another program's
     // write) is done first: a queued removal must not meet the entry written here.
     if conn
@@ -147,7 +156,7 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
         },
     )?;
     let blob = embedding_to_blob(&v.embedding);
-    let t = crate::schema::vec_table(v.embedding.len());
+    let t = table;
     if existing.is_some() {
         conn.prepare_cached(&format!("DELETE FROM {t} WHERE rowid = ?1"))?
             .execute([rowid])?;
@@ -156,6 +165,9 @@ pub fn write_vector(conn: &Connection, ns: &str, v: &Vector, replica: bool) -> R
         "INSERT INTO {t}(rowid, embedding, ns, model, kind) VALUES (?1, ?2, ?3, ?4, ?5)"
     ))?
     .execute(params![rowid, blob, ns, v.model, v.kind])?;
+    if existing.is_none() && t == crate::schema::small_vec_table(v.embedding.len()) {
+        crate::schema::grow_pair(conn, ns, &v.model, v.embedding.len())?;
+    }
     if let Some(seq) = log_seq {
         // Built once: the row image's SQL is assembled from the column list.
         static LOG_VECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();

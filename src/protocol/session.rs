@@ -392,6 +392,7 @@ fn on_write(
                 client,
                 n,
                 entries: entries.unwrap_or_default(),
+                principal: (!p.write.is_all()).then(|| p.name.clone()),
             };
             if let Err(e) = origin.check(ops.len()) {
                 return fail(ErrorCode::BadRequest, e);

@@ -496,8 +496,11 @@ fn a_binary_welcome_carries_the_publish_key_after_its_v1_fields() {
         publish_key: None,
     };
     let keyed = ServerMsg::Welcome {
+        protocol: 1,
+        node: "n".into(),
+        head: 10,
+        horizon: 1,
         publish_key: Some("a2V5".into()),
-        ..plain.clone()
     };
     let (old, new) = (encode_server_bin(&plain), encode_server_bin(&keyed));
     assert_eq!(old, [0x00, 0x01, 0x01, 0x6e, 0x14, 0x02]);

@@ -10,7 +10,7 @@ use super::{clamp_limit, search, SearchQuery};
 use crate::error::{Error, Result};
 use crate::model::{embedding_to_blob, Kind};
 use crate::ops::check_embedding;
-use crate::schema::{model_by_name, model_dims, vec_table};
+use crate::schema::{model_by_name, model_dims, model_tables};
 
 /// A nearest-neighbour query.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub struct KnnHit {
 /// count: namespaces pick their models' dimension counts independently).
 pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     let dims = q.embedding.len();
-    match &q.ns {
+    let tables = match &q.ns {
         Some(ns) => {
             let Some(model) = model_by_name(conn, ns, &q.model)? else {
                 return Err(Error::NotFound(format!(
@@ -61,6 +61,7 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
                     q.model, model.dims
                 )));
             }
+            vec![model.table]
         }
         None => {
             let all = model_dims(conn, &q.model)?;
@@ -83,8 +84,9 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
                     }
                 )));
             }
+            model_tables(conn, &q.model, dims)?
         }
-    }
+    };
     check_embedding(&q.embedding)?;
     // vec0 takes partition-key and metadata filters only as constraints in the KNN query
     // itself, so the four shapes get their own statements (all cached). `model` is a partition
@@ -96,16 +98,37 @@ pub fn knn(conn: &Connection, q: &KnnQuery) -> Result<Vec<KnnHit>> {
     if q.kind.is_some() {
         cond.push_str(" AND kind = ?4");
     }
+    let blob = embedding_to_blob(&q.embedding);
+    let k = clamp_limit(q.k.min(4096));
+    // A model's pairs with few vectors are in the small table of its dimension count, the
+    // others in the large one: across namespaces, both may hold some (each gives its k best).
+    let mut hits = Vec::new();
+    for t in &tables {
+        hits.extend(knn_in(conn, t, &cond, &blob, k, q)?);
+    }
+    if tables.len() > 1 {
+        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        hits.truncate(k as usize);
+    }
+    Ok(hits)
+}
+
+/// The `k` nearest in the vec0 table `t`.
+fn knn_in(
+    conn: &Connection,
+    t: &str,
+    cond: &str,
+    blob: &[u8],
+    k: i64,
+    q: &KnnQuery,
+) -> Result<Vec<KnnHit>> {
     let sql = format!(
         "SELECT v.ns, v.subject, v.kind, m.distance
          FROM (SELECT rowid, distance FROM {t}
                WHERE embedding MATCH ?1 AND k = ?2 AND model = ?5{cond}) m
-         JOIN vectors v ON v.rowid = m.rowid ORDER BY m.distance",
-        t = vec_table(dims)
+         JOIN vectors v ON v.rowid = m.rowid ORDER BY m.distance"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let blob = embedding_to_blob(&q.embedding);
-    let k = clamp_limit(q.k.min(4096));
     let map = |r: &rusqlite::Row<'_>| {
         // No distance: an embedding stored before its length was checked (`check` names it).
         let Some(distance) = r.get::<_, Option<f64>>(3)? else {

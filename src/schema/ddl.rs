@@ -389,6 +389,18 @@ pub(super) fn migration_7(conn: &Connection, _opts: &SchemaOptions) -> Result<()
     super::models::migration_7(conn)
 }
 
+/// The exactly-once ledger records which principal (token name) owns each client id (NULL:
+/// none yet; the next scoped writer claims it). `store::write_in` checks it.
+pub(super) fn migration_9(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    conn.execute_batch("ALTER TABLE client_writes ADD COLUMN principal TEXT;")?;
+    Ok(())
+}
+
+/// Vector pairs with few vectors in small-chunk vec0 tables (`schema::models`).
+pub(super) fn migration_8(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
+    super::models::migration_8(conn)
+}
+
 /// Local-first writes, both halves (docs/design.md, "Offline writes"):
 /// - `client_writes` (a node): per client, the last write number applied and the log head
 ///   after it, written in the write's own transaction, so a re-sent write is answered from it

@@ -183,14 +183,23 @@ fn schema_6_with_vectors() -> Connection {
     assert_eq!(migrate_to(&c, &SchemaOptions::default(), 6).unwrap(), 6);
     ops::execute(&c, &ent_op("d", "a", "doc"), 1).unwrap();
     ops::execute(&c, &ent_op("d", "b", "doc"), 1).unwrap();
-    ensure_model(&c, "d", "m", 2, ModelLimit::Enforce).unwrap();
+    // What schema 6's `ensure_model` and queue drain did, verbatim (today's read schema 8's
+    // `vector_models.small`).
     c.execute_batch(
-        "INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'a', 'm', 'doc', vec_f32('[1.0, 0.0]'));
+        "INSERT INTO vector_models(ns, model, dims) VALUES ('d', 'm', 2);
+         CREATE VIRTUAL TABLE vec_d2 USING vec0(
+           embedding float[2] distance_metric=cosine,
+           ns text partition key, model text partition key, kind text);
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'a', 'm', 'doc', vec_f32('[1.0, 0.0]'));
          INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'm', 'doc', vec_f32('[0.5, 0.5]'));
-         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'unregistered', 'doc', vec_f32('[0.5, 0.5]'));",
+         INSERT INTO vectors(ns, subject, model, kind, embedding) VALUES ('d', 'b', 'unregistered', 'doc', vec_f32('[0.5, 0.5]'));
+         INSERT INTO vec_d2(rowid, embedding, ns, model, kind)
+           SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
+           JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = 2
+           WHERE length(v.embedding) = 2 * 4 ORDER BY v.rowid;
+         DELETE FROM fts_queue WHERE tbl = 'vectors';",
     )
     .unwrap();
-    drain_fts_queue(&c).unwrap();
     c
 }
 
@@ -210,7 +219,7 @@ fn vector_rows(c: &Connection, emb: &str) -> Vec<(String, String, String, Vec<u8
 fn migration_7_keeps_each_embedding_once_and_changes_nothing_else() {
     let c = schema_6_with_vectors();
     let rows_before = vector_rows(&c, "embedding");
-    let knn_before = knn_now(&c, "m", Some("d"), &[1.0, 0.0]);
+    let knn_before = knn_v4(&c, "vec_d2", Some("d"), &[1.0, 0.0]);
     let head = query::head(&c).unwrap();
 
     assert_eq!(

@@ -23,8 +23,9 @@ pub use ddl::{
     WRITER_LOGS_ENTITIES, WRITER_WRITES_VECTOR,
 };
 pub use models::{
-    embedding_sql, ensure_model, model_by_name, model_dims, models, vec_index_problems, vec_table,
-    with_applying, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL, MAX_DIMS, MAX_MODELS_PER_NS,
+    embedding_sql, ensure_model, grow_pair, model_by_name, model_dims, model_tables, models,
+    small_vec_table, vec_index_problems, vec_table, with_applying, ModelInfo, ModelLimit,
+    LOGGED_EMBEDDING_SQL, MAX_DIMS, MAX_MODELS_PER_NS, SMALL_PAIR_VECTORS,
 };
 
 use rusqlite::{Connection, OptionalExtension};
@@ -114,6 +115,16 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "each embedding stored once: vectors.embedding is NULL once its vec0 index holds it",
         up: ddl::migration_7,
+    },
+    Migration {
+        version: 8,
+        name: "vector pairs with few vectors in small-chunk vec0 tables",
+        up: ddl::migration_8,
+    },
+    Migration {
+        version: 9,
+        name: "a client id belongs to the principal that first wrote with it",
+        up: ddl::migration_9,
     },
 ];
 

@@ -4,7 +4,17 @@
 //!
 //! Every model with the same dimension count shares one sqlite-vec `vec0` table, `vec_d<dims>`,
 //! with `ns` and `model` as its partition keys (a KNN query names both, or just the model, and
-//! vec0 only scans the chunks of that partition). Registering a model of a dimension count
+//! vec0 only scans the chunks of that partition).
+//!
+//! vec0 gives every partition chunks of its own, 1,024 vectors each by default, allocated whole:
+//! one 8,192-dimension vector in a new (ns, model) pair took 32 MiB of disk, so any writer could
+//! fill a disk with a few writes to new namespaces (issue 23). So a pair starts in a second
+//! table of its dimension count, `vec_s<dims>`, whose chunks hold 8 vectors (vec0's smallest),
+//! and moves to `vec_d<dims>` once it has [`SMALL_PAIR_VECTORS`] vectors, where a chunk is at
+//! most 1,024 / 128 = 8 times the bytes its pair's vectors take: a pair's index is never more
+//! than about 8 times its vectors' bytes, plus a few hundred bytes of rows, whatever the mix of
+//! namespaces and models. `vector_models.small` says which table holds a pair (schema 8: pairs
+//! registered before stay in `vec_d<dims>`); KNN on a small pair scans at most 16 chunks. Registering a model of a dimension count
 //! already seen is one row in `vector_models`: no DDL, no trigger. (Until migration 5 each model
 //! had its own vec0 table and three triggers of its own on `vectors`: every registration
 //! re-parsed a schema that grew with the number of models, and every vector write evaluated
@@ -37,6 +47,13 @@ pub const MAX_DIMS: usize = 8192;
 /// replica registers what its upstream sends, unchecked, as the upstream checked it.)
 pub const MAX_MODELS_PER_NS: usize = 64;
 
+/// Vectors a (ns, model) pair keeps in its dimension count's small-chunk table (`vec_s<dims>`)
+/// before they move to `vec_d<dims>`: with 1,024-vector chunks there, a pair that moves takes at
+/// most 8 times its vectors' bytes, as in the small table (chunks of [`SMALL_CHUNK`]).
+pub const SMALL_PAIR_VECTORS: i64 = 128;
+/// Vectors per chunk in the small tables: vec0's smallest (a multiple of 8).
+const SMALL_CHUNK: usize = 8;
+
 /// A registered vector model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInfo {
@@ -47,7 +64,7 @@ pub struct ModelInfo {
     /// Fixed dimension count of its embeddings.
     pub dims: usize,
     /// Name of the vec0 table it shares with the other models of its dimension count
-    /// (`vec_d<dims>`).
+    /// (`vec_d<dims>`, or `vec_s<dims>` while it has few vectors).
     pub table: String,
 }
 
@@ -81,8 +98,9 @@ fn materialize_sql(p: &str) -> String {
 fn refresh_vec_view(conn: &Connection) -> Result<()> {
     let tables: Vec<String> = conn
         .prepare_cached(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vec_d[0-9]*'
-               AND name NOT GLOB 'vec_d*_*' ORDER BY name",
+            "SELECT name FROM sqlite_master WHERE type = 'table'
+               AND (name GLOB 'vec_d[0-9]*' OR name GLOB 'vec_s[0-9]*')
+               AND name NOT GLOB 'vec_?*_*' ORDER BY name",
         )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -101,9 +119,23 @@ fn refresh_vec_view(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// The vec0 table of every model with `dims` dimensions.
+/// The vec0 table of the models with `dims` dimensions that have many vectors.
 pub fn vec_table(dims: usize) -> String {
     format!("vec_d{dims}")
+}
+
+/// The vec0 table (chunks of [`SMALL_CHUNK`]) of the models with `dims` dimensions that have
+/// fewer than [`SMALL_PAIR_VECTORS`] vectors.
+pub fn small_vec_table(dims: usize) -> String {
+    format!("vec_s{dims}")
+}
+
+fn table_for(dims: usize, small: bool) -> String {
+    if small {
+        small_vec_table(dims)
+    } else {
+        vec_table(dims)
+    }
 }
 
 fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelInfo> {
@@ -112,16 +144,30 @@ fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelInfo> {
         ns: r.get(0)?,
         model: r.get(1)?,
         dims: dims as usize,
-        table: vec_table(dims as usize),
+        table: table_for(dims as usize, r.get(3)?),
     })
 }
 
 /// The model `model` of namespace `ns`, if registered.
 pub fn model_by_name(conn: &Connection, ns: &str, model: &str) -> Result<Option<ModelInfo>> {
     Ok(conn
-        .prepare_cached("SELECT ns, model, dims FROM vector_models WHERE ns = ?1 AND model = ?2")?
+        .prepare_cached(
+            "SELECT ns, model, dims, small FROM vector_models WHERE ns = ?1 AND model = ?2",
+        )?
         .query_row([ns, model], info_from_row)
         .optional()?)
+}
+
+/// The vec0 tables that hold the model `model`'s vectors of `dims` dimensions, across
+/// namespaces (one or both of `vec_d<dims>` and `vec_s<dims>`).
+pub fn model_tables(conn: &Connection, model: &str, dims: usize) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT small FROM vector_models WHERE model = ?1 AND dims = ?2 ORDER BY small",
+    )?;
+    let rows = stmt.query_map(params![model, dims as i64], |r| r.get::<_, bool>(0))?;
+    Ok(rows
+        .map(|s| s.map(|s| table_for(dims, s)))
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// The dimension counts the model `model` has across namespaces, smallest first (one, unless
@@ -138,7 +184,7 @@ pub fn model_dims(conn: &Connection, model: &str) -> Result<Vec<usize>> {
 /// All registered models, in the order they were registered.
 pub fn models(conn: &Connection) -> Result<Vec<ModelInfo>> {
     let mut stmt =
-        conn.prepare_cached("SELECT ns, model, dims FROM vector_models ORDER BY rowid")?;
+        conn.prepare_cached("SELECT ns, model, dims, small FROM vector_models ORDER BY rowid")?;
     let rows = stmt.query_map([], info_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -153,8 +199,9 @@ pub enum ModelLimit {
 }
 
 /// Return the model `model` of `ns`, registering it if it is new (one row in `vector_models`,
-/// and the vec0 table of its dimension count if this is the first model with that count). Must
-/// run inside the caller's write transaction so the model and its first vector commit together.
+/// and the small vec0 table of its dimension count if this is the first model with that count).
+/// Must run inside the caller's write transaction so the model and its first vector commit
+/// together.
 pub fn ensure_model(
     conn: &Connection,
     ns: &str,
@@ -193,22 +240,57 @@ pub fn ensure_model(
             )));
         }
     }
-    conn.prepare_cached("INSERT INTO vector_models(ns, model, dims) VALUES (?1, ?2, ?3)")?
-        .execute(params![ns, model, dims as i64])?;
-    let t = ensure_vec_table(conn, dims)?;
+    conn.prepare_cached(
+        "INSERT INTO vector_models(ns, model, dims, small) VALUES (?1, ?2, ?3, 1)",
+    )?
+    .execute(params![ns, model, dims as i64])?;
+    let t = ensure_vec_table(conn, dims, true)?;
     // Vectors of this (ns, model) written before it was registered (plain SQL) are indexed now,
     // except those the queue will index when it is drained.
     conn.prepare_cached(&index_sql(
-        dims,
+        &t,
         "AND v.ns = ?2 AND v.model = ?3 AND v.rowid NOT IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
     ))?
     .execute(params![dims as i64, ns, model])?;
+    let t = grow_pair(conn, ns, model, dims)?.unwrap_or(t);
     Ok(ModelInfo {
         ns: ns.to_string(),
         model: model.to_string(),
         dims,
         table: t,
     })
+}
+
+/// Move the pair (ns, model) from the small table of `dims` dimensions to the large one once
+/// it has [`SMALL_PAIR_VECTORS`] vectors; returns the large table's name when it moved. Call
+/// it after adding a vector to a small pair.
+pub fn grow_pair(conn: &Connection, ns: &str, model: &str, dims: usize) -> Result<Option<String>> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM vectors WHERE ns = ?1 AND model = ?2 LIMIT ?3)",
+        )?
+        .query_row(params![ns, model, SMALL_PAIR_VECTORS], |r| r.get(0))?;
+    if n < SMALL_PAIR_VECTORS {
+        return Ok(None);
+    }
+    let (small, large) = (small_vec_table(dims), ensure_vec_table(conn, dims, false)?);
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT rowid, kind FROM vectors WHERE ns = ?1 AND model = ?2")?
+        .query_map([ns, model], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut copy = conn.prepare_cached(&format!(
+        "INSERT INTO {large}(rowid, embedding, ns, model, kind)
+         SELECT rowid, embedding, ?2, ?3, ?4 FROM {small} WHERE rowid = ?1"
+    ))?;
+    let mut remove = conn.prepare_cached(&format!("DELETE FROM {small} WHERE rowid = ?1"))?;
+    for (rowid, kind) in rows {
+        if copy.execute(params![rowid, ns, model, kind])? > 0 {
+            remove.execute([rowid])?;
+        }
+    }
+    conn.prepare_cached("UPDATE vector_models SET small = 0 WHERE ns = ?1 AND model = ?2")?
+        .execute([ns, model])?;
+    Ok(Some(large))
 }
 
 /// True when `vec_all` exists (schema 7 and later).
@@ -220,36 +302,42 @@ fn view_exists(conn: &Connection) -> Result<bool> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// True when the vec0 table of `dims` dimensions exists.
-fn vec_table_exists(conn: &Connection, dims: usize) -> Result<bool> {
+/// True when the vec0 table `t` exists.
+fn table_exists(conn: &Connection, t: &str) -> Result<bool> {
     Ok(conn
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         )?
-        .query_row([vec_table(dims)], |r| r.get(0))?)
+        .query_row([t], |r| r.get(0))?)
 }
 
-/// The statement that indexes, in the vec0 table of `dims` dimensions (`?1`), the vectors of
-/// registered models of that count which also meet `cond` (`AND ...`, or empty).
-fn index_sql(dims: usize, cond: &str) -> String {
+/// The statement that indexes, in the vec0 table `t` of `?1` dimensions, the vectors of
+/// registered models of that count which also meet `cond` (`AND ...`, or empty; `m` is the
+/// vector's model).
+fn index_sql(t: &str, cond: &str) -> String {
     format!(
         "INSERT INTO {t}(rowid, embedding, ns, model, kind)
          SELECT v.rowid, v.embedding, v.ns, v.model, v.kind FROM vectors v
          JOIN vector_models m ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
          WHERE length(v.embedding) = ?1 * 4 {cond}
-         ORDER BY v.rowid",
-        t = vec_table(dims)
+         ORDER BY v.rowid"
     )
 }
 
-/// Create the vec0 table of `dims` dimensions if it does not exist yet; returns its name.
-fn ensure_vec_table(conn: &Connection, dims: usize) -> Result<String> {
-    let t = vec_table(dims);
-    if !vec_table_exists(conn, dims)? {
+/// Create the vec0 table of `dims` dimensions (the small one, or the large one) if it does not
+/// exist yet; returns its name.
+fn ensure_vec_table(conn: &Connection, dims: usize, small: bool) -> Result<String> {
+    let t = table_for(dims, small);
+    if !table_exists(conn, &t)? {
+        let chunk = if small {
+            format!(", chunk_size={SMALL_CHUNK}")
+        } else {
+            String::new()
+        };
         conn.execute_batch(&format!(
             "CREATE VIRTUAL TABLE {t} USING vec0(
                embedding float[{dims}] distance_metric=cosine,
-               ns text partition key, model text partition key, kind text)"
+               ns text partition key, model text partition key, kind text{chunk})"
         ))?;
         if view_exists(conn)? {
             refresh_vec_view(conn)?;
@@ -294,39 +382,57 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut existing: Vec<(i64, bool)> = Vec::new();
+    // The tables each dimension count has, as found (a removal may be in either).
+    let mut existing: Vec<(i64, Vec<String>)> = Vec::new();
     for (rid, dims) in removed {
-        let has_table = match existing.iter().find(|(d, _)| *d == dims) {
-            Some(&(_, t)) => t,
+        let tables = match existing.iter().find(|(d, _)| *d == dims) {
+            Some((_, t)) => t,
             None => {
-                let t = vec_table_exists(conn, dims as usize)?;
+                let mut t = Vec::new();
+                for small in [false, true] {
+                    let name = table_for(dims as usize, small);
+                    if table_exists(conn, &name)? {
+                        t.push(name);
+                    }
+                }
                 existing.push((dims, t));
-                t
+                &existing[existing.len() - 1].1
             }
         };
-        if has_table {
-            conn.prepare_cached(&format!(
-                "DELETE FROM {} WHERE rowid = ?1",
-                vec_table(dims as usize)
-            ))?
-            .execute([rid])?;
+        for t in tables {
+            conn.prepare_cached(&format!("DELETE FROM {t} WHERE rowid = ?1"))?
+                .execute([rid])?;
         }
     }
-    let dims: Vec<i64> = conn
+    let tiers: Vec<(i64, bool)> = conn
         .prepare_cached(
-            "SELECT DISTINCT m.dims FROM fts_queue q
+            "SELECT DISTINCT m.dims, m.small FROM fts_queue q
              JOIN vectors v ON v.rowid = q.rid
              JOIN vector_models m ON m.ns = v.ns AND m.model = v.model
              WHERE q.tbl = 'vectors' AND q.op = 'i'",
         )?
-        .query_map([], |r| r.get(0))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for d in dims {
+    for (d, small) in tiers {
+        let t = ensure_vec_table(conn, d as usize, small)?;
         conn.prepare_cached(&index_sql(
-            d as usize,
-            "AND v.rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')",
+            &t,
+            &format!("AND m.small = {} AND v.rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')", small as i64),
         ))?
         .execute([d])?;
+    }
+    // Small pairs that grew past their table.
+    let grown: Vec<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT DISTINCT m.ns, m.model, m.dims FROM fts_queue q
+             JOIN vectors v ON v.rowid = q.rid
+             JOIN vector_models m ON m.ns = v.ns AND m.model = v.model
+             WHERE q.tbl = 'vectors' AND q.op = 'i' AND m.small = 1",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (ns, model, d) in grown {
+        grow_pair(conn, &ns, &model, d as usize)?;
     }
     if once {
         // The index now holds them: one copy of each embedding.
@@ -450,31 +556,35 @@ pub(super) fn vector_queue_sql() -> (String, String, String) {
 /// problem in words; empty when they agree. Call it with the queue drained.
 pub fn vec_index_problems(conn: &Connection) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    let mut dims: Vec<i64> = conn
-        .prepare("SELECT DISTINCT dims FROM vector_models")?
-        .query_map([], |r| r.get(0))?
+    let mut tiers: Vec<(i64, bool)> = conn
+        .prepare("SELECT DISTINCT dims, small FROM vector_models")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    // Tables of dimension counts no model has any more must be empty.
+    // Tables no model uses any more must be empty.
     let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vec_d[0-9]*' AND name NOT GLOB 'vec_d*_*'")?
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND (name GLOB 'vec_d[0-9]*' OR name GLOB 'vec_s[0-9]*') AND name NOT GLOB 'vec_?*_*'")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for t in tables {
         if let Ok(d) = t["vec_d".len()..].parse::<i64>() {
-            if !dims.contains(&d) {
-                dims.push(d);
+            let tier = (d, t.starts_with("vec_s"));
+            if !tiers.contains(&tier) {
+                tiers.push(tier);
             }
         }
     }
-    dims.sort_unstable();
-    for d in dims {
-        let t = vec_table(d as usize);
-        let exists = vec_table_exists(conn, d as usize)?;
+    tiers.sort_unstable();
+    for (d, small) in tiers {
+        let t = table_for(d as usize, small);
+        let exists = table_exists(conn, &t)?;
         // A row's embedding is indexed when it is of its model's length, or held by the
         // index alone (NULL, schema 7).
-        let indexed = "FROM vectors v JOIN vector_models m
-             ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1
-             WHERE (v.embedding IS NULL OR length(v.embedding) = ?1 * 4)";
+        let indexed = format!(
+            "FROM vectors v JOIN vector_models m
+             ON m.ns = v.ns AND m.model = v.model AND m.dims = ?1 AND m.small = {}
+             WHERE (v.embedding IS NULL OR length(v.embedding) = ?1 * 4)",
+            small as i64
+        );
         let base: i64 = conn.query_row(&format!("SELECT count(*) {indexed}"), [d], |r| r.get(0))?;
         if !exists {
             if base > 0 {
@@ -559,8 +669,15 @@ pub(super) fn migration_5(conn: &Connection) -> Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for d in dims {
-        ensure_vec_table(conn, d as usize)?;
-        conn.execute(&index_sql(d as usize, ""), [d])?;
+        let t = ensure_vec_table(conn, d as usize, false)?;
+        conn.execute(&index_sql(&t, ""), [d])?;
     }
+    Ok(())
+}
+
+/// Migration 8: pairs with few vectors in small-chunk tables (see the module documentation).
+/// The pairs registered before stay where they are (`small` 0).
+pub(super) fn migration_8(conn: &Connection) -> Result<()> {
+    conn.execute_batch("ALTER TABLE vector_models ADD COLUMN small INTEGER NOT NULL DEFAULT 0;")?;
     Ok(())
 }

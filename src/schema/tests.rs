@@ -209,7 +209,7 @@ fn vectors_keep_their_vec0_index_in_step() {
     ops::execute(&c, &WriteOp::delete(Kind::Entity, "d", "a"), 1).unwrap();
     assert_eq!(q(vec![1.0, 0.1], None), ["n"]);
     let n: i64 = c
-        .query_row("SELECT count(*) FROM vec_d2", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM vec_all", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
 }

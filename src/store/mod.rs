@@ -106,6 +106,23 @@ impl Store {
         write_ops(&mut conn, ops, origin)
     }
 
+    /// Bind the client id `client` to `principal` unless another principal holds it (then
+    /// [`Error::Forbidden`]): what a node that forwards writes checks for its own clients.
+    pub fn bind_client(&self, client: &str, principal: &str) -> Result<()> {
+        let owner: Option<Option<String>> = self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT principal FROM client_writes WHERE client = ?1")?
+                    .query_row([client], |r| r.get(0))
+                    .optional()?,
+            )
+        })?;
+        if owner.flatten().as_deref() == Some(principal) {
+            return Ok(());
+        }
+        let w = self.pool.writer()?;
+        bind_client(&w, client, principal)
+    }
+
     /// Group commit: many writes in one transaction, each in its own savepoint (a refused one
     /// fails alone); one result per write, in order (see [`GroupWrite`] and the bounds the
     /// node's writer keeps, [`GROUP_MAX_WRITES`]).
@@ -303,6 +320,17 @@ impl Store {
                 removed += conn.execute("DELETE FROM changes WHERE seq <= ?1", [u])?;
             }
         }
+        if removed > 0 {
+            // The exactly-once ledger is kept as long as the log: a record whose write has left
+            // the log goes with it (a client that re-sends such a write, its answer lost longer
+            // ago than the log's retention, has it applied again; its id can be claimed anew).
+            let head = query::head(&conn)?;
+            conn.prepare_cached(
+                "DELETE FROM client_writes
+                 WHERE seq < (SELECT coalesce(min(seq), ?1 + 1) FROM changes)",
+            )?
+            .execute([head])?;
+        }
         Ok(removed)
     }
 
@@ -400,16 +428,66 @@ fn try_group(conn: &mut Connection, writes: &[GroupWrite<'_>]) -> Result<Vec<Res
     Ok(out)
 }
 
+/// What the ledger holds for a write's client id.
+enum Claim {
+    /// Nothing yet.
+    Unknown,
+    /// The client's last write number and the log head after it.
+    Recorded { n: i64, seq: i64 },
+}
+
+/// The ledger's record of `o.client`, if the writer may use that id: a client id belongs to the
+/// principal that first wrote with it (`o.principal`; None is a writer trusted with any id), and
+/// another principal's write with it is refused without a word of its record (issue 23: token
+/// A's write with B's client id and a large `n` made the node answer B's writes from A's
+/// record and store nothing).
+fn claim_client(tx: &Connection, o: &Origin) -> Result<Claim> {
+    let row: Option<(i64, i64, Option<String>)> = tx
+        .prepare_cached("SELECT n, seq, principal FROM client_writes WHERE client = ?1")?
+        .query_row([&o.client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match row {
+        None => Ok(Claim::Unknown),
+        Some((_, _, Some(owner))) if o.principal.as_ref().is_some_and(|me| *me != owner) => {
+            Err(Error::Forbidden(format!(
+                "client id {:?} belongs to another token: each replica makes a client id of its own; use a new one",
+                o.client
+            )))
+        }
+        Some((n, seq, _)) => Ok(Claim::Recorded { n, seq }),
+    }
+}
+
+/// Bind `client` to `principal` where nothing holds it yet, and say whether `principal` may
+/// write with it (an edge checks its own clients this way before it forwards their writes,
+/// which the primary takes from the edge's trusted token).
+fn bind_client(conn: &Connection, client: &str, principal: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO client_writes(client, n, seq, principal) VALUES (?1, 0, 0, ?2)
+         ON CONFLICT(client) DO UPDATE SET principal = coalesce(client_writes.principal, excluded.principal)",
+    )?
+    .execute([client, principal])?;
+    let owner: Option<String> = conn
+        .prepare_cached("SELECT principal FROM client_writes WHERE client = ?1")?
+        .query_row([client], |r| r.get(0))?;
+    match owner {
+        Some(o) if o != principal => Err(Error::Forbidden(format!(
+            "client id {client:?} belongs to another token: each replica makes a client id of its own; use a new one"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The body of a write, inside the caller's transaction: `sync_ctx` gives every change of the
 /// write the same `tx` (the seq of its first change) and `ts`. The caller drains the full-text
 /// and vector queue before it commits (a group, once after its last write).
 fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Result<WriteResult> {
     let mut ops_ = ops_;
     if let Some(o) = origin {
-        let last: Option<(i64, i64)> = tx
-            .prepare_cached("SELECT n, seq FROM client_writes WHERE client = ?1")?
-            .query_row([&o.client], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let last: Option<(i64, i64)> = match claim_client(tx, o)? {
+            Claim::Unknown => None,
+            Claim::Recorded { n, seq } => Some((n, seq)),
+        };
         if let Some((n, seq)) = last.filter(|(n, _)| o.n <= *n) {
             tracing::debug!(client = %o.client, n = o.n, last = n, "write replayed: answered from the ledger");
             return Ok(WriteResult {
@@ -466,11 +544,13 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
     tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     let seq = query::head(tx)?;
     if let Some(o) = origin {
+        // A trusted writer (principal None) keeps the id's owner as it is.
         tx.prepare_cached(
-            "INSERT INTO client_writes(client, n, seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT(client) DO UPDATE SET n = excluded.n, seq = excluded.seq",
+            "INSERT INTO client_writes(client, n, seq, principal) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(client) DO UPDATE SET n = excluded.n, seq = excluded.seq,
+               principal = coalesce(client_writes.principal, excluded.principal)",
         )?
-        .execute(params![o.client, o.n, seq])?;
+        .execute(params![o.client, o.n, seq, o.principal])?;
     }
     Ok(WriteResult {
         seq,

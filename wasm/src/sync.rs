@@ -223,6 +223,7 @@ fn send_batch(sync: &mut Sync, batch: Vec<outbox::Pending>) -> Vec<ClientAction>
         client: sync.client_id.clone(),
         n: last,
         entries,
+        principal: None,
     };
     let ops = batch.into_iter().flat_map(|p| p.ops).collect();
     sync.session.write(last as u64, ops, Some(origin))
