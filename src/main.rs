@@ -119,8 +119,16 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The file watcher's own trace lines name every event in the database's folder: with
+    // RUST_LOG=trace and the log file in that folder, each line wrote an event that wrote a
+    // line (161 MB in 5 s, idle). Kept at debug unless RUST_LOG names the crate itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("notify")) {
+        if let Ok(d) = "notify=debug".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -64,6 +64,10 @@ pub(crate) struct ServeArgs {
     /// (nats://host:port; credentials and the stream's name go in the config's [publish]).
     #[arg(long, env = "HIVESYNC_PUBLISH")]
     pub(crate) publish: Option<String>,
+    /// A web origin (https://app.example.com) whose pages may use this node without a token,
+    /// besides the node's own; repeat for more (also `allowed_origins` in the config).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub(crate) allow_origins: Vec<String>,
 }
 
 /// The token an edge presents upstream: from --upstream-token (or its variable), or read from
@@ -118,6 +122,7 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             web: args.web.clone(),
             max_connections: args.max_connections,
             publish: args.publish.clone(),
+            allow_origins: args.allow_origins.clone(),
         };
         let handle = hivesync::node::start(store.clone(), listener, config, args.config.clone(), &opts).await?;
         tracing::info!(

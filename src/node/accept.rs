@@ -189,8 +189,14 @@ pub(crate) async fn ws_upgrade(
             "the connection cannot be upgraded\n".into(),
         );
     };
+    let foreign = foreign_origin(req.headers(), &node.auth.config().allowed_origins).filter(|o| {
+        !node
+            .allow_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+    });
     tokio::spawn(async move {
-        serve_upgraded(on_upgrade, node, enc).await;
+        serve_upgraded(on_upgrade, node, enc, foreign).await;
         drop(permit);
     });
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -265,10 +271,25 @@ fn handshake(
 }
 
 /// Run the connection once the upgrade completes.
+/// The request's `Origin` (a browser's), when it is neither the node's own (the `Host` the
+/// page reached it at) nor one of `allowed`.
+fn foreign_origin(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, h)| host.is_some_and(|host| h.eq_ignore_ascii_case(host)));
+    let listed = allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    (!own && !listed).then(|| origin.chars().take(200).collect())
+}
+
 async fn serve_upgraded(
     on_upgrade: hyper::upgrade::OnUpgrade,
     node: Arc<NodeState>,
     enc: Encoding,
+    foreign: Option<String>,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -287,12 +308,46 @@ async fn serve_upgraded(
         // with 4 KiB. Large frames are then read in 4 KiB steps.
         .read_buffer_size(4 * 1024);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    conn::handle(ws, node, enc, gate).await;
+    conn::handle(ws, node, enc, gate, foreign).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_of_another_origin_is_foreign() {
+        let h = |origin: Option<&str>, host: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            if let Some(o) = origin {
+                m.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            m
+        };
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert_eq!(foreign_origin(&h(None, "127.0.0.1:7070"), &allowed), None);
+        assert_eq!(
+            foreign_origin(
+                &h(Some("http://127.0.0.1:7070"), "127.0.0.1:7070"),
+                &allowed
+            ),
+            None
+        );
+        assert_eq!(
+            foreign_origin(&h(Some("https://app.example.com"), "n:7070"), &allowed),
+            None
+        );
+        assert_eq!(
+            foreign_origin(&h(Some("https://evil.example"), "127.0.0.1:7070"), &allowed).as_deref(),
+            Some("https://evil.example")
+        );
+        assert_eq!(
+            foreign_origin(&h(Some("null"), "127.0.0.1:7070"), &[]).as_deref(),
+            Some("null")
+        );
+        assert!(foreign_origin(&h(Some("http://127.0.0.1:7071"), "127.0.0.1:7070"), &[]).is_some());
+    }
 
     #[test]
     fn the_socket_budget_keeps_descriptors_for_the_node() {

@@ -208,6 +208,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The node's tokens as a connection from a web page sees them: a page of another origin
+/// than the node's own or the config's `allowed_origins` gets no anonymous access (any
+/// website could otherwise read and write a default local node through its visitors'
+/// browsers); a token works from anywhere.
+pub(crate) struct ForOrigin<'a> {
+    pub(crate) auth: &'a Auth,
+    /// That origin, for such a connection.
+    pub(crate) foreign: Option<&'a str>,
+}
+
+impl Authorizer for ForOrigin<'_> {
+    fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        match (token, self.foreign) {
+            (None | Some(""), Some(origin)) => Err(AuthError(format!(
+                "a web page at {origin} may not use this node without a token: send one in hello, or add {origin} to allowed_origins in the node's config"
+            ))),
+            _ => self.auth.authenticate(token),
+        }
+    }
+}
+
 impl Authorizer for Auth {
     fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         let c = self.config();

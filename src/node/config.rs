@@ -93,6 +93,10 @@ pub struct Config {
     /// Tokens.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
+    /// Web origins (`https://app.example.com`) whose pages may use this node anonymously,
+    /// besides the node's own (a page of any other origin needs a token).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Retention.
     #[serde(default)]
     pub retention: Retention,
@@ -117,6 +121,16 @@ impl Config {
 
     /// Parse and check a config file.
     pub fn load(path: &Path) -> Result<Config> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+                tracing::warn!(
+                    config = %path.display(),
+                    "the config file is writable by every user of this machine, who could add a token of their own: chmod o-w it"
+                );
+            }
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
@@ -132,6 +146,23 @@ impl Config {
             ));
         }
         let c: Config = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
+        // Two entries for one secret: the first would win, whichever rights the second meant.
+        let mut hashes = std::collections::HashMap::new();
+        let mut names = std::collections::HashSet::new();
+        for t in &c.tokens {
+            if let Some(other) = hashes.insert(t.sha256.to_ascii_lowercase(), &t.name) {
+                return Err(Error::invalid(format!(
+                    "tokens {other:?} and {:?} have the same sha256 (one secret, two sets of rights): remove one, or give one a new secret with `hivesync token`",
+                    t.name
+                )));
+            }
+            if !names.insert(&t.name) {
+                return Err(Error::invalid(format!(
+                    "two tokens are named {:?}: names tell tokens apart in logs and in the exactly-once record; rename one",
+                    t.name
+                )));
+            }
+        }
         for t in &c.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(Error::invalid(format!(

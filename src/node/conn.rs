@@ -337,6 +337,7 @@ pub(crate) async fn handle(
     node: Arc<NodeState>,
     enc: Encoding,
     gate: Arc<HelloGate>,
+    foreign_origin: Option<String>,
 ) {
     let conn_id = node.next_conn.fetch_add(1, Relaxed);
     node.metrics.connections.fetch_add(1, Relaxed);
@@ -368,6 +369,7 @@ pub(crate) async fn handle(
         gate,
         ended: ended_rx,
         last_word: Some(last_word_tx),
+        foreign_origin,
     };
     let stalled = reader.run(shell).await;
     // Writes already queued still commit; their answers go out before the connection closes.
@@ -415,6 +417,9 @@ struct Reader {
     gate: Arc<HelloGate>,
     ended: mpsc::UnboundedReceiver<(String, bool)>,
     last_word: Option<oneshot::Sender<Message>>,
+    /// The `Origin` of the web page that opened the connection, when it is neither this
+    /// node's own nor an allowed one: such a page gets no anonymous access.
+    foreign_origin: Option<String>,
 }
 
 /// What one read produced.
@@ -430,6 +435,14 @@ fn shutting_down() -> Out {
 }
 
 impl Reader {
+    /// The node's tokens, as this connection may use them.
+    fn auth<'a>(&'a self, node: &'a NodeState) -> super::auth::ForOrigin<'a> {
+        super::auth::ForOrigin {
+            auth: &node.auth,
+            foreign: self.foreign_origin.as_deref(),
+        }
+    }
+
     /// Read until the connection ends; true when it ended because the client stopped
     /// reading. The shell (and with it every subscription) is gone when this returns.
     async fn run(mut self, mut shell: Shell) -> bool {
@@ -465,7 +478,7 @@ impl Reader {
                     break 'conn;
                 }
                 _ = shutdown.changed() => Step::End(true),
-                _ = config_gen.changed() => Step::Act(session.reauthorize(&node.auth), None),
+                _ = config_gen.changed() => Step::Act(session.reauthorize(&self.auth(&node)), None),
                 _ = &mut hello_deadline, if !greeted => {
                     Step::Act(session.on_hello_timeout(HELLO_TIMEOUT.as_secs()), None)
                 }
@@ -522,8 +535,8 @@ impl Reader {
         }
         let actions = match msg {
             None | Some(Ok(Message::Close(_))) => return Step::End(false),
-            Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &node.auth),
-            Some(Ok(Message::Binary(b))) => session.on_binary(&b, &node.auth),
+            Some(Ok(Message::Text(t))) => session.on_text(t.as_str(), &self.auth(node)),
+            Some(Ok(Message::Binary(b))) => session.on_binary(&b, &self.auth(node)),
             Some(Ok(_)) => return Step::Skip,
             Some(Err(WsError::Capacity(_))) => session.on_oversized(),
             Some(Err(WsError::Utf8(_))) => session.on_invalid_utf8(),

@@ -71,6 +71,9 @@ pub struct NodeOptions {
     /// Publish the change feed to this NATS server's JetStream (`nats://host:port`); overrides
     /// `url` in the config's `[publish]`.
     pub publish: Option<String>,
+    /// Web origins whose pages may use the node without a token (`--allow-origin`), besides
+    /// its own and the config's `allowed_origins`.
+    pub allow_origins: Vec<String>,
 }
 
 /// Everything a connection needs.
@@ -97,6 +100,8 @@ pub(crate) struct NodeState {
     /// The key this node signs its NATS stream with, base64 (`welcome` carries it), when it
     /// publishes.
     pub(crate) publish_key: Option<String>,
+    /// `--allow-origin`: web origins whose pages may use the node without a token.
+    pub(crate) allow_origins: Vec<String>,
 }
 
 /// A running node (for tests and embedding).
@@ -224,6 +229,7 @@ pub async fn start(
         )),
         sockets: sockets.clone(),
         publish_key: signing.as_ref().map(|k| k.public()),
+        allow_origins: args.allow_origins.clone(),
     });
     if let (Some(publish), Some(key)) = (publish, signing) {
         tokio::spawn(publish::run(

@@ -19,7 +19,8 @@ use axum::response::{Html, IntoResponse, Response};
 pub enum WebFiles {
     /// The package compiled into the binary.
     Embedded,
-    /// A directory laid out as `wasm/web` (`--web DIR`).
+    /// A directory laid out as `wasm/web` (`--web DIR`), its real path (symbolic links
+    /// resolved): no file outside it is served, whatever links inside it point to.
     Dir(Arc<PathBuf>),
 }
 
@@ -52,7 +53,10 @@ impl WebFiles {
         match dir {
             None => Ok(WebFiles::Embedded),
             Some(d) if d.join("pkg/hivesync_wasm_bg.wasm").is_file() => {
-                Ok(WebFiles::Dir(Arc::new(d.to_path_buf())))
+                let real = d.canonicalize().map_err(|e| {
+                    crate::Error::invalid(format!("--web {}: {e}", d.display()))
+                })?;
+                Ok(WebFiles::Dir(Arc::new(real)))
             }
             Some(d) => Err(crate::Error::invalid(format!(
                 "--web {}: no built browser replica there (expected pkg/hivesync_wasm_bg.wasm; \
@@ -69,7 +73,17 @@ impl WebFiles {
                 .iter()
                 .find(|(name, _)| *name == path)
                 .map(|(_, bytes)| Bytes::from_static(bytes)),
-            WebFiles::Dir(d) => tokio::fs::read(d.join(path)).await.ok().map(Bytes::from),
+            WebFiles::Dir(d) => {
+                let real = tokio::fs::canonicalize(d.join(path)).await.ok()?;
+                if !real.starts_with(d.as_path()) {
+                    tracing::warn!(
+                        path,
+                        "--web: a link leads outside the directory; not served"
+                    );
+                    return None;
+                }
+                tokio::fs::read(real).await.ok().map(Bytes::from)
+            }
         }
     }
 }
@@ -95,11 +109,36 @@ fn safe_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The replica's pages and files: scripts, styles, workers and WebAssembly from this node only
+/// (`'wasm-unsafe-eval'` lets the page compile the replica's WebAssembly, nothing else runs
+/// from strings), the feed over WebSockets, no plugins, and no framing by another site.
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; worker-src 'self'; \
+    img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
+
+/// Headers every web response carries (issue 23): a content security policy, no MIME
+/// sniffing, no framing (for browsers without `frame-ancestors`), no referrer.
+fn secured(csp: &str, mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, csp),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        if let Ok(v) = header::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    r
+}
+
 async fn file(files: &WebFiles, dir: &str, name: &str) -> Response {
     if !safe_name(name) {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        return secured(CSP, (StatusCode::NOT_FOUND, "not found\n").into_response());
     }
-    match files.read(&format!("{dir}{name}")).await {
+    let r = match files.read(&format!("{dir}{name}")).await {
         Some(bytes) => (
             [
                 (header::CONTENT_TYPE, content_type(name)),
@@ -109,7 +148,8 @@ async fn file(files: &WebFiles, dir: &str, name: &str) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-    }
+    };
+    secured(CSP, r)
 }
 
 /// `/`: the replica's demo page.
@@ -119,7 +159,26 @@ pub(crate) async fn index(State(files): State<WebFiles>) -> Response {
 
 /// `/status`: the node's status page, a live view of its feed.
 pub(crate) async fn status() -> Response {
-    Html(include_str!("index.html")).into_response()
+    static CSP_STATUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let csp = CSP_STATUS.get_or_init(|| status_csp(STATUS_PAGE));
+    secured(csp, Html(STATUS_PAGE).into_response())
+}
+
+const STATUS_PAGE: &str = include_str!("index.html");
+
+/// The status page's policy: as the replica's, with its one inline script allowed by hash.
+fn status_csp(page: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let script = page
+        .split_once("<script type=\"module\">")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(s, _)| s);
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+    CSP.replace(
+        "script-src 'self' 'wasm-unsafe-eval'",
+        &format!("script-src 'self' 'sha256-{hash}'"),
+    )
 }
 
 /// `/{name}`: a file of the web directory.

@@ -70,6 +70,20 @@ pub struct Session {
     subs: std::collections::HashSet<String>,
 }
 
+/// The `req` of a write that did not decode, when it has a usable one.
+fn req_of(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        #[serde(rename = "type")]
+        ty: Option<String>,
+        req: Option<String>,
+    }
+    let r: Req = serde_json::from_str(text).ok()?;
+    let req = r.req.filter(|_| r.ty.as_deref() == Some("write"))?;
+    check_client_id("req", &req).ok()?;
+    Some(req)
+}
+
 fn err(code: ErrorCode, message: impl Into<String>) -> Action {
     Action::Send(ServerMsg::Error(ErrorMsg::new(code, message)))
 }
@@ -168,7 +182,13 @@ impl Session {
         }
         match decode_client_json(text) {
             Ok(m) => self.on_message(m, auth),
-            Err(e) => vec![err(ErrorCode::BadRequest, e.to_string())],
+            Err(e) => {
+                // A write refused for a malformed field still names its `req`, so a client with
+                // writes in flight knows which one failed.
+                let mut m = ErrorMsg::new(ErrorCode::BadRequest, e.to_string());
+                m.req = req_of(text);
+                vec![Action::Send(ServerMsg::Error(m))]
+            }
         }
     }
 

@@ -137,6 +137,7 @@ impl Pool {
         cfg: &PoolConfig,
         opts: &schema::SchemaOptions,
     ) -> Result<Connection> {
+        create_private(path);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -298,4 +299,21 @@ impl Drop for Reader<'_> {
             }
         }
     }
+}
+
+/// A new database file is created readable by its owner only (SQLite would make it 0644, and
+/// its WAL and shared-memory files take the database file's mode): it holds every namespace's
+/// rows and the node's NATS signing key. An existing file keeps its mode.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }

@@ -52,7 +52,7 @@ class NodeProc {
   constructor(db, port) { this.db = db; this.port = port; this.child = null; }
   async start() {
     for (let i = 0; i < 50 && !this.child; i++) {
-      const c = spawn(bin, ['--db', this.db, 'serve', '--listen', `127.0.0.1:${this.port}`], { stdio: ['ignore', 'ignore', 'ignore'] });
+      const c = spawn(bin, ['--db', this.db, 'serve', '--listen', `127.0.0.1:${this.port}`, '--allow-origin', 'http://localhost:9'], { stdio: ['ignore', 'ignore', 'ignore'] });
       try { await waitHealthy(this.port, 5000); this.child = c; } catch { c.kill('SIGKILL'); await sleep(100); }
     }
     if (!this.child) throw new Error('node would not start');

@@ -38,7 +38,9 @@ async function waitHealthy(port, ms = 15000) {
 
 function startNode(db, port, ...args) {
   const webArgs = web ? ['--web', web] : [];
-  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, ...webArgs, ...args],
+  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`,
+    // The tests' app pages live at http://localhost:9 (app-origin.mjs): another origin.
+    '--allow-origin', 'http://localhost:9', ...webArgs, ...args],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr.on('data', () => {});
   return child;

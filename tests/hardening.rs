@@ -1,0 +1,287 @@
+//! Issue 23 (hardening, round 2), the findings that are about the node's HTTP face and its
+//! operator's files: a web page of another origin on a default node, security headers, token
+//! config mistakes, file modes, a log that fed itself, `--web` links, and the `req` of a write
+//! refused for a malformed field. Real binaries, real sockets, real files; each test fails on
+//! the code before its fix.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, NodeOpts};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `GET path`: the status line and the headers, lower-cased names.
+async fn head_of(port: u16, path: &str) -> (u16, Vec<(String, String)>) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status.parse().unwrap(), headers)
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Say hello without a token from a page at `origin` (None: not a browser): the answer's type
+/// and message.
+async fn anonymous_hello(node: &Node, origin: Option<&str>) -> (String, String) {
+    let mut req = node.url().into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"hello"}"#.into()))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+    (
+        v["type"].as_str().unwrap().to_string(),
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Item 8: a page from `https://evil.example` read and deleted rows on a default local node
+/// (anonymous, no `Origin` check). Browser connections get anonymous access only from the
+/// node's own origin, `allowed_origins` and `--allow-origin`; tokens work from anywhere.
+#[tokio::test]
+async fn pages_of_other_origins_get_no_anonymous_access() {
+    let node = Node::start_with(NodeOpts {
+        config: Some("allowed_origins = [\"https://app.example.com\"]\n".into()),
+        args: vec!["--allow-origin".into(), "http://localhost:5173".into()],
+        ..Default::default()
+    })
+    .await;
+    let own = format!("http://127.0.0.1:{}", node.port);
+    assert_eq!(
+        anonymous_hello(&node, None).await.0,
+        "welcome",
+        "not a browser"
+    );
+    assert_eq!(
+        anonymous_hello(&node, Some(&own)).await.0,
+        "welcome",
+        "the node's own page"
+    );
+    for allowed in ["https://app.example.com", "http://localhost:5173"] {
+        assert_eq!(
+            anonymous_hello(&node, Some(allowed)).await.0,
+            "welcome",
+            "{allowed}"
+        );
+    }
+    for evil in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let (ty, message) = anonymous_hello(&node, Some(evil)).await;
+        assert_eq!(ty, "error", "{evil}");
+        assert!(message.contains("allowed_origins"), "{message}");
+    }
+}
+
+/// Item 12: no `Content-Security-Policy`, `X-Content-Type-Options`, `X-Frame-Options` or
+/// `Referrer-Policy` on `/`, `/status` and the package files.
+#[tokio::test]
+async fn web_responses_carry_security_headers() {
+    let node = Node::start().await;
+    for path in [
+        "/",
+        "/status",
+        "/app.js",
+        "/pkg/hivesync_wasm_bg.wasm",
+        "/nothing",
+    ] {
+        let (_, h) = head_of(node.port, path).await;
+        let csp = header(&h, "content-security-policy").unwrap_or_else(|| panic!("{path}: {h:?}"));
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+        assert_eq!(
+            header(&h, "x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(header(&h, "x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(header(&h, "referrer-policy"), Some("no-referrer"), "{path}");
+    }
+    // The status page's one inline script is allowed by its hash, nothing else inline.
+    let (_, h) = head_of(node.port, "/status").await;
+    let csp = header(&h, "content-security-policy").unwrap();
+    assert!(csp.contains("'sha256-"), "{csp}");
+    let script = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!script.contains("unsafe-inline"), "{script}");
+}
+
+/// Item 13: two tokens with the same hash loaded silently (the first won, which can widen
+/// rights), so did duplicate names; a world-writable config got no warning; database files
+/// were created 0644.
+#[test]
+fn token_mistakes_are_refused_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let h = hivesync::node::config::hash_token("secret");
+    let h2 = hivesync::node::config::hash_token("other");
+    let tok = |name: &str, hash: &str, scope: &str| {
+        format!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nread = [\"{scope}\"]\nwrite = [\"{scope}\"]\n")
+    };
+    let cases = [
+        (
+            tok("reader", &h, "a") + &tok("admin", &h.to_uppercase(), "*"),
+            "have the same sha256",
+        ),
+        (
+            tok("alice", &h, "a") + &tok("alice", &h2, "b"),
+            "two tokens are named \"alice\"",
+        ),
+    ];
+    for (i, (config, want)) in cases.iter().enumerate() {
+        let path = d.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let db = d.path().join(format!("x{i}.db"));
+        let out = common::command()
+            .args([
+                "--db",
+                db.to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {config}");
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // A world-writable config is loaded, with a warning; the database is created 0600.
+    let path = d.path().join("open.toml");
+    std::fs::write(&path, tok("alice", &h, "a")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let db = d.path().join("new.db");
+    let mut child = common::command()
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !db.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writable by every user"), "{err}");
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "database file mode {mode:o}");
+    for other in ["db-wal", "db-shm"] {
+        if let Ok(m) = std::fs::metadata(db.with_extension(other)) {
+            assert_eq!(m.permissions().mode() & 0o077, 0, "{other} mode");
+        }
+    }
+}
+
+/// Item 14: with `RUST_LOG=trace` and the log file in the database's folder, the log grew by
+/// itself (161 MB in 5 s, idle: the file watcher logged its own events); `--web DIR` followed
+/// links out of DIR; a write whose `client` or `n` had the wrong JSON type was refused without
+/// its `req`.
+#[tokio::test]
+async fn the_log_does_not_feed_itself_web_links_stay_inside_and_bad_writes_keep_their_req() {
+    let d = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(d.path().join("node.log")).unwrap();
+    let port = common::free_port();
+    let mut child = common::command()
+        .args([
+            "--db",
+            d.path().join("x.db").to_str().unwrap(),
+            "serve",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let size = std::fs::metadata(d.path().join("node.log")).unwrap().len();
+    assert!(
+        size < 1 << 20,
+        "the idle node's trace log grew to {size} bytes in 3 s"
+    );
+
+    // --web DIR with a link to a file outside it.
+    let web = d.path().join("web");
+    let copy = |from: &std::path::Path, to: &std::path::Path| std::fs::copy(from, to).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm/web");
+    std::fs::create_dir_all(web.join("pkg")).unwrap();
+    for f in [
+        "index.html",
+        "app.js",
+        "hivesync.js",
+        "sync.js",
+        "worker.js",
+        "token.js",
+    ] {
+        copy(&src.join(f), &web.join(f));
+    }
+    for f in std::fs::read_dir(src.join("pkg")).unwrap() {
+        let f = f.unwrap().path();
+        copy(&f, &web.join("pkg").join(f.file_name().unwrap()));
+    }
+    std::fs::write(d.path().join("secret.txt"), "outside the web directory").unwrap();
+    std::os::unix::fs::symlink(d.path().join("secret.txt"), web.join("leak.txt")).unwrap();
+    let node = Node::start_with(NodeOpts {
+        args: vec!["--web".into(), web.to_str().unwrap().into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = common::http_get(node.port, "/leak.txt").await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(common::http_get(node.port, "/app.js").await.unwrap().0, 200);
+
+    // A write with a wrongly typed `n` is refused naming its req.
+    let mut c = common::Client::connect(&node.url()).await;
+    c.hello(None).await;
+    c.send_raw(Message::Text(
+        r#"{"type":"write","req":"w-7","ops":[],"client":"r1","n":"seven"}"#.into(),
+    ))
+    .await;
+    let e = c.recv_error().await;
+    assert_eq!(e.req.as_deref(), Some("w-7"), "{e:?}");
+}
