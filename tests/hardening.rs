@@ -285,3 +285,89 @@ async fn the_log_does_not_feed_itself_web_links_stay_inside_and_bad_writes_keep_
     let e = c.recv_error().await;
     assert_eq!(e.req.as_deref(), Some("w-7"), "{e:?}");
 }
+
+/// Anonymous resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// Item 3: connections that subscribed 64 times from 0 and never read took the node to
+/// 602 / 2,265 / 4,487 MB at 16 / 64 / 128 connections, and another client's write waited
+/// 7.1 s. Pages are now read only into room the connection (and the node) has for them, so
+/// memory does not grow with connections x subscriptions. `HIVESYNC_HOGS=128` for the issue's
+/// largest case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_that_never_read_hold_bounded_memory() {
+    let hogs: usize = std::env::var("HIVESYNC_HOGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let node = Node::start().await;
+    let url = node.url();
+    // About 24 MB of notes in the log.
+    let mut c = common::Client::connect(&url).await;
+    c.hello(None).await;
+    let text = "lorem ipsum ".repeat(20_000 / 12);
+    for b in 0..24 {
+        let ops = (0..50)
+            .map(|j| {
+                hivesync::model::WriteOp::upsert(
+                    hivesync::model::Kind::Note,
+                    "big",
+                    serde_json::json!({"id": format!("n{b}-{j}"), "content": text}),
+                )
+            })
+            .collect();
+        c.write(&format!("f{b}"), ops).await;
+    }
+    let before = rss_mib(node.pid());
+    let mut held = Vec::new();
+    for _ in 0..hogs {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock
+            .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+            .await
+            .unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
+        ws.send(Message::Text(r#"{"type":"hello"}"#.into()))
+            .await
+            .unwrap();
+        for i in 0..64 {
+            let m = format!(r#"{{"type":"subscribe","sub":"s{i}","from":0}}"#);
+            ws.send(Message::Text(m.into())).await.unwrap();
+        }
+        held.push(ws);
+    }
+    // Let them fill what they can.
+    let mut peak = 0;
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_mib(node.pid()));
+    }
+    // Another client's write meanwhile.
+    let t0 = std::time::Instant::now();
+    let mut w = common::Client::connect(&url).await;
+    w.hello(None).await;
+    w.write("w", vec![common::entity("other", "o1", "x")]).await;
+    let write = t0.elapsed();
+    peak = peak.max(rss_mib(node.pid()));
+    eprintln!(
+        "{hogs} connections x 64 subscriptions from 0, never read: node anon RSS {before} MiB before, peak {peak} MiB (+{} MiB); another client's hello + write {write:?}",
+        peak.saturating_sub(before)
+    );
+    assert!(
+        peak.saturating_sub(before) < 450,
+        "node memory grew {} MiB with {hogs} non-reading connections",
+        peak - before
+    );
+    assert!(write < Duration::from_secs(5), "a write took {write:?}");
+    drop(held);
+}

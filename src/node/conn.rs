@@ -9,7 +9,11 @@
 //!   [`NODE_WRITE_BYTES`] for the node, taken before a frame is decoded; at either limit the
 //!   connection stops reading its socket until earlier writes commit;
 //! - frames queued for the client: [`CONN_OUT_BYTES`]; a subscription waits for room (and is
-//!   dropped after the stall timeout);
+//!   dropped after the stall timeout); a snapshot or catch-up page takes its room before it is
+//!   read (so pages are produced only as the socket drains, however many subscriptions wait),
+//!   and so does a live frame before it is copied out of the hub's window; past its first
+//!   [`CONN_FREE_OUT_BYTES`], and for any page, a connection's frames also take room from
+//!   the node's [`NODE_OUT_BYTES`];
 //! - snapshot and catch-up reads ([`super::sub`]): one at a time per connection
 //!   ([`ConnBudget::bulk`]), and all but one of the pool's readers for the node
 //!   ([`super::NodeState::bulk_reads`]).
@@ -43,6 +47,15 @@ const OUT_QUEUE: usize = 64;
 /// Bytes of frames queued per connection for its client: 64 snapshot subscriptions that were
 /// never read held 926 MB before this bound.
 pub(super) const CONN_OUT_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of frames waiting for sockets node-wide, past each connection's first
+/// [`CONN_FREE_OUT_BYTES`] (and every snapshot or catch-up page): 128 connections that each
+/// subscribed 64 times from 0 and never read held 4,487 MB before frames waited for room
+/// (issue 23), and the per-connection bound alone still let them hold 1 GiB.
+pub(crate) const NODE_OUT_BYTES: usize = 256 * 1024 * 1024;
+/// What a connection may have queued without the node's budget: live frames to a client that
+/// keeps up stay within it, so connections that stopped reading and hold the node's budget
+/// never hold up live delivery to the others (only their catch-ups and snapshots).
+pub(crate) const CONN_FREE_OUT_BYTES: usize = 256 * 1024;
 /// Time a client has after the upgrade to send an accepted `hello`: 900 upgraded connections
 /// that never sent one otherwise held their descriptors forever.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,8 +69,34 @@ pub(crate) const NODE_WRITE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A frame for the client, holding its share of [`CONN_OUT_BYTES`] until it is sent.
 pub(super) enum Out {
-    Frame(Message, Option<OwnedSemaphorePermit>),
+    Frame(Message, Option<OutPermit>),
     Close(u16, String),
+}
+
+/// Room for frames not yet sent: bytes of the connection's [`CONN_OUT_BYTES`], and for a
+/// snapshot or catch-up page or past the connection's first [`CONN_FREE_OUT_BYTES`], as many
+/// of the node's [`NODE_OUT_BYTES`].
+pub(super) struct OutPermit {
+    pub(super) conn: OwnedSemaphorePermit,
+    pub(super) node: Option<OwnedSemaphorePermit>,
+}
+
+impl OutPermit {
+    /// Bytes it holds.
+    pub(super) fn bytes(&self) -> usize {
+        self.conn.num_permits()
+    }
+
+    /// Split off `n` bytes (less than it holds).
+    pub(super) fn split(&mut self, n: usize) -> Option<OutPermit> {
+        Some(OutPermit {
+            conn: self.conn.split(n)?,
+            node: match &mut self.node {
+                Some(p) => Some(p.split(n)?),
+                None => None,
+            },
+        })
+    }
 }
 
 fn close_msg(code: u16, reason: impl Into<String>) -> Message {
@@ -92,6 +131,8 @@ pub(super) fn permits(n: usize, cap: usize) -> u32 {
 pub(crate) struct ConnBudget {
     /// Bytes of frames queued for the client.
     pub(super) out: Arc<Semaphore>,
+    /// The node's [`NODE_OUT_BYTES`].
+    pub(super) node_bulk: Arc<Semaphore>,
     /// One snapshot page or catch-up page read at a time per connection.
     pub(super) bulk: Arc<Semaphore>,
     /// Bytes of write frames queued or committing.
@@ -357,6 +398,7 @@ pub(crate) async fn handle(
         replies: replies_tx,
         budget: Arc::new(ConnBudget {
             out: Arc::new(Semaphore::new(CONN_OUT_BYTES)),
+            node_bulk: node.bulk_out.clone(),
             bulk: Arc::new(Semaphore::new(1)),
             writes: Arc::new(Semaphore::new(CONN_WRITE_BYTES)),
         }),

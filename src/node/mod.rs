@@ -102,6 +102,8 @@ pub(crate) struct NodeState {
     pub(crate) publish_key: Option<String>,
     /// `--allow-origin`: web origins whose pages may use the node without a token.
     pub(crate) allow_origins: Vec<String>,
+    /// Bytes of frames waiting for sockets past each connection's first few ([`conn::NODE_OUT_BYTES`]).
+    pub(crate) bulk_out: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running node (for tests and embedding).
@@ -230,6 +232,7 @@ pub async fn start(
         sockets: sockets.clone(),
         publish_key: signing.as_ref().map(|k| k.public()),
         allow_origins: args.allow_origins.clone(),
+        bulk_out: Arc::new(tokio::sync::Semaphore::new(conn::NODE_OUT_BYTES)),
     });
     if let (Some(publish), Some(key)) = (publish, signing) {
         tokio::spawn(publish::run(

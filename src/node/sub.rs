@@ -10,7 +10,10 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{code_for, message_len, permits, to_message, ConnBudget, Out, CONN_OUT_BYTES};
+use super::conn::{
+    code_for, message_len, permits, to_message, ConnBudget, Out, OutPermit, CONN_FREE_OUT_BYTES,
+    CONN_OUT_BYTES,
+};
 use super::hub::WindowRead;
 use super::metrics::SubStats;
 use super::NodeState;
@@ -78,14 +81,65 @@ impl SubCtx {
         self.filter.matches(ns, kind) && read.allows(ns)
     }
 
+    /// Room for `bytes` of frames: the connection's (waiting at most the stall timeout: the
+    /// client is not reading) and, for a page (`bulk`) or past the connection's first
+    /// [`CONN_FREE_OUT_BYTES`], the node's (waiting as long as it takes: other connections'
+    /// frames hold it).
+    async fn reserve(&self, bytes: usize, bulk: bool) -> Result<OutPermit, SubEnd> {
+        let n = permits(bytes, CONN_OUT_BYTES);
+        // The connection's room first: a connection that does not read holds at most its own
+        // share of the node's.
+        let conn = self.budget.out.clone().acquire_many_owned(n);
+        let conn = match tokio::time::timeout(self.node.stall_timeout, conn).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(_)) => return Err(SubEnd::Done),
+            Err(_) => return Err(SubEnd::Stalled),
+        };
+        let queued = CONN_OUT_BYTES - self.budget.out.available_permits();
+        let node = if bulk || queued > CONN_FREE_OUT_BYTES {
+            match self.budget.node_bulk.clone().acquire_many_owned(n).await {
+                Ok(p) => Some(p),
+                Err(_) => return Err(SubEnd::Done),
+            }
+        } else {
+            None
+        };
+        Ok(OutPermit { conn, node })
+    }
+
     /// Queue a frame, waiting at most the stall timeout for room (in frames and in the
     /// connection's [`CONN_OUT_BYTES`]).
     async fn push(&self, m: Message) -> Result<(), SubEnd> {
-        let n = permits(message_len(&m), CONN_OUT_BYTES);
-        let queued = async {
-            let permit = self.budget.out.clone().acquire_many_owned(n).await.ok();
-            self.out.send(Out::Frame(m, permit)).await
+        let mut none = None;
+        self.push_from(m, &mut none).await
+    }
+
+    /// Queue a frame with room taken from `room` (reserved before its page was read), as much
+    /// as it holds, and the rest waited for.
+    async fn push_from(&self, m: Message, room: &mut Option<OutPermit>) -> Result<(), SubEnd> {
+        let len = permits(message_len(&m), CONN_OUT_BYTES) as usize;
+        let have = room.as_ref().map_or(0, OutPermit::bytes);
+        let permit = if have > len {
+            room.as_mut().and_then(|r| r.split(len))
+        } else {
+            room.take()
         };
+        let permit = match (permit, len.saturating_sub(have)) {
+            (Some(p), 0) => p,
+            (p, more) => {
+                let mut extra = self
+                    .reserve(more, p.as_ref().is_some_and(|p| p.node.is_some()))
+                    .await?;
+                if let Some(p) = p {
+                    extra.conn.merge(p.conn);
+                    if let (Some(a), Some(b)) = (&mut extra.node, p.node) {
+                        a.merge(b);
+                    }
+                }
+                extra
+            }
+        };
+        let queued = self.out.send(Out::Frame(m, Some(permit)));
         match tokio::time::timeout(self.node.stall_timeout, queued).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SubEnd::Done),
@@ -159,20 +213,29 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
         // The frame to send (and the last seq in it), and the position scanned up to.
         let (frames, scanned): (Vec<(Message, i64)>, i64) = match read {
             WindowRead::Changes(parts, scanned) => {
-                let frame = parts.last().map(|c| {
+                // Room first, then the frame (its own copy of the window's fragments: one
+                // transaction may make it 1 MiB, and 64 subscriptions of a connection that
+                // does not read must not each hold one).
+                let size: usize = parts.iter().map(|c| c.bytes(ctx.enc).len() + 1).sum();
+                let mut room = Some(ctx.reserve(size + 128, false).await?);
+                if let Some(c) = parts.last() {
                     let f = changes_frame(
                         ctx.enc,
                         &ctx.sub,
                         sent,
                         parts.iter().map(|c| c.bytes(ctx.enc)),
                     );
-                    (to_message(f), c.seq)
-                });
-                (frame.into_iter().collect(), scanned)
+                    ctx.push_from(to_message(f), &mut room).await?;
+                    sent = c.seq;
+                    ctx.stats.sent.store(sent, Relaxed);
+                }
+                (Vec::new(), scanned)
             }
             WindowRead::Behind => {
                 // Catch-up from the log: read a page, filter and encode it in the blocking
                 // task, in this subscriber's encoding only, release the reader, then send.
+                // Room for the page is taken before it is read.
+                let mut room = Some(ctx.reserve(FRAME_SPLIT_BYTES, true).await?);
                 let slot = ctx.bulk_slot().await?;
                 let res = read_log_page(ctx, scan, sent, read_scope).await;
                 drop(slot.1);
@@ -185,7 +248,7 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                     continue;
                 };
                 for (m, last) in read.0 {
-                    ctx.push(m).await?;
+                    ctx.push_from(m, &mut room).await?;
                     sent = last;
                     ctx.stats.sent.store(sent, Relaxed);
                 }
@@ -322,9 +385,13 @@ async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
     .await?;
     let filter = Arc::new(filter);
     let mut cursor = SnapshotCursor::default();
-    // One page ahead, so the last page goes out with `done` (an empty one if nothing matched).
-    let mut pending: Option<Vec<Change>> = None;
+    // One page ahead, so the last page goes out with `done` (an empty one if nothing matched),
+    // with the room it was read into.
+    let mut pending: Option<(Vec<Change>, OutPermit)> = None;
     loop {
+        // Room for the next page, taken before it is read: pages are read only as the socket
+        // drains, however many subscriptions wait.
+        let room = ctx.reserve(FRAME_SPLIT_BYTES, true).await?;
         let slot = ctx.bulk_slot().await?;
         let (s, f) = (ctx.node.store.clone(), filter.clone());
         let page = blocking(move || {
@@ -345,18 +412,24 @@ async fn snapshot(ctx: &SubCtx) -> Result<i64, SubEnd> {
         let (page, next) = page?;
         cursor = next;
         let done = page.is_none();
+        let mut room = Some(room);
         if pending.is_some() || done {
+            let (rows, mut prev_room) = match pending.take() {
+                Some((rows, r)) => (rows, Some(r)),
+                None => (Vec::new(), room.take()),
+            };
             let m = ServerMsg::Snapshot {
                 sub: ctx.sub.clone(),
                 at,
-                rows: pending.take().unwrap_or_default(),
+                rows,
                 done,
             };
-            ctx.push(to_message(encode_server(ctx.enc, &m))).await?;
+            ctx.push_from(to_message(encode_server(ctx.enc, &m)), &mut prev_room)
+                .await?;
         }
-        match page {
-            Some(rows) => pending = Some(rows),
-            None => return Ok(at),
+        match (page, room) {
+            (Some(rows), Some(room)) => pending = Some((rows, room)),
+            _ => return Ok(at),
         }
     }
 }
