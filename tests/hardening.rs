@@ -371,3 +371,84 @@ async fn subscribers_that_never_read_hold_bounded_memory() {
     assert!(write < Duration::from_secs(5), "a write took {write:?}");
     drop(held);
 }
+
+/// A TCP connection to the node from another loopback address (a second host, for the node).
+async fn tcp_from(addr: &str, port: u16) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{addr}:0").parse().unwrap()).unwrap();
+    s.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Item 9: upgraded sockets that never said hello held every WebSocket slot (a token holder
+/// got 503 on 10 of 12 tries), and half-open HTTP requests filled the whole socket limit so
+/// that `/healthz` timed out. Connections that have not said hello have three quarters of the
+/// WebSocket slots, and one address an eighth of those (at least 8); at the socket limit a few sockets
+/// more serve only `/healthz` and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_cannot_hold_the_slots_of_clients_or_of_health_checks() {
+    let node = Node::start_with(NodeOpts {
+        args: vec!["--max-connections".into(), "48".into()],
+        ..Default::default()
+    })
+    .await;
+    let url = node.url();
+    // A stranger at 127.0.0.2 upgrades 20 times and never says hello.
+    let (mut silent, mut refused) = (Vec::new(), 0);
+    for _ in 0..20 {
+        let tcp = tcp_from("127.0.0.2", node.port).await;
+        match tokio_tungstenite::client_async(url.as_str(), tcp).await {
+            Ok((ws, _)) => silent.push(ws),
+            Err(e) => {
+                assert!(e.to_string().contains("503"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!(
+        "stranger: {} upgrades held, {refused} refused",
+        silent.len()
+    );
+    assert_eq!(
+        silent.len(),
+        8,
+        "the stranger holds its address's share only"
+    );
+    // A client from 127.0.0.1 gets in every time, and keeps its connections.
+    let mut mine = Vec::new();
+    for _ in 0..8 {
+        let mut c = common::Client::connect(&url).await;
+        c.hello(None).await;
+        mine.push(c);
+    }
+    assert_eq!(
+        common::http_get(node.port, "/healthz").await.unwrap().0,
+        200
+    );
+    drop(mine);
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Half-open requests from the stranger take every socket of the limit (48), and the
+    // triage sockets too.
+    let mut half = Vec::new();
+    for _ in 0..56 {
+        let mut s = tcp_from("127.0.0.2", node.port).await;
+        s.write_all(b"GET /v1/sync HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        half.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    let health = common::http_get(node.port, "/healthz").await;
+    eprintln!(
+        "/healthz beside 56 half-open requests: {health:?} in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(health.map(|h| h.0), Some(200), "/healthz did not answer");
+    let metrics = common::http_get(node.port, "/metrics").await;
+    assert_eq!(metrics.map(|h| h.0), Some(200), "/metrics did not answer");
+    drop(half);
+}

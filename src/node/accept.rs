@@ -7,7 +7,11 @@
 //! stops accepting and the kernel's backlog holds the rest, instead of failing on `EMFILE` with
 //! its own database files), and moved into the WebSocket task on upgrade, so an upgraded
 //! connection keeps its socket's permit until it closes. WebSockets may use all but
-//! [`HTTP_RESERVE`] of them, so `/healthz` and `/metrics` always find room.
+//! [`HTTP_RESERVE`] of them; upgraded connections that have not said `hello` yet may use three
+//! quarters of those, and an eighth of that (at least 8) from one address, so strangers cannot hold the slots
+//! of clients with tokens. When every socket is taken (half-open requests, say), a few more
+//! ([`TRIAGE_SOCKETS`]) serve only `/healthz` and `/metrics`, with a short header timeout, so
+//! those always answer.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -34,6 +38,11 @@ use crate::protocol::{Encoding, MAX_FRAME_BYTES};
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sockets kept for plain HTTP (`/healthz`, `/metrics`, the page) when WebSockets take the rest.
 pub(crate) const HTTP_RESERVE: usize = 32;
+/// Sockets beyond the limit that answer only `/healthz` and `/metrics` (taken from the
+/// descriptors kept for the node, [`FD_RESERVE`]), each given [`TRIAGE_HEADER_TIMEOUT`].
+pub(crate) const TRIAGE_SOCKETS: usize = 8;
+/// See [`TRIAGE_SOCKETS`].
+pub(crate) const TRIAGE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Descriptors kept for the node's own files: the database, its WAL and shared memory for the
 /// writer and every reader, the config file and its watches, logs, the checkpointer. At the
 /// default limit of 1,024 descriptors and no reserve, 900 idle connections made the checkpoint
@@ -43,16 +52,23 @@ pub(crate) const FD_RESERVE: usize = 128;
 /// The socket limit: open sockets (HTTP and WebSocket) never exceed it.
 pub(crate) struct Sockets {
     permits: Arc<Semaphore>,
+    /// [`TRIAGE_SOCKETS`].
+    triage: Arc<Semaphore>,
     /// The limit.
     pub(crate) max: usize,
+    /// Upgraded connections that have not said `hello`.
+    pub(crate) pre_hello: Arc<PreHello>,
 }
 
 impl Sockets {
     /// A limit of `max` sockets.
     pub(crate) fn new(max: usize) -> Sockets {
+        let ws = max.saturating_sub(HTTP_RESERVE).max(1);
         Sockets {
             permits: Arc::new(Semaphore::new(max)),
+            triage: Arc::new(Semaphore::new(TRIAGE_SOCKETS)),
             max,
+            pre_hello: Arc::new(PreHello::new((ws * 3 / 4).max(8))),
         }
     }
 
@@ -81,6 +97,76 @@ pub(crate) fn socket_budget(nofile: usize) -> usize {
     nofile.saturating_sub(FD_RESERVE).max(HTTP_RESERVE + 16)
 }
 
+/// Upgraded connections that have not said `hello` yet, in all and per address: one stranger
+/// opening upgrades and never saying hello took all the WebSocket slots before this (a token
+/// holder got 503 on 10 of 12 tries).
+#[derive(Debug)]
+pub(crate) struct PreHello {
+    max: usize,
+    per_address: usize,
+    by_address: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// An upgraded connection's place among those that have not said hello; given back by the
+/// accepted hello (or the end of the connection).
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    of: Arc<PreHello>,
+    addr: std::net::IpAddr,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut m = self.of.by_address.lock();
+        if let Some(n) = m.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl PreHello {
+    fn new(max: usize) -> PreHello {
+        PreHello {
+            max,
+            per_address: (max / 8).max(8),
+            by_address: Mutex::default(),
+        }
+    }
+
+    /// A place for a connection from `addr`, or why there is none.
+    fn admit(self: &Arc<Self>, addr: std::net::IpAddr) -> Result<Waiting, String> {
+        let mut m = self.by_address.lock();
+        let total: usize = m.values().sum();
+        let mine = m.get(&addr).copied().unwrap_or(0);
+        if total >= self.max {
+            return Err(format!("this node has {total} connections that have not said hello yet, its limit; retry later\n"));
+        }
+        if mine >= self.per_address {
+            return Err(format!("{addr} has {mine} connections that have not said hello yet, the limit per address; send hello on those first\n"));
+        }
+        *m.entry(addr).or_insert(0) += 1;
+        Ok(Waiting {
+            of: self.clone(),
+            addr,
+        })
+    }
+}
+
+/// The address a request came from.
+#[derive(Clone, Copy)]
+struct Peer(std::net::IpAddr);
+
+/// Any request on a triage socket but `/healthz` and `/metrics`.
+pub(crate) async fn at_limit() -> Response {
+    bad(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this node is at its connection limit; retry later\n".into(),
+    )
+}
+
 /// The permit of the socket a request came in on, for the upgrade to take along.
 #[derive(Clone)]
 struct SocketPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
@@ -90,24 +176,38 @@ struct SocketPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    triage_app: Router,
     sockets: Arc<Sockets>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    let mut triage_http = hyper::server::conn::http1::Builder::new();
+    triage_http
+        .timer(TokioTimer::new())
+        .header_read_timeout(TRIAGE_HEADER_TIMEOUT)
+        .keep_alive(false);
     let mut warned_at: Option<std::time::Instant> = None;
     loop {
-        let permit = tokio::select! {
-            p = sockets.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+        // A socket of the limit, or when none is free, one of the triage sockets.
+        let (permit, triage) = match sockets.permits.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => tokio::select! {
+                p = sockets.permits.clone().acquire_owned() => match p {
+                    Ok(p) => (p, false),
+                    Err(_) => break,
+                },
+                t = sockets.triage.clone().acquire_owned() => match t {
+                    Ok(t) => (t, true),
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
             },
-            _ = shutdown.changed() => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, peer)) => (tcp, peer.ip()),
                 Err(e) => {
                     // EMFILE and friends: wait for descriptors to come back instead of spinning.
                     if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -124,13 +224,18 @@ pub(crate) async fn serve(
         // from 20-30 ms to 3-6 ms with TCP_NODELAY (benches/node.rs).
         let _ = tcp.set_nodelay(true);
         let slot = SocketPermit(Arc::new(Mutex::new(Some(permit))));
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(if triage {
+            triage_app.clone()
+        } else {
+            app.clone()
+        });
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(slot.clone());
+                req.extensions_mut().insert(Peer(peer));
                 hyper::service::Service::call(&svc, req)
             });
-        let conn = http
+        let conn = if triage { &triage_http } else { &http }
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
         let mut stop = shutdown.clone();
@@ -179,6 +284,16 @@ pub(crate) async fn ws_upgrade(
             ),
         );
     }
+    let waiting = match req.extensions().get::<Peer>() {
+        Some(Peer(addr)) => match node.sockets.pre_hello.admit(*addr) {
+            Ok(w) => Some(w),
+            Err(why) => {
+                node.metrics.refused_connections.fetch_add(1, Relaxed);
+                return bad(StatusCode::SERVICE_UNAVAILABLE, why);
+            }
+        },
+        None => None,
+    };
     let permit = req
         .extensions()
         .get::<SocketPermit>()
@@ -196,7 +311,7 @@ pub(crate) async fn ws_upgrade(
             .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
     });
     tokio::spawn(async move {
-        serve_upgraded(on_upgrade, node, enc, foreign).await;
+        serve_upgraded(on_upgrade, node, enc, foreign, waiting).await;
         drop(permit);
     });
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -290,6 +405,7 @@ async fn serve_upgraded(
     node: Arc<NodeState>,
     enc: Encoding,
     foreign: Option<String>,
+    waiting: Option<Waiting>,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -299,6 +415,7 @@ async fn serve_upgraded(
         }
     };
     let gate = HelloGate::new();
+    gate.hold_until_open(waiting);
     let io = Gated::new(TokioIo::new(upgraded), gate.clone());
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))

@@ -18,6 +18,8 @@ use crate::protocol::MAX_PRE_HELLO_BYTES;
 #[derive(Debug)]
 pub(crate) struct HelloGate {
     left: AtomicI64,
+    /// The connection's place among those that have not said hello, given back on `open`.
+    waiting: parking_lot::Mutex<Option<super::accept::Waiting>>,
 }
 
 impl HelloGate {
@@ -25,11 +27,18 @@ impl HelloGate {
     pub(crate) fn new() -> Arc<HelloGate> {
         Arc::new(HelloGate {
             left: AtomicI64::new(MAX_PRE_HELLO_BYTES as i64),
+            waiting: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Keep `w` until the gate opens (or the connection ends).
+    pub(crate) fn hold_until_open(&self, w: Option<super::accept::Waiting>) {
+        *self.waiting.lock() = w;
     }
 
     pub(crate) fn open(&self) {
         self.left.store(i64::MAX, Relaxed);
+        self.waiting.lock().take();
     }
 
     /// True when the client sent more than it may before `hello`.

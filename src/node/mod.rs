@@ -245,8 +245,20 @@ pub async fn start(
         ));
     }
     let watchers = spawn_background(&node, config_path, args.upstream.is_none(), poll);
+    // At the socket limit, /healthz and /metrics still answer on a few sockets of their own.
+    let triage = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(accept::at_limit)
+        .with_state(node.clone());
     let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
-    let join = tokio::spawn(accept::serve(listener, app, sockets, shutdown_rx.clone()));
+    let join = tokio::spawn(accept::serve(
+        listener,
+        app,
+        triage,
+        sockets,
+        shutdown_rx.clone(),
+    ));
     Ok(NodeHandle {
         addr,
         shutdown: shutdown_tx,
