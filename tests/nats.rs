@@ -705,3 +705,49 @@ async fn with_nats_authentication_only_the_nodes_reach_the_stream() {
         );
     }
 }
+
+/// Issue 23, item 6: when JetStream refused the primary's publishes (a stream byte limit with
+/// discard-new), edges sat at seq 145 while the primary reached 1,200, `/healthz` ok. An edge
+/// reading the stream now asks the primary for its head over its link and follows the
+/// primary's feed once it has stayed behind it for a few seconds; both sides say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_follows_the_primary_when_the_stream_stops_taking_its_changes() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let nats = Nats::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(Config {
+        name: "HIVESYNC".into(),
+        subjects: vec!["hivesync.changes.>".into()],
+        max_bytes: 64 * 1024,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let primary = Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await;
+    let edge = edge_of(&nats, &primary, None).await;
+    until_edge_at(&edge, 0).await;
+    write_many(&primary, 0, 1200).await;
+    let t0 = Instant::now();
+    common::eventually(
+        Duration::from_secs(60),
+        || async { edge.health().await["upstream"]["applied"] == 1200 },
+        || edge.log_text(),
+    )
+    .await;
+    eprintln!("edge at 1200 beside a full stream after {:?}", t0.elapsed());
+    let h = edge.health().await;
+    assert!(h["upstream"]["nats_stalls"].as_i64() >= Some(1), "{h}");
+    assert_eq!(h["upstream"]["primary_head"], 1200, "{h}");
+    let p = primary.health().await;
+    assert!(p["publish"]["errors"].as_i64() >= Some(1), "{p}");
+    assert!(p["publish"]["behind"].as_i64() > Some(0), "{p}");
+    assert_eq!(p["status"], "degraded", "{p}");
+    let mut feed = common::Feed::from(0);
+    read_to(&edge, &mut feed, None, 1200).await;
+    assert_eq!(feed.seqs(), (1..=1200).collect::<Vec<_>>());
+}

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub nats_foreign: AtomicU64,
     /// Changes the stream acknowledged as duplicates (not stored).
     pub nats_duplicates: AtomicU64,
+    /// When publishing to NATS last stopped on an error (`/healthz` says `degraded` for a
+    /// minute after).
+    pub nats_error_at: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Subscribers dropped for not draining their queue.
     pub stalled_drops: AtomicU64,
     /// WebSocket upgrades refused at the connection limit.

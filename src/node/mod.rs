@@ -432,11 +432,13 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
             });
             let upstream = match &node.upstream {
                 Some(u) => format!(
-                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"nats_rejected\":{},\"applied\":{}{}}}",
+                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"nats_rejected\":{},\"nats_stalls\":{},\"primary_head\":{},\"applied\":{}{}}}",
                     u.state.connected.load(Relaxed),
                     u.state.live.load(Relaxed),
                     u.state.nats.load(Relaxed),
                     u.state.nats_rejected.load(Relaxed),
+                    u.state.nats_stalls.load(Relaxed),
+                    u.state.primary_head.load(Relaxed),
                     u.state.applied.load(Relaxed),
                     down.as_ref().map_or(String::new(), |d| format!(
                         ",\"error\":{}",
@@ -457,7 +459,13 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
                     m.nats_duplicates.load(Relaxed),
                 )
             });
-            let status = if down.is_some() || forged {
+            // The publisher failed within the last minute (NATS down, the stream refusing).
+            let publisher_down = node
+                .metrics
+                .nats_error_at
+                .lock()
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+            let status = if down.is_some() || forged || publisher_down {
                 "degraded"
             } else {
                 "ok"
@@ -525,6 +533,18 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
                 COUNTER,
                 "Messages of the NATS stream dropped because the primary did not sign them.",
                 s.nats_rejected.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_nats_stalls_total",
+                COUNTER,
+                "Times the edge left the NATS stream because it stayed behind the primary's head.",
+                s.nats_stalls.load(Relaxed) as i64,
+            ),
+            (
+                "hivesync_upstream_primary_head",
+                GAUGE,
+                "The primary's head as the edge last saw it (edges fed from NATS).",
+                s.primary_head.load(Relaxed),
             ),
             (
                 "hivesync_upstream_nats",

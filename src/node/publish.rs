@@ -131,6 +131,7 @@ pub(crate) async fn run(
         metrics.nats_connected.store(0, Relaxed);
         if let Err(e) = r {
             metrics.nats_errors.fetch_add(1, Relaxed);
+            *metrics.nats_error_at.lock() = Some(Instant::now());
             let behind = hub.head() - metrics.nats_published.load(Relaxed);
             tracing::warn!(error = %e, behind, "publishing to NATS stopped; the change log holds what is not published yet, and it resumes when NATS is back");
         }

@@ -71,7 +71,21 @@ pub struct UpstreamState {
     pub nats_rejected: AtomicU64,
     /// See `nats_rejected`.
     pub nats_rejected_at: parking_lot::Mutex<Option<Instant>>,
+    /// The primary's head as last seen over the link (an edge fed from NATS asks for it every
+    /// [`PROBE_EVERY`] while it reads the stream).
+    pub primary_head: AtomicI64,
+    /// Times the edge left the stream because it stalled behind the primary's head.
+    pub nats_stalls: AtomicU64,
 }
+
+/// How often an edge reading the NATS stream asks the primary for its head (a subscription
+/// to no namespace from the edge's cursor, whose `live` names the head, then ended).
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long an edge reading the stream may stay behind a head the primary reported before it
+/// follows the primary's feed instead: a stream that stopped taking the primary's messages
+/// (its byte limit with discard-new, a full disk) left edges at seq 145 while the primary
+/// reached 1,200, with `/healthz` ok (issue 23).
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// The handle the local node keeps.
 pub(crate) struct Upstream {
@@ -133,6 +147,11 @@ struct Link {
     /// When to try the stream again after it could not be opened.
     nats_retry: Option<tokio::time::Instant>,
     nats_backoff: Backoff,
+    /// The head probe in flight (its subscription id), and how many were sent.
+    probe: Option<String>,
+    probes: u64,
+    /// A head the primary reported that the edge had not reached, and when it reported it.
+    behind: Option<(i64, Instant)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -178,6 +197,9 @@ async fn run(
         nats,
         nats_retry: None,
         nats_backoff: Backoff::new(dial::jitter_seed()),
+        probe: None,
+        probes: 0,
+        behind: None,
     };
     loop {
         // An edge fed from NATS with a cursor reads the stream from there when it holds it;
@@ -345,6 +367,74 @@ impl Link {
         out
     }
 
+    /// Ask the primary for its head, unless a probe is in flight.
+    fn probe_head(&mut self) -> Vec<ClientAction> {
+        if self.probe.is_some() {
+            return Vec::new();
+        }
+        let Some(from) = self.session.cursor() else {
+            return Vec::new();
+        };
+        self.probes += 1;
+        let sub = format!("hivesync-head-{}", self.probes);
+        self.probe = Some(sub.clone());
+        vec![ClientAction::Send(crate::protocol::ClientMsg::Subscribe(
+            crate::protocol::Subscribe {
+                sub,
+                from: Some(from),
+                namespaces: Some(Vec::new()),
+                kinds: None,
+            },
+        ))]
+    }
+
+    /// A message for the head probe (None: not one): its `live` gives the primary's head; the
+    /// probe ends. When the edge, reading the stream, has stayed behind a head the primary
+    /// reported for [`STALL_AFTER`], it follows the primary's feed instead.
+    fn probe_answer(&mut self, m: &ServerMsg) -> Option<Vec<ClientAction>> {
+        let (sub, head) = match m {
+            ServerMsg::Live { sub, seq } => (sub, Some(*seq)),
+            ServerMsg::Snapshot { sub, .. } | ServerMsg::Changes { sub, .. } => (sub, None),
+            ServerMsg::Error(e) => (e.sub.as_ref()?, None),
+            _ => return None,
+        };
+        if !sub.starts_with("hivesync-head-") {
+            return None;
+        }
+        let mut out = Vec::new();
+        if self.probe.as_ref() == Some(sub) && (head.is_some() || matches!(m, ServerMsg::Error(_)))
+        {
+            self.probe = None;
+            if !matches!(m, ServerMsg::Error(_)) {
+                out.push(ClientAction::Send(
+                    crate::protocol::ClientMsg::Unsubscribe { sub: sub.clone() },
+                ));
+            }
+        }
+        let Some(head) = head else { return Some(out) };
+        self.state.primary_head.store(head, Relaxed);
+        let applied = self.session.cursor().unwrap_or(0);
+        self.behind = match self.behind {
+            _ if applied >= head => None,
+            Some((h, since)) if applied < h => Some((h, since)),
+            _ => Some((head, Instant::now())),
+        };
+        if let Some((h, since)) = self.behind {
+            if self.session.external() && since.elapsed() >= STALL_AFTER {
+                self.state.nats_stalls.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    nats = %self.nats.as_ref().map_or(String::new(), |n| n.url()),
+                    applied,
+                    primary_head = h,
+                    "the NATS stream has not brought the primary's changes for {STALL_AFTER:?} (is the stream full, or refusing the primary's messages?): following the primary's feed until the stream can take over again"
+                );
+                self.behind = None;
+                out.extend(self.session.external_lost());
+            }
+        }
+        Some(out)
+    }
+
     /// Hand a forwarded write to the session.
     fn forward(&mut self, f: Forward) -> Vec<ClientAction> {
         self.next_id += 1;
@@ -494,6 +584,9 @@ impl Link {
         match msg {
             Some(Ok(Message::Binary(b))) => match protocol::decode_server_bin(&b) {
                 Ok(m) => {
+                    if let Some(acts) = self.probe_answer(&m) {
+                        return acts;
+                    }
                     let welcome = matches!(m, ServerMsg::Welcome { .. });
                     if let (ServerMsg::Welcome { publish_key, .. }, Some(f)) = (&m, &self.nats) {
                         f.set_key(publish_key.as_deref(), &self.store);
@@ -526,6 +619,7 @@ enum Event {
     Forward(Forward),
     Stream(Option<crate::Result<Item>>),
     RetryStream,
+    Probe,
     Stop,
 }
 
@@ -555,6 +649,11 @@ async fn connection<'s>(
     let mut queue = VecDeque::from(hello);
     // The stream being opened (after the primary's `live`, or a backoff).
     let mut opening: Option<Opening> = None;
+    // While reading the stream, the primary's head is asked for now and then.
+    link.probe = None;
+    link.behind = None;
+    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = 'conn: loop {
         while let Some(a) = queue.pop_front() {
             match a {
@@ -598,10 +697,20 @@ async fn connection<'s>(
             Some(f) = forwards.recv() => Event::Forward(f),
             i = next_item(&mut feed) => Event::Stream(i),
             _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => Event::RetryStream,
+            _ = probe_tick.tick(), if feed.is_some() => Event::Probe,
             _ = shutdown.changed() => Event::Stop,
         };
         match event {
-            Event::Socket(m) => queue.extend(link.input(m)),
+            Event::Socket(m) => {
+                queue.extend(link.input(m));
+                if feed.is_some() && !link.session.external() {
+                    // The probe found the stream stalled: the primary's feed again.
+                    feed = None;
+                    link.state.live.store(false, Relaxed);
+                    link.retry_nats();
+                }
+            }
+            Event::Probe => queue.extend(link.probe_head()),
             Event::Forward(f) => queue.extend(link.forward(f)),
             Event::Stream(i) => queue.extend(link.feed_input(i, &mut feed, &mut rx)),
             Event::Opened(r) => {
