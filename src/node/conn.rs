@@ -66,6 +66,11 @@ pub(crate) const CONN_WRITE_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes of write frames the whole node may have queued or committing: with 8 MiB frames, 3
 /// connections pipelining writes behind slow commits took the node past 4 GB before this.
 pub(crate) const NODE_WRITE_BYTES: usize = 64 * 1024 * 1024;
+/// Write frames up to this size take room from [`NODE_SMALL_WRITE_BYTES`] instead of
+/// [`NODE_WRITE_BYTES`] (a one-op write is well under it).
+pub(crate) const SMALL_WRITE_BYTES: usize = 256 * 1024;
+/// Bytes of small write frames the whole node may have queued or committing.
+pub(crate) const NODE_SMALL_WRITE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A frame for the client, holding its share of [`CONN_OUT_BYTES`] until it is sent.
 pub(super) enum Out {
@@ -243,12 +248,20 @@ async fn take_write_budget(
             .acquire_many_owned(permits(n, CONN_WRITE_BYTES))
             .await
             .ok()?;
-        let w = node
-            .write_budget
-            .clone()
-            .acquire_many_owned(permits(n, NODE_WRITE_BYTES))
-            .await
-            .ok()?;
+        // Small frames have a node budget of their own: a connection's next small write must
+        // not queue behind other connections' large ones for room.
+        let w = if n <= SMALL_WRITE_BYTES {
+            node.small_write_budget
+                .clone()
+                .acquire_many_owned(permits(n, NODE_SMALL_WRITE_BYTES))
+                .await
+        } else {
+            node.write_budget
+                .clone()
+                .acquire_many_owned(permits(n, NODE_WRITE_BYTES))
+                .await
+        }
+        .ok()?;
         Some(WriteBudget {
             _conn: c,
             _node: w,
@@ -320,7 +333,15 @@ impl Shell {
                 }
             }
             Action::Write { req, ops, origin } => {
-                let answer = write(&self.node, req, ops, origin, write_budget.take()).await;
+                let answer = write(
+                    &self.node,
+                    self.conn_id,
+                    req,
+                    ops,
+                    origin,
+                    write_budget.take(),
+                )
+                .await;
                 return self.replies.send(answer).await.is_ok();
             }
             Action::Close { code, reason } => {
@@ -611,6 +632,7 @@ impl Reader {
 /// committed (or forwarded upstream) in the order they arrived.
 async fn write(
     node: &Arc<NodeState>,
+    conn: u64,
     req: String,
     ops: Vec<crate::model::WriteOp>,
     origin: Option<crate::model::Origin>,
@@ -697,6 +719,7 @@ async fn write(
         return rx;
     };
     let job = WriteJob {
+        conn,
         req,
         ops,
         origin,

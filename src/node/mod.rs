@@ -92,6 +92,8 @@ pub(crate) struct NodeState {
     pub(crate) writes: Option<tokio::sync::mpsc::Sender<writer::WriteJob>>,
     /// Bytes of write frames queued or committing, node-wide ([`conn::NODE_WRITE_BYTES`]).
     pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
+    /// The same for frames up to [`conn::SMALL_WRITE_BYTES`] ([`conn::NODE_SMALL_WRITE_BYTES`]).
+    pub(crate) small_write_budget: Arc<tokio::sync::Semaphore>,
     /// Readers snapshots and catch-ups may hold at once: all but one of the pool's, so
     /// hellos, health checks and the tailer always find one.
     pub(crate) bulk_reads: Arc<tokio::sync::Semaphore>,
@@ -226,6 +228,7 @@ pub async fn start(
         },
         writes,
         write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_WRITE_BYTES)),
+        small_write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_SMALL_WRITE_BYTES)),
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(
             store.pool().readers().saturating_sub(1).max(1),
         )),
