@@ -168,12 +168,62 @@ pub(crate) fn code_for(e: &Error) -> ErrorCode {
     }
 }
 
-/// Write permits held from the frame's arrival until its write is answered.
+/// Write permits held from the frame's arrival until its write is answered: the frame's bytes,
+/// then, once it is decoded, what its ops take decoded when that is more.
 pub(crate) struct WriteBudget {
-    _conn: OwnedSemaphorePermit,
-    _node: OwnedSemaphorePermit,
+    conn: OwnedSemaphorePermit,
+    node: OwnedSemaphorePermit,
+    /// The size of the node budget `node` is of.
+    node_cap: usize,
+    /// For a large frame, one of the node's decode slots until its decoded size is counted:
+    /// only a few large frames are decoded at once, whatever their ops take decoded.
+    decoding: Option<OwnedSemaphorePermit>,
     /// The frame's size.
     pub(crate) bytes: usize,
+}
+
+impl WriteBudget {
+    /// Hold room for `decoded` bytes (the frame's ops as the node holds them), as far as the
+    /// budgets go: three to eight connections pipelining 8 MB writes peaked at 1.2-1.6 GB when
+    /// only frames were counted (issue 23).
+    async fn grow_to(&mut self, decoded: usize) {
+        for (p, cap) in [
+            (&mut self.conn, CONN_WRITE_BYTES),
+            (&mut self.node, self.node_cap),
+        ] {
+            let sem = p.semaphore().clone();
+            // Never more than the whole budget: a write that needs it all still goes, alone.
+            let want = decoded.min(cap);
+            if want > p.num_permits() {
+                let extra = (want - p.num_permits()) as u32;
+                if let Ok(more) = sem.acquire_many_owned(extra).await {
+                    p.merge(more);
+                }
+            }
+        }
+        self.decoding = None;
+    }
+}
+
+/// About how many bytes `ops` take decoded (strings, JSON values and their nodes).
+pub(super) fn decoded_bytes(ops: &[crate::model::WriteOp]) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        use serde_json::Value;
+        32 + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(value).sum(),
+            Value::Object(o) => o.iter().map(|(k, v)| 48 + k.len() + value(v)).sum(),
+            _ => 0,
+        }
+    }
+    ops.iter()
+        .map(|o| {
+            96 + o.ns.len()
+                + o.id.as_ref().map_or(0, String::len)
+                + o.model.as_ref().map_or(0, String::len)
+                + o.data.as_ref().map_or(0, value)
+        })
+        .sum()
 }
 
 /// The connection's sender: sends queued frames in order until the queue closes or a close
@@ -250,7 +300,8 @@ async fn take_write_budget(
             .ok()?;
         // Small frames have a node budget of their own: a connection's next small write must
         // not queue behind other connections' large ones for room.
-        let w = if n <= SMALL_WRITE_BYTES {
+        let small = n <= SMALL_WRITE_BYTES;
+        let w = if small {
             node.small_write_budget
                 .clone()
                 .acquire_many_owned(permits(n, NODE_SMALL_WRITE_BYTES))
@@ -262,9 +313,20 @@ async fn take_write_budget(
                 .await
         }
         .ok()?;
+        let decoding = if small {
+            None
+        } else {
+            Some(node.large_decodes.clone().acquire_owned().await.ok()?)
+        };
         Some(WriteBudget {
-            _conn: c,
-            _node: w,
+            conn: c,
+            node: w,
+            decoding,
+            node_cap: if small {
+                NODE_SMALL_WRITE_BYTES
+            } else {
+                NODE_WRITE_BYTES
+            },
             bytes: n,
         })
     };
@@ -333,6 +395,9 @@ impl Shell {
                 }
             }
             Action::Write { req, ops, origin } => {
+                if let Some(b) = write_budget.as_mut() {
+                    b.grow_to(decoded_bytes(&ops)).await;
+                }
                 let answer = write(
                     &self.node,
                     self.conn_id,

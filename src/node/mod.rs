@@ -94,6 +94,9 @@ pub(crate) struct NodeState {
     pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
     /// The same for frames up to [`conn::SMALL_WRITE_BYTES`] ([`conn::NODE_SMALL_WRITE_BYTES`]).
     pub(crate) small_write_budget: Arc<tokio::sync::Semaphore>,
+    /// Frames larger than [`conn::SMALL_WRITE_BYTES`] being decoded at once (half the cores,
+    /// at least 2): what their ops take decoded is counted only once they are.
+    pub(crate) large_decodes: Arc<tokio::sync::Semaphore>,
     /// Readers snapshots and catch-ups may hold at once: all but one of the pool's, so
     /// hellos, health checks and the tailer always find one.
     pub(crate) bulk_reads: Arc<tokio::sync::Semaphore>,
@@ -229,6 +232,9 @@ pub async fn start(
         writes,
         write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_WRITE_BYTES)),
         small_write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_SMALL_WRITE_BYTES)),
+        large_decodes: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).max(2)),
+        )),
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(
             store.pool().readers().saturating_sub(1).max(1),
         )),

@@ -25,9 +25,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single network wait may take before the test fails.
 pub const NET_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `hivesync` binary under test.
+/// The `hivesync` binary under test: this build's, or `HIVESYNC_BIN` (a release build, for
+/// measurements such as the hardening tests' memory figures).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hivesync")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("HIVESYNC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hivesync").into())
+    })
 }
 
 /// A `hivesync` command with no configuration leaking in from the environment.
