@@ -136,6 +136,16 @@ async fn web_responses_carry_security_headers() {
     assert!(!script.contains("unsafe-inline"), "{script}");
 }
 
+/// `hivesync --db DB serve --config CONFIG` on any free port, not started.
+fn serve_with_config(db: &std::path::Path, config: &std::path::Path) -> std::process::Command {
+    let mut c = common::command();
+    c.arg("--db")
+        .arg(db)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config);
+    c
+}
+
 /// Item 13: two tokens with the same hash loaded silently (the first won, which can widen
 /// rights), so did duplicate names; a world-writable config got no warning; database files
 /// were created 0644.
@@ -162,18 +172,7 @@ fn token_mistakes_are_refused_and_files_are_private() {
         let path = d.path().join(format!("c{i}.toml"));
         std::fs::write(&path, config).unwrap();
         let db = d.path().join(format!("x{i}.db"));
-        let out = common::command()
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = serve_with_config(&db, &path).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "started with {config}");
         assert!(err.contains(want), "{want}: {err}");
@@ -183,16 +182,7 @@ fn token_mistakes_are_refused_and_files_are_private() {
     std::fs::write(&path, tok("alice", &h, "a")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let db = d.path().join("new.db");
-    let mut child = common::command()
-        .args([
-            "--db",
-            db.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&path)
+    let mut child = serve_with_config(&db, &path)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -286,16 +276,6 @@ async fn the_log_does_not_feed_itself_web_links_stay_inside_and_bad_writes_keep_
     assert_eq!(e.req.as_deref(), Some("w-7"), "{e:?}");
 }
 
-/// Anonymous resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 /// Item 3: connections that subscribed 64 times from 0 and never read took the node to
 /// 602 / 2,265 / 4,487 MB at 16 / 64 / 128 connections, and another client's write waited
 /// 7.1 s. Pages are now read only into room the connection (and the node) has for them, so
@@ -325,32 +305,18 @@ async fn subscribers_that_never_read_hold_bounded_memory() {
             .collect();
         c.write(&format!("f{b}"), ops).await;
     }
-    let before = rss_mib(node.pid());
+    let before = common::rss_mib(node.pid());
     let mut held = Vec::new();
     for _ in 0..hogs {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let tcp = sock
-            .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
-            .await
-            .unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
-            .await
-            .unwrap();
-        ws.send(Message::Text(r#"{"type":"hello"}"#.into()))
-            .await
-            .unwrap();
-        for i in 0..64 {
-            let m = format!(r#"{{"type":"subscribe","sub":"s{i}","from":0}}"#);
-            ws.send(Message::Text(m.into())).await.unwrap();
-        }
+        let subs = (0..64).map(|i| format!(r#"{{"type":"subscribe","sub":"s{i}","from":0}}"#));
+        let ws = common::non_reader(&node, subs).await;
         held.push(ws);
     }
     // Let them fill what they can.
     let mut peak = 0;
     for _ in 0..16 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        peak = peak.max(rss_mib(node.pid()));
+        peak = peak.max(common::rss_mib(node.pid()));
     }
     // Another client's write meanwhile.
     let t0 = std::time::Instant::now();
@@ -358,7 +324,7 @@ async fn subscribers_that_never_read_hold_bounded_memory() {
     w.hello(None).await;
     w.write("w", vec![common::entity("other", "o1", "x")]).await;
     let write = t0.elapsed();
-    peak = peak.max(rss_mib(node.pid()));
+    peak = peak.max(common::rss_mib(node.pid()));
     eprintln!(
         "{hogs} connections x 64 subscriptions from 0, never read: node anon RSS {before} MiB before, peak {peak} MiB (+{} MiB); another client's hello + write {write:?}",
         peak.saturating_sub(before)
@@ -544,7 +510,7 @@ async fn one_connections_heavy_writes_do_not_delay_anothers_small_one() {
 async fn pipelined_large_writes_are_bounded_by_their_decoded_size() {
     let node = Node::start().await;
     let url = node.url();
-    let base = rss_mib(node.pid());
+    let base = common::rss_mib(node.pid());
     let conns: usize = std::env::var("HIVESYNC_FLOODS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -591,7 +557,7 @@ async fn pipelined_large_writes_are_bounded_by_their_decoded_size() {
     let mut peak = 0;
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(12) {
-        peak = peak.max(rss_mib(node.pid()));
+        peak = peak.max(common::rss_mib(node.pid()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for f in floods {

@@ -43,17 +43,6 @@ async fn metric(node: &Node, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{text}"))
 }
 
-/// Anonymous resident memory of a process (heap and stacks: what buffering costs, without the
-/// database pages SQLite maps), in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 /// CPU time (user + system) a process has used, in clock ticks (1/100 s on Linux).
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -321,22 +310,8 @@ async fn a_client_that_never_reads_does_not_starve_the_node() {
     fill(&url, None, "big", 1200, 20_000).await;
 
     // One client opens 64 snapshot subscriptions and never reads (a small receive buffer).
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock
-        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
-        .await
-        .unwrap();
-    let (mut hog, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
-        .await
-        .unwrap();
-    hog.send(Message::Text(r#"{"type":"hello"}"#.into()))
-        .await
-        .unwrap();
-    for i in 0..64 {
-        let m = format!(r#"{{"type":"subscribe","sub":"s{i}"}}"#);
-        hog.send(Message::Text(m.into())).await.unwrap();
-    }
+    let subs = (0..64).map(|i| format!(r#"{{"type":"subscribe","sub":"s{i}"}}"#));
+    let hog = common::non_reader(&node, subs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Others are served within their normal latency, far inside the 30 s stall timeout.
@@ -358,14 +333,14 @@ async fn a_client_that_never_reads_does_not_starve_the_node() {
     let served = t0.elapsed();
     eprintln!(
         "beside 64 unread snapshots: health + hello + write + live delivery in {served:?}, node anon RSS {} MiB",
-        rss_mib(node.pid())
+        common::rss_mib(node.pid())
     );
     assert!(
         served < Duration::from_secs(10),
         "health, hello, write and live delivery took {served:?} beside the hog"
     );
     // Memory stays bounded: the hog's queue is capped in bytes.
-    let rss = rss_mib(node.pid());
+    let rss = common::rss_mib(node.pid());
     assert!(rss < 400, "node RSS {rss} MiB with 64 unread snapshots");
     // A second snapshot subscriber on another connection is served while the hog sits.
     let mut other = Client::connect(&url).await;
@@ -486,7 +461,7 @@ fn heavy_write(req: &str, mb: usize) -> String {
 async fn write_floods_are_bounded() {
     let node = Node::start().await;
     let url = node.url();
-    let base = rss_mib(node.pid());
+    let base = common::rss_mib(node.pid());
 
     // Before hello: 8 MB frames from 4 strangers are cut after a few KiB.
     let mut strangers = Vec::new();
@@ -513,7 +488,7 @@ async fn write_floods_are_bounded() {
         }
         assert!(too_large, "no too_large error before the close");
     }
-    let after_strangers = rss_mib(node.pid());
+    let after_strangers = common::rss_mib(node.pid());
     assert!(
         after_strangers < base + 64,
         "RSS {base} -> {after_strangers} MiB after 4 x 8 MB frames before hello"
@@ -551,7 +526,7 @@ async fn write_floods_are_bounded() {
     small.hello(None).await;
     let mut small_writes = 0;
     while t0.elapsed() < Duration::from_secs(12) {
-        max_rss = max_rss.max(rss_mib(node.pid()));
+        max_rss = max_rss.max(common::rss_mib(node.pid()));
         small
             .write(&format!("s{small_writes}"), vec![entity("calm", "c", "x")])
             .await;

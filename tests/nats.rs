@@ -260,6 +260,15 @@ async fn nats_stopped_and_restarted_under_write_load_loses_nothing() {
     assert_eq!(feed.seqs(), (1..=1600).collect::<Vec<_>>());
 }
 
+/// A primary publishing to `nats`.
+async fn primary_of(nats: &Nats) -> Node {
+    Node::start_with(NodeOpts {
+        args: vec!["--publish".into(), nats.url()],
+        ..Default::default()
+    })
+    .await
+}
+
 /// An edge fed from the stream (`--upstream nats://... --primary ws://...`).
 async fn edge_of(nats: &Nats, primary: &Node, config: Option<String>) -> Node {
     Node::start_with(NodeOpts {
@@ -317,11 +326,7 @@ async fn read_to(node: &Node, feed: &mut common::Feed, token: Option<&str>, head
 async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subscribers_see_no_gap()
 {
     let nats = Nats::start().await;
-    let primary = Node::start_with(NodeOpts {
-        args: vec!["--publish".into(), nats.url()],
-        ..Default::default()
-    })
-    .await;
+    let primary = primary_of(&nats).await;
     // A new edge: a snapshot from the primary's feed (empty here, so that the edge's log holds
     // every change for a subscriber from 0), then the stream.
     let mut edge = edge_of(&nats, &primary, None).await;
@@ -407,11 +412,7 @@ async fn an_edge_fed_from_nats_resumes_from_its_cursor_after_a_kill_and_its_subs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_fed_from_nats_enforces_its_own_tokens_and_recovers_from_a_purged_stream() {
     let nats = Nats::start().await;
-    let primary = Node::start_with(NodeOpts {
-        args: vec!["--publish".into(), nats.url()],
-        ..Default::default()
-    })
-    .await;
+    let primary = primary_of(&nats).await;
     let mut w = Client::connect(&primary.url()).await;
     w.hello(None).await;
     let mut n = 0;
@@ -514,11 +515,7 @@ async fn an_edge_fed_from_nats_enforces_its_own_tokens_and_recovers_from_a_purge
 async fn a_third_party_publishing_to_the_stream_cannot_write_into_an_edge() {
     use async_nats::HeaderMap;
     let nats = Nats::start().await;
-    let mut primary = Node::start_with(NodeOpts {
-        args: vec!["--publish".into(), nats.url()],
-        ..Default::default()
-    })
-    .await;
+    let mut primary = primary_of(&nats).await;
     let edge = edge_of(&nats, &primary, None).await;
     until_edge_at(&edge, 0).await;
     write_many(&primary, 0, 100).await;
@@ -685,11 +682,7 @@ async fn with_nats_authentication_only_the_nodes_reach_the_stream() {
     .await
     .unwrap_or_else(|_| "timed out".into());
     assert!(!refused.contains("stored"), "{refused}");
-    let primary = Node::start_with(NodeOpts {
-        args: vec!["--publish".into(), nats.url()],
-        ..Default::default()
-    })
-    .await;
+    let primary = primary_of(&nats).await;
     let edge = edge_of(&nats, &primary, None).await;
     until_edge_at(&edge, 0).await;
     write_many(&primary, 0, 100).await;
@@ -724,11 +717,7 @@ async fn an_edge_follows_the_primary_when_the_stream_stops_taking_its_changes() 
     })
     .await
     .unwrap();
-    let primary = Node::start_with(NodeOpts {
-        args: vec!["--publish".into(), nats.url()],
-        ..Default::default()
-    })
-    .await;
+    let primary = primary_of(&nats).await;
     let edge = edge_of(&nats, &primary, None).await;
     until_edge_at(&edge, 0).await;
     write_many(&primary, 0, 1200).await;

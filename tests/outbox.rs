@@ -161,6 +161,15 @@ async fn a_batch_of_client_writes_lands_each_once_however_it_is_cut() {
     assert_eq!(counts(&node), (3, 3));
 }
 
+/// Wait until the edge has caught up with its upstream.
+async fn until_live(edge: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while edge.health().await["upstream"]["live"] != json!(true) {
+        assert!(Instant::now() < deadline, "the edge never went live");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_edge_relay_passes_the_origin_to_the_primary() {
     let primary = Node::start().await;
@@ -169,11 +178,7 @@ async fn an_edge_relay_passes_the_origin_to_the_primary() {
         ..Default::default()
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while edge.health().await["upstream"]["live"] != json!(true) {
-        assert!(Instant::now() < deadline, "the edge never went live");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_live(&edge).await;
     let mut at_edge = Client::connect(&edge.url()).await;
     at_edge.hello(None).await;
     let mut at_primary = Client::connect(&primary.url()).await;
@@ -277,11 +282,7 @@ async fn a_client_id_belongs_to_the_token_that_first_wrote_with_it() {
         ..Default::default()
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while edge.health().await["upstream"]["live"] != json!(true) {
-        assert!(Instant::now() < deadline, "the edge never went live");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_live(&edge).await;
     let mut ea = Client::connect(&edge.url()).await;
     ea.hello(Some("ta")).await;
     let mut eb = Client::connect(&edge.url()).await;

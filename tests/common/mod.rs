@@ -705,3 +705,38 @@ pub fn data(c: &Change) -> Value {
 pub fn assert_code(e: &ErrorMsg, code: ErrorCode) {
     assert_eq!(e.code, code, "error {e:?}");
 }
+
+/// Anonymous resident memory of a process (heap and stacks: what buffering costs, without the
+/// database pages SQLite maps), in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// A client that says hello anonymously, sends `subscribes` (JSON texts), and never reads:
+/// its socket's receive buffer is tiny, so the node's frames back up at once.
+pub async fn non_reader(
+    node: &Node,
+    subscribes: impl IntoIterator<Item = String>,
+) -> WebSocketStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock
+        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(node.url().as_str(), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::Text(r#"{"type":"hello"}"#.into()))
+        .await
+        .unwrap();
+    for m in subscribes {
+        ws.send(Message::Text(m.into())).await.unwrap();
+    }
+    ws
+}
