@@ -740,3 +740,32 @@ async fn an_edge_follows_the_primary_when_the_stream_stops_taking_its_changes() 
     read_to(&edge, &mut feed, None, 1200).await;
     assert_eq!(feed.seqs(), (1..=1200).collect::<Vec<_>>());
 }
+
+/// Issue 24, item 8: `hivesync_nats_connected` stayed 1 for about 8 s after nats-server died
+/// (while the publisher had nothing to send), and the primary's `/healthz` said nothing of its
+/// publisher. Both follow the connection within a second or two now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishers_connection_shows_within_seconds() {
+    let mut nats = Nats::start().await;
+    let primary = primary_of(&nats).await;
+    common::eventually(
+        Duration::from_secs(20),
+        || async { metric(&primary, "hivesync_nats_connected").await == 1 },
+        || primary.log_text(),
+    )
+    .await;
+    assert_eq!(primary.health().await["publish"]["connected"], true);
+    nats.stop();
+    let t0 = Instant::now();
+    common::eventually(
+        Duration::from_secs(5),
+        || async { metric(&primary, "hivesync_nats_connected").await == 0 },
+        || primary.log_text(),
+    )
+    .await;
+    eprintln!(
+        "publisher seen disconnected {:?} after nats-server stopped",
+        t0.elapsed()
+    );
+    assert_eq!(primary.health().await["publish"]["connected"], false);
+}

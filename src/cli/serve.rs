@@ -14,9 +14,10 @@ use hivesync::store::{PoolConfig, Store, StoreOptions};
 /// `hivesync serve` options.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: HOST:PORT (127.0.0.1:7070, localhost:7070, 0.0.0.0:7070), :PORT
+    /// (every interface) or PORT (loopback).
     #[arg(long, env = "HIVESYNC_LISTEN", default_value = "127.0.0.1:7070")]
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: String,
     /// TOML config file (tokens, retention); reloaded when it changes.
     #[arg(long, env = "HIVESYNC_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -103,6 +104,11 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
+        // The port before the database: a node that cannot listen leaves no file behind.
+        let addr = listen_addr(&args.listen).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}: is another node running there? pick another address with --listen"))?;
         let opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
         let db2 = db.to_path_buf();
         let store = Arc::new(
@@ -110,9 +116,6 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
                 .await?
                 .with_context(|| format!("opening {}", db.display()))?,
         );
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}: is another node running there? pick another address with --listen", args.listen))?;
         let opts = NodeOptions {
             read_only: args.read_only,
             upstream: args.upstream.clone(),
@@ -140,6 +143,34 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The address `--listen` names: HOST:PORT (a host name is resolved), :PORT for every
+/// interface, PORT for loopback.
+async fn listen_addr(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    let usage = || {
+        anyhow::anyhow!(
+            "--listen {s:?}: expected HOST:PORT (127.0.0.1:7070, localhost:7070, 0.0.0.0:7070), :PORT (every interface) or PORT (loopback)"
+        )
+    };
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(usage());
+    }
+    let mut found = tokio::net::lookup_host(s)
+        .await
+        .with_context(|| format!("--listen {s:?}: cannot resolve the host name"))?;
+    found.next().ok_or_else(usage)
 }
 
 /// Register SIGINT and SIGTERM handlers now (before the port is bound, so a signal that comes

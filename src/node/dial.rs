@@ -17,6 +17,13 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Connect to `url` offering `subprotocol`, with the frame limits every hivesync client
 /// accepts and no Nagle (acks and forwarded writes are small frames that must not wait for a
 /// delayed ACK).
+/// `url` with the feed's path (`/v1/sync`) in place of its own.
+fn feed_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("ws", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    format!("{scheme}://{host}/v1/sync")
+}
+
 pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
@@ -39,6 +46,15 @@ pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFail
         Err(WsError::Url(e)) => Err(ConnectFailure::BadUrl(format!(
             "{url:?}: {e}; expected ws://host:port/v1/sync (or wss://)"
         ))),
+        // A page or a redirect where the feed should be (`ws://host:7070/`): no retry will
+        // make it a feed.
+        Err(WsError::Http(resp)) if resp.status().as_u16() < 400 => Err(ConnectFailure::BadUrl(
+            format!(
+                "{url} answered HTTP {} instead of a WebSocket upgrade: it is not a hivesync feed; did you mean {}?",
+                resp.status().as_u16(),
+                feed_url(url)
+            ),
+        )),
         Err(WsError::Http(resp)) => Err(ConnectFailure::Http(resp.status().as_u16())),
         Err(e) => Err(ConnectFailure::Network(format!(
             "cannot connect to {url}: {e}"

@@ -245,7 +245,7 @@ async fn session(
     let client = connect(cfg, "hivesync-publisher").await?;
     // A change larger than the server takes goes out as a stand-in without payload.
     let max_payload = client.server_info().max_payload;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let prefix = cfg.prefix();
     let mut after = resume_point(store, &js, cfg, &prefix, key, metrics).await?;
     metrics.nats_connected.store(1, Relaxed);
@@ -257,6 +257,10 @@ async fn session(
     // stream's last message is where a restart resumes anyway.
     let mut recorded_at = (after, Instant::now());
     loop {
+        // What the client knows of its connection, now: `hivesync_nats_connected` stayed 1
+        // for about 8 s after nats-server died while the publisher had nothing to send.
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        metrics.nats_connected.store(connected as u64, Relaxed);
         let batch = next_batch(store, hub, &mut after).await?;
         if batch.is_empty() {
             if recorded_at.0 < after {
