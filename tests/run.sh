@@ -18,6 +18,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs npm)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # tests/nats.rs starts its own JetStream servers (nats-server -js on loopback ports).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -46,6 +47,14 @@ if [ ! -x wasm/node_modules/.bin/wasm-opt ] || [ ! -d wasm/node_modules/playwrig
   (cd wasm && npm ci --no-audit --no-fund)
 else
   echo "wasm/node_modules: present"
+fi
+
+# tests/clients.rs runs the documented Python consumer (docs/examples/consumer.py).
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  python3 -m pip install --quiet websockets \
+    || python3 -m pip install --quiet --break-system-packages websockets
+else
+  echo "python websockets: present"
 fi
 
 # clang 14 needs this flag for sqlite-wasm-vec's C shim (see toolchain notes).
