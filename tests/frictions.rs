@@ -117,3 +117,110 @@ async fn listen_takes_host_names_and_bare_ports_and_a_taken_port_leaves_no_file(
         "the node created its database before it failed to listen"
     );
 }
+
+/// `GET path` with `headers`: status, response headers (lower-cased names) and body bytes.
+async fn get(port: u16, path: &str, headers: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    if hs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        // De-chunk.
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+            rest = &rest[nl + 2 + n + 2..];
+        }
+        body = out;
+    }
+    (status, hs, body)
+}
+
+fn h<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Issue 24, item 7: the package was served uncompressed (`hivesync_wasm_bg.wasm`: 1,564,211
+/// bytes; 703 KB gzipped) with `cache-control: no-cache` and no validator. It is gzipped where
+/// the client takes it (once per file), tagged, and a client holding this version gets a 304.
+#[tokio::test]
+async fn the_package_is_served_gzipped_with_validators() {
+    use std::io::Read as _;
+    let node = Node::start().await;
+    let wasm = "/pkg/hivesync_wasm_bg.wasm";
+    let (status, plain_h, plain) = get(node.port, wasm, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&plain_h, "content-encoding"), None);
+    let (status, gz_h, gz) = get(node.port, wasm, "Accept-Encoding: gzip, deflate, br\r\n").await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&gz_h, "content-encoding"), Some("gzip"));
+    assert_eq!(h(&gz_h, "vary"), Some("Accept-Encoding"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain, "the gzip holds the same bytes");
+    eprintln!("{wasm}: {} bytes, {} gzipped", plain.len(), gz.len());
+    assert!(
+        gz.len() * 10 < plain.len() * 6,
+        "{} -> {}",
+        plain.len(),
+        gz.len()
+    );
+    // Validators: each form its own tag; a client that holds it gets 304 and no body.
+    let (tag, gz_tag) = (h(&plain_h, "etag").unwrap(), h(&gz_h, "etag").unwrap());
+    assert_ne!(tag, gz_tag);
+    let (status, _, body) = get(node.port, wasm, &format!("If-None-Match: {tag}\r\n")).await;
+    assert_eq!((status, body.len()), (304, 0));
+    let (status, _, _) = get(
+        node.port,
+        wasm,
+        &format!("Accept-Encoding: gzip\r\nIf-None-Match: {gz_tag}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 304);
+    let (status, _, _) = get(node.port, wasm, "If-None-Match: \"other\"\r\n").await;
+    assert_eq!(status, 200);
+    // `gzip;q=0` refuses it; the page and scripts are compressed too.
+    let (_, hs, _) = get(node.port, wasm, "Accept-Encoding: gzip;q=0\r\n").await;
+    assert_eq!(h(&hs, "content-encoding"), None);
+    for path in ["/", "/hivesync.js", "/pkg/hivesync_wasm.js"] {
+        let (status, hs, _) = get(node.port, path, "Accept-Encoding: gzip\r\n").await;
+        assert_eq!(
+            (status, h(&hs, "content-encoding")),
+            (200, Some("gzip")),
+            "{path}"
+        );
+    }
+}

@@ -361,6 +361,7 @@ fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
     if let web::WebFiles::Dir(d) = &web_files {
         tracing::info!("serving the browser replica from {}", d.display());
     }
+    web_files.warm();
     let web_routes = Router::new()
         .route("/", get(web::index))
         .route("/status", get(web::status))

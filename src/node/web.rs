@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
 /// Where the web files come from.
@@ -66,6 +66,28 @@ impl WebFiles {
         }
     }
 
+    /// A built-in file ready to serve: its bytes, their gzip (made once, on first request) and
+    /// a validator.
+    fn prepared(path: &str) -> Option<&'static Prepared> {
+        static PREPARED: std::sync::OnceLock<Vec<std::sync::OnceLock<Prepared>>> =
+            std::sync::OnceLock::new();
+        let all = PREPARED.get_or_init(|| EMBEDDED.iter().map(|_| Default::default()).collect());
+        let i = EMBEDDED.iter().position(|(name, _)| *name == path)?;
+        Some(all[i].get_or_init(|| Prepared::new(Bytes::from_static(EMBEDDED[i].1), true)))
+    }
+
+    /// Prepare every built-in file now, on a blocking thread (at start: the first page load
+    /// does not wait for the compression).
+    pub(crate) fn warm(&self) {
+        if matches!(self, WebFiles::Embedded) {
+            tokio::task::spawn_blocking(|| {
+                for (name, _) in EMBEDDED {
+                    WebFiles::prepared(name);
+                }
+            });
+        }
+    }
+
     /// A file's bytes: the built-in ones are served without a copy.
     async fn read(&self, path: &str) -> Option<Bytes> {
         match self {
@@ -86,6 +108,55 @@ impl WebFiles {
             }
         }
     }
+}
+
+/// A file as it is served: its bytes, their gzip when that is smaller, and its entity tag.
+struct Prepared {
+    raw: Bytes,
+    gz: Option<Bytes>,
+    /// The first 16 hex digits of the bytes' SHA-256.
+    tag: String,
+}
+
+impl Prepared {
+    fn new(raw: Bytes, compress: bool) -> Prepared {
+        use sha2::Digest as _;
+        let tag: String = sha2::Sha256::digest(&raw)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let gz = compress.then(|| gzip(&raw)).flatten().map(Bytes::from);
+        Prepared { raw, gz, tag }
+    }
+}
+
+/// `bytes` gzipped at the best level (the package's WebAssembly: 1,564,211 bytes, 703 KB), when
+/// that saves anything.
+fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(bytes).ok()?;
+    let out = e.finish().ok()?;
+    (out.len() + 64 < bytes.len()).then_some(out)
+}
+
+/// True when the request's `Accept-Encoding` takes gzip.
+fn takes_gzip(req: &HeaderMap) -> bool {
+    req.get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -134,27 +205,80 @@ fn secured(csp: &str, mut r: Response) -> Response {
     r
 }
 
-async fn file(files: &WebFiles, dir: &str, name: &str) -> Response {
+async fn file(files: &WebFiles, dir: &str, name: &str, req: &HeaderMap) -> Response {
     if !safe_name(name) {
         return secured(CSP, (StatusCode::NOT_FOUND, "not found\n").into_response());
     }
-    let r = match files.read(&format!("{dir}{name}")).await {
-        Some(bytes) => (
-            [
-                (header::CONTENT_TYPE, content_type(name)),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            bytes,
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    let path = format!("{dir}{name}");
+    // The built-in files are prepared once; a --web directory's are read (and tagged) anew
+    // each time, uncompressed, as they may change.
+    let fresh;
+    let prepared = match files {
+        // Compressing is CPU work: off the async threads (done once per file).
+        WebFiles::Embedded => {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || WebFiles::prepared(&p))
+                .await
+                .ok()
+                .flatten()
+        }
+        WebFiles::Dir(_) => match files.read(&path).await {
+            Some(bytes) => {
+                fresh = Prepared::new(bytes, false);
+                Some(&fresh)
+            }
+            None => None,
+        },
     };
-    secured(CSP, r)
+    let Some(p) = prepared else {
+        return secured(CSP, (StatusCode::NOT_FOUND, "not found\n").into_response());
+    };
+    secured(CSP, respond(p, content_type(name), req))
+}
+
+/// A file's response: gzipped where the client takes it, tagged (`ETag`, `Vary`), and `304 Not
+/// Modified` when the client holds this version. The package's names carry no hash, so caches
+/// revalidate (`no-cache`), which costs a 304 when nothing changed.
+fn respond(p: &Prepared, content_type: &'static str, req: &HeaderMap) -> Response {
+    let gz = p.gz.as_ref().filter(|_| takes_gzip(req));
+    let etag = match gz {
+        Some(_) => format!("\"{}-gzip\"", p.tag),
+        None => format!("\"{}\"", p.tag),
+    };
+    let matches = req
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        });
+    let mut r = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        match gz {
+            Some(body) => ([(header::CONTENT_ENCODING, "gzip")], body.clone()).into_response(),
+            None => p.raw.clone().into_response(),
+        }
+    };
+    let h = r.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::VARY, "Accept-Encoding"),
+        (header::ETAG, etag.as_str()),
+    ] {
+        if let Ok(v) = header::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    r
 }
 
 /// `/`: the replica's demo page.
-pub(crate) async fn index(State(files): State<WebFiles>) -> Response {
-    file(&files, "", "index.html").await
+pub(crate) async fn index(State(files): State<WebFiles>, req: HeaderMap) -> Response {
+    file(&files, "", "index.html", &req).await
 }
 
 /// `/status`: the node's status page, a live view of its feed.
@@ -185,13 +309,18 @@ fn status_csp(page: &str) -> String {
 pub(crate) async fn asset(
     State(files): State<WebFiles>,
     UrlPath(name): UrlPath<String>,
+    req: HeaderMap,
 ) -> Response {
-    file(&files, "", &name).await
+    file(&files, "", &name, &req).await
 }
 
 /// `/pkg/{name}`: a file of the wasm package.
-pub(crate) async fn pkg(State(files): State<WebFiles>, UrlPath(name): UrlPath<String>) -> Response {
-    file(&files, "pkg/", &name).await
+pub(crate) async fn pkg(
+    State(files): State<WebFiles>,
+    UrlPath(name): UrlPath<String>,
+    req: HeaderMap,
+) -> Response {
+    file(&files, "pkg/", &name, &req).await
 }
 
 #[cfg(test)]
