@@ -1366,7 +1366,9 @@ async fn the_replica_is_served_from_the_binary() {
         404
     );
 
-    let empty = tempfile::tempdir().unwrap();
+    // `--web` must name a directory (issue 24: a directory's files go over the built-in
+    // package's, so it need not hold a whole package).
+    let not_a_dir = node.dir.path().join("nothing-here");
     let out = common::cli(
         &node.dir.path().join("other.db"),
         &[
@@ -1374,12 +1376,44 @@ async fn the_replica_is_served_from_the_binary() {
             "--listen",
             "127.0.0.1:0",
             "--web",
-            empty.path().to_str().unwrap(),
+            not_a_dir.to_str().unwrap(),
         ],
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bash wasm/build.sh"), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+}
+
+/// Issue 24, item 6: `--web DIR` adds files over the built-in package: an app's own page and
+/// script from DIR, the package's files (which DIR lacks) built in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_directory_goes_over_the_built_in_package() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(
+        web.path().join("index.html"),
+        "<!doctype html><title>my app</title>",
+    )
+    .unwrap();
+    std::fs::write(web.path().join("my.js"), "export const mine = 1;").unwrap();
+    let node = Node::start_with(common::NodeOpts {
+        args: vec!["--web".into(), web.path().to_str().unwrap().into()],
+        ..Default::default()
+    })
+    .await;
+    let (status, page) = common::http_get(node.port, "/").await.unwrap();
+    assert_eq!((status, page.contains("my app")), (200, true), "{page}");
+    assert_eq!(common::http_get(node.port, "/my.js").await.unwrap().0, 200);
+    for path in ["/hivesync.js", "/worker.js", "/pkg/hivesync_wasm_bg.wasm"] {
+        assert_eq!(
+            common::http_get(node.port, path).await.unwrap().0,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        common::http_get(node.port, "/nope.js").await.unwrap().0,
+        404
+    );
 }
 
 /// `hivesync token NAME --ns A --read-only` prints a secret once and config lines holding only

@@ -20,7 +20,8 @@ pub enum WebFiles {
     /// The package compiled into the binary.
     Embedded,
     /// A directory laid out as `wasm/web` (`--web DIR`), its real path (symbolic links
-    /// resolved): no file outside it is served, whatever links inside it point to.
+    /// resolved): no file outside it is served, whatever links inside it point to. Its files
+    /// go over the built-in package's: a file it lacks is the built-in one.
     Dir(Arc<PathBuf>),
 }
 
@@ -48,19 +49,20 @@ static EMBEDDED: &[(&str, &[u8])] = embed!(
 );
 
 impl WebFiles {
-    /// `--web DIR` when given (it must hold a built package), else the embedded package.
+    /// `--web DIR` when given (a directory: its files go over the built-in package's, so it
+    /// may hold a whole package or only an app's own pages), else the embedded package.
     pub fn choose(dir: Option<&Path>) -> crate::Result<WebFiles> {
         match dir {
             None => Ok(WebFiles::Embedded),
-            Some(d) if d.join("pkg/hivesync_wasm_bg.wasm").is_file() => {
-                let real = d.canonicalize().map_err(|e| {
-                    crate::Error::invalid(format!("--web {}: {e}", d.display()))
-                })?;
+            Some(d) if d.is_dir() => {
+                let real = d
+                    .canonicalize()
+                    .map_err(|e| crate::Error::invalid(format!("--web {}: {e}", d.display())))?;
                 Ok(WebFiles::Dir(Arc::new(real)))
             }
             Some(d) => Err(crate::Error::invalid(format!(
-                "--web {}: no built browser replica there (expected pkg/hivesync_wasm_bg.wasm; \
-                 build one with `bash wasm/build.sh`, or leave out --web to serve the one built in)",
+                "--web {}: not a directory (give a directory laid out as wasm/web, whose files go \
+                 over the built-in package's, or leave out --web)",
                 d.display()
             ))),
         }
@@ -79,13 +81,12 @@ impl WebFiles {
     /// Prepare every built-in file now, on a blocking thread (at start: the first page load
     /// does not wait for the compression).
     pub(crate) fn warm(&self) {
-        if matches!(self, WebFiles::Embedded) {
-            tokio::task::spawn_blocking(|| {
-                for (name, _) in EMBEDDED {
-                    WebFiles::prepared(name);
-                }
-            });
-        }
+        // A --web directory may lack some: the built-in ones stand in.
+        tokio::task::spawn_blocking(|| {
+            for (name, _) in EMBEDDED {
+                WebFiles::prepared(name);
+            }
+        });
     }
 
     /// A file's bytes: the built-in ones are served without a copy.
@@ -213,22 +214,24 @@ async fn file(files: &WebFiles, dir: &str, name: &str, req: &HeaderMap) -> Respo
     // The built-in files are prepared once; a --web directory's are read (and tagged) anew
     // each time, uncompressed, as they may change.
     let fresh;
-    let prepared = match files {
-        // Compressing is CPU work: off the async threads (done once per file).
-        WebFiles::Embedded => {
+    let from_dir = match files {
+        WebFiles::Dir(_) => files.read(&path).await,
+        WebFiles::Embedded => None,
+    };
+    let prepared = match from_dir {
+        Some(bytes) => {
+            fresh = Prepared::new(bytes, false);
+            Some(&fresh)
+        }
+        // The built-in file (also under a --web directory that lacks it). Compressing is CPU
+        // work: off the async threads (done once per file).
+        None => {
             let p = path.clone();
             tokio::task::spawn_blocking(move || WebFiles::prepared(&p))
                 .await
                 .ok()
                 .flatten()
         }
-        WebFiles::Dir(_) => match files.read(&path).await {
-            Some(bytes) => {
-                fresh = Prepared::new(bytes, false);
-                Some(&fresh)
-            }
-            None => None,
-        },
     };
     let Some(p) = prepared else {
         return secured(CSP, (StatusCode::NOT_FOUND, "not found\n").into_response());
