@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::conn;
-use super::gate::{Gated, HelloGate};
+use super::gate::{Gated, HelloGate, PreHello, Waiting};
 use super::NodeState;
 use crate::protocol::{Encoding, MAX_FRAME_BYTES};
 
@@ -95,64 +95,6 @@ pub(crate) fn nofile_limit() -> usize {
 /// The socket limit for a process allowed `nofile` descriptors.
 pub(crate) fn socket_budget(nofile: usize) -> usize {
     nofile.saturating_sub(FD_RESERVE).max(HTTP_RESERVE + 16)
-}
-
-/// Upgraded connections that have not said `hello` yet, in all and per address: one stranger
-/// opening upgrades and never saying hello took all the WebSocket slots before this (a token
-/// holder got 503 on 10 of 12 tries).
-#[derive(Debug)]
-pub(crate) struct PreHello {
-    max: usize,
-    per_address: usize,
-    by_address: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// An upgraded connection's place among those that have not said hello; given back by the
-/// accepted hello (or the end of the connection).
-#[derive(Debug)]
-pub(crate) struct Waiting {
-    of: Arc<PreHello>,
-    addr: std::net::IpAddr,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        let mut m = self.of.by_address.lock();
-        if let Some(n) = m.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.addr);
-            }
-        }
-    }
-}
-
-impl PreHello {
-    fn new(max: usize) -> PreHello {
-        PreHello {
-            max,
-            per_address: (max / 8).max(8),
-            by_address: Mutex::default(),
-        }
-    }
-
-    /// A place for a connection from `addr`, or why there is none.
-    fn admit(self: &Arc<Self>, addr: std::net::IpAddr) -> Result<Waiting, String> {
-        let mut m = self.by_address.lock();
-        let total: usize = m.values().sum();
-        let mine = m.get(&addr).copied().unwrap_or(0);
-        if total >= self.max {
-            return Err(format!("this node has {total} connections that have not said hello yet, its limit; retry later\n"));
-        }
-        if mine >= self.per_address {
-            return Err(format!("{addr} has {mine} connections that have not said hello yet, the limit per address; send hello on those first\n"));
-        }
-        *m.entry(addr).or_insert(0) += 1;
-        Ok(Waiting {
-            of: self.clone(),
-            addr,
-        })
-    }
 }
 
 /// The address a request came from.
@@ -304,12 +246,9 @@ pub(crate) async fn ws_upgrade(
             "the connection cannot be upgraded\n".into(),
         );
     };
-    let foreign = foreign_origin(req.headers(), &node.auth.config().allowed_origins).filter(|o| {
-        !node
-            .allow_origins
-            .iter()
-            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
-    });
+    let config = node.auth.config();
+    let allowed = config.allowed_origins.iter().chain(&node.allow_origins);
+    let foreign = foreign_origin(req.headers(), allowed);
     tokio::spawn(async move {
         serve_upgraded(on_upgrade, node, enc, foreign, waiting).await;
         drop(permit);
@@ -388,15 +327,16 @@ fn handshake(
 /// Run the connection once the upgrade completes.
 /// The request's `Origin` (a browser's), when it is neither the node's own (the `Host` the
 /// page reached it at) nor one of `allowed`.
-fn foreign_origin(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
+fn foreign_origin<'a>(
+    headers: &HeaderMap,
+    mut allowed: impl Iterator<Item = &'a String>,
+) -> Option<String> {
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let own = origin
         .split_once("://")
         .is_some_and(|(_, h)| host.is_some_and(|host| h.eq_ignore_ascii_case(host)));
-    let listed = allowed
-        .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    let listed = allowed.any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
     (!own && !listed).then(|| origin.chars().take(200).collect())
 }
 
@@ -442,28 +382,42 @@ mod tests {
             }
             m
         };
-        let allowed = vec!["https://app.example.com".to_string()];
-        assert_eq!(foreign_origin(&h(None, "127.0.0.1:7070"), &allowed), None);
+        let allowed = ["https://app.example.com".to_string()];
+        assert_eq!(
+            foreign_origin(&h(None, "127.0.0.1:7070"), allowed.iter()),
+            None
+        );
         assert_eq!(
             foreign_origin(
                 &h(Some("http://127.0.0.1:7070"), "127.0.0.1:7070"),
-                &allowed
+                allowed.iter()
             ),
             None
         );
         assert_eq!(
-            foreign_origin(&h(Some("https://app.example.com"), "n:7070"), &allowed),
+            foreign_origin(
+                &h(Some("https://app.example.com"), "n:7070"),
+                allowed.iter()
+            ),
             None
         );
         assert_eq!(
-            foreign_origin(&h(Some("https://evil.example"), "127.0.0.1:7070"), &allowed).as_deref(),
+            foreign_origin(
+                &h(Some("https://evil.example"), "127.0.0.1:7070"),
+                allowed.iter()
+            )
+            .as_deref(),
             Some("https://evil.example")
         );
         assert_eq!(
-            foreign_origin(&h(Some("null"), "127.0.0.1:7070"), &[]).as_deref(),
+            foreign_origin(&h(Some("null"), "127.0.0.1:7070"), [].iter()).as_deref(),
             Some("null")
         );
-        assert!(foreign_origin(&h(Some("http://127.0.0.1:7071"), "127.0.0.1:7070"), &[]).is_some());
+        assert!(foreign_origin(
+            &h(Some("http://127.0.0.1:7071"), "127.0.0.1:7070"),
+            [].iter()
+        )
+        .is_some());
     }
 
     #[test]

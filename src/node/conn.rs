@@ -5,17 +5,17 @@
 //! node a known amount of memory and never the readers other clients need:
 //! - before `hello`: [`crate::protocol::MAX_PRE_HELLO_BYTES`] read from the socket
 //!   ([`HelloGate`]), and [`HELLO_TIMEOUT`] to send it;
-//! - writes queued for the writer: [`CONN_WRITE_BYTES`] of frames per connection and
-//!   [`NODE_WRITE_BYTES`] for the node, taken before a frame is decoded; at either limit the
+//! - writes queued for the writer: [`CONN_WRITE_BYTES`](super::budget::CONN_WRITE_BYTES) of frames per connection and
+//!   [`NODE_WRITE_BYTES`](super::budget::NODE_WRITE_BYTES) for the node, taken before a frame is decoded; at either limit the
 //!   connection stops reading its socket until earlier writes commit;
-//! - frames queued for the client: [`CONN_OUT_BYTES`]; a subscription waits for room (and is
+//! - frames queued for the client: [`CONN_OUT_BYTES`](super::budget::CONN_OUT_BYTES); a subscription waits for room (and is
 //!   dropped after the stall timeout); a snapshot or catch-up page takes its room before it is
 //!   read (so pages are produced only as the socket drains, however many subscriptions wait),
 //!   and so does a live frame before it is copied out of the hub's window; past its first
-//!   [`CONN_FREE_OUT_BYTES`], and for any page, a connection's frames also take room from
-//!   the node's [`NODE_OUT_BYTES`];
+//!   [`CONN_FREE_OUT_BYTES`](super::budget::CONN_FREE_OUT_BYTES), and for any page, a connection's frames also take room from
+//!   the node's [`NODE_OUT_BYTES`](super::budget::NODE_OUT_BYTES);
 //! - snapshot and catch-up reads ([`super::sub`]): one at a time per connection
-//!   ([`ConnBudget::bulk`]), and all but one of the pool's readers for the node
+//!   ([`ConnBudget::bulk`](super::budget::ConnBudget)), and all but one of the pool's readers for the node
 //!   ([`super::NodeState::bulk_reads`]).
 
 use std::collections::HashMap;
@@ -26,12 +26,16 @@ use std::time::{Duration, Instant};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::RwLock;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::budget::{
+    decoded_bytes, message_len, take_write_budget, ConnBudget, OutPermit, WriteBudget,
+    CONN_OUT_BYTES, CONN_WRITE_BYTES,
+};
 use super::gate::{HelloGate, Socket};
 use super::metrics::{Metrics, SubStats};
 use super::sub::{run_sub, SubCtx};
@@ -44,64 +48,16 @@ use crate::protocol::{
 
 /// Frames queued per connection (a second bound beside [`CONN_OUT_BYTES`]).
 const OUT_QUEUE: usize = 64;
-/// Bytes of frames queued per connection for its client: 64 snapshot subscriptions that were
-/// never read held 926 MB before this bound.
-pub(super) const CONN_OUT_BYTES: usize = 8 * 1024 * 1024;
-/// Bytes of frames waiting for sockets node-wide, past each connection's first
-/// [`CONN_FREE_OUT_BYTES`] (and every snapshot or catch-up page): 128 connections that each
-/// subscribed 64 times from 0 and never read held 4,487 MB before frames waited for room
-/// (issue 23), and the per-connection bound alone still let them hold 1 GiB.
-pub(crate) const NODE_OUT_BYTES: usize = 256 * 1024 * 1024;
-/// What a connection may have queued without the node's budget: live frames to a client that
-/// keeps up stay within it, so connections that stopped reading and hold the node's budget
-/// never hold up live delivery to the others (only their catch-ups and snapshots).
-pub(crate) const CONN_FREE_OUT_BYTES: usize = 256 * 1024;
 /// Time a client has after the upgrade to send an accepted `hello`: 900 upgraded connections
 /// that never sent one otherwise held their descriptors forever.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused `hello` is answered after this delay, so guessing tokens is slow.
 pub(crate) const FAILED_HELLO_DELAY: Duration = Duration::from_millis(500);
-/// Bytes of write frames one connection may have queued or committing.
-pub(crate) const CONN_WRITE_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes of write frames the whole node may have queued or committing: with 8 MiB frames, 3
-/// connections pipelining writes behind slow commits took the node past 4 GB before this.
-pub(crate) const NODE_WRITE_BYTES: usize = 64 * 1024 * 1024;
-/// Write frames up to this size take room from [`NODE_SMALL_WRITE_BYTES`] instead of
-/// [`NODE_WRITE_BYTES`] (a one-op write is well under it).
-pub(crate) const SMALL_WRITE_BYTES: usize = 256 * 1024;
-/// Bytes of small write frames the whole node may have queued or committing.
-pub(crate) const NODE_SMALL_WRITE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A frame for the client, holding its share of [`CONN_OUT_BYTES`] until it is sent.
 pub(super) enum Out {
     Frame(Message, Option<OutPermit>),
     Close(u16, String),
-}
-
-/// Room for frames not yet sent: bytes of the connection's [`CONN_OUT_BYTES`], and for a
-/// snapshot or catch-up page or past the connection's first [`CONN_FREE_OUT_BYTES`], as many
-/// of the node's [`NODE_OUT_BYTES`].
-pub(super) struct OutPermit {
-    pub(super) conn: OwnedSemaphorePermit,
-    pub(super) node: Option<OwnedSemaphorePermit>,
-}
-
-impl OutPermit {
-    /// Bytes it holds.
-    pub(super) fn bytes(&self) -> usize {
-        self.conn.num_permits()
-    }
-
-    /// Split off `n` bytes (less than it holds).
-    pub(super) fn split(&mut self, n: usize) -> Option<OutPermit> {
-        Some(OutPermit {
-            conn: self.conn.split(n)?,
-            node: match &mut self.node {
-                Some(p) => Some(p.split(n)?),
-                None => None,
-            },
-        })
-    }
 }
 
 fn close_msg(code: u16, reason: impl Into<String>) -> Message {
@@ -116,32 +72,6 @@ pub(super) fn to_message(f: Frame) -> Message {
         Frame::Text(s) => Message::Text(s.into()),
         Frame::Binary(b) => Message::Binary(b.into()),
     }
-}
-
-pub(super) fn message_len(m: &Message) -> usize {
-    match m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    }
-}
-
-/// Permits for `n` bytes of a budget of `cap` (a frame larger than the whole budget takes all
-/// of it, so it still goes, alone).
-pub(super) fn permits(n: usize, cap: usize) -> u32 {
-    n.clamp(1, cap) as u32
-}
-
-/// What one connection shares between its session loop and its subscriptions.
-pub(crate) struct ConnBudget {
-    /// Bytes of frames queued for the client.
-    pub(super) out: Arc<Semaphore>,
-    /// The node's [`NODE_OUT_BYTES`].
-    pub(super) node_bulk: Arc<Semaphore>,
-    /// One snapshot page or catch-up page read at a time per connection.
-    pub(super) bulk: Arc<Semaphore>,
-    /// Bytes of write frames queued or committing.
-    writes: Arc<Semaphore>,
 }
 
 /// The session's last word for the connection, when it sends one; pending forever otherwise
@@ -166,64 +96,6 @@ pub(crate) fn code_for(e: &Error) -> ErrorCode {
         e if e.is_client_error() => ErrorCode::BadRequest,
         _ => ErrorCode::Internal,
     }
-}
-
-/// Write permits held from the frame's arrival until its write is answered: the frame's bytes,
-/// then, once it is decoded, what its ops take decoded when that is more.
-pub(crate) struct WriteBudget {
-    conn: OwnedSemaphorePermit,
-    node: OwnedSemaphorePermit,
-    /// The size of the node budget `node` is of.
-    node_cap: usize,
-    /// For a large frame, one of the node's decode slots until its decoded size is counted:
-    /// only a few large frames are decoded at once, whatever their ops take decoded.
-    decoding: Option<OwnedSemaphorePermit>,
-    /// The frame's size.
-    pub(crate) bytes: usize,
-}
-
-impl WriteBudget {
-    /// Hold room for `decoded` bytes (the frame's ops as the node holds them), as far as the
-    /// budgets go: three to eight connections pipelining 8 MB writes peaked at 1.2-1.6 GB when
-    /// only frames were counted (issue 23).
-    async fn grow_to(&mut self, decoded: usize) {
-        for (p, cap) in [
-            (&mut self.conn, CONN_WRITE_BYTES),
-            (&mut self.node, self.node_cap),
-        ] {
-            let sem = p.semaphore().clone();
-            // Never more than the whole budget: a write that needs it all still goes, alone.
-            let want = decoded.min(cap);
-            if want > p.num_permits() {
-                let extra = (want - p.num_permits()) as u32;
-                if let Ok(more) = sem.acquire_many_owned(extra).await {
-                    p.merge(more);
-                }
-            }
-        }
-        self.decoding = None;
-    }
-}
-
-/// About how many bytes `ops` take decoded (strings, JSON values and their nodes).
-pub(super) fn decoded_bytes(ops: &[crate::model::WriteOp]) -> usize {
-    fn value(v: &serde_json::Value) -> usize {
-        use serde_json::Value;
-        32 + match v {
-            Value::String(s) => s.len(),
-            Value::Array(a) => a.iter().map(value).sum(),
-            Value::Object(o) => o.iter().map(|(k, v)| 48 + k.len() + value(v)).sum(),
-            _ => 0,
-        }
-    }
-    ops.iter()
-        .map(|o| {
-            96 + o.ns.len()
-                + o.id.as_ref().map_or(0, String::len)
-                + o.model.as_ref().map_or(0, String::len)
-                + o.data.as_ref().map_or(0, value)
-        })
-        .sum()
 }
 
 /// The connection's sender: sends queued frames in order until the queue closes or a close
@@ -279,61 +151,6 @@ fn spawn_sender(
         }
         let _ = sink.close().await;
     })
-}
-
-/// The write budget a data frame of a greeted client takes before it is decoded: its size from
-/// the connection's and the node's budgets. While either is spent the caller does not read the
-/// socket, which is the backpressure on writers. `Err` when the node shuts down meanwhile.
-async fn take_write_budget(
-    m: &Message,
-    budget: &ConnBudget,
-    node: &NodeState,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<WriteBudget>, ()> {
-    let n = message_len(m);
-    let take = async {
-        let c = budget
-            .writes
-            .clone()
-            .acquire_many_owned(permits(n, CONN_WRITE_BYTES))
-            .await
-            .ok()?;
-        // Small frames have a node budget of their own: a connection's next small write must
-        // not queue behind other connections' large ones for room.
-        let small = n <= SMALL_WRITE_BYTES;
-        let w = if small {
-            node.small_write_budget
-                .clone()
-                .acquire_many_owned(permits(n, NODE_SMALL_WRITE_BYTES))
-                .await
-        } else {
-            node.write_budget
-                .clone()
-                .acquire_many_owned(permits(n, NODE_WRITE_BYTES))
-                .await
-        }
-        .ok()?;
-        let decoding = if small {
-            None
-        } else {
-            Some(node.large_decodes.clone().acquire_owned().await.ok()?)
-        };
-        Some(WriteBudget {
-            conn: c,
-            node: w,
-            decoding,
-            node_cap: if small {
-                NODE_SMALL_WRITE_BYTES
-            } else {
-                NODE_WRITE_BYTES
-            },
-            bytes: n,
-        })
-    };
-    tokio::select! {
-        b = take => Ok(b),
-        _ = shutdown.changed() => Err(()),
-    }
 }
 
 /// What the session loop drives besides the session: the connection's queues, subscriptions
@@ -693,6 +510,20 @@ impl Reader {
     }
 }
 
+/// Bind a forwarded write's client id to the token that sent it here (an edge's own check:
+/// its upstream knows the edge's clients only by the edge's token).
+async fn bind_client(node: &NodeState, origin: Option<&crate::model::Origin>) -> crate::Result<()> {
+    let Some(o) = origin.filter(|o| o.principal.is_some()).cloned() else {
+        return Ok(());
+    };
+    let s = node.store.clone();
+    tokio::task::spawn_blocking(move || {
+        s.bind_client(&o.client, o.principal.as_deref().unwrap_or_default())
+    })
+    .await
+    .unwrap_or_else(|e| Err(crate::Error::invalid(format!("binding a client id: {e}"))))
+}
+
 /// Start a write and return where its answer will arrive. Writes from one connection are
 /// committed (or forwarded upstream) in the order they arrived.
 async fn write(
@@ -727,19 +558,10 @@ async fn write(
         // in order; only the wait for the upstream's answer runs on its own. The upstream
         // knows every client of this edge by the edge's token: the edge binds its clients'
         // ids to their own tokens (`store::bind_client`) before it forwards.
-        if let Some(o) = origin.as_ref().filter(|o| o.principal.is_some()) {
-            let (s, o) = (node.store.clone(), o.clone());
-            let bound = tokio::task::spawn_blocking(move || {
-                let principal = o.principal.as_deref().unwrap_or_default();
-                s.bind_client(&o.client, principal)
-            })
-            .await
-            .unwrap_or_else(|e| Err(crate::Error::invalid(format!("binding a client id: {e}"))));
-            if let Err(e) = bound {
-                node.metrics.write_errors.fetch_add(1, Relaxed);
-                let _ = reply.send(refuse(code_for(&e), e.to_string(), req));
-                return rx;
-            }
+        if let Err(e) = bind_client(node, origin.as_ref()).await {
+            node.metrics.write_errors.fetch_add(1, Relaxed);
+            let _ = reply.send(refuse(code_for(&e), e.to_string(), req));
+            return rx;
         }
         let (up_reply, up_rx) = oneshot::channel();
         let overloaded = |m: &str, req: String| refuse(ErrorCode::Overloaded, m.into(), req);

@@ -1,6 +1,7 @@
 //! The socket under a connection's WebSocket: reads fail once a client has sent more than
 //! [`MAX_PRE_HELLO_BYTES`] before its `hello` was accepted, so a stranger cannot make the node
-//! buffer a frame of many MiB whatever size its header announces.
+//! buffer a frame of many MiB whatever size its header announces; and the places of
+//! connections that have not said `hello` yet ([`PreHello`]), given back by the accepted hello.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 
@@ -19,7 +21,7 @@ use crate::protocol::MAX_PRE_HELLO_BYTES;
 pub(crate) struct HelloGate {
     left: AtomicI64,
     /// The connection's place among those that have not said hello, given back on `open`.
-    waiting: parking_lot::Mutex<Option<super::accept::Waiting>>,
+    waiting: parking_lot::Mutex<Option<Waiting>>,
 }
 
 impl HelloGate {
@@ -32,7 +34,7 @@ impl HelloGate {
     }
 
     /// Keep `w` until the gate opens (or the connection ends).
-    pub(crate) fn hold_until_open(&self, w: Option<super::accept::Waiting>) {
+    pub(crate) fn hold_until_open(&self, w: Option<Waiting>) {
         *self.waiting.lock() = w;
     }
 
@@ -107,3 +109,65 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
 
 /// The upgraded socket a connection speaks over.
 pub(crate) type Socket = WebSocketStream<Gated<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Upgraded connections that have not said `hello` yet, in all and per address: one stranger
+/// opening upgrades and never saying hello took all the WebSocket slots before this (a token
+/// holder got 503 on 10 of 12 tries).
+#[derive(Debug)]
+pub(crate) struct PreHello {
+    max: usize,
+    per_address: usize,
+    /// Connections waiting, in all and per address.
+    by_address: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// An upgraded connection's place among those that have not said hello; given back by the
+/// accepted hello (or the end of the connection).
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    of: Arc<PreHello>,
+    addr: std::net::IpAddr,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut guard = self.of.by_address.lock();
+        let (total, m) = &mut *guard;
+        if let Some(n) = m.get_mut(&self.addr) {
+            *total -= 1;
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl PreHello {
+    pub(crate) fn new(max: usize) -> PreHello {
+        PreHello {
+            max,
+            per_address: (max / 8).max(8),
+            by_address: Mutex::default(),
+        }
+    }
+
+    /// A place for a connection from `addr`, or why there is none.
+    pub(crate) fn admit(self: &Arc<Self>, addr: std::net::IpAddr) -> Result<Waiting, String> {
+        let mut guard = self.by_address.lock();
+        let (total, m) = &mut *guard;
+        let mine = m.get(&addr).copied().unwrap_or(0);
+        if *total >= self.max {
+            return Err(format!("this node has {total} connections that have not said hello yet, its limit; retry later\n"));
+        }
+        if mine >= self.per_address {
+            return Err(format!("{addr} has {mine} connections that have not said hello yet, the limit per address; send hello on those first\n"));
+        }
+        *m.entry(addr).or_insert(0) += 1;
+        *total += 1;
+        Ok(Waiting {
+            of: self.clone(),
+            addr,
+        })
+    }
+}

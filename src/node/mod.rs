@@ -10,6 +10,7 @@
 
 mod accept;
 pub mod auth;
+mod budget;
 pub mod config;
 mod conn;
 mod dial;
@@ -17,6 +18,7 @@ mod follow;
 mod gate;
 pub mod hub;
 pub mod metrics;
+mod probe;
 pub mod publish;
 mod sub;
 pub mod upstream;
@@ -90,11 +92,11 @@ pub(crate) struct NodeState {
     pub(crate) upstream: Option<upstream::Upstream>,
     /// The writer thread's queue (None on followers and edges, which never write locally).
     pub(crate) writes: Option<tokio::sync::mpsc::Sender<writer::WriteJob>>,
-    /// Bytes of write frames queued or committing, node-wide ([`conn::NODE_WRITE_BYTES`]).
+    /// Bytes of write frames queued or committing, node-wide ([`budget::NODE_WRITE_BYTES`]).
     pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
-    /// The same for frames up to [`conn::SMALL_WRITE_BYTES`] ([`conn::NODE_SMALL_WRITE_BYTES`]).
+    /// The same for frames up to [`budget::SMALL_WRITE_BYTES`] ([`budget::NODE_SMALL_WRITE_BYTES`]).
     pub(crate) small_write_budget: Arc<tokio::sync::Semaphore>,
-    /// Frames larger than [`conn::SMALL_WRITE_BYTES`] being decoded at once (half the cores,
+    /// Frames larger than [`budget::SMALL_WRITE_BYTES`] being decoded at once (half the cores,
     /// at least 2): what their ops take decoded is counted only once they are.
     pub(crate) large_decodes: Arc<tokio::sync::Semaphore>,
     /// Readers snapshots and catch-ups may hold at once: all but one of the pool's, so
@@ -107,7 +109,7 @@ pub(crate) struct NodeState {
     pub(crate) publish_key: Option<String>,
     /// `--allow-origin`: web origins whose pages may use the node without a token.
     pub(crate) allow_origins: Vec<String>,
-    /// Bytes of frames waiting for sockets past each connection's first few ([`conn::NODE_OUT_BYTES`]).
+    /// Bytes of frames waiting for sockets past each connection's first few ([`budget::NODE_OUT_BYTES`]).
     pub(crate) bulk_out: Arc<tokio::sync::Semaphore>,
 }
 
@@ -174,16 +176,7 @@ pub async fn start(
     }
     let publish = publish_config(&config, args)?;
     let signing = match &publish {
-        Some(_) => {
-            let s = store.clone();
-            Some(Arc::new(
-                tokio::task::spawn_blocking(move || vouch::SigningKey::load_or_create(&s))
-                    .await
-                    .map_err(|e| {
-                        crate::Error::invalid(format!("loading the NATS signing key failed: {e}"))
-                    })??,
-            ))
-        }
+        Some(_) => Some(signing_key(&store).await?),
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
@@ -230,8 +223,8 @@ pub async fn start(
             None => None,
         },
         writes,
-        write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_WRITE_BYTES)),
-        small_write_budget: Arc::new(tokio::sync::Semaphore::new(conn::NODE_SMALL_WRITE_BYTES)),
+        write_budget: Arc::new(tokio::sync::Semaphore::new(budget::NODE_WRITE_BYTES)),
+        small_write_budget: Arc::new(tokio::sync::Semaphore::new(budget::NODE_SMALL_WRITE_BYTES)),
         large_decodes: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).max(2)),
         )),
@@ -241,7 +234,7 @@ pub async fn start(
         sockets: sockets.clone(),
         publish_key: signing.as_ref().map(|k| k.public()),
         allow_origins: args.allow_origins.clone(),
-        bulk_out: Arc::new(tokio::sync::Semaphore::new(conn::NODE_OUT_BYTES)),
+        bulk_out: Arc::new(tokio::sync::Semaphore::new(budget::NODE_OUT_BYTES)),
     });
     if let (Some(publish), Some(key)) = (publish, signing) {
         tokio::spawn(publish::run(
@@ -254,12 +247,7 @@ pub async fn start(
         ));
     }
     let watchers = spawn_background(&node, config_path, args.upstream.is_none(), poll);
-    // At the socket limit, /healthz and /metrics still answer on a few sockets of their own.
-    let triage = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .fallback(accept::at_limit)
-        .with_state(node.clone());
+    let triage = triage_routes(node.clone());
     let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
     let join = tokio::spawn(accept::serve(
         listener,
@@ -275,6 +263,27 @@ pub async fn start(
         metrics,
         _watchers: watchers,
     })
+}
+
+/// The key the node signs its NATS stream with (made and kept in the database on first use).
+async fn signing_key(store: &Arc<Store>) -> crate::Result<Arc<vouch::SigningKey>> {
+    let s = store.clone();
+    let key = tokio::task::spawn_blocking(move || vouch::SigningKey::load_or_create(&s))
+        .await
+        .map_err(|e| {
+            crate::Error::invalid(format!("loading the NATS signing key failed: {e}"))
+        })??;
+    Ok(Arc::new(key))
+}
+
+/// The routes of the triage sockets: at the socket limit, /healthz and /metrics still answer
+/// on a few sockets of their own.
+fn triage_routes(node: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(accept::at_limit)
+        .with_state(node)
 }
 
 /// Where the node publishes its feed (`--publish`, over the config's `[publish]`), if it does:

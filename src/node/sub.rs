@@ -10,10 +10,10 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{
-    code_for, message_len, permits, to_message, ConnBudget, Out, OutPermit, CONN_FREE_OUT_BYTES,
-    CONN_OUT_BYTES,
+use super::budget::{
+    message_len, permits, ConnBudget, OutPermit, CONN_FREE_OUT_BYTES, CONN_OUT_BYTES,
 };
+use super::conn::{code_for, to_message, Out};
 use super::hub::WindowRead;
 use super::metrics::SubStats;
 use super::NodeState;
@@ -210,8 +210,8 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
         let read = node.hub.read(scan, BATCH, BATCH_BYTES, ctx.enc, |ns, k| {
             ctx.pass(&read_scope, ns, k)
         });
-        // The frame to send (and the last seq in it), and the position scanned up to.
-        let (frames, scanned): (Vec<(Message, i64)>, i64) = match read {
+        // Send what there is; the position scanned up to.
+        let scanned = match read {
             WindowRead::Changes(parts, scanned) => {
                 // Room first, then the frame (its own copy of the window's fragments: one
                 // transaction may make it 1 MiB, and 64 subscriptions of a connection that
@@ -229,7 +229,7 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                     sent = c.seq;
                     ctx.stats.sent.store(sent, Relaxed);
                 }
-                (Vec::new(), scanned)
+                scanned
             }
             WindowRead::Behind => {
                 // Catch-up from the log: read a page, filter and encode it in the blocking
@@ -252,14 +252,9 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                     sent = last;
                     ctx.stats.sent.store(sent, Relaxed);
                 }
-                (Vec::new(), read.1)
+                read.1
             }
         };
-        for (m, last) in frames {
-            ctx.push(m).await?;
-            sent = last;
-            ctx.stats.sent.store(sent, Relaxed);
-        }
         scan = scan.max(scanned);
         if scan >= head_now && scan >= node.hub.head() {
             if !live {

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::dial;
 use super::follow::{Feed, Follow, Item, Opening};
 use super::hub::{EncodedChange, Hub};
+use super::probe::{HeadProbe, PROBE_EVERY, STALL_AFTER};
 use crate::apply;
 use crate::error::Error;
 use crate::model::{Change, WriteOp};
@@ -77,15 +78,6 @@ pub struct UpstreamState {
     /// Times the edge left the stream because it stalled behind the primary's head.
     pub nats_stalls: AtomicU64,
 }
-
-/// How often an edge reading the NATS stream asks the primary for its head (a subscription
-/// to no namespace from the edge's cursor, whose `live` names the head, then ended).
-pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
-/// How long an edge reading the stream may stay behind a head the primary reported before it
-/// follows the primary's feed instead: a stream that stopped taking the primary's messages
-/// (its byte limit with discard-new, a full disk) left edges at seq 145 while the primary
-/// reached 1,200, with `/healthz` ok (issue 23).
-pub(crate) const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// The handle the local node keeps.
 pub(crate) struct Upstream {
@@ -147,11 +139,8 @@ struct Link {
     /// When to try the stream again after it could not be opened.
     nats_retry: Option<tokio::time::Instant>,
     nats_backoff: Backoff,
-    /// The head probe in flight (its subscription id), and how many were sent.
-    probe: Option<String>,
-    probes: u64,
-    /// A head the primary reported that the edge had not reached, and when it reported it.
-    behind: Option<(i64, Instant)>,
+    /// Asks the primary for its head while the edge reads the stream.
+    probe: HeadProbe,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -197,9 +186,7 @@ async fn run(
         nats,
         nats_retry: None,
         nats_backoff: Backoff::new(dial::jitter_seed()),
-        probe: None,
-        probes: 0,
-        behind: None,
+        probe: HeadProbe::default(),
     };
     loop {
         // An edge fed from NATS with a cursor reads the stream from there when it holds it;
@@ -265,7 +252,7 @@ impl Link {
     /// tried again after a backoff), or the session cannot yet (a snapshot is open: the
     /// primary's `live` after it tries again).
     fn opened(&mut self, r: crate::Result<Option<Feed>>) -> Option<(Feed, Vec<ClientAction>)> {
-        let url = self.nats.as_ref().map_or(String::new(), |n| n.url());
+        let url = self.nats_url();
         match r {
             Ok(Some(feed)) => {
                 let acts = self.session.go_external()?;
@@ -354,7 +341,7 @@ impl Link {
         }
         if let Some(why) = broken {
             if self.session.external() {
-                tracing::warn!(nats = %self.nats.as_ref().map_or(String::new(), |n| n.url()), "{why}: following the primary's feed until the stream can take over again");
+                tracing::warn!(nats = %self.nats_url(), "{why}: following the primary's feed until the stream can take over again");
                 out.extend(self.session.external_lost());
             }
         }
@@ -367,70 +354,40 @@ impl Link {
         out
     }
 
-    /// Ask the primary for its head, unless a probe is in flight.
-    fn probe_head(&mut self) -> Vec<ClientAction> {
-        if self.probe.is_some() {
-            return Vec::new();
-        }
-        let Some(from) = self.session.cursor() else {
-            return Vec::new();
-        };
-        self.probes += 1;
-        let sub = format!("hivesync-head-{}", self.probes);
-        self.probe = Some(sub.clone());
-        vec![ClientAction::Send(crate::protocol::ClientMsg::Subscribe(
-            crate::protocol::Subscribe {
-                sub,
-                from: Some(from),
-                namespaces: Some(Vec::new()),
-                kinds: None,
-            },
-        ))]
+    /// The NATS server the edge reads, for logs (empty for a plain relay).
+    fn nats_url(&self) -> String {
+        self.nats.as_ref().map_or(String::new(), |n| n.url())
     }
 
-    /// A message for the head probe (None: not one): its `live` gives the primary's head; the
-    /// probe ends. When the edge, reading the stream, has stayed behind a head the primary
-    /// reported for [`STALL_AFTER`], it follows the primary's feed instead.
+    /// Ask the primary for its head, unless a probe is in flight.
+    fn probe_head(&mut self) -> Vec<ClientAction> {
+        let cursor = self.session.cursor();
+        self.probe
+            .ask(cursor)
+            .map(ClientAction::Send)
+            .into_iter()
+            .collect()
+    }
+
+    /// A message for the head probe (None: not one). When the edge, reading the stream, has
+    /// stayed behind a head the primary reported for [`STALL_AFTER`], it follows the
+    /// primary's feed instead.
     fn probe_answer(&mut self, m: &ServerMsg) -> Option<Vec<ClientAction>> {
-        let (sub, head) = match m {
-            ServerMsg::Live { sub, seq } => (sub, Some(*seq)),
-            ServerMsg::Snapshot { sub, .. } | ServerMsg::Changes { sub, .. } => (sub, None),
-            ServerMsg::Error(e) => (e.sub.as_ref()?, None),
-            _ => return None,
-        };
-        if !sub.starts_with("hivesync-head-") {
-            return None;
-        }
-        let mut out = Vec::new();
-        if self.probe.as_ref() == Some(sub) && (head.is_some() || matches!(m, ServerMsg::Error(_)))
-        {
-            self.probe = None;
-            if !matches!(m, ServerMsg::Error(_)) {
-                out.push(ClientAction::Send(
-                    crate::protocol::ClientMsg::Unsubscribe { sub: sub.clone() },
-                ));
-            }
-        }
-        let Some(head) = head else { return Some(out) };
-        self.state.primary_head.store(head, Relaxed);
         let applied = self.session.cursor().unwrap_or(0);
-        self.behind = match self.behind {
-            _ if applied >= head => None,
-            Some((h, since)) if applied < h => Some((h, since)),
-            _ => Some((head, Instant::now())),
-        };
-        if let Some((h, since)) = self.behind {
-            if self.session.external() && since.elapsed() >= STALL_AFTER {
-                self.state.nats_stalls.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    nats = %self.nats.as_ref().map_or(String::new(), |n| n.url()),
-                    applied,
-                    primary_head = h,
-                    "the NATS stream has not brought the primary's changes for {STALL_AFTER:?} (is the stream full, or refusing the primary's messages?): following the primary's feed until the stream can take over again"
-                );
-                self.behind = None;
-                out.extend(self.session.external_lost());
-            }
+        let a = self.probe.answer(m, applied, self.session.external())?;
+        if let Some(head) = a.head {
+            self.state.primary_head.store(head, Relaxed);
+        }
+        let mut out: Vec<ClientAction> = a.send.into_iter().map(ClientAction::Send).collect();
+        if let Some(h) = a.stalled {
+            self.state.nats_stalls.fetch_add(1, Relaxed);
+            tracing::warn!(
+                nats = %self.nats_url(),
+                applied,
+                primary_head = h,
+                "the NATS stream has not brought the primary's changes for {STALL_AFTER:?} (is the stream full, or refusing the primary's messages?): following the primary's feed until the stream can take over again"
+            );
+            out.extend(self.session.external_lost());
         }
         Some(out)
     }
@@ -650,8 +607,7 @@ async fn connection<'s>(
     // The stream being opened (after the primary's `live`, or a backoff).
     let mut opening: Option<Opening> = None;
     // While reading the stream, the primary's head is asked for now and then.
-    link.probe = None;
-    link.behind = None;
+    link.probe = HeadProbe::default();
     let mut probe_tick = tokio::time::interval(PROBE_EVERY);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = 'conn: loop {

@@ -87,6 +87,7 @@ impl SigningKey {
     }
 
     /// A key from a seed (tests).
+    #[cfg(test)]
     pub fn from_seed(seed: [u8; 32]) -> SigningKey {
         // A 32-byte seed is always a valid Ed25519 private key.
         SigningKey(Ed25519KeyPair::from_seed_unchecked(&seed).expect("any 32 bytes are a seed"))

@@ -463,7 +463,9 @@ fn claim_client(tx: &Connection, o: &Origin) -> Result<Claim> {
 /// which the primary takes from the edge's trusted token).
 fn bind_client(conn: &Connection, client: &str, principal: &str) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO client_writes(client, n, seq, principal) VALUES (?1, 0, 0, ?2)
+        // Kept as long as a record made now (trimmed with the log, `Store::trim_changes`).
+        "INSERT INTO client_writes(client, n, seq, principal)
+         VALUES (?1, 0, coalesce((SELECT max(seq) FROM changes), 0), ?2)
          ON CONFLICT(client) DO UPDATE SET principal = coalesce(client_writes.principal, excluded.principal)",
     )?
     .execute([client, principal])?;
