@@ -97,16 +97,34 @@ fn set_meta(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Give every upsert without an id (but vectors, keyed by subject) a new one, so the node
-/// writes the very rows the replica shows.
-fn fill_ids(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
+/// Fill in what the replica decides when a write is made, as the node would have: an id for
+/// every upsert without one (but vectors, keyed by subject), so the node writes the very rows
+/// the replica shows; and the time, `created_at` and `updated_at` (events: `created_at`) where
+/// the write leaves them out, so a write uploaded hours later keeps the moment it was made (the
+/// node keeps given times, within [`ops::MAX_CLOCK_AHEAD_US`] of its own clock).
+fn fill_local(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
+    let mut now = None;
     for op in ops_.iter_mut() {
-        if op.op != Op::Upsert || op.kind == Kind::Vector {
+        if op.op != Op::Upsert {
             continue;
         }
-        if let Some(serde_json::Value::Object(m)) = op.data.as_mut() {
-            if !m.contains_key("id") {
-                m.insert("id".into(), ops::new_id(conn)?.into());
+        let Some(serde_json::Value::Object(m)) = op.data.as_mut() else {
+            continue;
+        };
+        if op.kind != Kind::Vector && !m.contains_key("id") {
+            m.insert("id".into(), ops::new_id(conn)?.into());
+        }
+        let fields: &[&str] = match op.kind {
+            Kind::Event => &["created_at"],
+            _ => &["created_at", "updated_at"],
+        };
+        for f in fields {
+            if m.get(*f).is_none_or(serde_json::Value::is_null) {
+                let t = match now {
+                    Some(t) => t,
+                    None => *now.insert(ops::now_us(conn)?),
+                };
+                m.insert((*f).into(), t.into());
             }
         }
     }
@@ -116,7 +134,7 @@ fn fill_ids(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
 /// Apply `ops` to this replica now, with an outbox entry, in one transaction: all or nothing
 /// (the error names the op). The rows are visible to every query at once.
 pub fn write_local(conn: &Connection, mut ops_: Vec<WriteOp>) -> Result<LocalWrite> {
-    fill_ids(conn, &mut ops_)?;
+    fill_local(conn, &mut ops_)?;
     ensure_capture(conn)?;
     apply::in_tx(conn, || {
         let n = meta(conn, "outbox_n")?

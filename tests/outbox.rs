@@ -465,6 +465,94 @@ mod replica {
     }
 
     #[test]
+    fn an_offline_write_keeps_the_time_it_was_made() {
+        // The replica stamps created_at/updated_at when the write is made (as it fills ids);
+        // the node keeps them however late the upload, but not a clock far ahead of its own.
+        let w = World::new();
+        let before = hivesync::ops::now_us(&w.replica).unwrap();
+        let lw = outbox::write_local(
+            &w.replica,
+            vec![
+                ent("a", "made offline"),
+                WriteOp::upsert(Kind::Event, "default", json!({"id": "ev", "verb": "noted"})),
+            ],
+        )
+        .unwrap();
+        let pending = outbox::pending(&w.replica).unwrap();
+        let made = pending[0].ops[0].data.as_ref().unwrap()["created_at"]
+            .as_i64()
+            .unwrap();
+        assert!(made >= before);
+        assert_eq!(pending[0].ops[0].data.as_ref().unwrap()["updated_at"], made);
+        assert_eq!(pending[0].ops[1].data.as_ref().unwrap()["created_at"], made);
+        assert!(pending[0].ops[1]
+            .data
+            .as_ref()
+            .unwrap()
+            .get("updated_at")
+            .is_none());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(w.upload(false).is_empty());
+        let at_node = w
+            .node
+            .get_json(Kind::Entity, "default", "a", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            at_node["created_at"], made,
+            "the node kept the time the write was made"
+        );
+        assert_eq!(at_node["updated_at"], made);
+        let ev = w
+            .node
+            .get_json(Kind::Event, "default", "ev", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev["created_at"], made);
+        assert!(lw.n > 0);
+
+        // A writer whose clock is an hour ahead: the node's time instead; a week behind: kept.
+        let now = hivesync::ops::now_us(&w.replica).unwrap();
+        let hour = 3_600_000_000_i64;
+        let week = 7 * 24 * hour;
+        w.node
+            .write(&[
+                WriteOp::upsert(
+                    Kind::Entity,
+                    "default",
+                    json!({"id": "ahead", "name": "n", "created_at": now + hour, "updated_at": now + hour}),
+                ),
+                WriteOp::upsert(
+                    Kind::Note,
+                    "default",
+                    json!({"id": "behind", "content": "c", "created_at": now - week, "updated_at": now - week}),
+                ),
+            ])
+            .unwrap();
+        let ahead = w
+            .node
+            .get_json(Kind::Entity, "default", "ahead", None)
+            .unwrap()
+            .unwrap();
+        let t = ahead["created_at"].as_i64().unwrap();
+        assert!(
+            t < now + hivesync::ops::MAX_CLOCK_AHEAD_US && t >= now,
+            "{t} vs {now}"
+        );
+        assert_eq!(
+            ahead["updated_at"].as_i64().unwrap(),
+            ahead["created_at"].as_i64().unwrap()
+        );
+        let behind = w
+            .node
+            .get_json(Kind::Note, "default", "behind", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(behind["created_at"], now - week);
+        assert_eq!(behind["updated_at"], now - week);
+    }
+
+    #[test]
     fn local_vector_writes_are_taken_back_to_the_nodes_embedding() {
         // The replica holds each embedding once, in its index: a local overwrite, a refusal
         // that takes it back, and a local delete the node then confirms.

@@ -46,6 +46,19 @@ pub fn now_us(conn: &Connection) -> Result<i64> {
     }
 }
 
+/// How far ahead of the writing node's clock a given `created_at`/`updated_at` may be (5
+/// minutes, in µs): a later one (a writer whose clock is far ahead) is replaced with the node's
+/// time. Earlier times are kept as given: a write made offline days ago, an import of history.
+pub const MAX_CLOCK_AHEAD_US: i64 = 5 * 60 * 1_000_000;
+
+/// A row's timestamp: the one the writer gave (see [`MAX_CLOCK_AHEAD_US`]), else `now`.
+pub(crate) fn stamp(given: Option<i64>, now: i64) -> i64 {
+    match given {
+        Some(t) if t <= now.saturating_add(MAX_CLOCK_AHEAD_US) => t,
+        _ => now,
+    }
+}
+
 pub(crate) fn new_id(conn: &Connection) -> Result<String> {
     let mut b: [u8; 16] = conn
         .prepare_cached("SELECT randomblob(16)")?

@@ -175,8 +175,8 @@ pub(super) fn entity_row_from(conn: &Connection, e: EntityIn, now: i64) -> Resul
         description: e.description,
         properties: e.properties,
         tags: e.tags,
-        created_at: e.created_at.unwrap_or(now),
-        updated_at: e.updated_at.unwrap_or(now),
+        created_at: stamp(e.created_at, now),
+        updated_at: stamp(e.updated_at, now),
     };
     check_name("entity kind", &row.kind, true)?;
     check_name("entity name", &row.name, true)?;
@@ -284,8 +284,8 @@ fn edge_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<Edge>
         relation: e.relation,
         weight,
         properties: e.properties,
-        created_at: e.created_at.unwrap_or(now),
-        updated_at: e.updated_at.unwrap_or(now),
+        created_at: stamp(e.created_at, now),
+        updated_at: stamp(e.updated_at, now),
     };
     Ok(row)
 }
@@ -316,8 +316,8 @@ fn note_row(conn: &Connection, data: &Value, now: i64) -> Result<Note> {
         salience,
         expires_at: n.expires_at,
         properties: n.properties,
-        created_at: n.created_at.unwrap_or(now),
-        updated_at: n.updated_at.unwrap_or(now),
+        created_at: stamp(n.created_at, now),
+        updated_at: stamp(n.updated_at, now),
     };
     check_name("note kind", &row.kind, true)?;
     check_name("note name", &row.name, false)?;
@@ -341,7 +341,7 @@ fn event_row(conn: &Connection, data: &Value, now: i64) -> Result<Event> {
         target: e.target,
         data: e.data,
         duration_us: e.duration_us,
-        created_at: e.created_at.unwrap_or(now),
+        created_at: stamp(e.created_at, now),
     };
     Ok(row)
 }
@@ -377,8 +377,8 @@ fn vector_row(conn: &Connection, ns: &str, data: &Value, now: i64) -> Result<(Ve
         model: v.model,
         kind: v.kind.unwrap_or(subject_kind),
         embedding,
-        created_at: v.created_at.unwrap_or(now),
-        updated_at: v.updated_at.unwrap_or(now),
+        created_at: stamp(v.created_at, now),
+        updated_at: stamp(v.updated_at, now),
     };
     Ok((row, model.table))
 }
