@@ -9,6 +9,7 @@
 //! data is this Rust.
 #![cfg(target_arch = "wasm32")]
 
+mod args;
 /// The C library's memory functions for SQLite (public for its tests).
 #[doc(hidden)]
 pub mod mem;
@@ -22,21 +23,119 @@ use hivesync::{apply, ops, schema};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
-/// The VFS name the OPFS pool registers under.
-const OPFS_VFS: &str = "hivesync-opfs";
+use args::{bytes, opt_text, text};
+
+/// The OPFS directory of the default replica (`hivesync`), and of every replica before each
+/// name had a pool of its own.
+const DEFAULT_POOL: &str = ".hivesync";
+/// The VFS name the default replica's pool registers under.
+const DEFAULT_VFS: &str = "hivesync-opfs";
+/// The longest replica name.
+const MAX_NAME: usize = 128;
 /// WAL pages after which SQLite checkpoints inside a commit (see `open_persistent`).
 const WAL_BACKSTOP_PAGES: i64 = 4000;
 
-fn js_err(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
 }
 
-fn to_json(v: &impl serde::Serialize) -> Result<String, JsError> {
+fn to_json(v: &impl serde::Serialize) -> Result<String, JsValue> {
     serde_json::to_string(v).map_err(js_err)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, JsError> {
-    serde_json::from_str(text).map_err(|e| JsError::new(&format!("{what}: {e}")))
+fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, JsValue> {
+    serde_json::from_str(text).map_err(|e| JsError::new(&format!("{what}: {e}")).into())
+}
+
+/// The OPFS directory and VFS name of replica `name`. A pool's files are held by the one
+/// Worker that opened it, so each name needs its own: `.hivesync-<name>` (characters other than
+/// ASCII letters, digits, `-` and `_` written as `%XX`). The default replica keeps the pool it
+/// always had, `.hivesync`.
+fn pool_of(name: &str) -> Result<(String, String), JsValue> {
+    if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') {
+        return Err(args::type_error(
+            "openReplica({ name })",
+            &format!("a replica's name is 1 to {MAX_NAME} bytes, without NUL"),
+        ));
+    }
+    if name == "hivesync" {
+        return Ok((DEFAULT_POOL.into(), DEFAULT_VFS.into()));
+    }
+    let mut enc = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok((
+        format!("{DEFAULT_POOL}-{enc}"),
+        format!("{DEFAULT_VFS}-{enc}"),
+    ))
+}
+
+fn opfs_unavailable(name: &str, e: &impl std::fmt::Debug) -> JsValue {
+    let why = format!("{e:?}");
+    let hint = if why.contains("NoModificationAllowed") || why.contains("lock") {
+        format!("replica '{name}' is open in another Worker (another tab with shareTabs: false, or a page that did not close it)")
+    } else {
+        "OPFS is available only inside a dedicated Worker in a secure context".into()
+    };
+    JsError::new(&format!(
+        "OPFS is not available for replica '{name}': {hint} ({why})"
+    ))
+    .into()
+}
+
+/// Before each name had its own pool, every replica lived in the default one. A replica found
+/// there under `file` (and not yet in its own pool, which `conn` has just created) is copied
+/// into `conn` and removed from the old pool, once. Where the old pool is held by another
+/// Worker (the default replica is open), the copy waits for a later open: nothing is lost.
+async fn move_from_shared_pool(file: &str, conn: &mut Connection) -> Result<(), JsValue> {
+    use rsqlite_vfs::VfsFilesManager;
+    let cfg = sqlite_wasm_vfs::sahpool::OpfsSAHPoolCfgBuilder::new()
+        .vfs_name(DEFAULT_VFS)
+        .directory(DEFAULT_POOL)
+        .build();
+    let Ok(pool) =
+        sqlite_wasm_vfs::sahpool::install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, false).await
+    else {
+        return Ok(());
+    };
+    if pool.resume().await.is_err() {
+        return Ok(());
+    }
+    let held = pool.names().unwrap_or_default();
+    let ours: Vec<String> = held
+        .into_iter()
+        .filter(|f| {
+            f.trim_start_matches('/') == file
+                || f.trim_start_matches('/').starts_with(&format!("{file}-"))
+        })
+        .collect();
+    if ours.iter().any(|f| f.trim_start_matches('/') == file) {
+        {
+            let old = Connection::open_with_flags_and_vfs(
+                file,
+                OpenFlags::SQLITE_OPEN_READ_WRITE,
+                DEFAULT_VFS,
+            )
+            .map_err(js_err)?;
+            // As it was written: one connection, WAL without shared memory.
+            old.pragma_update(None, "locking_mode", "EXCLUSIVE")
+                .map_err(js_err)?;
+            let b = rusqlite::backup::Backup::new(&old, conn).map_err(js_err)?;
+            b.run_to_completion(1024, std::time::Duration::ZERO, None)
+                .map_err(js_err)?;
+        }
+        for f in &ours {
+            pool.remove(f).map_err(|e| js_err(format!("{e:?}")))?;
+        }
+    }
+    // Let go of the old pool's files: the default replica may open in another Worker.
+    let _ = pool.pause();
+    Ok(())
 }
 
 /// A local copy of a node's data.
@@ -50,7 +149,7 @@ pub struct Replica {
     sync: Option<sync::Sync>,
 }
 
-fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsError> {
+fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsValue> {
     schema::configure(&conn).map_err(js_err)?;
     schema::migrate(&conn, &Default::default()).map_err(js_err)?;
     Ok(Replica {
@@ -66,26 +165,47 @@ fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsError> {
 impl Replica {
     /// An empty replica in memory (Node, the main thread, tests).
     #[wasm_bindgen(js_name = openMemory)]
-    pub fn open_memory() -> Result<Replica, JsError> {
+    pub fn open_memory() -> Result<Replica, JsValue> {
         schema::register_extensions();
         setup(Connection::open_in_memory().map_err(js_err)?, "memory")
     }
 
     /// A replica persisted in the Origin Private File System under `name`. Works only inside a
-    /// dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere.
+    /// dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere. Each name has
+    /// a pool of its own (see [`pool_of`]), so replicas of different names persist side by side.
     #[wasm_bindgen(js_name = openPersistent)]
-    pub async fn open_persistent(name: String) -> Result<Replica, JsError> {
+    pub async fn open_persistent(name: JsValue) -> Result<Replica, JsValue> {
+        let name = text("Replica.openPersistent(name: string)", "name", &name)?;
+        let (dir, vfs) = pool_of(&name)?;
         schema::register_extensions();
         let cfg = sqlite_wasm_vfs::sahpool::OpfsSAHPoolCfgBuilder::new()
-            .vfs_name(OPFS_VFS)
-            .directory(".hivesync")
+            .vfs_name(&vfs)
+            .directory(&dir)
             .build();
-        sqlite_wasm_vfs::sahpool::install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, false)
+        let pool = sqlite_wasm_vfs::sahpool::install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, false)
             .await
-            .map_err(|e| JsError::new(&format!("OPFS is not available here ({e:?}); open the replica inside a dedicated Worker")))?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-        let conn = Connection::open_with_flags_and_vfs(format!("{name}.db"), flags, OPFS_VFS)
-            .map_err(js_err)?;
+            .map_err(|e| opfs_unavailable(&name, &e))?;
+        // A pool this Worker let go of (see `move_from_shared_pool`) is taken up again.
+        pool.resume()
+            .await
+            .map_err(|e| opfs_unavailable(&name, &e))?;
+        let file = format!("{name}.db");
+        let existing = OpenFlags::SQLITE_OPEN_READ_WRITE;
+        let conn = match Connection::open_with_flags_and_vfs(&file, existing, vfs.as_str()) {
+            Ok(c) => c,
+            Err(_) => {
+                let mut c = Connection::open_with_flags_and_vfs(
+                    &file,
+                    existing | OpenFlags::SQLITE_OPEN_CREATE,
+                    vfs.as_str(),
+                )
+                .map_err(js_err)?;
+                if dir != DEFAULT_POOL {
+                    move_from_shared_pool(&file, &mut c).await?;
+                }
+                c
+            }
+        };
         // One connection owns the file (the pool is this Worker's alone), so WAL needs no
         // shared memory; a commit appends to the WAL and is not flushed until a checkpoint.
         // Durable across a tab or browser crash; an OS crash or power loss may take back the
@@ -111,7 +231,7 @@ impl Replica {
     /// Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
     /// later write or query pays for it; the Worker calls it when the replica has been idle a
     /// moment. Returns the pages the WAL held (0 for a replica in memory).
-    pub fn checkpoint(&self) -> Result<u32, JsError> {
+    pub fn checkpoint(&self) -> Result<u32, JsValue> {
         if self.storage != "opfs" {
             return Ok(0);
         }
@@ -138,8 +258,9 @@ impl Replica {
     /// Restrict what a snapshot replaces to these namespaces (JSON array, or null for all):
     /// set it to what the subscription asks for.
     #[wasm_bindgen(js_name = setNamespaces)]
-    pub fn set_namespaces(&mut self, namespaces_json: Option<String>) -> Result<(), JsError> {
-        self.filter.namespaces = namespaces_json
+    pub fn set_namespaces(&mut self, namespaces_json: JsValue) -> Result<(), JsValue> {
+        let sig = "Replica.setNamespaces(namespacesJson?: string)";
+        self.filter.namespaces = opt_text(sig, "namespacesJson", &namespaces_json)?
             .map(|t| parse("namespaces", &t))
             .transpose()?;
         Ok(())
@@ -147,21 +268,23 @@ impl Replica {
 
     /// The last seq applied (0 when nothing was).
     #[wasm_bindgen(js_name = appliedSeq)]
-    pub fn applied_seq(&self) -> Result<f64, JsError> {
+    pub fn applied_seq(&self) -> Result<f64, JsValue> {
         Ok(apply::applied_seq(&self.conn).map_err(js_err)? as f64)
     }
 
     /// Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
     #[wasm_bindgen(js_name = handleFrame)]
-    pub fn handle_frame(&mut self, bytes: &[u8]) -> Result<String, JsError> {
-        let m = protocol::decode_server_bin(bytes).map_err(js_err)?;
+    pub fn handle_frame(&mut self, frame: JsValue) -> Result<String, JsValue> {
+        let frame = bytes("Replica.handleFrame(frame: Uint8Array)", "frame", &frame)?;
+        let m = protocol::decode_server_bin(&frame).map_err(js_err)?;
         self.handle(m)
     }
 
     /// Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
     #[wasm_bindgen(js_name = handleText)]
-    pub fn handle_text(&mut self, text: &str) -> Result<String, JsError> {
-        let m = protocol::decode_server_json(text).map_err(js_err)?;
+    pub fn handle_text(&mut self, frame: JsValue) -> Result<String, JsValue> {
+        let frame = text("Replica.handleText(frame: string)", "frame", &frame)?;
+        let m = protocol::decode_server_json(&frame).map_err(js_err)?;
         self.handle(m)
     }
 
@@ -174,7 +297,7 @@ impl Replica {
         }
     }
 
-    fn handle(&mut self, m: ServerMsg) -> Result<String, JsError> {
+    fn handle(&mut self, m: ServerMsg) -> Result<String, JsValue> {
         let ev = match m {
             ServerMsg::Welcome {
                 protocol,
@@ -222,7 +345,9 @@ impl Replica {
     /// Apply a batch of changes given as the JSON array of a `changes` message, continuing
     /// from `prev`; refuses a batch that shows a gap. Returns the applied seq.
     #[wasm_bindgen(js_name = applyChanges)]
-    pub fn apply_changes(&mut self, prev: f64, changes_json: &str) -> Result<f64, JsError> {
+    pub fn apply_changes(&mut self, prev: f64, changes_json: JsValue) -> Result<f64, JsValue> {
+        let sig = "Replica.applyChanges(prev: number, changesJson: string)";
+        let changes_json = text(sig, "changesJson", &changes_json)?;
         let text = format!(
             "{{\"type\":\"changes\",\"sub\":\"\",\"prev\":{},\"changes\":{changes_json}}}",
             prev as i64
@@ -230,7 +355,7 @@ impl Replica {
         let ServerMsg::Changes { prev, changes, .. } =
             protocol::decode_server_json(&text).map_err(js_err)?
         else {
-            return Err(JsError::new("not a changes batch"));
+            return Err(JsError::new("not a changes batch").into());
         };
         Ok(apply::apply_changes(&self.conn, prev, &changes)
             .map_err(js_err)?
@@ -239,18 +364,26 @@ impl Replica {
 
     /// The binary `hello`.
     #[wasm_bindgen(js_name = encodeHello)]
-    pub fn encode_hello(token: Option<String>, client: Option<String>) -> Vec<u8> {
-        protocol::encode_client_bin(&ClientMsg::Hello { token, client })
+    pub fn encode_hello(token: JsValue, client: JsValue) -> Result<Vec<u8>, JsValue> {
+        let sig = "Replica.encodeHello(token?: string, client?: string)";
+        let token = opt_text(sig, "token", &token)?;
+        let client = opt_text(sig, "client", &client)?;
+        Ok(protocol::encode_client_bin(&ClientMsg::Hello {
+            token,
+            client,
+        }))
     }
 
     /// The binary `subscribe`; `from` absent asks for a snapshot.
     #[wasm_bindgen(js_name = encodeSubscribe)]
     pub fn encode_subscribe(
-        sub: String,
+        sub: JsValue,
         from: Option<f64>,
-        namespaces_json: Option<String>,
-    ) -> Result<Vec<u8>, JsError> {
-        let namespaces = namespaces_json
+        namespaces_json: JsValue,
+    ) -> Result<Vec<u8>, JsValue> {
+        let sig = "Replica.encodeSubscribe(sub: string, from?: number, namespacesJson?: string)";
+        let sub = text(sig, "sub", &sub)?;
+        let namespaces = opt_text(sig, "namespacesJson", &namespaces_json)?
             .map(|t| parse("namespaces", &t))
             .transpose()?;
         Ok(protocol::encode_client_bin(&ClientMsg::Subscribe(
@@ -265,8 +398,10 @@ impl Replica {
 
     /// The binary `write` of a JSON array of write ops.
     #[wasm_bindgen(js_name = encodeWrite)]
-    pub fn encode_write(req: String, ops_json: &str) -> Result<Vec<u8>, JsError> {
-        let ops: Vec<WriteOp> = parse("ops", ops_json)?;
+    pub fn encode_write(req: JsValue, ops_json: JsValue) -> Result<Vec<u8>, JsValue> {
+        let sig = "Replica.encodeWrite(req: string, opsJson: string)";
+        let req = text(sig, "req", &req)?;
+        let ops: Vec<WriteOp> = parse("ops", &text(sig, "opsJson", &ops_json)?)?;
         Ok(protocol::encode_client_bin(&ClientMsg::Write {
             req,
             ops,
@@ -278,23 +413,27 @@ impl Replica {
 
     /// The binary `ack`.
     #[wasm_bindgen(js_name = encodeAck)]
-    pub fn encode_ack(sub: String, seq: f64) -> Vec<u8> {
-        protocol::encode_client_bin(&ClientMsg::Ack {
+    pub fn encode_ack(sub: JsValue, seq: f64) -> Result<Vec<u8>, JsValue> {
+        let sub = text("Replica.encodeAck(sub: string, seq: number)", "sub", &sub)?;
+        Ok(protocol::encode_client_bin(&ClientMsg::Ack {
             sub,
             seq: seq as i64,
-        })
+        }))
     }
 
     /// One row as JSON (`null` when absent). Vectors: `id` is the subject, `model` required.
     pub fn get(
         &self,
-        kind: &str,
-        ns: &str,
-        id: &str,
-        model: Option<String>,
-    ) -> Result<String, JsError> {
-        let kind = kind.parse::<Kind>().map_err(js_err)?;
-        let v = query::get_json(&self.conn, kind, ns, id, model.as_deref()).map_err(js_err)?;
+        kind: JsValue,
+        ns: JsValue,
+        id: JsValue,
+        model: JsValue,
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.get(kind: string, ns: string, id: string, model?: string)";
+        let kind = text(sig, "kind", &kind)?.parse::<Kind>().map_err(js_err)?;
+        let (ns, id) = (text(sig, "ns", &ns)?, text(sig, "id", &id)?);
+        let model = opt_text(sig, "model", &model)?;
+        let v = query::get_json(&self.conn, kind, &ns, &id, model.as_deref()).map_err(js_err)?;
         let v = v.unwrap_or(Value::Null);
         Ok(v.to_string())
     }
@@ -302,15 +441,19 @@ impl Replica {
     /// A page of rows of one kind, in id order, as a JSON array.
     pub fn list(
         &self,
-        kind: &str,
-        ns: &str,
-        kind_filter: Option<String>,
-        after: Option<String>,
+        kind: JsValue,
+        ns: JsValue,
+        kind_filter: JsValue,
+        after: JsValue,
         limit: usize,
-    ) -> Result<String, JsError> {
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.list(kind: string, ns: string, kindFilter?: string, after?: string, limit: number)";
+        let kind = text(sig, "kind", &kind)?;
+        let kind_filter = opt_text(sig, "kindFilter", &kind_filter)?;
+        let after = opt_text(sig, "after", &after)?;
         let c = &self.conn;
         let q = ListQuery {
-            ns: ns.into(),
+            ns: text(sig, "ns", &ns)?,
             kind: kind_filter,
             after,
             limit,
@@ -323,38 +466,54 @@ impl Replica {
     /// Edges around a node (`direction`: out, in, both) as a JSON array.
     pub fn neighbors(
         &self,
-        ns: &str,
-        id: &str,
-        direction: &str,
-        relation: Option<String>,
+        ns: JsValue,
+        id: JsValue,
+        direction: JsValue,
+        relation: JsValue,
         limit: usize,
-    ) -> Result<String, JsError> {
-        let d: Direction = direction.parse().map_err(js_err)?;
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.neighbors(ns: string, id: string, direction: string, relation?: string, limit: number)";
+        let (ns, id) = (text(sig, "ns", &ns)?, text(sig, "id", &id)?);
+        let d: Direction = text(sig, "direction", &direction)?
+            .parse()
+            .map_err(js_err)?;
+        let relation = opt_text(sig, "relation", &relation)?;
         to_json(
-            &query::neighbors(&self.conn, ns, id, d, relation.as_deref(), limit).map_err(js_err)?,
+            &query::neighbors(&self.conn, &ns, &id, d, relation.as_deref(), limit)
+                .map_err(js_err)?,
         )
     }
 
     /// Breadth-first traversal as a JSON array of hops.
     pub fn traverse(
         &self,
-        ns: &str,
-        id: &str,
-        direction: &str,
-        relation: Option<String>,
+        ns: JsValue,
+        id: JsValue,
+        direction: JsValue,
+        relation: JsValue,
         depth: u32,
         limit: usize,
-    ) -> Result<String, JsError> {
-        let d: Direction = direction.parse().map_err(js_err)?;
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.traverse(ns: string, id: string, direction: string, relation?: string, depth: number, limit: number)";
+        let (ns, id) = (text(sig, "ns", &ns)?, text(sig, "id", &id)?);
+        let d: Direction = text(sig, "direction", &direction)?
+            .parse()
+            .map_err(js_err)?;
+        let relation = opt_text(sig, "relation", &relation)?;
         to_json(
-            &query::traverse(&self.conn, ns, id, d, relation.as_deref(), depth, limit)
+            &query::traverse(&self.conn, &ns, &id, d, relation.as_deref(), depth, limit)
                 .map_err(js_err)?,
         )
     }
 
     /// Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
-    pub fn search(&self, query_json: &str) -> Result<String, JsError> {
-        let mut q: SearchQuery = parse("search query", query_json)?;
+    pub fn search(&self, query_json: JsValue) -> Result<String, JsValue> {
+        let query_json = text(
+            "Replica.search(queryJson: string)",
+            "queryJson",
+            &query_json,
+        )?;
+        let mut q: SearchQuery = parse("search query", &query_json)?;
         if q.limit == 0 {
             q.limit = 20;
         }
@@ -363,30 +522,38 @@ impl Replica {
     }
 
     /// Exact KNN; `query_json` is `{"model":..,"embedding":[..],"k":..,"ns"?,"kind"?}`.
-    pub fn knn(&self, query_json: &str) -> Result<String, JsError> {
-        let q: KnnQuery = parse("knn query", query_json)?;
+    pub fn knn(&self, query_json: JsValue) -> Result<String, JsValue> {
+        let query_json = text("Replica.knn(queryJson: string)", "queryJson", &query_json)?;
+        let q: KnnQuery = parse("knn query", &query_json)?;
         to_json(&query::knn(&self.conn, &q).map_err(js_err)?)
     }
 
     /// Hybrid search (reciprocal-rank fusion of a text query and a KNN query).
-    pub fn hybrid(&self, text_json: &str, knn_json: &str, limit: usize) -> Result<String, JsError> {
-        let t: SearchQuery = parse("search query", text_json)?;
-        let k: KnnQuery = parse("knn query", knn_json)?;
+    pub fn hybrid(
+        &self,
+        text_json: JsValue,
+        knn_json: JsValue,
+        limit: usize,
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.hybrid(textJson: string, knnJson: string, limit: number)";
+        let t: SearchQuery = parse("search query", &text(sig, "textJson", &text_json)?)?;
+        let k: KnnQuery = parse("knn query", &text(sig, "knnJson", &knn_json)?)?;
         let now = ops::now_us(&self.conn).map_err(js_err)?;
         to_json(&query::hybrid(&self.conn, &t, &k, limit, now).map_err(js_err)?)
     }
 
     /// A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
     /// all when absent): equal to the node's `hivesync digest` for the same rows.
-    pub fn digest(&self, namespaces_json: Option<String>) -> Result<String, JsError> {
-        let ns: Option<Vec<String>> = namespaces_json
+    pub fn digest(&self, namespaces_json: JsValue) -> Result<String, JsValue> {
+        let sig = "Replica.digest(namespacesJson?: string)";
+        let ns: Option<Vec<String>> = opt_text(sig, "namespacesJson", &namespaces_json)?
             .map(|t| parse("namespaces", &t))
             .transpose()?;
         to_json(&query::digest(&self.conn, ns.as_deref()).map_err(js_err)?)
     }
 
     /// The vector models this replica holds, as JSON.
-    pub fn models(&self) -> Result<String, JsError> {
+    pub fn models(&self) -> Result<String, JsValue> {
         let m: Vec<Value> = schema::models(&self.conn)
             .map_err(js_err)?
             .into_iter()
@@ -397,16 +564,19 @@ impl Replica {
 
     /// Run a read-only SQL query with JSON array parameters; returns `{"columns":[..],"rows":[[..]..]}`.
     /// Statements that would write are refused.
-    pub fn sql(&self, sql: &str, params_json: Option<String>) -> Result<String, JsError> {
-        let params: Vec<Value> = params_json
+    pub fn sql(&self, sql: JsValue, params_json: JsValue) -> Result<String, JsValue> {
+        let sig = "Replica.sql(sql: string, paramsJson?: string)";
+        let sql = text(sig, "sql", &sql)?;
+        let params: Vec<Value> = opt_text(sig, "paramsJson", &params_json)?
             .map(|p| parse("params", &p))
             .transpose()?
             .unwrap_or_default();
-        let mut stmt = self.conn.prepare(sql).map_err(js_err)?;
+        let mut stmt = self.conn.prepare(&sql).map_err(js_err)?;
         if !stmt.readonly() {
             return Err(JsError::new(
                 "only read-only statements run on a replica: its state comes from the node",
-            ));
+            )
+            .into());
         }
         let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let sql_params: Vec<rusqlite::types::Value> = params
@@ -447,7 +617,7 @@ impl Replica {
 
     /// The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
     #[wasm_bindgen(js_name = exportBytes)]
-    pub fn export_bytes(&mut self) -> Result<Vec<u8>, JsError> {
+    pub fn export_bytes(&mut self) -> Result<Vec<u8>, JsValue> {
         let data = self.conn.serialize(rusqlite::MAIN_DB).map_err(js_err)?;
         Ok(data.to_vec())
     }
@@ -455,11 +625,11 @@ impl Replica {
     /// Replace this replica's contents with a database file's bytes (from `exportBytes` or a
     /// native node's file, checkpointed). The file must carry a schema this build knows.
     #[wasm_bindgen(js_name = importBytes)]
-    pub fn import_bytes(&mut self, bytes: &[u8]) -> Result<(), JsError> {
+    pub fn import_bytes(&mut self, file: JsValue) -> Result<(), JsValue> {
+        let mut image = bytes("Replica.importBytes(bytes: Uint8Array)", "bytes", &file)?;
         self.abort_snapshot();
-        let mut image = bytes.to_vec();
         if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
-            return Err(JsError::new("not an SQLite database file"));
+            return Err(JsError::new("not an SQLite database file").into());
         }
         // A WAL-mode file (the native node's) is read as a rollback-journal file: the WAL
         // itself is not part of the bytes, so the node's file must be checkpointed first.
@@ -476,7 +646,7 @@ impl Replica {
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(js_err)?;
         if ok != "ok" {
-            return Err(JsError::new(&format!("the database file is damaged: {ok}")));
+            return Err(JsError::new(&format!("the database file is damaged: {ok}")).into());
         }
         if self.storage == "memory" {
             // The checked copy simply becomes the replica.

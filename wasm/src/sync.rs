@@ -25,6 +25,7 @@ use hivesync::{apply, outbox};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
+use crate::args::{bytes, opt_text, text};
 use crate::{js_err, parse, Replica};
 
 /// Most outbox entries sent and not yet answered (more go out as answers come back).
@@ -81,12 +82,9 @@ impl Replica {
     /// for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
     /// `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
     #[wasm_bindgen(js_name = syncStart)]
-    pub fn sync_start(
-        &mut self,
-        token: Option<String>,
-        json: bool,
-        seed: f64,
-    ) -> Result<(), JsError> {
+    pub fn sync_start(&mut self, token: JsValue, json: bool, seed: f64) -> Result<(), JsValue> {
+        let sig = "Replica.syncStart(token: string | undefined, json: boolean, seed: number)";
+        let token = opt_text(sig, "token", &token)?;
         let applied = apply::applied_seq(&self.conn).map_err(js_err)?;
         let client_id = outbox::client_id(&self.conn).map_err(js_err)?;
         self.sync = Some(Sync {
@@ -121,59 +119,78 @@ impl Replica {
 
     /// The socket could not be opened (`bad_url`: the URL itself was refused).
     #[wasm_bindgen(js_name = syncConnectFailed)]
-    pub fn sync_connect_failed(&mut self, why: String, bad_url: bool, now: f64) -> String {
+    pub fn sync_connect_failed(
+        &mut self,
+        why: JsValue,
+        bad_url: bool,
+        now: f64,
+    ) -> Result<String, JsValue> {
+        let sig = "Replica.syncConnectFailed(why: string, badUrl: boolean, now: number)";
+        let why = text(sig, "why", &why)?;
         let f = if bad_url {
             ConnectFailure::BadUrl(why)
         } else {
             ConnectFailure::Network(why)
         };
-        self.sync_run(now, |s| (s.connect_failed(f, now as u64), vec![]))
+        Ok(self.sync_run(now, |s| (s.connect_failed(f, now as u64), vec![])))
     }
 
     /// The socket closed.
     #[wasm_bindgen(js_name = syncDisconnected)]
-    pub fn sync_disconnected(&mut self, why: String, now: f64) -> String {
-        self.sync_run(now, |s| (s.disconnected(&why, now as u64), vec![]))
+    pub fn sync_disconnected(&mut self, why: JsValue, now: f64) -> Result<String, JsValue> {
+        let why = text(
+            "Replica.syncDisconnected(why: string, now: number)",
+            "why",
+            &why,
+        )?;
+        Ok(self.sync_run(now, |s| (s.disconnected(&why, now as u64), vec![])))
     }
 
     /// A binary frame arrived.
     #[wasm_bindgen(js_name = syncFrame)]
-    pub fn sync_frame(&mut self, bytes: &[u8], now: f64) -> String {
-        let m = protocol::decode_server_bin(bytes);
-        self.sync_message(m, now)
+    pub fn sync_frame(&mut self, frame: JsValue, now: f64) -> Result<String, JsValue> {
+        let frame = bytes(
+            "Replica.syncFrame(frame: Uint8Array, now: number)",
+            "frame",
+            &frame,
+        )?;
+        let m = protocol::decode_server_bin(&frame);
+        Ok(self.sync_message(m, now))
     }
 
     /// A text frame arrived.
     #[wasm_bindgen(js_name = syncText)]
-    pub fn sync_text(&mut self, text: &str, now: f64) -> String {
-        let m = protocol::decode_server_json(text);
-        self.sync_message(m, now)
+    pub fn sync_text(&mut self, frame: JsValue, now: f64) -> Result<String, JsValue> {
+        let frame = text(
+            "Replica.syncText(frame: string, now: number)",
+            "frame",
+            &frame,
+        )?;
+        let m = protocol::decode_server_json(&frame);
+        Ok(self.sync_message(m, now))
     }
 
     /// Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
     /// `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
     /// once; `syncFlush` uploads the entry when connected.
     #[wasm_bindgen(js_name = writeLocal)]
-    pub fn write_local(&mut self, ops_json: &str) -> Result<String, JsError> {
-        let ops: Vec<WriteOp> = parse("ops", ops_json)?;
+    pub fn write_local(&mut self, ops_json: JsValue) -> Result<String, JsValue> {
+        let ops_json = text("Replica.writeLocal(opsJson: string)", "opsJson", &ops_json)?;
+        let ops: Vec<WriteOp> = parse("ops", &ops_json)?;
         let w = outbox::write_local(&self.conn, ops).map_err(js_err)?;
         Ok(json!({"n": w.n, "ids": w.ids}).to_string())
     }
 
     /// The outbox at a glance: `{"pending", "unsent", "oldest_us", "error"}`.
     #[wasm_bindgen(js_name = outboxStatus)]
-    pub fn outbox_status(&self) -> Result<String, JsError> {
-        Ok(serde_json::to_string(
-            &outbox::status(&self.conn).map_err(js_err)?,
-        )?)
+    pub fn outbox_status(&self) -> Result<String, JsValue> {
+        crate::to_json(&outbox::status(&self.conn).map_err(js_err)?)
     }
 
     /// The pending writes, oldest first: `[{"n", "ops", "created_us", "seq"}]`.
     #[wasm_bindgen(js_name = outboxPending)]
-    pub fn outbox_pending(&self) -> Result<String, JsError> {
-        Ok(serde_json::to_string(
-            &outbox::pending(&self.conn).map_err(js_err)?,
-        )?)
+    pub fn outbox_pending(&self) -> Result<String, JsValue> {
+        crate::to_json(&outbox::pending(&self.conn).map_err(js_err)?)
     }
 
     /// Upload what the outbox holds and this connection has not sent yet (when subscribed).
