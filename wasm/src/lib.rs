@@ -249,6 +249,13 @@ impl Replica {
         Ok(held.max(0) as u32)
     }
 
+    /// Abort, as a bug would: for tests of the page's recovery from a trap (`web/worker.js`).
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = __trap)]
+    pub fn trap(&self) {
+        std::process::abort()
+    }
+
     /// `opfs` or `memory`.
     #[wasm_bindgen(getter)]
     pub fn storage(&self) -> String {

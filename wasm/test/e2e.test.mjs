@@ -468,3 +468,235 @@ test('tabs share one replica: both query and write, and closing the leader hands
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('replicas of different names persist side by side, and a replica kept in memory says why', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-names-'));
+  const db = path.join(dir, 'names.db');
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  let node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser, webDir);
+    let page = await ctx.newPage();
+    await page.goto('http://localhost:9/');
+    const open = () => page.evaluate(async (url) => {
+      const { openReplica } = await import('/hivesync.js');
+      const t0 = performance.now();
+      window.alice = await openReplica({ url, name: 'user:alice' });
+      const t1 = performance.now();
+      window.bob = await openReplica({ url, name: 'user:bob' });
+      const t2 = performance.now();
+      return { alice: window.alice.opened, bob: window.bob.opened, ms: [t1 - t0, t2 - t1] };
+    }, url);
+    const first = await open();
+    assert.equal(first.alice.storage, 'opfs');
+    assert.equal(first.bob.storage, 'opfs', 'a second name on the same page persists too');
+    assert.equal(first.bob.storageError, null);
+    assert.ok(first.ms[1] < 1500, `the second replica opened in ${first.ms[1]} ms (it waited 1.5 s for the first one's files before)`);
+    await until(page, async () => (await window.alice.status()).live && (await window.bob.status()).live);
+
+    // Offline, each writes its own rows; a reload finds both, still pending, each in its own replica.
+    await stopNode(node);
+    await until(page, async () => !(await window.alice.status()).online && !(await window.bob.status()).online);
+    await page.evaluate(async () => {
+      await window.alice.write([{ op: 'upsert', kind: 'note', data: { id: 'a1', content: 'alice offline' } }]);
+      await window.bob.write([{ op: 'upsert', kind: 'note', data: { id: 'b1', content: 'bob offline' } }]);
+    });
+    await page.close();
+    page = await ctx.newPage();
+    await page.goto('http://localhost:9/');
+    const again = await open();
+    assert.deepEqual([again.alice.storage, again.bob.storage], ['opfs', 'opfs']);
+    const kept = await page.evaluate(async () => ({
+      alice: (await window.alice.pending()).map((p) => p.ops[0].data.id),
+      bob: (await window.bob.pending()).map((p) => p.ops[0].data.id),
+      aliceSeesBob: await window.alice.get('note', 'default', 'b1'),
+    }));
+    assert.deepEqual(kept, { alice: ['a1'], bob: ['b1'], aliceSeesBob: null });
+    node = startNode(db, port);
+    await waitHealthy(port);
+    await until(page, async () => (await window.alice.status()).pending === 0 && (await window.bob.status()).pending === 0);
+    assert.equal(changesOf(db, 'a1').length, 1);
+    assert.equal(changesOf(db, 'b1').length, 1);
+
+    // The same name opened twice without tab sharing: the second cannot have the files. It
+    // runs in memory and says why, in status() and in an error event that waits for a listener.
+    const twice = await page.evaluate(async () => {
+      const { openReplica } = await import('/hivesync.js');
+      const one = await openReplica({ name: 'solo', shareTabs: false });
+      const two = await openReplica({ name: 'solo', shareTabs: false });
+      const heard = await new Promise((resolve) => { two.on('error', resolve); setTimeout(() => resolve(null), 2000); });
+      const st = await two.status();
+      const r = { one: one.opened.storage, two: two.opened, status: { storage: st.storage, storageError: st.storageError }, heard };
+      one.close();
+      two.close();
+      return r;
+    });
+    assert.equal(twice.one, 'opfs');
+    assert.equal(twice.two.storage, 'memory');
+    assert.match(twice.two.storageError, /kept in memory.*lost when this page closes.*'solo' is open in another Worker/s);
+    assert.deepEqual(twice.status, { storage: 'memory', storageError: twice.two.storageError });
+    assert.equal(twice.heard?.message, twice.two.storageError, 'the error event reached a listener added after opening');
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('no argument reaches a wasm trap: wrong calls are TypeErrors, and a trap reopens the replica', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-args-'));
+  const db = path.join(dir, 'args.db');
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  cli(db, 'put', 'entity', '{"id":"ada","kind":"person","name":"Ada Lovelace"}');
+  const node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser, webDir);
+    const page = await ctx.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await openIn(page, url, 'args');
+    await until(page, async () => (await window.db.status()).live);
+    const out = await page.evaluate(async () => {
+      const db = window.db;
+      const worker = db.worker;
+      const long = 'x'.repeat(5_000_000);
+      const cyclic = {}; cyclic.self = cyclic;
+      const odd = [undefined, null, 0, -1, 1e12, NaN, Infinity, 2 ** 53, 10n, 'str', '', long, true, {}, [], [1, 2],
+        { length: 1e10 }, new Uint8Array(3), Symbol('s'), () => 1, cyclic, new Date(0), '\u0000', '\ud800'];
+      const valid = {
+        status: [], search: [{ text: 'ada' }], knn: [{ model: 'm', embedding: [1, 0], k: 1 }],
+        hybrid: [{ text: 'ada' }, { model: 'm', embedding: [1, 0], k: 1 }, 5], get: ['entity', 'default', 'ada'],
+        list: ['entity', 'default', { limit: 5 }], neighbors: ['default', 'ada', { direction: 'both' }],
+        traverse: ['default', 'ada', { depth: 2 }], sql: ['SELECT count(*) FROM entities', []], models: [],
+        digest: [['default']], exportBytes: [], importBytes: [new Uint8Array(0)],
+        write: [[{ op: 'upsert', kind: 'note', data: { id: 'ok', content: 'fine' } }]], pending: [],
+      };
+      const results = { typeErrors: 0, otherErrors: [], resolved: 0, calls: 0, samples: {} };
+      const tryCall = async (method, args) => {
+        results.calls++;
+        try {
+          await db[method](...args);
+          results.resolved++;
+        } catch (e) {
+          if (e instanceof TypeError) {
+            results.typeErrors++;
+            results.samples[method] ??= e.message;
+          } else {
+            results.otherErrors.push(`${method}: ${e.message}`.slice(0, 200));
+          }
+        }
+      };
+      for (const [method, good] of Object.entries(valid)) {
+        // Each argument replaced by each odd value; one missing; one extra.
+        for (let i = 0; i < Math.max(1, good.length); i++) {
+          for (const v of odd) {
+            const args = [...good];
+            args[i] = v;
+            await tryCall(method, args);
+          }
+        }
+        if (good.length) await tryCall(method, good.slice(0, -1));
+        await tryCall(method, [...good, 'extra']);
+        // Odd values inside the option objects and queries.
+        for (let i = 0; i < good.length; i++) {
+          if (good[i] && typeof good[i] === 'object' && !Array.isArray(good[i]) && !(good[i] instanceof Uint8Array)) {
+            for (const k of [...Object.keys(good[i]), 'unknown']) {
+              for (const v of [-1, 1e12, NaN, 'str', {}, [], '\u0000']) {
+                const args = [...good];
+                args[i] = { ...good[i], [k]: v };
+                await tryCall(method, args);
+              }
+            }
+          }
+        }
+      }
+      // The call from the issue.
+      let issue = null;
+      try { await db.list('note', { limit: 50 }); } catch (e) { issue = { type: e.constructor.name, message: e.message }; }
+      // Still reads and writes, on the same Worker (nothing trapped).
+      await db.write([{ op: 'upsert', kind: 'entity', data: { id: 'after', name: 'still writing' } }]);
+      const after = await db.get('entity', 'default', 'after');
+      const ada = await db.search({ text: 'lovelace' });
+      return { results, issue, after: after?.name, ada: ada.map((h) => h.id), sameWorker: db.worker === worker };
+    });
+    const r = out.results;
+    assert.deepEqual(out.issue?.type, 'TypeError');
+    assert.match(out.issue.message, /^list\(kind: 'entity' \| 'edge' \| 'note' \| 'event' \| 'vector', ns: string, opts\?: \{ kind\?: string, after\?: string, limit\?: number \}\): `ns` must be a string, got an object$/);
+    assert.ok(r.typeErrors > 600, JSON.stringify({ ...r, samples: undefined }));
+    // What passes the signature and still fails is the replica's own error (a NUL in an id, an
+    // unknown model, a file that is not a database): never a trap.
+    for (const e of r.otherErrors) assert.doesNotMatch(e, /unreachable|out of bounds|RuntimeError|WebAssembly/, e);
+    assert.equal(out.after, 'still writing');
+    assert.deepEqual(out.ada, ['ada']);
+    assert.ok(out.sameWorker, 'the Worker was never replaced: nothing trapped');
+    assert.deepEqual(errors, []);
+
+    // A trap (as a bug in the wasm would cause): the call fails, an error event says so, a new
+    // Worker opens the same stored replica, and it reads and writes again.
+    const trap = await page.evaluate(async () => {
+      const db = window.db;
+      const heard = new Promise((resolve) => db.on('error', (e) => { if (/WebAssembly/.test(e.message)) resolve(e.message); }));
+      let failed = null;
+      try { await db.call('__trap'); } catch (e) { failed = e.message; }
+      const message = await heard;
+      const after = await db.get('entity', 'default', 'after');
+      await db.write([{ op: 'upsert', kind: 'entity', data: { id: 'reopened', name: 'after the trap' } }]);
+      return { failed, message, after: after?.name, storage: db.opened.storage, reopened: (await db.get('entity', 'default', 'reopened'))?.name };
+    });
+    assert.match(trap.failed, /failed in WebAssembly \(unreachable\) and was reopened/);
+    assert.match(trap.message, /it was reopened/);
+    assert.equal(trap.after, 'still writing', 'the stored replica was reopened whole');
+    assert.equal(trap.reopened, 'after the trap');
+    assert.equal(trap.storage, 'opfs');
+    await until(page, async () => { const s = await window.db.status(); return s.live && s.pending === 0; });
+    assert.equal(changesOf(db, 'reopened').length, 1);
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a write made offline keeps the time it was made, however late it is uploaded', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-time-'));
+  const db = path.join(dir, 'time.db');
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  let node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser, webDir);
+    const page = await ctx.newPage();
+    await openIn(page, url, 'time');
+    await until(page, async () => (await window.db.status()).live);
+    await stopNode(node);
+    await until(page, async () => !(await window.db.status()).online);
+    const madeUs = await page.evaluate(async () => {
+      const t = Date.now() * 1000;
+      await window.db.write([{ op: 'upsert', kind: 'note', data: { id: 'late', content: 'written on the train' } }]);
+      return t;
+    });
+    await new Promise((r) => setTimeout(r, 2500));
+    const uploadUs = Date.now() * 1000;
+    node = startNode(db, port);
+    await waitHealthy(port);
+    await until(page, async () => { const s = await window.db.status(); return s.live && s.pending === 0; });
+    const atNode = JSON.parse(cli(db, '--json', 'get', 'note', 'late'));
+    assert.ok(atNode.created_at >= madeUs - 5_000_000 && atNode.created_at < madeUs + 1_000_000,
+      `created_at ${atNode.created_at} is when the write was made (${madeUs}), not the upload (${uploadUs})`);
+    assert.equal(atNode.updated_at, atNode.created_at);
+    const here = await page.evaluate(() => window.db.get('note', 'default', 'late'));
+    assert.equal(here.created_at, atNode.created_at, 'the replica shows the same time');
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -33,6 +33,8 @@ export interface Status {
   live: boolean;
   online: boolean;
   storage: 'opfs' | 'memory';
+  /** Why the replica is in memory though persistence was asked for (its data and pending writes go when the page closes); else null. */
+  storageError: string | null;
   /** Why the sync client stopped for good (`unauthorized: ...`, `forbidden: ...`, `bad_request: ...`), else null. */
   error: string | null;
   /** The seq the last subscription resumed after; null for a snapshot (or before the first). */
@@ -60,7 +62,11 @@ export interface WelcomeEvent {
 export interface AppliedEvent { type: 'applied'; seq: number; count?: number; snapshot?: boolean }
 export interface LiveEvent { type: 'live'; seq: number }
 export interface OfflineEvent { type: 'offline' }
-/** `code` is set for errors from the node; `unauthorized`, `forbidden` and `bad_request` stop the sync client. */
+/**
+ * `code` is set for errors from the node; `unauthorized`, `forbidden` and `bad_request` stop the
+ * sync client. Errors raised before the page listened (while opening: persistence unavailable)
+ * are delivered to the first `error` (or `*`) listener.
+ */
 export interface ReplicaError { type: 'error'; code?: ErrorCode; message: string }
 
 /** The node committed local write `n` at `seq` (exactly once). */
@@ -89,6 +95,8 @@ export type ReplicaEvent = ReplicaEventMap[keyof ReplicaEventMap];
 /** What opening found: `HivesyncReplica.opened`. */
 export interface Opened {
   storage: 'opfs' | 'memory';
+  /** Why the replica is in memory though persistence was asked for; else null. */
+  storageError: string | null;
   /** Last seq applied to the stored copy. */
   seq: number;
   /** Where opening spent its time, in ms: loading the wasm, opening the database. */
@@ -106,9 +114,9 @@ export interface OpenOptions {
   url?: string;
   /** Sent in the hello; the node answers `unauthorized` (an `error` event) when it is wrong or missing. */
   token?: string;
-  /** OPFS database name (default `hivesync`). */
+  /** The replica's name (default `hivesync`): what tabs share, and its own OPFS storage (replicas of different names persist side by side). 1 to 128 bytes. */
   name?: string;
-  /** Persist in OPFS (default true; falls back to memory where OPFS is unavailable). */
+  /** Persist in OPFS (default true; where OPFS is unavailable the replica is kept in memory and says why in `status().storageError` and an `error` event). */
   persist?: boolean;
   protocol?: 'bin' | 'json';
   namespaces?: string[];
@@ -116,6 +124,7 @@ export interface OpenOptions {
   shareTabs?: boolean;
 }
 
+/** Every method rejects with a `TypeError` naming its signature when its arguments do not match it (a wrong type, a missing or extra argument, an unknown option). */
 export declare class HivesyncReplica {
   opened: Opened;
   /** Listen to one type of event, or to all (`*`); returns a function that stops listening. */

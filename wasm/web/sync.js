@@ -31,6 +31,7 @@ export class SyncClient {
     this.namespaces = opts.namespaces ?? null;
     this.onEvent = opts.onEvent ?? (() => {});
     this.onWork = opts.onWork ?? (() => {});
+    this.storageError = opts.storageError ?? null;
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
     this.ws = null;
     this.stopped = true;
@@ -53,7 +54,7 @@ export class SyncClient {
     const seq = this.replica.appliedSeq();
     return {
       type: 'status', seq, head: Math.max(this.head, seq), lag: this.live ? 0 : Math.max(0, this.head - seq),
-      live: this.live, online: this.online, storage: this.replica.storage, error: this.fatal,
+      live: this.live, online: this.online, storage: this.replica.storage, storageError: this.storageError, error: this.fatal,
       resumedFrom: this.resumedFrom, ...outboxStatus(this.replica),
     };
   }

@@ -33,6 +33,8 @@ const worked = () => {
 };
 
 let openedInfo = null;
+// Why the replica is in memory though persistence was asked for (null when it is not).
+let storageError = null;
 let markOpen;
 const isOpen = new Promise((r) => { markOpen = r; });
 
@@ -52,7 +54,8 @@ async function open(opts) {
         break;
       } catch (e) {
         if (performance.now() < until) { await new Promise((r) => setTimeout(r, 100)); continue; }
-        emit({ type: 'error', message: `persistence unavailable, keeping the replica in memory: ${e.message ?? e}` });
+        storageError = `persistence unavailable, the replica is kept in memory (its data and pending writes are lost when this page closes): ${e.message ?? e}`;
+        emit({ type: 'error', message: storageError });
         break;
       }
     }
@@ -60,12 +63,12 @@ async function open(opts) {
   if (!replica) replica = Replica.openMemory();
   const tOpen = performance.now();
   if (opts.url) {
-    client = new SyncClient(replica, { ...opts, onEvent: emit, onWork: worked });
+    client = new SyncClient(replica, { ...opts, storageError, onEvent: emit, onWork: worked });
     pendingStart = setTimeout(startSync, 300);
   }
   // Where opening spent its time (ms), for diagnosing slow starts.
   const timings = { wasm: Math.round(tInit - t0), db: Math.round(tOpen - tInit) };
-  openedInfo = { storage: replica.storage, seq: replica.appliedSeq(), timings };
+  openedInfo = { storage: replica.storage, storageError, seq: replica.appliedSeq(), timings };
   markOpen();
   return openedInfo;
 }
@@ -73,7 +76,7 @@ async function open(opts) {
 const json = (s) => JSON.parse(s);
 const offlineStatus = () => {
   const seq = replica.appliedSeq();
-  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: replica.storage, error: null, resumedFrom: null, ...outboxStatus(replica) };
+  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: replica.storage, storageError, error: null, resumedFrom: null, ...outboxStatus(replica) };
 };
 const methods = {
   open,
@@ -85,9 +88,9 @@ const methods = {
   knn: (q) => json(replica.knn(JSON.stringify(q))),
   hybrid: (t, k, limit) => json(replica.hybrid(JSON.stringify(t), JSON.stringify(k), limit ?? 20)),
   get: (kind, ns, id, model) => json(replica.get(kind, ns, id, model)),
-  list: (kind, ns, o = {}) => json(replica.list(kind, ns, o.kind, o.after, o.limit ?? 100)),
-  neighbors: (ns, id, o = {}) => json(replica.neighbors(ns, id, o.direction ?? 'out', o.relation, o.limit ?? 100)),
-  traverse: (ns, id, o = {}) => json(replica.traverse(ns, id, o.direction ?? 'out', o.relation, o.depth ?? 2, o.limit ?? 100)),
+  list: (kind, ns, o) => (o ??= {}, json(replica.list(kind, ns, o.kind, o.after, o.limit ?? 100))),
+  neighbors: (ns, id, o) => (o ??= {}, json(replica.neighbors(ns, id, o.direction ?? 'out', o.relation, o.limit ?? 100))),
+  traverse: (ns, id, o) => (o ??= {}, json(replica.traverse(ns, id, o.direction ?? 'out', o.relation, o.depth ?? 2, o.limit ?? 100))),
   sql: (q, params) => json(replica.sql(q, params ? JSON.stringify(params) : undefined)),
   models: () => json(replica.models()),
   digest: (namespaces) => json(replica.digest(namespaces ? JSON.stringify(namespaces) : undefined)),
@@ -101,10 +104,26 @@ const methods = {
   pending: () => json(replica.outboxPending()),
   stop: () => { if (pendingStart) { clearTimeout(pendingStart); pendingStart = null; } client?.stop(); },
   start: () => { if (pendingStart) startSync(); else client?.start(); },
+  // For tests of the page's recovery: a trap, as a bug in the wasm would cause.
+  __trap: () => replica.__trap(),
 };
+
+// A trap leaves the wasm module unusable: the page is told (it replaces this Worker) and every
+// later call is refused rather than run on a broken module.
+let trapped = null;
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
+const reportTrap = (e, id) => {
+  trapped = String(e?.message ?? e);
+  try { client?.stop(); } catch { /* the module is gone */ }
+  postMessage({ id, trap: true, error: trapped });
+};
+addEventListener('error', (e) => { if (isTrap(e.error)) { e.preventDefault(); reportTrap(e.error); } });
+addEventListener('unhandledrejection', (e) => { if (isTrap(e.reason)) { e.preventDefault(); reportTrap(e.reason); } });
 
 onmessage = async (e) => {
   const { id, method, args } = e.data;
+  if (trapped) { postMessage({ id, error: `the replica failed in WebAssembly (${trapped}); it is being reopened` }); return; }
+  if (!Object.hasOwn(methods, method)) { postMessage({ id, error: `no method ${String(method)}` }); return; }
   try {
     // Calls sent before the open finished (by other tabs, or resent after a handover) wait for it.
     if (method !== 'open') await isOpen;
@@ -113,6 +132,7 @@ onmessage = async (e) => {
     if (method === 'write' || method === 'importBytes') worked();
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
-    postMessage({ id, error: String(err?.message ?? err) });
+    if (isTrap(err)) reportTrap(err, id);
+    else postMessage({ id, error: String(err?.message ?? err) });
   }
 };

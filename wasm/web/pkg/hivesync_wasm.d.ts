@@ -9,6 +9,10 @@ export class Replica {
     free(): void;
     [Symbol.dispose](): void;
     /**
+     * Abort, as a bug would: for tests of the page's recovery from a trap (`web/worker.js`).
+     */
+    __trap(): void;
+    /**
      * Abandon a snapshot that was cut off (the connection dropped): the previous state stays.
      */
     abortSnapshot(): void;
@@ -20,7 +24,7 @@ export class Replica {
      * Apply a batch of changes given as the JSON array of a `changes` message, continuing
      * from `prev`; refuses a batch that shows a gap. Returns the applied seq.
      */
-    applyChanges(prev: number, changes_json: string): number;
+    applyChanges(prev: number, changes_json: any): number;
     /**
      * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
      * later write or query pays for it; the Worker calls it when the replica has been idle a
@@ -31,23 +35,23 @@ export class Replica {
      * A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
      * all when absent): equal to the node's `hivesync digest` for the same rows.
      */
-    digest(namespaces_json?: string | null): string;
+    digest(namespaces_json: any): string;
     /**
      * The binary `ack`.
      */
-    static encodeAck(sub: string, seq: number): Uint8Array;
+    static encodeAck(sub: any, seq: number): Uint8Array;
     /**
      * The binary `hello`.
      */
-    static encodeHello(token?: string | null, client?: string | null): Uint8Array;
+    static encodeHello(token: any, client: any): Uint8Array;
     /**
      * The binary `subscribe`; `from` absent asks for a snapshot.
      */
-    static encodeSubscribe(sub: string, from?: number | null, namespaces_json?: string | null): Uint8Array;
+    static encodeSubscribe(sub: any, from: number | null | undefined, namespaces_json: any): Uint8Array;
     /**
      * The binary `write` of a JSON array of write ops.
      */
-    static encodeWrite(req: string, ops_json: string): Uint8Array;
+    static encodeWrite(req: any, ops_json: any): Uint8Array;
     /**
      * The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
      */
@@ -55,32 +59,32 @@ export class Replica {
     /**
      * One row as JSON (`null` when absent). Vectors: `id` is the subject, `model` required.
      */
-    get(kind: string, ns: string, id: string, model?: string | null): string;
+    get(kind: any, ns: any, id: any, model: any): string;
     /**
      * Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
      */
-    handleFrame(bytes: Uint8Array | number[]): string;
+    handleFrame(frame: any): string;
     /**
      * Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
      */
-    handleText(text: string): string;
+    handleText(frame: any): string;
     /**
      * Hybrid search (reciprocal-rank fusion of a text query and a KNN query).
      */
-    hybrid(text_json: string, knn_json: string, limit: number): string;
+    hybrid(text_json: any, knn_json: any, limit: number): string;
     /**
      * Replace this replica's contents with a database file's bytes (from `exportBytes` or a
      * native node's file, checkpointed). The file must carry a schema this build knows.
      */
-    importBytes(bytes: Uint8Array | number[]): void;
+    importBytes(file: any): void;
     /**
      * Exact KNN; `query_json` is `{"model":..,"embedding":[..],"k":..,"ns"?,"kind"?}`.
      */
-    knn(query_json: string): string;
+    knn(query_json: any): string;
     /**
      * A page of rows of one kind, in id order, as a JSON array.
      */
-    list(kind: string, ns: string, kind_filter: string | null | undefined, after: string | null | undefined, limit: number): string;
+    list(kind: any, ns: any, kind_filter: any, after: any, limit: number): string;
     /**
      * The vector models this replica holds, as JSON.
      */
@@ -88,16 +92,17 @@ export class Replica {
     /**
      * Edges around a node (`direction`: out, in, both) as a JSON array.
      */
-    neighbors(ns: string, id: string, direction: string, relation: string | null | undefined, limit: number): string;
+    neighbors(ns: any, id: any, direction: any, relation: any, limit: number): string;
     /**
      * An empty replica in memory (Node, the main thread, tests).
      */
     static openMemory(): Replica;
     /**
      * A replica persisted in the Origin Private File System under `name`. Works only inside a
-     * dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere.
+     * dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere. Each name has
+     * a pool of its own (see [`pool_of`]), so replicas of different names persist side by side.
      */
-    static openPersistent(name: string): Promise<Replica>;
+    static openPersistent(name: any): Promise<Replica>;
     /**
      * The pending writes, oldest first: `[{"n", "ops", "created_us", "seq"}]`.
      */
@@ -109,21 +114,21 @@ export class Replica {
     /**
      * Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
      */
-    search(query_json: string): string;
+    search(query_json: any): string;
     /**
      * Restrict what a snapshot replaces to these namespaces (JSON array, or null for all):
      * set it to what the subscription asks for.
      */
-    setNamespaces(namespaces_json?: string | null): void;
+    setNamespaces(namespaces_json: any): void;
     /**
      * Run a read-only SQL query with JSON array parameters; returns `{"columns":[..],"rows":[[..]..]}`.
      * Statements that would write are refused.
      */
-    sql(sql: string, params_json?: string | null): string;
+    sql(sql: any, params_json: any): string;
     /**
      * The socket could not be opened (`bad_url`: the URL itself was refused).
      */
-    syncConnectFailed(why: string, bad_url: boolean, now: number): string;
+    syncConnectFailed(why: any, bad_url: boolean, now: number): string;
     /**
      * The socket opened.
      */
@@ -131,7 +136,7 @@ export class Replica {
     /**
      * The socket closed.
      */
-    syncDisconnected(why: string, now: number): string;
+    syncDisconnected(why: any, now: number): string;
     /**
      * Upload what the outbox holds and this connection has not sent yet (when subscribed).
      */
@@ -139,7 +144,7 @@ export class Replica {
     /**
      * A binary frame arrived.
      */
-    syncFrame(bytes: Uint8Array | number[], now: number): string;
+    syncFrame(frame: any, now: number): string;
     /**
      * The next binary frame to send, if any.
      */
@@ -153,21 +158,21 @@ export class Replica {
      * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
      * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
      */
-    syncStart(token: string | null | undefined, json: boolean, seed: number): void;
+    syncStart(token: any, json: boolean, seed: number): void;
     /**
      * A text frame arrived.
      */
-    syncText(text: string, now: number): string;
+    syncText(frame: any, now: number): string;
     /**
      * Breadth-first traversal as a JSON array of hops.
      */
-    traverse(ns: string, id: string, direction: string, relation: string | null | undefined, depth: number, limit: number): string;
+    traverse(ns: any, id: any, direction: any, relation: any, depth: number, limit: number): string;
     /**
      * Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
      * `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
      * once; `syncFlush` uploads the entry when connected.
      */
-    writeLocal(ops_json: string): string;
+    writeLocal(ops_json: any): string;
     /**
      * `opfs` or `memory`.
      */
@@ -187,44 +192,45 @@ export interface InitOutput {
     readonly __wbg_replica_free: (a: number, b: number) => void;
     readonly memcpy: (a: number, b: number, c: number) => number;
     readonly memset: (a: number, b: number, c: number) => number;
+    readonly replica___trap: (a: number) => void;
     readonly replica_abortSnapshot: (a: number) => void;
     readonly replica_appliedSeq: (a: number) => [number, number, number];
-    readonly replica_applyChanges: (a: number, b: number, c: number, d: number) => [number, number, number];
+    readonly replica_applyChanges: (a: number, b: number, c: any) => [number, number, number];
     readonly replica_checkpoint: (a: number) => [number, number, number];
-    readonly replica_digest: (a: number, b: number, c: number) => [number, number, number, number];
-    readonly replica_encodeAck: (a: number, b: number, c: number) => [number, number];
-    readonly replica_encodeHello: (a: number, b: number, c: number, d: number) => [number, number];
-    readonly replica_encodeSubscribe: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number, number];
-    readonly replica_encodeWrite: (a: number, b: number, c: number, d: number) => [number, number, number, number];
+    readonly replica_digest: (a: number, b: any) => [number, number, number, number];
+    readonly replica_encodeAck: (a: any, b: number) => [number, number, number, number];
+    readonly replica_encodeHello: (a: any, b: any) => [number, number, number, number];
+    readonly replica_encodeSubscribe: (a: any, b: number, c: number, d: any) => [number, number, number, number];
+    readonly replica_encodeWrite: (a: any, b: any) => [number, number, number, number];
     readonly replica_exportBytes: (a: number) => [number, number, number, number];
-    readonly replica_get: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number) => [number, number, number, number];
-    readonly replica_handleFrame: (a: number, b: number, c: number) => [number, number, number, number];
-    readonly replica_handleText: (a: number, b: number, c: number) => [number, number, number, number];
-    readonly replica_hybrid: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number, number];
-    readonly replica_importBytes: (a: number, b: number, c: number) => [number, number];
-    readonly replica_knn: (a: number, b: number, c: number) => [number, number, number, number];
-    readonly replica_list: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => [number, number, number, number];
+    readonly replica_get: (a: number, b: any, c: any, d: any, e: any) => [number, number, number, number];
+    readonly replica_handleFrame: (a: number, b: any) => [number, number, number, number];
+    readonly replica_handleText: (a: number, b: any) => [number, number, number, number];
+    readonly replica_hybrid: (a: number, b: any, c: any, d: number) => [number, number, number, number];
+    readonly replica_importBytes: (a: number, b: any) => [number, number];
+    readonly replica_knn: (a: number, b: any) => [number, number, number, number];
+    readonly replica_list: (a: number, b: any, c: any, d: any, e: any, f: number) => [number, number, number, number];
     readonly replica_models: (a: number) => [number, number, number, number];
-    readonly replica_neighbors: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => [number, number, number, number];
+    readonly replica_neighbors: (a: number, b: any, c: any, d: any, e: any, f: number) => [number, number, number, number];
     readonly replica_openMemory: () => [number, number, number];
-    readonly replica_openPersistent: (a: number, b: number) => any;
+    readonly replica_openPersistent: (a: any) => any;
     readonly replica_outboxPending: (a: number) => [number, number, number, number];
     readonly replica_outboxStatus: (a: number) => [number, number, number, number];
-    readonly replica_search: (a: number, b: number, c: number) => [number, number, number, number];
-    readonly replica_setNamespaces: (a: number, b: number, c: number) => [number, number];
-    readonly replica_sql: (a: number, b: number, c: number, d: number, e: number) => [number, number, number, number];
+    readonly replica_search: (a: number, b: any) => [number, number, number, number];
+    readonly replica_setNamespaces: (a: number, b: any) => [number, number];
+    readonly replica_sql: (a: number, b: any, c: any) => [number, number, number, number];
     readonly replica_storage: (a: number) => [number, number];
-    readonly replica_syncConnectFailed: (a: number, b: number, c: number, d: number, e: number) => [number, number];
+    readonly replica_syncConnectFailed: (a: number, b: any, c: number, d: number) => [number, number, number, number];
     readonly replica_syncConnected: (a: number) => [number, number];
-    readonly replica_syncDisconnected: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncDisconnected: (a: number, b: any, c: number) => [number, number, number, number];
     readonly replica_syncFlush: (a: number) => [number, number];
-    readonly replica_syncFrame: (a: number, b: number, c: number, d: number) => [number, number];
+    readonly replica_syncFrame: (a: number, b: any, c: number) => [number, number, number, number];
     readonly replica_syncNextFrame: (a: number) => [number, number];
     readonly replica_syncNextText: (a: number) => [number, number];
-    readonly replica_syncStart: (a: number, b: number, c: number, d: number, e: number) => [number, number];
-    readonly replica_syncText: (a: number, b: number, c: number, d: number) => [number, number];
-    readonly replica_traverse: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number) => [number, number, number, number];
-    readonly replica_writeLocal: (a: number, b: number, c: number) => [number, number, number, number];
+    readonly replica_syncStart: (a: number, b: any, c: number, d: number) => [number, number];
+    readonly replica_syncText: (a: number, b: any, c: number) => [number, number, number, number];
+    readonly replica_traverse: (a: number, b: any, c: any, d: any, e: any, f: number, g: number) => [number, number, number, number];
+    readonly replica_writeLocal: (a: number, b: any) => [number, number, number, number];
     readonly version: () => [number, number];
     readonly memmove: (a: number, b: number, c: number) => number;
     readonly rust_sqlite_wasm_assert_fail: (a: number, b: number, c: number, d: number) => void;
@@ -242,8 +248,8 @@ export interface InitOutput {
     readonly rust_sqlite_wasm_realloc: (a: number, b: number) => number;
     readonly sqlite3_os_end: () => number;
     readonly sqlite3_os_init: () => number;
-    readonly wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc: (a: number, b: number, c: any, d: any) => void;
-    readonly wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e: (a: number, b: number, c: any) => [number, number];
+    readonly wasm_bindgen__convert__closures_____invoke__h212d6de2a01f735b: (a: number, b: number, c: any, d: any) => void;
+    readonly wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423: (a: number, b: number, c: any) => [number, number];
     readonly __wbindgen_malloc: (a: number, b: number) => number;
     readonly __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
     readonly __wbindgen_free: (a: number, b: number, c: number) => void;

@@ -21,6 +21,12 @@ export class Replica {
         wasm.__wbg_replica_free(ptr, 0);
     }
     /**
+     * Abort, as a bug would: for tests of the page's recovery from a trap (`web/worker.js`).
+     */
+    __trap() {
+        wasm.replica___trap(this.__wbg_ptr);
+    }
+    /**
      * Abandon a snapshot that was cut off (the connection dropped): the previous state stays.
      */
     abortSnapshot() {
@@ -41,14 +47,11 @@ export class Replica {
      * Apply a batch of changes given as the JSON array of a `changes` message, continuing
      * from `prev`; refuses a batch that shows a gap. Returns the applied seq.
      * @param {number} prev
-     * @param {string} changes_json
+     * @param {any} changes_json
      * @returns {number}
      */
     applyChanges(prev, changes_json) {
-        const val2 = +prev;
-        const ptr0 = passStringToWasm0(changes_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_applyChanges(this.__wbg_ptr, val2, ptr0, len0);
+        const ret = wasm.replica_applyChanges(this.__wbg_ptr, prev, changes_json);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
@@ -70,120 +73,87 @@ export class Replica {
     /**
      * A digest of the logical state of the namespaces in `namespaces_json` (a JSON array;
      * all when absent): equal to the node's `hivesync digest` for the same rows.
-     * @param {string | null} [namespaces_json]
+     * @param {any} namespaces_json
      * @returns {string}
      */
     digest(namespaces_json) {
-        let deferred3_0;
-        let deferred3_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            var ptr0 = isLikeNone(namespaces_json) ? 0 : passStringToWasm0(namespaces_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            var len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_digest(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_digest(this.__wbg_ptr, namespaces_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * The binary `ack`.
-     * @param {string} sub
+     * @param {any} sub
      * @param {number} seq
      * @returns {Uint8Array}
      */
     static encodeAck(sub, seq) {
-        const val2 = +seq;
-        const ptr0 = passStringToWasm0(sub, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_encodeAck(ptr0, len0, val2);
-        var v3 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        const ret = wasm.replica_encodeAck(sub, seq);
+        if (ret[3]) {
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
         wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v3;
+        return v1;
     }
     /**
      * The binary `hello`.
-     * @param {string | null} [token]
-     * @param {string | null} [client]
+     * @param {any} token
+     * @param {any} client
      * @returns {Uint8Array}
      */
     static encodeHello(token, client) {
-        let ptr0, len0, ptr1, len1;
-        try {
-            ptr0 = isLikeNone(token) ? 0 : passStringToWasm0(token, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len0 = WASM_VECTOR_LEN;
-            ptr1 = isLikeNone(client) ? 0 : passStringToWasm0(client, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len1 = WASM_VECTOR_LEN;
-        } catch (e) {
-            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-            throw e;
+        const ret = wasm.replica_encodeHello(token, client);
+        if (ret[3]) {
+            throw takeFromExternrefTable0(ret[2]);
         }
-        const ret = wasm.replica_encodeHello(ptr0, len0, ptr1, len1);
-        var v3 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
         wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v3;
+        return v1;
     }
     /**
      * The binary `subscribe`; `from` absent asks for a snapshot.
-     * @param {string} sub
-     * @param {number | null} [from]
-     * @param {string | null} [namespaces_json]
+     * @param {any} sub
+     * @param {number | null | undefined} from
+     * @param {any} namespaces_json
      * @returns {Uint8Array}
      */
     static encodeSubscribe(sub, from, namespaces_json) {
-        const val3 = +(isLikeNone(from) ? 0 : from);
-        let ptr0, len0, ptr1, len1;
-        try {
-            ptr0 = passStringToWasm0(sub, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len0 = WASM_VECTOR_LEN;
-            ptr1 = isLikeNone(namespaces_json) ? 0 : passStringToWasm0(namespaces_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len1 = WASM_VECTOR_LEN;
-        } catch (e) {
-            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-            throw e;
-        }
-        const ret = wasm.replica_encodeSubscribe(ptr0, len0, !isLikeNone(from), val3, ptr1, len1);
+        const ret = wasm.replica_encodeSubscribe(sub, !isLikeNone(from), isLikeNone(from) ? 0 : from, namespaces_json);
         if (ret[3]) {
             throw takeFromExternrefTable0(ret[2]);
         }
-        var v4 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
         wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v4;
+        return v1;
     }
     /**
      * The binary `write` of a JSON array of write ops.
-     * @param {string} req
-     * @param {string} ops_json
+     * @param {any} req
+     * @param {any} ops_json
      * @returns {Uint8Array}
      */
     static encodeWrite(req, ops_json) {
-        let ptr0, len0, ptr1, len1;
-        try {
-            ptr0 = passStringToWasm0(req, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len0 = WASM_VECTOR_LEN;
-            ptr1 = passStringToWasm0(ops_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len1 = WASM_VECTOR_LEN;
-        } catch (e) {
-            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-            throw e;
-        }
-        const ret = wasm.replica_encodeWrite(ptr0, len0, ptr1, len1);
+        const ret = wasm.replica_encodeWrite(req, ops_json);
         if (ret[3]) {
             throw takeFromExternrefTable0(ret[2]);
         }
-        var v3 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
         wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v3;
+        return v1;
     }
     /**
      * The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
@@ -200,215 +170,160 @@ export class Replica {
     }
     /**
      * One row as JSON (`null` when absent). Vectors: `id` is the subject, `model` required.
-     * @param {string} kind
-     * @param {string} ns
-     * @param {string} id
-     * @param {string | null} [model]
+     * @param {any} kind
+     * @param {any} ns
+     * @param {any} id
+     * @param {any} model
      * @returns {string}
      */
     get(kind, ns, id, model) {
-        let deferred6_0;
-        let deferred6_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
-            try {
-                ptr0 = passStringToWasm0(kind, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = passStringToWasm0(ns, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-                ptr2 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len2 = WASM_VECTOR_LEN;
-                ptr3 = isLikeNone(model) ? 0 : passStringToWasm0(model, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len3 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
-                if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_get(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3);
-            var ptr5 = ret[0];
-            var len5 = ret[1];
+            const ret = wasm.replica_get(this.__wbg_ptr, kind, ns, id, model);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr5 = 0; len5 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred6_0 = ptr5;
-            deferred6_1 = len5;
-            return getStringFromWasm0(ptr5, len5);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred6_0, deferred6_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
-     * @param {Uint8Array | number[]} bytes
+     * @param {any} frame
      * @returns {string}
      */
-    handleFrame(bytes) {
-        let deferred3_0;
-        let deferred3_1;
+    handleFrame(frame) {
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const ptr0 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_handleFrame(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_handleFrame(this.__wbg_ptr, frame);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
-     * @param {string} text
+     * @param {any} frame
      * @returns {string}
      */
-    handleText(text) {
-        let deferred3_0;
-        let deferred3_1;
+    handleText(frame) {
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_handleText(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_handleText(this.__wbg_ptr, frame);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Hybrid search (reciprocal-rank fusion of a text query and a KNN query).
-     * @param {string} text_json
-     * @param {string} knn_json
+     * @param {any} text_json
+     * @param {any} knn_json
      * @param {number} limit
      * @returns {string}
      */
     hybrid(text_json, knn_json, limit) {
-        let deferred5_0;
-        let deferred5_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val3 = +limit;
-            let ptr0, len0, ptr1, len1;
-            try {
-                ptr0 = passStringToWasm0(text_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = passStringToWasm0(knn_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_hybrid(this.__wbg_ptr, ptr0, len0, ptr1, len1, val3);
-            var ptr4 = ret[0];
-            var len4 = ret[1];
+            const ret = wasm.replica_hybrid(this.__wbg_ptr, text_json, knn_json, limit);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr4 = 0; len4 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred5_0 = ptr4;
-            deferred5_1 = len4;
-            return getStringFromWasm0(ptr4, len4);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred5_0, deferred5_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Replace this replica's contents with a database file's bytes (from `exportBytes` or a
      * native node's file, checkpointed). The file must carry a schema this build knows.
-     * @param {Uint8Array | number[]} bytes
+     * @param {any} file
      */
-    importBytes(bytes) {
-        const ptr0 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_importBytes(this.__wbg_ptr, ptr0, len0);
+    importBytes(file) {
+        const ret = wasm.replica_importBytes(this.__wbg_ptr, file);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
     }
     /**
      * Exact KNN; `query_json` is `{"model":..,"embedding":[..],"k":..,"ns"?,"kind"?}`.
-     * @param {string} query_json
+     * @param {any} query_json
      * @returns {string}
      */
     knn(query_json) {
-        let deferred3_0;
-        let deferred3_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const ptr0 = passStringToWasm0(query_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_knn(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_knn(this.__wbg_ptr, query_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * A page of rows of one kind, in id order, as a JSON array.
-     * @param {string} kind
-     * @param {string} ns
-     * @param {string | null | undefined} kind_filter
-     * @param {string | null | undefined} after
+     * @param {any} kind
+     * @param {any} ns
+     * @param {any} kind_filter
+     * @param {any} after
      * @param {number} limit
      * @returns {string}
      */
     list(kind, ns, kind_filter, after, limit) {
-        let deferred7_0;
-        let deferred7_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val5 = +limit;
-            let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
-            try {
-                ptr0 = passStringToWasm0(kind, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = passStringToWasm0(ns, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-                ptr2 = isLikeNone(kind_filter) ? 0 : passStringToWasm0(kind_filter, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len2 = WASM_VECTOR_LEN;
-                ptr3 = isLikeNone(after) ? 0 : passStringToWasm0(after, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len3 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
-                if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_list(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
-            var ptr6 = ret[0];
-            var len6 = ret[1];
+            const ret = wasm.replica_list(this.__wbg_ptr, kind, ns, kind_filter, after, limit);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr6 = 0; len6 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred7_0 = ptr6;
-            deferred7_1 = len6;
-            return getStringFromWasm0(ptr6, len6);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred7_0, deferred7_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -435,47 +350,29 @@ export class Replica {
     }
     /**
      * Edges around a node (`direction`: out, in, both) as a JSON array.
-     * @param {string} ns
-     * @param {string} id
-     * @param {string} direction
-     * @param {string | null | undefined} relation
+     * @param {any} ns
+     * @param {any} id
+     * @param {any} direction
+     * @param {any} relation
      * @param {number} limit
      * @returns {string}
      */
     neighbors(ns, id, direction, relation, limit) {
-        let deferred7_0;
-        let deferred7_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val5 = +limit;
-            let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
-            try {
-                ptr0 = passStringToWasm0(ns, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-                ptr2 = passStringToWasm0(direction, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len2 = WASM_VECTOR_LEN;
-                ptr3 = isLikeNone(relation) ? 0 : passStringToWasm0(relation, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len3 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
-                if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_neighbors(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
-            var ptr6 = ret[0];
-            var len6 = ret[1];
+            const ret = wasm.replica_neighbors(this.__wbg_ptr, ns, id, direction, relation, limit);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr6 = 0; len6 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred7_0 = ptr6;
-            deferred7_1 = len6;
-            return getStringFromWasm0(ptr6, len6);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred7_0, deferred7_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -491,14 +388,13 @@ export class Replica {
     }
     /**
      * A replica persisted in the Origin Private File System under `name`. Works only inside a
-     * dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere.
-     * @param {string} name
+     * dedicated Worker in a secure context (127.0.0.1 counts); fails elsewhere. Each name has
+     * a pool of its own (see [`pool_of`]), so replicas of different names persist side by side.
+     * @param {any} name
      * @returns {Promise<Replica>}
      */
     static openPersistent(name) {
-        const ptr0 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_openPersistent(ptr0, len0);
+        const ret = wasm.replica_openPersistent(name);
         return ret;
     }
     /**
@@ -547,38 +443,34 @@ export class Replica {
     }
     /**
      * Full-text search; `query_json` is `{"text":..,"ns"?,"kind"?,"limit"?}`.
-     * @param {string} query_json
+     * @param {any} query_json
      * @returns {string}
      */
     search(query_json) {
-        let deferred3_0;
-        let deferred3_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const ptr0 = passStringToWasm0(query_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_search(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_search(this.__wbg_ptr, query_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Restrict what a snapshot replaces to these namespaces (JSON array, or null for all):
      * set it to what the subscription asks for.
-     * @param {string | null} [namespaces_json]
+     * @param {any} namespaces_json
      */
     setNamespaces(namespaces_json) {
-        var ptr0 = isLikeNone(namespaces_json) ? 0 : passStringToWasm0(namespaces_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        var len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_setNamespaces(this.__wbg_ptr, ptr0, len0);
+        const ret = wasm.replica_setNamespaces(this.__wbg_ptr, namespaces_json);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
@@ -586,37 +478,26 @@ export class Replica {
     /**
      * Run a read-only SQL query with JSON array parameters; returns `{"columns":[..],"rows":[[..]..]}`.
      * Statements that would write are refused.
-     * @param {string} sql
-     * @param {string | null} [params_json]
+     * @param {any} sql
+     * @param {any} params_json
      * @returns {string}
      */
     sql(sql, params_json) {
-        let deferred4_0;
-        let deferred4_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            let ptr0, len0, ptr1, len1;
-            try {
-                ptr0 = passStringToWasm0(sql, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = isLikeNone(params_json) ? 0 : passStringToWasm0(params_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_sql(this.__wbg_ptr, ptr0, len0, ptr1, len1);
-            var ptr3 = ret[0];
-            var len3 = ret[1];
+            const ret = wasm.replica_sql(this.__wbg_ptr, sql, params_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr3 = 0; len3 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred4_0 = ptr3;
-            deferred4_1 = len3;
-            return getStringFromWasm0(ptr3, len3);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -637,25 +518,27 @@ export class Replica {
     }
     /**
      * The socket could not be opened (`bad_url`: the URL itself was refused).
-     * @param {string} why
+     * @param {any} why
      * @param {boolean} bad_url
      * @param {number} now
      * @returns {string}
      */
     syncConnectFailed(why, bad_url, now) {
-        let deferred4_0;
-        let deferred4_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val2 = +bad_url;
-            const val3 = +now;
-            const ptr0 = passStringToWasm0(why, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_syncConnectFailed(this.__wbg_ptr, ptr0, len0, val2, val3);
-            deferred4_0 = ret[0];
-            deferred4_1 = ret[1];
-            return getStringFromWasm0(ret[0], ret[1]);
+            const ret = wasm.replica_syncConnectFailed(this.__wbg_ptr, why, bad_url, now);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -676,23 +559,26 @@ export class Replica {
     }
     /**
      * The socket closed.
-     * @param {string} why
+     * @param {any} why
      * @param {number} now
      * @returns {string}
      */
     syncDisconnected(why, now) {
-        let deferred3_0;
-        let deferred3_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val2 = +now;
-            const ptr0 = passStringToWasm0(why, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_syncDisconnected(this.__wbg_ptr, ptr0, len0, val2);
-            deferred3_0 = ret[0];
-            deferred3_1 = ret[1];
-            return getStringFromWasm0(ret[0], ret[1]);
+            const ret = wasm.replica_syncDisconnected(this.__wbg_ptr, why, now);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -713,23 +599,26 @@ export class Replica {
     }
     /**
      * A binary frame arrived.
-     * @param {Uint8Array | number[]} bytes
+     * @param {any} frame
      * @param {number} now
      * @returns {string}
      */
-    syncFrame(bytes, now) {
-        let deferred3_0;
-        let deferred3_1;
+    syncFrame(frame, now) {
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val2 = +now;
-            const ptr0 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_syncFrame(this.__wbg_ptr, ptr0, len0, val2);
-            deferred3_0 = ret[0];
-            deferred3_1 = ret[1];
-            return getStringFromWasm0(ret[0], ret[1]);
+            const ret = wasm.replica_syncFrame(this.__wbg_ptr, frame, now);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
@@ -762,113 +651,91 @@ export class Replica {
      * Start a sync session: resume after the applied seq (a replica that never synced asks
      * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
      * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
-     * @param {string | null | undefined} token
+     * @param {any} token
      * @param {boolean} json
      * @param {number} seed
      */
     syncStart(token, json, seed) {
-        const val2 = +json;
-        const val3 = +seed;
-        var ptr0 = isLikeNone(token) ? 0 : passStringToWasm0(token, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        var len0 = WASM_VECTOR_LEN;
-        const ret = wasm.replica_syncStart(this.__wbg_ptr, ptr0, len0, val2, val3);
+        const ret = wasm.replica_syncStart(this.__wbg_ptr, token, json, seed);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
     }
     /**
      * A text frame arrived.
-     * @param {string} text
+     * @param {any} frame
      * @param {number} now
      * @returns {string}
      */
-    syncText(text, now) {
-        let deferred3_0;
-        let deferred3_1;
+    syncText(frame, now) {
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val2 = +now;
-            const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_syncText(this.__wbg_ptr, ptr0, len0, val2);
-            deferred3_0 = ret[0];
-            deferred3_1 = ret[1];
-            return getStringFromWasm0(ret[0], ret[1]);
+            const ret = wasm.replica_syncText(this.__wbg_ptr, frame, now);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Breadth-first traversal as a JSON array of hops.
-     * @param {string} ns
-     * @param {string} id
-     * @param {string} direction
-     * @param {string | null | undefined} relation
+     * @param {any} ns
+     * @param {any} id
+     * @param {any} direction
+     * @param {any} relation
      * @param {number} depth
      * @param {number} limit
      * @returns {string}
      */
     traverse(ns, id, direction, relation, depth, limit) {
-        let deferred8_0;
-        let deferred8_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const val5 = +depth;
-            const val6 = +limit;
-            let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
-            try {
-                ptr0 = passStringToWasm0(ns, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len0 = WASM_VECTOR_LEN;
-                ptr1 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len1 = WASM_VECTOR_LEN;
-                ptr2 = passStringToWasm0(direction, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len2 = WASM_VECTOR_LEN;
-                ptr3 = isLikeNone(relation) ? 0 : passStringToWasm0(relation, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-                len3 = WASM_VECTOR_LEN;
-            } catch (e) {
-                if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
-                if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
-                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-                throw e;
-            }
-            const ret = wasm.replica_traverse(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5, val6);
-            var ptr7 = ret[0];
-            var len7 = ret[1];
+            const ret = wasm.replica_traverse(this.__wbg_ptr, ns, id, direction, relation, depth, limit);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr7 = 0; len7 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred8_0 = ptr7;
-            deferred8_1 = len7;
-            return getStringFromWasm0(ptr7, len7);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred8_0, deferred8_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
     /**
      * Write ops (a JSON array) here, now, in one transaction with an outbox entry: returns
      * `{"n", "ids"}` (the entry's number, each op's row id). Every query sees the rows at
      * once; `syncFlush` uploads the entry when connected.
-     * @param {string} ops_json
+     * @param {any} ops_json
      * @returns {string}
      */
     writeLocal(ops_json) {
-        let deferred3_0;
-        let deferred3_1;
+        let deferred2_0;
+        let deferred2_1;
         try {
-            const ptr0 = passStringToWasm0(ops_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.replica_writeLocal(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            const ret = wasm.replica_writeLocal(this.__wbg_ptr, ops_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr1 = 0; len1 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
         }
     }
 }
@@ -908,6 +775,10 @@ function __wbg_get_imports() {
             const ret = typeof(arg0) === 'function';
             return ret;
         },
+        __wbg___wbindgen_is_null_c22311b1cc228e3a: function(arg0) {
+            const ret = arg0 === null;
+            return ret;
+        },
         __wbg___wbindgen_is_undefined_be5b34249ff1fc15: function(arg0) {
             const ret = arg0 === undefined;
             return ret;
@@ -926,6 +797,10 @@ function __wbg_get_imports() {
         },
         __wbg___wbindgen_throw_4c88d8bf264fd984: function(arg0, arg1) {
             throw new Error(getStringFromWasm0(arg0, arg1));
+        },
+        __wbg___wbindgen_typeof_ee4990276e02f607: function(arg0) {
+            const ret = typeof arg0;
+            return ret;
         },
         __wbg__wbg_cb_unref_09736879a3f67559: function(arg0) {
             arg0._wbg_cb_unref();
@@ -1023,6 +898,16 @@ function __wbg_get_imports() {
             const ret = arg0[arg1 >>> 0];
             return ret;
         },
+        __wbg_instanceof_ArrayBuffer_12cdaa4161423e6b: function(arg0) {
+            let result;
+            try {
+                result = arg0 instanceof ArrayBuffer;
+            } catch (_) {
+                result = false;
+            }
+            const ret = result;
+            return ret;
+        },
         __wbg_instanceof_DedicatedWorkerGlobalScope_3f1bee35601e7e7b: function(arg0) {
             let result;
             try {
@@ -1031,6 +916,20 @@ function __wbg_get_imports() {
                 result = false;
             }
             const ret = result;
+            return ret;
+        },
+        __wbg_instanceof_Uint8Array_d7aeb0dcb3108fea: function(arg0) {
+            let result;
+            try {
+                result = arg0 instanceof Uint8Array;
+            } catch (_) {
+                result = false;
+            }
+            const ret = result;
+            return ret;
+        },
+        __wbg_isArray_bcf1376d0d732d08: function(arg0) {
+            const ret = Array.isArray(arg0);
             return ret;
         },
         __wbg_length_186163212ffe79c3: function(arg0) {
@@ -1045,8 +944,16 @@ function __wbg_get_imports() {
             const ret = new Date();
             return ret;
         },
+        __wbg_new_13de428334042d26: function(arg0) {
+            const ret = new Uint8Array(arg0);
+            return ret;
+        },
         __wbg_new_3e95cd7386bb9a6c: function(arg0) {
             const ret = new Date(arg0);
+            return ret;
+        },
+        __wbg_new_4416a2fe2fac9c65: function(arg0, arg1) {
+            const ret = new TypeError(getStringFromWasm0(arg0, arg1));
             return ret;
         },
         __wbg_new_68957d2a912dfa0a: function(arg0) {
@@ -1064,7 +971,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(a, state0.b, arg0, arg1);
+                        return wasm_bindgen__convert__closures_____invoke__h212d6de2a01f735b(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -1178,7 +1085,7 @@ function __wbg_get_imports() {
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 888, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e);
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0) {
@@ -1206,15 +1113,15 @@ function __wbg_get_imports() {
     };
 }
 
-function wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e(arg0, arg1, arg2) {
-    const ret = wasm.wasm_bindgen__convert__closures_____invoke__h0c5bc713feb5e57e(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423(arg0, arg1, arg2) {
+    const ret = wasm.wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423(arg0, arg1, arg2);
     if (ret[1]) {
         throw takeFromExternrefTable0(ret[0]);
     }
 }
 
-function wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(arg0, arg1, arg2, arg3) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h07cbc711780e3ffc(arg0, arg1, arg2, arg3);
+function wasm_bindgen__convert__closures_____invoke__h212d6de2a01f735b(arg0, arg1, arg2, arg3) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h212d6de2a01f735b(arg0, arg1, arg2, arg3);
 }
 
 const ReplicaFinalization = (typeof FinalizationRegistry === 'undefined')
@@ -1354,13 +1261,6 @@ function makeMutClosure(arg0, arg1, f) {
     };
     CLOSURE_DTORS.register(real, state, state);
     return real;
-}
-
-function passArray8ToWasm0(arg, malloc) {
-    const ptr = malloc(arg.length * 1, 1) >>> 0;
-    getUint8ArrayMemory0().set(arg, ptr / 1);
-    WASM_VECTOR_LEN = arg.length;
-    return ptr;
 }
 
 function passStringToWasm0(arg, malloc, realloc) {
