@@ -700,3 +700,52 @@ test('a write made offline keeps the time it was made, however late it is upload
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the demo on an empty database says where rows come from, writes to the namespace chosen, and shows a refusal at the top', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-demo-'));
+  const db = path.join(dir, 'demo.db');
+  const config = path.join(dir, 'node.toml');
+  const secret = 'demo-page-secret';
+  const sha256 = crypto.createHash('sha256').update(secret).digest('hex');
+  fs.writeFileSync(config, `name = "demo"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ["default", "team"]\n`);
+  const port = await freePort();
+  const node = startNode(db, port, '--config', config);
+  const browser = await launch();
+  try {
+    await waitHealthy(port);
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${port}/?token=${secret}`);
+    await page.waitForSelector('#status.live', { timeout: 20000 });
+    // Empty: a hint instead of two blank lists.
+    const hint = await page.waitForSelector('#recent li.hint', { timeout: 5000 });
+    assert.match(await hint.textContent(), /No entities yet.*hivesync put entity/s);
+    await page.fill('#q', 'nothing');
+    assert.match(await (await page.waitForSelector('#results li.hint', { timeout: 5000 })).textContent(), /No entity or note matches “nothing”/);
+
+    // A write to the namespace typed in the form.
+    await page.fill('#add-name', 'A team thing');
+    await page.fill('#add-ns', 'team');
+    await page.click('#add button');
+    await page.waitForSelector('#recent li:has-text("A team thing"):not(.pending)', { timeout: 10000 });
+    assert.match(cli(db, '--json', 'list', 'entity', '--ns', 'team'), /A team thing/);
+    assert.equal(await page.$('#recent li.hint'), null);
+
+    // A namespace the token may not write: refused, taken back, and said where it is seen.
+    await page.fill('#add-name', 'A secret thing');
+    await page.fill('#add-ns', 'secret');
+    await page.click('#add button');
+    await page.waitForSelector('#error.refused', { timeout: 10000 });
+    assert.match(await page.textContent('#error'), /refused a write made here \(forbidden: .*\); it was taken back/);
+    const box = await page.locator('#error').boundingBox();
+    const main = await page.locator('main').boundingBox();
+    const viewport = page.viewportSize();
+    assert.ok(box.y < main.y, 'the refusal is above the lists');
+    assert.ok(box.y + box.height <= viewport.height, `the refusal is in view (${box.y} of ${viewport.height})`);
+    await page.waitForFunction(() => !document.querySelector('#recent').textContent.includes('A secret thing'), null, { timeout: 5000 });
+    assert.doesNotMatch(cli(db, '--json', 'list', 'entity', '--ns', 'secret'), /secret thing/);
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

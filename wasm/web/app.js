@@ -31,8 +31,16 @@ function showStatus(s) {
   $('pending-age').textContent = s.pending ? ` oldest ${Math.round(s.pendingAgeMs / 1000)} s${s.uploadError ? ` · ${s.uploadError}` : ''}` : '';
 }
 
+// What a first look at an empty database needs: where rows come from.
+const EMPTY_HINT = `<li class="hint muted">No entities yet. Add one above (it is written here first, then at the node), or at the node:
+  <code>hivesync put entity '{"name":"Ada Lovelace"}'</code>; it shows here at once.</li>`;
+
 async function renderRecent() {
   const r = await db.sql('SELECT ns, id, kind, name FROM entities ORDER BY updated_at DESC, rowid DESC LIMIT 20');
+  if (r.rows.length === 0) { $('recent').innerHTML = EMPTY_HINT; return; }
+  // The namespaces seen so far, offered by the add form.
+  const seen = await db.sql('SELECT DISTINCT ns FROM entities ORDER BY ns LIMIT 50');
+  $('namespaces').innerHTML = seen.rows.map(([ns]) => `<option value="${esc(ns)}">`).join('');
   // Rows written here and not yet confirmed by the node are marked.
   const pending = new Set((await db.pending()).flatMap((p) => p.ops.map((o) => `${o.ns ?? 'default'}/${o.data?.id ?? o.id}`)));
   $('recent').innerHTML = r.rows.map(([ns, id, kind, name]) =>
@@ -43,9 +51,10 @@ async function renderRecent() {
 $('add').addEventListener('submit', async (e) => {
   e.preventDefault();
   const name = $('add-name').value.trim();
+  const ns = $('add-ns').value.trim() || 'default';
   if (!name) return;
   try {
-    await db.write([{ op: 'upsert', kind: 'entity', data: { kind: 'item', name } }]);
+    await db.write([{ op: 'upsert', kind: 'entity', ns, data: { kind: 'item', name } }]);
     $('add-name').value = '';
     await renderRecent();
   } catch (err) { $('error').textContent = err.message; }
@@ -82,6 +91,10 @@ async function renderSearch() {
     }
   }
   $('mode').textContent = `${hits.length} hits · ${mode}`;
+  if (hits.length === 0) {
+    $('results').innerHTML = `<li class="hint muted">No entity or note matches “${esc(text)}” in this replica${(await db.status()).live ? '' : ' (it is not live yet: more may come)'}.</li>`;
+    return;
+  }
   $('results').innerHTML = hits.map((h) =>
     `<li data-id="${esc(h.id)}"><b>${esc(h.name || h.id)}</b> <small>${esc(h.record)} ${esc(h.kind)} · ${esc(h.ns)}/${esc(h.id)}</small>` +
     `${models.length ? ` <button class="link" data-similar="${esc(h.ns)}|${esc(h.id)}">similar</button>` : ''}` +
@@ -102,7 +115,8 @@ db.on('applied', () => {
 db.on('status', showStatus);
 db.on('written', () => renderRecent());
 db.on('rejected', (r) => {
-  $('error').textContent = `the node refused a write made here (${r.code}: ${r.message}); it was taken back`;
+  $('error').textContent = `The node refused a write made here (${r.code}: ${r.message}); it was taken back.`;
+  $('error').className = 'refused';
   renderRecent();
 });
 db.on('error', (e) => {
