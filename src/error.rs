@@ -68,10 +68,6 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("io: {0}")]
     Io(std::io::Error),
-    /// A client session stopped for good (a refused token, a URL that is no feed, another
-    /// node's log). (Not a `#[source]`: its message is ours.)
-    #[error("{0}")]
-    Client(crate::protocol::client::ClientError),
 }
 
 impl From<serde_json::Error> for Error {
@@ -83,12 +79,6 @@ impl From<serde_json::Error> for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
-    }
-}
-
-impl From<crate::protocol::client::ClientError> for Error {
-    fn from(e: crate::protocol::client::ClientError) -> Self {
-        Error::Client(e)
     }
 }
 

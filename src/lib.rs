@@ -8,11 +8,12 @@
 //! - [`schema`]: the one schema: DDL, triggers keeping FTS5 / vec0 / `changes` in step, migrations.
 //! - [`ops`]: validation of write ops and the row-level write statements.
 //! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
-//! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side).
+//! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side), on
+//!   `applying` (the applying transaction, one row at a time), which [`outbox`] uses too.
 //! - [`protocol`]: wire protocol v1: messages, JSON and postcard codecs, the server session and
 //!   the one client session ([`protocol::client`]) every hivesync client runs.
 //! - `store` (native): the pooled store (one writer, N readers, WAL, background checkpoints).
-//! - `node` (native): the server: WebSocket feed, fan-out hub, auth, metrics, edge mode, watch client.
+//! - `node` (native): the server: WebSocket feed, fan-out hub, auth, metrics, edge mode.
 //!
 //! A change's path through them: a client's `write` → `protocol` session checks →
 //! `node::conn`'s writer thread → `ops` (validate, write rows) → `schema` triggers → the
@@ -38,6 +39,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod apply;
+mod applying;
 #[cfg(test)]
 mod conformance;
 pub mod error;

@@ -23,9 +23,10 @@ use std::collections::BTreeSet;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::applying::{applied_seq, apply_row, in_tx};
 use crate::error::{Error, Result};
 use crate::model::{blob_to_embedding, Change, Kind, Op, WriteOp};
-use crate::{apply, ops, schema};
+use crate::{ops, schema};
 
 /// One pending write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,7 +137,7 @@ fn fill_local(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
 pub fn write_local(conn: &Connection, mut ops_: Vec<WriteOp>) -> Result<LocalWrite> {
     fill_local(conn, &mut ops_)?;
     ensure_capture(conn)?;
-    apply::in_tx(conn, || {
+    in_tx(conn, || {
         let n = meta(conn, "outbox_n")?
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(0)
@@ -245,9 +246,9 @@ pub fn confirm_many(conn: &Connection, confirmed: &[(i64, i64)]) -> Result<()> {
         return Ok(());
     }
     ensure_capture(conn)?;
-    apply::in_tx(conn, || {
+    in_tx(conn, || {
         record(conn, confirmed)?;
-        let applied = apply::applied_seq(conn)?;
+        let applied = applied_seq(conn)?;
         let undone = undo(conn, &[], applied)?;
         redo(conn, &undone, applied)
     })
@@ -269,7 +270,7 @@ pub(crate) fn record(conn: &Connection, confirmed: &[(i64, i64)]) -> Result<()> 
 /// The node refused entry `n`: take it back (its neighbours stay) and return its ops.
 pub fn reject(conn: &Connection, n: i64) -> Result<Option<Vec<WriteOp>>> {
     ensure_capture(conn)?;
-    apply::in_tx(conn, || {
+    in_tx(conn, || {
         let Some(ops_) = conn
             .prepare_cached("SELECT ops FROM outbox WHERE n = ?1")?
             .query_row([n], |r| r.get::<_, String>(0))
@@ -280,7 +281,7 @@ pub fn reject(conn: &Connection, n: i64) -> Result<Option<Vec<WriteOp>>> {
         let undone = undo_entries(conn, closure(conn, BTreeSet::from([n]))?)?;
         conn.prepare_cached("DELETE FROM outbox WHERE n = ?1")?
             .execute([n])?;
-        redo(conn, &undone, apply::applied_seq(conn)?)?;
+        redo(conn, &undone, applied_seq(conn)?)?;
         Ok(Some(serde_json::from_str(&ops_)?))
     })
 }
@@ -556,7 +557,7 @@ fn undo_entries(conn: &Connection, entries: BTreeSet<i64>) -> Result<Vec<i64>> {
             ns: ns.clone(),
             id: id.clone(),
         };
-        apply::apply_row(conn, &change)?;
+        apply_row(conn, &change)?;
         conn.prepare_cached(
             "DELETE FROM outbox_shadow WHERE kind = ?1 AND ns = ?2 AND id = ?3 AND model = ?4",
         )?
@@ -686,7 +687,7 @@ fn ensure_capture(conn: &Connection) -> Result<()> {
                      WHERE n = c.n AND kind = '{k}' AND ns = {p}ns AND id = {p}{id} AND model = {model});
                    {triples}
                  END;\n",
-                moving = schema::DRAIN_MOVES_EMBEDDINGS,
+                moving = schema::Mode::DrainMovesEmbeddings.code(),
             ));
         }
     }

@@ -712,7 +712,11 @@ mod replica {
         outbox::write_local(&w.replica, vec![edge("y", "a", "b")]).unwrap();
         outbox::write_local(&w.replica, vec![ent("c", "cat")]).unwrap();
         // Refused (say, a narrowed token): only that entry is taken back.
-        let taken = outbox::reject(&w.replica, 2).unwrap().unwrap();
+        let mut taken = outbox::reject(&w.replica, 2).unwrap().unwrap();
+        // As written, with the time it was made stamped on it.
+        let data = taken[0].data.as_mut().unwrap().as_object_mut().unwrap();
+        assert!(data.remove("created_at").unwrap().as_i64().unwrap() > 0);
+        assert!(data.remove("updated_at").is_some());
         assert_eq!(taken, vec![ent("b", "bee local")]);
         assert_eq!(
             w.name(Kind::Entity, "b").as_deref(),

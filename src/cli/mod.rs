@@ -16,6 +16,7 @@ pub(crate) mod admin;
 pub(crate) mod read;
 pub(crate) mod rows;
 pub(crate) mod serve;
+pub(crate) mod watch;
 
 /// `hivesync put`.
 #[derive(clap::Args)]
@@ -51,19 +52,17 @@ pub(crate) struct WatchArgs {
     pub(crate) until_live: bool,
 }
 
-/// `hivesync watch`: follow a node's feed ([`hivesync::node::watch_blocking`]).
+/// `hivesync watch`: follow a node's feed ([`watch::watch_blocking`]).
 pub(crate) fn watch(args: &WatchArgs) -> Result<()> {
     let a = args.clone();
-    Ok(hivesync::node::watch_blocking(
-        hivesync::node::WatchOptions {
-            url: a.url,
-            from: a.from,
-            ns: a.ns,
-            token: a.token,
-            json: a.json,
-            until_live: a.until_live,
-        },
-    )?)
+    watch::watch_blocking(watch::WatchOptions {
+        url: a.url,
+        from: a.from,
+        ns: a.ns,
+        token: a.token,
+        json: a.json,
+        until_live: a.until_live,
+    })
 }
 
 /// A row's key: `hivesync get` and `hivesync delete`.

@@ -33,17 +33,18 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::budget::{
-    decoded_bytes, message_len, take_write_budget, ConnBudget, OutPermit, WriteBudget,
-    CONN_OUT_BYTES, CONN_WRITE_BYTES,
+    decoded_bytes, message_len, take_write_budget, ConnBudget, WriteBudget, CONN_OUT_BYTES,
+    CONN_WRITE_BYTES,
 };
 use super::gate::{HelloGate, Socket};
 use super::metrics::{Metrics, SubStats};
+use super::out::{code_for, to_message, Out};
 use super::sub::{run_sub, SubCtx};
 use super::writer::WriteJob;
 use super::NodeState;
 use crate::error::Error;
 use crate::protocol::{
-    encode_server, Action, Encoding, ErrorCode, ErrorMsg, Frame, Scope, ServerMsg, Session,
+    encode_server, Action, Encoding, ErrorCode, ErrorMsg, Scope, ServerMsg, Session,
 };
 
 /// Frames queued per connection (a second bound beside [`CONN_OUT_BYTES`]).
@@ -54,24 +55,11 @@ pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused `hello` is answered after this delay, so guessing tokens is slow.
 pub(crate) const FAILED_HELLO_DELAY: Duration = Duration::from_millis(500);
 
-/// A frame for the client, holding its share of [`CONN_OUT_BYTES`] until it is sent.
-pub(super) enum Out {
-    Frame(Message, Option<OutPermit>),
-    Close(u16, String),
-}
-
 fn close_msg(code: u16, reason: impl Into<String>) -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into().into(),
     }))
-}
-
-pub(super) fn to_message(f: Frame) -> Message {
-    match f {
-        Frame::Text(s) => Message::Text(s.into()),
-        Frame::Binary(b) => Message::Binary(b.into()),
-    }
 }
 
 /// The session's last word for the connection, when it sends one; pending forever otherwise
@@ -84,18 +72,6 @@ async fn wait_last_word(rx: &mut Option<oneshot::Receiver<Message>>) -> Message 
         *rx = None;
     }
     std::future::pending().await
-}
-
-/// The error code a store error maps to.
-pub(crate) fn code_for(e: &Error) -> ErrorCode {
-    match e {
-        Error::PoolTimeout(_) | Error::DiskFull => ErrorCode::Overloaded,
-        Error::ReadOnly | Error::Forbidden(_) => ErrorCode::Forbidden,
-        Error::TooLarge { .. } => ErrorCode::TooLarge,
-        Error::Op { cause, .. } => code_for(cause),
-        e if e.is_client_error() => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    }
 }
 
 /// The connection's sender: sends queued frames in order until the queue closes or a close

@@ -12,11 +12,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::protocol::client::ConnectFailure;
 
 /// An open client WebSocket.
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Connect to `url` offering `subprotocol`, with the frame limits every hivesync client
-/// accepts and no Nagle (acks and forwarded writes are small frames that must not wait for a
-/// delayed ACK).
 /// `url` with the feed's path (`/v1/sync`) in place of its own.
 fn feed_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("ws", url));
@@ -24,7 +21,10 @@ fn feed_url(url: &str) -> String {
     format!("{scheme}://{host}/v1/sync")
 }
 
-pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
+/// Connect to `url` offering `subprotocol`, with the frame limits every hivesync client
+/// accepts and no Nagle (acks and forwarded writes are small frames that must not wait for a
+/// delayed ACK).
+pub async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
         return Err(ConnectFailure::BadUrl(format!(
@@ -63,12 +63,12 @@ pub(crate) async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFail
 }
 
 /// The session's clock: milliseconds since `start`.
-pub(crate) fn millis_since(start: Instant) -> u64 {
+pub fn millis_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
 /// A seed for the session's jitter, different for every client process.
-pub(crate) fn jitter_seed() -> u64 {
+pub fn jitter_seed() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -12,9 +12,9 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 use crate::model::{Change, Kind};
+use crate::protocol::feed::{Fill, FrameLimits};
 use crate::protocol::{
     encode_change_bin, encode_change_json, encode_change_json_as, Encoding, VectorForm,
-    FRAME_SPLIT_BYTES,
 };
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
@@ -203,14 +203,12 @@ impl Hub {
         }
     }
 
-    /// Changes after `cursor` passing `pass`, at most about `max` of them and about `max_bytes`
-    /// encoded bytes in `enc` (a transaction is split only where it alone passes
-    /// [`FRAME_SPLIT_BYTES`]).
+    /// One frame's worth of changes after `cursor` passing `pass`, within `limits` in `enc`'s
+    /// bytes, in whole transactions ([`Fill`]).
     pub fn read(
         &self,
         cursor: i64,
-        max: usize,
-        max_bytes: usize,
+        limits: FrameLimits,
         enc: Encoding,
         pass: impl Fn(&str, Kind) -> bool,
     ) -> WindowRead {
@@ -221,19 +219,18 @@ impl Hub {
         // Seqs in the window are ascending, so find the first after the cursor by bisection.
         let start = w.changes.partition_point(|c| c.seq <= cursor);
         let mut out = Vec::new();
-        let mut bytes = 0;
+        let mut fill = Fill::new(limits);
         let mut scanned = cursor;
-        let mut last_tx = None;
         for c in w.changes.range(start..) {
-            let full = out.len() >= max || bytes >= max_bytes;
-            // Whole transactions, unless one alone outgrows a frame.
-            if (full && last_tx != Some(c.tx)) || bytes >= FRAME_SPLIT_BYTES {
+            if fill.ends_before(c.tx) {
                 break;
             }
             scanned = c.seq;
-            last_tx = Some(c.tx);
-            if pass(&c.ns, c.kind) {
-                bytes += c.bytes(enc).len();
+            // A change of another subscriber's namespace is scanned past: it still marks
+            // where its transaction runs.
+            let sent = pass(&c.ns, c.kind);
+            fill.take(c.tx, sent.then(|| c.bytes(enc).len()));
+            if sent {
                 out.push(c.clone());
             }
         }

@@ -6,28 +6,25 @@
 //! - [`hub`]: the change-log tailer and the shared in-memory window of encoded changes.
 //! - `conn`: one connection: the protocol session's shell, subscriptions and writes.
 //! - [`metrics`]: Prometheus counters.
-//! - `watch`: the `hivesync watch` client.
 
 mod accept;
 pub mod auth;
 mod budget;
 pub mod config;
 mod conn;
-mod dial;
+pub mod dial;
 mod follow;
 mod gate;
 pub mod hub;
 pub mod metrics;
+mod out;
 mod probe;
 pub mod publish;
 mod sub;
 pub mod upstream;
 pub mod vouch;
-mod watch;
 pub mod web;
 mod writer;
-
-pub use watch::{watch_blocking, WatchOptions};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -32,14 +32,18 @@ use super::vouch::{SigningKey, VerifyingKey, SIG_HEADER};
 use crate::error::{Error, Result};
 use crate::model::Kind;
 use crate::protocol::client::Backoff;
+use crate::protocol::feed::{self, Chain, FrameLimits};
 use crate::protocol::Encoding;
 use crate::query::ChangeFilter;
 use crate::store::Store;
 
 /// Most changes per batch (published, then their acks awaited) ...
 const BATCH: usize = 1024;
-/// ... and most bytes of payload.
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// ... and most bytes of payload, for a batch taken from the hub's window (whole transactions).
+const WINDOW_BATCH: FrameLimits = FrameLimits {
+    changes: BATCH,
+    bytes: 8 * 1024 * 1024,
+};
 /// Most time between records of the published seq while changes flow.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// The stream's duplicate window.
@@ -380,12 +384,12 @@ async fn next_batch(
     after: &mut i64,
 ) -> Result<Vec<Arc<EncodedChange>>> {
     if let WindowRead::Changes(batch, _) =
-        hub.read(*after, BATCH, BATCH_BYTES, Encoding::Json, |_, _| true)
+        hub.read(*after, WINDOW_BATCH, Encoding::Json, |_, _| true)
     {
         return Ok(batch);
     }
     let horizon = blocking(store, |s| s.horizon()).await?;
-    if *after + 1 < horizon {
+    if !feed::covered(*after, horizon) {
         tracing::error!(
             from = *after + 1,
             to = horizon - 1,
@@ -415,8 +419,10 @@ async fn publish_batch(
     metrics: &Metrics,
 ) -> Result<i64> {
     let mut acks = Vec::with_capacity(batch.len());
-    let mut prev = after;
+    // One change per message, each naming the one before it.
+    let mut chain = Chain::after(after);
     for c in batch {
+        let prev = chain.next(c.seq);
         let seq = c.seq.to_string();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(SEQ_HEADER, seq.as_str());
@@ -426,7 +432,6 @@ async fn publish_batch(
         let signed = key.sign(c.seq, prev, (!too_large).then_some(&c.json[..]));
         headers.insert("Nats-Msg-Id", signed.id.as_str());
         headers.insert(SIG_HEADER, signed.sig.as_str());
-        prev = c.seq;
         let payload = if too_large {
             tracing::warn!(
                 seq = c.seq,
@@ -457,7 +462,7 @@ async fn publish_batch(
             tracing::warn!(seq, "the NATS stream called a change a duplicate and did not store it: it holds a message with that id this publisher did not expect");
         }
     }
-    Ok(prev)
+    Ok(chain.last())
 }
 
 /// Record `seq` as published.

@@ -13,23 +13,32 @@ use tokio_tungstenite::tungstenite::Message;
 use super::budget::{
     message_len, permits, ConnBudget, OutPermit, CONN_FREE_OUT_BYTES, CONN_OUT_BYTES,
 };
-use super::conn::{code_for, to_message, Out};
 use super::hub::WindowRead;
 use super::metrics::SubStats;
+use super::out::{code_for, to_message, Out};
 use super::NodeState;
 use crate::model::Change;
+use crate::protocol::feed::{self, Chain, FrameLimits, Start};
 use crate::protocol::{
     changes_frame, changes_frame_of, encode_server, Encoding, ErrorCode, ErrorMsg, Scope,
     ServerMsg, FRAME_SPLIT_BYTES,
 };
 use crate::query::{self, ChangeFilter, SnapshotCursor};
 
-/// Most changes per `changes` frame.
+/// Most changes per `changes` frame, and per page of catch-up read from the log.
 const BATCH: usize = 1000;
-/// Most encoded bytes per `changes` frame from the window (whole transactions up to
-/// [`FRAME_SPLIT_BYTES`]). 64 KiB rather than 1 MiB: each subscriber's frame is its own copy,
-/// and big fresh allocations cost page faults (node CPU per delivery -37% at 100 subscribers).
-const BATCH_BYTES: usize = 64 * 1024;
+/// A `changes` frame from the window: 64 KiB rather than 1 MiB, since each subscriber's frame
+/// is its own copy, and big fresh allocations cost page faults (node CPU per delivery -37% at
+/// 100 subscribers). Whole transactions either way ([`feed::Fill`]).
+const WINDOW_FRAME: FrameLimits = FrameLimits {
+    changes: BATCH,
+    bytes: 64 * 1024,
+};
+/// A `changes` frame of catch-up from the log.
+const LOG_FRAME: FrameLimits = FrameLimits {
+    changes: BATCH,
+    bytes: FRAME_SPLIT_BYTES,
+};
 /// Rows per `snapshot` frame (and at most [`FRAME_SPLIT_BYTES`]).
 const SNAPSHOT_CHUNK: usize = 1000;
 
@@ -187,27 +196,20 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
     let node = &ctx.node;
     let s = node.store.clone();
     let (head, horizon) = blocking(move || Ok((s.head()?, s.horizon()?))).await?;
-    let (mut scan, mut sent) = match ctx.from {
-        Some(f) if f > head => {
-            return Err(failed(
-                ErrorCode::BadRequest,
-                format!("cursor from the future: from={f} but this node's log ends at {head}; the replica belongs to another node or was restored from elsewhere: subscribe without `from` to take a snapshot"),
-            ))
-        }
-        Some(f) if f >= horizon - 1 => (f, f),
-        _ => {
-            let at = snapshot(ctx).await?;
-            (at, at)
-        }
+    let mut scan = match feed::plan(ctx.from, head, horizon).map_err(SubEnd::Failed)? {
+        Start::CatchUp { after } => after,
+        Start::Snapshot => snapshot(ctx).await?,
     };
-    ctx.stats.sent.store(sent, Relaxed);
+    // The `prev` of the next frame: the last seq sent.
+    let mut chain = Chain::after(scan);
+    ctx.stats.sent.store(chain.last(), Relaxed);
     let mut live = false;
     let mut head_rx = node.hub.subscribe_head();
     let mut shutdown = node.shutdown.clone();
     loop {
         let head_now = *head_rx.borrow_and_update();
         let read_scope = ctx.read.read().clone();
-        let read = node.hub.read(scan, BATCH, BATCH_BYTES, ctx.enc, |ns, k| {
+        let read = node.hub.read(scan, WINDOW_FRAME, ctx.enc, |ns, k| {
             ctx.pass(&read_scope, ns, k)
         });
         // Send what there is; the position scanned up to.
@@ -222,12 +224,11 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                     let f = changes_frame(
                         ctx.enc,
                         &ctx.sub,
-                        sent,
+                        chain.next(c.seq),
                         parts.iter().map(|c| c.bytes(ctx.enc)),
                     );
                     ctx.push_from(to_message(f), &mut room).await?;
-                    sent = c.seq;
-                    ctx.stats.sent.store(sent, Relaxed);
+                    ctx.stats.sent.store(chain.last(), Relaxed);
                 }
                 scanned
             }
@@ -237,22 +238,21 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                 // Room for the page is taken before it is read.
                 let mut room = Some(ctx.reserve(FRAME_SPLIT_BYTES, true).await?);
                 let slot = ctx.bulk_slot().await?;
-                let res = read_log_page(ctx, scan, sent, read_scope).await;
+                let res = read_log_page(ctx, scan, chain, read_scope).await;
                 drop(slot.1);
                 let Some(read) = res? else {
                     drop(slot.0);
-                    let at = snapshot(ctx).await?;
-                    scan = at;
-                    sent = at;
-                    ctx.stats.sent.store(sent, Relaxed);
+                    scan = snapshot(ctx).await?;
+                    chain = Chain::after(scan);
+                    ctx.stats.sent.store(chain.last(), Relaxed);
                     continue;
                 };
-                for (m, last) in read.0 {
+                for (m, last) in read.frames {
                     ctx.push_from(m, &mut room).await?;
-                    sent = last;
-                    ctx.stats.sent.store(sent, Relaxed);
+                    ctx.stats.sent.store(last, Relaxed);
                 }
-                read.1
+                chain = read.chain;
+                read.scanned
             }
         };
         scan = scan.max(scanned);
@@ -265,7 +265,7 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
                 };
                 ctx.push(to_message(encode_server(ctx.enc, &m))).await?;
             }
-            ctx.stats.sent.store(scan.max(sent), Relaxed);
+            ctx.stats.sent.store(scan.max(chain.last()), Relaxed);
             tokio::select! {
                 r = head_rx.changed() => if r.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
@@ -274,24 +274,32 @@ async fn serve_sub_inner(ctx: &SubCtx) -> Result<(), SubEnd> {
     }
 }
 
-/// A page of catch-up from the log after `from`, as this subscriber's frames continuing from
-/// `prev`, and the position scanned up to; read, filtered and encoded in a blocking task (one
-/// read transaction, the reader released before anything is sent). None when retention (or
-/// an edge node's re-sync) trimmed the log past `from` while the subscription caught up: the
-/// changes it missed are gone, so it takes a fresh snapshot instead of a silent gap.
+/// A page of catch-up: this subscriber's frames (each with its last seq), the chain after them,
+/// and the position scanned up to.
+struct LogPage {
+    frames: Vec<(Message, i64)>,
+    chain: Chain,
+    scanned: i64,
+}
+
+/// A page of catch-up from the log after `from`, as this subscriber's frames continuing
+/// `chain`; read, filtered and encoded in a blocking task (one read transaction, the reader
+/// released before anything is sent). None when retention (or an edge node's re-sync) trimmed
+/// the log past `from` while the subscription caught up ([`feed::covered`]): the changes it
+/// missed are gone, so it takes a fresh snapshot instead of a silent gap.
 async fn read_log_page(
     ctx: &SubCtx,
     from: i64,
-    prev: i64,
+    mut chain: Chain,
     read_scope: Scope,
-) -> Result<Option<(Vec<(Message, i64)>, i64)>, SubEnd> {
+) -> Result<Option<LogPage>, SubEnd> {
     let (s, filter) = (ctx.node.store.clone(), ctx.filter.clone());
     let (enc, sub) = (ctx.enc, ctx.sub.clone());
     blocking(move || {
         s.read(|c| {
             c.execute_batch("BEGIN")?;
             let r = (|| {
-                if from < query::horizon(c)? - 1 {
+                if !feed::covered(from, query::horizon(c)?) {
                     return Ok(None);
                 }
                 let head = query::head(c)?;
@@ -303,7 +311,12 @@ async fn read_log_page(
                 };
                 // `changes_page` applied the filter; the token's scope remains.
                 let pass: Vec<&Change> = rows.iter().filter(|c| read_scope.allows(&c.ns)).collect();
-                Ok(Some((changes_frames(enc, &sub, prev, &pass), scanned)))
+                let frames = changes_frames(enc, &sub, &mut chain, &pass);
+                Ok(Some(LogPage {
+                    frames,
+                    chain,
+                    scanned,
+                }))
             })();
             let _ = c.execute_batch("COMMIT");
             r
@@ -312,53 +325,23 @@ async fn read_log_page(
     .await
 }
 
-/// `changes` frames of whole transactions up to [`FRAME_SPLIT_BYTES`] each (a transaction
-/// larger than that alone is split), with the `prev` chain running through them; each with
-/// its last seq.
+/// `changes` frames of `changes` in whole transactions ([`feed::cut`]), continuing `chain`;
+/// each with its last seq.
 fn changes_frames(
     enc: Encoding,
     sub: &str,
-    mut prev: i64,
+    chain: &mut Chain,
     changes: &[&Change],
 ) -> Vec<(Message, i64)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < changes.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < changes.len() {
-            // The end of the transaction starting at `end`.
-            let mut tx_end = end;
-            let mut tx_bytes = 0;
-            while tx_end < changes.len() && changes[tx_end].tx == changes[end].tx {
-                tx_bytes += changes[tx_end].frame_bytes();
-                tx_end += 1;
-            }
-            if end == start && tx_bytes > FRAME_SPLIT_BYTES {
-                // Too large for one frame: as much of it as fits (at least one change).
-                let mut b = 0;
-                while end < tx_end
-                    && (end == start || b + changes[end].frame_bytes() <= FRAME_SPLIT_BYTES)
-                {
-                    b += changes[end].frame_bytes();
-                    end += 1;
-                }
-                break;
-            }
-            if end > start && bytes + tx_bytes > FRAME_SPLIT_BYTES {
-                break;
-            }
-            bytes += tx_bytes;
-            end = tx_end;
-        }
-        let part = &changes[start..end];
-        let last = part[part.len() - 1].seq;
-        let f = changes_frame_of(enc, sub, prev, part.iter().copied());
-        out.push((to_message(f), last));
-        prev = last;
-        start = end;
-    }
-    out
+    feed::cut(changes, LOG_FRAME, |c| c.tx, |c| c.frame_bytes())
+        .into_iter()
+        .map(|r| {
+            let part = &changes[r];
+            let last = part[part.len() - 1].seq;
+            let f = changes_frame_of(enc, sub, chain.next(last), part.iter().copied());
+            (to_message(f), last)
+        })
+        .collect()
 }
 
 /// Send a snapshot in pages of at most [`SNAPSHOT_CHUNK`] rows and about [`FRAME_SPLIT_BYTES`],

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::budget::WriteBudget;
-use super::conn::code_for;
+use super::out::code_for;
 use crate::error::Error;
 use crate::protocol::{ErrorMsg, ServerMsg};
 use crate::store::{GROUP_MAX_BYTES, GROUP_MAX_OPS, GROUP_MAX_WRITES};

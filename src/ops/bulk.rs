@@ -6,6 +6,7 @@ use rusqlite::{params, Connection};
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Entity, Kind, Op};
+use crate::schema::{self, Mode};
 
 /// The `ON CONFLICT` tail: the write path keeps the stored `created_at`; a replica copies the
 /// upstream row image whole.
@@ -199,7 +200,7 @@ impl<'a> EntityRun<'a> {
     /// byte those of `row_image_sql` (tested).
     ///
     /// How, for a run of [`LOGGED_RUN_MIN`] or more: with `sync_ctx.applying` at
-    /// [`WRITER_LOGS_ENTITIES`](crate::schema::WRITER_LOGS_ENTITIES) the entity insert and update
+    /// [`Mode::WriterLogsEntities`](crate::schema::Mode::WriterLogsEntities) the entity insert and update
     /// triggers stand aside; new rows go in with `INSERT OR IGNORE ... RETURNING` and are
     /// indexed for full-text search (see below); the ops whose row already existed are then
     /// written as ordinary upserts with only the logging silenced (as a replica's are), so the
@@ -343,13 +344,6 @@ pub(super) fn queue_for_indexing(
     .map_err(|(_, e)| e)
 }
 
-/// Set `sync_ctx.applying`, in a write transaction that has its `sync_ctx` row.
-pub(super) fn set_applying(conn: &Connection, v: i64) -> Result<()> {
-    conn.prepare_cached("UPDATE sync_ctx SET applying = ?1")?
-        .execute([v])?;
-    Ok(())
-}
-
 /// A long run's flush, with the entity triggers standing aside ([`EntityRun::logged`],
 /// [`EntityRun::replica_direct`]); with `log`, the run's change rows too. `sync_ctx.applying`
 /// is left as the caller had it: 0 on the write path, 1 in a replica's apply. Errors carry the
@@ -362,7 +356,7 @@ pub(super) fn write_run_aside(
     direct: &mut Option<Vec<(i64, String, String, String)>>,
 ) -> std::result::Result<(), (usize, Error)> {
     let at0 = |e: Error| (0, e);
-    set_applying(conn, crate::schema::WRITER_LOGS_ENTITIES).map_err(at0)?;
+    schema::switch(conn, Mode::WriterLogsEntities).map_err(at0)?;
     // New rows. Within one statement the first op of a key inserts it and any later one is
     // ignored, as is every op whose key was already stored.
     let mut rowids: Vec<Option<i64>> = vec![None; rows.len()];
@@ -417,7 +411,7 @@ pub(super) fn write_run_aside(
         .map(|(rid, r)| rid.map(|_| r.e.created_at))
         .collect();
     if !updates.is_empty() {
-        set_applying(conn, 1).map_err(at0)?;
+        schema::switch(conn, Mode::Applying).map_err(at0)?;
         let upd: Vec<EntityRow<'_>> = updates.iter().map(|&i| rows[i].clone()).collect();
         let mut upd_created = vec![None; upd.len()];
         let want = log.is_some().then_some(upd_created.as_mut_slice());
@@ -427,10 +421,10 @@ pub(super) fn write_run_aside(
         }
     }
     let Some((tx, ts)) = log else {
-        return set_applying(conn, 1).map_err(at0);
+        return schema::switch(conn, Mode::Applying).map_err(at0);
     };
     log_run(conn, rows, &created, tx, ts)?;
-    set_applying(conn, 0).map_err(at0)?;
+    schema::switch(conn, Mode::Writing).map_err(at0)?;
     Ok(())
 }
 

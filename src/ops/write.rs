@@ -123,15 +123,15 @@ pub fn write_vector(
         ))?
         .execute(params![rowid, seq])?;
     }
-    let (rowid, log_seq) = crate::schema::with_applying(
+    let (rowid, log_seq) = crate::schema::with_mode(
         conn,
-        crate::schema::WRITER_WRITES_VECTOR,
+        crate::schema::Mode::WriterWritesVector,
         |before| {
             // The store logs the change itself, with the embedding by reference (the log
             // row's own `embedding` NULL, `vectors.log_seq` naming it: one copy on disk, read
             // back through the index by `schema::LOGGED_EMBEDDING_SQL`); a replica applying
             // copies its upstream's rows.
-            let log_seq: Option<i64> = if before.unwrap_or(0) != 1 {
+            let log_seq: Option<i64> = if before != Some(crate::schema::Mode::Applying) {
                 Some(
                     conn.prepare_cached(&format!("SELECT {}", crate::schema::NEXT_SEQ))?
                         .query_row([], |r| r.get(0))?,

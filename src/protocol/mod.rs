@@ -11,7 +11,9 @@
 //!
 //! Fan-out encodes each change once per encoding ([`encode_change_json`],
 //! [`encode_change_bin`]) and assembles a batch frame from the shared fragments
-//! ([`changes_frame`]), so the cost per extra subscriber is a copy, not an encode.
+//! ([`changes_frame`]), so the cost per extra subscriber is a copy, not an encode. The server's
+//! feed decisions (where a subscription starts, frames of whole transactions, the `prev` chain)
+//! are in [`feed`], the client's in [`client`].
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,7 @@ use crate::model::{Change, Kind, WriteOp};
 mod auth;
 mod bin;
 pub mod client;
+pub mod feed;
 mod frame;
 mod json;
 mod session;

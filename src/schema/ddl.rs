@@ -1,134 +1,12 @@
-//! The DDL of migration 1 and the SQL fragments shared by triggers and reads.
+//! The migrations' DDL (vector models' in `models.rs`, the triggers' fragments in
+//! `triggers.rs`) and the full-text queue drain.
 
 use rusqlite::Connection;
 
+use super::triggers::{log_triggers, log_triggers_when, Mode, NOW_US};
 use super::SchemaOptions;
 use crate::error::Result;
 use crate::model::Kind;
-
-/// Current time in microseconds since the Unix epoch, as an SQL expression. `julianday` rather
-/// than `unixepoch('subsec')` because the sqlite3 shells found on servers (3.40) lack the latter,
-/// and a plain-SQL insert from one must still get its timestamps.
-pub const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
-
-/// The JSON row image of a row of `kind`, with columns read through `p` (`new.`, `e.`...).
-/// Triggers (for `changes`) and snapshot reads use this one definition, so a row captured by a
-/// trigger and the same row read into a snapshot are byte-identical.
-pub fn row_image_sql(kind: Kind, p: &str) -> String {
-    match kind {
-        Kind::Entity => format!(
-            "json_object('id',{p}id,'kind',{p}kind,'name',{p}name,'description',{p}description,\
-             'properties',json({p}properties),'tags',json({p}tags),\
-             'created_at',{p}created_at,'updated_at',{p}updated_at)"
-        ),
-        Kind::Edge => format!(
-            "json_object('id',{p}id,'source',{p}source,'target',{p}target,'relation',{p}relation,\
-             'weight',{p}weight,'properties',json({p}properties),\
-             'created_at',{p}created_at,'updated_at',{p}updated_at)"
-        ),
-        Kind::Note => format!(
-            "json_object('id',{p}id,'kind',{p}kind,'name',{p}name,'content',{p}content,\
-             'salience',{p}salience,'expires_at',{p}expires_at,'properties',json({p}properties),\
-             'created_at',{p}created_at,'updated_at',{p}updated_at)"
-        ),
-        Kind::Event => format!(
-            "json_object('id',{p}id,'verb',{p}verb,'actor',{p}actor,'outcome',{p}outcome,\
-             'target',{p}target,'data',json({p}data),'duration_us',{p}duration_us,\
-             'created_at',{p}created_at)"
-        ),
-        Kind::Vector => format!(
-            "json_object('subject',{p}subject,'model',{p}model,'kind',{p}kind,\
-             'created_at',{p}created_at,'updated_at',{p}updated_at)"
-        ),
-    }
-}
-
-/// The id column of a kind's row key (vectors: the subject; their model is the second half).
-fn id_col(kind: Kind) -> &'static str {
-    if kind == Kind::Vector {
-        "subject"
-    } else {
-        "id"
-    }
-}
-
-const NOT_APPLYING: &str = "NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying = 1)";
-/// The next seq of the log, as an SQL expression.
-pub const NEXT_SEQ: &str =
-    "(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1)";
-
-/// `INSERT INTO changes` for an upsert of the row `new`, or a delete of the row `old`.
-fn log_sql(kind: Kind, op: &str, extra_cond: &str, vector_emb: &str) -> String {
-    let r = if op == "upsert" { "new." } else { "old." };
-    let id = id_col(kind);
-    let model = if kind == Kind::Vector {
-        format!("{r}model")
-    } else {
-        "NULL".into()
-    };
-    let (data, emb) = if op == "upsert" {
-        let emb = if kind == Kind::Vector {
-            vector_emb
-        } else {
-            "NULL"
-        };
-        (row_image_sql(kind, "new."), emb)
-    } else {
-        ("NULL".to_string(), "NULL")
-    };
-    format!(
-        "INSERT INTO changes(tx, ts, ns, kind, op, id, model, data, embedding)
-         SELECT coalesce((SELECT tx FROM sync_ctx), {NEXT_SEQ}), coalesce((SELECT ts FROM sync_ctx), {NOW_US}),
-                {r}ns, '{kind}', '{op}', {r}{id}, {model}, {data}, {emb}
-         WHERE {NOT_APPLYING} {extra_cond};",
-        kind = kind.as_str()
-    )
-}
-
-/// Triggers that log every insert, update and delete of `kind` into `changes`, plus `extra`
-/// statements per event (derived-index upkeep).
-fn log_triggers(kind: Kind, on_insert: &str, on_update: &str, on_delete: &str) -> String {
-    log_triggers_when(kind, on_insert, on_update, on_delete, "", "new.embedding")
-}
-
-/// [`log_triggers`] whose insert and update triggers have the `WHEN` clause `when` (or none),
-/// and which log `vector_emb` as a vector's embedding.
-fn log_triggers_when(
-    kind: Kind,
-    on_insert: &str,
-    on_update: &str,
-    on_delete: &str,
-    when: &str,
-    vector_emb: &str,
-) -> String {
-    let t = kind.table();
-    let id = id_col(kind);
-    let key_moved = if kind == Kind::Vector {
-        "AND (old.ns IS NOT new.ns OR old.subject IS NOT new.subject OR old.model IS NOT new.model)"
-            .to_string()
-    } else {
-        format!("AND (old.ns IS NOT new.ns OR old.{id} IS NOT new.{id})")
-    };
-    format!(
-        "CREATE TRIGGER {t}_ai AFTER INSERT ON {t}{when} BEGIN
-           {on_insert}
-           {ins}
-         END;
-         CREATE TRIGGER {t}_au AFTER UPDATE ON {t}{when} BEGIN
-           {on_update}
-           {moved}
-           {upd}
-         END;
-         CREATE TRIGGER {t}_ad AFTER DELETE ON {t} BEGIN
-           {del}
-           {on_delete}
-         END;",
-        ins = log_sql(kind, "upsert", "", vector_emb),
-        moved = log_sql(kind, "delete", &key_moved, vector_emb),
-        upd = log_sql(kind, "upsert", "", vector_emb),
-        del = log_sql(kind, "delete", "", vector_emb),
-    )
-}
 
 pub(super) fn migration_1(conn: &Connection, opts: &SchemaOptions) -> Result<()> {
     let tok = opts.tokenizer.fts_arg();
@@ -328,54 +206,18 @@ pub(super) fn migration_3(conn: &Connection, _opts: &SchemaOptions) -> Result<()
     Ok(())
 }
 
-/// `sync_ctx.applying` while hivesync's write path writes a run of entity upserts with
-/// everything the entity triggers would do (the change rows, the full-text queue) done by
-/// itself, in multi-row statements: see `ops::EntityRun::logged`. (1 is a replica's apply:
-/// only the logging is silenced.)
-pub const WRITER_LOGS_ENTITIES: i64 = 2;
-
-/// `sync_ctx.applying` while the queue drain moves embeddings into their vec0 tables
-/// (schema 7): the vector triggers, and the outbox's capture, stand aside.
-pub const DRAIN_MOVES_EMBEDDINGS: i64 = 4;
-
-/// `sync_ctx.applying` while `ops::write_vector` writes a vector row itself (schema 7): the
-/// vector triggers stand aside (it keeps the index and logs the change itself); the outbox's
-/// capture does not.
-pub const WRITER_WRITES_VECTOR: i64 = 5;
-
 /// Migration 4: the entity insert and update triggers do nothing while
-/// `sync_ctx.applying = 2` ([`WRITER_LOGS_ENTITIES`]). Without a `sync_ctx` row (any other
+/// [`Mode::WriterLogsEntities`]. Without a `sync_ctx` row (any other
 /// program's write) they run as before.
 pub(super) fn migration_4(conn: &Connection, _opts: &SchemaOptions) -> Result<()> {
     conn.execute_batch(&queued_fts_triggers(
         false,
-        &format!(" WHEN (SELECT applying FROM sync_ctx) IS NOT {WRITER_LOGS_ENTITIES}"),
+        &format!(
+            " WHEN (SELECT applying FROM sync_ctx) IS NOT {}",
+            Mode::WriterLogsEntities.code()
+        ),
     ))?;
     Ok(())
-}
-
-/// The vector triggers with the statements `on_insert`, `on_update`, `on_delete` beside the
-/// logging (migration 5: [`super::models`]'s queue statements).
-pub(super) fn vector_log_triggers(on_insert: &str, on_update: &str, on_delete: &str) -> String {
-    log_triggers(Kind::Vector, on_insert, on_update, on_delete)
-}
-
-/// Migration 7's vector triggers: a vector's embedding may be held by its vec0 index only (the
-/// row's `embedding` NULL), so the log reads it from there (`vec_all`); and the queue drain's
-/// own update (moving an embedding into the index, `sync_ctx.applying = 4`) logs and queues
-/// nothing, as does the writer's own vector write (`applying = 5`,
-/// [`WRITER_WRITES_VECTOR`]: `ops::write_vector` keeps the index and logs the change itself).
-pub(super) fn vector_log_triggers_v7(on_insert: &str, on_update: &str, on_delete: &str) -> String {
-    log_triggers_when(
-        Kind::Vector,
-        on_insert,
-        on_update,
-        on_delete,
-        &format!(
-            " WHEN NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying IN ({DRAIN_MOVES_EMBEDDINGS}, {WRITER_WRITES_VECTOR}))"
-        ),
-        &super::models::embedding_sql("new."),
-    )
 }
 
 /// Migration 5: vector models per namespace, one vec0 table per dimension count, vec0 kept in

@@ -17,15 +17,17 @@
 
 mod ddl;
 mod models;
+mod triggers;
 
-pub use ddl::{
-    drain_fts_queue, fts_queue_pending, row_image_sql, DRAIN_MOVES_EMBEDDINGS, NEXT_SEQ, NOW_US,
-    WRITER_LOGS_ENTITIES, WRITER_WRITES_VECTOR,
-};
+pub use ddl::{drain_fts_queue, fts_queue_pending};
 pub use models::{
     embedding_sql, ensure_model, grow_pair, model_by_name, model_dims, model_tables, models,
-    small_vec_table, vec_index_problems, vec_table, with_applying, ModelInfo, ModelLimit,
-    LOGGED_EMBEDDING_SQL, MAX_DIMS, MAX_MODELS_PER_NS, SMALL_PAIR_VECTORS,
+    small_vec_table, vec_index_problems, vec_table, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL,
+    MAX_DIMS, MAX_MODELS_PER_NS, SMALL_PAIR_VECTORS,
+};
+
+pub use triggers::{
+    enter, enter_writing, leave, row_image_sql, switch, with_mode, Mode, NEXT_SEQ, NOW_US,
 };
 
 use rusqlite::{Connection, OptionalExtension};

@@ -36,7 +36,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::triggers::{log_triggers, log_triggers_when, with_mode, Mode};
 use crate::error::{Error, Result};
+use crate::model::Kind;
 
 /// Largest embedding accepted. sqlite-vec's own limit is 8192 dimensions.
 pub const MAX_DIMS: usize = 8192;
@@ -365,7 +367,7 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
     if once {
         // A queued row whose embedding the index holds (the row's is NULL) gets it back first:
         // its index entry is about to be removed, and it is indexed again from the row.
-        with_applying(conn, super::DRAIN_MOVES_EMBEDDINGS, |_| {
+        with_mode(conn, Mode::DrainMovesEmbeddings, |_| {
             conn.prepare_cached(
                 "UPDATE vectors SET embedding = (SELECT embedding FROM vec_all WHERE vid = vectors.rowid)
                  WHERE embedding IS NULL
@@ -436,7 +438,7 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
     }
     if once {
         // The index now holds them: one copy of each embedding.
-        with_applying(conn, super::DRAIN_MOVES_EMBEDDINGS, |_| {
+        with_mode(conn, Mode::DrainMovesEmbeddings, |_| {
             conn.prepare_cached(
                 "UPDATE vectors SET embedding = NULL
                  WHERE rowid IN (SELECT rid FROM fts_queue WHERE tbl = 'vectors' AND op = 'i')
@@ -448,34 +450,6 @@ pub(super) fn drain_vectors(conn: &Connection) -> Result<()> {
         })?;
     }
     Ok(())
-}
-
-/// Run `f` with `sync_ctx.applying` at `value` (the row made if there is none), then put
-/// `sync_ctx` back as it was, whether `f` failed or not; `f` is given the value it found. The drain moves embeddings with
-/// [`super::DRAIN_MOVES_EMBEDDINGS`]; `ops::write_vector` writes a row with
-/// [`super::WRITER_WRITES_VECTOR`].
-pub fn with_applying<T>(
-    conn: &Connection,
-    value: i64,
-    f: impl FnOnce(Option<i64>) -> Result<T>,
-) -> Result<T> {
-    let before: Option<i64> = conn
-        .prepare_cached("SELECT applying FROM sync_ctx WHERE one = 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    conn.prepare_cached(
-        "INSERT INTO sync_ctx(one, applying) VALUES (1, ?1)
-         ON CONFLICT(one) DO UPDATE SET applying = excluded.applying",
-    )?
-    .execute([value])?;
-    let r = f(before);
-    match before {
-        Some(a) => conn
-            .prepare_cached("UPDATE sync_ctx SET applying = ?1")?
-            .execute([a])?,
-        None => conn.prepare_cached("DELETE FROM sync_ctx")?.execute([])?,
-    };
-    r
 }
 
 /// Migration 7's queue statements: as [`vector_queue_sql`], with a removal's dimension count
@@ -530,7 +504,7 @@ pub(super) fn migration_7(conn: &Connection) -> Result<()> {
          CREATE INDEX vectors_ns_model ON vectors(ns, model);
          {triggers}",
         now = super::NOW_US,
-        triggers = super::ddl::vector_log_triggers_v7(&ins, &upd, &del),
+        triggers = vector_log_triggers_v7(&ins, &upd, &del),
     ))?;
     Ok(())
 }
@@ -661,7 +635,7 @@ pub(super) fn migration_5(conn: &Connection) -> Result<()> {
          DROP TRIGGER vectors_ai; DROP TRIGGER vectors_au; DROP TRIGGER vectors_ad;
          {triggers}",
         now = super::NOW_US,
-        triggers = super::ddl::vector_log_triggers(&ins, &upd, &del),
+        triggers = vector_log_triggers(&ins, &upd, &del),
     ));
     conn.execute_batch(&sql)?;
     let dims: Vec<i64> = conn
@@ -680,4 +654,30 @@ pub(super) fn migration_5(conn: &Connection) -> Result<()> {
 pub(super) fn migration_8(conn: &Connection) -> Result<()> {
     conn.execute_batch("ALTER TABLE vector_models ADD COLUMN small INTEGER NOT NULL DEFAULT 0;")?;
     Ok(())
+}
+
+/// The vector triggers with the statements `on_insert`, `on_update`, `on_delete` beside the
+/// logging (migration 5: this module's queue statements).
+fn vector_log_triggers(on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    log_triggers(Kind::Vector, on_insert, on_update, on_delete)
+}
+
+/// Migration 7's vector triggers: a vector's embedding may be held by its vec0 index only (the
+/// row's `embedding` NULL), so the log reads it from there (`vec_all`); and the queue drain's
+/// own update (moving an embedding into the index, [`Mode::DrainMovesEmbeddings`]) logs and queues
+/// nothing, as does the writer's own vector write ([`Mode::WriterWritesVector`]:
+/// `ops::write_vector` keeps the index and logs the change itself).
+fn vector_log_triggers_v7(on_insert: &str, on_update: &str, on_delete: &str) -> String {
+    log_triggers_when(
+        Kind::Vector,
+        on_insert,
+        on_update,
+        on_delete,
+        &format!(
+            " WHEN NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying IN ({}, {}))",
+            Mode::DrainMovesEmbeddings.code(),
+            Mode::WriterWritesVector.code()
+        ),
+        &embedding_sql("new."),
+    )
 }

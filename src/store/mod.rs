@@ -508,14 +508,7 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
         }
     }
     let now = ops::now_us(tx)?;
-    let first_seq: i64 = tx
-        .prepare_cached(
-            "INSERT INTO sync_ctx(one, tx, ts, applying)
-             VALUES (1, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1, ?1, 0)
-             ON CONFLICT(one) DO UPDATE SET tx = excluded.tx, ts = excluded.ts, applying = 0
-             RETURNING tx",
-        )?
-        .query_row([now], |r| r.get(0))?;
+    let first_seq = schema::enter_writing(tx, now)?;
     let mut ids = Vec::with_capacity(ops_.len());
     let as_op = |index: usize, e: Error| Error::Op {
         index,
@@ -543,7 +536,7 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
         ids.push(r.id);
     }
     run.finish(tx).map_err(run_err)?;
-    tx.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
+    schema::leave(tx)?;
     let seq = query::head(tx)?;
     if let Some(o) = origin {
         // A trusted writer (principal None) keeps the id's owner as it is.

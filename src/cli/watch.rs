@@ -11,29 +11,30 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::dial;
-use crate::protocol::client::{ClientAction, ClientConfig, ClientSession};
-use crate::protocol::{self, SUBPROTOCOL_JSON};
+use anyhow::Result;
+use hivesync::node::dial;
+use hivesync::protocol::client::{ClientAction, ClientConfig, ClientSession};
+use hivesync::protocol::{self, SUBPROTOCOL_JSON};
 
 /// What `hivesync watch` follows and how it prints.
 #[derive(Clone, Debug, Default)]
-pub struct WatchOptions {
+pub(crate) struct WatchOptions {
     /// The node's feed, e.g. ws://127.0.0.1:7070/v1/sync.
-    pub url: String,
+    pub(crate) url: String,
     /// Last seq already seen (0: everything in the log); None: a snapshot of current state first.
-    pub from: Option<i64>,
+    pub(crate) from: Option<i64>,
     /// Only these namespaces (empty: every readable one).
-    pub ns: Vec<String>,
+    pub(crate) ns: Vec<String>,
     /// The token sent in `hello`.
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Print JSON lines (else a short line per change).
-    pub json: bool,
+    pub(crate) json: bool,
     /// Exit once caught up (after `live`) instead of following.
-    pub until_live: bool,
+    pub(crate) until_live: bool,
 }
 
 /// Run the watcher until interrupted (or until live, with `--until-live`).
-pub fn watch_blocking(args: WatchOptions) -> crate::Result<()> {
+pub(crate) fn watch_blocking(args: WatchOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -43,7 +44,7 @@ pub fn watch_blocking(args: WatchOptions) -> crate::Result<()> {
 fn print(
     args: &WatchOptions,
     out: &mut impl Write,
-    c: &crate::model::Change,
+    c: &hivesync::model::Change,
 ) -> std::io::Result<()> {
     if args.json {
         let mut b = Vec::new();
@@ -70,11 +71,11 @@ enum End {
     /// Connect again after this delay.
     Retry(Duration),
     /// Stop: done (interrupted, `--until-live`, stdout closed) or failed for good.
-    Stop(crate::Result<()>),
+    Stop(Result<()>),
 }
 
 /// The I/O shell over the client session: the socket, the clock, stdout.
-async fn watch(args: WatchOptions) -> crate::Result<()> {
+async fn watch(args: WatchOptions) -> Result<()> {
     let start = Instant::now();
     let mut session = ClientSession::new(ClientConfig {
         client: "hivesync-watch".into(),
@@ -93,7 +94,9 @@ async fn watch(args: WatchOptions) -> crate::Result<()> {
                 match end {
                     End::Stop(r) => return r,
                     End::Retry(after) => {
-                        pause(after).await;
+                        if interrupted_during(after).await {
+                            return Ok(());
+                        }
                         continue;
                     }
                 }
@@ -103,16 +106,17 @@ async fn watch(args: WatchOptions) -> crate::Result<()> {
         let mut acts = VecDeque::from(actions);
         match run(&args, &mut session, None, &mut acts, start).await {
             Some(End::Stop(r)) => return r,
-            Some(End::Retry(after)) => pause(after).await,
-            None => {}
+            Some(End::Retry(after)) if interrupted_during(after).await => return Ok(()),
+            Some(End::Retry(_)) | None => {}
         }
     }
 }
 
-async fn pause(after: Duration) {
+/// Wait `after` before connecting again; true when interrupted (Ctrl-C) meanwhile.
+async fn interrupted_during(after: Duration) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(after) => {}
-        _ = tokio::signal::ctrl_c() => std::process::exit(0),
+        _ = tokio::time::sleep(after) => false,
+        _ = tokio::signal::ctrl_c() => true,
     }
 }
 
