@@ -61,9 +61,7 @@ pub fn apply_changes_confirming(
     in_tx(conn, || {
         let applied = applied_seq(conn)?;
         if prev > applied {
-            return Err(Error::Cursor(format!(
-                "gap: the batch continues from seq {prev} but this replica has applied up to {applied}; resubscribe from {applied}"
-            )));
+            return Err(Error::Gap { prev, applied });
         }
         let mut out = ApplyOutcome {
             seq: applied,

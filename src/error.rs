@@ -52,9 +52,15 @@ pub enum Error {
     /// The store was opened read-only.
     #[error("the store is read-only (follower mode): send writes to the primary node")]
     ReadOnly,
-    /// A cursor or sequence number outside what the log holds.
-    #[error("{0}")]
-    Cursor(String),
+    /// A batch of changes does not continue from what this replica applied: applying it would
+    /// leave a gap. Resubscribe from `applied`.
+    #[error("gap: the batch continues from seq {prev} but this replica has applied up to {applied}; resubscribe from {applied}")]
+    Gap {
+        /// The seq the batch continues from.
+        prev: i64,
+        /// The last seq this replica applied.
+        applied: i64,
+    },
     /// The disk holding the database is full; the write was rolled back whole.
     #[error("the disk holding the database is full: nothing of this write was committed; free space and retry")]
     DiskFull,
@@ -102,7 +108,7 @@ impl Error {
     /// True when the error is the caller's fault (bad input), not the node's.
     pub fn is_client_error(&self) -> bool {
         match self {
-            Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Cursor(_) => {
+            Error::Invalid(_) | Error::TooLarge { .. } | Error::NotFound(_) | Error::Gap { .. } => {
                 true
             }
             Error::Op { cause, .. } => cause.is_client_error(),

@@ -202,6 +202,17 @@ async fn run(
                 }
             }
             ClientAction::Resolve { .. } | ClientAction::Reject { .. } => {}
+            ClientAction::Welcome {
+                node, head, from, ..
+            } => {
+                eprintln!(
+                    "following {node} (head {head}) from {}",
+                    from.map_or("a snapshot".into(), |c| format!("seq {c}"))
+                );
+            }
+            ClientAction::NodeError(e) => {
+                eprintln!("the node said {}: {}", e.code.as_str(), e.message)
+            }
             ClientAction::Reconnect { after, why } => {
                 let _ = stdout.flush();
                 eprintln!(

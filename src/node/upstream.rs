@@ -473,10 +473,6 @@ impl Link {
                 );
                 self.session.applied(o.seq)
             }
-            Err(Error::Cursor(why)) => {
-                let now = self.now();
-                self.session.apply_failed(&why, now)
-            }
             Err(e) => {
                 let now = self.now();
                 self.session.apply_failed(&e.to_string(), now)
@@ -544,17 +540,7 @@ impl Link {
                     if let Some(acts) = self.probe_answer(&m) {
                         return acts;
                     }
-                    let welcome = matches!(m, ServerMsg::Welcome { .. });
-                    if let (ServerMsg::Welcome { publish_key, .. }, Some(f)) = (&m, &self.nats) {
-                        f.set_key(publish_key.as_deref(), &self.store);
-                    }
-                    let acts = self.session.frame(m, now);
-                    if welcome && !self.session.stopped() {
-                        self.state.connected.store(true, Relaxed);
-                        *self.state.down.lock() = None;
-                        tracing::info!(upstream = %self.url, from = ?self.session.cursor(), "following upstream");
-                    }
-                    acts
+                    self.session.frame(m, now)
                 }
                 Err(e) => self.session.undecodable(&e.to_string()),
             },
@@ -628,6 +614,19 @@ async fn connection<'s>(
                 }
                 ClientAction::Apply { prev, changes } => {
                     queue.extend(link.apply(prev, changes, &mut rx));
+                }
+                ClientAction::Welcome {
+                    from, publish_key, ..
+                } => {
+                    if let Some(f) = &link.nats {
+                        f.set_key(publish_key.as_deref(), &link.store);
+                    }
+                    link.state.connected.store(true, Relaxed);
+                    *link.state.down.lock() = None;
+                    tracing::info!(upstream = %link.url, from = ?from, "following upstream");
+                }
+                ClientAction::NodeError(e) => {
+                    tracing::warn!(upstream = %link.url, code = e.code.as_str(), "upstream reported: {}", e.message);
                 }
                 ClientAction::Live { seq } => {
                     link.state.live.store(true, Relaxed);

@@ -117,6 +117,21 @@ pub enum ClientError {
 pub enum ClientAction {
     /// Send this message.
     Send(ClientMsg),
+    /// The node accepted this client (its `welcome`); the subscription follows from `from`
+    /// (None: a snapshot). For the shell's status and log; nothing to do.
+    Welcome {
+        /// The node's name.
+        node: String,
+        /// Its log's head.
+        head: i64,
+        /// Where this client resumes (None: it asks for a snapshot).
+        from: Option<i64>,
+        /// The key the node signs its NATS messages with (binary `welcome` only).
+        publish_key: Option<String>,
+    },
+    /// The node reported an error that answered no write and stops nothing (a
+    /// [`Reconnect`](Self::Reconnect) follows): for the shell's user to see.
+    NodeError(ErrorMsg),
     /// A snapshot taken at `at` begins: its rows replace the replica's state.
     SnapshotBegin {
         /// Its seq.
@@ -419,17 +434,28 @@ impl ClientSession {
             return vec![];
         }
         match m {
-            ServerMsg::Welcome { head, .. } => {
+            ServerMsg::Welcome {
+                head,
+                node,
+                publish_key,
+                ..
+            } => {
                 if let Some(cursor) = self.cursor.filter(|&c| c > head) {
                     return self.fatal(ClientError::AheadOfHead { cursor, head });
                 }
                 self.phase = Phase::Subscribed;
                 self.subscribed_at = Some(now_ms);
-                if self.external {
-                    return vec![];
+                let mut out = vec![ClientAction::Welcome {
+                    node,
+                    head,
+                    from: self.cursor,
+                    publish_key,
+                }];
+                if !self.external {
+                    self.at_node = true;
+                    out.push(self.subscribe());
                 }
-                self.at_node = true;
-                vec![self.subscribe()]
+                out
             }
             // What the node sent for a subscription this session has ended (before it saw the
             // `unsubscribe`): the other feed carries those changes.
@@ -490,7 +516,10 @@ impl ClientSession {
                 if is_fatal_code(e.code) {
                     return self.fatal(ClientError::Refused(e));
                 }
-                self.retry(format!("{}: {}", e.code.as_str(), e.message), now_ms)
+                let why = format!("{}: {}", e.code.as_str(), e.message);
+                let mut out = vec![ClientAction::NodeError(e)];
+                out.extend(self.retry(why, now_ms));
+                out
             }
         }
     }

@@ -86,7 +86,7 @@ fn hello_then_subscribe_from_the_cursor() {
     );
     let a = s.frame(welcome(9), 0);
     assert!(
-        matches!(&a[..], [ClientAction::Send(ClientMsg::Subscribe(Subscribe { sub, from: Some(5), .. }))] if sub == "s"),
+        matches!(&a[..], [ClientAction::Welcome { .. }, ClientAction::Send(ClientMsg::Subscribe(Subscribe { sub, from: Some(5), .. }))] if sub == "s"),
         "{a:?}"
     );
 }
@@ -131,10 +131,10 @@ fn batches_are_gap_checked_and_acked_once_applied() {
     let a = s.frame(welcome(10), 0);
     assert!(matches!(
         &a[..],
-        [ClientAction::Send(ClientMsg::Subscribe(Subscribe {
-            from: Some(7),
-            ..
-        }))]
+        [
+            ClientAction::Welcome { .. },
+            ClientAction::Send(ClientMsg::Subscribe(Subscribe { from: Some(7), .. }))
+        ]
     ));
 }
 
@@ -148,10 +148,10 @@ fn a_failed_apply_resumes_from_the_last_confirmed_seq() {
     let a = s.frame(welcome(5), 0);
     assert!(matches!(
         &a[..],
-        [ClientAction::Send(ClientMsg::Subscribe(Subscribe {
-            from: Some(1),
-            ..
-        }))]
+        [
+            ClientAction::Welcome { .. },
+            ClientAction::Send(ClientMsg::Subscribe(Subscribe { from: Some(1), .. }))
+        ]
     ));
 }
 
@@ -459,7 +459,10 @@ fn an_external_feed_chosen_before_connecting_skips_the_subscription() {
     assert!(s.go_external().unwrap().is_empty());
     s.connected();
     // Welcome: no subscribe, but writes may go out.
-    assert!(s.frame(welcome(12), 0).is_empty());
+    assert!(matches!(
+        &s.frame(welcome(12), 0)[..],
+        [ClientAction::Welcome { from: Some(9), .. }]
+    ));
     assert!(s.subscribed());
     // The feed breaks: the node's feed takes over from the cursor.
     let acts = s.external_lost();
@@ -513,6 +516,7 @@ mod handover {
                         queue.extend(s.applied(last));
                     }
                     ClientAction::Send(m) => self.sent.push(m),
+                    ClientAction::Welcome { .. } => {}
                     ClientAction::Reconnect { why, .. } => panic!("no reconnect expected: {why}"),
                     ClientAction::Fatal(e) => panic!("fatal: {e}"),
                     other => panic!("unexpected {other:?}"),
@@ -603,4 +607,30 @@ mod handover {
             prop_assert_eq!(&shell.applied, &(1..=n).collect::<Vec<_>>());
         }
     }
+}
+
+#[test]
+fn the_shell_is_told_of_the_welcome_and_of_a_node_error_it_would_not_see_otherwise() {
+    // Shells (the relay, the browser, watch) take these from the session instead of peeking
+    // into the frames themselves.
+    let mut s = ClientSession::new(cfg(Some(4)));
+    s.connected();
+    let a = s.frame(welcome(9), 0);
+    assert!(
+        matches!(&a[0], ClientAction::Welcome { node, head: 9, from: Some(4), publish_key: None } if node == "n"),
+        "{a:?}"
+    );
+    // An error that answers no write and is not fatal: said, then a reconnect.
+    let a = s.frame(error(ErrorCode::Overloaded), 0);
+    assert!(matches!(&a[0], ClientAction::NodeError(e) if e.code == ErrorCode::Overloaded));
+    assert!(delay(&a).is_some());
+    // A fatal one is the Fatal action alone; one that answers a write is its Reject.
+    let mut s = subscribed(Some(4), 9);
+    let a = s.frame(error(ErrorCode::Unauthorized), 0);
+    assert!(fatal(&a).is_some() && !a.iter().any(|x| matches!(x, ClientAction::NodeError(_))));
+    // A welcome that ends the session (a cursor past the head) says no welcome.
+    let mut s = ClientSession::new(cfg(Some(10)));
+    s.connected();
+    let a = s.frame(welcome(3), 0);
+    assert!(!a.iter().any(|x| matches!(x, ClientAction::Welcome { .. })));
 }

@@ -26,6 +26,7 @@ pub mod feed;
 mod frame;
 mod json;
 mod session;
+pub mod upload;
 
 pub use auth::*;
 pub use bin::*;

@@ -336,7 +336,9 @@ impl Replica {
                     Ok(o) => {
                         json!({"type": "applied", "prev": prev, "seq": o.seq, "applied": o.applied, "skipped": o.skipped})
                     }
-                    Err(hivesync::Error::Cursor(msg)) => json!({"type": "gap", "message": msg}),
+                    Err(e @ hivesync::Error::Gap { prev, applied }) => {
+                        json!({"type": "gap", "message": e.to_string(), "prev": prev, "applied": applied})
+                    }
                     Err(e) => return Err(js_err(e)),
                 }
             }

@@ -14,12 +14,13 @@
 //! entry; the session uploads the outbox in order, each entry with this replica's client id
 //! and its number, so the node applies it once however often it is sent.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
-use hivesync::model::{Origin, WriteOp};
+use hivesync::model::WriteOp;
 use hivesync::protocol::client::{
-    is_refusal_code, ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure,
+    ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure,
 };
+use hivesync::protocol::upload::{Entry, Refusal, Uploader};
 use hivesync::protocol::{self, ServerMsg};
 use hivesync::{apply, outbox};
 use serde_json::{json, Value};
@@ -28,36 +29,16 @@ use wasm_bindgen::prelude::*;
 use crate::args::{bytes, opt_text, text};
 use crate::{js_err, parse, Replica};
 
-/// Most outbox entries sent and not yet answered (more go out as answers come back).
-const UPLOAD_WINDOW: usize = 1024;
-/// Consecutive entries sent as one `write` (one transaction at the node): at most this many ...
-const BATCH_ENTRIES: usize = 128;
-/// ... this many ops, and about this many bytes (the node's frame limit is 8 MiB).
-const BATCH_OPS: usize = 1024;
-const BATCH_BYTES: usize = hivesync::protocol::FRAME_SPLIT_BYTES;
-
 /// The session and its frames to send.
 pub(crate) struct Sync {
     session: ClientSession,
     json: bool,
     outbox: VecDeque<Frame>,
-    /// This replica's client id (the origin of its uploads).
-    client_id: String,
-    /// Outbox entries sent on this connection and not answered yet.
-    inflight: BTreeSet<i64>,
-    /// The last entry handed to the session on this connection (0: none yet).
-    sent_upto: i64,
-    /// Batches in flight: the write id (its last entry) -> the entries it carries.
-    batches: std::collections::BTreeMap<i64, Vec<i64>>,
-    /// Entries of a refused batch: sent one per write from now on, to find the refused one.
-    singles: BTreeSet<i64>,
-    /// The node's answers (entry, seq) not yet recorded in the outbox: they go into the next
-    /// feed batch's transaction (the batch that carries the writes back), or their own when the
-    /// feed has passed them already, the subscription goes live or the connection ends. Lost
-    /// with the page, they cost a re-send that the node answers from its ledger.
-    confirmed: std::collections::BTreeMap<i64, i64>,
-    /// The lowest seq among `confirmed` (`i64::MAX` when none).
-    confirmed_min_seq: i64,
+    /// The upload policy (the shared crate's): which outbox entries go next, batched how, and
+    /// what the node's answers mean. Answers it holds are recorded with the feed batch that
+    /// carries the writes back; lost with the page, they cost a re-send that the node answers
+    /// from its ledger.
+    upload: Uploader,
     /// The shell's clock at the last input (ms).
     now: u64,
 }
@@ -99,13 +80,7 @@ impl Replica {
             }),
             json,
             outbox: VecDeque::new(),
-            client_id,
-            inflight: BTreeSet::new(),
-            sent_upto: 0,
-            batches: Default::default(),
-            singles: BTreeSet::new(),
-            confirmed: Default::default(),
-            confirmed_min_seq: i64::MAX,
+            upload: Uploader::new(client_id),
             now: 0,
         });
         Ok(())
@@ -218,86 +193,30 @@ impl Replica {
     }
 }
 
-impl Sync {
-    /// The node's answers held in memory, for recording (they leave memory).
-    fn take_confirmed(&mut self) -> Vec<(i64, i64)> {
-        self.confirmed_min_seq = i64::MAX;
-        std::mem::take(&mut self.confirmed).into_iter().collect()
-    }
-}
-
-/// Hand the session one `write` carrying `batch` (consecutive entries), with its origin.
-fn send_batch(sync: &mut Sync, batch: Vec<outbox::Pending>) -> Vec<ClientAction> {
-    let last = batch[batch.len() - 1].n;
-    let entries = if batch.len() > 1 {
-        batch.iter().map(|p| p.ops.len() as u32).collect()
-    } else {
-        Vec::new()
-    };
-    sync.batches
-        .insert(last, batch.iter().map(|p| p.n).collect());
-    let origin = Origin {
-        client: sync.client_id.clone(),
-        n: last,
-        entries,
-        principal: None,
-    };
-    let ops = batch.into_iter().flat_map(|p| p.ops).collect();
-    sync.session.write(last as u64, ops, Some(origin))
-}
-
 impl Replica {
     fn sync_message(&mut self, m: hivesync::Result<ServerMsg>, now: f64) -> String {
         let m = match m {
             Ok(m) => m,
             Err(e) => return self.sync_run(now, |s| (s.undecodable(&e.to_string()), vec![])),
         };
-        let welcome = match &m {
-            ServerMsg::Welcome { node, head, .. } => Some((node.clone(), *head)),
-            _ => None,
-        };
-        let node_error = match &m {
-            ServerMsg::Error(e) => {
-                Some(json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
-            }
-            _ => None,
-        };
-        let mut events = Vec::new();
-        self.sync_run(now, |s| {
-            let acts = s.frame(m, now as u64);
-            if let Some((node, head)) = welcome.filter(|_| !s.stopped()) {
-                events.push(
-                    json!({"type": "welcome", "node": node, "head": head, "from": s.cursor()}),
-                );
-            }
-            // An error that answered no write and stopped nothing is the page's to see (a
-            // fatal one comes as the `fatal` event).
-            if !acts
-                .iter()
-                .any(|a| matches!(a, ClientAction::Reject { .. } | ClientAction::Fatal(_)))
-            {
-                events.extend(node_error);
-            }
-            (acts, events)
-        })
+        self.sync_run(now, |s| (s.frame(m, now as u64), vec![]))
     }
 
-    /// Hand the session the outbox entries not yet sent on this connection, up to the window.
+    /// Hand the session the outbox entries not yet sent on this connection, as the upload
+    /// policy ([`Uploader`]) batches them.
     fn flush(&mut self, events: &mut Vec<Value>) -> Vec<ClientAction> {
         let Some(sync) = self.sync.as_mut() else {
             return vec![];
         };
         if !sync.session.subscribed() {
-            // A new connection sends everything not answered again, from the first.
-            sync.sent_upto = 0;
-            sync.batches.clear();
+            sync.upload.restart();
             return vec![];
         }
-        let room = UPLOAD_WINDOW.saturating_sub(sync.inflight.len());
+        let room = sync.upload.room();
         if room == 0 {
             return vec![];
         }
-        let next = match outbox::pending_after(&self.conn, sync.sent_upto, true, room as i64) {
+        let next = match outbox::pending_after(&self.conn, sync.upload.after(), true, room as i64) {
             Ok(p) => p,
             Err(e) => {
                 events.push(
@@ -306,37 +225,18 @@ impl Replica {
                 return vec![];
             }
         };
-        // Consecutive entries go together, one transaction at the node; an entry of a refused
-        // batch goes alone.
-        let mut acts = Vec::new();
-        let mut batch: Vec<outbox::Pending> = Vec::new();
-        let (mut ops, mut bytes) = (0usize, 0usize);
-        for p in next {
-            sync.sent_upto = p.n;
-            if sync.confirmed.contains_key(&p.n) || !sync.inflight.insert(p.n) {
-                continue;
-            }
-            let alone = sync.singles.contains(&p.n);
-            let contiguous = batch.last().is_none_or(|b| b.n + 1 == p.n);
-            if !batch.is_empty()
-                && (alone
-                    || !contiguous
-                    || batch.len() >= BATCH_ENTRIES
-                    || ops + p.ops.len() > BATCH_OPS
-                    || bytes + p.size > BATCH_BYTES
-                    || sync.singles.contains(&batch[0].n))
-            {
-                acts.extend(send_batch(sync, std::mem::take(&mut batch)));
-                (ops, bytes) = (0, 0);
-            }
-            ops += p.ops.len();
-            bytes += p.size;
-            batch.push(p);
+        let entries = next
+            .into_iter()
+            .map(|p| Entry {
+                n: p.n,
+                ops: p.ops,
+                size: p.size,
+            })
+            .collect();
+        match sync.upload.batch(entries) {
+            Some(w) => sync.session.write(w.id, w.ops, Some(w.origin)),
+            None => vec![],
         }
-        if !batch.is_empty() {
-            acts.extend(send_batch(sync, batch));
-        }
-        acts
     }
 
     /// Feed the session one input and carry out its actions (applying to this replica, queueing
@@ -366,12 +266,12 @@ impl Replica {
         }
         // Answers wait for the batch that carries their writes back, unless the feed has passed
         // them already (the batch came before the answer), or the connection ended.
-        if self.sync.as_ref().is_some_and(|s| {
-            !s.confirmed.is_empty()
-                && (!s.session.subscribed()
-                    || s.confirmed.len() >= 4096
-                    || s.confirmed_min_seq <= apply::applied_seq(&self.conn).unwrap_or(0))
-        }) {
+        let applied = apply::applied_seq(&self.conn).unwrap_or(0);
+        if self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.upload.record_due(s.session.subscribed(), applied))
+        {
             self.record_confirmed(&mut events);
         }
         Value::Array(events).to_string()
@@ -422,7 +322,7 @@ impl Replica {
                 vec![]
             }
             ClientAction::Apply { prev, changes } => {
-                let confirmed = sync.take_confirmed();
+                let confirmed = sync.upload.take_confirmed();
                 match apply::apply_changes_confirming(&self.conn, prev, &changes, &confirmed) {
                     Ok(o) => {
                         events.push(json!({"type": "applied", "seq": o.seq, "count": o.applied}));
@@ -431,46 +331,48 @@ impl Replica {
                     Err(e) => self.sync_failed(events, &e.to_string()),
                 }
             }
+            ClientAction::Welcome {
+                node, head, from, ..
+            } => {
+                events.push(json!({"type": "welcome", "node": node, "head": head, "from": from}));
+                vec![]
+            }
+            // An error that answered no write and stopped nothing is the page's to see (a
+            // fatal one comes as the `fatal` event).
+            ClientAction::NodeError(e) => {
+                events
+                    .push(json!({"type": "error", "code": e.code.as_str(), "message": e.message}));
+                vec![]
+            }
             ClientAction::Live { seq } => {
                 events.push(json!({"type": "live", "seq": seq}));
                 self.record_confirmed(events);
                 vec![]
             }
             ClientAction::Resolve { id, seq } => {
-                let entries = sync.batches.remove(&(id as i64)).unwrap_or(vec![id as i64]);
-                for n in entries {
-                    sync.inflight.remove(&n);
-                    sync.singles.remove(&n);
-                    sync.confirmed.insert(n, seq);
-                    sync.confirmed_min_seq = sync.confirmed_min_seq.min(seq);
+                for n in sync.upload.resolved(id, seq) {
                     events.push(json!({"type": "written", "n": n, "seq": seq}));
                 }
                 vec![]
             }
             ClientAction::Reject { id, error } => {
-                let entries = sync.batches.remove(&(id as i64)).unwrap_or(vec![id as i64]);
-                for n in &entries {
-                    sync.inflight.remove(n);
-                }
-                if entries.len() > 1 && is_refusal_code(error.code) {
-                    // One of them is refused: send them one by one to find it.
-                    sync.singles.extend(entries.iter().copied());
-                    sync.sent_upto = sync.sent_upto.min(entries[0] - 1);
-                    return vec![];
-                }
-                let n = entries[0];
-                sync.singles.remove(&n);
-                let (code, message) = (error.code.as_str(), error.message);
-                if is_refusal_code(error.code) {
-                    match outbox::reject(&self.conn, n) {
-                        Ok(ops) => events.push(json!({"type": "rejected", "n": n, "ops": ops, "code": code, "message": message})),
-                        Err(e) => events.push(json!({"type": "error", "message": format!("could not take back write {n}: {e}")})),
+                match sync.upload.rejected(id, error) {
+                    // One of them is refused: they go one by one to find it.
+                    Refusal::Split(_) => {}
+                    Refusal::Refused { n, error } => {
+                        let (code, message) = (error.code.as_str(), error.message);
+                        match outbox::reject(&self.conn, n) {
+                            Ok(ops) => events.push(json!({"type": "rejected", "n": n, "ops": ops, "code": code, "message": message})),
+                            Err(e) => events.push(json!({"type": "error", "message": format!("could not take back write {n}: {e}")})),
+                        }
                     }
-                } else {
-                    let _ = outbox::set_error(&self.conn, Some(&format!("{code}: {message}")));
-                    events.push(
-                        json!({"type": "upload_error", "n": n, "code": code, "message": message}),
-                    );
+                    Refusal::Failed { n, error } => {
+                        let (code, message) = (error.code.as_str(), error.message);
+                        let _ = outbox::set_error(&self.conn, Some(&format!("{code}: {message}")));
+                        events.push(
+                            json!({"type": "upload_error", "n": n, "code": code, "message": message}),
+                        );
+                    }
                 }
                 vec![]
             }
@@ -492,7 +394,7 @@ impl Replica {
         let Some(sync) = self.sync.as_mut() else {
             return;
         };
-        let confirmed = sync.take_confirmed();
+        let confirmed = sync.upload.take_confirmed();
         if let Err(e) = outbox::confirm_many(&self.conn, &confirmed) {
             events.push(json!({"type": "error", "message": format!("could not record the node's answers: {e}")}));
         }
