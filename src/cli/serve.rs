@@ -97,25 +97,10 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
         .build()?;
     rt.block_on(async {
         let signal = shutdown_signal()?;
-        if args.upstream.is_some() && args.read_only {
-            anyhow::bail!("--upstream and --read-only exclude each other: an edge node writes what it receives from upstream into its own file");
-        }
         let config = match &args.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
-        // The port before the database: a node that cannot listen leaves no file behind.
-        let addr = listen_addr(&args.listen).await?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}: is another node running there? pick another address with --listen"))?;
-        let opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
-        let db2 = db.to_path_buf();
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&db2, opts))
-                .await?
-                .with_context(|| format!("opening {}", db.display()))?,
-        );
         let opts = NodeOptions {
             read_only: args.read_only,
             upstream: args.upstream.clone(),
@@ -127,6 +112,20 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             publish: args.publish.clone(),
             allow_origins: args.allow_origins.clone(),
         };
+        // Options that contradict each other stop here, before the port or the file is touched.
+        hivesync::node::check_options(&opts, &config)?;
+        // The port before the database: a node that cannot listen leaves no file behind.
+        let addr = listen_addr(&args.listen).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}: is another node running there? pick another address with --listen"))?;
+        let store_opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
+        let db2 = db.to_path_buf();
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&db2, store_opts))
+                .await?
+                .with_context(|| format!("opening {}", db.display()))?,
+        );
         let handle = hivesync::node::start(store.clone(), listener, config, args.config.clone(), &opts).await?;
         tracing::info!(
             "hivesync serving {} on http://{} (feed ws://{}/v1/sync, head seq {}{})",

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -38,9 +38,8 @@ use super::budget::{
 };
 use super::gate::{HelloGate, Socket};
 use super::metrics::{Metrics, SubStats};
-use super::out::{code_for, to_message, Out};
+use super::out::{to_message, Out};
 use super::sub::{run_sub, SubCtx};
-use super::writer::WriteJob;
 use super::NodeState;
 use crate::error::Error;
 use crate::protocol::{
@@ -191,7 +190,7 @@ impl Shell {
                 if let Some(b) = write_budget.as_mut() {
                     b.grow_to(decoded_bytes(&ops)).await;
                 }
-                let answer = write(
+                let answer = super::role::route(
                     &self.node,
                     self.conn_id,
                     req,
@@ -484,118 +483,4 @@ impl Reader {
             tokio::time::sleep(FAILED_HELLO_DELAY).await;
         }
     }
-}
-
-/// Bind a forwarded write's client id to the token that sent it here (an edge's own check:
-/// its upstream knows the edge's clients only by the edge's token).
-async fn bind_client(node: &NodeState, origin: Option<&crate::model::Origin>) -> crate::Result<()> {
-    let Some(o) = origin.filter(|o| o.principal.is_some()).cloned() else {
-        return Ok(());
-    };
-    let s = node.store.clone();
-    tokio::task::spawn_blocking(move || {
-        s.bind_client(&o.client, o.principal.as_deref().unwrap_or_default())
-    })
-    .await
-    .unwrap_or_else(|e| Err(crate::Error::invalid(format!("binding a client id: {e}"))))
-}
-
-/// Start a write and return where its answer will arrive. Writes from one connection are
-/// committed (or forwarded upstream) in the order they arrived.
-async fn write(
-    node: &Arc<NodeState>,
-    conn: u64,
-    req: String,
-    ops: Vec<crate::model::WriteOp>,
-    origin: Option<crate::model::Origin>,
-    budget: Option<WriteBudget>,
-) -> oneshot::Receiver<ServerMsg> {
-    let (reply, rx) = oneshot::channel();
-    fn refuse(code: ErrorCode, message: String, req: String) -> ServerMsg {
-        ServerMsg::Error(ErrorMsg {
-            code,
-            message,
-            sub: None,
-            req: Some(req),
-        })
-    }
-    if node.read_only {
-        node.metrics.write_errors.fetch_add(1, Relaxed);
-        let message = match &node.auth.config().primary {
-            Some(p) => format!("this node is a read-only follower: send writes to the primary at {p}"),
-            None => "this node is a read-only follower: send writes to the primary (set `primary` in this node's config to name it here)".into(),
-        };
-        let _ = reply.send(refuse(ErrorCode::Forbidden, message, req));
-        return rx;
-    }
-    let t0 = Instant::now();
-    if let Some(up) = &node.upstream {
-        // Edge mode: the upstream owns the log; its answer is ours. The forward is queued here,
-        // in order; only the wait for the upstream's answer runs on its own. The upstream
-        // knows every client of this edge by the edge's token: the edge binds its clients'
-        // ids to their own tokens (`store::bind_client`) before it forwards.
-        if let Err(e) = bind_client(node, origin.as_ref()).await {
-            node.metrics.write_errors.fetch_add(1, Relaxed);
-            let _ = reply.send(refuse(code_for(&e), e.to_string(), req));
-            return rx;
-        }
-        let (up_reply, up_rx) = oneshot::channel();
-        let overloaded = |m: &str, req: String| refuse(ErrorCode::Overloaded, m.into(), req);
-        if up
-            .forward
-            .send(super::upstream::Forward {
-                ops,
-                origin,
-                reply: up_reply,
-            })
-            .await
-            .is_err()
-        {
-            let _ = reply.send(overloaded("the upstream link is not running", req));
-            return rx;
-        }
-        let node = node.clone();
-        tokio::spawn(async move {
-            let _budget = budget;
-            let m = match tokio::time::timeout(Duration::from_secs(30), up_rx).await {
-                Ok(Ok(Ok(seq))) => {
-                    node.metrics.observe_write(t0.elapsed());
-                    ServerMsg::Written { req, seq }
-                }
-                Ok(Ok(Err(mut e))) => {
-                    node.metrics.write_errors.fetch_add(1, Relaxed);
-                    e.req = Some(req);
-                    ServerMsg::Error(e)
-                }
-                _ => overloaded("the upstream did not answer the write within 30 s; it may or may not have committed", req),
-            };
-            let _ = reply.send(m);
-        });
-        return rx;
-    }
-    let Some(writes) = &node.writes else {
-        let _ = reply.send(refuse(
-            ErrorCode::Internal,
-            "this node has no writer".into(),
-            req,
-        ));
-        return rx;
-    };
-    let job = WriteJob {
-        conn,
-        req,
-        ops,
-        origin,
-        t0,
-        reply,
-        budget,
-    };
-    if let Err(mpsc::error::SendError(job)) = writes.send(job).await {
-        let _ = job.reply.send(refuse(
-            ErrorCode::Overloaded,
-            "the node is shutting down; retry the write on another connection".into(),
-            job.req,
-        ));
-    }
-    rx
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 mod out;
 mod probe;
 pub mod publish;
+mod role;
 mod sub;
 pub mod upstream;
 pub mod vouch;
@@ -85,10 +86,8 @@ pub(crate) struct NodeState {
     pub(crate) shutdown: tokio_watch::Receiver<bool>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) stall_timeout: Duration,
-    pub(crate) read_only: bool,
-    pub(crate) upstream: Option<upstream::Upstream>,
-    /// The writer thread's queue (None on followers and edges, which never write locally).
-    pub(crate) writes: Option<tokio::sync::mpsc::Sender<writer::WriteJob>>,
+    /// Primary, follower or edge ([`role`]).
+    pub(crate) role: role::Role,
     /// Bytes of write frames queued or committing, node-wide ([`budget::NODE_WRITE_BYTES`]).
     pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
     /// The same for frames up to [`budget::SMALL_WRITE_BYTES`] ([`budget::NODE_SMALL_WRITE_BYTES`]).
@@ -171,10 +170,10 @@ pub async fn start(
     if !auth.anonymous_allowed() && config.tokens.is_empty() {
         tracing::warn!("no tokens configured and anonymous access is off for {addr}: every client will be refused; add [[token]] entries to the config");
     }
-    let publish = publish_config(&config, args)?;
-    let signing = match &publish {
-        Some(_) => Some(signing_key(&store).await?),
-        None => None,
+    let spec = role::RoleSpec::parse(args, &config)?;
+    let signing = match &spec {
+        role::RoleSpec::Primary { publish: Some(_) } => Some(signing_key(&store).await?),
+        _ => None,
     };
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
     let s = store.clone();
@@ -182,16 +181,29 @@ pub async fn start(
         .await
         .map_err(|e| crate::Error::invalid(format!("reading the log head failed: {e}")))??;
     let hub = Hub::new(head, WindowLimits::default());
-    let read_only = args.read_only;
+    let read_only = matches!(spec, role::RoleSpec::Follower);
     let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
     let metrics = Arc::new(Metrics::default());
-    let writes = if read_only || args.upstream.is_some() {
-        None
-    } else {
-        let (tx, rx) = tokio::sync::mpsc::channel(writer::WRITE_QUEUE);
-        writer::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
-        Some(tx)
+    let (role, publish) = match spec {
+        role::RoleSpec::Primary { publish } => {
+            let (tx, rx) = tokio::sync::mpsc::channel(writer::WRITE_QUEUE);
+            writer::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
+            (role::Role::Primary { writes: tx }, publish)
+        }
+        role::RoleSpec::Follower => (role::Role::Follower, None),
+        role::RoleSpec::Edge { link, nats, token } => (
+            role::Role::Edge(upstream::start(
+                link,
+                nats,
+                token,
+                store.clone(),
+                hub.clone(),
+                shutdown_rx.clone(),
+            )?),
+            None,
+        ),
     };
+    let edge = role.upstream().is_some();
     let node = Arc::new(NodeState {
         store: store.clone(),
         hub: hub.clone(),
@@ -204,22 +216,7 @@ pub async fn start(
         shutdown: shutdown_rx.clone(),
         next_conn: AtomicU64::new(1),
         stall_timeout: Duration::from_secs(config.stall_timeout_secs.unwrap_or(30)),
-        read_only,
-        upstream: match &args.upstream {
-            Some(url) => {
-                let (feed, nats) = edge_feeds(url, args.primary.as_deref(), &config)?;
-                Some(upstream::start(
-                    feed,
-                    nats,
-                    args.upstream_token.clone(),
-                    store.clone(),
-                    hub.clone(),
-                    shutdown_rx.clone(),
-                )?)
-            }
-            None => None,
-        },
-        writes,
+        role,
         write_budget: Arc::new(tokio::sync::Semaphore::new(budget::NODE_WRITE_BYTES)),
         small_write_budget: Arc::new(tokio::sync::Semaphore::new(budget::NODE_SMALL_WRITE_BYTES)),
         large_decodes: Arc::new(tokio::sync::Semaphore::new(
@@ -243,7 +240,7 @@ pub async fn start(
             shutdown_rx.clone(),
         ));
     }
-    let watchers = spawn_background(&node, config_path, args.upstream.is_none(), poll);
+    let watchers = spawn_background(&node, config_path, !edge, poll);
     let triage = triage_routes(node.clone());
     let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
     let join = tokio::spawn(accept::serve(
@@ -260,6 +257,12 @@ pub async fn start(
         metrics,
         _watchers: watchers,
     })
+}
+
+/// Check that `opts` and `config` describe one role (primary, follower or edge) without
+/// contradiction, before anything starts: what [`start`] checks first.
+pub fn check_options(opts: &NodeOptions, config: &Config) -> crate::Result<()> {
+    role::RoleSpec::parse(opts, config).map(|_| ())
 }
 
 /// The key the node signs its NATS stream with (made and kept in the database on first use).
@@ -281,51 +284,6 @@ fn triage_routes(node: Arc<NodeState>) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(accept::at_limit)
         .with_state(node)
-}
-
-/// Where the node publishes its feed (`--publish`, over the config's `[publish]`), if it does:
-/// only the node that owns the log may.
-fn publish_config(
-    config: &Config,
-    args: &NodeOptions,
-) -> crate::Result<Option<publish::PublishConfig>> {
-    let mut publish = config.publish.clone().unwrap_or_default();
-    if let Some(url) = &args.publish {
-        publish.url = Some(url.clone());
-    }
-    if publish.url.is_none() {
-        return Ok(None);
-    }
-    if args.read_only || args.upstream.is_some() {
-        return Err(crate::Error::invalid(
-            "--publish is for the node that owns the log: not a read-only follower or an edge",
-        ));
-    }
-    Ok(Some(publish))
-}
-
-/// An edge's two feeds from `--upstream` and `--primary`: the node whose WebSocket feed it
-/// follows (and forwards writes to), and the NATS stream its live changes come from, if any.
-fn edge_feeds(
-    upstream: &str,
-    primary: Option<&str>,
-    config: &Config,
-) -> crate::Result<(String, Option<follow::Follow>)> {
-    let nats = upstream.starts_with("nats://") || upstream.starts_with("tls://");
-    match (nats, primary) {
-        (false, None) => Ok((upstream.to_string(), None)),
-        (false, Some(_)) => Err(crate::Error::invalid(
-            "--primary is for an edge fed from NATS (--upstream nats://host:port); with --upstream ws://... the edge follows that node directly",
-        )),
-        (true, None) => Err(crate::Error::invalid(format!(
-            "an edge fed from NATS ({upstream}) needs the primary's feed too: add --primary ws://HOST:PORT/v1/sync (it serves snapshots and catch-ups, and takes the writes this edge forwards)"
-        ))),
-        (true, Some(p)) => {
-            let mut cfg = config.follow.clone().unwrap_or_default();
-            cfg.url = Some(upstream.to_string());
-            Ok((p.to_string(), Some(follow::Follow::new(cfg))))
-        }
-    }
 }
 
 /// The node's background work: file watchers (config, database), the tailer, retention.
@@ -352,7 +310,7 @@ fn spawn_background(
         poll,
         node.shutdown.clone(),
     ));
-    if !node.read_only {
+    if !node.role.read_only() {
         tokio::spawn(run_retention(
             node.store.clone(),
             node.auth.clone(),
@@ -436,17 +394,17 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
         Ok(Ok(head)) => ([(header::CONTENT_TYPE, "application/json")], {
             // A relay that cannot reach its upstream still serves its copy, but stale: degraded.
             let down = node
-                .upstream
-                .as_ref()
+                .role
+                .upstream()
                 .and_then(|u| u.state.down.lock().clone());
             // A message in the stream the primary did not sign: someone else can publish there.
-            let forged = node.upstream.as_ref().is_some_and(|u| {
+            let forged = node.role.upstream().is_some_and(|u| {
                 u.state
                     .nats_rejected_at
                     .lock()
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
             });
-            let upstream = match &node.upstream {
+            let upstream = match node.role.upstream() {
                 Some(u) => format!(
                     ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"nats_rejected\":{},\"nats_stalls\":{},\"primary_head\":{},\"applied\":{}{}}}",
                     u.state.connected.load(Relaxed),
@@ -488,7 +446,7 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
             };
             format!(
                 "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}{publish}}}\n",
-                node.read_only
+                node.role.read_only()
             )
         })
             .into_response(),
@@ -523,7 +481,7 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
             node.sockets.max as i64,
         ),
     ];
-    if let Some(u) = &node.upstream {
+    if let Some(u) = node.role.upstream() {
         let s = &u.state;
         extra.extend([
             (
