@@ -497,7 +497,7 @@ async fn raw_conn(sock: TcpStream, st: RawState) {
             m = stream.next() => {
                 let t = match m {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                     Some(Ok(_)) => continue,
                 };
                 let reply = match decode_client_json(&t) {
@@ -552,6 +552,8 @@ async fn raw_conn(sock: TcpStream, st: RawState) {
 }
 
 /// The raw server as a child process (memory part): print the port, serve until stdin closes.
+// A child process of the bench: it ends when its parent closes its stdin.
+#[allow(clippy::exit)]
 fn raw_child_main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -607,8 +609,8 @@ async fn recv_msg(ws: &mut Ws) -> Result<ServerMsg, String> {
             Ok(Some(Ok(Message::Text(t)))) => {
                 return decode_server_json(&t).map_err(|e| format!("bad frame: {e}"))
             }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => return Err("closed".into()),
-            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Ok(Message::Close(_))) | None) => return Err("closed".into()),
+            Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => return Err(format!("read failed: {e}")),
             Err(_) => return Err("no frame within the timeout".into()),
         }
@@ -649,7 +651,7 @@ async fn open_subscriber(addr: SocketAddr, read_buf: usize) -> Result<(Ws, i64),
         match recv_msg(&mut ws).await? {
             ServerMsg::Live { seq, .. } => return Ok((ws, seq)),
             ServerMsg::Error(e) => return Err(format!("subscribe refused: {e:?}")),
-            _ => continue,
+            _ => {}
         }
     }
 }

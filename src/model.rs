@@ -442,7 +442,7 @@ impl<'de> Deserialize<'de> for EmbeddingIn {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = EmbeddingIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array of numbers, or a base64 string of packed little-endian f32")
             }
             fn visit_str<E: serde::de::Error>(

@@ -143,7 +143,7 @@ async fn recv(ws: &mut Ws, within: Duration) -> Result<ServerMsg, String> {
             }
             Ok(Some(Ok(Message::Close(f)))) => return Err(format!("closed by the node: {f:?}")),
             Ok(None) => return Err("connection ended".into()),
-            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => return Err(format!("read failed: {e}")),
             Err(_) => return Err(format!("no frame within {within:?}")),
         }

@@ -174,7 +174,6 @@ async fn run(
                     }
                 }
             }
-            ClientAction::SnapshotBegin { .. } | ClientAction::SnapshotAbort => {}
             ClientAction::SnapshotRows(rows) => {
                 for r in &rows {
                     if print(args, &mut stdout, r).is_err() {
@@ -201,7 +200,11 @@ async fn run(
                     return Some(End::Stop(Ok(())));
                 }
             }
-            ClientAction::Resolve { .. } | ClientAction::Reject { .. } => {}
+            // watch writes nothing and keeps no state of its own.
+            ClientAction::SnapshotBegin { .. }
+            | ClientAction::SnapshotAbort
+            | ClientAction::Resolve { .. }
+            | ClientAction::Reject { .. } => {}
             ClientAction::Welcome {
                 node, head, from, ..
             } => {

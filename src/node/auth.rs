@@ -174,7 +174,7 @@ impl Auth {
             // Settle: wait until no event has come for SETTLE.
             loop {
                 match events.recv_timeout(SETTLE) {
-                    Ok(()) => continue,
+                    Ok(()) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }

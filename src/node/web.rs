@@ -167,7 +167,7 @@ fn content_type(name: &str) -> &'static str {
         Some("wasm") => "application/wasm",
         Some("json") => "application/json",
         Some("css") => "text/css",
-        Some("ts") | Some("sha256") => "text/plain; charset=utf-8",
+        Some("ts" | "sha256") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
 }

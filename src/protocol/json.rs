@@ -158,7 +158,7 @@ impl JsonChange<'_> {
 /// Decode one change in its JSON form (what [`encode_change_json`] writes: a NATS message's
 /// payload, for one).
 pub fn decode_change_json(bytes: &[u8]) -> Result<Change> {
-    serde_json::from_slice::<JsonChange>(bytes)
+    serde_json::from_slice::<JsonChange<'_>>(bytes)
         .map_err(|e| Error::invalid(format!("malformed change: {e}")))?
         .into_change()
 }
@@ -192,7 +192,7 @@ struct ServerJson;
 impl<'de> serde::de::Visitor<'de> for ServerJson {
     type Value = ServerMsg;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a node message: a JSON object with a `type`")
     }
 

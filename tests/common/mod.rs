@@ -489,7 +489,7 @@ impl Client {
     pub async fn expect_closed(&mut self) -> Option<CloseFrame> {
         loop {
             match self.next_event().await {
-                Event::Msg(_) => continue,
+                Event::Msg(_) => {}
                 Event::Closed(f) => return f,
                 Event::Failed(_) => return None,
             }
@@ -554,7 +554,6 @@ impl Client {
                 ServerMsg::Written { req: r, seq } if r == req => return seq,
                 ServerMsg::Error(e) => panic!("write {req} failed: {e:?}"),
                 ServerMsg::Changes { .. } | ServerMsg::Live { .. } | ServerMsg::Snapshot { .. } => {
-                    continue
                 }
                 other => panic!("unexpected answer to write {req}: {other:?}"),
             }
