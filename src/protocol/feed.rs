@@ -178,7 +178,8 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn a_subscription_starts_where_the_log_can_serve_it() {
@@ -236,50 +237,57 @@ mod tests {
         assert_eq!(c.last(), 15);
     }
 
-    proptest! {
-        #[test]
-        fn cuts_cover_everything_in_order_and_split_only_huge_transactions(
-            txs in proptest::collection::vec((1usize..6, 1usize..400_000), 0..60),
-            changes in 1usize..50,
-            bytes in 1usize..3_000_000,
-        ) {
-            // Items: transactions of 1-5 changes of up to 400 KB each.
-            let mut items = Vec::new();
-            for (t, (n, b)) in txs.iter().enumerate() {
-                for k in 0..*n {
-                    items.push((t as i64, (b + k * 7919) % 400_000 + 1));
+    /// Property tests (native only: proptest does not build for wasm32).
+    #[cfg(not(target_arch = "wasm32"))]
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn cuts_cover_everything_in_order_and_split_only_huge_transactions(
+                txs in proptest::collection::vec((1usize..6, 1usize..400_000), 0..60),
+                changes in 1usize..50,
+                bytes in 1usize..3_000_000,
+            ) {
+                // Items: transactions of 1-5 changes of up to 400 KB each.
+                let mut items = Vec::new();
+                for (t, (n, b)) in txs.iter().enumerate() {
+                    for k in 0..*n {
+                        items.push((t as i64, (b + k * 7919) % 400_000 + 1));
+                    }
                 }
-            }
-            let lim = FrameLimits { changes, bytes };
-            let cuts = cut(&items, lim, |i| i.0, |i| i.1);
-            let mut next = 0;
-            for r in &cuts {
-                prop_assert_eq!(r.start, next);
-                prop_assert!(r.end > r.start);
-                next = r.end;
-                let frame = &items[r.clone()];
-                // A cut inside a transaction: its part in this frame reached the split size.
-                if r.end < items.len() && items[r.end].0 == frame[frame.len() - 1].0 {
-                    let tx = frame[frame.len() - 1].0;
-                    let part: usize = frame.iter().filter(|i| i.0 == tx).map(|i| i.1).sum();
-                    prop_assert!(part >= FRAME_SPLIT_BYTES);
+                let lim = FrameLimits { changes, bytes };
+                let cuts = cut(&items, lim, |i| i.0, |i| i.1);
+                let mut next = 0;
+                for r in &cuts {
+                    prop_assert_eq!(r.start, next);
+                    prop_assert!(r.end > r.start);
+                    next = r.end;
+                    let frame = &items[r.clone()];
+                    // A cut inside a transaction: its part in this frame reached the split size.
+                    if r.end < items.len() && items[r.end].0 == frame[frame.len() - 1].0 {
+                        let tx = frame[frame.len() - 1].0;
+                        let part: usize = frame.iter().filter(|i| i.0 == tx).map(|i| i.1).sum();
+                        prop_assert!(part >= FRAME_SPLIT_BYTES);
+                    }
+                    // Bounded: the limit, plus a transaction's part under the split size, plus one.
+                    let total: usize = frame.iter().map(|i| i.1).sum();
+                    prop_assert!(total < bytes + FRAME_SPLIT_BYTES + 400_000);
+                    // Not cut early: the frame was full, or the next change split its transaction.
+                    if r.end < items.len() {
+                        let full = frame.len() >= changes || total >= bytes;
+                        prop_assert!(full || items[r.end].0 == frame[frame.len() - 1].0);
+                    }
                 }
-                // Bounded: the limit, plus a transaction's part under the split size, plus one.
-                let total: usize = frame.iter().map(|i| i.1).sum();
-                prop_assert!(total < bytes + FRAME_SPLIT_BYTES + 400_000);
-                // Not cut early: the frame was full, or the next change split its transaction.
-                if r.end < items.len() {
-                    let full = frame.len() >= changes || total >= bytes;
-                    prop_assert!(full || items[r.end].0 == frame[frame.len() - 1].0);
+                prop_assert_eq!(next, items.len());
+                // The chain over the cuts: each prev is the last seq of the frame before.
+                let mut chain = Chain::after(0);
+                let mut last = 0;
+                for r in &cuts {
+                    prop_assert_eq!(chain.next(r.end as i64), last);
+                    last = r.end as i64;
                 }
-            }
-            prop_assert_eq!(next, items.len());
-            // The chain over the cuts: each prev is the last seq of the frame before.
-            let mut chain = Chain::after(0);
-            let mut last = 0;
-            for r in &cuts {
-                prop_assert_eq!(chain.next(r.end as i64), last);
-                last = r.end as i64;
             }
         }
     }

@@ -272,8 +272,9 @@ mod tests {
     use super::*;
     use crate::model::Kind;
     use crate::protocol::ErrorCode;
-    use proptest::prelude::*;
     use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn entry(n: i64, ops: usize) -> Entry {
         let op = WriteOp::upsert(
@@ -398,149 +399,156 @@ mod tests {
         assert_eq!(u.held(), 1);
     }
 
-    /// The property test's world: a replica's outbox, the uploader, a node that applies each
-    /// entry once (its ledger) and refuses the "bad" ones, and what came of each entry.
-    struct Sim {
-        outbox: BTreeMap<i64, usize>,
-        bad: BTreeSet<i64>,
-        u: Uploader,
-        in_flight: Vec<Upload>,
-        applied: BTreeMap<i64, usize>,
-        ledger: i64,
-        refused: BTreeSet<i64>,
-        connected: bool,
-    }
+    /// Property tests (native only: proptest does not build for wasm32).
+    #[cfg(not(target_arch = "wasm32"))]
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
 
-    impl Sim {
-        fn entries_of(w: &Upload) -> Vec<i64> {
-            let counts = w.origin.entries.len().max(1) as i64;
-            (w.origin.n - counts + 1..=w.origin.n).collect()
+        /// The property test's world: a replica's outbox, the uploader, a node that applies each
+        /// entry once (its ledger) and refuses the "bad" ones, and what came of each entry.
+        struct Sim {
+            outbox: BTreeMap<i64, usize>,
+            bad: BTreeSet<i64>,
+            u: Uploader,
+            in_flight: Vec<Upload>,
+            applied: BTreeMap<i64, usize>,
+            ledger: i64,
+            refused: BTreeSet<i64>,
+            connected: bool,
         }
 
-        /// The node commits write `w` (what its ledger has not seen yet).
-        fn commit(&mut self, w: &Upload) {
-            for n in Self::entries_of(w) {
-                if n > self.ledger {
-                    *self.applied.entry(n).or_default() += 1;
-                }
+        impl Sim {
+            fn entries_of(w: &Upload) -> Vec<i64> {
+                let counts = w.origin.entries.len().max(1) as i64;
+                (w.origin.n - counts + 1..=w.origin.n).collect()
             }
-            self.ledger = self.ledger.max(w.origin.n);
-        }
 
-        fn step(&mut self, s: u8) -> Result<(), TestCaseError> {
-            match s {
-                // Flush: read the outbox after `after`, up to the room.
-                0..=3 if self.connected => {
-                    let entries: Vec<Entry> = self
-                        .outbox
-                        .range(self.u.after() + 1..)
-                        .take(self.u.room())
-                        .map(|(&n, &k)| entry(n, k))
-                        .collect();
-                    if let Some(w) = self.u.batch(entries) {
-                        prop_assert!(w.ops.len() <= BATCH_OPS || w.origin.entries.is_empty());
-                        prop_assert!(w.origin.entries.len() <= BATCH_ENTRIES);
-                        self.in_flight.push(w);
+            /// The node commits write `w` (what its ledger has not seen yet).
+            fn commit(&mut self, w: &Upload) {
+                for n in Self::entries_of(w) {
+                    if n > self.ledger {
+                        *self.applied.entry(n).or_default() += 1;
                     }
-                    prop_assert!(self.in_flight.len() <= 1, "one write in flight");
                 }
-                // The node answers the oldest write.
-                4..=7 if !self.in_flight.is_empty() => {
-                    let w = self.in_flight.remove(0);
-                    let nums = Self::entries_of(&w);
-                    if nums.iter().any(|n| self.bad.contains(n)) {
-                        match self
-                            .u
-                            .rejected(w.id, ErrorMsg::new(ErrorCode::Forbidden, "bad"))
-                        {
-                            Refusal::Refused { n, .. } => {
-                                prop_assert!(self.bad.contains(&n));
-                                prop_assert!(self.refused.insert(n), "refused twice");
-                                self.outbox.remove(&n);
-                            }
-                            Refusal::Split(es) => prop_assert_eq!(es, nums),
-                            Refusal::Failed { .. } => {
-                                prop_assert!(false, "a refusal is no failure")
-                            }
+                self.ledger = self.ledger.max(w.origin.n);
+            }
+
+            fn step(&mut self, s: u8) -> Result<(), TestCaseError> {
+                match s {
+                    // Flush: read the outbox after `after`, up to the room.
+                    0..=3 if self.connected => {
+                        let entries: Vec<Entry> = self
+                            .outbox
+                            .range(self.u.after() + 1..)
+                            .take(self.u.room())
+                            .map(|(&n, &k)| entry(n, k))
+                            .collect();
+                        if let Some(w) = self.u.batch(entries) {
+                            prop_assert!(w.ops.len() <= BATCH_OPS || w.origin.entries.is_empty());
+                            prop_assert!(w.origin.entries.len() <= BATCH_ENTRIES);
+                            self.in_flight.push(w);
                         }
-                    } else {
-                        self.commit(&w);
-                        let got = self.u.resolved(w.id, self.ledger);
-                        prop_assert_eq!(&got, &nums);
+                        prop_assert!(self.in_flight.len() <= 1, "one write in flight");
                     }
-                }
-                // The replica records the answers: written entries leave the outbox.
-                8 => {
-                    for (n, _) in self.u.take_confirmed() {
-                        self.outbox.remove(&n);
-                    }
-                }
-                // The link drops: the oldest write may have committed with its answer lost; the
-                // writes in flight fail, and everything unanswered goes again.
-                9 => {
-                    if let Some(w) = self.in_flight.first().cloned() {
-                        if !Self::entries_of(&w).iter().any(|n| self.bad.contains(n)) {
+                    // The node answers the oldest write.
+                    4..=7 if !self.in_flight.is_empty() => {
+                        let w = self.in_flight.remove(0);
+                        let nums = Self::entries_of(&w);
+                        if nums.iter().any(|n| self.bad.contains(n)) {
+                            match self
+                                .u
+                                .rejected(w.id, ErrorMsg::new(ErrorCode::Forbidden, "bad"))
+                            {
+                                Refusal::Refused { n, .. } => {
+                                    prop_assert!(self.bad.contains(&n));
+                                    prop_assert!(self.refused.insert(n), "refused twice");
+                                    self.outbox.remove(&n);
+                                }
+                                Refusal::Split(es) => prop_assert_eq!(es, nums),
+                                Refusal::Failed { .. } => {
+                                    prop_assert!(false, "a refusal is no failure")
+                                }
+                            }
+                        } else {
                             self.commit(&w);
+                            let got = self.u.resolved(w.id, self.ledger);
+                            prop_assert_eq!(&got, &nums);
                         }
                     }
-                    for w in std::mem::take(&mut self.in_flight) {
-                        let r = self
-                            .u
-                            .rejected(w.id, ErrorMsg::new(ErrorCode::Overloaded, "lost"));
-                        prop_assert!(matches!(r, Refusal::Failed { .. }), "{:?}", r);
+                    // The replica records the answers: written entries leave the outbox.
+                    8 => {
+                        for (n, _) in self.u.take_confirmed() {
+                            self.outbox.remove(&n);
+                        }
                     }
-                    for (n, _) in self.u.take_confirmed() {
-                        self.outbox.remove(&n);
+                    // The link drops: the oldest write may have committed with its answer lost; the
+                    // writes in flight fail, and everything unanswered goes again.
+                    9 => {
+                        if let Some(w) = self.in_flight.first().cloned() {
+                            if !Self::entries_of(&w).iter().any(|n| self.bad.contains(n)) {
+                                self.commit(&w);
+                            }
+                        }
+                        for w in std::mem::take(&mut self.in_flight) {
+                            let r = self
+                                .u
+                                .rejected(w.id, ErrorMsg::new(ErrorCode::Overloaded, "lost"));
+                            prop_assert!(matches!(r, Refusal::Failed { .. }), "{:?}", r);
+                        }
+                        for (n, _) in self.u.take_confirmed() {
+                            self.outbox.remove(&n);
+                        }
+                        self.u.restart();
+                        self.connected = false;
                     }
-                    self.u.restart();
-                    self.connected = false;
+                    _ => self.connected = true,
                 }
-                _ => self.connected = true,
+                Ok(())
             }
-            Ok(())
         }
-    }
 
-    proptest! {
-        #[test]
-        fn every_entry_lands_once_or_is_refused_once_whatever_is_lost(
-            sizes in proptest::collection::vec(prop_oneof![9 => 1usize..20, 1 => 200usize..700], 1..200),
-            bad in proptest::collection::btree_set(0usize..200, 0..10),
-            steps in proptest::collection::vec(0u8..11, 1..400),
-        ) {
-            let n_entries = sizes.len() as i64;
-            let mut sim = Sim {
-                outbox: sizes.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect(),
-                bad: bad.into_iter().map(|b| b as i64 + 1).collect(),
-                u: Uploader::new("c".into()),
-                in_flight: Vec::new(),
-                applied: BTreeMap::new(),
-                ledger: 0,
-                refused: BTreeSet::new(),
-                connected: true,
-            };
-            for s in steps {
-                sim.step(s)?;
-            }
-            // Then quiet: connected, flush and answer until the outbox is empty.
-            sim.connected = true;
-            for _ in 0..10_000 {
-                if sim.outbox.is_empty() {
-                    break;
+        proptest! {
+            #[test]
+            fn every_entry_lands_once_or_is_refused_once_whatever_is_lost(
+                sizes in proptest::collection::vec(prop_oneof![9 => 1usize..20, 1 => 200usize..700], 1..200),
+                bad in proptest::collection::btree_set(0usize..200, 0..10),
+                steps in proptest::collection::vec(0u8..11, 1..400),
+            ) {
+                let n_entries = sizes.len() as i64;
+                let mut sim = Sim {
+                    outbox: sizes.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect(),
+                    bad: bad.into_iter().map(|b| b as i64 + 1).collect(),
+                    u: Uploader::new("c".into()),
+                    in_flight: Vec::new(),
+                    applied: BTreeMap::new(),
+                    ledger: 0,
+                    refused: BTreeSet::new(),
+                    connected: true,
+                };
+                for s in steps {
+                    sim.step(s)?;
                 }
-                sim.step(0)?;
-                while !sim.in_flight.is_empty() {
-                    sim.step(4)?;
+                // Then quiet: connected, flush and answer until the outbox is empty.
+                sim.connected = true;
+                for _ in 0..10_000 {
+                    if sim.outbox.is_empty() {
+                        break;
+                    }
+                    sim.step(0)?;
+                    while !sim.in_flight.is_empty() {
+                        sim.step(4)?;
+                    }
+                    sim.step(8)?;
                 }
-                sim.step(8)?;
-            }
-            prop_assert!(sim.outbox.is_empty(), "left: {:?}", sim.outbox.keys().collect::<Vec<_>>());
-            for n in 1..=n_entries {
-                let landed = sim.applied.get(&n).copied().unwrap_or(0);
-                if sim.bad.contains(&n) {
-                    prop_assert!(sim.refused.contains(&n) && landed == 0, "entry {} refused", n);
-                } else {
-                    prop_assert_eq!(landed, 1, "entry {} applied once", n);
+                prop_assert!(sim.outbox.is_empty(), "left: {:?}", sim.outbox.keys().collect::<Vec<_>>());
+                for n in 1..=n_entries {
+                    let landed = sim.applied.get(&n).copied().unwrap_or(0);
+                    if sim.bad.contains(&n) {
+                        prop_assert!(sim.refused.contains(&n) && landed == 0, "entry {} refused", n);
+                    } else {
+                        prop_assert_eq!(landed, 1, "entry {} applied once", n);
+                    }
                 }
             }
         }
