@@ -1,43 +1,35 @@
 //! The sync node (native): a tokio server on one port with the WebSocket feed at `/v1/sync`,
 //! `/healthz`, `/metrics` and the demo page at `/`.
 //!
-//! - [`config`]: the TOML config (tokens, anonymous access, retention).
-//! - [`auth`]: token checks, reloaded when the config file changes.
-//! - [`hub`]: the change-log tailer and the shared in-memory window of encoded changes.
-//! - `conn`: one connection: the protocol session's shell, subscriptions and writes.
-//! - [`metrics`]: Prometheus counters.
+//! Laid out by what each part is (this file: the options, the state every connection shares,
+//! and start-up):
+//! - `serve/`: the serving path: sockets accepted and gated before `hello`, one connection
+//!   (`conn`: the protocol session's shell), its subscriptions (`sub`), the fan-out [`hub`],
+//!   the byte budgets, the node's role and where writes go (`role`), the writer thread, and
+//!   the background work (tailer, file watchers, retention).
+//! - `link/`: the links to other nodes and brokers: an edge's [`upstream`] link and its NATS
+//!   feed (`follow`, the head probe), the NATS [`publish`]er and its signatures ([`vouch`]),
+//!   and the native clients' [`dial`]er.
+//! - `operate/`: the operator's surface: the [`config`] file, [`auth`], [`metrics`], the
+//!   [`web`] files and the HTTP routes (`/healthz`, `/metrics`).
 
-mod accept;
-pub mod auth;
-mod budget;
-pub mod config;
-mod conn;
-pub mod dial;
-mod follow;
-mod gate;
-pub mod hub;
-pub mod metrics;
-mod out;
-mod probe;
-pub mod publish;
-mod role;
-mod sub;
-pub mod upstream;
-pub mod vouch;
-pub mod web;
-mod writer;
+mod link;
+mod operate;
+mod serve;
+
+pub use link::{dial, publish, upstream, vouch};
+pub(crate) use link::{follow, probe};
+pub(crate) use operate::http;
+pub use operate::{auth, config, metrics, web};
+pub use serve::hub;
+pub(crate) use serve::{accept, background, budget, conn, gate, out, role, sub, writer};
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use tokio::sync::watch as tokio_watch;
 
 use crate::store::Store;
@@ -240,9 +232,9 @@ pub async fn start(
             shutdown_rx.clone(),
         ));
     }
-    let watchers = spawn_background(&node, config_path, !edge, poll);
-    let triage = triage_routes(node.clone());
-    let app = routes(node, web::WebFiles::choose(args.web.as_deref())?);
+    let watchers = background::spawn_background(&node, config_path, !edge, poll);
+    let triage = http::triage_routes(node.clone());
+    let app = http::routes(node, web::WebFiles::choose(args.web.as_deref())?);
     let join = tokio::spawn(accept::serve(
         listener,
         app,
@@ -274,263 +266,4 @@ async fn signing_key(store: &Arc<Store>) -> crate::Result<Arc<vouch::SigningKey>
             crate::Error::invalid(format!("loading the NATS signing key failed: {e}"))
         })??;
     Ok(Arc::new(key))
-}
-
-/// The routes of the triage sockets: at the socket limit, /healthz and /metrics still answer
-/// on a few sockets of their own.
-fn triage_routes(node: Arc<NodeState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .fallback(accept::at_limit)
-        .with_state(node)
-}
-
-/// The node's background work: file watchers (config, database), the tailer, retention.
-fn spawn_background(
-    node: &Arc<NodeState>,
-    config_path: Option<PathBuf>,
-    watch_file: bool,
-    poll: Duration,
-) -> Vec<notify::RecommendedWatcher> {
-    let mut watchers = Vec::new();
-    if let Some(p) = config_path {
-        watchers.extend(node.auth.watch(p));
-    }
-    // An edge's database is written only by its upstream link, which publishes what it applies
-    // itself: file notifications there would only wake the tailer for nothing, once per commit.
-    if watch_file {
-        if let Some(db) = node.store.pool().path() {
-            watchers.extend(watch_db(db, node.hub.clone()));
-        }
-    }
-    tokio::spawn(hub::run_tailer(
-        node.store.clone(),
-        node.hub.clone(),
-        poll,
-        node.shutdown.clone(),
-    ));
-    if !node.role.read_only() {
-        tokio::spawn(run_retention(
-            node.store.clone(),
-            node.auth.clone(),
-            node.shutdown.clone(),
-        ));
-    }
-    watchers
-}
-
-/// The HTTP routes: the feed, health, metrics, and the browser replica's files.
-fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
-    if let web::WebFiles::Dir(d) = &web_files {
-        tracing::info!("serving the browser replica from {}", d.display());
-    }
-    web_files.warm();
-    let web_routes = Router::new()
-        .route("/", get(web::index))
-        .route("/status", get(web::status))
-        .route("/{name}", get(web::asset))
-        .route("/pkg/{name}", get(web::pkg))
-        .with_state(web_files);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/sync", get(accept::ws_upgrade))
-        .with_state(node)
-        .merge(web_routes)
-}
-
-/// Notice commits by other processes: a notification on the database or its WAL wakes the
-/// tailer (the tailer's poll catches what notifications miss).
-fn watch_db(db: &Path, hub: Arc<Hub>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let name = db.file_name()?.to_string_lossy().to_string();
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let Ok(ev) = ev else { return };
-        let ours = ev.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with(&name))
-        });
-        if (ev.kind.is_modify() || ev.kind.is_create()) && ours {
-            hub.wake();
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
-    .ok()?;
-    let dir = db
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    w.watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| tracing::warn!(error = %e, "no file notifications; relying on polling"))
-        .ok()?;
-    Some(w)
-}
-
-async fn run_retention(store: Arc<Store>, auth: Auth, mut shutdown: tokio_watch::Receiver<bool>) {
-    loop {
-        let r = auth.config().retention.clone();
-        let every = Duration::from_secs(r.interval_secs.unwrap_or(60).max(1));
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        if r.max_changes.is_none() && r.max_age_secs.is_none() {
-            continue;
-        }
-        let s = store.clone();
-        let age = r.max_age_secs.map(|a| a as i64 * 1_000_000);
-        match tokio::task::spawn_blocking(move || s.trim_changes(r.max_changes, age)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "change log trimmed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "trimming the change log failed"),
-            _ => {}
-        }
-    }
-}
-
-async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
-    let s = node.store.clone();
-    match tokio::task::spawn_blocking(move || s.head()).await {
-        Ok(Ok(head)) => ([(header::CONTENT_TYPE, "application/json")], {
-            // A relay that cannot reach its upstream still serves its copy, but stale: degraded.
-            let down = node
-                .role
-                .upstream()
-                .and_then(|u| u.state.down.lock().clone());
-            // A message in the stream the primary did not sign: someone else can publish there.
-            let forged = node.role.upstream().is_some_and(|u| {
-                u.state
-                    .nats_rejected_at
-                    .lock()
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
-            });
-            let upstream = match node.role.upstream() {
-                Some(u) => format!(
-                    ",\"upstream\":{{\"connected\":{},\"live\":{},\"nats\":{},\"nats_rejected\":{},\"nats_stalls\":{},\"primary_head\":{},\"applied\":{}{}}}",
-                    u.state.connected.load(Relaxed),
-                    u.state.live.load(Relaxed),
-                    u.state.nats.load(Relaxed),
-                    u.state.nats_rejected.load(Relaxed),
-                    u.state.nats_stalls.load(Relaxed),
-                    u.state.primary_head.load(Relaxed),
-                    u.state.applied.load(Relaxed),
-                    down.as_ref().map_or(String::new(), |d| format!(
-                        ",\"error\":{}",
-                        serde_json::Value::String(d.clone())
-                    ))
-                ),
-                None => String::new(),
-            };
-            let publish = node.publish_key.as_ref().map_or(String::new(), |_| {
-                let m = &node.metrics;
-                format!(
-                    ",\"publish\":{{\"connected\":{},\"published\":{},\"behind\":{},\"errors\":{},\"foreign\":{},\"duplicates\":{}}}",
-                    m.nats_connected.load(Relaxed) == 1,
-                    m.nats_published.load(Relaxed),
-                    head - m.nats_published.load(Relaxed),
-                    m.nats_errors.load(Relaxed),
-                    m.nats_foreign.load(Relaxed),
-                    m.nats_duplicates.load(Relaxed),
-                )
-            });
-            // The publisher failed within the last minute (NATS down, the stream refusing).
-            let publisher_down = node
-                .metrics
-                .nats_error_at
-                .lock()
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-            let status = if down.is_some() || forged || publisher_down {
-                "degraded"
-            } else {
-                "ok"
-            };
-            format!(
-                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}{publish}}}\n",
-                node.role.read_only()
-            )
-        })
-            .into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{\"status\":\"unavailable\"}\n",
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
-    use metrics::{COUNTER, GAUGE};
-    let (reloads, failures) = node.auth.reload_counts();
-    let mut extra = vec![
-        (
-            "hivesync_config_reloads_total",
-            COUNTER,
-            "Config file versions put in force.",
-            reloads as i64,
-        ),
-        (
-            "hivesync_config_reload_failures_total",
-            COUNTER,
-            "Config file versions refused (the previous config stayed).",
-            failures as i64,
-        ),
-        (
-            "hivesync_max_connections",
-            GAUGE,
-            "The socket limit.",
-            node.sockets.max as i64,
-        ),
-    ];
-    if let Some(u) = node.role.upstream() {
-        let s = &u.state;
-        extra.extend([
-            (
-                "hivesync_upstream_frames_total",
-                COUNTER,
-                "Change frames applied from the upstream.",
-                s.frames.load(Relaxed) as i64,
-            ),
-            (
-                "hivesync_upstream_applies_total",
-                COUNTER,
-                "Transactions they were applied in (frames that queued up share one).",
-                s.applies.load(Relaxed) as i64,
-            ),
-            (
-                "hivesync_upstream_nats_changes_total",
-                COUNTER,
-                "Changes applied from the NATS stream (an edge fed from NATS).",
-                s.nats_changes.load(Relaxed) as i64,
-            ),
-            (
-                "hivesync_upstream_nats_rejected_total",
-                COUNTER,
-                "Messages of the NATS stream dropped because the primary did not sign them.",
-                s.nats_rejected.load(Relaxed) as i64,
-            ),
-            (
-                "hivesync_upstream_nats_stalls_total",
-                COUNTER,
-                "Times the edge left the NATS stream because it stayed behind the primary's head.",
-                s.nats_stalls.load(Relaxed) as i64,
-            ),
-            (
-                "hivesync_upstream_primary_head",
-                GAUGE,
-                "The primary's head as the edge last saw it (edges fed from NATS).",
-                s.primary_head.load(Relaxed),
-            ),
-            (
-                "hivesync_upstream_nats",
-                GAUGE,
-                "1 while the live changes come from the NATS stream.",
-                s.nats.load(Relaxed) as i64,
-            ),
-        ]);
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(node.hub.head(), &extra),
-    )
-        .into_response()
 }

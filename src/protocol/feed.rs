@@ -1,7 +1,7 @@
 //! The server half of the feed, without I/O: where a subscription starts ([`plan`]), how changes
 //! are cut into frames of whole transactions ([`Fill`], [`cut`]), and the `prev` chain that runs
-//! through the frames ([`Chain`]). The node's subscription task (`node/sub.rs`: live from the
-//! fan-out window, catch-up from the log), the window itself (`node/hub.rs`) and the NATS
+//! through the frames ([`Chain`]). The node's subscription task (`node/serve/sub.rs`: live from the
+//! fan-out window, catch-up from the log), the window itself (`node/serve/hub.rs`) and the NATS
 //! publisher only read, encode and move what these decide.
 
 use std::ops::Range;

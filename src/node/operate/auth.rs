@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use super::config::{hash_token, Anonymous, Config};
+use crate::node::config::{hash_token, Anonymous, Config};
 use crate::protocol::{AuthError, Authorizer, Principal, Scope};
 
 /// How long the config file must be quiet (no write, create, rename or remove event) before it

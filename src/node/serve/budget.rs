@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::NodeState;
+use crate::node::NodeState;
 
 /// Bytes of frames queued per connection for its client: 64 snapshot subscriptions that were
 /// never read held 926 MB before this bound.

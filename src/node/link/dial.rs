@@ -39,7 +39,7 @@ pub async fn dial(url: &str, subprotocol: &str) -> Result<Ws, ConnectFailure> {
     if let Ok(v) = subprotocol.parse() {
         req.headers_mut().insert("Sec-WebSocket-Protocol", v);
     }
-    match tokio_tungstenite::connect_async_with_config(req, Some(super::client_ws_config()), true)
+    match tokio_tungstenite::connect_async_with_config(req, Some(crate::node::client_ws_config()), true)
         .await
     {
         Ok((ws, _)) => Ok(ws),

@@ -11,7 +11,7 @@
 //!
 //! An edge fed from NATS (`--upstream nats://... --primary ws://...`) runs the same link to the
 //! primary, and once it has caught up it takes the live changes from the stream instead
-//! ([`super::follow`]): the session ends its subscription at the primary, checks the stream's
+//! ([`crate::node::follow`]): the session ends its subscription at the primary, checks the stream's
 //! chain, and hands back to the primary's feed whenever the stream cannot go on.
 
 use std::collections::{HashMap, VecDeque};
@@ -25,13 +25,13 @@ use parking_lot::MutexGuard;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::dial;
-use super::follow::{Feed, Follow, Item, Opening};
-use super::hub::{EncodedChange, Hub};
-use super::probe::{HeadProbe, PROBE_EVERY, STALL_AFTER};
 use crate::apply;
 use crate::error::Error;
 use crate::model::{Change, WriteOp};
+use crate::node::dial;
+use crate::node::follow::{Feed, Follow, Item, Opening};
+use crate::node::hub::{EncodedChange, Hub};
+use crate::node::probe::{HeadProbe, PROBE_EVERY, STALL_AFTER};
 use crate::protocol::client::{self, Backoff, ClientAction, ClientConfig, ClientSession, WriteId};
 use crate::protocol::{self, ErrorMsg, ServerMsg, SUBPROTOCOL_BIN};
 use crate::query::{self, ChangeFilter};

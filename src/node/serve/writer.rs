@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::budget::WriteBudget;
-use super::out::code_for;
 use crate::error::Error;
+use crate::node::budget::WriteBudget;
+use crate::node::out::code_for;
 use crate::protocol::{ErrorMsg, ServerMsg};
 use crate::store::{GROUP_MAX_BYTES, GROUP_MAX_OPS, GROUP_MAX_WRITES};
 
@@ -153,8 +153,8 @@ pub(crate) const WRITE_QUEUE: usize = 1024;
 /// lone write commits at once.
 pub(crate) fn spawn_writer(
     store: Arc<crate::store::Store>,
-    hub: Arc<super::hub::Hub>,
-    metrics: Arc<super::metrics::Metrics>,
+    hub: Arc<crate::node::hub::Hub>,
+    metrics: Arc<crate::node::metrics::Metrics>,
     mut jobs: mpsc::Receiver<WriteJob>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()

@@ -1,5 +1,5 @@
 //! `serve --upstream nats://HOST:PORT --primary ws://HOST:PORT/v1/sync`: an edge whose live
-//! changes come from the JetStream stream the primary publishes to ([`super::publish`]), not
+//! changes come from the JetStream stream the primary publishes to ([`crate::node::publish`]), not
 //! from the primary's socket, so the primary's fan-out is one stream however many edges follow.
 //!
 //! This file opens that feed: it finds the stream's first message after the edge's cursor (a
@@ -8,7 +8,7 @@
 //! after a lost message or connection). Each message gives the change and the seq it follows
 //! (`Hivesync-Prev`); the client session checks that chain, as it checks the primary's frames.
 //!
-//! The edge applies only what the primary vouched for ([`super::vouch`]): every message must
+//! The edge applies only what the primary vouched for ([`crate::node::vouch`]): every message must
 //! carry the primary's signature, checked with the key its `welcome` gave over the edge's
 //! authenticated link, and kept in the edge's database (`meta` key `nats_primary_key`) so that
 //! a restarted edge reads the stream before its link is back. The stream is not opened before
@@ -17,7 +17,7 @@
 //! (`hivesync_upstream_nats_rejected_total`, `/healthz`) and ends the feed, so the edge follows
 //! the primary's feed again until the stream can take over.
 //!
-//! Everything else is the relay's ([`super::upstream`]): the link to the primary stays open for
+//! Everything else is the relay's ([`crate::node::upstream`]): the link to the primary stays open for
 //! writes, and it is the primary that serves a catch-up, or a snapshot, whenever the stream does
 //! not hold what follows the edge's cursor (an empty edge, a stream trimmed or purged past it, a
 //! gap, a change too large for a NATS message, NATS down). Then the stream takes over again.
@@ -31,10 +31,10 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures_util::{Stream, StreamExt};
 
-use super::publish::{self, PublishConfig};
-use super::vouch::VerifyingKey;
 use crate::error::{Error, Result};
 use crate::model::Change;
+use crate::node::publish::{self, PublishConfig};
+use crate::node::vouch::VerifyingKey;
 use crate::store::Store;
 
 /// How long opening the feed (connecting, searching, creating the consumer) may take before the

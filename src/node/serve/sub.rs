@@ -10,14 +10,14 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::budget::{
+use crate::model::Change;
+use crate::node::budget::{
     message_len, permits, ConnBudget, OutPermit, CONN_FREE_OUT_BYTES, CONN_OUT_BYTES,
 };
-use super::hub::WindowRead;
-use super::metrics::SubStats;
-use super::out::{code_for, to_message, Out};
-use super::NodeState;
-use crate::model::Change;
+use crate::node::hub::WindowRead;
+use crate::node::metrics::SubStats;
+use crate::node::out::{code_for, to_message, Out};
+use crate::node::NodeState;
 use crate::protocol::feed::{self, Chain, FrameLimits, Start};
 use crate::protocol::{
     changes_frame, changes_frame_of, encode_server, Encoding, ErrorCode, ErrorMsg, Scope,

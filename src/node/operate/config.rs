@@ -107,10 +107,10 @@ pub struct Config {
     /// `ws://primary.internal:7070/v1/sync`.
     pub primary: Option<String>,
     /// `[publish]`: the change feed into NATS JetStream (see `node::publish`).
-    pub publish: Option<super::publish::PublishConfig>,
+    pub publish: Option<crate::node::publish::PublishConfig>,
     /// `[follow]`: for an edge fed from NATS (`serve --upstream nats://`), the stream's name and
     /// the NATS credentials; the same keys as `[publish]` (`url` is `--upstream`'s).
-    pub follow: Option<super::publish::PublishConfig>,
+    pub follow: Option<crate::node::publish::PublishConfig>,
 }
 
 impl Config {

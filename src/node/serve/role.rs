@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::budget::WriteBudget;
-use super::config::Config;
-use super::follow::Follow;
-use super::out::code_for;
-use super::publish::PublishConfig;
-use super::upstream::Upstream;
-use super::writer::WriteJob;
-use super::{NodeOptions, NodeState};
+use crate::node::budget::WriteBudget;
+use crate::node::config::Config;
+use crate::node::follow::Follow;
+use crate::node::out::code_for;
+use crate::node::publish::PublishConfig;
+use crate::node::upstream::Upstream;
+use crate::node::writer::WriteJob;
+use crate::node::{NodeOptions, NodeState};
 use crate::protocol::{ErrorCode, ErrorMsg, ServerMsg};
 
 /// A role as the options describe it, before the node starts.
@@ -209,7 +209,7 @@ pub(super) async fn route(
     let overloaded = |m: &str, req: String| refuse(ErrorCode::Overloaded, m.into(), req);
     if up
         .forward
-        .send(super::upstream::Forward {
+        .send(crate::node::upstream::Forward {
             ops,
             origin,
             reply: up_reply,

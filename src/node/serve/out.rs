@@ -4,12 +4,12 @@
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::budget::OutPermit;
 use crate::error::Error;
+use crate::node::budget::OutPermit;
 use crate::protocol::{ErrorCode, Frame};
 
 /// A frame for the client, holding its share of
-/// [`CONN_OUT_BYTES`](super::budget::CONN_OUT_BYTES) until it is sent.
+/// [`CONN_OUT_BYTES`](crate::node::budget::CONN_OUT_BYTES) until it is sent.
 pub(super) enum Out {
     Frame(Message, Option<OutPermit>),
     Close(u16, String),

@@ -5,18 +5,18 @@
 //! node a known amount of memory and never the readers other clients need:
 //! - before `hello`: [`crate::protocol::MAX_PRE_HELLO_BYTES`] read from the socket
 //!   ([`HelloGate`]), and [`HELLO_TIMEOUT`] to send it;
-//! - writes queued for the writer: [`CONN_WRITE_BYTES`](super::budget::CONN_WRITE_BYTES) of frames per connection and
-//!   [`NODE_WRITE_BYTES`](super::budget::NODE_WRITE_BYTES) for the node, taken before a frame is decoded; at either limit the
+//! - writes queued for the writer: [`CONN_WRITE_BYTES`](crate::node::budget::CONN_WRITE_BYTES) of frames per connection and
+//!   [`NODE_WRITE_BYTES`](crate::node::budget::NODE_WRITE_BYTES) for the node, taken before a frame is decoded; at either limit the
 //!   connection stops reading its socket until earlier writes commit;
-//! - frames queued for the client: [`CONN_OUT_BYTES`](super::budget::CONN_OUT_BYTES); a subscription waits for room (and is
+//! - frames queued for the client: [`CONN_OUT_BYTES`](crate::node::budget::CONN_OUT_BYTES); a subscription waits for room (and is
 //!   dropped after the stall timeout); a snapshot or catch-up page takes its room before it is
 //!   read (so pages are produced only as the socket drains, however many subscriptions wait),
 //!   and so does a live frame before it is copied out of the hub's window; past its first
-//!   [`CONN_FREE_OUT_BYTES`](super::budget::CONN_FREE_OUT_BYTES), and for any page, a connection's frames also take room from
-//!   the node's [`NODE_OUT_BYTES`](super::budget::NODE_OUT_BYTES);
-//! - snapshot and catch-up reads ([`super::sub`]): one at a time per connection
-//!   ([`ConnBudget::bulk`](super::budget::ConnBudget)), and all but one of the pool's readers for the node
-//!   ([`super::NodeState::bulk_reads`]).
+//!   [`CONN_FREE_OUT_BYTES`](crate::node::budget::CONN_FREE_OUT_BYTES), and for any page, a connection's frames also take room from
+//!   the node's [`NODE_OUT_BYTES`](crate::node::budget::NODE_OUT_BYTES);
+//! - snapshot and catch-up reads ([`crate::node::sub`]): one at a time per connection
+//!   ([`ConnBudget::bulk`](crate::node::budget::ConnBudget)), and all but one of the pool's readers for the node
+//!   ([`crate::node::NodeState::bulk_reads`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,16 +32,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::budget::{
+use crate::error::Error;
+use crate::node::budget::{
     decoded_bytes, message_len, take_write_budget, ConnBudget, WriteBudget, CONN_OUT_BYTES,
     CONN_WRITE_BYTES,
 };
-use super::gate::{HelloGate, Socket};
-use super::metrics::{Metrics, SubStats};
-use super::out::{to_message, Out};
-use super::sub::{run_sub, SubCtx};
-use super::NodeState;
-use crate::error::Error;
+use crate::node::gate::{HelloGate, Socket};
+use crate::node::metrics::{Metrics, SubStats};
+use crate::node::out::{to_message, Out};
+use crate::node::sub::{run_sub, SubCtx};
+use crate::node::NodeState;
 use crate::protocol::{
     encode_server, Action, Encoding, ErrorCode, ErrorMsg, Scope, ServerMsg, Session,
 };
@@ -190,7 +190,7 @@ impl Shell {
                 if let Some(b) = write_budget.as_mut() {
                     b.grow_to(decoded_bytes(&ops)).await;
                 }
-                let answer = super::role::route(
+                let answer = crate::node::role::route(
                     &self.node,
                     self.conn_id,
                     req,
@@ -356,8 +356,8 @@ fn shutting_down() -> Out {
 
 impl Reader {
     /// The node's tokens, as this connection may use them.
-    fn auth<'a>(&'a self, node: &'a NodeState) -> super::auth::ForOrigin<'a> {
-        super::auth::ForOrigin {
+    fn auth<'a>(&'a self, node: &'a NodeState) -> crate::node::auth::ForOrigin<'a> {
+        crate::node::auth::ForOrigin {
             auth: &node.auth,
             foreign: self.foreign_origin.as_deref(),
         }

@@ -28,9 +28,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::conn;
-use super::gate::{Gated, HelloGate, PreHello, Waiting};
-use super::NodeState;
+use crate::node::conn;
+use crate::node::gate::{Gated, HelloGate, PreHello, Waiting};
+use crate::node::NodeState;
 use crate::protocol::{Encoding, MAX_FRAME_BYTES};
 
 /// Time a client has to send a request's headers (and an idle keep-alive connection to send

@@ -27,7 +27,7 @@ pub enum WebFiles {
 
 macro_rules! embed {
     ($($name:literal),* $(,)?) => {
-        &[$(($name, include_bytes!(concat!("../../wasm/web/", $name)) as &[u8])),*]
+        &[$(($name, include_bytes!(concat!("../../../wasm/web/", $name)) as &[u8])),*]
     };
 }
 
@@ -291,7 +291,7 @@ pub(crate) async fn status() -> Response {
     secured(csp, Html(STATUS_PAGE).into_response())
 }
 
-const STATUS_PAGE: &str = include_str!("index.html");
+const STATUS_PAGE: &str = include_str!("../index.html");
 
 /// The status page's policy: as the replica's, with its one inline script allowed by hash.
 fn status_csp(page: &str) -> String {
