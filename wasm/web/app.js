@@ -1,7 +1,9 @@
+// @ts-check
 import { openReplica } from './hivesync.js';
 import { pageToken, saveToken } from './token.js';
 
-const $ = (id) => document.getElementById(id);
+/** An element of the page by id (the form fields among them are inputs). */
+const $ = (/** @type {string} */ id) => /** @type {HTMLInputElement} */ (document.getElementById(id));
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
 
@@ -19,7 +21,7 @@ performance.mark('app-start');
 const db = await openReplica({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`, name: 'demo', token });
 performance.mark('replica-open');
 $('storage').textContent = db.opened.storage;
-window.hivesync = db; // for the console (and the end-to-end test)
+/** @type {any} */ (window).hivesync = db; // for the console (and the end-to-end test)
 
 function showStatus(s) {
   const state = s.live ? 'live' : s.online ? 'connecting' : 'offline';
@@ -102,7 +104,7 @@ async function renderSearch() {
 }
 
 $('results').addEventListener('click', (e) => {
-  const s = e.target.dataset?.similar;
+  const s = /** @type {HTMLElement} */ (e.target).dataset?.similar;
   if (s) { const [ns, id] = s.split('|'); similar(ns, id); }
 });
 $('q').addEventListener('input', () => renderSearch().catch((e) => { $('error').textContent = e.message; }));

@@ -1,3 +1,4 @@
+// @ts-check
 // hivesync for web pages: a replica of a node, synced in a Worker, persisted in OPFS,
 // queried locally (and offline), written locally first.
 //
@@ -110,6 +111,7 @@ export class HivesyncReplica {
     this.calls = new Map(); // id -> { resolve, reject, method, args }
     this.next = 1;
     this.listeners = new Map();
+    /** @type {(m: object) => void} */
     this.send = () => {};
     this.role = ROLE_ALONE;
     this.tab = globalThis.crypto?.randomUUID?.() ?? String(Math.random());

@@ -1,3 +1,4 @@
+// @ts-check
 // The sync client's I/O shell: the socket and the timers. Every protocol decision (the resume
 // cursor, the ahead-of-head check, gaps, acks, which errors are fatal, backoff with jitter) is
 // the Rust client session's, the one the relay and `hivesync watch` use (src/protocol/client.rs,

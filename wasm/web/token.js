@@ -1,3 +1,4 @@
+// @ts-check
 // The token of the demo page (/) and the node's status page (/status): from ?token= or the
 // page's token field, kept for this tab in sessionStorage under one key both pages read. A token
 // in the URL is taken out of the address bar, so that it stays out of the history and of links

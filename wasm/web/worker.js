@@ -1,3 +1,4 @@
+// @ts-check
 // The replica's Worker: SQLite (OPFS-persisted) and the sync client run here, off the main
 // thread. The page talks to it through hivesync.js.
 import init, { Replica } from './pkg/hivesync_wasm.js';
