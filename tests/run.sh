@@ -71,7 +71,8 @@ cargo clippy --all-targets -- -D warnings
 
 step "wasm32: the shared modules and the browser crate compile, clippy-clean"
 cargo clippy -p hivesync --no-default-features --target wasm32-unknown-unknown --lib -- -D warnings
-cargo clippy -p hivesync-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy -p hivesync-wasm --target wasm32-unknown-unknown --lib -- -D warnings
+cargo clippy -p hivesync-wasm --target wasm32-unknown-unknown --all-targets --features raw -- -D warnings
 
 step "cargo test (native: unit, integration, property, end-to-end over sockets)"
 cargo test
@@ -79,13 +80,13 @@ cargo test
 step "wasm32 unit tests of the shared modules and the replica, in Node"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
-cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test mem
+cargo test -p hivesync-wasm --target wasm32-unknown-unknown --features raw --test replica --test mem
 
 step "the same, in headless Chromium (plus OPFS persistence in a dedicated Worker)"
 WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
   cargo test -p hivesync --no-default-features --lib --target wasm32-unknown-unknown
 WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER="$(command -v chromedriver)" \
-  cargo test -p hivesync-wasm --target wasm32-unknown-unknown --test replica --test opfs --test mem
+  cargo test -p hivesync-wasm --target wasm32-unknown-unknown --features raw --test replica --test opfs --test mem
 
 step "browser replica rebuilt from source, end-to-end test (node + CLI + page in Chromium)"
 bash wasm/build.sh

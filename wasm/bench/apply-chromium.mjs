@@ -6,7 +6,7 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
-const pkg = path.join(here, '../web/pkg');
+const pkg = path.join(here, 'raw/pkg'); // bash wasm/build.sh --raw
 const framesPath = process.argv[2];
 const rounds = Number(process.argv[3] ?? 3);
 const types = { '.js': 'text/javascript', '.wasm': 'application/wasm', '.html': 'text/html' };

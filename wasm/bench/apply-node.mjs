@@ -2,11 +2,11 @@
 // apply, one transaction per frame), in memory. Prints one JSON line.
 import fs from 'node:fs';
 import path from 'node:path';
-import { initSync, Replica } from '../web/pkg/hivesync_wasm.js';
+import { initSync, Replica } from './raw/pkg/hivesync_wasm.js';
 import { readFrames } from './frames.mjs';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
-initSync({ module: fs.readFileSync(path.join(here, '../web/pkg/hivesync_wasm_bg.wasm')) });
+initSync({ module: fs.readFileSync(path.join(here, 'raw/pkg/hivesync_wasm_bg.wasm')) });
 const frames = readFrames(process.argv[2]);
 const rounds = Number(process.argv[3] ?? 3);
 const ms = [];

@@ -33,7 +33,9 @@ const r2 = (x) => Math.round(x * 100) / 100;
 const freePort = () => new Promise((r) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => r(p)); }); });
 
 async function startNode(db, port) {
-  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--allow-origin', 'http://localhost:9'], { stdio: 'ignore' });
+  // The package with the session-less exports (`bash wasm/build.sh --raw`) over the built-in one.
+  const child = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--allow-origin', 'http://localhost:9',
+    '--web', new URL('./raw', import.meta.url).pathname], { stdio: 'ignore' });
   for (let t = 0; t < 200; t++) { try { if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return child; } catch { /* not yet */ } await sleep(50); }
   throw new Error('node did not start');
 }

@@ -291,7 +291,7 @@ impl Replica {
                 vec![]
             }
             ClientAction::SnapshotBegin { .. } => {
-                self.abort_snapshot();
+                self.drop_snapshot();
                 match apply::snapshot_begin(&self.conn, &self.filter) {
                     Ok(()) => {
                         self.snapshot_open = true;
@@ -303,7 +303,7 @@ impl Replica {
             ClientAction::SnapshotRows(rows) => match apply::snapshot_rows(&self.conn, &rows) {
                 Ok(()) => vec![],
                 Err(e) => {
-                    self.abort_snapshot();
+                    self.drop_snapshot();
                     self.sync_failed(events, &e.to_string())
                 }
             },
@@ -318,7 +318,7 @@ impl Replica {
                 }
             }
             ClientAction::SnapshotAbort => {
-                self.abort_snapshot();
+                self.drop_snapshot();
                 vec![]
             }
             ClientAction::Apply { prev, changes } => {

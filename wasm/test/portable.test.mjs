@@ -28,10 +28,8 @@ test('native file -> wasm replica -> native file', () => {
     assert.equal(JSON.parse(r.neighbors('default', 'ada', 'out', undefined, 10))[0].node, 'cb');
     assert.equal(JSON.parse(r.knn(JSON.stringify({ model: 'm', embedding: [1, 0.1], k: 1 })))[0].subject, 'ada');
 
-    // A change applied in the replica, then the file goes back to the native side.
-    const change = { seq: 5, tx: 5, ts: 1, ns: 'default', kind: 'entity', op: 'upsert', id: 'grace',
-      data: { id: 'grace', kind: 'person', name: 'Grace Hopper', description: '', properties: {}, tags: [], created_at: 1, updated_at: 1 } };
-    r.handleText(JSON.stringify({ type: 'changes', sub: 's', prev: 0, changes: [change] }));
+    // A write made in the replica, then the file goes back to the native side.
+    r.writeLocal(JSON.stringify([{ op: 'upsert', kind: 'entity', data: { id: 'grace', kind: 'person', name: 'Grace Hopper' } }]));
     const back = path.join(dir, 'from-wasm.db');
     fs.writeFileSync(back, r.exportBytes());
     const hits = cli(back, '--json', 'search', 'hopper').trim().split('\n').map((l) => JSON.parse(l));

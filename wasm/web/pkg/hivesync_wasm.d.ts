@@ -13,18 +13,9 @@ export class Replica {
      */
     __trap(): void;
     /**
-     * Abandon a snapshot that was cut off (the connection dropped): the previous state stays.
-     */
-    abortSnapshot(): void;
-    /**
      * The last seq applied (0 when nothing was).
      */
     appliedSeq(): number;
-    /**
-     * Apply a batch of changes given as the JSON array of a `changes` message, continuing
-     * from `prev`; refuses a batch that shows a gap. Returns the applied seq.
-     */
-    applyChanges(prev: number, changes_json: any): number;
     /**
      * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
      * later write or query pays for it; the Worker calls it when the replica has been idle a
@@ -37,22 +28,6 @@ export class Replica {
      */
     digest(namespaces_json: any): string;
     /**
-     * The binary `ack`.
-     */
-    static encodeAck(sub: any, seq: number): Uint8Array;
-    /**
-     * The binary `hello`.
-     */
-    static encodeHello(token: any, client: any): Uint8Array;
-    /**
-     * The binary `subscribe`; `from` absent asks for a snapshot.
-     */
-    static encodeSubscribe(sub: any, from: number | null | undefined, namespaces_json: any): Uint8Array;
-    /**
-     * The binary `write` of a JSON array of write ops.
-     */
-    static encodeWrite(req: any, ops_json: any): Uint8Array;
-    /**
      * The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
      */
     exportBytes(): Uint8Array;
@@ -60,14 +35,6 @@ export class Replica {
      * One row as JSON (`null` when absent). Vectors: `id` is the subject, `model` required.
      */
     get(kind: any, ns: any, id: any, model: any): string;
-    /**
-     * Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
-     */
-    handleFrame(frame: any): string;
-    /**
-     * Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
-     */
-    handleText(frame: any): string;
     /**
      * Hybrid search (reciprocal-rank fusion of a text query and a KNN query).
      */
@@ -193,19 +160,11 @@ export interface InitOutput {
     readonly memcpy: (a: number, b: number, c: number) => number;
     readonly memset: (a: number, b: number, c: number) => number;
     readonly replica___trap: (a: number) => void;
-    readonly replica_abortSnapshot: (a: number) => void;
     readonly replica_appliedSeq: (a: number) => [number, number, number];
-    readonly replica_applyChanges: (a: number, b: number, c: any) => [number, number, number];
     readonly replica_checkpoint: (a: number) => [number, number, number];
     readonly replica_digest: (a: number, b: any) => [number, number, number, number];
-    readonly replica_encodeAck: (a: any, b: number) => [number, number, number, number];
-    readonly replica_encodeHello: (a: any, b: any) => [number, number, number, number];
-    readonly replica_encodeSubscribe: (a: any, b: number, c: number, d: any) => [number, number, number, number];
-    readonly replica_encodeWrite: (a: any, b: any) => [number, number, number, number];
     readonly replica_exportBytes: (a: number) => [number, number, number, number];
     readonly replica_get: (a: number, b: any, c: any, d: any, e: any) => [number, number, number, number];
-    readonly replica_handleFrame: (a: number, b: any) => [number, number, number, number];
-    readonly replica_handleText: (a: number, b: any) => [number, number, number, number];
     readonly replica_hybrid: (a: number, b: any, c: any, d: number) => [number, number, number, number];
     readonly replica_importBytes: (a: number, b: any) => [number, number];
     readonly replica_knn: (a: number, b: any) => [number, number, number, number];

@@ -27,31 +27,11 @@ export class Replica {
         wasm.replica___trap(this.__wbg_ptr);
     }
     /**
-     * Abandon a snapshot that was cut off (the connection dropped): the previous state stays.
-     */
-    abortSnapshot() {
-        wasm.replica_abortSnapshot(this.__wbg_ptr);
-    }
-    /**
      * The last seq applied (0 when nothing was).
      * @returns {number}
      */
     appliedSeq() {
         const ret = wasm.replica_appliedSeq(this.__wbg_ptr);
-        if (ret[2]) {
-            throw takeFromExternrefTable0(ret[1]);
-        }
-        return ret[0];
-    }
-    /**
-     * Apply a batch of changes given as the JSON array of a `changes` message, continuing
-     * from `prev`; refuses a batch that shows a gap. Returns the applied seq.
-     * @param {number} prev
-     * @param {any} changes_json
-     * @returns {number}
-     */
-    applyChanges(prev, changes_json) {
-        const ret = wasm.replica_applyChanges(this.__wbg_ptr, prev, changes_json);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
@@ -95,67 +75,6 @@ export class Replica {
         }
     }
     /**
-     * The binary `ack`.
-     * @param {any} sub
-     * @param {number} seq
-     * @returns {Uint8Array}
-     */
-    static encodeAck(sub, seq) {
-        const ret = wasm.replica_encodeAck(sub, seq);
-        if (ret[3]) {
-            throw takeFromExternrefTable0(ret[2]);
-        }
-        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
-        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v1;
-    }
-    /**
-     * The binary `hello`.
-     * @param {any} token
-     * @param {any} client
-     * @returns {Uint8Array}
-     */
-    static encodeHello(token, client) {
-        const ret = wasm.replica_encodeHello(token, client);
-        if (ret[3]) {
-            throw takeFromExternrefTable0(ret[2]);
-        }
-        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
-        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v1;
-    }
-    /**
-     * The binary `subscribe`; `from` absent asks for a snapshot.
-     * @param {any} sub
-     * @param {number | null | undefined} from
-     * @param {any} namespaces_json
-     * @returns {Uint8Array}
-     */
-    static encodeSubscribe(sub, from, namespaces_json) {
-        const ret = wasm.replica_encodeSubscribe(sub, !isLikeNone(from), isLikeNone(from) ? 0 : from, namespaces_json);
-        if (ret[3]) {
-            throw takeFromExternrefTable0(ret[2]);
-        }
-        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
-        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v1;
-    }
-    /**
-     * The binary `write` of a JSON array of write ops.
-     * @param {any} req
-     * @param {any} ops_json
-     * @returns {Uint8Array}
-     */
-    static encodeWrite(req, ops_json) {
-        const ret = wasm.replica_encodeWrite(req, ops_json);
-        if (ret[3]) {
-            throw takeFromExternrefTable0(ret[2]);
-        }
-        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
-        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        return v1;
-    }
-    /**
      * The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
      * @returns {Uint8Array}
      */
@@ -181,52 +100,6 @@ export class Replica {
         let deferred2_1;
         try {
             const ret = wasm.replica_get(this.__wbg_ptr, kind, ns, id, model);
-            var ptr1 = ret[0];
-            var len1 = ret[1];
-            if (ret[3]) {
-                ptr1 = 0; len1 = 0;
-                throw takeFromExternrefTable0(ret[2]);
-            }
-            deferred2_0 = ptr1;
-            deferred2_1 = len1;
-            return getStringFromWasm0(ptr1, len1);
-        } finally {
-            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
-        }
-    }
-    /**
-     * Handle one binary frame from the node (`hivesync.v1.bin`); returns an event as JSON.
-     * @param {any} frame
-     * @returns {string}
-     */
-    handleFrame(frame) {
-        let deferred2_0;
-        let deferred2_1;
-        try {
-            const ret = wasm.replica_handleFrame(this.__wbg_ptr, frame);
-            var ptr1 = ret[0];
-            var len1 = ret[1];
-            if (ret[3]) {
-                ptr1 = 0; len1 = 0;
-                throw takeFromExternrefTable0(ret[2]);
-            }
-            deferred2_0 = ptr1;
-            deferred2_1 = len1;
-            return getStringFromWasm0(ptr1, len1);
-        } finally {
-            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
-        }
-    }
-    /**
-     * Handle one text frame from the node (`hivesync.v1.json`); returns an event as JSON.
-     * @param {any} frame
-     * @returns {string}
-     */
-    handleText(frame) {
-        let deferred2_0;
-        let deferred2_1;
-        try {
-            const ret = wasm.replica_handleText(this.__wbg_ptr, frame);
             var ptr1 = ret[0];
             var len1 = ret[1];
             if (ret[3]) {
