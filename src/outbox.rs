@@ -44,6 +44,16 @@ pub struct Pending {
     pub size: usize,
 }
 
+impl From<Pending> for crate::protocol::upload::Entry {
+    fn from(p: Pending) -> Self {
+        crate::protocol::upload::Entry {
+            n: p.n,
+            ops: p.ops,
+            size: p.size,
+        }
+    }
+}
+
 /// The outbox at a glance, for a status line.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutboxStatus {

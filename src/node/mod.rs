@@ -176,25 +176,7 @@ pub async fn start(
     let read_only = matches!(spec, role::RoleSpec::Follower);
     let poll = Duration::from_millis(args.poll_ms.unwrap_or(if read_only { 100 } else { 1000 }));
     let metrics = Arc::new(Metrics::default());
-    let (role, publish) = match spec {
-        role::RoleSpec::Primary { publish } => {
-            let (tx, rx) = tokio::sync::mpsc::channel(writer::WRITE_QUEUE);
-            writer::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
-            (role::Role::Primary { writes: tx }, publish)
-        }
-        role::RoleSpec::Follower => (role::Role::Follower, None),
-        role::RoleSpec::Edge { link, nats, token } => (
-            role::Role::Edge(upstream::start(
-                link,
-                nats,
-                token,
-                store.clone(),
-                hub.clone(),
-                shutdown_rx.clone(),
-            )?),
-            None,
-        ),
-    };
+    let (role, publish) = spec.start(&store, &hub, &metrics, &shutdown_rx)?;
     let edge = role.upstream().is_some();
     let node = Arc::new(NodeState {
         store: store.clone(),

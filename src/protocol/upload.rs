@@ -72,7 +72,9 @@ pub enum Refusal {
         error: ErrorMsg,
     },
     /// Entry `n` did not go through this time (overloaded, the link lost): it is sent again on
-    /// the next connection ([`Uploader::restart`]); the shell reports it.
+    /// the next connection ([`Uploader::restart`]); the shell reports it, and ends a connection
+    /// still open (`ClientSession::disconnected`), so the next comes after the session's
+    /// backoff.
     Failed {
         /// The first entry of the write.
         n: i64,

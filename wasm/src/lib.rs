@@ -89,10 +89,25 @@ fn opfs_unavailable(name: &str, e: &impl std::fmt::Debug) -> JsValue {
     .into()
 }
 
+/// The names `pool` holds for database `file`: the file and its journals (`file-wal`, ...).
+fn files_of(pool: &sqlite_wasm_vfs::sahpool::OpfsSAHPoolUtil, file: &str) -> Vec<String> {
+    use rsqlite_vfs::VfsFilesManager;
+    let journal = format!("{file}-");
+    pool.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            let f = f.trim_start_matches('/');
+            f == file || f.starts_with(&journal)
+        })
+        .collect()
+}
+
 /// Before each name had its own pool, every replica lived in the default one. A replica found
 /// there under `file` (and not yet in its own pool, which `conn` has just created) is copied
 /// into `conn` and removed from the old pool, once. Where the old pool is held by another
-/// Worker (the default replica is open), the copy waits for a later open: nothing is lost.
+/// Worker (the default replica is open) nothing is moved: the replica starts empty in its own
+/// pool and the old copy stays, untouched, in the old one.
 async fn move_from_shared_pool(file: &str, conn: &mut Connection) -> Result<(), JsValue> {
     use rsqlite_vfs::VfsFilesManager;
     let cfg = sqlite_wasm_vfs::sahpool::OpfsSAHPoolCfgBuilder::new()
@@ -107,14 +122,7 @@ async fn move_from_shared_pool(file: &str, conn: &mut Connection) -> Result<(), 
     if pool.resume().await.is_err() {
         return Ok(());
     }
-    let held = pool.names().unwrap_or_default();
-    let ours: Vec<String> = held
-        .into_iter()
-        .filter(|f| {
-            f.trim_start_matches('/') == file
-                || f.trim_start_matches('/').starts_with(&format!("{file}-"))
-        })
-        .collect();
+    let ours = files_of(&pool, file);
     if ours.iter().any(|f| f.trim_start_matches('/') == file) {
         {
             let old = Connection::open_with_flags_and_vfs(
@@ -202,7 +210,15 @@ impl Replica {
                 )
                 .map_err(js_err)?;
                 if dir != DEFAULT_POOL {
-                    move_from_shared_pool(&file, &mut c).await?;
+                    if let Err(e) = move_from_shared_pool(&file, &mut c).await {
+                        // No half copy stays behind to be taken for the replica next time:
+                        // the old pool still holds it whole, for the next open to move.
+                        drop(c);
+                        for f in files_of(&pool, &file) {
+                            let _ = rsqlite_vfs::VfsFilesManager::remove(&pool, &f);
+                        }
+                        return Err(e);
+                    }
                 }
                 c
             }

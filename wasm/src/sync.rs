@@ -225,14 +225,7 @@ impl Replica {
                 return vec![];
             }
         };
-        let entries = next
-            .into_iter()
-            .map(|p| Entry {
-                n: p.n,
-                ops: p.ops,
-                size: p.size,
-            })
-            .collect();
+        let entries = next.into_iter().map(Entry::from).collect();
         match sync.upload.batch(entries) {
             Some(w) => sync.session.write(w.id, w.ops, Some(w.origin)),
             None => vec![],
@@ -368,10 +361,19 @@ impl Replica {
                     }
                     Refusal::Failed { n, error } => {
                         let (code, message) = (error.code.as_str(), error.message);
-                        let _ = outbox::set_error(&self.conn, Some(&format!("{code}: {message}")));
+                        let why = format!("{code}: {message}");
+                        let _ = outbox::set_error(&self.conn, Some(&why));
                         events.push(
                             json!({"type": "upload_error", "n": n, "code": code, "message": message}),
                         );
+                        // Sent again on the next connection: while connected, end this one,
+                        // so it comes after the session's backoff (not never).
+                        if sync.session.subscribed() {
+                            let now = sync.now;
+                            return sync
+                                .session
+                                .disconnected(&format!("write {n} failed ({why})"), now);
+                        }
                     }
                 }
                 vec![]

@@ -240,6 +240,17 @@ impl Link {
         dial::millis_since(self.start)
     }
 
+    /// The upstream accepted this edge: it is connected (and learns the key the primary signs
+    /// its NATS stream with).
+    fn welcomed(&mut self, from: Option<i64>, publish_key: Option<&str>) {
+        if let Some(f) = &self.nats {
+            f.set_key(publish_key, &self.store);
+        }
+        self.state.connected.store(true, Relaxed);
+        *self.state.down.lock() = None;
+        tracing::info!(upstream = %self.url, from = ?from, "following upstream");
+    }
+
     /// Start opening the NATS stream after the cursor (an edge fed from NATS with a cursor).
     fn start_open(&mut self) -> Option<Opening> {
         let after = self.session.cursor()?;
@@ -617,14 +628,7 @@ async fn connection<'s>(
                 }
                 ClientAction::Welcome {
                     from, publish_key, ..
-                } => {
-                    if let Some(f) = &link.nats {
-                        f.set_key(publish_key.as_deref(), &link.store);
-                    }
-                    link.state.connected.store(true, Relaxed);
-                    *link.state.down.lock() = None;
-                    tracing::info!(upstream = %link.url, from = ?from, "following upstream");
-                }
+                } => link.welcomed(from, publish_key.as_deref()),
                 ClientAction::NodeError(e) => {
                     tracing::warn!(upstream = %link.url, code = e.code.as_str(), "upstream reported: {}", e.message);
                 }

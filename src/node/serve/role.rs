@@ -78,6 +78,38 @@ impl RoleSpec {
     }
 }
 
+impl RoleSpec {
+    /// Start what the role runs (a primary's writer thread, an edge's upstream link); returns
+    /// the running role and, for a primary that publishes, where to.
+    pub(crate) fn start(
+        self,
+        store: &Arc<crate::store::Store>,
+        hub: &Arc<crate::node::hub::Hub>,
+        metrics: &Arc<crate::node::metrics::Metrics>,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
+    ) -> crate::Result<(Role, Option<PublishConfig>)> {
+        Ok(match self {
+            RoleSpec::Primary { publish } => {
+                let (tx, rx) = mpsc::channel(crate::node::writer::WRITE_QUEUE);
+                crate::node::writer::spawn_writer(store.clone(), hub.clone(), metrics.clone(), rx)?;
+                (Role::Primary { writes: tx }, publish)
+            }
+            RoleSpec::Follower => (Role::Follower, None),
+            RoleSpec::Edge { link, nats, token } => (
+                Role::Edge(crate::node::upstream::start(
+                    link,
+                    nats,
+                    token,
+                    store.clone(),
+                    hub.clone(),
+                    shutdown.clone(),
+                )?),
+                None,
+            ),
+        })
+    }
+}
+
 /// An edge's two feeds from `--upstream` and `--primary`: the node whose WebSocket feed it
 /// follows (and forwards writes to), and the NATS stream its live changes come from, if any.
 fn edge_feeds(
