@@ -200,11 +200,14 @@ async fn run(
                     return Some(End::Stop(Ok(())));
                 }
             }
-            // watch writes nothing and keeps no state of its own.
+            // watch writes nothing, keeps no state of its own, and reads no external feed.
             ClientAction::SnapshotBegin { .. }
             | ClientAction::SnapshotAbort
             | ClientAction::Resolve { .. }
-            | ClientAction::Reject { .. } => {}
+            | ClientAction::Reject { .. }
+            | ClientAction::OpenExternal
+            | ClientAction::LeaveExternal { .. }
+            | ClientAction::NodeHead { .. } => {}
             ClientAction::Welcome {
                 node, head, from, ..
             } => {

@@ -17,8 +17,8 @@ mod link;
 mod operate;
 mod serve;
 
+pub(crate) use link::follow;
 pub use link::{dial, publish, upstream, vouch};
-pub(crate) use link::{follow, probe};
 pub(crate) use operate::http;
 pub use operate::{auth, config, metrics, web};
 pub use serve::hub;

@@ -20,11 +20,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Change, Kind, WriteOp};
 
 mod auth;
+mod backoff;
 mod bin;
 pub mod client;
+
 pub mod feed;
 mod frame;
 mod json;
+pub(crate) mod probe;
 mod session;
 pub mod upload;
 

@@ -18,10 +18,10 @@ use std::collections::VecDeque;
 
 use hivesync::model::WriteOp;
 use hivesync::protocol::client::{
-    ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure,
+    ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure, WriteId,
 };
 use hivesync::protocol::upload::{Entry, Refusal, Uploader};
-use hivesync::protocol::{self, ServerMsg};
+use hivesync::protocol::{self, ErrorMsg, ServerMsg};
 use hivesync::{apply, outbox};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
@@ -283,37 +283,10 @@ impl Replica {
                 });
                 vec![]
             }
-            ClientAction::SnapshotBegin { .. } => {
-                self.drop_snapshot();
-                match apply::snapshot_begin(&self.conn, &self.filter) {
-                    Ok(()) => {
-                        self.snapshot_open = true;
-                        vec![]
-                    }
-                    Err(e) => self.sync_failed(events, &e.to_string()),
-                }
-            }
-            ClientAction::SnapshotRows(rows) => match apply::snapshot_rows(&self.conn, &rows) {
-                Ok(()) => vec![],
-                Err(e) => {
-                    self.drop_snapshot();
-                    self.sync_failed(events, &e.to_string())
-                }
-            },
-            ClientAction::SnapshotFinish { at } => {
-                self.snapshot_open = false;
-                match apply::snapshot_finish(&self.conn, at) {
-                    Ok(()) => {
-                        events.push(json!({"type": "applied", "seq": at, "snapshot": true}));
-                        self.sync_session().map_or(vec![], |s| s.applied(at))
-                    }
-                    Err(e) => self.sync_failed(events, &e.to_string()),
-                }
-            }
-            ClientAction::SnapshotAbort => {
-                self.drop_snapshot();
-                vec![]
-            }
+            a @ (ClientAction::SnapshotBegin { .. }
+            | ClientAction::SnapshotRows(_)
+            | ClientAction::SnapshotFinish { .. }
+            | ClientAction::SnapshotAbort) => self.sync_snapshot(a, events),
             ClientAction::Apply { prev, changes } => {
                 let confirmed = sync.upload.take_confirmed();
                 match apply::apply_changes_confirming(&self.conn, prev, &changes, &confirmed) {
@@ -348,36 +321,7 @@ impl Replica {
                 }
                 vec![]
             }
-            ClientAction::Reject { id, error } => {
-                match sync.upload.rejected(id, error) {
-                    // One of them is refused: they go one by one to find it.
-                    Refusal::Split(_) => {}
-                    Refusal::Refused { n, error } => {
-                        let (code, message) = (error.code.as_str(), error.message);
-                        match outbox::reject(&self.conn, n) {
-                            Ok(ops) => events.push(json!({"type": "rejected", "n": n, "ops": ops, "code": code, "message": message})),
-                            Err(e) => events.push(json!({"type": "error", "message": format!("could not take back write {n}: {e}")})),
-                        }
-                    }
-                    Refusal::Failed { n, error } => {
-                        let (code, message) = (error.code.as_str(), error.message);
-                        let why = format!("{code}: {message}");
-                        let _ = outbox::set_error(&self.conn, Some(&why));
-                        events.push(
-                            json!({"type": "upload_error", "n": n, "code": code, "message": message}),
-                        );
-                        // Sent again on the next connection: while connected, end this one,
-                        // so it comes after the session's backoff (not never).
-                        if sync.session.subscribed() {
-                            let now = sync.now;
-                            return sync
-                                .session
-                                .disconnected(&format!("write {n} failed ({why})"), now);
-                        }
-                    }
-                }
-                vec![]
-            }
+            ClientAction::Reject { id, error } => self.sync_rejected(id, error, events),
             ClientAction::Reconnect { after, why } => {
                 events.push(
                     json!({"type": "reconnect", "after": after.as_millis() as u64, "why": why}),
@@ -388,7 +332,89 @@ impl Replica {
                 events.push(fatal_event(&e));
                 vec![]
             }
+            // The browser reads no external feed.
+            ClientAction::OpenExternal
+            | ClientAction::LeaveExternal { .. }
+            | ClientAction::NodeHead { .. } => vec![],
         }
+    }
+
+    /// A snapshot action: carried out on the replica's connection.
+    fn sync_snapshot(&mut self, a: ClientAction, events: &mut Vec<Value>) -> Vec<ClientAction> {
+        match a {
+            ClientAction::SnapshotBegin { .. } => {
+                self.drop_snapshot();
+                match apply::snapshot_begin(&self.conn, &self.filter) {
+                    Ok(()) => {
+                        self.snapshot_open = true;
+                        vec![]
+                    }
+                    Err(e) => self.sync_failed(events, &e.to_string()),
+                }
+            }
+            ClientAction::SnapshotRows(rows) => match apply::snapshot_rows(&self.conn, &rows) {
+                Ok(()) => vec![],
+                Err(e) => {
+                    self.drop_snapshot();
+                    self.sync_failed(events, &e.to_string())
+                }
+            },
+            ClientAction::SnapshotFinish { at } => {
+                self.snapshot_open = false;
+                match apply::snapshot_finish(&self.conn, at) {
+                    Ok(()) => {
+                        events.push(json!({"type": "applied", "seq": at, "snapshot": true}));
+                        self.sync_session().map_or(vec![], |s| s.applied(at))
+                    }
+                    Err(e) => self.sync_failed(events, &e.to_string()),
+                }
+            }
+            ClientAction::SnapshotAbort => {
+                self.drop_snapshot();
+                vec![]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The node refused write `id`, or its fate is unknown: the uploader says what it means.
+    fn sync_rejected(
+        &mut self,
+        id: WriteId,
+        error: ErrorMsg,
+        events: &mut Vec<Value>,
+    ) -> Vec<ClientAction> {
+        let Some(sync) = self.sync.as_mut() else {
+            return vec![];
+        };
+        match sync.upload.rejected(id, error) {
+            // One of them is refused: they go one by one to find it.
+            Refusal::Split(_) => {}
+            Refusal::Refused { n, error } => {
+                let (code, message) = (error.code.as_str(), error.message);
+                match outbox::reject(&self.conn, n) {
+                    Ok(ops) => events.push(json!({"type": "rejected", "n": n, "ops": ops, "code": code, "message": message})),
+                    Err(e) => events.push(json!({"type": "error", "message": format!("could not take back write {n}: {e}")})),
+                }
+            }
+            Refusal::Failed { n, error } => {
+                let (code, message) = (error.code.as_str(), error.message);
+                let why = format!("{code}: {message}");
+                let _ = outbox::set_error(&self.conn, Some(&why));
+                events.push(
+                    json!({"type": "upload_error", "n": n, "code": code, "message": message}),
+                );
+                // Sent again on the next connection: while connected, end this one,
+                // so it comes after the session's backoff (not never).
+                if sync.session.subscribed() {
+                    let now = sync.now;
+                    return sync
+                        .session
+                        .disconnected(&format!("write {n} failed ({why})"), now);
+                }
+            }
+        }
+        vec![]
     }
 
     /// Record the node's answers held in memory, in a transaction of their own.

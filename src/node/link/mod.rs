@@ -1,9 +1,8 @@
 //! The links to other nodes and brokers: an edge's upstream link and its NATS feed, the head
-//! probe, the NATS publisher and its signatures, and the native clients' dialer.
+//! the NATS publisher and its signatures, and the native clients' dialer.
 
 pub mod dial;
 pub(crate) mod follow;
-pub(crate) mod probe;
 pub mod publish;
 pub mod upstream;
 pub mod vouch;

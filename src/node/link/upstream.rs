@@ -31,9 +31,8 @@ use crate::model::{Change, WriteOp};
 use crate::node::dial;
 use crate::node::follow::{Feed, Follow, Item, Opening};
 use crate::node::hub::{EncodedChange, Hub};
-use crate::node::probe::{HeadProbe, PROBE_EVERY, STALL_AFTER};
-use crate::protocol::client::{self, Backoff, ClientAction, ClientConfig, ClientSession, WriteId};
-use crate::protocol::{self, ErrorMsg, ServerMsg, SUBPROTOCOL_BIN};
+use crate::protocol::client::{self, ClientAction, ClientConfig, ClientSession, WriteId};
+use crate::protocol::{self, ErrorMsg, SUBPROTOCOL_BIN};
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
 
@@ -73,7 +72,7 @@ pub struct UpstreamState {
     /// See `nats_rejected`.
     pub nats_rejected_at: parking_lot::Mutex<Option<Instant>>,
     /// The primary's head as last seen over the link (an edge fed from NATS asks for it every
-    /// [`PROBE_EVERY`] while it reads the stream).
+    /// [`PROBE_EVERY`](crate::protocol::probe::PROBE_EVERY) while it reads the stream).
     pub primary_head: AtomicI64,
     /// Times the edge left the stream because it stalled behind the primary's head.
     pub nats_stalls: AtomicU64,
@@ -134,13 +133,9 @@ struct Link {
     replies: HashMap<WriteId, oneshot::Sender<Result<i64, ErrorMsg>>>,
     next_id: WriteId,
     start: Instant,
-    /// The NATS stream, for an edge fed from it.
+    /// The NATS stream, for an edge fed from it (when to open it and when to leave it is the
+    /// session's: [`ClientSession::with_external_feed`]).
     nats: Option<Follow>,
-    /// When to try the stream again after it could not be opened.
-    nats_retry: Option<tokio::time::Instant>,
-    nats_backoff: Backoff,
-    /// Asks the primary for its head while the edge reads the stream.
-    probe: HeadProbe,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -166,16 +161,21 @@ async fn run(
     if let Some(f) = &nats {
         f.load_key(&store);
     }
+    let session = ClientSession::new(ClientConfig {
+        client: "hivesync-edge".into(),
+        token,
+        sub: "edge".into(),
+        from,
+        namespaces: None,
+        kinds: None,
+        seed: dial::jitter_seed(),
+    });
     let mut link = Link {
-        session: ClientSession::new(ClientConfig {
-            client: "hivesync-edge".into(),
-            token,
-            sub: "edge".into(),
-            from,
-            namespaces: None,
-            kinds: None,
-            seed: dial::jitter_seed(),
-        }),
+        session: if nats.is_some() {
+            session.with_external_feed()
+        } else {
+            session
+        },
         url,
         store,
         hub,
@@ -184,23 +184,14 @@ async fn run(
         next_id: 0,
         start: Instant::now(),
         nats,
-        nats_retry: None,
-        nats_backoff: Backoff::new(dial::jitter_seed()),
-        probe: HeadProbe::default(),
     };
     loop {
-        // An edge fed from NATS with a cursor reads the stream from there when it holds it;
-        // otherwise (or while NATS is away) it catches up from the primary first.
-        let feed = match link.start_open() {
-            Some(opening) => link.opened(opening.await).map(|(f, _)| f),
-            None => None,
-        };
         let end = tokio::select! {
             r = dial::dial(&link.url, SUBPROTOCOL_BIN) => match r {
                 Ok(ws) => {
                     let store = link.store.clone();
                     let hello = link.session.connected();
-                    connection(&mut link, &store, ws, hello, feed, &mut forwards, &mut shutdown).await
+                    connection(&mut link, &store, ws, hello, &mut forwards, &mut shutdown).await
                 }
                 Err(f) => {
                     let now = link.now();
@@ -251,48 +242,6 @@ impl Link {
         tracing::info!(upstream = %self.url, from = ?from, "following upstream");
     }
 
-    /// Start opening the NATS stream after the cursor (an edge fed from NATS with a cursor).
-    fn start_open(&mut self) -> Option<Opening> {
-        let after = self.session.cursor()?;
-        Some(self.nats.as_ref()?.open(after))
-    }
-
-    /// The stream opened (or not): hand the live changes over to it. Returns the feed and what
-    /// the session says to send (the end of its subscription at the primary); None when the
-    /// stream cannot take over now (down, or it no longer holds what follows the cursor: it is
-    /// tried again after a backoff), or the session cannot yet (a snapshot is open: the
-    /// primary's `live` after it tries again).
-    fn opened(&mut self, r: crate::Result<Option<Feed>>) -> Option<(Feed, Vec<ClientAction>)> {
-        let url = self.nats_url();
-        match r {
-            Ok(Some(feed)) => {
-                let acts = self.session.go_external()?;
-                self.nats_backoff.reset();
-                self.nats_retry = None;
-                self.state.nats.store(true, Relaxed);
-                tracing::info!(nats = %url, after = ?self.session.cursor(), "following the NATS stream");
-                Some((feed, acts))
-            }
-            Ok(None) => {
-                self.retry_nats();
-                None
-            }
-            Err(e) => {
-                let after = self.retry_nats();
-                tracing::warn!(nats = %url, error = %e, "cannot read the NATS stream; following the primary's feed, and trying the stream again in {after:?}");
-                None
-            }
-        }
-    }
-
-    /// Try the stream again after the next backoff delay.
-    fn retry_nats(&mut self) -> Duration {
-        self.state.nats.store(false, Relaxed);
-        let after = self.nats_backoff.next_delay();
-        self.nats_retry = Some(tokio::time::Instant::now() + after);
-        after
-    }
-
     /// Messages of the stream (the first, and those already read behind it) as session input,
     /// applied here so that a break in the stream hands back to the primary's feed from the
     /// cursor they advanced. Clears `feed` when the stream cannot go on.
@@ -336,8 +285,9 @@ impl Link {
                 None => break,
             }
         }
+        let now = self.now();
         let mut out = Vec::new();
-        for a in self.session.external_changes(items) {
+        for a in self.session.external_changes(items, now) {
             match a {
                 ClientAction::Apply { prev, changes } => {
                     let n = changes.len() as u64;
@@ -351,56 +301,73 @@ impl Link {
             }
         }
         if let Some(why) = broken {
-            if self.session.external() {
-                tracing::warn!(nats = %self.nats_url(), "{why}: following the primary's feed until the stream can take over again");
-                out.extend(self.session.external_lost());
-            }
-        }
-        if !self.session.external() {
-            // Catching up from the primary again: its `live` hands back to the stream.
-            *feed = None;
-            self.state.live.store(false, Relaxed);
-            self.retry_nats();
+            out.extend(self.session.external_lost(&why, now));
         }
         out
+    }
+
+    /// Carry out what the session says of the NATS stream: open it, leave it, or the
+    /// primary's head its probe found.
+    fn external(
+        &mut self,
+        a: ClientAction,
+        opening: &mut Option<Opening>,
+        feed: &mut Option<Feed>,
+    ) {
+        match a {
+            ClientAction::OpenExternal => {
+                let after = self.session.cursor();
+                *opening = self
+                    .nats
+                    .as_ref()
+                    .zip(after)
+                    .map(|(n, after)| n.open(after));
+            }
+            ClientAction::LeaveExternal { why, stalled } => {
+                *feed = None;
+                self.state.nats.store(false, Relaxed);
+                // Catching up from the primary again: its `live` hands back to the stream.
+                self.state.live.store(false, Relaxed);
+                if stalled {
+                    self.state.nats_stalls.fetch_add(1, Relaxed);
+                }
+                tracing::warn!(nats = %self.nats_url(), "{why}: following the primary's feed until the stream can take over again");
+            }
+            ClientAction::NodeHead { head } => self.state.primary_head.store(head, Relaxed),
+            _ => {}
+        }
+    }
+
+    /// The stream opened (or not): the session decides whether it takes the live changes over.
+    fn opened(
+        &mut self,
+        r: crate::Result<Option<Feed>>,
+        feed: &mut Option<Feed>,
+    ) -> Vec<ClientAction> {
+        let now = self.now();
+        let (res, f) = match r {
+            Ok(Some(f)) => (Ok(()), Some(f)),
+            Ok(None) => (
+                Err(format!(
+                    "it no longer holds what follows seq {}",
+                    self.session.cursor().unwrap_or(0)
+                )),
+                None,
+            ),
+            Err(e) => (Err(e.to_string()), None),
+        };
+        let acts = self.session.external_opened(res, now);
+        if self.session.external() {
+            *feed = f;
+            self.state.nats.store(true, Relaxed);
+            tracing::info!(nats = %self.nats_url(), after = ?self.session.cursor(), "following the NATS stream");
+        }
+        acts
     }
 
     /// The NATS server the edge reads, for logs (empty for a plain relay).
     fn nats_url(&self) -> String {
         self.nats.as_ref().map_or(String::new(), |n| n.url())
-    }
-
-    /// Ask the primary for its head, unless a probe is in flight.
-    fn probe_head(&mut self) -> Vec<ClientAction> {
-        let cursor = self.session.cursor();
-        self.probe
-            .ask(cursor)
-            .map(ClientAction::Send)
-            .into_iter()
-            .collect()
-    }
-
-    /// A message for the head probe (None: not one). When the edge, reading the stream, has
-    /// stayed behind a head the primary reported for [`STALL_AFTER`], it follows the
-    /// primary's feed instead.
-    fn probe_answer(&mut self, m: &ServerMsg) -> Option<Vec<ClientAction>> {
-        let applied = self.session.cursor().unwrap_or(0);
-        let a = self.probe.answer(m, applied, self.session.external())?;
-        if let Some(head) = a.head {
-            self.state.primary_head.store(head, Relaxed);
-        }
-        let mut out: Vec<ClientAction> = a.send.into_iter().map(ClientAction::Send).collect();
-        if let Some(h) = a.stalled {
-            self.state.nats_stalls.fetch_add(1, Relaxed);
-            tracing::warn!(
-                nats = %self.nats_url(),
-                applied,
-                primary_head = h,
-                "the NATS stream has not brought the primary's changes for {STALL_AFTER:?} (is the stream full, or refusing the primary's messages?): following the primary's feed until the stream can take over again"
-            );
-            out.extend(self.session.external_lost());
-        }
-        Some(out)
     }
 
     /// Hand a forwarded write to the session.
@@ -547,12 +514,7 @@ impl Link {
         let now = self.now();
         match msg {
             Some(Ok(Message::Binary(b))) => match protocol::decode_server_bin(&b) {
-                Ok(m) => {
-                    if let Some(acts) = self.probe_answer(&m) {
-                        return acts;
-                    }
-                    self.session.frame(m, now)
-                }
+                Ok(m) => self.session.frame(m, now),
                 Err(e) => self.session.undecodable(&e.to_string()),
             },
             Some(Ok(Message::Close(_))) | None => self
@@ -572,8 +534,8 @@ enum Event {
     Opened(crate::Result<Option<Feed>>),
     Forward(Forward),
     Stream(Option<crate::Result<Item>>),
-    RetryStream,
-    Probe,
+    /// The session's clock: a retry of the stream or a head probe is due.
+    Tick,
     Stop,
 }
 
@@ -587,13 +549,11 @@ async fn next_item(feed: &mut Option<Feed>) -> Option<crate::Result<Item>> {
 
 /// One connection: carry out the session's actions, feed it the socket's frames, the stream's
 /// messages and the writes to forward, until it says to reconnect or stop.
-#[allow(clippy::too_many_arguments)]
 async fn connection<'s>(
     link: &mut Link,
     store: &'s Store,
     ws: dial::Ws,
     hello: Vec<ClientAction>,
-    mut feed: Option<Feed>,
     forwards: &mut mpsc::Receiver<Forward>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
@@ -601,12 +561,9 @@ async fn connection<'s>(
     // An open snapshot holds the writer (and its transaction) until its last chunk.
     let mut snapshot: Option<MutexGuard<'s, rusqlite::Connection>> = None;
     let mut queue = VecDeque::from(hello);
-    // The stream being opened (after the primary's `live`, or a backoff).
+    // The stream being opened, and the stream once it carries the live changes.
     let mut opening: Option<Opening> = None;
-    // While reading the stream, the primary's head is asked for now and then.
-    link.probe = HeadProbe::default();
-    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
-    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut feed: Option<Feed> = None;
     let end = 'conn: loop {
         while let Some(a) = queue.pop_front() {
             match a {
@@ -635,11 +592,10 @@ async fn connection<'s>(
                 ClientAction::Live { seq } => {
                     link.state.live.store(true, Relaxed);
                     tracing::info!(seq, "caught up with upstream");
-                    // Caught up from the primary: the stream takes the live changes over.
-                    if feed.is_none() && opening.is_none() {
-                        opening = link.start_open();
-                    }
                 }
+                a @ (ClientAction::OpenExternal
+                | ClientAction::LeaveExternal { .. }
+                | ClientAction::NodeHead { .. }) => link.external(a, &mut opening, &mut feed),
                 a @ (ClientAction::Resolve { .. } | ClientAction::Reject { .. }) => link.answer(a),
                 a @ (ClientAction::Reconnect { .. } | ClientAction::Fatal(_)) => {
                     let rest: Vec<_> = std::iter::once(a).chain(queue.drain(..)).collect();
@@ -647,41 +603,29 @@ async fn connection<'s>(
                 }
             }
         }
-        let retry = link
-            .nats_retry
-            .filter(|_| feed.is_none() && opening.is_none() && link.state.live.load(Relaxed));
+        let tick = link
+            .session
+            .next_tick()
+            .map(|ms| link.start + Duration::from_millis(ms));
         let event = tokio::select! {
             m = rx.next() => Event::Socket(m),
             r = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => Event::Opened(r),
             Some(f) = forwards.recv() => Event::Forward(f),
             i = next_item(&mut feed) => Event::Stream(i),
-            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => Event::RetryStream,
-            _ = probe_tick.tick(), if feed.is_some() => Event::Probe,
+            _ = tokio::time::sleep_until(tick.unwrap_or_else(Instant::now).into()), if tick.is_some() => Event::Tick,
             _ = shutdown.changed() => Event::Stop,
         };
         match event {
-            Event::Socket(m) => {
-                queue.extend(link.input(m));
-                if feed.is_some() && !link.session.external() {
-                    // The probe found the stream stalled: the primary's feed again.
-                    feed = None;
-                    link.state.live.store(false, Relaxed);
-                    link.retry_nats();
-                }
+            Event::Socket(m) => queue.extend(link.input(m)),
+            Event::Tick => {
+                let now = link.now();
+                queue.extend(link.session.tick(now));
             }
-            Event::Probe => queue.extend(link.probe_head()),
             Event::Forward(f) => queue.extend(link.forward(f)),
             Event::Stream(i) => queue.extend(link.feed_input(i, &mut feed, &mut rx)),
             Event::Opened(r) => {
                 opening = None;
-                if let Some((f, acts)) = link.opened(r) {
-                    feed = Some(f);
-                    queue.extend(acts);
-                }
-            }
-            Event::RetryStream => {
-                link.nats_retry = None;
-                opening = link.start_open();
+                queue.extend(link.opened(r, &mut feed));
             }
             Event::Stop => break 'conn End::Stop,
         }

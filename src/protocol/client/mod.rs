@@ -19,170 +19,20 @@
 //!   connection kept for writes throughout.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use super::{ClientMsg, ErrorCode, ErrorMsg, ServerMsg, Subscribe};
-use crate::model::{Change, Kind, Origin, WriteOp};
+use crate::model::{Change, Origin, WriteOp};
+use external::ExternalFeed;
 
-/// The first retry waits up to this long ...
-pub const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-/// ... doubling per failed attempt up to this ...
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// ... each delay drawn uniformly from its upper half (so clients that lost one node do not all
-/// come back in the same millisecond). A connection subscribed for this long was healthy: the
-/// next outage starts again from the first delay.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+mod actions;
+mod external;
 
-/// Error codes that no retry can cure: the token is wrong or lacks the scope, or the node
-/// does not understand what this client sends (another protocol version).
-pub fn is_fatal_code(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::BadRequest
-    )
-}
+pub use actions::{
+    is_fatal_code, is_refusal_code, ClientAction, ClientConfig, ClientError, ConnectFailure,
+    WriteId,
+};
 
-/// Error codes in answer to a `write` that mean the node refused that write for good (it is
-/// invalid, out of the token's scope, or too large): a replica takes it back and tells the app.
-/// Any other answer (`overloaded`, `internal`, a lost connection) leaves it to be sent again.
-pub fn is_refusal_code(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::TooLarge
-    )
-}
-
-/// Why a connection attempt failed, as the shell saw it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ConnectFailure {
-    /// Not a WebSocket URL (`http://`, a typo): fatal.
-    BadUrl(String),
-    /// The server answered the upgrade with this HTTP status: a 4xx (a wrong path, no
-    /// WebSocket there) is fatal, except 408 and 429; a 5xx (a node at its connection limit)
-    /// is retried.
-    Http(u16),
-    /// Refused, reset, timed out, DNS, TLS: retried.
-    Network(String),
-}
-
-/// Settings of a client session.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// The `client` name sent in `hello`.
-    pub client: String,
-    /// The token sent in `hello`.
-    pub token: Option<String>,
-    /// The subscription id.
-    pub sub: String,
-    /// Where to resume: the last seq applied (0: the whole log); None: snapshot first.
-    pub from: Option<i64>,
-    /// Namespaces wanted (None: every readable one).
-    pub namespaces: Option<Vec<String>>,
-    /// Kinds wanted (None: all).
-    pub kinds: Option<Vec<Kind>>,
-    /// Seed of the jitter (any value; differing between clients).
-    pub seed: u64,
-}
-
-/// A write the shell asked to send, named by the shell.
-pub type WriteId = u64;
-
-/// Why the session stopped for good.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The node refused this client (`unauthorized`, `forbidden`, `bad_request`).
-    #[error("the node refused this client: {}: {}", .0.code.as_str(), .0.message)]
-    Refused(ErrorMsg),
-    /// The URL cannot reach a hivesync feed.
-    #[error("{0}")]
-    BadUrl(String),
-    /// The node's log ends before the cursor: it is another node, or was restored.
-    #[error("the node's log ends at seq {head}, before this client's cursor {cursor}: it is not the node this client followed (or it was restored from a backup)")]
-    AheadOfHead {
-        /// The client's cursor.
-        cursor: i64,
-        /// The node's head.
-        head: i64,
-    },
-    /// A frame this client cannot decode.
-    #[error(
-        "the node sent a frame this client cannot read ({0}); is it another hivesync version?"
-    )]
-    Protocol(String),
-}
-
-/// What the shell must do.
-#[derive(Debug, PartialEq)]
-pub enum ClientAction {
-    /// Send this message.
-    Send(ClientMsg),
-    /// The node accepted this client (its `welcome`); the subscription follows from `from`
-    /// (None: a snapshot). For the shell's status and log; nothing to do.
-    Welcome {
-        /// The node's name.
-        node: String,
-        /// Its log's head.
-        head: i64,
-        /// Where this client resumes (None: it asks for a snapshot).
-        from: Option<i64>,
-        /// The key the node signs its NATS messages with (binary `welcome` only).
-        publish_key: Option<String>,
-    },
-    /// The node reported an error that answered no write and stops nothing (a
-    /// [`Reconnect`](Self::Reconnect) follows): for the shell's user to see.
-    NodeError(ErrorMsg),
-    /// A snapshot taken at `at` begins: its rows replace the replica's state.
-    SnapshotBegin {
-        /// Its seq.
-        at: i64,
-    },
-    /// Rows of the open snapshot.
-    SnapshotRows(Vec<Change>),
-    /// The snapshot is complete: commit it, then call [`ClientSession::applied`] with `at`.
-    SnapshotFinish {
-        /// Its seq.
-        at: i64,
-    },
-    /// Drop the open snapshot (the connection ended before its last chunk).
-    SnapshotAbort,
-    /// Apply these changes (gap-checked: `prev` is the last seq handed out), then call
-    /// [`ClientSession::applied`] with the last seq, or [`ClientSession::apply_failed`].
-    Apply {
-        /// The seq they follow.
-        prev: i64,
-        /// The changes, in seq order.
-        changes: Vec<Change>,
-    },
-    /// Caught up with the node at `seq`.
-    Live {
-        /// The node's head when it said so.
-        seq: i64,
-    },
-    /// The write `id` committed at the node with this seq.
-    Resolve {
-        /// The shell's id.
-        id: WriteId,
-        /// Its last seq.
-        seq: i64,
-    },
-    /// The write `id` was refused, or its fate is unknown (the link was lost).
-    Reject {
-        /// The shell's id.
-        id: WriteId,
-        /// Why.
-        error: ErrorMsg,
-    },
-    /// Close this connection (if open) and connect again after `after`.
-    Reconnect {
-        /// The delay (backoff with jitter).
-        after: Duration,
-        /// Why, for the log.
-        why: String,
-    },
-    /// Stop: no retry can succeed.
-    Fatal(ClientError),
-}
+pub use super::backoff::{Backoff, BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER};
 
 #[derive(Debug, PartialEq)]
 enum Phase {
@@ -212,6 +62,10 @@ pub struct ClientSession {
     external: bool,
     /// This connection holds a subscription at the node.
     at_node: bool,
+    /// The node said `live` on this connection (caught up).
+    live: bool,
+    /// The external feed's policy, for a session that may read one.
+    ext: Option<ExternalFeed>,
 }
 
 impl ClientSession {
@@ -229,7 +83,21 @@ impl ClientSession {
             next_req: 0,
             external: false,
             at_node: false,
+            live: false,
+            ext: None,
         }
+    }
+
+    /// This session's live changes may come from an external feed (an edge reading the
+    /// primary's NATS stream): once caught up, and whenever a new connection has a cursor, the
+    /// session asks the shell to open it ([`ClientAction::OpenExternal`]); while it is read, the
+    /// session asks the node for its head now and then and leaves the feed when it stays behind
+    /// ([`ClientAction::LeaveExternal`]); a feed that could not be opened or was left is tried
+    /// again after a backoff. The shell calls [`ClientSession::tick`] at
+    /// [`ClientSession::next_tick`].
+    pub fn with_external_feed(mut self) -> Self {
+        self.ext = Some(ExternalFeed::new(self.cfg.seed.rotate_left(17)));
+        self
     }
 
     /// True while the live changes come from another feed ([`ClientSession::go_external`]).
@@ -256,11 +124,32 @@ impl ClientSession {
         })])
     }
 
-    /// The other feed broke: the node's feed takes over again from the cursor (a catch-up, or
-    /// a snapshot if the node no longer holds it), on this connection or the next.
-    pub fn external_lost(&mut self) -> Vec<ClientAction> {
+    /// The other feed broke (`why`): the node's feed takes over again from the cursor (a
+    /// catch-up, or a snapshot if the node no longer holds it), on this connection or the next;
+    /// a session [`with_external_feed`](Self::with_external_feed) opens it again after a backoff.
+    pub fn external_lost(&mut self, why: &str, now_ms: u64) -> Vec<ClientAction> {
+        if !self.external {
+            return vec![];
+        }
+        self.leave_external(why.to_string(), false, now_ms)
+    }
+
+    fn leave_external(&mut self, why: String, stalled: bool, now_ms: u64) -> Vec<ClientAction> {
         self.external = false;
-        if self.phase != Phase::Subscribed || self.at_node {
+        self.live = false;
+        let mut out = Vec::new();
+        if let Some(ext) = &mut self.ext {
+            let after = ext.failed(now_ms);
+            out.push(ClientAction::LeaveExternal { why, stalled });
+            tracing::debug!("the external feed is tried again in {after:?}");
+        }
+        out.extend(self.subscribe_here());
+        out
+    }
+
+    /// Subscribe at the node on this connection, unless it already is (or is not up).
+    fn subscribe_here(&mut self) -> Vec<ClientAction> {
+        if self.phase != Phase::Subscribed || self.at_node || self.external {
             return vec![];
         }
         self.at_node = true;
@@ -268,12 +157,86 @@ impl ClientSession {
         vec![self.subscribe()]
     }
 
+    /// The shell opened the external feed after a [`ClientAction::OpenExternal`] (`Ok`), or
+    /// could not (`Err`: why). Opened, it takes the live changes over unless it cannot now (a
+    /// snapshot is open): check [`ClientSession::external`]; the shell keeps the feed only
+    /// while that is true. Not opened, the node's feed goes on and the feed is tried again
+    /// after a backoff.
+    pub fn external_opened(&mut self, res: Result<(), String>, now_ms: u64) -> Vec<ClientAction> {
+        let Some(ext) = self.ext.as_mut().filter(|e| e.opening()) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        match res {
+            Ok(()) => {
+                ext.unused();
+                if let Some(acts) = self.go_external() {
+                    if let Some(ext) = &mut self.ext {
+                        ext.opened(now_ms);
+                    }
+                    return acts;
+                }
+            }
+            Err(why) => {
+                let after = ext.failed(now_ms);
+                tracing::warn!("cannot read the external feed ({why}); following the node's feed, and trying the stream again in {after:?}");
+            }
+        }
+        // A `welcome` that came meanwhile held the subscription for this answer.
+        out.extend(self.subscribe_here());
+        out
+    }
+
+    /// Time passed (the shell's clock): a retry of the external feed or a head probe may be
+    /// due. Call at [`ClientSession::next_tick`].
+    pub fn tick(&mut self, now_ms: u64) -> Vec<ClientAction> {
+        let mut out = self.open_external(now_ms, true);
+        let cursor = self.cursor;
+        if let Some(ext) = self.ext.as_mut().filter(|_| self.external) {
+            if ext.probe_due(now_ms) {
+                out.extend(ext.probe.ask(cursor).map(ClientAction::Send));
+            }
+        }
+        out
+    }
+
+    /// When [`ClientSession::tick`] has something to do (None: nothing scheduled).
+    pub fn next_tick(&self) -> Option<u64> {
+        let ext = self.ext.as_ref()?;
+        if self.external {
+            return ext.next_probe();
+        }
+        ext.retry_at().filter(|_| self.live && self.subscribed())
+    }
+
+    /// Ask the shell to open the external feed, if this session may read one and now is the
+    /// time (`waited`: a pending backoff counts).
+    fn open_external(&mut self, now_ms: u64, waited: bool) -> Vec<ClientAction> {
+        let ready = !self.external && self.cursor.is_some() && !self.stopped();
+        let due = if waited {
+            self.live && self.subscribed()
+        } else {
+            true
+        };
+        match self.ext.as_mut() {
+            Some(ext) if ready && due && ext.may_open(now_ms, waited) => {
+                ext.start();
+                vec![ClientAction::OpenExternal]
+            }
+            _ => vec![],
+        }
+    }
+
     /// Changes from the other feed, each with the seq it follows (`prev`), in the feed's
     /// order. Those already handed out are dropped (a feed resumed from before the cursor);
     /// the rest must continue the chain from the last seq handed out. A break in the chain
     /// drops the batch and ends the other feed ([`ClientSession::external_lost`]): check
     /// [`ClientSession::external`] after the call.
-    pub fn external_changes(&mut self, items: Vec<(i64, Change)>) -> Vec<ClientAction> {
+    pub fn external_changes(
+        &mut self,
+        items: Vec<(i64, Change)>,
+        now_ms: u64,
+    ) -> Vec<ClientAction> {
         if !self.external || self.stopped() {
             return vec![];
         }
@@ -285,13 +248,9 @@ impl ClientSession {
                 continue;
             }
             if prev != expected {
-                tracing::warn!(
-                    prev,
-                    expected,
-                    "the stream skips seqs here (trimmed, or purged): catching up from the node"
-                );
                 // The node's feed resends the whole batch from the cursor.
-                return self.external_lost();
+                let why = format!("the stream skips seqs here (a change follows {prev}, the last seq received is {expected}: trimmed, or purged)");
+                return self.leave_external(why, false, now_ms);
             }
             expected = c.seq;
             changes.push(c);
@@ -340,10 +299,14 @@ impl ClientSession {
         self.handed = self.cursor;
         self.snapshot = None;
         self.subscribed_at = None;
-        vec![ClientAction::Send(ClientMsg::Hello {
+        let mut out = vec![ClientAction::Send(ClientMsg::Hello {
             token: self.cfg.token.clone(),
             client: Some(self.cfg.client.clone()),
-        })]
+        })];
+        // With a cursor, the external feed is tried first: the subscription at the node waits
+        // for the answer (a welcome holds it). A new connection tries at once: no clock needed.
+        out.extend(self.open_external(0, false));
+        out
     }
 
     /// A connection attempt failed.
@@ -433,30 +396,16 @@ impl ClientSession {
         if self.stopped() {
             return vec![];
         }
+        if let Some(out) = self.probe_answer(&m, now_ms) {
+            return out;
+        }
         match m {
             ServerMsg::Welcome {
                 head,
                 node,
                 publish_key,
                 ..
-            } => {
-                if let Some(cursor) = self.cursor.filter(|&c| c > head) {
-                    return self.fatal(ClientError::AheadOfHead { cursor, head });
-                }
-                self.phase = Phase::Subscribed;
-                self.subscribed_at = Some(now_ms);
-                let mut out = vec![ClientAction::Welcome {
-                    node,
-                    head,
-                    from: self.cursor,
-                    publish_key,
-                }];
-                if !self.external {
-                    self.at_node = true;
-                    out.push(self.subscribe());
-                }
-                out
-            }
+            } => self.welcomed(node, head, publish_key, now_ms),
             // What the node sent for a subscription this session has ended (before it saw the
             // `unsubscribe`): the other feed carries those changes.
             ServerMsg::Snapshot { .. } | ServerMsg::Changes { .. } | ServerMsg::Live { .. }
@@ -504,7 +453,12 @@ impl ClientSession {
                 self.handed = Some(last);
                 vec![ClientAction::Apply { prev, changes }]
             }
-            ServerMsg::Live { seq, .. } => vec![ClientAction::Live { seq }],
+            ServerMsg::Live { seq, .. } => {
+                self.live = true;
+                let mut out = vec![ClientAction::Live { seq }];
+                out.extend(self.open_external(now_ms, true));
+                out
+            }
             ServerMsg::Written { req, seq } => match self.writes.remove(&req) {
                 Some(id) => vec![ClientAction::Resolve { id, seq }],
                 None => vec![],
@@ -524,6 +478,51 @@ impl ClientSession {
         }
     }
 
+    /// The node's `welcome`: subscribe from the cursor (unless it is past the node's head, or
+    /// the external feed's answer is awaited).
+    fn welcomed(
+        &mut self,
+        node: String,
+        head: i64,
+        publish_key: Option<String>,
+        now_ms: u64,
+    ) -> Vec<ClientAction> {
+        if let Some(cursor) = self.cursor.filter(|&c| c > head) {
+            return self.fatal(ClientError::AheadOfHead { cursor, head });
+        }
+        self.phase = Phase::Subscribed;
+        self.subscribed_at = Some(now_ms);
+        let mut out = vec![ClientAction::Welcome {
+            node,
+            head,
+            from: self.cursor,
+            publish_key,
+        }];
+        if !self.ext.as_ref().is_some_and(ExternalFeed::opening) {
+            out.extend(self.subscribe_here());
+        }
+        out
+    }
+
+    /// `m` as the head probe's answer (None: not one). Behind a head the node reported for
+    /// [`STALL_AFTER`](super::probe::STALL_AFTER) while reading the external feed, the session
+    /// leaves it.
+    fn probe_answer(&mut self, m: &ServerMsg, now_ms: u64) -> Option<Vec<ClientAction>> {
+        let applied = self.cursor.unwrap_or(0);
+        let a = self
+            .ext
+            .as_mut()?
+            .probe
+            .answer(m, applied, self.external, now_ms)?;
+        let mut out: Vec<ClientAction> = a.send.into_iter().map(ClientAction::Send).collect();
+        out.extend(a.head.map(|head| ClientAction::NodeHead { head }));
+        if let Some(h) = a.stalled {
+            let why = format!("the stream has not brought the node's changes for {:?} (at {applied}, the node at {h}: is the stream full, or refusing the node's messages?)", super::probe::STALL_AFTER);
+            out.extend(self.leave_external(why, true, now_ms));
+        }
+        Some(out)
+    }
+
     /// End the connection: drop an open snapshot, refuse the writes in flight.
     fn end(&mut self, out: &mut Vec<ClientAction>) {
         if self.snapshot.take().is_some() {
@@ -541,6 +540,10 @@ impl ClientSession {
         self.handed = self.cursor;
         self.external = false;
         self.at_node = false;
+        self.live = false;
+        if let Some(ext) = &mut self.ext {
+            ext.connection_ended();
+        }
     }
 
     fn retry(&mut self, why: String, now_ms: u64) -> Vec<ClientAction> {
@@ -571,45 +574,7 @@ impl ClientSession {
     }
 }
 
-/// The one backoff policy for reconnecting (the client session's, and the NATS publisher's):
-/// the delay doubles from [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`], each jittered into the upper
-/// half of its ceiling; [`Backoff::reset`] once a connection has been healthy.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    /// Failed attempts since the last reset.
-    attempts: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    /// A policy whose jitter starts from `seed` (any value; differing between clients).
-    pub fn new(seed: u64) -> Self {
-        Backoff {
-            attempts: 0,
-            rng: seed | 1,
-        }
-    }
-
-    /// Start again from the first delay.
-    pub fn reset(&mut self) {
-        self.attempts = 0;
-    }
-
-    /// The delay before the next attempt: the attempt's ceiling, jittered into its upper half.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = BACKOFF_FIRST
-            .saturating_mul(1u32 << self.attempts.min(16))
-            .min(BACKOFF_MAX);
-        self.attempts = self.attempts.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        // xorshift64: jitter needs no cryptographic quality, and must run in wasm32 too.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        Duration::from_millis(ms / 2 + self.rng % (ms / 2 + 1))
-    }
-}
-
 #[cfg(test)]
-#[path = "client_tests.rs"]
 mod tests;
+#[cfg(test)]
+mod tests_external;

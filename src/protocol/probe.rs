@@ -1,10 +1,11 @@
 //! The head probe of an edge fed from NATS: while it reads the stream, the edge asks the
 //! primary for its head now and then over its link (a subscription to no namespace from the
 //! edge's cursor, whose `live` names the head, then ended), and follows the primary's feed
-//! once it has stayed behind a reported head too long. No I/O: the link sends what
-//! [`HeadProbe::ask`] returns and hands over what the primary sends for the probe.
+//! once it has stayed behind a reported head too long. No I/O, no clock of its own: the
+//! client session ([`super::client::ClientSession`], with an external feed) asks on its
+//! schedule and hands it what the node sends for the probe, with the shell's time in ms.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::protocol::{ClientMsg, ServerMsg, Subscribe};
 
@@ -24,8 +25,9 @@ pub(crate) struct HeadProbe {
     /// The probe in flight (its subscription id), and how many were sent.
     in_flight: Option<String>,
     sent: u64,
-    /// A head the primary reported that the edge had not reached, and when it reported it.
-    behind: Option<(i64, Instant)>,
+    /// A head the primary reported that the edge had not reached, and when it reported it
+    /// (the shell's clock, ms).
+    behind: Option<(i64, u64)>,
 }
 
 /// What a message for the probe means.
@@ -57,9 +59,15 @@ impl HeadProbe {
         }))
     }
 
-    /// `m` as an answer to a probe (None: not one), with the edge at `applied`; `external`
-    /// says whether the edge reads the stream now (only then can it stall).
-    pub(crate) fn answer(&mut self, m: &ServerMsg, applied: i64, external: bool) -> Option<Answer> {
+    /// `m` as an answer to a probe (None: not one), with the edge at `applied` at `now_ms`;
+    /// `external` says whether the edge reads the stream now (only then can it stall).
+    pub(crate) fn answer(
+        &mut self,
+        m: &ServerMsg,
+        applied: i64,
+        external: bool,
+        now_ms: u64,
+    ) -> Option<Answer> {
         let (sub, head) = match m {
             ServerMsg::Live { sub, seq } => (sub, Some(*seq)),
             ServerMsg::Snapshot { sub, .. } | ServerMsg::Changes { sub, .. } => (sub, None),
@@ -82,10 +90,10 @@ impl HeadProbe {
         self.behind = match self.behind {
             _ if applied >= head => None,
             Some((h, since)) if applied < h => Some((h, since)),
-            _ => Some((head, Instant::now())),
+            _ => Some((head, now_ms)),
         };
         if let Some((h, since)) = self.behind {
-            if external && since.elapsed() >= STALL_AFTER {
+            if external && now_ms.saturating_sub(since) >= STALL_AFTER.as_millis() as u64 {
                 self.behind = None;
                 out.stalled = Some(h);
             }
@@ -97,6 +105,9 @@ impl HeadProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shell's clock in these tests: a stall's length after the head was first reported.
+    const NOW: u64 = 1_000 + STALL_AFTER.as_millis() as u64;
 
     fn live(sub: &str, seq: i64) -> ServerMsg {
         ServerMsg::Live {
@@ -114,13 +125,13 @@ mod tests {
         };
         assert_eq!((s.from, s.namespaces.as_deref()), (Some(7), Some(&[][..])));
         assert!(p.ask(Some(7)).is_none(), "one in flight");
-        let a = p.answer(&live(&s.sub, 9), 7, true).unwrap();
+        let a = p.answer(&live(&s.sub, 9), 7, true, NOW).unwrap();
         assert_eq!(a.head, Some(9));
         assert!(matches!(&a.send[..], [ClientMsg::Unsubscribe { sub }] if *sub == s.sub));
         assert!(a.stalled.is_none(), "just behind");
         assert!(p.ask(Some(7)).is_some(), "the next one");
         assert!(
-            p.answer(&live("edge", 9), 7, true).is_none(),
+            p.answer(&live("edge", 9), 7, true, NOW).is_none(),
             "not a probe's"
         );
     }
@@ -128,20 +139,22 @@ mod tests {
     #[test]
     fn behind_a_reported_head_too_long_is_a_stall() {
         let mut p = HeadProbe {
-            behind: Some((9, Instant::now() - STALL_AFTER)),
+            behind: Some((9, 1_000)),
             ..Default::default()
         };
         // Reading the primary's feed: not a stall of the stream.
         assert!(p
-            .answer(&live("hivesync-head-1", 12), 7, false)
+            .answer(&live("hivesync-head-1", 12), 7, false, NOW)
             .unwrap()
             .stalled
             .is_none());
-        let a = p.answer(&live("hivesync-head-2", 12), 7, true).unwrap();
+        let a = p
+            .answer(&live("hivesync-head-2", 12), 7, true, NOW)
+            .unwrap();
         assert_eq!(a.stalled, Some(9));
         // Caught up: nothing pending.
         assert!(p
-            .answer(&live("hivesync-head-3", 12), 12, true)
+            .answer(&live("hivesync-head-3", 12), 12, true, NOW)
             .unwrap()
             .stalled
             .is_none());

@@ -1,9 +1,10 @@
 use super::*;
-use crate::model::Op;
+use crate::model::{Kind, Op};
+use std::time::Duration;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-fn cfg(from: Option<i64>) -> ClientConfig {
+pub(super) fn cfg(from: Option<i64>) -> ClientConfig {
     ClientConfig {
         client: "t".into(),
         token: Some("tok".into()),
@@ -15,7 +16,7 @@ fn cfg(from: Option<i64>) -> ClientConfig {
     }
 }
 
-fn change(seq: i64) -> Change {
+pub(super) fn change(seq: i64) -> Change {
     Change {
         seq,
         tx: seq,
@@ -30,7 +31,7 @@ fn change(seq: i64) -> Change {
     }
 }
 
-fn welcome(head: i64) -> ServerMsg {
+pub(super) fn welcome(head: i64) -> ServerMsg {
     ServerMsg::Welcome {
         protocol: 1,
         node: "n".into(),
@@ -367,7 +368,7 @@ fn items(chain: &[(i64, i64)]) -> Vec<(i64, Change)> {
         .collect()
 }
 
-fn sent(actions: &[ClientAction]) -> Vec<&ClientMsg> {
+pub(super) fn sent(actions: &[ClientAction]) -> Vec<&ClientMsg> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -399,7 +400,7 @@ fn an_external_feed_takes_over_when_live_and_is_gap_checked_like_the_nodes() {
     // What the node sent before it saw the unsubscribe is left to the other feed.
     assert!(s.frame(batch(7, &[8]), 0).is_empty());
     // The other feed resumes from before the cursor: what was handed out is dropped.
-    let acts = s.external_changes(items(&[(5, 6), (6, 7), (7, 8), (8, 9)]));
+    let acts = s.external_changes(items(&[(5, 6), (6, 7), (7, 8), (8, 9)]), 0);
     match &acts[..] {
         [ClientAction::Apply { prev: 7, changes }] => {
             assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), [8, 9])
@@ -427,13 +428,13 @@ fn a_break_in_the_external_chain_hands_back_to_the_node_from_the_cursor() {
     );
     s.go_external().unwrap();
     assert!(matches!(
-        s.external_changes(items(&[(3, 4)]))[..],
+        s.external_changes(items(&[(3, 4)]), 0)[..],
         [ClientAction::Apply { prev: 3, .. }]
     ));
     s.applied(4);
     // 5 and 6 are missing from the stream (purged): nothing of the batch is applied, and the
     // node's feed resumes from the cursor on the same connection.
-    let acts = s.external_changes(items(&[(4, 5), (6, 7)]));
+    let acts = s.external_changes(items(&[(4, 5), (6, 7)]), 0);
     assert!(!s.external());
     match sent(&acts)[..] {
         [ClientMsg::Subscribe(sub)] => assert_eq!(sub.from, Some(4)),
@@ -450,7 +451,7 @@ fn a_break_in_the_external_chain_hands_back_to_the_node_from_the_cursor() {
         [ClientAction::Send(ClientMsg::Ack { seq: 7, .. })]
     ));
     // Changes offered while not external are not the session's to take.
-    assert!(s.external_changes(items(&[(7, 8)])).is_empty());
+    assert!(s.external_changes(items(&[(7, 8)]), 0).is_empty());
 }
 
 #[test]
@@ -465,7 +466,7 @@ fn an_external_feed_chosen_before_connecting_skips_the_subscription() {
     ));
     assert!(s.subscribed());
     // The feed breaks: the node's feed takes over from the cursor.
-    let acts = s.external_lost();
+    let acts = s.external_lost("the stream ended", 0);
     match sent(&acts)[..] {
         [ClientMsg::Subscribe(sub)] => assert_eq!(sub.from, Some(9)),
         ref other => panic!("{other:?}"),
@@ -574,14 +575,14 @@ mod handover {
                     if at >= stream.len() {
                         // The stream has nothing more (its tail is missing): it stalls, and the
                         // shell's watchdog hands back to the node.
-                        let acts = s.external_lost();
+                        let acts = s.external_lost("the stream ended", 0);
                         shell.run(&mut s, acts);
                         continue;
                     }
                     let k = chunks[step % chunks.len()].min(stream.len() - at);
                     let items = stream[at..at + k].iter().map(|&(p, q)| (p, change(q))).collect();
                     at += k;
-                    let acts = s.external_changes(items);
+                    let acts = s.external_changes(items, 0);
                     shell.run(&mut s, acts);
                 } else {
                     // The node's feed from the cursor: the subscription the session sent, a
