@@ -393,7 +393,7 @@ impl Change {
     /// An upper bound on this change's size inside a frame, in either encoding: its text
     /// fields as they are (the row image is JSON already and goes out verbatim) and at most 16
     /// bytes per embedding dimension (JSON's longest f32, with its comma), plus field names.
-    pub fn frame_bytes(&self) -> usize {
+    pub(crate) fn frame_bytes(&self) -> usize {
         let text = self.ns.len()
             + self.id.len()
             + self.model.as_ref().map_or(0, String::len)
@@ -413,13 +413,13 @@ pub fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
 
 /// An embedding as base64 (standard alphabet, padded) of its packed little-endian f32: how
 /// `hivesync.v1.json-b64` carries it, and a form `write` accepts beside a number array.
-pub fn embedding_to_base64(v: &[f32]) -> String {
+pub(crate) fn embedding_to_base64(v: &[f32]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(embedding_to_blob(v))
 }
 
 /// The embedding in a base64 string of packed little-endian f32.
-pub fn embedding_from_base64(s: &str) -> crate::Result<Vec<f32>> {
+pub(crate) fn embedding_from_base64(s: &str) -> crate::Result<Vec<f32>> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)

@@ -17,11 +17,11 @@ mod link;
 mod operate;
 mod serve;
 
-pub(crate) use link::follow;
-pub use link::{dial, publish, upstream, vouch};
-pub(crate) use operate::http;
-pub use operate::{auth, config, metrics, web};
-pub use serve::hub;
+pub use link::{dial, publish};
+pub(crate) use link::{follow, upstream, vouch};
+pub use operate::config;
+pub(crate) use operate::{auth, http, metrics, web};
+pub(crate) use serve::hub;
 pub(crate) use serve::{accept, background, budget, conn, gate, out, role, sub, writer};
 
 use std::net::SocketAddr;

@@ -32,7 +32,7 @@ pub(super) const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 /// batches); one statement per 64 rows copies each page once per 64 rows, and steps the VM once.
 /// A statement that fails is undone whole by SQLite; its rows are then retried one by one, so
 /// the error is the first failing row's own, returned with that row's position in `rows`.
-pub fn insert_rows<T>(
+pub(crate) fn insert_rows<T>(
     conn: &Connection,
     head: &str,
     cols: usize,
@@ -49,7 +49,7 @@ pub fn insert_rows<T>(
 /// every change, and only then returns rows, on its first step. An error from `returned` comes
 /// after the statement's changes were made, so it is returned as it is (with `start`), never
 /// retried row by row: the caller's transaction must be rolled back.
-pub fn insert_rows_returning<T>(
+pub(crate) fn insert_rows_returning<T>(
     conn: &Connection,
     head: &str,
     cols: usize,
@@ -146,7 +146,7 @@ pub(super) fn statement_end(start: usize, len: usize) -> usize {
 
 /// Consecutive entity upserts (of a write, or of a batch a replica applies), gathered to be
 /// written together by [`write_entities`] before any other op runs.
-pub struct EntityRun<'a> {
+pub(crate) struct EntityRun<'a> {
     replica: bool,
     /// The write path's commit (`tx`, `ts`): the run writes its own change-log rows.
     log: Option<(i64, i64)>,
@@ -164,23 +164,11 @@ pub struct EntityRun<'a> {
 pub(super) const LOGGED_RUN_MIN: usize = 8;
 
 impl<'a> EntityRun<'a> {
-    /// An empty run whose rows are logged by the triggers (or, `replica` as in
-    /// [`write_entities`], not at all: a replica copies the upstream's change rows).
-    pub fn new(replica: bool) -> Self {
-        EntityRun {
-            replica,
-            log: None,
-            rows: Vec::new(),
-            direct: None,
-            stand_aside: false,
-        }
-    }
-
     /// An empty run of a replica's apply, written as [`EntityRun::logged`] writes its runs,
     /// minus the change rows (the replica copies the upstream's): new rows inserted with the
     /// entity triggers standing aside and, while the batch is nothing but such runs, indexed
     /// for full-text search straight at the end.
-    pub fn replica_direct() -> Self {
+    pub(crate) fn replica_direct() -> Self {
         EntityRun {
             replica: true,
             log: None,
@@ -213,7 +201,7 @@ impl<'a> EntityRun<'a> {
     /// (an update in a run, or another op: [`EntityRun::before_other`]), the rows held so far
     /// are queued, in order, and the rest of the write uses the queue: the drain relies on the
     /// order of the queue (a row's first entry says what is indexed).
-    pub fn logged(tx: i64, ts: i64) -> Self {
+    pub(crate) fn logged(tx: i64, ts: i64) -> Self {
         EntityRun {
             replica: false,
             log: Some((tx, ts)),
@@ -226,19 +214,25 @@ impl<'a> EntityRun<'a> {
     /// Use the queue from the start: for a queue that holds work not yet drained (an earlier
     /// write of a group commit, which drains once after its last write), where indexing new
     /// rows directly would not be right.
-    pub fn queue_only(mut self) -> Self {
+    pub(crate) fn queue_only(mut self) -> Self {
         self.direct = None;
         self
     }
 
     /// Gather entity `e` of namespace `ns`, op (or change) number `index` of the caller's.
-    pub fn push(&mut self, index: usize, ns: &'a str, e: Entity) {
+    pub(crate) fn push(&mut self, index: usize, ns: &'a str, e: Entity) {
         self.rows.push((index, ns, e, None));
     }
 
     /// [`push`](Self::push) a row whose `properties` are given as the JSON text to store (the
     /// row's own map is ignored).
-    pub fn push_rendered(&mut self, index: usize, ns: &'a str, e: Entity, properties: String) {
+    pub(crate) fn push_rendered(
+        &mut self,
+        index: usize,
+        ns: &'a str,
+        e: Entity,
+        properties: String,
+    ) {
         self.rows.push((index, ns, e, Some(properties)));
     }
 
@@ -246,7 +240,7 @@ impl<'a> EntityRun<'a> {
     /// full-text work: the new rows held for direct indexing go into the queue first). On
     /// failure: the caller's `index` of the row SQLite refused, or None for a failure of no
     /// row's own, with its error.
-    pub fn before_other(
+    pub(crate) fn before_other(
         &mut self,
         conn: &Connection,
     ) -> std::result::Result<(), (Option<usize>, Error)> {
@@ -257,7 +251,10 @@ impl<'a> EntityRun<'a> {
     /// Write what was gathered at the end of the write (or batch), and index the new rows held
     /// for direct indexing; the caller then drains the queue. Failures as in
     /// [`before_other`](Self::before_other).
-    pub fn finish(&mut self, conn: &Connection) -> std::result::Result<(), (Option<usize>, Error)> {
+    pub(crate) fn finish(
+        &mut self,
+        conn: &Connection,
+    ) -> std::result::Result<(), (Option<usize>, Error)> {
         self.flush(conn).map_err(|(i, e)| (Some(i), e))?;
         self.index_direct(conn).map_err(|e| (None, e))
     }
@@ -513,7 +510,7 @@ impl<'a> EntityRow<'a> {
 /// [`row_image_sql`](crate::schema::row_image_sql) makes of the stored row. (`json()` leaves
 /// serde_json's compact text of the properties and tags as it is, and `json_object` escapes
 /// strings as serde_json does.)
-pub fn entity_image(r: &EntityRow<'_>, created_at: i64) -> Result<String> {
+pub(crate) fn entity_image(r: &EntityRow<'_>, created_at: i64) -> Result<String> {
     let e = r.e;
     let mut b = Vec::with_capacity(
         128 + e.id.len()

@@ -15,9 +15,12 @@ mod bulk;
 mod validate;
 mod write;
 
-pub use bulk::*;
-pub use validate::*;
-pub use write::*;
+pub(crate) use bulk::{insert_rows, EntityRun};
+pub use bulk::{write_entities, EntityRow};
+#[cfg(feature = "node")]
+pub(crate) use validate::entity_upsert;
+use validate::upsert;
+pub(crate) use write::{write_edge, write_entity, write_event, write_note, write_vector};
 
 /// Longest id or namespace accepted, in bytes.
 pub const MAX_ID: usize = 512;
@@ -80,7 +83,7 @@ pub(crate) fn new_id(conn: &Connection) -> Result<String> {
 }
 
 /// Check an id or a namespace.
-pub fn check_key(what: &str, s: &str) -> Result<()> {
+pub(crate) fn check_key(what: &str, s: &str) -> Result<()> {
     if s.is_empty() {
         return Err(Error::invalid(format!("{what} must not be empty")));
     }
@@ -137,7 +140,7 @@ fn json_obj(what: &'static str, m: &Map<String, Value>) -> Result<String> {
 }
 
 /// Check an embedding: finite values only, a sane dimension count.
-pub fn check_embedding(v: &[f32]) -> Result<()> {
+pub(crate) fn check_embedding(v: &[f32]) -> Result<()> {
     if v.is_empty() || v.len() > schema::MAX_DIMS {
         return Err(Error::invalid(format!(
             "an embedding needs 1 to {} dimensions, got {}",
@@ -173,7 +176,7 @@ fn squared_length(v: &[f32]) -> f32 {
 /// True when sqlite-vec's cosine distance is defined for `v`: its squared length, summed in f32
 /// as sqlite-vec does, is a normal number. Values such as 1e-30 square to 0 (the distance
 /// divides by 0 and comes back NULL), values such as 1e20 square to infinity.
-pub fn cosine_safe(v: &[f32]) -> bool {
+pub(crate) fn cosine_safe(v: &[f32]) -> bool {
     squared_length(v).is_normal()
 }
 

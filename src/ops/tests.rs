@@ -1,3 +1,4 @@
+use super::validate::{entity_row, entity_row_text};
 use super::*;
 use serde_json::json;
 #[cfg(target_arch = "wasm32")]

@@ -193,7 +193,7 @@ pub(super) fn entity_row_from(conn: &Connection, e: EntityIn, now: i64) -> Resul
 ///
 /// The row comes with its `properties` as the JSON text to store; the row's own `properties`
 /// map is left empty (see [`EntityRun::push_rendered`]).
-pub fn entity_upsert(
+pub(crate) fn entity_upsert(
     conn: &Connection,
     op: &WriteOp,
     now: i64,

@@ -2,18 +2,19 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::bulk::created_clause;
 use super::*;
 use crate::error::Result;
 use crate::model::{embedding_to_blob, Edge, Entity, Event, Note, Vector};
 
 /// Insert or replace one entity row.
-pub fn write_entity(conn: &Connection, ns: &str, e: &Entity, replica: bool) -> Result<()> {
+pub(crate) fn write_entity(conn: &Connection, ns: &str, e: &Entity, replica: bool) -> Result<()> {
     let row = EntityRow::new(ns, e)?;
     write_entities(conn, std::slice::from_ref(&row), replica, None).map_err(|(_, e)| e)
 }
 
 /// Insert or replace an edge row.
-pub fn write_edge(conn: &Connection, ns: &str, e: &Edge, replica: bool) -> Result<()> {
+pub(crate) fn write_edge(conn: &Connection, ns: &str, e: &Edge, replica: bool) -> Result<()> {
     conn.prepare_cached(&format!(
         "INSERT INTO edges(ns, id, source, target, relation, weight, properties, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -37,7 +38,7 @@ pub fn write_edge(conn: &Connection, ns: &str, e: &Edge, replica: bool) -> Resul
 }
 
 /// Insert or replace a note row.
-pub fn write_note(conn: &Connection, ns: &str, n: &Note, replica: bool) -> Result<()> {
+pub(crate) fn write_note(conn: &Connection, ns: &str, n: &Note, replica: bool) -> Result<()> {
     conn.prepare_cached(&format!(
         "INSERT INTO notes(ns, id, kind, name, content, salience, expires_at, properties, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -63,7 +64,7 @@ pub fn write_note(conn: &Connection, ns: &str, n: &Note, replica: bool) -> Resul
 
 /// Append an event row; an id already stored is left as it is (events are append-only, and
 /// re-sending one must be harmless).
-pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
+pub(crate) fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO events(ns, id, verb, actor, outcome, target, data, duration_us, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(ns, id) DO NOTHING",
@@ -91,7 +92,7 @@ pub fn write_event(conn: &Connection, ns: &str, e: &Event) -> Result<()> {
 ///
 /// `table` is the vec0 table its model's pair is in ([`crate::schema::ModelInfo::table`]); a
 /// small pair that reaches [`crate::schema::SMALL_PAIR_VECTORS`] moves to the large one.
-pub fn write_vector(
+pub(crate) fn write_vector(
     conn: &Connection,
     ns: &str,
     v: &Vector,

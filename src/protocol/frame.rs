@@ -1,11 +1,13 @@
 //! Frames: a server message in either encoding, and `changes` batches assembled from changes
 //! encoded once per encoding.
 
+use super::bin::BIN_CHANGES_VARIANT;
+use super::json::json_str;
 use super::*;
 use crate::model::Change;
 
 /// Encode a node message in the given encoding: text for JSON, bytes for binary.
-pub fn encode_server(enc: Encoding, m: &ServerMsg) -> Frame {
+pub(crate) fn encode_server(enc: Encoding, m: &ServerMsg) -> Frame {
     match enc.vectors() {
         Some(form) => Frame::Text(encode_server_json_as(m, form)),
         None => Frame::Binary(encode_server_bin(m)),
@@ -43,7 +45,7 @@ pub fn changes_frame<'a>(
 
 /// Encode `changes` straight into one `changes` frame in `enc` only (the catch-up path, where
 /// no other subscriber shares the encoding).
-pub fn changes_frame_of<'a>(
+pub(crate) fn changes_frame_of<'a>(
     enc: Encoding,
     sub: &str,
     prev: i64,

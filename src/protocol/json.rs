@@ -47,7 +47,7 @@ pub fn encode_change_json(out: &mut Vec<u8>, c: &Change) {
 }
 
 /// [`encode_change_json`] with the embedding in `form`.
-pub fn encode_change_json_as(out: &mut Vec<u8>, c: &Change, form: VectorForm) {
+pub(crate) fn encode_change_json_as(out: &mut Vec<u8>, c: &Change, form: VectorForm) {
     use std::io::Write;
     let _ = write!(
         out,
@@ -89,13 +89,6 @@ pub fn encode_change_json_as(out: &mut Vec<u8>, c: &Change, form: VectorForm) {
         }
     }
     out.push(b'}');
-}
-
-/// A change as a `serde_json::Value` (for tools that print changes).
-pub fn change_to_json(c: &Change) -> serde_json::Value {
-    let mut buf = Vec::new();
-    encode_change_json(&mut buf, c);
-    serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
 }
 
 #[derive(Deserialize)]
@@ -157,7 +150,7 @@ impl JsonChange<'_> {
 
 /// Decode one change in its JSON form (what [`encode_change_json`] writes: a NATS message's
 /// payload, for one).
-pub fn decode_change_json(bytes: &[u8]) -> Result<Change> {
+pub(crate) fn decode_change_json(bytes: &[u8]) -> Result<Change> {
     serde_json::from_slice::<JsonChange<'_>>(bytes)
         .map_err(|e| Error::invalid(format!("malformed change: {e}")))?
         .into_change()
@@ -304,7 +297,7 @@ pub fn encode_server_json(m: &ServerMsg) -> String {
 }
 
 /// Encode a node message as JSON text with embeddings in `form`.
-pub fn encode_server_json_as(m: &ServerMsg, form: VectorForm) -> String {
+pub(crate) fn encode_server_json_as(m: &ServerMsg, form: VectorForm) -> String {
     use std::io::Write;
     let mut out = Vec::with_capacity(128);
     match m {

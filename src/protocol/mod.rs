@@ -31,12 +31,22 @@ pub(crate) mod probe;
 mod session;
 pub mod upload;
 
-pub use auth::*;
-pub use bin::*;
+pub use auth::{AuthError, Authorizer, Principal, Scope};
+pub use bin::{
+    decode_client_bin, decode_server_bin, encode_change_bin, encode_client_bin, encode_server_bin,
+};
 pub use client::{ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure};
-pub use frame::*;
-pub use json::*;
-pub use session::*;
+pub use frame::{changes_frame, Frame};
+#[cfg(feature = "node")]
+pub(crate) use frame::{changes_frame_of, encode_server};
+#[cfg(feature = "node")]
+pub(crate) use json::decode_change_json;
+pub use json::{
+    decode_client_json, decode_server_json, encode_change_json, encode_client_json,
+    encode_server_json, VectorForm,
+};
+pub(crate) use json::{encode_change_json_as, encode_server_json_as};
+pub use session::{Action, Session, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG};
 
 /// The protocol version in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -21,14 +21,18 @@ mod triggers;
 
 pub use ddl::{drain_fts_queue, fts_queue_pending};
 pub use models::{
-    embedding_sql, ensure_model, grow_pair, model_by_name, model_dims, model_tables, models,
-    small_vec_table, vec_index_problems, vec_table, ModelInfo, ModelLimit, LOGGED_EMBEDDING_SQL,
-    MAX_DIMS, MAX_MODELS_PER_NS, SMALL_PAIR_VECTORS,
+    embedding_sql, model_by_name, models, vec_index_problems, ModelInfo, MAX_DIMS,
+    MAX_MODELS_PER_NS, SMALL_PAIR_VECTORS,
+};
+pub(crate) use models::{
+    ensure_model, grow_pair, model_dims, model_tables, small_vec_table, ModelLimit,
+    LOGGED_EMBEDDING_SQL,
 };
 
-pub use triggers::{
-    enter, enter_writing, leave, row_image_sql, switch, with_mode, Mode, NEXT_SEQ, NOW_US,
-};
+#[cfg(feature = "node")]
+pub(crate) use triggers::enter_writing;
+pub use triggers::row_image_sql;
+pub(crate) use triggers::{enter, leave, switch, with_mode, Mode, NEXT_SEQ, NOW_US};
 
 use rusqlite::{Connection, OptionalExtension};
 

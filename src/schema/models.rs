@@ -81,7 +81,7 @@ pub fn embedding_sql(p: &str) -> String {
 /// embedding the index holds now. Every change to a key's embedding first copies it into the
 /// by-reference row (`ops::write_vector`, the `vectors` triggers), so that row always reads
 /// what it logged.
-pub const LOGGED_EMBEDDING_SQL: &str = "coalesce(changes.embedding,
+pub(crate) const LOGGED_EMBEDDING_SQL: &str = "coalesce(changes.embedding,
     CASE WHEN changes.kind = 'vector' AND changes.op = 'upsert' THEN
       (SELECT x.embedding FROM vectors v JOIN vec_all x ON x.vid = v.rowid
        WHERE v.ns = changes.ns AND v.subject = changes.id AND v.model = changes.model
@@ -122,13 +122,13 @@ fn refresh_vec_view(conn: &Connection) -> Result<()> {
 }
 
 /// The vec0 table of the models with `dims` dimensions that have many vectors.
-pub fn vec_table(dims: usize) -> String {
+pub(crate) fn vec_table(dims: usize) -> String {
     format!("vec_d{dims}")
 }
 
 /// The vec0 table (chunks of [`SMALL_CHUNK`]) of the models with `dims` dimensions that have
 /// fewer than [`SMALL_PAIR_VECTORS`] vectors.
-pub fn small_vec_table(dims: usize) -> String {
+pub(crate) fn small_vec_table(dims: usize) -> String {
     format!("vec_s{dims}")
 }
 
@@ -162,7 +162,7 @@ pub fn model_by_name(conn: &Connection, ns: &str, model: &str) -> Result<Option<
 
 /// The vec0 tables that hold the model `model`'s vectors of `dims` dimensions, across
 /// namespaces (one or both of `vec_d<dims>` and `vec_s<dims>`).
-pub fn model_tables(conn: &Connection, model: &str, dims: usize) -> Result<Vec<String>> {
+pub(crate) fn model_tables(conn: &Connection, model: &str, dims: usize) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT DISTINCT small FROM vector_models WHERE model = ?1 AND dims = ?2 ORDER BY small",
     )?;
@@ -174,7 +174,7 @@ pub fn model_tables(conn: &Connection, model: &str, dims: usize) -> Result<Vec<S
 
 /// The dimension counts the model `model` has across namespaces, smallest first (one, unless
 /// namespaces chose different ones).
-pub fn model_dims(conn: &Connection, model: &str) -> Result<Vec<usize>> {
+pub(crate) fn model_dims(conn: &Connection, model: &str) -> Result<Vec<usize>> {
     let mut stmt = conn
         .prepare_cached("SELECT DISTINCT dims FROM vector_models WHERE model = ?1 ORDER BY dims")?;
     let rows = stmt.query_map([model], |r| r.get::<_, i64>(0))?;
@@ -193,7 +193,7 @@ pub fn models(conn: &Connection) -> Result<Vec<ModelInfo>> {
 
 /// Whether [`ensure_model`] enforces [`MAX_MODELS_PER_NS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelLimit {
+pub(crate) enum ModelLimit {
     /// The write path: a namespace's models are capped.
     Enforce,
     /// A replica applying its upstream's rows: the upstream already decided.
@@ -204,7 +204,7 @@ pub enum ModelLimit {
 /// and the small vec0 table of its dimension count if this is the first model with that count).
 /// Must run inside the caller's write transaction so the model and its first vector commit
 /// together.
-pub fn ensure_model(
+pub(crate) fn ensure_model(
     conn: &Connection,
     ns: &str,
     model: &str,
@@ -266,7 +266,12 @@ pub fn ensure_model(
 /// Move the pair (ns, model) from the small table of `dims` dimensions to the large one once
 /// it has [`SMALL_PAIR_VECTORS`] vectors; returns the large table's name when it moved. Call
 /// it after adding a vector to a small pair.
-pub fn grow_pair(conn: &Connection, ns: &str, model: &str, dims: usize) -> Result<Option<String>> {
+pub(crate) fn grow_pair(
+    conn: &Connection,
+    ns: &str,
+    model: &str,
+    dims: usize,
+) -> Result<Option<String>> {
     let n: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM (SELECT 1 FROM vectors WHERE ns = ?1 AND model = ?2 LIMIT ?3)",

@@ -11,7 +11,7 @@ use crate::model::Kind;
 /// `sync_ctx` row (any other program's write) the triggers log and index as for
 /// [`Mode::Writing`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// hivesync's write path: the triggers log every change and queue its indexing.
     Writing,
     /// A replica applies upstream changes: logging is silenced (their log rows are copied).
@@ -30,7 +30,7 @@ pub enum Mode {
 
 impl Mode {
     /// The value in `sync_ctx.applying` (what the triggers' SQL compares with).
-    pub const fn code(self) -> i64 {
+    pub(crate) const fn code(self) -> i64 {
         match self {
             Mode::Writing => 0,
             Mode::Applying => 1,
@@ -56,7 +56,7 @@ impl Mode {
 /// Begin hivesync's own write in the open transaction ([`Mode::Writing`]): every change it
 /// logs gets `tx`, the log's next seq (so all changes of one commit share it), and time `ts`.
 /// Returns the `tx`.
-pub fn enter_writing(conn: &Connection, ts: i64) -> Result<i64> {
+pub(crate) fn enter_writing(conn: &Connection, ts: i64) -> Result<i64> {
     Ok(conn
         .prepare_cached(
             "INSERT INTO sync_ctx(one, tx, ts, applying)
@@ -68,7 +68,7 @@ pub fn enter_writing(conn: &Connection, ts: i64) -> Result<i64> {
 }
 
 /// Enter `mode` in the open transaction (the `sync_ctx` row made if there is none).
-pub fn enter(conn: &Connection, mode: Mode) -> Result<()> {
+pub(crate) fn enter(conn: &Connection, mode: Mode) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO sync_ctx(one, applying) VALUES (1, ?1)
          ON CONFLICT(one) DO UPDATE SET applying = excluded.applying",
@@ -78,21 +78,21 @@ pub fn enter(conn: &Connection, mode: Mode) -> Result<()> {
 }
 
 /// Switch the open transaction's `sync_ctx` row (which must exist) to `mode`.
-pub fn switch(conn: &Connection, mode: Mode) -> Result<()> {
+pub(crate) fn switch(conn: &Connection, mode: Mode) -> Result<()> {
     conn.prepare_cached("UPDATE sync_ctx SET applying = ?1")?
         .execute([mode.code()])?;
     Ok(())
 }
 
 /// Leave: remove the `sync_ctx` row, before the transaction commits.
-pub fn leave(conn: &Connection) -> Result<()> {
+pub(crate) fn leave(conn: &Connection) -> Result<()> {
     conn.prepare_cached("DELETE FROM sync_ctx")?.execute([])?;
     Ok(())
 }
 
 /// Run `f` in `mode`, then put `sync_ctx` back as it was, whether `f` failed or not; `f` is
 /// given the mode it found (None: no row, another program's write or none at all).
-pub fn with_mode<T>(
+pub(crate) fn with_mode<T>(
     conn: &Connection,
     mode: Mode,
     f: impl FnOnce(Option<Mode>) -> Result<T>,
@@ -115,7 +115,7 @@ pub fn with_mode<T>(
 /// Current time in microseconds since the Unix epoch, as an SQL expression. `julianday` rather
 /// than `unixepoch('subsec')` because the sqlite3 shells found on servers (3.40) lack the latter,
 /// and a plain-SQL insert from one must still get its timestamps.
-pub const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+pub(crate) const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
 
 /// The JSON row image of a row of `kind`, with columns read through `p` (`new.`, `e.`...).
 /// Triggers (for `changes`) and snapshot reads use this one definition, so a row captured by a
@@ -161,7 +161,7 @@ fn id_col(kind: Kind) -> &'static str {
 /// The logging triggers' condition: not while a replica applies upstream changes.
 pub(super) const NOT_APPLYING: &str = "NOT EXISTS (SELECT 1 FROM sync_ctx WHERE applying = 1)";
 /// The next seq of the log, as an SQL expression.
-pub const NEXT_SEQ: &str =
+pub(crate) const NEXT_SEQ: &str =
     "(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1)";
 
 /// `INSERT INTO changes` for an upsert of the row `new`, or a delete of the row `old`.

@@ -108,7 +108,7 @@ impl Store {
 
     /// Bind the client id `client` to `principal` unless another principal holds it (then
     /// [`Error::Forbidden`]): what a node that forwards writes checks for its own clients.
-    pub fn bind_client(&self, client: &str, principal: &str) -> Result<()> {
+    pub(crate) fn bind_client(&self, client: &str, principal: &str) -> Result<()> {
         let owner: Option<Option<String>> = self.read(|c| {
             Ok(
                 c.prepare_cached("SELECT principal FROM client_writes WHERE client = ?1")?
@@ -370,11 +370,11 @@ pub type GroupWrite<'a> = (&'a [WriteOp], Option<&'a Origin>);
 
 /// Most writes one group commit takes, and most ops and bytes (the writer stops adding writes
 /// at the first that would pass a bound; a single write past them still goes, alone).
-pub const GROUP_MAX_WRITES: usize = 256;
+pub(crate) const GROUP_MAX_WRITES: usize = 256;
 /// See [`GROUP_MAX_WRITES`].
-pub const GROUP_MAX_OPS: usize = 8192;
+pub(crate) const GROUP_MAX_OPS: usize = 8192;
 /// See [`GROUP_MAX_WRITES`].
-pub const GROUP_MAX_BYTES: usize = 8 << 20;
+pub(crate) const GROUP_MAX_BYTES: usize = 8 << 20;
 
 /// Group commit: `writes` in one transaction, each in a savepoint of its own, so a refused
 /// write is rolled back alone and the others commit. Each result is what [`write_ops`] would
@@ -670,9 +670,4 @@ fn check(conn: &Connection) -> Result<CheckReport> {
         head: query::head(conn)?,
         horizon: query::horizon(conn)?,
     })
-}
-
-/// Count changes in the log, for tests and tools.
-pub fn count_changes(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT count(*) FROM changes", params![], |r| r.get(0))?)
 }

@@ -4,5 +4,5 @@
 pub mod dial;
 pub(crate) mod follow;
 pub mod publish;
-pub mod upstream;
-pub mod vouch;
+pub(crate) mod upstream;
+pub(crate) mod vouch;

@@ -55,13 +55,13 @@ const VERIFY_BACK: u64 = 256;
 /// The `meta` key of the last seq the stream acknowledged.
 const CURSOR_KEY: &str = "nats_published_seq";
 /// The header holding a message's seq.
-pub const SEQ_HEADER: &str = "Hivesync-Seq";
+pub(crate) const SEQ_HEADER: &str = "Hivesync-Seq";
 /// The header holding the seq of the change before it in the log (a consumer that saw that one
 /// has missed nothing).
-pub const PREV_HEADER: &str = "Hivesync-Prev";
+pub(crate) const PREV_HEADER: &str = "Hivesync-Prev";
 /// The header of a message that stands in for a change too large for the NATS server's
 /// `max_payload`: it has no payload; read the change from the node's feed.
-pub const OMITTED_HEADER: &str = "Hivesync-Omitted";
+pub(crate) const OMITTED_HEADER: &str = "Hivesync-Omitted";
 
 /// `[publish]` in the node's TOML config; `serve --publish URL` sets `url`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ pub fn subject(prefix: &str, ns: &str, kind: Kind) -> String {
 }
 
 /// A namespace as one subject token.
-pub fn ns_token(ns: &str) -> String {
+pub(crate) fn ns_token(ns: &str) -> String {
     if !ns.is_empty()
         && ns
             .bytes()

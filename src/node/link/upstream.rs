@@ -49,7 +49,7 @@ pub(crate) struct Forward {
 
 /// What the local node sees of the upstream link.
 #[derive(Default, Debug)]
-pub struct UpstreamState {
+pub(crate) struct UpstreamState {
     /// Connected and subscribed.
     pub connected: AtomicBool,
     /// Caught up with the upstream (after its `live`).

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// The header holding a message's signature (base64).
-pub const SIG_HEADER: &str = "Hivesync-Sig";
+pub(crate) const SIG_HEADER: &str = "Hivesync-Sig";
 /// The `meta` key of the publisher's signing key seed (hex).
 const SEED_KEY: &str = "nats_signing_seed";
 /// What every signed message starts with (a version, and no other use of the key can collide).
@@ -41,10 +41,10 @@ fn signed_bytes(seq: i64, prev: i64, payload: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// The publisher's key.
-pub struct SigningKey(Ed25519KeyPair);
+pub(crate) struct SigningKey(Ed25519KeyPair);
 
 /// A message's signature and the id it is published under.
-pub struct Signed {
+pub(crate) struct Signed {
     /// `Hivesync-Sig`.
     pub sig: String,
     /// `Nats-Msg-Id`.
@@ -53,7 +53,7 @@ pub struct Signed {
 
 impl SigningKey {
     /// The key kept in `store`, made (from the OS's generator) and kept there if there is none.
-    pub fn load_or_create(store: &Store) -> Result<SigningKey> {
+    pub(crate) fn load_or_create(store: &Store) -> Result<SigningKey> {
         let kept: Option<String> = store.read(|c| {
             Ok(rusqlite::OptionalExtension::optional(c.query_row(
                 "SELECT value FROM meta WHERE key = ?1",
@@ -88,18 +88,18 @@ impl SigningKey {
 
     /// A key from a seed (tests).
     #[cfg(test)]
-    pub fn from_seed(seed: [u8; 32]) -> SigningKey {
+    pub(crate) fn from_seed(seed: [u8; 32]) -> SigningKey {
         // A 32-byte seed is always a valid Ed25519 private key.
         SigningKey(Ed25519KeyPair::from_seed_unchecked(&seed).expect("any 32 bytes are a seed"))
     }
 
     /// The verifying key, base64: what `welcome` carries.
-    pub fn public(&self) -> String {
+    pub(crate) fn public(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.0.public_key().as_ref())
     }
 
     /// Sign the message of change `seq` (after `prev`) with `payload` (None for a stand-in).
-    pub fn sign(&self, seq: i64, prev: i64, payload: Option<&[u8]>) -> Signed {
+    pub(crate) fn sign(&self, seq: i64, prev: i64, payload: Option<&[u8]>) -> Signed {
         let sig = self.0.sign(&signed_bytes(seq, prev, payload));
         let raw = sig.as_ref();
         Signed {
@@ -128,11 +128,11 @@ fn decode_seed(hex: &str) -> Result<[u8; 32]> {
 
 /// The key an edge checks the stream's messages with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyingKey(Vec<u8>);
+pub(crate) struct VerifyingKey(Vec<u8>);
 
 impl VerifyingKey {
     /// From `welcome`'s `publish_key` (base64 of 32 bytes).
-    pub fn parse(b64: &str) -> Result<VerifyingKey> {
+    pub(crate) fn parse(b64: &str) -> Result<VerifyingKey> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| Error::invalid(format!("the primary's publish key is not base64: {e}")))?;
@@ -146,7 +146,7 @@ impl VerifyingKey {
     }
 
     /// True when `sig` (the `Hivesync-Sig` header) signs this message.
-    pub fn verify(&self, seq: i64, prev: i64, payload: Option<&[u8]>, sig: &str) -> bool {
+    pub(crate) fn verify(&self, seq: i64, prev: i64, payload: Option<&[u8]>, sig: &str) -> bool {
         let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
             return false;
         };

@@ -21,7 +21,7 @@ use crate::protocol::{AuthError, Authorizer, Principal, Scope};
 
 /// How long the config file must be quiet (no write, create, rename or remove event) before it
 /// is read: longer than the gap between the writes of one save, short enough to feel instant.
-pub const SETTLE: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 
 struct Shared {
     config: RwLock<Arc<Config>>,
@@ -34,13 +34,13 @@ struct Shared {
 
 /// The current auth state; cheap to clone.
 #[derive(Clone)]
-pub struct Auth {
+pub(crate) struct Auth {
     inner: Arc<Shared>,
 }
 
 /// Why a new version of the config file was not put in force.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// It does not parse or fails a check.
     #[error("{0}")]
     Invalid(String),
@@ -52,7 +52,7 @@ pub enum ReloadError {
 
 impl Auth {
     /// Auth for a node listening on `addr` with `config`.
-    pub fn new(config: Config, addr: SocketAddr) -> Auth {
+    pub(crate) fn new(config: Config, addr: SocketAddr) -> Auth {
         Auth {
             inner: Arc::new(Shared {
                 config: RwLock::new(Arc::new(config)),
@@ -65,17 +65,17 @@ impl Auth {
     }
 
     /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.inner.config.read().clone()
     }
 
     /// A receiver that changes on every accepted reload.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.generation.subscribe()
     }
 
     /// Reloads accepted and refused since start.
-    pub fn reload_counts(&self) -> (u64, u64) {
+    pub(crate) fn reload_counts(&self) -> (u64, u64) {
         (
             self.inner.reloads.load(Relaxed),
             self.inner.reload_failures.load(Relaxed),
@@ -91,13 +91,13 @@ impl Auth {
     }
 
     /// True when a client without a token would be let in.
-    pub fn anonymous_allowed(&self) -> bool {
+    pub(crate) fn anonymous_allowed(&self) -> bool {
         self.allows_anonymous(&self.config())
     }
 
     /// Judge a new version of the config file and put it in force when it passes: Ok(true)
     /// when it changed anything. Counted in `/metrics` either way.
-    pub fn reload(&self, text: &str) -> Result<bool, ReloadError> {
+    pub(crate) fn reload(&self, text: &str) -> Result<bool, ReloadError> {
         let res = self.judge(text);
         match &res {
             Ok(true) => self.inner.reloads.fetch_add(1, Relaxed),
@@ -124,7 +124,7 @@ impl Auth {
 
     /// Watch `path` and reload it once per change, after it has settled; a version that is
     /// refused is reported once and the previous config stays in force.
-    pub fn watch(&self, path: PathBuf) -> Option<notify::RecommendedWatcher> {
+    pub(crate) fn watch(&self, path: PathBuf) -> Option<notify::RecommendedWatcher> {
         use notify::event::ModifyKind;
         use notify::{EventKind, Watcher};
         let (tx, rx) = std::sync::mpsc::channel::<()>();

@@ -9,11 +9,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 /// One metric of the exposition: name, type ([`COUNTER`] or [`GAUGE`]), help, value.
-pub type Sample<'a> = (&'a str, &'static str, &'a str, i64);
+pub(crate) type Sample<'a> = (&'a str, &'static str, &'a str, i64);
 /// The Prometheus type of a count that only grows.
-pub const COUNTER: &str = "counter";
+pub(crate) const COUNTER: &str = "counter";
 /// The Prometheus type of a level.
-pub const GAUGE: &str = "gauge";
+pub(crate) const GAUGE: &str = "gauge";
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -22,7 +22,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 
 /// Per-subscription progress.
 #[derive(Default, Debug)]
-pub struct SubStats {
+pub(crate) struct SubStats {
     /// Last seq sent.
     pub sent: AtomicI64,
     /// Last seq the client acknowledged.
@@ -31,7 +31,7 @@ pub struct SubStats {
 
 /// All metrics of a node.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Open WebSocket connections.
     pub connections: AtomicI64,
     /// Connections accepted since start.
@@ -78,14 +78,14 @@ pub struct Metrics {
 
 impl Metrics {
     /// Record one group commit of `writes` writes.
-    pub fn observe_group(&self, writes: usize) {
+    pub(crate) fn observe_group(&self, writes: usize) {
         if writes > 0 {
             self.write_groups.fetch_add(1, Relaxed);
         }
     }
 
     /// Record one write's commit latency.
-    pub fn observe_write(&self, d: Duration) {
+    pub(crate) fn observe_write(&self, d: Duration) {
         let s = d.as_secs_f64();
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             if s <= *b {
@@ -98,7 +98,7 @@ impl Metrics {
 
     /// Count a refused hello; returns how many to report when a log line is due (at most one
     /// a second, so guessing tokens cannot flood the log).
-    pub fn failed_hello(&self) -> Option<u64> {
+    pub(crate) fn failed_hello(&self) -> Option<u64> {
         self.failed_hellos.fetch_add(1, Relaxed);
         let mut l = self.failed_hello_log.lock();
         l.0 += 1;
@@ -112,25 +112,20 @@ impl Metrics {
     }
 
     /// Register a subscription; returns its stats.
-    pub fn add_sub(&self, conn: u64, sub: &str) -> Arc<SubStats> {
+    pub(crate) fn add_sub(&self, conn: u64, sub: &str) -> Arc<SubStats> {
         let s = Arc::new(SubStats::default());
         self.subs.lock().insert((conn, sub.to_string()), s.clone());
         s
     }
 
     /// Forget a subscription.
-    pub fn remove_sub(&self, conn: u64, sub: &str) {
+    pub(crate) fn remove_sub(&self, conn: u64, sub: &str) {
         self.subs.lock().remove(&(conn, sub.to_string()));
-    }
-
-    /// A subscription's stats.
-    pub fn sub(&self, conn: u64, sub: &str) -> Option<Arc<SubStats>> {
-        self.subs.lock().get(&(conn, sub.to_string())).cloned()
     }
 
     /// Prometheus text exposition: these metrics, then `extra` (what other parts of the node
     /// count: config reloads, the socket limit, the upstream link).
-    pub fn render(&self, head: i64, extra: &[Sample<'_>]) -> String {
+    pub(crate) fn render(&self, head: i64, extra: &[Sample<'_>]) -> String {
         let mut o = String::new();
         let samples = self.samples(head).into_iter().chain(self.write_samples());
         for (name, kind, help, v) in samples.chain(extra.iter().copied()) {

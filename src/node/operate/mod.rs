@@ -1,7 +1,7 @@
 //! The operator's surface: the config file, tokens and auth, metrics and health, the web files.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod config;
 pub(crate) mod http;
-pub mod metrics;
-pub mod web;
+pub(crate) mod metrics;
+pub(crate) mod web;

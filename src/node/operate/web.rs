@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 /// Where the web files come from.
 #[derive(Clone, Debug)]
-pub enum WebFiles {
+pub(crate) enum WebFiles {
     /// The package compiled into the binary.
     Embedded,
     /// A directory laid out as `wasm/web` (`--web DIR`), its real path (symbolic links
@@ -51,7 +51,7 @@ static EMBEDDED: &[(&str, &[u8])] = embed!(
 impl WebFiles {
     /// `--web DIR` when given (a directory: its files go over the built-in package's, so it
     /// may hold a whole package or only an app's own pages), else the embedded package.
-    pub fn choose(dir: Option<&Path>) -> crate::Result<WebFiles> {
+    pub(crate) fn choose(dir: Option<&Path>) -> crate::Result<WebFiles> {
         match dir {
             None => Ok(WebFiles::Embedded),
             Some(d) if d.is_dir() => {

@@ -21,7 +21,7 @@ use crate::store::Store;
 
 /// A change encoded once for every subscriber.
 #[derive(Debug)]
-pub struct EncodedChange {
+pub(crate) struct EncodedChange {
     /// Its seq.
     pub seq: i64,
     /// Its commit group.
@@ -41,7 +41,7 @@ pub struct EncodedChange {
 
 impl EncodedChange {
     /// Encode `c` both ways.
-    pub fn new(c: &Change) -> Self {
+    pub(crate) fn new(c: &Change) -> Self {
         let mut json = Vec::with_capacity(256);
         encode_change_json(&mut json, c);
         let mut bin = Vec::with_capacity(128);
@@ -63,7 +63,7 @@ impl EncodedChange {
     }
 
     /// The fragment for `enc`.
-    pub fn bytes(&self, enc: Encoding) -> &[u8] {
+    pub(crate) fn bytes(&self, enc: Encoding) -> &[u8] {
         match enc {
             Encoding::Json => &self.json,
             Encoding::Bin => &self.bin,
@@ -83,7 +83,7 @@ impl EncodedChange {
 /// Window limits: 100,000 changes or 64 MiB, whichever comes first. A subscriber within the
 /// window is served from memory; one further behind is served from the log on disk.
 #[derive(Clone, Copy, Debug)]
-pub struct WindowLimits {
+pub(crate) struct WindowLimits {
     /// Most changes held.
     pub max_changes: usize,
     /// Most encoded bytes held.
@@ -109,7 +109,7 @@ struct Window {
 }
 
 /// What a read of the window found.
-pub enum WindowRead {
+pub(crate) enum WindowRead {
     /// The cursor is older than the window: read the log.
     Behind,
     /// Changes after the cursor (possibly none), and the position scanned up to.
@@ -117,7 +117,7 @@ pub enum WindowRead {
 }
 
 /// The hub.
-pub struct Hub {
+pub(crate) struct Hub {
     window: RwLock<Window>,
     limits: WindowLimits,
     head: watch::Sender<i64>,
@@ -126,7 +126,7 @@ pub struct Hub {
 
 impl Hub {
     /// A hub whose window starts at `head`.
-    pub fn new(head: i64, limits: WindowLimits) -> Arc<Hub> {
+    pub(crate) fn new(head: i64, limits: WindowLimits) -> Arc<Hub> {
         Arc::new(Hub {
             window: RwLock::new(Window {
                 changes: VecDeque::new(),
@@ -141,29 +141,24 @@ impl Hub {
     }
 
     /// Tell the tailer there may be new commits.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// The last seq published.
-    pub fn head(&self) -> i64 {
+    pub(crate) fn head(&self) -> i64 {
         *self.head.borrow()
     }
 
     /// A receiver that changes whenever the head moves.
-    pub fn subscribe_head(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_head(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
-    }
-
-    /// The oldest cursor the window can serve.
-    pub fn covered_from(&self) -> i64 {
-        self.window.read().covered_from
     }
 
     /// Forget the window after the log restarted at `at` (an edge node re-synced from a
     /// snapshot): subscriptions behind `at` then read the log, find it trimmed, and take a
     /// snapshot themselves.
-    pub fn reset(&self, at: i64) {
+    pub(crate) fn reset(&self, at: i64) {
         {
             let mut w = self.window.write();
             w.changes.clear();
@@ -177,7 +172,7 @@ impl Hub {
     /// Publish committed changes (ascending, whole transactions, continuing the log). Two
     /// publishers may race with the same changes (an edge node publishes what it applied, and
     /// its tailer may read the same rows from the log): what is already published is skipped.
-    pub fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
+    pub(crate) fn publish(&self, changes: Vec<Arc<EncodedChange>>) {
         let last = {
             let mut w = self.window.write();
             let before = w.head;
@@ -205,7 +200,7 @@ impl Hub {
 
     /// One frame's worth of changes after `cursor` passing `pass`, within `limits` in `enc`'s
     /// bytes, in whole transactions ([`Fill`]).
-    pub fn read(
+    pub(crate) fn read(
         &self,
         cursor: i64,
         limits: FrameLimits,
@@ -261,7 +256,7 @@ const RECHECK_AFTER: [Duration; 9] = [
 
 /// The tailer: wakes on commits (and on a timer, to catch external writers whose file events
 /// were missed), reads new changes from the log and publishes them.
-pub async fn run_tailer(
+pub(crate) async fn run_tailer(
     store: Arc<Store>,
     hub: Arc<Hub>,
     poll: Duration,

@@ -6,7 +6,7 @@ pub(crate) mod background;
 pub(crate) mod budget;
 pub(crate) mod conn;
 pub(crate) mod gate;
-pub mod hub;
+pub(crate) mod hub;
 pub(crate) mod out;
 pub(crate) mod role;
 pub(crate) mod sub;
