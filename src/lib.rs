@@ -10,18 +10,29 @@
 //! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
 //! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side), on
 //!   `applying` (the applying transaction, one row at a time), which [`outbox`] uses too.
-//! - [`protocol`]: wire protocol v1: messages, JSON and postcard codecs, the server session and
-//!   the one client session ([`protocol::client`]) every hivesync client runs.
+//! - [`protocol`]: wire protocol v1, sans I/O: messages, JSON and postcard codecs, the server
+//!   session, the feed's plan and frames ([`protocol::feed`]), the one client session
+//!   ([`protocol::client`]) every hivesync client runs, and a replica's upload policy
+//!   ([`protocol::upload`]).
 //! - `store` (native): the pooled store (one writer, N readers, WAL, background checkpoints).
-//! - `node` (native): the server: WebSocket feed, fan-out hub, auth, metrics, edge mode.
+//! - `node` (native): the server: `serve/` (sockets, connections, subscriptions, the fan-out hub,
+//!   the role and the writer), `link/` (an edge's upstream link, NATS), `operate/` (config, auth,
+//!   metrics, HTTP, web files).
 //!
-//! A change's path through them: a client's `write` → `protocol` session checks →
-//! `node::conn`'s writer thread → `ops` (validate, write rows) → `schema` triggers → the
-//! `changes` log, in the same transaction → `node::hub` (read once, encoded once, kept in a
-//! window) → `node::sub` (snapshot, catch-up, live) → `node::conn`'s sender → a client's
-//! `protocol::client::ClientSession` → `apply` on the replica. `docs/design.md` in the
-//! repository describes each step, the protocol's invariants, the `sync_ctx` contract and the
-//! bulk write path.
+//! The two data paths (`docs/design.md` in the repository walks through each step, the
+//! protocol's invariants, the `sync_ctx` contract and the bulk write path):
+//! - a write: socket → `node::serve::conn` → the server [`protocol::Session`] (scope, limits)
+//!   → `node::serve::role::route` (refused, forwarded upstream, or queued by the node's role) →
+//!   `node::serve::writer` (group commit) → [`ops`] (validate, write rows) → [`schema`] triggers
+//!   → the `changes` log, in the same transaction → commit → `written` back on the connection;
+//! - a change: the log → `node::serve::hub` (read once, encoded once, kept in a window, cut into
+//!   frames of whole transactions by [`protocol::feed`]) → `node::serve::sub` (where to start:
+//!   [`protocol::feed::plan`]) → the connection's sender → a client's
+//!   [`protocol::client::ClientSession`] (gap check) → [`apply`] on the replica, with the
+//!   [`outbox`]'s pending writes undone and redone on top.
+//!
+//! Every protocol decision is sans I/O in [`protocol`] (the sessions, the feed plan, the upload
+//! policy, the backoff); the node, the relay, `watch` and the browser are shells that move bytes.
 //!
 //! ```
 //! use hivesync::{model::{Kind, WriteOp}, schema, ops, query};

@@ -4,14 +4,14 @@
 //! Laid out by what each part is (this file: the options, the state every connection shares,
 //! and start-up):
 //! - `serve/`: the serving path: sockets accepted and gated before `hello`, one connection
-//!   (`conn`: the protocol session's shell), its subscriptions (`sub`), the fan-out [`hub`],
+//!   (`conn`: the protocol session's shell), its subscriptions (`sub`), the fan-out `hub`,
 //!   the byte budgets, the node's role and where writes go (`role`), the writer thread, and
 //!   the background work (tailer, file watchers, retention).
-//! - `link/`: the links to other nodes and brokers: an edge's [`upstream`] link and its NATS
-//!   feed (`follow`, the head probe), the NATS [`publish`]er and its signatures ([`vouch`]),
+//! - `link/`: the links to other nodes and brokers: an edge's `upstream` link and its NATS
+//!   feed (`follow`; the head probe is the session's), the NATS [`publish`]er and its signatures (`vouch`),
 //!   and the native clients' [`dial`]er.
-//! - `operate/`: the operator's surface: the [`config`] file, [`auth`], [`metrics`], the
-//!   [`web`] files and the HTTP routes (`/healthz`, `/metrics`).
+//! - `operate/`: the operator's surface: the [`config`] file, `auth`, `metrics`, the
+//!   `web` files and the HTTP routes (`/healthz`, `/metrics`).
 
 mod link;
 mod operate;

@@ -559,7 +559,7 @@ pub(super) fn bind_entity(
     Ok(())
 }
 
-/// Insert or replace entity rows, in order, with multi-row statements (see [`insert_rows`]).
+/// Insert or replace entity rows, in order, with multi-row statements (see `insert_rows`).
 /// With `created`, each row's stored `created_at` (the write path keeps an existing row's) is
 /// put at its position.
 pub fn write_entities(

@@ -101,7 +101,7 @@ pub fn changes_since(
     Ok(changes_page(conn, after, filter, limit, usize::MAX)?.0)
 }
 
-/// [`changes_since`] bounded in bytes too ([`Change::frame_bytes`]): it stops at a transaction's
+/// [`changes_since`] bounded in bytes too (`Change::frame_bytes`): it stops at a transaction's
 /// end once `limit` changes or `max_bytes` are in, and inside a transaction once `max_bytes` is
 /// passed twice over (a commit of millions of rows must not be read into memory whole). True
 /// with the rows when it stopped early, so more may follow the last one.

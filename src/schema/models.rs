@@ -51,7 +51,7 @@ pub const MAX_MODELS_PER_NS: usize = 64;
 
 /// Vectors a (ns, model) pair keeps in its dimension count's small-chunk table (`vec_s<dims>`)
 /// before they move to `vec_d<dims>`: with 1,024-vector chunks there, a pair that moves takes at
-/// most 8 times its vectors' bytes, as in the small table (chunks of [`SMALL_CHUNK`]).
+/// most 8 times its vectors' bytes, as in the small table (chunks of `SMALL_CHUNK`).
 pub const SMALL_PAIR_VECTORS: i64 = 128;
 /// Vectors per chunk in the small tables: vec0's smallest (a multiple of 8).
 const SMALL_CHUNK: usize = 8;

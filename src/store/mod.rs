@@ -125,7 +125,7 @@ impl Store {
 
     /// Group commit: many writes in one transaction, each in its own savepoint (a refused one
     /// fails alone); one result per write, in order (see [`GroupWrite`] and the bounds the
-    /// node's writer keeps, [`GROUP_MAX_WRITES`]).
+    /// node's writer keeps, `GROUP_MAX_WRITES`).
     pub fn write_group(&self, writes: &[GroupWrite<'_>]) -> Result<Vec<Result<WriteResult>>> {
         let mut conn = self.pool.writer()?;
         Ok(write_group(&mut conn, writes))

@@ -7,7 +7,7 @@
 //! consumer checks that chain to know it missed nothing; a change larger than the server's
 //! `max_payload` goes out as a stand-in with the header `Hivesync-Omitted` and no payload, to be
 //! read from the node's feed), and the node's signature over all three in `Hivesync-Sig`, whose
-//! first 16 bytes are the JetStream message id (`Nats-Msg-Id`): see [`crate::node::vouch`]. It waits
+//! first 16 bytes are the JetStream message id (`Nats-Msg-Id`): see `node::vouch`. It waits
 //! for each batch's acks before it moves on, so the stream holds the log in order. Where it
 //! resumes after a restart or a lost connection: after the highest of the seq it recorded in
 //! the database (`meta` key `nats_published_seq`, written at most once a second while changes

@@ -22,7 +22,7 @@
 //! `always` lets them in anywhere (with `anonymous_read` / `anonymous_write` scopes, all by
 //! default); `never` refuses them.
 //!
-//! Reloads are guarded ([`crate::node::auth::Auth::reload`]): an empty or unparsable file is
+//! Reloads are guarded (`Auth::reload`): an empty or unparsable file is
 //! refused, and a version that would let anonymous clients in where the config in force refuses
 //! them is refused unless it sets `anonymous` explicitly, so a truncated or half-written file
 //! cannot open the node.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::ClientSession;
 use crate::model::{Change, Kind};
 use crate::protocol::{ClientMsg, ErrorCode, ErrorMsg};
 
