@@ -152,16 +152,16 @@ test("the sync client's events and status carry exactly what hivesync.d.ts decla
   assert.deepEqual(problems, [], problems.join('\n'));
 });
 
-test("the package's JavaScript type-checks (tsc --checkJs, each file // @ts-check)", () => {
+test("the package's JavaScript type-checks (tsc --strict --checkJs, each file // @ts-check)", () => {
   const files = ['hivesync.js', 'sync.js', 'worker.js', 'token.js', 'app.js'];
   for (const f of files) {
     assert.match(fs.readFileSync(path.join(web, f), 'utf8'), /^\/\/ @ts-check\n/, `${f} opts in to checking`);
   }
   try {
-    execFileSync(process.execPath, [tsc, '--noEmit', '--allowJs', '--checkJs', '--target', 'es2022',
+    execFileSync(process.execPath, [tsc, '--noEmit', '--strict', '--allowJs', '--checkJs', '--target', 'es2022',
       '--module', 'es2022', '--moduleResolution', 'bundler', '--lib', 'es2022,dom,webworker', '--skipLibCheck',
       ...files.map((f) => path.join(web, f))], { encoding: 'utf8' });
   } catch (e) {
-    assert.fail(`tsc --checkJs finds type errors in the package:\n${e.stdout}${e.stderr}`);
+    assert.fail(`tsc --strict --checkJs finds type errors in the package:\n${e.stdout}${e.stderr}`);
   }
 });

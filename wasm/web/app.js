@@ -4,7 +4,9 @@ import { pageToken, saveToken } from './token.js';
 
 /** An element of the page by id (the form fields among them are inputs). */
 const $ = (/** @type {string} */ id) => /** @type {HTMLInputElement} */ (document.getElementById(id));
-const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
+/** @type {(s: unknown) => string} */
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => /** @type {Record<string, string>} */ ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+/** @type {(s: string) => string} */
 const snippet = (s) => esc(s).replace(/\[/g, '<mark>').replace(/\]/g, '</mark>');
 
 // The token (token.js: ?token= or the field, kept for the tab, shared with /status).
@@ -23,14 +25,17 @@ performance.mark('replica-open');
 $('storage').textContent = db.opened.storage;
 /** @type {any} */ (window).hivesync = db; // for the console (and the end-to-end test)
 
+/** @param {import('./hivesync.js').Status} s */
 function showStatus(s) {
   const state = s.live ? 'live' : s.online ? 'connecting' : 'offline';
   $('status').textContent = s.error ? `stopped: ${s.error}` : state;
   $('status').className = `pill ${state}`;
-  $('seq').textContent = s.seq;
-  $('lag').textContent = s.lag;
-  $('pending').textContent = s.pending;
-  $('pending-age').textContent = s.pending ? ` oldest ${Math.round(s.pendingAgeMs / 1000)} s${s.uploadError ? ` · ${s.uploadError}` : ''}` : '';
+  // (String(n) is what textContent makes of a number.)
+  $('seq').textContent = String(s.seq);
+  $('lag').textContent = String(s.lag);
+  $('pending').textContent = String(s.pending);
+  // (pendingAgeMs is a number while writes are pending.)
+  $('pending-age').textContent = s.pending ? ` oldest ${Math.round(/** @type {number} */ (s.pendingAgeMs) / 1000)} s${s.uploadError ? ` · ${s.uploadError}` : ''}` : '';
 }
 
 // What a first look at an empty database needs: where rows come from.
@@ -59,9 +64,13 @@ $('add').addEventListener('submit', async (e) => {
     await db.write([{ op: 'upsert', kind: 'entity', ns, data: { kind: 'item', name } }]);
     $('add-name').value = '';
     await renderRecent();
-  } catch (err) { $('error').textContent = err.message; }
+  } catch (err) { $('error').textContent = /** @type {Error} */ (err).message; }
 });
 
+/**
+ * @param {string} ns
+ * @param {string} id
+ */
 async function similar(ns, id) {
   const models = await db.models();
   for (const { model } of models) {

@@ -131,14 +131,15 @@ export declare class HivesyncReplica {
   on<K extends keyof ReplicaEventMap>(type: K, f: (ev: ReplicaEventMap[K]) => void): () => void;
   on(type: '*', f: (ev: ReplicaEvent) => void): () => void;
   status(): Promise<Status>;
-  search(q: SearchQuery): Promise<SearchHit[]>;
-  knn(q: KnnQuery): Promise<KnnHit[]>;
+  search(query: SearchQuery): Promise<SearchHit[]>;
+  knn(query: KnnQuery): Promise<KnnHit[]>;
   hybrid(text: SearchQuery, knn: KnnQuery, limit?: number): Promise<HybridHit[]>;
   get(kind: 'entity', ns: string, id: string): Promise<Entity | null>;
   get(kind: 'edge', ns: string, id: string): Promise<Edge | null>;
   get(kind: 'note', ns: string, id: string): Promise<Note | null>;
   get(kind: 'event', ns: string, id: string): Promise<Event | null>;
-  get(kind: 'vector', ns: string, subject: string, model: string): Promise<Vector | null>;
+  /** A vector: `id` is its subject. */
+  get(kind: 'vector', ns: string, id: string, model: string): Promise<Vector | null>;
   list(kind: 'entity', ns: string, opts?: ListOptions): Promise<Entity[]>;
   list(kind: 'edge', ns: string, opts?: ListOptions): Promise<Edge[]>;
   list(kind: 'note', ns: string, opts?: ListOptions): Promise<Note[]>;

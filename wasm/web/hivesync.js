@@ -15,12 +15,35 @@
 
 const ROLE_ALONE = 'alone';
 
+/**
+ * @typedef {import('./hivesync.js').OpenOptions} OpenOptions
+ * @typedef {import('./hivesync.js').Opened} Opened
+ * @typedef {import('./hivesync.js').ReplicaEvent} ReplicaEvent
+ * @typedef {(ev: ReplicaEvent) => void} Listener
+ * @typedef {{ resolve: (result: unknown) => void, reject: (e: Error) => void, method: string, args: unknown[] }} Call
+ *   a call waiting for its answer
+ * @typedef {{ id?: unknown, result?: unknown, error?: string }} Answer  the answer to call `id`
+ * @typedef {{ id?: number | string, result?: unknown, error?: string, event?: ReplicaEvent, trap?: boolean }} FromWorker
+ *   what the Worker posts: an answer (`id` is `tab:id` for a call another tab sent), an event, or a trap
+ * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string } | { kind: 'event', event: ReplicaEvent }
+ *   | { kind: 'answer', to: string, id: number, result?: unknown, error?: string }
+ *   | { kind: 'call', from: string, id: number, method: string, args: unknown[] }} TabMessage
+ *   what tabs send each other over the BroadcastChannel
+ * @typedef {{ message?: unknown } | null | undefined} Thrown  what a rejection carries (an Error, as a rule)
+ */
+
+/**
+ * @typedef {string} TypeSpec  a name in TYPES, ending in `?` when the value may be left out
+ * @typedef {Record<string, TypeSpec>} Fields  an object parameter's fields
+ * @typedef {[name: string, type: TypeSpec | Fields]} Param  a parameter; a name ending in `?` may be left out
+ */
 // Each public method's parameters, checked on the page before a call leaves it: a wrong call is
 // a TypeError naming the signature (it never reaches the Worker or the wasm). A type ending in
 // `?` may be left out (or null); an object type lists its fields the same way, and a field it
 // does not list is refused (a misspelt option would otherwise be ignored).
 const SEARCH = { text: 'string', ns: 'string?', kind: 'string?', records: 'records?', limit: 'count?' };
 const KNN = { model: 'string', embedding: 'numbers', k: 'count', ns: 'string?', kind: 'string?' };
+/** @satisfies {Record<string, Param[]>} */
 const SIGNATURES = {
   status: [],
   search: [['query', SEARCH]],
@@ -40,17 +63,21 @@ const SIGNATURES = {
   disconnect: [],
   reconnect: [],
 };
+/** @satisfies {Fields} */
 const OPEN = {
   url: 'string?', token: 'string?', name: 'name?', persist: 'boolean?', protocol: 'protocol?',
   namespaces: 'strings?', shareTabs: 'boolean?',
 };
 // Each type: [check, what the message says it must be, how the signature writes it].
-const oneOf = (...vs) => { const t = vs.map((x) => `'${x}'`).join(' | '); return [(v) => vs.includes(v), t, t]; };
+/** @typedef {[check: (v: unknown) => boolean, must: string, spelling: string]} TypeInfo */
+/** @type {(...vs: string[]) => TypeInfo} */
+const oneOf = (...vs) => { const t = vs.map((x) => `'${x}'`).join(' | '); return [(v) => vs.includes(/** @type {string} */ (v)), t, t]; };
+/** @type {Record<string, TypeInfo>} */
 const TYPES = {
   string: [(v) => typeof v === 'string', 'a string', 'string'],
   boolean: [(v) => typeof v === 'boolean', 'a boolean', 'boolean'],
   // What SQLite and the wasm take as a count.
-  count: [(v) => Number.isSafeInteger(v) && v >= 0 && v <= 0x7fffffff, 'an integer from 0 to 2147483647', 'number'],
+  count: [(v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= 0x7fffffff, 'an integer from 0 to 2147483647', 'number'],
   name: [(v) => typeof v === 'string' && v.length > 0 && new TextEncoder().encode(v).length <= 128 && !v.includes('\0'),
     'a string of 1 to 128 bytes without NUL', 'string'],
   kind: oneOf('entity', 'edge', 'note', 'event', 'vector'),
@@ -64,22 +91,37 @@ const TYPES = {
   bytes: [(v) => v instanceof Uint8Array || v instanceof ArrayBuffer, 'a Uint8Array', 'Uint8Array'],
   ops: [(v) => Array.isArray(v) && v.every((o) => o !== null && typeof o === 'object' && !Array.isArray(o)), 'an array of write ops (objects)', 'WriteOp[]'],
 };
+/** @type {(t: string) => string} */
 const bare = (t) => t.replace(/\?$/, '');
+/** @type {(n: string, t: TypeSpec | Fields) => boolean} */
 const optional = (n, t) => n.endsWith('?') || (typeof t === 'string' && t.endsWith('?'));
+/** @type {(t: TypeSpec | Fields) => string} */
 const showType = (t) => (typeof t === 'object'
   ? `{ ${Object.entries(t).map(([k, f]) => `${k}${f.endsWith('?') ? '?' : ''}: ${TYPES[bare(f)][2]}`).join(', ')} }`
   : TYPES[bare(t)][2]);
+/** @typedef {keyof typeof SIGNATURES | 'openReplica'} Checked  a method whose arguments are checked */
+/** @type {(method: Checked) => Param[]} */
 const paramsOf = (method) => (method === 'openReplica' ? [['opts?', OPEN]] : SIGNATURES[method]);
-/** A method's signature as its TypeErrors name it, e.g. `get(kind: ..., ns: string, id: string, model?: string)`. */
+/**
+ * A method's signature as its TypeErrors name it, e.g. `get(kind: ..., ns: string, id: string, model?: string)`.
+ * @param {Checked} method
+ */
 function signature(method) {
   return `${method}(${paramsOf(method).map(([n, t]) => `${bare(n)}${optional(n, t) ? '?' : ''}: ${showType(t)}`).join(', ')})`;
 }
+/** @type {(v: unknown) => string} */
 const what = (v) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : typeof v === 'undefined' ? 'undefined' : `a ${typeof v}`);
+/** @type {(v: unknown) => v is Record<string, unknown>} */
 const plain = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) && !(v instanceof ArrayBuffer);
 
-/** Check a call's arguments against its signature; throws a TypeError naming it. */
+/**
+ * Check a call's arguments against its signature; throws a TypeError naming it.
+ * @param {Checked} method
+ * @param {unknown[]} args
+ */
 function checkArgs(method, args) {
   const params = paramsOf(method);
+  /** @type {(msg: string) => never} */
   const fail = (msg) => { throw new TypeError(`${signature(method)}: ${msg}`); };
   if (args.length > params.length) fail(`takes ${params.length} argument${params.length === 1 ? '' : 's'} at most, got ${args.length}`);
   params.forEach(([n, t], i) => {
@@ -108,28 +150,39 @@ function checkArgs(method, args) {
 
 export class HivesyncReplica {
   constructor() {
-    this.calls = new Map(); // id -> { resolve, reject, method, args }
+    /** @type {Map<unknown, Call>} */
+    this.calls = new Map(); // id -> { resolve, reject, method, args } (looked up by the id an answer carries)
     this.next = 1;
+    /** @type {Map<string, Listener[]>} */
     this.listeners = new Map();
     /** @type {(m: object) => void} */
     this.send = () => {};
     this.role = ROLE_ALONE;
     this.tab = globalThis.crypto?.randomUUID?.() ?? String(Math.random());
+    /** @type {BroadcastChannel | null} */
     this.channel = null;
+    /** @type {Worker | null} */
     this.worker = null;
+    /** @type {(() => void) | null} */
     this.release = null; // lets go of the leader lock
+    /** @type {OpenOptions | null} */
     this.opts = null;
     // Errors that came before anyone listened (while opening, say: persistence unavailable),
     // for the first `error` or `*` listener.
+    /** @type {ReplicaEvent[]} */
     this.unheard = [];
+    /** What opening found (set by openReplica before it returns this replica). @type {Opened} */
+    this.opened; // (a declaration, for the type checker: it assigns nothing)
   }
 
+  /** @param {ReplicaEvent} event */
   emitLocal(event) {
     const fs = [...(this.listeners.get(event.type) ?? []), ...(this.listeners.get('*') ?? [])];
     if (fs.length === 0 && event.type === 'error' && this.unheard.length < 16) this.unheard.push(event);
     for (const f of fs) f(event);
   }
 
+  /** @param {Answer} m */
   settle(m) {
     const c = this.calls.get(m.id);
     if (!c) return;
@@ -137,7 +190,12 @@ export class HivesyncReplica {
     if (m.error !== undefined) c.reject(new Error(m.error)); else c.resolve(m.result);
   }
 
-  /** A checked call of a public method: a wrong argument rejects with a TypeError. */
+  /**
+   * A checked call of a public method: a wrong argument rejects with a TypeError.
+   * @param {keyof typeof SIGNATURES} method
+   * @param {unknown[]} args
+   * @param {string} [as]  the Worker's name for the method
+   */
   checked(method, args, as = method) {
     try {
       checkArgs(method, args);
@@ -147,6 +205,11 @@ export class HivesyncReplica {
     return this.call(as, ...args);
   }
 
+  /**
+   * @param {string} method
+   * @param {...unknown} args
+   * @returns {Promise<unknown>}
+   */
   call(method, ...args) {
     const id = this.next++;
     return new Promise((resolve, reject) => {
@@ -160,14 +223,20 @@ export class HivesyncReplica {
     for (const [id, c] of this.calls) this.send({ id, method: c.method, args: c.args });
   }
 
-  /** Run the replica in a Worker of this tab; with a channel, serve the other tabs too. */
+  /**
+   * Run the replica in a Worker of this tab; with a channel, serve the other tabs too.
+   * @param {OpenOptions} opts
+   * @param {boolean} [takeover]
+   * @returns {Promise<Omit<Opened, 'tab'>>}
+   */
   async lead(opts, takeover = false) {
     this.opts = opts;
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.worker = worker;
+    /** @type {Map<string, unknown>} */
     const served = new Map(); // `${tab}:${id}` -> answer, for calls another tab sends twice
     worker.onmessage = (e) => {
-      const m = e.data;
+      const m = /** @type {FromWorker} */ (e.data);
       if (m.trap) {
         this.recover(worker, m);
         return;
@@ -180,24 +249,25 @@ export class HivesyncReplica {
         const answer = { kind: 'answer', to, id, result: m.result, error: m.error };
         served.delete(`pending ${m.id}`);
         served.set(m.id, answer);
-        if (served.size > 1000) served.delete(served.keys().next().value);
+        if (served.size > 1000) served.delete(/** @type {string} */ (served.keys().next().value));
         this.channel?.postMessage(answer);
       } else {
         this.settle(m);
       }
     };
     this.send = (m) => worker.postMessage(m);
-    const opened = this.call('open', { ...opts, takeover });
+    const opened = /** @type {Promise<Omit<Opened, 'tab'>>} */ (this.call('open', { ...opts, takeover }));
     this.role = this.channel ? 'leader' : ROLE_ALONE;
     // The worker answers calls in order after its open: what waited for the old leader goes now.
     for (const [id, c] of this.calls) if (c.method !== 'open') this.send({ id, method: c.method, args: c.args });
     if (this.channel) {
+      // (this.channel is not null here, nor later: a tab's channel is set once, before it leads.)
       this.channel.onmessage = (e) => {
-        const m = e.data;
-        if (m.kind === 'hello') this.channel.postMessage({ kind: 'leader', tab: this.tab });
+        const m = /** @type {TabMessage} */ (e.data);
+        if (m.kind === 'hello') /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'leader', tab: this.tab });
         if (m.kind !== 'call') return;
         const key = `${m.from}:${m.id}`;
-        if (served.has(key)) { this.channel.postMessage(served.get(key)); return; }
+        if (served.has(key)) { /** @type {BroadcastChannel} */ (this.channel).postMessage(served.get(key)); return; }
         if (served.has(`pending ${key}`)) return;
         served.set(`pending ${key}`, true);
         worker.postMessage({ id: key, method: m.method, args: m.args });
@@ -212,6 +282,8 @@ export class HivesyncReplica {
    * is unusable, so the Worker is replaced by a fresh one that opens the same stored replica;
    * the call that trapped is refused, the others are sent again, and an `error` event says
    * what happened (and what was lost, for a replica that was only in memory).
+   * @param {Worker} worker
+   * @param {FromWorker} m
    */
   recover(worker, m) {
     if (this.worker !== worker) return;
@@ -224,63 +296,89 @@ export class HivesyncReplica {
     }
     const lost = this.opened?.storage === 'memory' ? ' Its copy was in memory only: it starts empty and syncs again from the node.' : '';
     this.emitLocal({ type: 'error', message: `the replica failed in WebAssembly (${m.error}); it was reopened.${lost}` });
-    this.lead(this.opts, true).then((o) => { this.opened = { ...o, tab: this.opened?.tab ?? ROLE_ALONE }; }, (err) => {
-      this.emitLocal({ type: 'error', message: `the replica could not be reopened: ${err?.message ?? err}` });
+    // (this.opts is set: the Worker that trapped was started by lead.)
+    this.lead(/** @type {OpenOptions} */ (this.opts), true).then((o) => { this.opened = { ...o, tab: this.opened?.tab ?? ROLE_ALONE }; }, (err) => {
+      this.emitLocal({ type: 'error', message: `the replica could not be reopened: ${/** @type {Thrown} */ (err)?.message ?? err}` });
     });
   }
 
-  /** Send calls to the leader tab and take its events. */
+  /** Send calls to the leader tab and take its events (over this.channel, which openReplica set). */
   follow() {
     this.role = 'follower';
-    this.send = (m) => this.channel.postMessage({ kind: 'call', from: this.tab, ...m });
-    this.channel.onmessage = (e) => {
-      const m = e.data;
+    this.send = (m) => /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'call', from: this.tab, ...m });
+    /** @type {BroadcastChannel} */ (this.channel).onmessage = (e) => {
+      const m = /** @type {TabMessage} */ (e.data);
       if (m.kind === 'event') this.emitLocal(m.event);
       else if (m.kind === 'answer' && m.to === this.tab) this.settle(m);
       else if (m.kind === 'leader') this.resend();
     };
-    this.channel.postMessage({ kind: 'hello', tab: this.tab });
+    /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'hello', tab: this.tab });
   }
 
-  /** Listen to `status`, `applied`, `live`, `offline`, `welcome`, `written`, `rejected`, `error` (or `*`); the payloads are in hivesync.d.ts. */
+  /**
+   * Listen to `status`, `applied`, `live`, `offline`, `welcome`, `written`, `rejected`, `error` (or `*`); the payloads are in hivesync.d.ts.
+   * @param {string} type
+   * @param {Listener} f
+   */
   on(type, f) {
     if (typeof f !== 'function') throw new TypeError(`on(type: string, f: (event) => void): \`f\` must be a function, got ${what(f)}`);
     if (!this.listeners.has(type)) this.listeners.set(type, []);
-    this.listeners.get(type).push(f);
+    /** @type {Listener[]} */ (this.listeners.get(type)).push(f);
     if ((type === 'error' || type === '*') && this.unheard.length) {
       const held = this.unheard;
       this.unheard = [];
       queueMicrotask(() => { for (const ev of held) f(ev); });
     }
-    return () => this.listeners.set(type, this.listeners.get(type).filter((g) => g !== f));
+    return () => this.listeners.set(type, /** @type {Listener[]} */ (this.listeners.get(type)).filter((g) => g !== f));
   }
 
+  /** @param {unknown[]} a */
   status(...a) { return this.checked('status', a); }
+  /** @param {unknown[]} a */
   search(...a) { return this.checked('search', a); }
+  /** @param {unknown[]} a */
   knn(...a) { return this.checked('knn', a); }
+  /** @param {unknown[]} a */
   hybrid(...a) { return this.checked('hybrid', a); }
+  /** @param {unknown[]} a */
   get(...a) { return this.checked('get', a); }
+  /** @param {unknown[]} a */
   list(...a) { return this.checked('list', a); }
+  /** @param {unknown[]} a */
   neighbors(...a) { return this.checked('neighbors', a); }
+  /** @param {unknown[]} a */
   traverse(...a) { return this.checked('traverse', a); }
+  /** @param {unknown[]} a */
   sql(...a) { return this.checked('sql', a); }
+  /** @param {unknown[]} a */
   models(...a) { return this.checked('models', a); }
-  /** SHA-256 of the logical state (optionally of some namespaces): equal to `hivesync digest` on the node. */
+  /**
+   * SHA-256 of the logical state (optionally of some namespaces): equal to `hivesync digest` on the node.
+   * @param {unknown[]} a
+   */
   digest(...a) { return this.checked('digest', a); }
+  /** @param {unknown[]} a */
   exportBytes(...a) { return this.checked('exportBytes', a); }
+  /** @param {unknown[]} a */
   importBytes(...a) { return this.checked('importBytes', a); }
   /**
    * Write here at once (uploaded exactly once when online); `{ wait: 'node' }`: resolve with
    * the node's seq. Upserts without an id get one here, so a write sent again (to a new leader
    * tab) writes the same rows.
+   * @param {unknown[]} a
    */
   write(...a) {
     try { checkArgs('write', a); } catch (e) { return Promise.reject(e); }
     return this.call('write', withIds(a[0]), a[1]);
   }
-  /** The writes not yet confirmed by the node, oldest first. */
+  /**
+   * The writes not yet confirmed by the node, oldest first.
+   * @param {unknown[]} a
+   */
   pending(...a) { return this.checked('pending', a); }
+  /** @param {unknown[]} a */
   disconnect(...a) { return this.checked('disconnect', a, 'stop').then(() => undefined); }
+  /** @param {unknown[]} a */
   reconnect(...a) { return this.checked('reconnect', a, 'start').then(() => undefined); }
   /** Close this tab's handle; a leader hands the replica to another tab. */
   close() {
@@ -290,6 +388,10 @@ export class HivesyncReplica {
   }
 }
 
+/**
+ * @param {unknown} ops
+ * @returns {unknown}
+ */
 function withIds(ops) {
   if (!Array.isArray(ops)) return ops;
   return ops.map((o) => (o?.op === 'upsert' && o.kind !== 'vector' && o.data && typeof o.data === 'object' && o.data.id === undefined && globalThis.crypto?.randomUUID
@@ -303,10 +405,12 @@ function withIds(ops) {
  * the default, or 'json'), namespaces (default: all the token may read), shareTabs (default
  * true: one replica and one connection for all tabs of the origin; without Web Locks or
  * BroadcastChannel, or with persist false, each tab opens its own).
+ * @param {unknown[]} args
+ * @returns {Promise<HivesyncReplica>}
  */
 export async function openReplica(...args) {
   checkArgs('openReplica', args);
-  const opts = args[0] ?? {};
+  const opts = /** @type {OpenOptions} */ (args[0] ?? {}); // as checkArgs found it
   // Importing this module touches no browser API (it loads in Node and in bundlers); opening does.
   if (typeof Worker === 'undefined') {
     throw new Error('openReplica needs Web Workers (a browser); elsewhere drive the wasm Replica with SyncClient from hivesync/sync.js');
@@ -320,6 +424,7 @@ export async function openReplica(...args) {
   }
   const key = `hivesync:${opts.name ?? 'hivesync'}`;
   r.channel = new BroadcastChannel(key);
+  /** @type {(resolve?: () => void) => Promise<void>} */
   const hold = (resolve) => new Promise((done) => { r.release = done; resolve?.(); });
   const leading = await new Promise((resolve) => {
     locks.request(key, { ifAvailable: true }, (lock) => (lock ? hold(() => resolve(true)) : resolve(false)));
@@ -336,6 +441,6 @@ export async function openReplica(...args) {
     r.opened = { ...r.opened, tab: 'leader' };
     await wait;
   });
-  r.opened = { ...(await r.call('opened')), tab: 'follower' };
+  r.opened = { .../** @type {Omit<Opened, 'tab'>} */ (await r.call('opened')), tab: 'follower' };
   return r;
 }

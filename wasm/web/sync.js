@@ -6,12 +6,48 @@
 // every frame and keeps the outbox of local writes (src/outbox.rs), which the session uploads
 // exactly once. This file only moves bytes and turns the session's events into the page's.
 
+/**
+ * @typedef {import('./pkg/hivesync_wasm.js').Replica} Replica
+ * @typedef {import('./hivesync.js').ReplicaEvent} ReplicaEvent
+ * @typedef {import('./hivesync.js').Status} Status
+ * @typedef {import('./hivesync.js').ErrorCode} ErrorCode
+ * @typedef {import('./hivesync.js').WriteOp} WriteOp
+ * @typedef {import('./hivesync.js').LocalWrite} LocalWrite
+ * @typedef {object} SyncOptions
+ * @property {string} url  the node's /v1/sync
+ * @property {string | null} [token]
+ * @property {'bin' | 'json'} [protocol]  'bin' unless 'json'
+ * @property {string[] | null} [namespaces]  default: all the token may read
+ * @property {(ev: ReplicaEvent) => void} [onEvent]
+ * @property {() => void} [onWork]  called after each batch of frames the replica handled
+ * @property {string | null} [storageError]  why the replica is in memory (for its status)
+ * @property {new (url: string, protocol: string) => WebSocket} [WebSocket]  default: the global one
+ *
+ * What the Rust session reports (wasm/src/sync.rs, as JSON): the events this client acts on.
+ * @typedef {{ type: 'welcome', node: string, head: number, from: number | null }
+ *   | { type: 'applied', seq: number, count: number, snapshot?: undefined }
+ *   | { type: 'applied', seq: number, snapshot: true, count?: undefined }
+ *   | { type: 'live', seq: number }
+ *   | { type: 'written', n: number, seq: number }
+ *   | { type: 'rejected', n: number, ops: WriteOp[], code: ErrorCode, message: string }
+ *   | { type: 'upload_error', n: number, code: ErrorCode, message: string }
+ *   | { type: 'error', code?: ErrorCode, message: string }
+ *   | { type: 'reconnect', after: number, why: string }
+ *   | { type: 'fatal', code: ErrorCode, message: string }} SessionEvent
+ */
+
 // Runs `f` in a task below the page's calls (where the browser has task priorities), and
 // within FRAME_WAIT_MS whatever else keeps the thread busy; `f` must be safe to run twice.
 const FRAME_WAIT_MS = 50;
+/**
+ * The Prioritized Task Scheduling API, where the browser has it (TypeScript's lib lacks it).
+ * @typedef {{ postTask?: (f: () => void, opts: { priority: 'background' }) => Promise<unknown> }} Scheduler
+ */
+const host = /** @type {typeof globalThis & { scheduler?: Scheduler }} */ (globalThis);
+/** @param {() => void} f */
 const later = (f) => {
-  if (globalThis.scheduler?.postTask) {
-    globalThis.scheduler.postTask(f, { priority: 'background' }).catch(() => {});
+  if (host.scheduler?.postTask) {
+    host.scheduler.postTask(f, { priority: 'background' }).catch(() => {});
     setTimeout(f, FRAME_WAIT_MS);
   } else {
     setTimeout(f, 0);
@@ -20,9 +56,8 @@ const later = (f) => {
 
 export class SyncClient {
   /**
-   * @param {object} replica  a wasm Replica
-   * @param {object} opts     { url, token, protocol: 'bin'|'json', namespaces, onEvent, onWork, WebSocket }
-   *                          (onWork: called after each frame the replica handled)
+   * @param {Replica} replica  a wasm Replica
+   * @param {SyncOptions} opts
    */
   constructor(replica, opts) {
     this.replica = replica;
@@ -34,15 +69,21 @@ export class SyncClient {
     this.onWork = opts.onWork ?? (() => {});
     this.storageError = opts.storageError ?? null;
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
+    /** @type {WebSocket | null} */
     this.ws = null;
     this.stopped = true;
     this.head = 0;
     this.live = false;
     this.online = false;
+    /** @type {Map<number, { resolve: (seq: number) => void, reject: (e: Error) => void }>} */
     this.pending = new Map(); // outbox entry n -> { resolve, reject } of a write({ wait: 'node' })
+    /** @type {string | null} */
     this.fatal = null;
+    /** @type {number | null} */
     this.resumedFrom = null; // the seq the last subscription resumed after (null: a snapshot)
+    /** @type {ReturnType<typeof setTimeout> | null} */
     this.timer = null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
     this.statusTimer = null;
     this.t0 = Date.now();
     replica.setNamespaces(this.namespaces ? JSON.stringify(this.namespaces) : undefined);
@@ -51,15 +92,17 @@ export class SyncClient {
 
   now() { return Date.now() - this.t0; }
 
+  /** @returns {Status} */
   status() {
     const seq = this.replica.appliedSeq();
     return {
       type: 'status', seq, head: Math.max(this.head, seq), lag: this.live ? 0 : Math.max(0, this.head - seq),
-      live: this.live, online: this.online, storage: this.replica.storage, storageError: this.storageError, error: this.fatal,
+      live: this.live, online: this.online, storage: /** @type {Status['storage']} */ (this.replica.storage), storageError: this.storageError, error: this.fatal,
       resumedFrom: this.resumedFrom, ...outboxStatus(this.replica),
     };
   }
 
+  /** @param {ReplicaEvent} ev */
   emit(ev) { try { this.onEvent(ev); } catch (e) { console.error(e); } }
 
   /** A status event soon: many answers or batches in a row make one (a status counts the outbox). */
@@ -77,7 +120,7 @@ export class SyncClient {
 
   stop() {
     this.stopped = true;
-    clearTimeout(this.timer);
+    clearTimeout(/** @type {ReturnType<typeof setTimeout>} */ (this.timer)); // (null clears nothing)
     if (this.ws) this.ws.close(1000, 'client stopped');
   }
 
@@ -101,6 +144,7 @@ export class SyncClient {
     // Frames wait in `inbox` for a task of lower priority than the page's calls, so that a
     // query or a write that is already queued is answered before the frames that arrived
     // beside it are applied.
+    /** @type {(string | ArrayBuffer)[]} */
     let inbox = [];
     const drain = () => {
       if (inbox.length === 0) return;
@@ -136,7 +180,10 @@ export class SyncClient {
     };
   }
 
-  /** Send what the session queued, then act on its events. */
+  /**
+   * Send what the session queued, then act on its events.
+   * @param {string} eventsJson  a JSON array of SessionEvent
+   */
   run(eventsJson) {
     for (;;) {
       const f = this.protocol === 'bin' ? this.replica.syncNextFrame() : this.replica.syncNextText();
@@ -146,6 +193,7 @@ export class SyncClient {
     for (const ev of JSON.parse(eventsJson)) this.onSessionEvent(ev);
   }
 
+  /** @param {SessionEvent} ev */
   onSessionEvent(ev) {
     switch (ev.type) {
       case 'welcome':
@@ -191,7 +239,7 @@ export class SyncClient {
         break;
       case 'reconnect':
         if (this.ws) { const ws = this.ws; this.ws = null; ws.close(4000, 'reconnecting'); }
-        clearTimeout(this.timer);
+        clearTimeout(/** @type {ReturnType<typeof setTimeout>} */ (this.timer)); // (null clears nothing)
         if (!this.stopped) this.timer = setTimeout(() => this.connect(), ev.after);
         break;
       case 'fatal':
@@ -209,12 +257,15 @@ export class SyncClient {
    * entry's number and each op's row id) without waiting for the node; with
    * `{ wait: 'node' }`, with the seq the node committed it at instead (and rejects when the node
    * refuses it). A write that is invalid here throws and leaves nothing behind.
+   * @param {WriteOp[]} ops
+   * @param {{ wait?: 'local' | 'node' }} [opts]
+   * @returns {Promise<LocalWrite | number>}
    */
   write(ops, opts = {}) {
     if (this.fatal) throw new Error(`the sync client stopped: ${this.fatal}; the write was not made`);
     const w = JSON.parse(this.replica.writeLocal(JSON.stringify(ops)));
     const done = opts.wait === 'node'
-      ? new Promise((resolve, reject) => this.pending.set(w.n, { resolve, reject }))
+      ? /** @type {Promise<number>} */ (new Promise((resolve, reject) => this.pending.set(w.n, { resolve, reject })))
       : null;
     this.run(this.replica.syncFlush());
     this.statusSoon();
@@ -222,7 +273,11 @@ export class SyncClient {
   }
 }
 
-/** The outbox part of a status: pending writes, the age of the oldest (ms), the last upload error. */
+/**
+ * The outbox part of a status: pending writes, the age of the oldest (ms), the last upload error.
+ * @param {Replica} replica
+ * @returns {Pick<Status, 'pending' | 'pendingAgeMs' | 'uploadError'>}
+ */
 export function outboxStatus(replica) {
   const o = JSON.parse(replica.outboxStatus());
   const age = o.oldest_us == null ? null : Math.max(0, Math.round(Date.now() - o.oldest_us / 1000));

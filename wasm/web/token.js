@@ -10,7 +10,7 @@ const TOKEN_KEY = 'hivesync.token';
 export function pageToken() {
   const params = new URLSearchParams(location.search);
   if (params.has('token')) {
-    sessionStorage.setItem(TOKEN_KEY, params.get('token'));
+    sessionStorage.setItem(TOKEN_KEY, /** @type {string} */ (params.get('token')));
     params.delete('token');
     const rest = params.toString();
     history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
@@ -18,7 +18,10 @@ export function pageToken() {
   return sessionStorage.getItem(TOKEN_KEY) || undefined;
 }
 
-/** Keep `token` for this tab. */
+/**
+ * Keep `token` for this tab.
+ * @param {string} token
+ */
 export function saveToken(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
 }
