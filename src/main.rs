@@ -90,6 +90,9 @@ enum Cmd {
     /// Make a client token: prints a random secret once, and the lines for the node's config
     /// file (which holds only the secret's hash).
     Token(cli::TokenArgs),
+    /// Development keys and tokens for `[jwt]` sign-in: `jwt keygen --dir DIR`, then
+    /// `jwt sign --key DIR/private.pem --sub alice --ttl 1h`.
+    Jwt(cli::jwt::JwtArgs),
 }
 
 /// Serve buffers of 256 KiB and more (frames, rows of big text) from their own mappings, which
@@ -172,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Serve(args) => cli::serve::serve(&cli.db, args),
         Cmd::Watch(args) => cli::watch(args),
         Cmd::Token(args) => cli::admin::token(&cli, args),
+        Cmd::Jwt(args) => cli::jwt::run(args),
         Cmd::Init(args) => cli::admin::init(&cli, args),
         Cmd::Put(args) => cli::rows::put(&cli, args),
         Cmd::Get(args) => cli::rows::get(&cli, args),

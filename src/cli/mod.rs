@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::{Cli, Cmd};
 
 pub(crate) mod admin;
+pub(crate) mod jwt;
 pub(crate) mod read;
 pub(crate) mod rows;
 pub(crate) mod serve;

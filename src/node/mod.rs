@@ -19,8 +19,8 @@ mod serve;
 
 pub use link::{dial, publish};
 pub(crate) use link::{follow, upstream, vouch};
-pub use operate::config;
 pub(crate) use operate::{auth, http, metrics, web};
+pub use operate::{config, jwt};
 pub(crate) use serve::hub;
 pub(crate) use serve::{accept, background, budget, conn, gate, out, role, sub, writer};
 
@@ -148,7 +148,7 @@ pub async fn start(
     args: &NodeOptions,
 ) -> crate::Result<NodeHandle> {
     let addr = listener.local_addr()?;
-    let auth = Auth::new(config.clone(), addr);
+    let auth = Auth::new(config.clone(), addr)?;
     let nofile = accept::nofile_limit();
     let budget = accept::socket_budget(nofile);
     let sockets = Arc::new(accept::Sockets::new(

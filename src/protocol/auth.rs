@@ -36,6 +36,8 @@ pub struct Principal {
     pub read: Scope,
     /// Namespaces it may write.
     pub write: Scope,
+    /// When these rights end, in seconds since the Unix epoch (a JWT's `exp`); None: never.
+    pub expires: Option<i64>,
 }
 
 /// Why a `hello` was refused.
@@ -46,4 +48,13 @@ pub struct AuthError(pub String);
 pub trait Authorizer {
     /// The principal for `token` (None: anonymous).
     fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, AuthError>;
+
+    /// The key id `token` names when the authorizer does not hold that key yet (a JWT signed
+    /// with a key the identity provider published since the keys were last fetched): the
+    /// session asks its shell to fetch keys ([`super::Action::RefreshKeys`]) before it judges
+    /// the token. None (the default): judge it now.
+    fn missing_key(&self, token: &str) -> Option<String> {
+        let _ = token;
+        None
+    }
 }

@@ -44,6 +44,10 @@ enum BinClientMsg {
         n: Option<i64>,
         entries: Option<Vec<u32>>,
     },
+    /// A fresh token on an open connection (appended, like `WriteFrom`).
+    Auth {
+        token: String,
+    },
 }
 
 /// Postcard's variant index of `Changes` in [`ServerMsg`] (see [`changes_frame`]).
@@ -120,6 +124,7 @@ pub fn encode_client_bin(m: &ClientMsg) -> Vec<u8> {
         }
         ClientMsg::Unsubscribe { sub } => BinClientMsg::Unsubscribe { sub },
         ClientMsg::Ack { sub, seq } => BinClientMsg::Ack { sub, seq },
+        ClientMsg::Auth { token } => BinClientMsg::Auth { token },
     };
     // Infallible, as for server messages above.
     postcard::to_allocvec(&b).expect("a client message always encodes")
@@ -154,6 +159,7 @@ pub fn decode_client_bin(bytes: &[u8]) -> Result<ClientMsg> {
         },
         BinClientMsg::Unsubscribe { sub } => ClientMsg::Unsubscribe { sub },
         BinClientMsg::Ack { sub, seq } => ClientMsg::Ack { sub, seq },
+        BinClientMsg::Auth { token } => ClientMsg::Auth { token },
     })
 }
 

@@ -226,6 +226,12 @@ pub enum ClientMsg {
         /// Last seq applied.
         seq: i64,
     },
+    /// A fresh token for this connection (a JWT renewed before it expires): the rights it
+    /// grants replace the connection's from the next frame on. Sent only after `welcome`.
+    Auth {
+        /// The token.
+        token: String,
+    },
 }
 
 /// An `error` message. (Its serde form is the binary one: fields in order, none skipped.)

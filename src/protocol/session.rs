@@ -50,6 +50,12 @@ pub enum Action {
         /// What the principal may read now.
         read: Scope,
     },
+    /// Fetch the authorizer's keys (a token names key `kid`, which it does not hold), then
+    /// call [`Session::keys_ready`]: the token is judged then.
+    RefreshKeys {
+        /// The key id the token names.
+        kid: String,
+    },
     /// Close the connection (after sending what came before).
     Close {
         /// The WebSocket close code ([`CLOSE_POLICY`], [`CLOSE_INVALID_DATA`],
@@ -68,6 +74,16 @@ pub struct Session {
     /// The token the principal was granted for, re-checked by [`Session::reauthorize`].
     token: Option<String>,
     subs: std::collections::HashSet<String>,
+    /// A `hello` or `auth` token waiting for the shell's key refresh ([`Action::RefreshKeys`]).
+    waiting: Option<Waiting>,
+}
+
+/// A token held while its keys are fetched.
+#[derive(Debug)]
+struct Waiting {
+    token: Option<String>,
+    /// An `auth` on an open connection (else the `hello`).
+    renewal: bool,
 }
 
 /// The `req` of a write that did not decode, when it has a usable one.
@@ -122,7 +138,62 @@ impl Session {
             principal: None,
             token: None,
             subs: Default::default(),
+            waiting: None,
         }
+    }
+
+    /// When the connection's rights end (seconds since the Unix epoch): the shell ends the
+    /// connection then with [`Session::on_expired`] unless a fresh token came.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.principal.as_ref()?.expires
+    }
+
+    /// The shell's clock passed [`Session::expires_at`] (`now`, seconds since the epoch): the
+    /// connection ends with `unauthorized` (nothing to do when a fresh token moved it on).
+    pub fn on_expired(&mut self, now: i64) -> Vec<Action> {
+        match self.expires_at() {
+            Some(e) if now >= e => {
+                self.principal = None;
+                self.subs.clear();
+                fail_and_close(
+                    ErrorCode::Unauthorized,
+                    "token expired: send a fresh one before it expires ({\"type\":\"auth\",\"token\":\"...\"}), or connect again with one".into(),
+                    CLOSE_POLICY,
+                    "token expired",
+                )
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The keys the shell fetched after [`Action::RefreshKeys`] are in: judge the waiting token.
+    pub fn keys_ready(&mut self, auth: &dyn Authorizer) -> Vec<Action> {
+        match self.waiting.take() {
+            Some(Waiting {
+                token,
+                renewal: false,
+            }) => self.hello_now(token, auth),
+            Some(Waiting {
+                token: Some(t),
+                renewal: true,
+            }) => self.renew_now(t, auth),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hold `token` for a key refresh when the authorizer lacks the key it names.
+    fn needs_keys(
+        &mut self,
+        token: &Option<String>,
+        renewal: bool,
+        auth: &dyn Authorizer,
+    ) -> Option<Vec<Action>> {
+        let kid = auth.missing_key(token.as_deref()?)?;
+        self.waiting = Some(Waiting {
+            token: token.clone(),
+            renewal,
+        });
+        Some(vec![Action::RefreshKeys { kid }])
     }
 
     /// The encoding.
@@ -257,6 +328,12 @@ impl Session {
 
     /// A decoded message.
     pub fn on_message(&mut self, m: ClientMsg, auth: &dyn Authorizer) -> Vec<Action> {
+        if self.waiting.is_some() {
+            return vec![err(
+                ErrorCode::BadRequest,
+                "the token is still being checked: wait for its answer before sending more",
+            )];
+        }
         let Some(p) = &self.principal else {
             return match m {
                 ClientMsg::Hello { token, .. } => self.on_hello(token, auth),
@@ -281,10 +358,49 @@ impl Session {
             } => on_write(req, ops, (client, n, entries), p),
             ClientMsg::Unsubscribe { sub } => self.on_unsubscribe(sub),
             ClientMsg::Ack { sub, seq } => self.on_ack(sub, seq),
+            ClientMsg::Auth { token } => match self.needs_keys(&Some(token.clone()), true, auth) {
+                Some(a) => a,
+                None => self.renew_now(token, auth),
+            },
+        }
+    }
+
+    /// A fresh token on the open connection: its rights replace the connection's (a narrower
+    /// read scope applies to the next change delivered); a refused one ends the connection.
+    fn renew_now(&mut self, token: String, auth: &dyn Authorizer) -> Vec<Action> {
+        match auth.authenticate(Some(&token)) {
+            Ok(p) => {
+                let rescope = self.principal.as_ref().is_none_or(|old| old.read != p.read);
+                let read = p.read.clone();
+                self.principal = Some(p);
+                self.token = Some(token);
+                if rescope {
+                    vec![Action::Rescope { read }]
+                } else {
+                    Vec::new()
+                }
+            }
+            Err(AuthError(why)) => {
+                self.principal = None;
+                self.subs.clear();
+                fail_and_close(
+                    ErrorCode::Unauthorized,
+                    format!("the renewed token was refused ({why}); this connection ends"),
+                    CLOSE_POLICY,
+                    "unauthorized",
+                )
+            }
         }
     }
 
     fn on_hello(&mut self, token: Option<String>, auth: &dyn Authorizer) -> Vec<Action> {
+        if let Some(a) = self.needs_keys(&token, false, auth) {
+            return a;
+        }
+        self.hello_now(token, auth)
+    }
+
+    fn hello_now(&mut self, token: Option<String>, auth: &dyn Authorizer) -> Vec<Action> {
         match auth.authenticate(token.as_deref()) {
             Ok(p) => {
                 self.principal = Some(p);

@@ -227,6 +227,7 @@ impl Authorizer for Tokens {
                 name: "t".into(),
                 read: Scope(vec!["a".into(), "team-*".into()]),
                 write: Scope(vec!["a".into()]),
+                expires: None,
             }),
             _ => Err(AuthError("unknown token".into())),
         }
@@ -245,6 +246,7 @@ fn codes(actions: &[Action]) -> Vec<String> {
             Action::Unsubscribe { .. } => "unsubscribe".into(),
             Action::Ack { .. } => "ack".into(),
             Action::Rescope { .. } => "rescope".into(),
+            Action::RefreshKeys { .. } => "refresh-keys".into(),
             Action::Send(_) => "send".into(),
         })
         .collect()
@@ -351,6 +353,7 @@ fn reauthorize_narrows_scopes_and_closes_revoked_tokens() {
         name: "t".into(),
         read: Scope(read.iter().map(|s| s.to_string()).collect()),
         write: Scope(write.iter().map(|s| s.to_string()).collect()),
+        expires: None,
     };
     let auth = Mutable(std::cell::RefCell::new(Some(p(&["*"], &["a", "b"]))));
     let mut s = Session::new(Encoding::Json);

@@ -16,6 +16,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use super::jwks::{self, KeyStatus};
+use super::jwt::{Reason, Refusals, Verifier};
 use crate::node::config::{hash_token, Anonymous, Config};
 use crate::protocol::{AuthError, Authorizer, Principal, Scope};
 
@@ -30,6 +32,12 @@ struct Shared {
     generation: watch::Sender<u64>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// The `[jwt]` verifier in force (None without the section).
+    jwt: RwLock<Option<Arc<Verifier>>>,
+    /// The state of its key sources.
+    keys: KeyStatus,
+    /// Refused JWTs, by reason.
+    refusals: Refusals,
 }
 
 /// The current auth state; cheap to clone.
@@ -51,16 +59,78 @@ pub(crate) enum ReloadError {
 }
 
 impl Auth {
-    /// Auth for a node listening on `addr` with `config`.
-    pub(crate) fn new(config: Config, addr: SocketAddr) -> Auth {
-        Auth {
+    /// Auth for a node listening on `addr` with `config` (an error: the `[jwt]` section's
+    /// secret file cannot be read).
+    pub(crate) fn new(config: Config, addr: SocketAddr) -> crate::Result<Auth> {
+        let jwt = config
+            .jwt
+            .clone()
+            .map(Verifier::new)
+            .transpose()?
+            .map(Arc::new);
+        Ok(Auth {
             inner: Arc::new(Shared {
                 config: RwLock::new(Arc::new(config)),
                 loopback: addr.ip().is_loopback(),
                 generation: watch::channel(0).0,
                 reloads: AtomicU64::new(0),
                 reload_failures: AtomicU64::new(0),
+                jwt: RwLock::new(jwt),
+                keys: KeyStatus::default(),
+                refusals: Refusals::default(),
             }),
+        })
+    }
+
+    /// The JWT verifier in force.
+    pub(crate) fn verifier(&self) -> Option<Arc<Verifier>> {
+        self.inner.jwt.read().clone()
+    }
+
+    /// The key sources' state.
+    pub(crate) fn key_status(&self) -> &KeyStatus {
+        &self.inner.keys
+    }
+
+    /// JWTs refused for `r` since start.
+    pub(crate) fn refused(&self, r: Reason) -> u64 {
+        self.inner.refusals.get(r)
+    }
+
+    /// Fetch the identity provider's keys now (at most once per floor), for a token naming key
+    /// `kid`; connections re-check their tokens when the set changed.
+    pub(crate) async fn refresh_keys(&self, kid: &str) {
+        let Some(v) = self.verifier() else { return };
+        if jwks::refresh_for(&v.sources(), &self.inner.keys, kid).await {
+            self.inner.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Keep the keys fresh until `shutdown`: fetched at once, then on the `[jwt]` schedule, and
+    /// whenever a reload put a new `[jwt]` section in force. A set that changed (a key removed)
+    /// makes every connection re-check its token.
+    pub(crate) async fn keep_keys(self, mut shutdown: watch::Receiver<bool>) {
+        let mut current: Option<Arc<Verifier>> = None;
+        let mut due = tokio::time::Instant::now();
+        loop {
+            let v = self.verifier();
+            let fresh = match (&v, &current) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (a, b) => a.is_some() != b.is_some(),
+            };
+            if let Some(ver) = &v {
+                if fresh || tokio::time::Instant::now() >= due {
+                    if jwks::refresh(&ver.sources(), &self.inner.keys).await && !fresh {
+                        self.inner.generation.send_modify(|g| *g += 1);
+                    }
+                    due = tokio::time::Instant::now() + jwks::refresh_every(&ver.sources());
+                }
+            }
+            current = v;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 
@@ -115,6 +185,19 @@ impl Auth {
         }
         if !self.allows_anonymous(&old) && self.allows_anonymous(&new) && new.anonymous.is_none() {
             return Err(ReloadError::WouldOpen);
+        }
+        if new.jwt != old.jwt {
+            let v = new
+                .jwt
+                .clone()
+                .map(Verifier::new)
+                .transpose()
+                .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+            // Keys are fetched for it by `keep_keys` (until then, the old set's keys carry on).
+            if let (Some(v), Some(old)) = (&v, self.verifier()) {
+                *v.keys.write() = old.keys.read().clone();
+            }
+            *self.inner.jwt.write() = v.map(Arc::new);
         }
         tracing::info!(tokens = new.tokens.len(), "config reloaded");
         *self.inner.config.write() = Arc::new(new);
@@ -227,6 +310,10 @@ impl Authorizer for ForOrigin<'_> {
             _ => self.auth.authenticate(token),
         }
     }
+
+    fn missing_key(&self, token: &str) -> Option<String> {
+        self.auth.missing_key(token)
+    }
 }
 
 impl Authorizer for Auth {
@@ -239,6 +326,7 @@ impl Authorizer for Auth {
                         name: "anonymous".into(),
                         read: c.anonymous_read.clone().unwrap_or_else(Scope::all),
                         write: c.anonymous_write.clone().unwrap_or_else(Scope::all),
+                        expires: None,
                     })
                 } else {
                     Err(AuthError(
@@ -249,19 +337,39 @@ impl Authorizer for Auth {
             }
             Some(t) => {
                 let h = hash_token(t);
-                c.tokens
-                    .iter()
-                    .find(|k| {
-                        constant_time_eq(k.sha256.to_ascii_lowercase().as_bytes(), h.as_bytes())
-                    })
-                    .map(|k| Principal {
+                let found = c.tokens.iter().find(|k| {
+                    constant_time_eq(k.sha256.to_ascii_lowercase().as_bytes(), h.as_bytes())
+                });
+                match (found, self.verifier()) {
+                    (Some(k), _) => Ok(Principal {
                         name: k.name.clone(),
                         read: k.read.clone(),
                         write: k.write.clone(),
-                    })
-                    .ok_or_else(|| AuthError("unknown token".into()))
+                        expires: None,
+                    }),
+                    (None, Some(v)) => self.verify_jwt(&v, t),
+                    (None, None) => Err(AuthError("unknown token".into())),
+                }
             }
         }
+    }
+
+    fn missing_key(&self, token: &str) -> Option<String> {
+        self.verifier()?.missing_key(token)
+    }
+}
+
+impl Auth {
+    /// A JWT, verified; a refusal is counted by reason and logged at most once a second
+    /// (never with the token).
+    fn verify_jwt(&self, v: &Verifier, token: &str) -> Result<Principal, AuthError> {
+        v.verify(token).map_err(|r| {
+            self.inner.refusals.count(r.reason);
+            if self.inner.refusals.may_log() {
+                tracing::info!(reason = r.reason.as_str(), "refused a JWT: {}", r.message);
+            }
+            AuthError(r.message)
+        })
     }
 }
 
@@ -282,7 +390,8 @@ mod tests {
         let auth = Auth::new(
             Config::parse(&token_config("anonymous = \"never\"\n")).unwrap_or_default(),
             loopback,
-        );
+        )
+        .unwrap();
         assert!(!auth.anonymous_allowed());
         // Empty, cut after the first line, whitespace: refused, config kept.
         for bad in ["", "name = \"n\"\n", "  \n", "name = \"n\"\n[[tok"] {
@@ -304,7 +413,7 @@ mod tests {
     #[test]
     fn a_node_started_open_may_reload_without_anonymous() {
         let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
-        let auth = Auth::new(Config::default(), loopback);
+        let auth = Auth::new(Config::default(), loopback).unwrap();
         assert!(auth.anonymous_allowed());
         assert!(matches!(auth.reload("name = \"renamed\"\n"), Ok(true)));
         assert!(auth.anonymous_allowed());

@@ -11,6 +11,10 @@
 //! read = ["*"]                          # exact names, "prefix*", or "*"
 //! write = ["default"]
 //!
+//! [jwt]                     # sign-in with your identity provider: see `node::jwt`
+//! jwks_url = "https://YOUR_DOMAIN/.well-known/jwks.json"
+//! read = ["user:{sub}"]
+//!
 //! [retention]
 //! max_changes = 1000000      # keep at most this many changes
 //! max_age_secs = 604800      # and none older than this
@@ -111,6 +115,8 @@ pub struct Config {
     /// `[follow]`: for an edge fed from NATS (`serve --upstream nats://`), the stream's name and
     /// the NATS credentials; the same keys as `[publish]` (`url` is `--upstream`'s).
     pub follow: Option<crate::node::publish::PublishConfig>,
+    /// `[jwt]`: sign-in with the app's identity provider (see `node::jwt`).
+    pub jwt: Option<super::jwt::JwtConfig>,
 }
 
 impl Config {
@@ -146,6 +152,9 @@ impl Config {
             ));
         }
         let c: Config = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
+        if let Some(j) = &c.jwt {
+            j.check()?;
+        }
         // Two entries for one secret: the first would win, whichever rights the second meant.
         let mut hashes = std::collections::HashMap::new();
         let mut names = std::collections::HashSet::new();

@@ -94,13 +94,27 @@ async fn healthz(State(node): State<Arc<NodeState>>) -> Response {
                 .nats_error_at
                 .lock()
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-            let status = if down.is_some() || forged || publisher_down {
+            // The identity provider's keys could not be read or fetched (the last good ones
+            // are in force).
+            let jwt = node.auth.verifier().map_or(String::new(), |v| {
+                let err = node.auth.key_status().error.lock().clone();
+                format!(
+                    ",\"jwt\":{{\"keys\":{}{}}}",
+                    v.keys.read().len(),
+                    err.as_ref().map_or(String::new(), |e| format!(
+                        ",\"error\":{}",
+                        serde_json::Value::String(e.clone())
+                    ))
+                )
+            });
+            let keys_down = node.auth.key_status().error.lock().is_some();
+            let status = if down.is_some() || forged || publisher_down || keys_down {
                 "degraded"
             } else {
                 "ok"
             };
             format!(
-                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}{publish}}}\n",
+                "{{\"status\":\"{status}\",\"head\":{head},\"read_only\":{}{upstream}{publish}{jwt}}}\n",
                 node.role.read_only()
             )
         })
@@ -136,6 +150,7 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
             node.sockets.max as i64,
         ),
     ];
+    extra.extend(jwt_samples(&node));
     if let Some(u) = node.role.upstream() {
         let s = &u.state;
         extra.extend([
@@ -188,4 +203,51 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         node.metrics.render(node.hub.head(), &extra),
     )
         .into_response()
+}
+
+/// The `[jwt]` counters and gauges (none without the section).
+fn jwt_samples(node: &NodeState) -> Vec<crate::node::metrics::Sample<'static>> {
+    use crate::node::metrics::{COUNTER, GAUGE};
+    let mut extra = Vec::new();
+    if node.auth.verifier().is_none() {
+        return extra;
+    }
+    let k = node.auth.key_status();
+    for r in crate::node::jwt::Reason::ALL {
+        extra.push((
+            r.metric(),
+            COUNTER,
+            "JWTs refused for this reason.",
+            node.auth.refused(r) as i64,
+        ));
+    }
+    extra.extend([
+        (
+            "hivesync_jwks_fetches_total",
+            COUNTER,
+            "Fetches of the identity provider's key set (JWKS URL).",
+            k.fetches.load(Relaxed) as i64,
+        ),
+        (
+            "hivesync_jwks_fetch_failures_total",
+            COUNTER,
+            "Fetches that failed (the last good keys stayed in force).",
+            k.fetch_failures.load(Relaxed) as i64,
+        ),
+        (
+            "hivesync_jwks_keys",
+            GAUGE,
+            "Keys in the set in force.",
+            node.auth
+                .verifier()
+                .map_or(0, |v| v.keys.read().len() as i64),
+        ),
+        (
+            "hivesync_jwks_ok",
+            GAUGE,
+            "1 while the last read or fetch of the keys succeeded.",
+            i64::from(k.error.lock().is_none()),
+        ),
+    ]);
+    extra
 }

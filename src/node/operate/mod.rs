@@ -3,5 +3,7 @@
 pub(crate) mod auth;
 pub mod config;
 pub(crate) mod http;
+pub(crate) mod jwks;
+pub mod jwt;
 pub(crate) mod metrics;
 pub(crate) mod web;

@@ -29,6 +29,9 @@ pub(crate) fn spawn_background(
             watchers.extend(watch_db(db, node.hub.clone()));
         }
     }
+    // The identity provider's keys, fetched and refreshed (a loop that sleeps without `[jwt]`,
+    // since a reload may add the section).
+    tokio::spawn(node.auth.clone().keep_keys(node.shutdown.clone()));
     tokio::spawn(hub::run_tailer(
         node.store.clone(),
         node.hub.clone(),

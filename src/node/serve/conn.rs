@@ -19,7 +19,7 @@
 //!   ([`crate::node::NodeState::bulk_reads`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use crate::node::budget::{
 };
 use crate::node::gate::{HelloGate, Socket};
 use crate::node::metrics::{Metrics, SubStats};
-use crate::node::out::{to_message, Out};
+use crate::node::out::{to_message, unix_now, Out};
 use crate::node::sub::{run_sub, SubCtx};
 use crate::node::NodeState;
 use crate::protocol::{
@@ -143,6 +143,9 @@ struct Shell {
     /// The principal's read scope, shared by every subscription: a config reload narrows it
     /// for the next change each one delivers.
     scope: Arc<RwLock<Scope>>,
+    /// When the principal's rights end (seconds since the epoch; `i64::MAX`: never): no
+    /// subscription queues a frame after it.
+    until: Arc<AtomicI64>,
     ended: mpsc::UnboundedSender<(String, bool)>,
 }
 
@@ -171,6 +174,7 @@ impl Shell {
                     from,
                     filter,
                     read: self.scope.clone(),
+                    until: self.until.clone(),
                     enc: self.enc,
                     out: self.out.clone(),
                     budget: self.budget.clone(),
@@ -180,6 +184,8 @@ impl Shell {
                 self.subs.insert(sub, (task, stats));
             }
             Action::Rescope { read } => *self.scope.write() = read,
+            // The session's loop fetches keys before anything reaches here.
+            Action::RefreshKeys { .. } => {}
             Action::Unsubscribe { sub } => self.end_sub(&sub),
             Action::Ack { sub, seq } => {
                 if let Some((_, s)) = self.subs.get(&sub) {
@@ -282,6 +288,7 @@ pub(crate) async fn handle(
         }),
         subs: HashMap::new(),
         scope: Arc::new(RwLock::new(Scope::default())),
+        until: Arc::new(AtomicI64::new(i64::MAX)),
         ended: ended_tx,
     };
     let reader = Reader {
@@ -402,6 +409,7 @@ impl Reader {
                 _ = &mut hello_deadline, if !greeted => {
                     Step::Act(session.on_hello_timeout(HELLO_TIMEOUT.as_secs()), None)
                 }
+                _ = until_unix(session.expires_at()) => Step::Act(session.on_expired(unix_now()), None),
                 msg = self.stream.next() => {
                     self.frame(msg, &mut session, &shell, greeted, &mut shutdown_reading).await
                 }
@@ -416,6 +424,10 @@ impl Reader {
                     break;
                 }
             };
+            let actions = self.fetch_keys(actions, &mut session, &node).await;
+            shell
+                .until
+                .store(session.expires_at().unwrap_or(i64::MAX), Relaxed);
             if !greeted {
                 self.after_hello(&session, &actions, &node).await;
             }
@@ -471,6 +483,27 @@ impl Reader {
 
     /// Before `hello` was accepted: open the gate once it is, and answer a refused one late
     /// (counted, logged at most once a second).
+    /// Carry out the session's requests for keys (a token naming a key the node does not hold
+    /// yet): fetch them, then let the session judge the token.
+    async fn fetch_keys(
+        &self,
+        mut actions: Vec<Action>,
+        session: &mut Session,
+        node: &Arc<NodeState>,
+    ) -> Vec<Action> {
+        while let Some(i) = actions
+            .iter()
+            .position(|a| matches!(a, Action::RefreshKeys { .. }))
+        {
+            if let Action::RefreshKeys { kid } = actions.remove(i) {
+                node.auth.refresh_keys(&kid).await;
+            }
+            let more = session.keys_ready(&self.auth(node));
+            actions.splice(i..i, more);
+        }
+        actions
+    }
+
     async fn after_hello(&self, session: &Session, actions: &[Action], node: &NodeState) {
         if session.principal().is_some() {
             self.gate.open();
@@ -483,4 +516,16 @@ impl Reader {
             tokio::time::sleep(FAILED_HELLO_DELAY).await;
         }
     }
+}
+
+/// Resolves once the clock reaches `at` (seconds since the epoch); never without one.
+async fn until_unix(at: Option<i64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(at.max(0) as u64).saturating_sub(now);
+    tokio::time::sleep(left).await;
 }

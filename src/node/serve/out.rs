@@ -34,3 +34,10 @@ pub(crate) fn code_for(e: &Error) -> ErrorCode {
         _ => ErrorCode::Internal,
     }
 }
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -49,6 +50,8 @@ pub(super) struct SubCtx {
     pub(super) filter: ChangeFilter,
     /// The connection's read scope (narrowed by config reloads).
     pub(super) read: Arc<RwLock<Scope>>,
+    /// When the connection's rights end (seconds since the epoch, `i64::MAX`: never).
+    pub(super) until: Arc<std::sync::atomic::AtomicI64>,
     pub(super) enc: Encoding,
     pub(super) out: mpsc::Sender<Out>,
     pub(super) budget: Arc<ConnBudget>,
@@ -126,6 +129,12 @@ impl SubCtx {
     /// Queue a frame with room taken from `room` (reserved before its page was read), as much
     /// as it holds, and the rest waited for.
     async fn push_from(&self, m: Message, room: &mut Option<OutPermit>) -> Result<(), SubEnd> {
+        // Past the token's expiry nothing more is queued (so no change committed after it goes
+        // out): the connection's loop ends it with `unauthorized`, unless a fresh token moves
+        // the expiry on first.
+        while crate::node::out::unix_now() >= self.until.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let len = permits(message_len(&m), CONN_OUT_BYTES) as usize;
         let have = room.as_ref().map_or(0, OutPermit::bytes);
         let permit = if have > len {

@@ -203,6 +203,7 @@ impl Authorizer for FixedAuth {
             name: name.into(),
             read,
             write,
+            expires: None,
         })
     }
 }
@@ -371,6 +372,30 @@ fn session_step(
         }
         return;
     };
+    // A renewal (`auth`) is the one message after hello that may end the connection.
+    if let ClientMsg::Auth { token } = &msg {
+        match auth.authenticate(Some(token)) {
+            Ok(q) => {
+                let rescoped = q.read != p.read;
+                assert!(
+                    acts.iter().all(|a| matches!(a, Action::Rescope { .. }))
+                        && acts.len() == usize::from(rescoped),
+                    "accepted renewal: {acts:?}"
+                );
+                m.principal = Some(q);
+            }
+            Err(_) => {
+                assert!(
+                    acts.len() == 2
+                        && is_error(&acts[0], ErrorCode::Unauthorized)
+                        && matches!(acts[1], Action::Close { .. }),
+                    "refused renewal: {acts:?}"
+                );
+                m.principal = None;
+            }
+        }
+        return;
+    }
     for a in &acts {
         assert!(
             !matches!(a, Action::Welcome | Action::Close { .. }),
@@ -385,6 +410,7 @@ fn session_step(
             acts.len() == 1 && is_error(&acts[0], ErrorCode::BadRequest),
             "second hello: {acts:?}"
         ),
+        ClientMsg::Auth { .. } => unreachable!("handled above"),
         ClientMsg::Write {
             req,
             ops,
