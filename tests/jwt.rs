@@ -613,3 +613,67 @@ async fn a_key_url_that_hangs_garbles_or_floods_leaves_the_node_up_and_says_so()
         );
     }
 }
+
+#[tokio::test]
+async fn an_edge_renews_its_upstream_jwt_from_its_token_file_without_dropping_the_link() {
+    let keys = tempfile::tempdir().unwrap();
+    let out = command()
+        .args(["jwt", "keygen", "--dir"])
+        .arg(keys.path())
+        .output()
+        .unwrap();
+    let jwt_lines = String::from_utf8(out.stdout).unwrap();
+    let ed = keys.path().join("private.pem");
+    let primary = Node::start_with(NodeOpts {
+        config: Some(config(&format!(
+            "{}\nleeway_secs = 0",
+            jwt_lines.trim().trim_start_matches("[jwt]").trim()
+        ))),
+        ..Default::default()
+    })
+    .await;
+    let token_file = keys.path().join("edge.token");
+    let edge_token = |ttl: &str| {
+        sign(
+            &ed,
+            "edge-1",
+            &["--ttl", ttl, "--read", "*", "--write", "*"],
+        )
+    };
+    std::fs::write(&token_file, edge_token("4s")).unwrap();
+    let edge = Node::start_with(NodeOpts {
+        args: vec![
+            "--upstream".into(),
+            primary.url(),
+            "--upstream-token-file".into(),
+            token_file.display().to_string(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        || async { edge.health().await["upstream"]["live"] == true },
+        || "the edge never caught up".into(),
+    )
+    .await;
+    // A rotation tool writes a fresh token before the first one expires.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&token_file, edge_token("1h")).unwrap();
+    // Well past the first token's expiry, the link is the same one and still follows.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let seq = put(&primary, "default", "after-exp").await;
+    eventually(
+        Duration::from_secs(10),
+        || async { edge.head().await >= seq },
+        || "the edge stopped following after its first token expired".into(),
+    )
+    .await;
+    let h = edge.health().await;
+    assert_eq!(h["upstream"]["connected"], true, "{h}");
+    assert!(h["upstream"]["error"].is_null(), "{h}");
+    assert!(
+        edge.log_text().contains("renewing the token"),
+        "the edge did not read the new token"
+    );
+}

@@ -105,6 +105,7 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
             read_only: args.read_only,
             upstream: args.upstream.clone(),
             upstream_token: upstream_token(args)?,
+            upstream_token_file: args.upstream_token_file.clone(),
             primary: args.primary.clone(),
             poll_ms: args.poll_ms,
             web: args.web.clone(),

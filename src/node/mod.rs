@@ -48,6 +48,9 @@ pub struct NodeOptions {
     pub upstream: Option<String>,
     /// The token this edge presents to its upstream.
     pub upstream_token: Option<String>,
+    /// The file that token was read from: read again when it changes (a rotation tool renewing
+    /// a JWT), and the fresh token sent on the open connection.
+    pub upstream_token_file: Option<PathBuf>,
     /// For an edge whose `upstream` is a NATS server (`nats://host:port`): the primary's feed
     /// (ws://host:port/v1/sync), which serves its snapshots and catch-ups and takes its writes.
     pub primary: Option<String>,

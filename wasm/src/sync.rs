@@ -86,6 +86,14 @@ impl Replica {
         Ok(())
     }
 
+    /// A fresh token (renewed before the old one expires): sent on the open connection and
+    /// used for every later hello.
+    #[wasm_bindgen(js_name = syncSetToken)]
+    pub fn sync_set_token(&mut self, token: JsValue) -> Result<String, JsValue> {
+        let token = text("Replica.syncSetToken(token: string)", "token", &token)?;
+        Ok(self.sync_run(0.0, |s| (s.set_token(token), vec![])))
+    }
+
     /// The socket opened.
     #[wasm_bindgen(js_name = syncConnected)]
     pub fn sync_connected(&mut self) -> String {

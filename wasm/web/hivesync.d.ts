@@ -45,6 +45,8 @@ export interface Status {
   pendingAgeMs: number | null;
   /** Why the last upload did not go through (it is retried), until one does; else null. */
   uploadError: string | null;
+  /** Why there is no token (`getToken` failed or gave none, or the node refused the last one): the replica stays readable and writes stay pending until a token comes; else null. */
+  signedOut: string | null;
 }
 
 /** Error codes of the wire protocol. */
@@ -84,7 +86,11 @@ export interface ReplicaEventMap {
   written: WrittenEvent;
   rejected: RejectedEvent;
   error: ReplicaError;
+  token_needed: TokenNeededEvent;
 }
+
+/** The node refused the token (expired, or no longer accepted): `getToken` is asked for a fresh one. */
+export interface TokenNeededEvent { type: 'token_needed'; reason: string }
 
 /** A local write, as `write()` answers it (without `wait: 'node'`). */
 export interface LocalWrite { n: number; ids: string[]; pending: true }
@@ -122,6 +128,13 @@ export interface OpenOptions {
   namespaces?: string[];
   /** Share one replica and one connection among this origin's tabs (default true). */
   shareTabs?: boolean;
+  /**
+   * Sign-in with the app's identity provider: returns a token (a JWT the node's `[jwt]` section
+   * accepts), or a promise of one. Called before connecting and again ahead of the token's
+   * `exp` (the fresh one is sent on the open connection); when it fails or gives nothing the
+   * replica stays readable, local writes stay pending, and `status().signedOut` says why.
+   */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
 }
 
 /** Every method rejects with a `TypeError` naming its signature when its arguments do not match it (a wrong type, a missing or extra argument, an unknown option). */

@@ -66,7 +66,7 @@ const SIGNATURES = {
 /** @satisfies {Fields} */
 const OPEN = {
   url: 'string?', token: 'string?', name: 'name?', persist: 'boolean?', protocol: 'protocol?',
-  namespaces: 'strings?', shareTabs: 'boolean?',
+  namespaces: 'strings?', shareTabs: 'boolean?', getToken: 'tokenSource?',
 };
 // Each type: [check, what the message says it must be, how the signature writes it].
 /** @typedef {[check: (v: unknown) => boolean, must: string, spelling: string]} TypeInfo */
@@ -89,6 +89,7 @@ const TYPES = {
   strings: [(v) => Array.isArray(v) && v.every((x) => typeof x === 'string'), 'an array of strings', 'string[]'],
   array: [(v) => Array.isArray(v), 'an array', 'unknown[]'],
   bytes: [(v) => v instanceof Uint8Array || v instanceof ArrayBuffer, 'a Uint8Array', 'Uint8Array'],
+  tokenSource: [(v) => typeof v === 'function', 'a function that returns a token (or a promise of one)', '() => string | null | undefined | Promise<string | null | undefined>'],
   ops: [(v) => Array.isArray(v) && v.every((o) => o !== null && typeof o === 'object' && !Array.isArray(o)), 'an array of write ops (objects)', 'WriteOp[]'],
 };
 /** @type {(t: string) => string} */
@@ -171,6 +172,9 @@ export class HivesyncReplica {
     // for the first `error` or `*` listener.
     /** @type {ReplicaEvent[]} */
     this.unheard = [];
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.renewTimer = null; // the next call of getToken, ahead of the token's expiry
+    this.renewFailures = 0;
     /** What opening found (set by openReplica before it returns this replica). @type {Opened} */
     this.opened; // (a declaration, for the type checker: it assigns nothing)
   }
@@ -231,6 +235,18 @@ export class HivesyncReplica {
    */
   async lead(opts, takeover = false) {
     this.opts = opts;
+    const { getToken, ...plain } = opts;
+    /** @type {Record<string, unknown>} */
+    let openOpts = { ...plain, takeover };
+    /** @type {string | undefined} */
+    let token;
+    if (getToken && opts.url) {
+      // The token comes from the app's sign-in: asked for before connecting, and again ahead
+      // of its expiry (renewed on the open connection).
+      const got = await this.fetchToken();
+      token = got.token;
+      openOpts = { ...openOpts, token, tokenFromPage: true, signedOut: got.error ?? null };
+    }
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.worker = worker;
     /** @type {Map<string, unknown>} */
@@ -242,6 +258,7 @@ export class HivesyncReplica {
         return;
       }
       if (m.event) {
+        if (m.event.type === 'token_needed') this.renewNow();
         this.emitLocal(m.event);
         this.channel?.postMessage({ kind: 'event', event: m.event });
       } else if (typeof m.id === 'string' && m.id.includes(':')) {
@@ -256,7 +273,9 @@ export class HivesyncReplica {
       }
     };
     this.send = (m) => worker.postMessage(m);
-    const opened = /** @type {Promise<Omit<Opened, 'tab'>>} */ (this.call('open', { ...opts, takeover }));
+    const opened = /** @type {Promise<Omit<Opened, 'tab'>>} */ (this.call('open', openOpts));
+    if (token) this.renewLater(token);
+    else if (getToken && opts.url) this.retryToken();
     this.role = this.channel ? 'leader' : ROLE_ALONE;
     // The worker answers calls in order after its open: what waited for the old leader goes now.
     for (const [id, c] of this.calls) if (c.method !== 'open') this.send({ id, method: c.method, args: c.args });
@@ -300,6 +319,58 @@ export class HivesyncReplica {
     this.lead(/** @type {OpenOptions} */ (this.opts), true).then((o) => { this.opened = { ...o, tab: this.opened?.tab ?? ROLE_ALONE }; }, (err) => {
       this.emitLocal({ type: 'error', message: `the replica could not be reopened: ${/** @type {Thrown} */ (err)?.message ?? err}` });
     });
+  }
+
+  /**
+   * Ask the app's getToken for a token.
+   * @returns {Promise<{ token?: string, error?: string }>}
+   */
+  async fetchToken() {
+    const g = this.opts?.getToken;
+    if (!g) return { error: 'no getToken' };
+    try {
+      const t = await g();
+      if (typeof t === 'string' && t.length > 0) return { token: t };
+      return { error: 'signed out: getToken gave no token' };
+    } catch (e) {
+      return { error: `signed out: getToken failed (${/** @type {Thrown} */ (e)?.message ?? e})` };
+    }
+  }
+
+  /** Get a fresh token now and hand it to the Worker; without one, try again after a while. */
+  async renewNow() {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = null;
+    const got = await this.fetchToken();
+    if (!this.worker) return;
+    if (got.token) {
+      this.renewFailures = 0;
+      await this.call('setToken', got.token);
+      this.renewLater(got.token);
+    } else {
+      // The token in use may still be good until its expiry; the status says why once it is not.
+      await this.call('tokenFailed', got.error);
+      this.retryToken();
+    }
+  }
+
+  /** Ask getToken again later (1 s, doubling up to 30 s). */
+  retryToken() {
+    const wait = Math.min(30000, 1000 * 2 ** this.renewFailures++);
+    this.renewTimer = setTimeout(() => this.renewNow(), wait);
+  }
+
+  /**
+   * Renew ahead of the token's expiry (a JWT's `exp`: a quarter of its remaining life early,
+   * at least a second); an opaque token is not renewed.
+   * @param {string} token
+   */
+  renewLater(token) {
+    const exp = jwtExpiry(token);
+    if (exp === null) return;
+    const left = exp * 1000 - Date.now();
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = setTimeout(() => this.renewNow(), Math.max(200, left - Math.max(1000, left / 4)));
   }
 
   /** Send calls to the leader tab and take its events (over this.channel, which openReplica set). */
@@ -382,9 +453,29 @@ export class HivesyncReplica {
   reconnect(...a) { return this.checked('reconnect', a, 'start').then(() => undefined); }
   /** Close this tab's handle; a leader hands the replica to another tab. */
   close() {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = null;
     this.worker?.terminate();
+    this.worker = null;
     this.release?.();
     this.channel?.close();
+  }
+}
+
+/**
+ * A JWT's `exp` (seconds), read without checking it (the node checks); null for anything else.
+ * @param {string} token
+ * @returns {number | null}
+ */
+function jwtExpiry(token) {
+  const part = token.split('.')[1];
+  if (!part) return null;
+  try {
+    const text = atob(part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '='));
+    const exp = JSON.parse(text)?.exp;
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
   }
 }
 
@@ -404,7 +495,9 @@ function withIds(ops) {
  * name (the OPFS database name, and what tabs share), persist (default true), protocol ('bin',
  * the default, or 'json'), namespaces (default: all the token may read), shareTabs (default
  * true: one replica and one connection for all tabs of the origin; without Web Locks or
- * BroadcastChannel, or with persist false, each tab opens its own).
+ * BroadcastChannel, or with persist false, each tab opens its own), getToken (an async function
+ * giving a token from the app's sign-in: called before connecting and again ahead of the
+ * token's expiry; while it gives none the replica stays readable and writes stay pending).
  * @param {unknown[]} args
  * @returns {Promise<HivesyncReplica>}
  */

@@ -21,6 +21,10 @@
  * @property {(ev: ReplicaEvent) => void} [onEvent]
  * @property {() => void} [onWork]  called after each batch of frames the replica handled
  * @property {string | null} [storageError]  why the replica is in memory (for its status)
+ * @property {boolean} [tokenFromPage]  the page's getToken supplies tokens: an `unauthorized`
+ *   (expired, refused) asks for a fresh one (`token_needed`) instead of stopping for good
+ * @property {string | null} [signedOut]  why there is no token yet (getToken failed): no
+ *   connection until setToken
  * @property {new (url: string, protocol: string) => WebSocket} [WebSocket]  default: the global one
  *
  * What the Rust session reports (wasm/src/sync.rs, as JSON): the events this client acts on.
@@ -68,6 +72,9 @@ export class SyncClient {
     this.onEvent = opts.onEvent ?? (() => {});
     this.onWork = opts.onWork ?? (() => {});
     this.storageError = opts.storageError ?? null;
+    this.tokenFromPage = opts.tokenFromPage === true;
+    /** @type {string | null} */
+    this.signedOut = opts.signedOut ?? null;
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
     /** @type {WebSocket | null} */
     this.ws = null;
@@ -98,6 +105,7 @@ export class SyncClient {
     return {
       type: 'status', seq, head: Math.max(this.head, seq), lag: this.live ? 0 : Math.max(0, this.head - seq),
       live: this.live, online: this.online, storage: /** @type {Status['storage']} */ (this.replica.storage), storageError: this.storageError, error: this.fatal,
+      signedOut: this.signedOut,
       resumedFrom: this.resumedFrom, ...outboxStatus(this.replica),
     };
   }
@@ -124,8 +132,48 @@ export class SyncClient {
     if (this.ws) this.ws.close(1000, 'client stopped');
   }
 
+  /**
+   * A fresh token from the page's getToken: sent on the open connection (renewal), or used to
+   * connect (signed in again). A session that stopped on `unauthorized` starts anew with it.
+   * @param {string} token
+   */
+  setToken(token) {
+    const wasOut = this.signedOut !== null;
+    this.token = token;
+    this.signedOut = null;
+    if (wasOut) {
+      this.replica.syncStart(token, this.protocol === 'json', Math.random());
+      this.emit(this.status());
+      if (!this.stopped) this.connect();
+      return;
+    }
+    this.run(this.replica.syncSetToken(token));
+  }
+
+  /**
+   * The page's getToken gave no fresh token: while signed out, that is why (the token in use,
+   * if any, goes on until the node refuses it).
+   * @param {string} why
+   */
+  tokenFailed(why) {
+    if (this.signedOut === null) return;
+    this.signedOut = why;
+    this.emit(this.status());
+  }
+
+  /**
+   * No token can be had now (the page's getToken failed or gave none): nothing connects until
+   * setToken; the replica stays readable and writes stay pending.
+   * @param {string} why
+   */
+  signOut(why) {
+    this.signedOut = why;
+    if (this.ws) { const ws = this.ws; this.ws = null; ws.close(1000, 'signed out'); }
+    this.emit(this.status());
+  }
+
   connect() {
-    if (this.stopped || this.fatal || this.ws) return;
+    if (this.stopped || this.fatal || this.signedOut || this.ws) return;
     const sub = this.protocol === 'bin' ? 'hivesync.v1.bin' : 'hivesync.v1.json';
     let ws;
     try {
@@ -243,6 +291,13 @@ export class SyncClient {
         if (!this.stopped) this.timer = setTimeout(() => this.connect(), ev.after);
         break;
       case 'fatal':
+        if (this.tokenFromPage && ev.code === 'unauthorized') {
+          // The token expired or was refused: the page's getToken brings a fresh one.
+          this.emit({ type: 'error', code: ev.code, message: ev.message });
+          this.signOut(`${ev.code}: ${ev.message}`);
+          this.emit({ type: 'token_needed', reason: ev.message });
+          break;
+        }
         this.fatal = `${ev.code}: ${ev.message}`;
         this.emit({ type: 'error', code: ev.code, message: ev.message });
         this.emit(this.status());

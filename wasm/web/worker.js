@@ -107,7 +107,7 @@ const json = (s) => JSON.parse(s);
 /** @returns {Status} */
 const offlineStatus = () => {
   const seq = replica.appliedSeq();
-  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: /** @type {Status['storage']} */ (replica.storage), storageError, error: null, resumedFrom: null, ...outboxStatus(replica) };
+  return { type: 'status', seq, head: seq, lag: 0, live: false, online: false, storage: /** @type {Status['storage']} */ (replica.storage), storageError, error: null, resumedFrom: null, signedOut: null, ...outboxStatus(replica) };
 };
 const methods = {
   open,
@@ -133,6 +133,9 @@ const methods = {
     return client.write(ops, opts ?? {});
   },
   pending: () => json(replica.outboxPending()),
+  // Tokens from the page's getToken (sign-in with the app's identity provider).
+  setToken: (/** @type {string} */ token) => client?.setToken(token),
+  tokenFailed: (/** @type {string} */ why) => client?.tokenFailed(why),
   stop: () => { if (pendingStart) { clearTimeout(pendingStart); pendingStart = null; } client?.stop(); },
   start: () => { if (pendingStart) startSync(); else client?.start(); },
   // For tests of the page's recovery: a trap, as a bug in the wasm would cause.

@@ -84,11 +84,20 @@ pub(crate) struct Upstream {
     pub(crate) state: Arc<UpstreamState>,
 }
 
+/// The token an edge presents upstream, and the file it is read again from when it changes.
+pub(crate) struct Credentials {
+    pub(crate) token: Option<String>,
+    pub(crate) file: Option<std::path::PathBuf>,
+}
+
+/// How often the token file is looked at.
+const TOKEN_FILE_EVERY: Duration = Duration::from_secs(1);
+
 /// Start following `url` on a thread of its own.
 pub(crate) fn start(
     url: String,
     nats: Option<Follow>,
-    token: Option<String>,
+    token: Credentials,
     store: Arc<Store>,
     hub: Arc<Hub>,
     shutdown: watch::Receiver<bool>,
@@ -136,13 +145,15 @@ struct Link {
     /// The NATS stream, for an edge fed from it (when to open it and when to leave it is the
     /// session's: [`ClientSession::with_external_feed`]).
     nats: Option<Follow>,
+    /// The token file, and when it was last changed.
+    token_file: Option<(std::path::PathBuf, Option<std::time::SystemTime>)>,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
     url: String,
     nats: Option<Follow>,
-    token: Option<String>,
+    creds: Credentials,
     store: Arc<Store>,
     hub: Arc<Hub>,
     mut forwards: mpsc::Receiver<Forward>,
@@ -163,7 +174,7 @@ async fn run(
     }
     let session = ClientSession::new(ClientConfig {
         client: "hivesync-edge".into(),
-        token,
+        token: creds.token.clone(),
         sub: "edge".into(),
         from,
         namespaces: None,
@@ -184,8 +195,13 @@ async fn run(
         next_id: 0,
         start: Instant::now(),
         nats,
+        token_file: creds.file.map(|p| {
+            let at = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, at)
+        }),
     };
     loop {
+        link.reread_token();
         let end = tokio::select! {
             r = dial::dial(&link.url, SUBPROTOCOL_BIN) => match r {
                 Ok(ws) => {
@@ -229,6 +245,33 @@ async fn run(
 impl Link {
     fn now(&self) -> u64 {
         dial::millis_since(self.start)
+    }
+
+    /// The token file changed: its token goes to the session (sent on the open connection,
+    /// and used for the next hello). An unreadable or empty file keeps the token in use.
+    fn reread_token(&mut self) -> Vec<ClientAction> {
+        let Some((path, at)) = &mut self.token_file else {
+            return vec![];
+        };
+        let now = std::fs::metadata(&*path).and_then(|m| m.modified()).ok();
+        if now == *at {
+            return vec![];
+        }
+        *at = now;
+        match std::fs::read_to_string(&*path) {
+            Ok(t) if !t.trim().is_empty() => {
+                tracing::info!(file = %path.display(), "the upstream token file changed: renewing the token");
+                self.session.set_token(t.trim().to_string())
+            }
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "the upstream token file is empty; the token in use stays");
+                vec![]
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the upstream token file; the token in use stays");
+                vec![]
+            }
+        }
     }
 
     /// The upstream accepted this edge: it is connected (and learns the key the primary signs
@@ -536,6 +579,8 @@ enum Event {
     Stream(Option<crate::Result<Item>>),
     /// The session's clock: a retry of the stream or a head probe is due.
     Tick,
+    /// Time to look at the token file.
+    TokenFile,
     Stop,
 }
 
@@ -561,6 +606,8 @@ async fn connection<'s>(
     // An open snapshot holds the writer (and its transaction) until its last chunk.
     let mut snapshot: Option<MutexGuard<'s, rusqlite::Connection>> = None;
     let mut queue = VecDeque::from(hello);
+    let mut token_tick = tokio::time::interval(TOKEN_FILE_EVERY);
+    token_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The stream being opened, and the stream once it carries the live changes.
     let mut opening: Option<Opening> = None;
     let mut feed: Option<Feed> = None;
@@ -613,10 +660,12 @@ async fn connection<'s>(
             Some(f) = forwards.recv() => Event::Forward(f),
             i = next_item(&mut feed) => Event::Stream(i),
             _ = tokio::time::sleep_until(tick.unwrap_or_else(Instant::now).into()), if tick.is_some() => Event::Tick,
+            _ = token_tick.tick(), if link.token_file.is_some() => Event::TokenFile,
             _ = shutdown.changed() => Event::Stop,
         };
         match event {
             Event::Socket(m) => queue.extend(link.input(m)),
+            Event::TokenFile => queue.extend(link.reread_token()),
             Event::Tick => {
                 let now = link.now();
                 queue.extend(link.session.tick(now));

@@ -36,8 +36,9 @@ pub(crate) enum RoleSpec {
         link: String,
         /// The NATS stream, when `--upstream` is one.
         nats: Option<Follow>,
-        /// The token it presents upstream.
+        /// The token it presents upstream, and the file it is read again from.
         token: Option<String>,
+        token_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -70,6 +71,7 @@ impl RoleSpec {
                     link,
                     nats,
                     token: args.upstream_token.clone(),
+                    token_file: args.upstream_token_file.clone(),
                 })
             }
             (None, true) => Ok(RoleSpec::Follower),
@@ -95,11 +97,19 @@ impl RoleSpec {
                 (Role::Primary { writes: tx }, publish)
             }
             RoleSpec::Follower => (Role::Follower, None),
-            RoleSpec::Edge { link, nats, token } => (
+            RoleSpec::Edge {
+                link,
+                nats,
+                token,
+                token_file,
+            } => (
                 Role::Edge(crate::node::upstream::start(
                     link,
                     nats,
-                    token,
+                    crate::node::upstream::Credentials {
+                        token,
+                        file: token_file,
+                    },
                     store.clone(),
                     hub.clone(),
                     shutdown.clone(),

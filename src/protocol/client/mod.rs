@@ -289,6 +289,19 @@ impl ClientSession {
         self.phase == Phase::Subscribed
     }
 
+    /// A fresh token (a JWT renewed before it expires): sent on the open connection at once
+    /// (`auth`) and used for every later `hello`. Nothing to send while not connected.
+    pub fn set_token(&mut self, token: String) -> Vec<ClientAction> {
+        if self.cfg.token.as_deref() == Some(token.as_str()) {
+            return vec![];
+        }
+        self.cfg.token = Some(token.clone());
+        if self.phase != Phase::Subscribed {
+            return vec![];
+        }
+        vec![ClientAction::Send(ClientMsg::Auth { token })]
+    }
+
     /// The socket is open: say hello.
     pub fn connected(&mut self) -> Vec<ClientAction> {
         if self.stopped() {

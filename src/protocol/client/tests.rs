@@ -635,3 +635,27 @@ fn the_shell_is_told_of_the_welcome_and_of_a_node_error_it_would_not_see_otherwi
     let a = s.frame(welcome(3), 0);
     assert!(!a.iter().any(|x| matches!(x, ClientAction::Welcome { .. })));
 }
+
+#[test]
+fn a_renewed_token_goes_out_on_the_open_connection_and_into_the_next_hello() {
+    let mut s = ClientSession::new(cfg(Some(3)));
+    assert!(
+        s.set_token("t2".into()).is_empty(),
+        "not connected: kept for the hello"
+    );
+    assert!(
+        matches!(&s.connected()[..], [ClientAction::Send(ClientMsg::Hello { token: Some(t), .. })] if t == "t2")
+    );
+    s.frame(welcome(3), 0);
+    assert!(
+        matches!(&s.set_token("t3".into())[..], [ClientAction::Send(ClientMsg::Auth { token })] if token == "t3")
+    );
+    assert!(
+        s.set_token("t3".into()).is_empty(),
+        "the same token again: nothing"
+    );
+    s.disconnected("reset", 1);
+    assert!(
+        matches!(&s.connected()[..], [ClientAction::Send(ClientMsg::Hello { token: Some(t), .. })] if t == "t3")
+    );
+}

@@ -121,6 +121,11 @@ export class Replica {
      */
     syncNextText(): string | undefined;
     /**
+     * A fresh token (renewed before the old one expires): sent on the open connection and
+     * used for every later hello.
+     */
+    syncSetToken(token: any): string;
+    /**
      * Start a sync session: resume after the applied seq (a replica that never synced asks
      * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
      * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
@@ -186,6 +191,7 @@ export interface InitOutput {
     readonly replica_syncFrame: (a: number, b: any, c: number) => [number, number, number, number];
     readonly replica_syncNextFrame: (a: number) => [number, number];
     readonly replica_syncNextText: (a: number) => [number, number];
+    readonly replica_syncSetToken: (a: number, b: any) => [number, number, number, number];
     readonly replica_syncStart: (a: number, b: any, c: number, d: number) => [number, number];
     readonly replica_syncText: (a: number, b: any, c: number) => [number, number, number, number];
     readonly replica_traverse: (a: number, b: any, c: any, d: any, e: any, f: number, g: number) => [number, number, number, number];

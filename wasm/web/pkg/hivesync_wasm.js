@@ -521,6 +521,30 @@ export class Replica {
         return v1;
     }
     /**
+     * A fresh token (renewed before the old one expires): sent on the open connection and
+     * used for every later hello.
+     * @param {any} token
+     * @returns {string}
+     */
+    syncSetToken(token) {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_syncSetToken(this.__wbg_ptr, token);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
      * Start a sync session: resume after the applied seq (a replica that never synced asks
      * for a snapshot), for the namespaces set with `setNamespaces`. `json`: speak
      * `hivesync.v1.json` instead of the binary subprotocol. `seed`: jitter (Math.random()).
@@ -957,7 +981,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 887, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 913, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423);
             return ret;
         },

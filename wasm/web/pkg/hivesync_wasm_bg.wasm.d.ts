@@ -32,6 +32,7 @@ export const replica_syncFlush: (a: number) => [number, number];
 export const replica_syncFrame: (a: number, b: any, c: number) => [number, number, number, number];
 export const replica_syncNextFrame: (a: number) => [number, number];
 export const replica_syncNextText: (a: number) => [number, number];
+export const replica_syncSetToken: (a: number, b: any) => [number, number, number, number];
 export const replica_syncStart: (a: number, b: any, c: number, d: number) => [number, number];
 export const replica_syncText: (a: number, b: any, c: number) => [number, number, number, number];
 export const replica_traverse: (a: number, b: any, c: any, d: any, e: any, f: number, g: number) => [number, number, number, number];
