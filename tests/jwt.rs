@@ -677,3 +677,56 @@ async fn an_edge_renews_its_upstream_jwt_from_its_token_file_without_dropping_th
         "the edge did not read the new token"
     );
 }
+
+#[tokio::test]
+async fn with_hs256_allowed_a_token_signed_with_the_rsa_public_key_is_still_refused() {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa, jwk) = rsa_key(keys.path(), "r1");
+    let idp = Idp::start(vec![jwk]).await;
+    let secret = b"a shared secret of at least thirty-two bytes, from a file";
+    let secret_file = keys.path().join("hs.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let node = Node::start_with(NodeOpts {
+        config: Some(config(&format!(
+            "jwks_url = \"{}\"\nalgorithms = [\"RS256\", \"HS256\"]\nhs256_secret_file = \"{}\"\nread = [\"user:{{sub}}\"]",
+            idp.url(),
+            secret_file.display()
+        ))),
+        ..Default::default()
+    })
+    .await;
+    let hs = |key: &[u8], kid: Option<&str>| {
+        let mut header = json!({"alg": "HS256", "typ": "JWT"});
+        if let Some(k) = kid {
+            header["kid"] = json!(k);
+        }
+        let claims = json!({"sub": "frank", "exp": now() + 600});
+        let signing = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            signing.as_bytes(),
+        );
+        format!("{signing}.{}", b64(sig.as_ref()))
+    };
+    // The shared secret's token is good; so is the RSA key's.
+    let mut c = Client::connect(&node.url()).await;
+    c.hello(Some(&hs(secret, None))).await;
+    let mut c = Client::connect(&node.url()).await;
+    c.hello(Some(&sign(&rsa, "frank", &["--kid", "r1"]))).await;
+    // HS256 with the RSA public key as the secret (naming the RSA key's kid or not): refused.
+    for kid in [Some("r1"), None] {
+        let mut c = Client::connect(&node.url()).await;
+        c.send(&ClientMsg::Hello {
+            token: Some(hs(&rsa_public_pem(&rsa), kid)),
+            client: None,
+        })
+        .await;
+        let e = c.recv_error().await;
+        assert_code(&e, ErrorCode::Unauthorized);
+        assert!(e.message.contains("bad signature"), "{}", e.message);
+    }
+}

@@ -520,3 +520,100 @@ fn a_binary_welcome_carries_the_publish_key_after_its_v1_fields() {
     // The JSON encodings never carry it.
     assert!(!encode_server_json(&keyed).contains("a2V5"));
 }
+
+/// Tokens named by their rights and expiry (`read-ns@exp`), some of whose keys must be fetched.
+struct Jwts {
+    missing: std::cell::RefCell<Option<String>>,
+}
+impl Authorizer for Jwts {
+    fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, AuthError> {
+        let t = token.ok_or_else(|| AuthError("no token".into()))?;
+        if self.missing.borrow().as_deref() == Some(t) {
+            return Err(AuthError("no such key".into()));
+        }
+        let (ns, exp) = t.split_once('@').ok_or_else(|| AuthError("bad".into()))?;
+        Ok(Principal {
+            name: "jwt".into(),
+            read: Scope(vec![ns.into()]),
+            write: Scope(vec![ns.into()]),
+            expires: exp.parse().ok(),
+        })
+    }
+
+    fn missing_key(&self, token: &str) -> Option<String> {
+        (self.missing.borrow().as_deref() == Some(token)).then(|| "k2".into())
+    }
+}
+
+#[test]
+fn a_renewed_token_replaces_the_rights_and_expiry_ends_the_connection() {
+    let auth = Jwts {
+        missing: Default::default(),
+    };
+    let mut s = Session::new(Encoding::Json);
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"auth","token":"a@100"}"#, &auth)),
+        ["error:BadRequest"],
+        "auth before hello"
+    );
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"hello","token":"a@100"}"#, &auth)),
+        ["welcome"]
+    );
+    assert_eq!(s.expires_at(), Some(100));
+    assert!(s.on_expired(99).is_empty(), "not yet");
+    // Renewed with the same rights: a later expiry, nothing else.
+    assert!(s
+        .on_text(r#"{"type":"auth","token":"a@200"}"#, &auth)
+        .is_empty());
+    assert_eq!(s.expires_at(), Some(200));
+    assert!(s.on_expired(150).is_empty(), "the renewal moved it on");
+    // Renewed with narrower (other) rights: the next frame is filtered by them.
+    assert_eq!(
+        s.on_text(r#"{"type":"auth","token":"b@300"}"#, &auth),
+        [Action::Rescope {
+            read: Scope(vec!["b".into()])
+        }]
+    );
+    // Expired: unauthorized, then close, and nothing after.
+    let acts = s.on_expired(300);
+    assert_eq!(codes(&acts), ["error:Unauthorized", "close"]);
+    assert!(format!("{acts:?}").contains("token expired"));
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"ack","sub":"s","seq":1}"#, &auth)),
+        ["error:BadRequest"]
+    );
+    // A refused renewal ends the connection.
+    let mut s = Session::new(Encoding::Json);
+    s.on_text(r#"{"type":"hello","token":"a@100"}"#, &auth);
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"auth","token":"garbage"}"#, &auth)),
+        ["error:Unauthorized", "close"]
+    );
+}
+
+#[test]
+fn a_token_whose_key_is_missing_waits_for_the_keys_and_nothing_else_runs_meanwhile() {
+    let auth = Jwts {
+        missing: std::cell::RefCell::new(Some("a@100".into())),
+    };
+    let mut s = Session::new(Encoding::Json);
+    assert_eq!(
+        s.on_text(r#"{"type":"hello","token":"a@100"}"#, &auth),
+        [Action::RefreshKeys { kid: "k2".into() }]
+    );
+    // A frame while the keys are fetched is refused, not judged with the old keys.
+    assert_eq!(
+        codes(&s.on_text(r#"{"type":"ack","sub":"s","seq":1}"#, &auth)),
+        ["error:BadRequest"]
+    );
+    // The fetch brought the key: the token is judged now.
+    *auth.missing.borrow_mut() = None;
+    assert_eq!(codes(&s.keys_ready(&auth)), ["welcome"]);
+    // A fetch that did not bring it: refused (once; no second fetch).
+    let mut s = Session::new(Encoding::Json);
+    *auth.missing.borrow_mut() = Some("a@100".into());
+    s.on_text(r#"{"type":"hello","token":"a@100"}"#, &auth);
+    assert_eq!(codes(&s.keys_ready(&auth)), ["error:Unauthorized", "close"]);
+    assert!(s.keys_ready(&auth).is_empty(), "nothing waits any more");
+}
