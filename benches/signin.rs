@@ -64,14 +64,23 @@ fn tokens(dir: &std::path::Path) -> (Vec<(&'static str, String)>, String) {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let mut keys = vec![json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(pair.public_key().as_ref())})];
+    let mut keys = vec![
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(pair.public_key().as_ref())}),
+    ];
     let mut h = Header::new(Algorithm::EdDSA);
     h.kid = Some("ed".into());
     let ed = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap();
     let mut out = vec![("static token", STATIC.to_string()), ("JWT EdDSA", ed)];
     let pem = dir.join("rsa.pem");
     let made = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pem)
         .output()
         .is_ok_and(|o| o.status.success());
@@ -91,7 +100,10 @@ fn tokens(dir: &std::path::Path) -> (Vec<(&'static str, String)>, String) {
         let mut h = Header::new(Algorithm::RS256);
         h.kid = Some("rsa".into());
         let key = EncodingKey::from_rsa_pem(&std::fs::read(&pem).unwrap()).unwrap();
-        out.push(("JWT RS256", jsonwebtoken::encode(&h, &claims, &key).unwrap()));
+        out.push((
+            "JWT RS256",
+            jsonwebtoken::encode(&h, &claims, &key).unwrap(),
+        ));
     }
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, json!({ "keys": keys }).to_string()).unwrap();
