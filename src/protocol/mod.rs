@@ -37,7 +37,7 @@ pub use bin::{
 };
 pub use client::{ClientAction, ClientConfig, ClientError, ClientSession, ConnectFailure};
 pub use frame::{changes_frame, Frame};
-#[cfg(feature = "node")]
+#[cfg(any(feature = "node", test))]
 pub(crate) use frame::{changes_frame_of, encode_server};
 #[cfg(feature = "node")]
 pub(crate) use json::decode_change_json;
