@@ -19,6 +19,7 @@ use hivesync::store::{Store, StoreOptions};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "common/mod.rs"]
 mod common;
 
 const STATIC: &str = "hs_bench_static_token_0123456789abcdef0123456789abcdef0123456789abcdef";

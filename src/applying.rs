@@ -137,6 +137,11 @@ pub(crate) fn write_row(conn: &Connection, c: &Change, snapshot: bool) -> Result
             }
             Ok(())
         }
+        // The node logs a patch as the row image it made: a change is never one.
+        Op::Patch => Err(Error::invalid(format!(
+            "change {} is a patch; a node logs the whole row after a patch (an upsert)",
+            c.seq
+        ))),
         Op::Upsert => {
             let key_ok = |id: &str| check_image_key(c, id);
             match c.kind {

@@ -51,7 +51,8 @@ enum LogFormat {
 enum Cmd {
     /// Run the sync node.
     Serve(cli::serve::ServeArgs),
-    /// Upsert a row: `put entity '{"name":"Ada"}'` or `put '{"op":"upsert","kind":"entity",...}'`.
+    /// Upsert a row: `put entity '{"name":"Ada"}'`, patch one: `put entity --patch ID '{"name":"Ada"}'`,
+    /// or any write op: `put '{"op":"upsert","kind":"entity",...}'`.
     Put(cli::PutArgs),
     /// Print one row.
     Get(cli::KeyArgs),

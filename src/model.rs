@@ -96,6 +96,9 @@ pub enum Op {
     Upsert,
     /// Remove the row; removing a missing row is not an error.
     Delete,
+    /// Change only the fields `data` names, on the row as it is (a write op only: the change it
+    /// makes is logged as an upsert of the whole row).
+    Patch,
 }
 
 impl Op {
@@ -104,6 +107,7 @@ impl Op {
         match self {
             Op::Upsert => "upsert",
             Op::Delete => "delete",
+            Op::Patch => "patch",
         }
     }
 }
@@ -114,8 +118,9 @@ impl FromStr for Op {
         match s {
             "upsert" => Ok(Op::Upsert),
             "delete" => Ok(Op::Delete),
+            "patch" => Ok(Op::Patch),
             other => Err(Error::invalid(format!(
-                "unknown op {other:?}: expected upsert or delete"
+                "unknown op {other:?}: expected upsert, patch or delete"
             ))),
         }
     }
@@ -266,6 +271,18 @@ fn default_ns() -> String {
 }
 
 impl WriteOp {
+    /// A patch of row `id` of `kind` in `ns`: only the fields of `data` change.
+    pub fn patch(kind: Kind, ns: impl Into<String>, id: impl Into<String>, data: Value) -> Self {
+        WriteOp {
+            op: Op::Patch,
+            kind,
+            ns: ns.into(),
+            data: Some(data),
+            id: Some(id.into()),
+            model: None,
+        }
+    }
+
     /// An upsert of `data` into `kind` in `ns`.
     pub fn upsert(kind: Kind, ns: impl Into<String>, data: Value) -> Self {
         WriteOp {

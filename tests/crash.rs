@@ -155,6 +155,7 @@ impl Model {
                 self.rows.insert((op.kind, id.clone()), img.clone());
                 vec![ChangeKey::new(op.kind, Op::Upsert, &id, Some(&img))]
             }
+            Op::Patch => panic!("the generator makes no patches"),
             Op::Delete => {
                 let id = op.id.clone().unwrap();
                 assert!(
@@ -646,6 +647,7 @@ fn cli_writer(
         let p = gen_write(&mut rng, "cli", &model.lock().unwrap(), req.clone(), 1);
         let op = &p.ops[0];
         let out = match op.op {
+            Op::Patch => panic!("the generator makes no patches"),
             Op::Upsert => common::cli(
                 &db,
                 &[

@@ -210,6 +210,7 @@ async fn resume_from_cursor() {
             match ch.op {
                 Op::Upsert => assert_eq!(data(ch)["id"].as_str(), Some(ch.id.as_str())),
                 Op::Delete => assert!(ch.data.is_none(), "a delete carries no row"),
+                Op::Patch => panic!("a change is never a patch: {ch:?}"),
             }
         }
         // The multi-op write is one transaction: one tx for its three changes.

@@ -29,6 +29,10 @@ pub(crate) struct PutArgs {
     /// Namespace.
     #[arg(long, default_value = "default")]
     pub(crate) ns: String,
+    /// Change only the fields given, of the row with this id (a patch: `properties` merge by
+    /// key, a `null` removes one; `tags` may be {"add": [...], "remove": [...]}).
+    #[arg(long, value_name = "ID")]
+    pub(crate) patch: Option<String>,
 }
 
 /// `hivesync watch`.

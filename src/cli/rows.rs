@@ -15,15 +15,25 @@ pub(crate) fn put(cli: &Cli, args: &PutArgs) -> Result<()> {
         kind_or_op,
         data,
         ns,
+        patch,
     } = args;
     let json_out = cli.json;
-    let op = match data {
-        Some(d) => WriteOp::upsert(
+    let op = match (data, patch) {
+        (Some(d), Some(id)) => WriteOp::patch(
+            kind_or_op.parse::<Kind>()?,
+            ns.clone(),
+            id.clone(),
+            parse_json("the fields", d)?,
+        ),
+        (None, Some(_)) => {
+            bail!("give the fields to change as JSON: hivesync put {kind_or_op} --patch ID '{{\"name\":\"...\"}}'")
+        }
+        (Some(d), None) => WriteOp::upsert(
             kind_or_op.parse::<Kind>()?,
             ns.clone(),
             parse_json("the row", d)?,
         ),
-        None => {
+        (None, None) => {
             if !kind_or_op.trim_start().starts_with('{') {
                 bail!("give the row as JSON after the kind: hivesync put {kind_or_op} '{{\"name\":\"...\"}}'");
             }
@@ -35,10 +45,10 @@ pub(crate) fn put(cli: &Cli, args: &PutArgs) -> Result<()> {
     if json_out {
         print_json(&mut out(), &json!({"seq": r.seq, "id": r.ids[0]}))
     } else {
-        let verb = if op.op == Op::Upsert {
-            "upserted"
-        } else {
-            "deleted"
+        let verb = match op.op {
+            Op::Upsert => "upserted",
+            Op::Patch => "patched",
+            Op::Delete => "deleted",
         };
         println!(
             "{verb} {} {} in {} (seq {})",

@@ -12,11 +12,14 @@ use crate::model::{Kind, Op, WriteOp};
 use crate::schema;
 
 mod bulk;
+mod patch;
 mod validate;
 mod write;
 
 pub(crate) use bulk::{insert_rows, EntityRun};
 pub use bulk::{write_entities, EntityRow};
+#[cfg(feature = "node")]
+pub(crate) use patch::entity_patch;
 #[cfg(feature = "node")]
 pub(crate) use validate::entity_upsert;
 use validate::upsert;
@@ -223,6 +226,11 @@ pub fn execute(conn: &Connection, op: &WriteOp, now: i64) -> Result<OpResult> {
     check_ns(&op.ns)?;
     match op.op {
         Op::Upsert => upsert(conn, op.kind, &op.ns, upsert_data(op)?, now),
+        Op::Patch => {
+            let (id, fields) = patch::target(op)?;
+            let row = patch::patched(conn, op.kind, &op.ns, id, fields)?;
+            upsert(conn, op.kind, &op.ns, &row, now)
+        }
         Op::Delete => {
             if op.data.is_some() {
                 return Err(Error::invalid(

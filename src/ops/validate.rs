@@ -148,7 +148,7 @@ pub(super) fn entity_row(conn: &Connection, data: &Value, now: i64) -> Result<En
 
 /// [`entity_row`] with the row's `properties` as stored JSON text, rendered from `data` without
 /// copying the map: the returned row's own `properties` is empty.
-pub(super) fn entity_row_text(
+pub(crate) fn entity_row_text(
     conn: &Connection,
     data: &Value,
     now: i64,
@@ -178,13 +178,19 @@ pub(super) fn entity_row_from(conn: &Connection, e: EntityIn, now: i64) -> Resul
         created_at: stamp(e.created_at, now),
         updated_at: stamp(e.updated_at, now),
     };
+    check_entity(&row)?;
+    Ok(row)
+}
+
+/// The checks an entity row passes before it is written.
+pub(super) fn check_entity(row: &Entity) -> Result<()> {
     check_name("entity kind", &row.kind, true)?;
     check_name("entity name", &row.name, true)?;
     check_text("entity description", &row.description)?;
     for t in &row.tags {
         check_name("tag", t, true)?;
     }
-    Ok(row)
+    Ok(())
 }
 
 /// The validated entity row of `op` when it is an entity upsert, None for any other op: what

@@ -115,21 +115,23 @@ fn set_meta(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
 /// every upsert without one (but vectors, keyed by subject), so the node writes the very rows
 /// the replica shows; and the time, `created_at` and `updated_at` (events: `created_at`) where
 /// the write leaves them out, so a write uploaded hours later keeps the moment it was made (the
-/// node keeps given times, within [`ops::MAX_CLOCK_AHEAD_US`] of its own clock).
+/// node keeps given times, within [`ops::MAX_CLOCK_AHEAD_US`] of its own clock). A patch gets
+/// its `updated_at` (it names its row already).
 fn fill_local(conn: &Connection, ops_: &mut [WriteOp]) -> Result<()> {
     let mut now = None;
     for op in ops_.iter_mut() {
-        if op.op != Op::Upsert {
+        if op.op == Op::Delete {
             continue;
         }
         let Some(serde_json::Value::Object(m)) = op.data.as_mut() else {
             continue;
         };
-        if op.kind != Kind::Vector && !m.contains_key("id") {
+        if op.op == Op::Upsert && op.kind != Kind::Vector && !m.contains_key("id") {
             m.insert("id".into(), ops::new_id(conn)?.into());
         }
-        let fields: &[&str] = match op.kind {
-            Kind::Event => &["created_at"],
+        let fields: &[&str] = match (op.op, op.kind) {
+            (Op::Patch, _) => &["updated_at"],
+            (_, Kind::Event) => &["created_at"],
             _ => &["created_at", "updated_at"],
         };
         for f in fields {

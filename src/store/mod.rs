@@ -14,6 +14,7 @@ mod pool;
 
 pub use checkpoint::{CheckpointStats, Checkpointer, WAL_HARD_LIMIT_BYTES, WAL_THRESHOLD_BYTES};
 pub use pool::{Location, Pool, PoolConfig, Reader};
+use std::collections::HashSet;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Change, Edge, Entity, Event, Kind, Note, Origin, Vector, WriteOp};
+use crate::model::{Change, Edge, Entity, Event, Kind, Note, Op, Origin, Vector, WriteOp};
 use crate::query::{
     self, ChangeFilter, Direction, Hop, HybridHit, KnnHit, KnnQuery, ListQuery, Neighbor,
     SearchHit, SearchQuery, Snapshot,
@@ -525,13 +526,30 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
     if schema::fts_queue_pending(tx)? {
         run = run.queue_only();
     }
+    // The rows the run holds unwritten: a patch reads its row, so one of these is written first.
+    let mut held: HashSet<(&str, String)> = HashSet::new();
     for (index, op) in ops_.iter().enumerate() {
-        if let Some((e, props)) = ops::entity_upsert(tx, op, now).map_err(|e| as_op(index, e))? {
+        if op.op == Op::Patch
+            && op
+                .id
+                .as_ref()
+                .is_some_and(|id| held.contains(&(op.ns.as_str(), id.clone())))
+        {
+            run.before_other(tx).map_err(run_err)?;
+            held.clear();
+        }
+        let row = match op.op {
+            Op::Patch => ops::entity_patch(tx, op, now),
+            _ => ops::entity_upsert(tx, op, now),
+        };
+        if let Some((e, props)) = row.map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
+            held.insert((op.ns.as_str(), e.id.clone()));
             run.push_rendered(index, &op.ns, e, props);
             continue;
         }
         run.before_other(tx).map_err(run_err)?;
+        held.clear();
         let r = ops::execute(tx, op, now).map_err(|e| as_op(index, e))?;
         ids.push(r.id);
     }

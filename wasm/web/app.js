@@ -43,6 +43,8 @@ const EMPTY_HINT = `<li class="hint muted">No entities yet. Add one above (it is
   <code>hivesync put entity '{"name":"Ada Lovelace"}'</code>; it shows here at once.</li>`;
 
 async function renderRecent() {
+  // A name being edited is not redrawn under the cursor (the next change redraws it).
+  if ($('recent').contains(document.activeElement)) return;
   const r = await db.sql('SELECT ns, id, kind, name FROM entities ORDER BY updated_at DESC, rowid DESC LIMIT 20');
   if (r.rows.length === 0) { $('recent').innerHTML = EMPTY_HINT; return; }
   // The namespaces seen so far, offered by the add form.
@@ -51,9 +53,27 @@ async function renderRecent() {
   // Rows written here and not yet confirmed by the node are marked.
   const pending = new Set((await db.pending()).flatMap((p) => p.ops.map((o) => `${o.ns ?? 'default'}/${o.data?.id ?? o.id}`)));
   $('recent').innerHTML = r.rows.map(([ns, id, kind, name]) =>
-    `<li data-id="${esc(id)}"${pending.has(`${ns}/${id}`) ? ' class="pending"' : ''}><b>${esc(name)}</b> <small>${esc(kind)} · ${esc(ns)}/${esc(id)}` +
+    `<li data-id="${esc(id)}"${pending.has(`${ns}/${id}`) ? ' class="pending"' : ''}><b class="name" contenteditable="plaintext-only" spellcheck="false" data-ns="${esc(ns)}" data-id="${esc(id)}" data-name="${esc(name)}" title="click to rename: a patch, so what others change meanwhile stays">${esc(name)}</b> <small>${esc(kind)} · ${esc(ns)}/${esc(id)}` +
     `${pending.has(`${ns}/${id}`) ? ' · pending' : ''}</small></li>`).join('');
 }
+
+// Renaming a row writes a patch of its name alone: an edit of another field made elsewhere
+// meanwhile (offline too) survives both here and at the node.
+$('recent').addEventListener('keydown', (e) => {
+  const el = /** @type {HTMLElement} */ (e.target);
+  if (el.classList?.contains('name') && e.key === 'Enter') { e.preventDefault(); el.blur(); }
+});
+$('recent').addEventListener('focusout', async (e) => {
+  const el = /** @type {HTMLElement} */ (e.target);
+  if (!el.classList?.contains('name')) return;
+  const name = (el.textContent ?? '').trim();
+  const { ns, id, name: was } = el.dataset;
+  if (!name || name === was || !ns || !id) { el.textContent = was ?? ''; return; }
+  try {
+    await db.patch('entity', id, { name }, { ns });
+  } catch (err) { $('error').textContent = /** @type {Error} */ (err).message; }
+  await renderRecent();
+});
 
 $('add').addEventListener('submit', async (e) => {
   e.preventDefault();

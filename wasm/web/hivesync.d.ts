@@ -9,7 +9,8 @@ export interface Note { id: string; kind: string; name: string; content: string;
 export interface Event { id: string; verb: string; actor: string | null; outcome: string | null; target: string | null; data: Record<string, unknown>; duration_us: number | null; created_at: number }
 export interface Vector { subject: string; model: string; kind: string; embedding: number[]; created_at: number; updated_at: number }
 
-export interface WriteOp { op: 'upsert' | 'delete'; kind: Kind; ns?: string; data?: Record<string, unknown>; id?: string; model?: string }
+/** `patch`: `id` names the row, `data` the fields to change (see `HivesyncReplica.patch`). */
+export interface WriteOp { op: 'upsert' | 'delete' | 'patch'; kind: Kind; ns?: string; data?: Record<string, unknown>; id?: string; model?: string }
 
 export interface SearchQuery { text: string; ns?: string; kind?: string; records?: ('entity' | 'note')[]; limit?: number }
 export interface SearchHit { record: 'entity' | 'note'; ns: string; id: string; kind: string; name: string; snippet: string; score: number }
@@ -168,6 +169,15 @@ export declare class HivesyncReplica {
   write(ops: WriteOp[], opts?: { wait?: 'local' }): Promise<LocalWrite>;
   /** The same, resolving with the seq the node committed it at (rejects when the node refuses it). */
   write(ops: WriteOp[], opts: { wait: 'node' }): Promise<number>;
+  /**
+   * Change only these fields of the row (entities, edges, notes), here at once and at the node
+   * once uploaded, on top of whatever other writers changed meanwhile: `properties` merge by key
+   * (a `null` removes one), an entity's `tags` may be `{ add?: string[], remove?: string[] }`.
+   * Refused (and taken back here) when the row does not exist at the node.
+   */
+  patch(kind: 'entity' | 'edge' | 'note', id: string, fields: Record<string, unknown>, opts?: { ns?: string; wait?: 'local' }): Promise<LocalWrite>;
+  /** The same, resolving with the seq the node committed it at. */
+  patch(kind: 'entity' | 'edge' | 'note', id: string, fields: Record<string, unknown>, opts: { ns?: string; wait: 'node' }): Promise<number>;
   pending(): Promise<PendingWrite[]>;
   disconnect(): Promise<void>;
   reconnect(): Promise<void>;

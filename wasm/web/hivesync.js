@@ -59,6 +59,7 @@ const SIGNATURES = {
   exportBytes: [],
   importBytes: [['bytes', 'bytes']],
   write: [['ops', 'ops'], ['opts?', { wait: 'wait?' }]],
+  patch: [['kind', 'patchKind'], ['id', 'string'], ['fields', 'fields'], ['opts?', { ns: 'string?', wait: 'wait?' }]],
   pending: [],
   disconnect: [],
   reconnect: [],
@@ -83,6 +84,8 @@ const TYPES = {
   kind: oneOf('entity', 'edge', 'note', 'event', 'vector'),
   records: [(v) => Array.isArray(v) && v.every((r) => r === 'entity' || r === 'note'), "an array of 'entity' | 'note'", "('entity' | 'note')[]"],
   direction: oneOf('out', 'in', 'both'),
+  patchKind: oneOf('entity', 'edge', 'note'),
+  fields: [(v) => v !== null && typeof v === 'object' && !Array.isArray(v), 'an object of the fields to change', 'Record<string, unknown>'],
   wait: oneOf('local', 'node'),
   protocol: oneOf('bin', 'json'),
   numbers: [(v) => Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x)), 'an array of finite numbers', 'number[]'],
@@ -441,6 +444,19 @@ export class HivesyncReplica {
   write(...a) {
     try { checkArgs('write', a); } catch (e) { return Promise.reject(e); }
     return this.call('write', withIds(a[0]), a[1]);
+  }
+  /**
+   * Change only the fields given, of the row as it is where the write is applied: here at once,
+   * at the node when uploaded, and again on top of whatever the node's feed brought meanwhile,
+   * so another writer's edit of other fields survives. `properties` merge by key (a `null`
+   * removes one); an entity's `tags` may be `{ add: [...], remove: [...] }`.
+   * @param {unknown[]} a
+   */
+  patch(...a) {
+    try { checkArgs('patch', a); } catch (e) { return Promise.reject(e); }
+    const [kind, id, fields, opts] = /** @type {[string, string, object, { ns?: string, wait?: 'local' | 'node' } | undefined]} */ (a);
+    const op = { op: 'patch', kind, ns: opts?.ns ?? 'default', id, data: fields };
+    return this.call('write', [op], opts?.wait ? { wait: opts.wait } : undefined);
   }
   /**
    * The writes not yet confirmed by the node, oldest first.
