@@ -209,6 +209,14 @@ impl Node {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Replace the config file's text (the node reloads it once it settles), atomically.
+    pub fn rewrite_config(&self, text: &str) {
+        let p = self.config.as_ref().expect("the node was started with a config");
+        let tmp = p.with_extension("toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, p).unwrap();
+    }
+
     /// The node's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

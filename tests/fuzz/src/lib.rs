@@ -392,6 +392,7 @@ fn session_step(
                     "refused renewal: {acts:?}"
                 );
                 m.principal = None;
+                m.subs.clear();
             }
         }
         return;
