@@ -120,6 +120,14 @@ pub(crate) fn serve(db: &Path, args: &ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}: is another node running there? pick another address with --listen"))?;
+        // An edge starting on an empty database takes its upstream's image first.
+        let link = match opts.upstream.as_deref() {
+            Some(u) if u.starts_with("nats") => opts.primary.as_deref(),
+            u => u,
+        };
+        if let Some(feed) = link {
+            hivesync::node::bootstrap_from_image(feed, opts.upstream_token.as_deref(), db).await;
+        }
         let store_opts = StoreOptions { pool: PoolConfig { readers: args.readers, read_only: args.read_only, ..Default::default() }, ..Default::default() };
         let db2 = db.to_path_buf();
         let store = Arc::new(

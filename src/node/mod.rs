@@ -17,6 +17,7 @@ mod link;
 mod operate;
 mod serve;
 
+pub use link::bootstrap::bootstrap_from_image;
 pub use link::{dial, publish};
 pub(crate) use link::{follow, upstream, vouch};
 pub(crate) use operate::{auth, http, metrics, web};
@@ -102,6 +103,8 @@ pub(crate) struct NodeState {
     pub(crate) allow_origins: Vec<String>,
     /// Bytes of frames waiting for sockets past each connection's first few ([`budget::NODE_OUT_BYTES`]).
     pub(crate) bulk_out: Arc<tokio::sync::Semaphore>,
+    /// Database images for new replicas (`GET /v1/image`).
+    pub(crate) images: serve::image::Images,
 }
 
 /// A running node (for tests and embedding).
@@ -206,6 +209,7 @@ pub async fn start(
         publish_key: signing.as_ref().map(|k| k.public()),
         allow_origins: args.allow_origins.clone(),
         bulk_out: Arc::new(tokio::sync::Semaphore::new(budget::NODE_OUT_BYTES)),
+        images: Default::default(),
     });
     if let (Some(publish), Some(key)) = (publish, signing) {
         tokio::spawn(publish::run(

@@ -10,6 +10,7 @@
 //! ```
 
 mod checkpoint;
+pub mod image;
 mod pool;
 
 pub use checkpoint::{CheckpointStats, Checkpointer, WAL_HARD_LIMIT_BYTES, WAL_THRESHOLD_BYTES};

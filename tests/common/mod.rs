@@ -211,7 +211,10 @@ impl Node {
 
     /// Replace the config file's text (the node reloads it once it settles), atomically.
     pub fn rewrite_config(&self, text: &str) {
-        let p = self.config.as_ref().expect("the node was started with a config");
+        let p = self
+            .config
+            .as_ref()
+            .expect("the node was started with a config");
         let tmp = p.with_extension("toml.new");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, p).unwrap();

@@ -75,3 +75,67 @@ pub fn jitter_seed() -> u64 {
             .map_or(1, |d| d.as_nanos() as u64)
     })
 }
+
+/// GET `uri` (`http://` or `https://`, the system's CA store) with `headers`: the response,
+/// its body still to be read (the connection is driven until the body is done).
+pub(crate) async fn http_get(
+    uri: hyper::Uri,
+    headers: &[(&str, &str)],
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{uri} has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = uri
+        .authority()
+        .map_or_else(|| host.clone(), |a| a.to_string());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "hivesync");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    if !https {
+        return send(tcp, req).await;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    // The process's provider: ring, the one rustls is built with here (as for `wss://`).
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("{host:?}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    send(tls, req).await
+}
+
+async fn send<S>(
+    io: S,
+    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}

@@ -80,6 +80,16 @@ pub struct Retention {
     pub interval_secs: Option<u64>,
 }
 
+/// `[image]` in the config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Rebuild an image once the log has moved this many changes past it (default 10,000).
+    pub rebuild_after_changes: Option<i64>,
+    /// Rebuild an image this old (seconds, default 600).
+    pub rebuild_after_secs: Option<u64>,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +127,8 @@ pub struct Config {
     pub follow: Option<crate::node::publish::PublishConfig>,
     /// `[jwt]`: sign-in with the app's identity provider (see `node::jwt`).
     pub jwt: Option<super::jwt::JwtConfig>,
+    /// `[image]`: when database images for new replicas are rebuilt.
+    pub image: Option<ImageConfig>,
 }
 
 impl Config {

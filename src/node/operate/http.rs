@@ -39,6 +39,7 @@ pub(crate) fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sync", get(accept::ws_upgrade))
+        .route("/v1/image", get(crate::node::serve::image::image))
         .with_state(node)
         .merge(web_routes)
 }
@@ -151,6 +152,27 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
         ),
     ];
     extra.extend(jwt_samples(&node));
+    let im = &node.images;
+    extra.extend([
+        (
+            "hivesync_image_builds_total",
+            COUNTER,
+            "Database images built for new replicas (GET /v1/image).",
+            im.builds.load(Relaxed) as i64,
+        ),
+        (
+            "hivesync_image_cache_hits_total",
+            COUNTER,
+            "Image requests answered from an image already built.",
+            im.hits.load(Relaxed) as i64,
+        ),
+        (
+            "hivesync_image_bytes_served_total",
+            COUNTER,
+            "Bytes of images sent (as on the wire: gzipped where asked).",
+            im.bytes_served.load(Relaxed) as i64,
+        ),
+    ]);
     if let Some(u) = node.role.upstream() {
         let s = &u.state;
         extra.extend([

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+use http_body_util::BodyExt;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest JWKS document read (a provider's is a few KiB).
 pub(crate) const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -161,75 +159,22 @@ pub(crate) async fn fetch(url: &str) -> Result<Vec<u8>, String> {
 }
 
 async fn fetch_uri(uri: hyper::Uri) -> Result<Vec<u8>, String> {
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
-        .to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri
-        .authority()
-        .map_or_else(|| host.clone(), |a| a.to_string());
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::ACCEPT, "application/json")
-        .header(hyper::header::USER_AGENT, "hivesync")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    if !https {
-        return get(tcp, req).await;
+    let resp = crate::node::dial::http_get(uri, &[("accept", "application/json")]).await?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    // The process's provider: ring, the one rustls is built with here (as for `wss://`).
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| format!("{host:?}: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    get(tls, req).await
-}
-
-async fn get<S>(io: S, req: hyper::Request<Empty<Bytes>>) -> Result<Vec<u8>, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
-    let res = async {
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
-        }
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            if let Some(d) = frame.data_ref() {
-                if out.len() + d.len() > MAX_JWKS_BYTES {
-                    return Err(format!("the key set is larger than {MAX_JWKS_BYTES} bytes"));
-                }
-                out.extend_from_slice(d);
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(d) = frame.data_ref() {
+            if out.len() + d.len() > MAX_JWKS_BYTES {
+                return Err(format!("the key set is larger than {MAX_JWKS_BYTES} bytes"));
             }
+            out.extend_from_slice(d);
         }
-        Ok(out)
     }
-    .await;
-    driver.abort();
-    res
+    Ok(out)
 }
 
 /// The state of the key sources, for `/healthz` and `/metrics`.

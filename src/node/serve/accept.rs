@@ -327,7 +327,7 @@ fn handshake(
 /// Run the connection once the upgrade completes.
 /// The request's `Origin` (a browser's), when it is neither the node's own (the `Host` the
 /// page reached it at) nor one of `allowed`.
-fn foreign_origin<'a>(
+pub(crate) fn foreign_origin<'a>(
     headers: &HeaderMap,
     mut allowed: impl Iterator<Item = &'a String>,
 ) -> Option<String> {

@@ -7,6 +7,7 @@ pub(crate) mod budget;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod hub;
+pub(crate) mod image;
 pub(crate) mod out;
 pub(crate) mod role;
 pub(crate) mod sub;

@@ -1,0 +1,318 @@
+//! `GET /v1/image`: a database image for a new replica (`store::image`), cut to the namespaces
+//! the caller may read (or the subset `?ns=a,b` names), consistent at the seq the `Hivesync-At`
+//! header gives. Authenticated like the feed (`Authorization: Bearer TOKEN`). Images are built
+//! once per set of namespaces and served to many: one build at a time per set, however many
+//! ask; rebuilt when the log has moved on by `[image] rebuild_after_changes` (default 10,000)
+//! or the image is older than `rebuild_after_secs` (default 600). Streamed from the file (never
+//! whole in memory), gzipped when the client accepts it, with an `ETag` a cache can revalidate.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+
+use crate::node::NodeState;
+use crate::protocol::{AuthError, Authorizer, Scope};
+use crate::store::image::{build_image, ImageInfo};
+
+const DEFAULT_CHANGES: i64 = 10_000;
+const DEFAULT_SECS: u64 = 600;
+/// Bytes read from the file per chunk of the body.
+const CHUNK: usize = 256 * 1024;
+
+/// One image on disk; the file goes when the last response streaming it is done.
+struct Built {
+    path: PathBuf,
+    info: ImageInfo,
+    made: Instant,
+    etag: String,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The node's images, per set of namespaces.
+#[derive(Default)]
+pub(crate) struct Images {
+    cache: Mutex<HashMap<Vec<String>, Arc<Built>>>,
+    /// One build per set at a time.
+    building: Mutex<HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>>,
+    next: AtomicU64,
+    pub(crate) builds: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) bytes_served: AtomicU64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ImageQuery {
+    ns: Option<String>,
+}
+
+fn answer(status: StatusCode, msg: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+/// `GET /v1/image`.
+pub(crate) async fn image(
+    State(node): State<Arc<NodeState>>,
+    Query(q): Query<ImageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(db) = node.store.pool().path().map(PathBuf::from) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "this node keeps its database in memory: no image; use the feed's snapshot\n".into(),
+        );
+    };
+    let read = match rights(&node, &headers).await {
+        Ok(r) => r,
+        Err(why) => return answer(StatusCode::UNAUTHORIZED, format!("{why}\n")),
+    };
+    let namespaces = match namespaces(&node, &read, q.ns.as_deref()).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let built = match get_or_build(&node, &db, namespaces).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build a database image");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot build the image now ({e}); the feed's snapshot still works\n"),
+            );
+        }
+    };
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let etag = format!("\"{}{}\"", built.etag, if gzip { "-gz" } else { "" });
+    let mut common = HeaderMap::new();
+    common.insert("hivesync-at", HeaderValue::from(built.info.at));
+    common.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+    );
+    common.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    common.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding"),
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    let file = match tokio::fs::File::open(&built.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the image went away ({e}): ask again\n"),
+            )
+        }
+    };
+    common.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.sqlite3"),
+    );
+    if gzip {
+        common.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    } else {
+        common.insert(header::CONTENT_LENGTH, HeaderValue::from(built.info.bytes));
+    }
+    let body = Body::from_stream(stream(file, gzip, built, node.clone()));
+    (StatusCode::OK, common, body).into_response()
+}
+
+/// What the request's token may read (the `Authorization: Bearer` header; none: anonymous,
+/// where the node lets anonymous clients in, and not from another origin's page).
+async fn rights(node: &NodeState, headers: &HeaderMap) -> Result<Scope, String> {
+    let token = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => match v.strip_prefix("Bearer ") {
+            Some(t) => Some(t.trim().to_string()),
+            None => return Err("send the token as `Authorization: Bearer TOKEN`".into()),
+        },
+        Some(Err(_)) => return Err("the Authorization header is not text".into()),
+    };
+    let config = node.auth.config();
+    let allowed = config.allowed_origins.iter().chain(&node.allow_origins);
+    let foreign = crate::node::accept::foreign_origin(headers, allowed);
+    let auth = crate::node::auth::ForOrigin {
+        auth: &node.auth,
+        foreign: foreign.as_deref(),
+    };
+    if let Some(kid) = token.as_deref().and_then(|t| auth.missing_key(t)) {
+        node.auth.refresh_keys(&kid).await;
+    }
+    match auth.authenticate(token.as_deref()) {
+        Ok(p) => Ok(p.read),
+        Err(AuthError(why)) => Err(why),
+    }
+}
+
+/// The set of namespaces the image holds: those asked for (each readable), or every one the
+/// token may read; sorted.
+async fn namespaces(
+    node: &Arc<NodeState>,
+    read: &Scope,
+    asked: Option<&str>,
+) -> Result<Vec<String>, Response> {
+    let mut set: Vec<String> = match asked {
+        Some(list) => {
+            let mut v = Vec::new();
+            for ns in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if !read.allows(ns) {
+                    return Err(answer(
+                        StatusCode::FORBIDDEN,
+                        format!("this token may not read namespace {ns:?}\n"),
+                    ));
+                }
+                v.push(ns.to_string());
+            }
+            v
+        }
+        None => {
+            let s = node.store.clone();
+            let all = tokio::task::spawn_blocking(move || s.read(crate::query::namespaces))
+                .await
+                .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
+                .map_err(|e| answer(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))?;
+            all.into_iter().filter(|ns| read.allows(ns)).collect()
+        }
+    };
+    set.sort();
+    set.dedup();
+    Ok(set)
+}
+
+/// The image of `set`: the cached one while fresh, else one build (others asking meanwhile
+/// wait for it).
+async fn get_or_build(
+    node: &Arc<NodeState>,
+    db: &std::path::Path,
+    set: Vec<String>,
+) -> crate::Result<Arc<Built>> {
+    let images = &node.images;
+    let cfg = node.auth.config().image.clone().unwrap_or_default();
+    let max_changes = cfg.rebuild_after_changes.unwrap_or(DEFAULT_CHANGES);
+    let max_age = Duration::from_secs(cfg.rebuild_after_secs.unwrap_or(DEFAULT_SECS));
+    let head = node.hub.head();
+    let fresh = |b: &Built| head - b.info.at <= max_changes && b.made.elapsed() <= max_age;
+    if let Some(b) = images.cache.lock().get(&set).filter(|b| fresh(b)) {
+        images.hits.fetch_add(1, Relaxed);
+        return Ok(b.clone());
+    }
+    let gate = images
+        .building
+        .lock()
+        .entry(set.clone())
+        .or_default()
+        .clone();
+    let _one = gate.lock().await;
+    // Built by the request this one waited for?
+    let head = node.hub.head();
+    let fresh = |b: &Built| head - b.info.at <= max_changes && b.made.elapsed() <= max_age;
+    if let Some(b) = images.cache.lock().get(&set).filter(|b| fresh(b)) {
+        images.hits.fetch_add(1, Relaxed);
+        return Ok(b.clone());
+    }
+    let dir = PathBuf::from(format!("{}.images", db.display()));
+    std::fs::create_dir_all(&dir)?;
+    let n = images.next.fetch_add(1, Relaxed);
+    let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
+    let (db, p, ns) = (db.to_path_buf(), path.clone(), set.clone());
+    let t0 = Instant::now();
+    let info = tokio::task::spawn_blocking(move || build_image(&db, &p, Some(&ns)))
+        .await
+        .map_err(|e| crate::Error::invalid(format!("the image build stopped: {e}")))??;
+    images.builds.fetch_add(1, Relaxed);
+    tracing::info!(
+        at = info.at,
+        bytes = info.bytes,
+        namespaces = set.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "built a database image"
+    );
+    let etag = {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(format!("{}|{}|{}", info.at, n, set.join(",")).as_bytes());
+        h.iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let built = Arc::new(Built {
+        path,
+        info,
+        made: Instant::now(),
+        etag,
+    });
+    images.cache.lock().insert(set, built.clone());
+    Ok(built)
+}
+
+/// The file as body chunks, gzipped or not, counted as they go.
+fn stream(
+    file: tokio::fs::File,
+    gzip: bool,
+    built: Arc<Built>,
+    node: Arc<NodeState>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let enc = gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    futures_util::stream::unfold(Some((file, enc, built, node)), |state| async move {
+        let (mut file, mut enc, built, node) = state?;
+        let mut buf = vec![0u8; CHUNK];
+        match file.read(&mut buf).await {
+            Ok(0) => {
+                let tail = match enc.take() {
+                    Some(e) => e.finish().map(Bytes::from),
+                    None => return None,
+                };
+                if let Ok(t) = &tail {
+                    node.images.bytes_served.fetch_add(t.len() as u64, Relaxed);
+                }
+                Some((tail, None))
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                let out = match enc.as_mut() {
+                    Some(e) => e.write_all(&buf).map(|()| std::mem::take(e.get_mut())),
+                    None => Ok(buf),
+                };
+                match out {
+                    Ok(o) => {
+                        node.images.bytes_served.fetch_add(o.len() as u64, Relaxed);
+                        Some((Ok(Bytes::from(o)), Some((file, enc, built, node))))
+                    }
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
