@@ -162,7 +162,11 @@ async fn run(
 ) {
     // Resume after what the file holds; an empty file starts with a snapshot.
     let from = match store.read(|c| Ok((apply::applied_seq(c)?, query::head(c)?))) {
-        Ok((applied, head)) => (applied > 0 || head > 0).then_some(applied),
+        Ok((applied, head)) => {
+            // Where this copy stands already (a restart, or a start from the upstream's image).
+            state.applied.store(applied, Relaxed);
+            (applied > 0 || head > 0).then_some(applied)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read this edge's position; not following upstream");
             *state.down.lock() = Some(format!("stopped: cannot read this edge's position: {e}"));
