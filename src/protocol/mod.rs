@@ -27,6 +27,7 @@ pub mod client;
 pub mod feed;
 mod frame;
 mod json;
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod probe;
 mod session;
 pub mod upload;

@@ -7,7 +7,17 @@
 use std::time::Duration;
 
 use crate::protocol::backoff::Backoff;
-use crate::protocol::probe::{HeadProbe, PROBE_EVERY};
+use crate::protocol::probe::{HeadProbe, PROBE_EVERY, STALL_AFTER};
+
+/// What a message for the head probe means to the session.
+pub(crate) struct ProbeAnswer {
+    /// What to send (the probe's end).
+    pub(crate) send: Vec<crate::protocol::ClientMsg>,
+    /// The node's head, when the message gave it.
+    pub(crate) head: Option<i64>,
+    /// Why to leave the external feed: it stayed behind the node's head too long.
+    pub(crate) stalled: Option<String>,
+}
 
 /// The external feed's state across connections.
 #[derive(Debug)]
@@ -18,7 +28,7 @@ pub(crate) struct ExternalFeed {
     /// An attempt to open it is out with the shell.
     opening: bool,
     /// Asks the node for its head while the feed is read.
-    pub(crate) probe: HeadProbe,
+    probe: HeadProbe,
     /// When to ask next, while the feed is read.
     next_probe: Option<u64>,
 }
@@ -78,6 +88,29 @@ impl ExternalFeed {
         self.opening = false;
         self.probe = HeadProbe::default();
         self.next_probe = None;
+    }
+
+    /// The head probe to send now (from the edge's cursor), unless one is in flight.
+    pub(crate) fn ask_probe(&mut self, cursor: Option<i64>) -> Option<crate::protocol::ClientMsg> {
+        self.probe.ask(cursor)
+    }
+
+    /// `m` as the probe's answer (None: not one), with the edge at `applied` at `now_ms`.
+    pub(crate) fn answer_probe(
+        &mut self,
+        m: &crate::protocol::ServerMsg,
+        applied: i64,
+        external: bool,
+        now_ms: u64,
+    ) -> Option<ProbeAnswer> {
+        let a = self.probe.answer(m, applied, external, now_ms)?;
+        Some(ProbeAnswer {
+            send: a.send,
+            head: a.head,
+            stalled: a.stalled.map(|h| {
+                format!("the stream has not brought the node's changes for {STALL_AFTER:?} (at {applied}, the node at {h}: is the stream full, or refusing the node's messages?)")
+            }),
+        })
     }
 
     /// When the next retry may start (while one waits).

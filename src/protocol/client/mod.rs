@@ -25,6 +25,11 @@ use crate::model::{Change, Origin, WriteOp};
 use external::ExternalFeed;
 
 mod actions;
+// The browser reads no external feed: there the type is empty and every branch on it is gone.
+#[cfg(not(target_arch = "wasm32"))]
+mod external;
+#[cfg(target_arch = "wasm32")]
+#[path = "external_none.rs"]
 mod external;
 
 pub use actions::{
@@ -95,6 +100,7 @@ impl ClientSession {
     /// ([`ClientAction::LeaveExternal`]); a feed that could not be opened or was left is tried
     /// again after a backoff. The shell calls [`ClientSession::tick`] at
     /// [`ClientSession::next_tick`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_external_feed(mut self) -> Self {
         self.ext = Some(ExternalFeed::new(self.cfg.seed.rotate_left(17)));
         self
@@ -194,7 +200,7 @@ impl ClientSession {
         let cursor = self.cursor;
         if let Some(ext) = self.ext.as_mut().filter(|_| self.external) {
             if ext.probe_due(now_ms) {
-                out.extend(ext.probe.ask(cursor).map(ClientAction::Send));
+                out.extend(ext.ask_probe(cursor).map(ClientAction::Send));
             }
         }
         out
@@ -517,20 +523,17 @@ impl ClientSession {
         out
     }
 
-    /// `m` as the head probe's answer (None: not one). Behind a head the node reported for
-    /// [`STALL_AFTER`](super::probe::STALL_AFTER) while reading the external feed, the session
-    /// leaves it.
+    /// `m` as the head probe's answer (None: not one). Behind a head the node reported for too
+    /// long while reading the external feed, the session leaves it.
     fn probe_answer(&mut self, m: &ServerMsg, now_ms: u64) -> Option<Vec<ClientAction>> {
         let applied = self.cursor.unwrap_or(0);
         let a = self
             .ext
             .as_mut()?
-            .probe
-            .answer(m, applied, self.external, now_ms)?;
+            .answer_probe(m, applied, self.external, now_ms)?;
         let mut out: Vec<ClientAction> = a.send.into_iter().map(ClientAction::Send).collect();
         out.extend(a.head.map(|head| ClientAction::NodeHead { head }));
-        if let Some(h) = a.stalled {
-            let why = format!("the stream has not brought the node's changes for {:?} (at {applied}, the node at {h}: is the stream full, or refusing the node's messages?)", super::probe::STALL_AFTER);
+        if let Some(why) = a.stalled {
             out.extend(self.leave_external(why, true, now_ms));
         }
         Some(out)
@@ -589,5 +592,5 @@ impl ClientSession {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_external;
