@@ -188,6 +188,11 @@ async fn an_image_holds_exactly_the_readable_namespaces_at_one_seq() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(
+        h["hivesync-image-bytes"].to_str().unwrap(),
+        body.len().to_string(),
+        "the unpacked size, up front"
+    );
     assert!(gz.len() < body.len());
     assert_eq!(gunzip(&gz), body, "the same image, served from the cache");
     // Revalidation: 304 while the image stands.

@@ -107,6 +107,9 @@ pub(crate) async fn image(
     let etag = format!("\"{}{}\"", built.etag, if gzip { "-gz" } else { "" });
     let mut common = HeaderMap::new();
     common.insert("hivesync-at", HeaderValue::from(built.info.at));
+    // The file's size however it is sent: what a client reserves before it streams the image
+    // into storage that wants the size up front (OPFS's import).
+    common.insert("hivesync-image-bytes", HeaderValue::from(built.info.bytes));
     common.insert(
         header::ETAG,
         HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
