@@ -333,30 +333,7 @@ mod replica {
 
         /// Apply the node's log to the replica in batches of `batch`, up to `upto` (all: None).
         fn feed(&self, batch: usize, upto: Option<i64>) {
-            loop {
-                let prev = apply::applied_seq(&self.replica).unwrap();
-                let mut changes = self
-                    .node
-                    .changes_since(prev, &ChangeFilter::default(), batch)
-                    .unwrap();
-                if let Some(u) = upto {
-                    changes.retain(|c| c.seq <= u);
-                }
-                // Never split a transaction (the node does not either).
-                if let Some(last) = changes.last().map(|c| c.tx) {
-                    let more = self
-                        .node
-                        .changes_since(prev, &ChangeFilter::default(), batch + 10_000)
-                        .unwrap();
-                    if more.len() > changes.len() && more[changes.len()].tx == last {
-                        changes = more.into_iter().take_while(|c| c.tx <= last).collect();
-                    }
-                }
-                if changes.is_empty() {
-                    return;
-                }
-                apply::apply_changes(&self.replica, prev, &changes).unwrap();
-            }
+            super::common::feed_replica(&self.node, &self.replica, batch, upto);
         }
 
         /// Upload every unconfirmed entry; `lose_acks`: the answers are lost (nothing recorded

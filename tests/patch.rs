@@ -6,12 +6,13 @@
 //! it holds the upsert's).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use hivesync::apply;
 use hivesync::model::{Kind, Origin, WriteOp};
 use hivesync::outbox;
-use hivesync::query::{self, ChangeFilter};
+use hivesync::query;
 use hivesync::schema::{self, SchemaOptions};
 use hivesync::store::{Store, StoreOptions};
 use proptest::prelude::*;
@@ -55,27 +56,7 @@ impl World {
 
     /// Apply the node's log to replica `r` in batches of `batch` (never splitting a write).
     fn feed(&self, r: usize, batch: usize) {
-        let db = &self.replicas[r].db;
-        loop {
-            let prev = apply::applied_seq(db).unwrap();
-            let mut changes = self
-                .node
-                .changes_since(prev, &ChangeFilter::default(), batch)
-                .unwrap();
-            if let Some(last) = changes.last().map(|c| c.tx) {
-                let more = self
-                    .node
-                    .changes_since(prev, &ChangeFilter::default(), batch + 10_000)
-                    .unwrap();
-                if more.len() > changes.len() && more[changes.len()].tx == last {
-                    changes = more.into_iter().take_while(|c| c.tx <= last).collect();
-                }
-            }
-            if changes.is_empty() {
-                return;
-            }
-            apply::apply_changes(db, prev, &changes).unwrap();
-        }
+        common::feed_replica(&self.node, &self.replicas[r].db, batch, None);
     }
 
     /// The highest write number of `client` the node has committed.

@@ -42,20 +42,29 @@ pub fn build_image(db: &Path, dest: &Path, namespaces: Option<&[String]>) -> Res
     let dest_str = dest
         .to_str()
         .ok_or_else(|| Error::invalid("the image's path is not UTF-8"))?;
-    src.execute("VACUUM INTO ?1", params![dest_str])?;
-    drop(src);
-    let conn = Connection::open(dest)?;
-    schema::configure(&conn)?;
-    let at = trim(&conn, namespaces)?;
-    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    if free * 10 > pages {
-        conn.execute_batch("VACUUM")?;
+    let made = (|| {
+        src.execute("VACUUM INTO ?1", params![dest_str])?;
+        drop(src);
+        let conn = Connection::open(dest)?;
+        schema::configure(&conn)?;
+        let at = trim(&conn, namespaces)?;
+        let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if free * 10 > pages {
+            conn.execute_batch("VACUUM")?;
+        }
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        drop(conn);
+        let bytes = std::fs::metadata(dest)?.len();
+        Ok(ImageInfo { at, bytes })
+    })();
+    if made.is_err() {
+        // A build that failed (a full disk, say) leaves no half file behind.
+        for f in [dest.to_path_buf(), dest.with_extension("db-journal")] {
+            let _ = std::fs::remove_file(f);
+        }
     }
-    conn.pragma_update(None, "journal_mode", "DELETE")?;
-    drop(conn);
-    let bytes = std::fs::metadata(dest)?.len();
-    Ok(ImageInfo { at, bytes })
+    made
 }
 
 /// Cut the copy to `namespaces` and make it a replica's; returns the seq it is at.

@@ -527,7 +527,9 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
     if schema::fts_queue_pending(tx)? {
         run = run.queue_only();
     }
-    // The rows the run holds unwritten: a patch reads its row, so one of these is written first.
+    // The rows the run holds unwritten: a patch reads its row, so one of these is written first
+    // (kept only for a write that holds a patch: the bulk path of plain upserts pays nothing).
+    let patches = ops_.iter().any(|o| o.op == Op::Patch);
     let mut held: HashSet<(&str, String)> = HashSet::new();
     for (index, op) in ops_.iter().enumerate() {
         if op.op == Op::Patch
@@ -545,7 +547,9 @@ fn write_in(tx: &Connection, ops_: &[WriteOp], origin: Option<&Origin>) -> Resul
         };
         if let Some((e, props)) = row.map_err(|e| as_op(index, e))? {
             ids.push(e.id.clone());
-            held.insert((op.ns.as_str(), e.id.clone()));
+            if patches {
+                held.insert((op.ns.as_str(), e.id.clone()));
+            }
             run.push_rendered(index, &op.ns, e, props);
             continue;
         }

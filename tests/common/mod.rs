@@ -750,3 +750,35 @@ pub async fn non_reader(
     }
     ws
 }
+
+/// Apply `node`'s log to the replica `db` in batches of `batch` changes, up to seq `upto` (all:
+/// None), never splitting a transaction (the node does not either).
+pub fn feed_replica(
+    node: &hivesync::store::Store,
+    db: &hivesync::rusqlite::Connection,
+    batch: usize,
+    upto: Option<i64>,
+) {
+    use hivesync::query::ChangeFilter;
+    loop {
+        let prev = hivesync::apply::applied_seq(db).unwrap();
+        let mut changes = node
+            .changes_since(prev, &ChangeFilter::default(), batch)
+            .unwrap();
+        if let Some(u) = upto {
+            changes.retain(|c| c.seq <= u);
+        }
+        if let Some(last) = changes.last().map(|c| c.tx) {
+            let more = node
+                .changes_since(prev, &ChangeFilter::default(), batch + 10_000)
+                .unwrap();
+            if more.len() > changes.len() && more[changes.len()].tx == last {
+                changes = more.into_iter().take_while(|c| c.tx <= last).collect();
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        hivesync::apply::apply_changes(db, prev, &changes).unwrap();
+    }
+}

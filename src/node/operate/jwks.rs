@@ -239,7 +239,9 @@ pub(crate) async fn refresh(v: &Sources<'_>, status: &KeyStatus) -> bool {
                 }
                 tracing::warn!(error = %e, "cannot refresh the identity provider's keys; the last good keys stay in force");
                 errors.push(e);
-                return keep(v, status, errors, before);
+                // The set in force stays as it is.
+                *status.error.lock() = Some(errors.join("; "));
+                return false;
             }
         }
     }
@@ -247,12 +249,6 @@ pub(crate) async fn refresh(v: &Sources<'_>, status: &KeyStatus) -> bool {
     let changed = set.len() != before.len() || !same_ids(&set, &before);
     *v.keys.write() = Arc::new(set);
     changed
-}
-
-fn keep(v: &Sources<'_>, status: &KeyStatus, errors: Vec<String>, before: Arc<KeySet>) -> bool {
-    *status.error.lock() = Some(errors.join("; "));
-    *v.keys.write() = before;
-    false
 }
 
 fn same_ids(a: &KeySet, b: &KeySet) -> bool {

@@ -51,6 +51,8 @@ pub(crate) struct Images {
     /// One build per set at a time.
     building: Mutex<HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>>,
     next: AtomicU64,
+    /// The directory was cleared of an earlier run's images.
+    swept: std::sync::atomic::AtomicBool,
     pub(crate) builds: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) bytes_served: AtomicU64,
@@ -246,6 +248,15 @@ async fn get_or_build(
     }
     let dir = PathBuf::from(format!("{}.images", db.display()));
     std::fs::create_dir_all(&dir)?;
+    if !images.swept.swap(true, Relaxed) {
+        // Images an earlier run of the node left (it stopped while serving them) go.
+        let ours = format!("image-{}-", std::process::id());
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&ours) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let n = images.next.fetch_add(1, Relaxed);
     let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
     let (db, p, ns) = (db.to_path_buf(), path.clone(), set.clone());
