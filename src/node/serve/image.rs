@@ -27,6 +27,8 @@ use crate::store::image::{build_image, ImageInfo};
 
 const DEFAULT_CHANGES: i64 = 10_000;
 const DEFAULT_SECS: u64 = 600;
+/// Most images kept at once (the least recently built goes first).
+const MAX_IMAGES: usize = 64;
 /// Bytes read from the file per chunk of the body.
 const CHUNK: usize = 256 * 1024;
 
@@ -286,7 +288,29 @@ async fn get_or_build(
         made: Instant::now(),
         etag,
     });
-    images.cache.lock().insert(set, built.clone());
+    {
+        // Bounded: one image per set of namespaces, and with per-user namespaces (a JWT's
+        // `user:{sub}`) the sets are many. The oldest image goes (its file with its last reader).
+        let mut cache = images.cache.lock();
+        cache.insert(set, built.clone());
+        while cache.len() > MAX_IMAGES {
+            let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, b)| b.made)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            cache.remove(&oldest);
+        }
+    }
+    drop(_one);
+    drop(gate);
+    // The build locks of sets nobody is building go too.
+    images
+        .building
+        .lock()
+        .retain(|_, g| Arc::strong_count(g) > 1);
     Ok(built)
 }
 
