@@ -90,11 +90,17 @@ pub(crate) async fn image(
         Ok(r) => r,
         Err(why) => return answer(StatusCode::UNAUTHORIZED, format!("{why}\n")),
     };
-    let namespaces = match namespaces(&node, &read, q.ns.as_deref()).await {
-        Ok(n) => n,
-        Err(r) => return r,
+    // A token that reads every namespace, asking for all: the whole file, no rows to cut (its
+    // own cache key, which no list of namespaces can equal: a namespace holds no NUL).
+    let (key, only) = if read.is_all() && q.ns.is_none() {
+        (vec!["\0every namespace".to_string()], None)
+    } else {
+        match namespaces(&node, &read, q.ns.as_deref()).await {
+            Ok(n) => (n.clone(), Some(n)),
+            Err(r) => return r,
+        }
     };
-    let built = match get_or_build(&node, &db, namespaces).await {
+    let built = match get_or_build(&node, &db, key, only).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build a database image");
@@ -223,6 +229,7 @@ async fn get_or_build(
     node: &Arc<NodeState>,
     db: &std::path::Path,
     set: Vec<String>,
+    only: Option<Vec<String>>,
 ) -> crate::Result<Arc<Built>> {
     let images = &node.images;
     let cfg = node.auth.config().image.clone().unwrap_or_default();
@@ -261,9 +268,9 @@ async fn get_or_build(
     }
     let n = images.next.fetch_add(1, Relaxed);
     let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
-    let (db, p, ns) = (db.to_path_buf(), path.clone(), set.clone());
+    let (db, p, ns) = (db.to_path_buf(), path.clone(), only);
     let t0 = Instant::now();
-    let info = tokio::task::spawn_blocking(move || build_image(&db, &p, Some(&ns)))
+    let info = tokio::task::spawn_blocking(move || build_image(&db, &p, ns.as_deref()))
         .await
         .map_err(|e| crate::Error::invalid(format!("the image build stopped: {e}")))??;
     images.builds.fetch_add(1, Relaxed);
