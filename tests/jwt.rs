@@ -730,3 +730,62 @@ async fn with_hs256_allowed_a_token_signed_with_the_rsa_public_key_is_still_refu
         assert!(e.message.contains("bad signature"), "{}", e.message);
     }
 }
+
+#[tokio::test]
+async fn an_edge_whose_token_expired_resumes_when_its_token_file_is_renewed() {
+    let keys = tempfile::tempdir().unwrap();
+    let out = command()
+        .args(["jwt", "keygen", "--dir"])
+        .arg(keys.path())
+        .output()
+        .unwrap();
+    let jwt_lines = String::from_utf8(out.stdout).unwrap();
+    let ed = keys.path().join("private.pem");
+    let primary = Node::start_with(NodeOpts {
+        config: Some(config(&format!(
+            "{}\nleeway_secs = 0",
+            jwt_lines.trim().trim_start_matches("[jwt]").trim()
+        ))),
+        ..Default::default()
+    })
+    .await;
+    let token_file = keys.path().join("edge.token");
+    let edge_token = |ttl: &str| {
+        sign(
+            &ed,
+            "edge-1",
+            &["--ttl", ttl, "--read", "*", "--write", "*"],
+        )
+    };
+    std::fs::write(&token_file, edge_token("2s")).unwrap();
+    let edge = Node::start_with(NodeOpts {
+        args: vec![
+            "--upstream".into(),
+            primary.url(),
+            "--upstream-token-file".into(),
+            token_file.display().to_string(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // The token runs out before anyone renews it: the edge waits, it does not stop for good.
+    eventually(
+        Duration::from_secs(15),
+        || async {
+            edge.health().await["upstream"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("waiting for a fresh token"))
+        },
+        || "the edge did not say it waits for a token".into(),
+    )
+    .await;
+    std::fs::write(&token_file, edge_token("1h")).unwrap();
+    let seq = put(&primary, "default", "after-renewal").await;
+    eventually(
+        Duration::from_secs(15),
+        || async { edge.head().await >= seq },
+        || "the edge did not resume with the renewed token".into(),
+    )
+    .await;
+    assert_eq!(edge.health().await["upstream"]["connected"], true);
+}

@@ -5,5 +5,6 @@ pub(crate) mod bootstrap;
 pub mod dial;
 pub(crate) mod follow;
 pub mod publish;
+pub(crate) mod token_file;
 pub(crate) mod upstream;
 pub(crate) mod vouch;

@@ -31,8 +31,12 @@ use crate::model::{Change, WriteOp};
 use crate::node::dial;
 use crate::node::follow::{Feed, Follow, Item, Opening};
 use crate::node::hub::{EncodedChange, Hub};
-use crate::protocol::client::{self, ClientAction, ClientConfig, ClientSession, WriteId};
-use crate::protocol::{self, ErrorMsg, SUBPROTOCOL_BIN};
+pub(crate) use crate::node::link::token_file::Credentials;
+use crate::node::link::token_file::{TokenFile, TOKEN_FILE_EVERY};
+use crate::protocol::client::{
+    self, ClientAction, ClientConfig, ClientError, ClientSession, WriteId,
+};
+use crate::protocol::{self, ErrorCode, ErrorMsg, SUBPROTOCOL_BIN};
 use crate::query::{self, ChangeFilter};
 use crate::store::Store;
 
@@ -84,15 +88,6 @@ pub(crate) struct Upstream {
     pub(crate) state: Arc<UpstreamState>,
 }
 
-/// The token an edge presents upstream, and the file it is read again from when it changes.
-pub(crate) struct Credentials {
-    pub(crate) token: Option<String>,
-    pub(crate) file: Option<std::path::PathBuf>,
-}
-
-/// How often the token file is looked at.
-const TOKEN_FILE_EVERY: Duration = Duration::from_secs(1);
-
 /// Start following `url` on a thread of its own.
 pub(crate) fn start(
     url: String,
@@ -127,6 +122,8 @@ pub(crate) fn start(
 enum End {
     /// Connect again after this delay.
     Retry(Duration),
+    /// The token was refused and comes from a file: connect again once the file changes.
+    Refused,
     /// Shut down, or stopped for good.
     Stop,
 }
@@ -145,8 +142,8 @@ struct Link {
     /// The NATS stream, for an edge fed from it (when to open it and when to leave it is the
     /// session's: [`ClientSession::with_external_feed`]).
     nats: Option<Follow>,
-    /// The token file, and when it was last changed.
-    token_file: Option<(std::path::PathBuf, Option<std::time::SystemTime>)>,
+    /// The token file, read again when it changes.
+    token_file: Option<TokenFile>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -199,10 +196,7 @@ async fn run(
         next_id: 0,
         start: Instant::now(),
         nats,
-        token_file: creds.file.map(|p| {
-            let at = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            (p, at)
-        }),
+        token_file: creds.file.map(TokenFile::new),
     };
     loop {
         link.reread_token();
@@ -224,23 +218,44 @@ async fn run(
         link.state.connected.store(false, Relaxed);
         link.state.live.store(false, Relaxed);
         link.state.nats.store(false, Relaxed);
-        match end {
-            End::Stop => return,
-            End::Retry(after) => {
-                let until = tokio::time::sleep(after);
-                tokio::pin!(until);
-                // Forwarded writes are refused while disconnected (by the session), not queued
-                // blindly.
-                loop {
-                    tokio::select! {
-                        _ = &mut until => break,
-                        _ = shutdown.changed() => return,
-                        Some(f) = forwards.recv() => {
-                            let acts = link.forward(f);
-                            link.after_connection(acts);
-                        }
-                    }
+        if !between(&mut link, end, &mut forwards, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Between connections: wait the session's delay (a refused token with a token file: for a
+/// fresh token there), answering forwarded writes meanwhile (refused). False: stop.
+async fn between(
+    link: &mut Link,
+    end: End,
+    forwards: &mut mpsc::Receiver<Forward>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let after = match end {
+        End::Stop => return false,
+        End::Retry(after) => after,
+        End::Refused => TOKEN_FILE_EVERY,
+    };
+    let until = tokio::time::sleep(after);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => {
+                if !matches!(end, End::Refused) {
+                    return true;
                 }
+                // A token file a rotation tool renews: a refused token waits for the next one.
+                link.reread_token();
+                if !link.session.stopped() {
+                    return true;
+                }
+                until.as_mut().reset(tokio::time::Instant::now() + TOKEN_FILE_EVERY);
+            }
+            _ = shutdown.changed() => return false,
+            Some(f) = forwards.recv() => {
+                let acts = link.forward(f);
+                link.after_connection(acts);
             }
         }
     }
@@ -254,28 +269,14 @@ impl Link {
     /// The token file changed: its token goes to the session (sent on the open connection,
     /// and used for the next hello). An unreadable or empty file keeps the token in use.
     fn reread_token(&mut self) -> Vec<ClientAction> {
-        let Some((path, at)) = &mut self.token_file else {
+        let Some(t) = self.token_file.as_mut().and_then(TokenFile::fresh) else {
             return vec![];
         };
-        let now = std::fs::metadata(&*path).and_then(|m| m.modified()).ok();
-        if now == *at {
+        if self.session.stopped() {
+            self.session.restart_with_token(t);
             return vec![];
         }
-        *at = now;
-        match std::fs::read_to_string(&*path) {
-            Ok(t) if !t.trim().is_empty() => {
-                tracing::info!(file = %path.display(), "the upstream token file changed: renewing the token");
-                self.session.set_token(t.trim().to_string())
-            }
-            Ok(_) => {
-                tracing::warn!(file = %path.display(), "the upstream token file is empty; the token in use stays");
-                vec![]
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read the upstream token file; the token in use stays");
-                vec![]
-            }
-        }
+        self.session.set_token(t)
     }
 
     /// The upstream accepted this edge: it is connected (and learns the key the primary signs
@@ -435,6 +436,14 @@ impl Link {
                     tracing::warn!(upstream = %self.url, "upstream link down ({why}); retrying in {after:?}");
                     *self.state.down.lock() = Some(why);
                     end = End::Retry(after);
+                }
+                ClientAction::Fatal(ClientError::Refused(e))
+                    if e.code == ErrorCode::Unauthorized && self.token_file.is_some() =>
+                {
+                    tracing::warn!(upstream = %self.url, "the upstream refused the token ({}); waiting for a fresh one in the token file", e.message);
+                    *self.state.down.lock() =
+                        Some(format!("waiting for a fresh token: {}", e.message));
+                    end = End::Refused;
                 }
                 ClientAction::Fatal(e) => {
                     tracing::error!(upstream = %self.url, "stopped following the upstream: {e}; fix it (for a refused token: --upstream-token-file) and restart this node");

@@ -308,6 +308,16 @@ impl ClientSession {
         vec![ClientAction::Send(ClientMsg::Auth { token })]
     }
 
+    /// A session stopped by a refused token starts again with `token`, from the cursor it had:
+    /// for a shell whose tokens come from elsewhere (a file a rotation tool renews). Nothing to
+    /// do for a session that did not stop.
+    pub fn restart_with_token(&mut self, token: String) {
+        self.cfg.token = Some(token);
+        if self.stopped() {
+            self.phase = Phase::Down;
+        }
+    }
+
     /// The socket is open: say hello.
     pub fn connected(&mut self) -> Vec<ClientAction> {
         if self.stopped() {

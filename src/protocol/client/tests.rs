@@ -659,3 +659,19 @@ fn a_renewed_token_goes_out_on_the_open_connection_and_into_the_next_hello() {
         matches!(&s.connected()[..], [ClientAction::Send(ClientMsg::Hello { token: Some(t), .. })] if t == "t3")
     );
 }
+
+#[test]
+fn a_session_stopped_by_a_refused_token_restarts_with_a_fresh_one_from_its_cursor() {
+    let mut s = subscribed(Some(4), 4);
+    let acts = s.frame(error(ErrorCode::Unauthorized), 0);
+    assert!(acts.iter().any(|a| matches!(a, ClientAction::Fatal(_))));
+    assert!(s.connected().is_empty(), "stopped for good");
+    s.restart_with_token("fresh".into());
+    assert!(
+        matches!(&s.connected()[..], [ClientAction::Send(ClientMsg::Hello { token: Some(t), .. })] if t == "fresh")
+    );
+    match sent(&s.frame(welcome(6), 0))[..] {
+        [ClientMsg::Subscribe(sub)] => assert_eq!(sub.from, Some(4), "from the cursor it had"),
+        ref other => panic!("{other:?}"),
+    }
+}
