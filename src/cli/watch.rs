@@ -209,11 +209,21 @@ async fn run(
             | ClientAction::LeaveExternal { .. }
             | ClientAction::NodeHead { .. } => {}
             ClientAction::Welcome {
-                node, head, from, ..
+                node,
+                head,
+                from,
+                snapshot,
+                ..
             } => {
                 eprintln!(
                     "following {node} (head {head}) from {}",
-                    from.map_or("a snapshot".into(), |c| format!("seq {c}"))
+                    match (from, snapshot) {
+                        (Some(c), false) => format!("seq {c}"),
+                        (Some(c), true) => format!(
+                            "a snapshot (the node's log no longer holds the changes after seq {c})"
+                        ),
+                        (None, _) => "a snapshot".into(),
+                    }
                 );
             }
             ClientAction::NodeError(e) => {

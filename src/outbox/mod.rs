@@ -30,6 +30,9 @@ use crate::ops;
 use capture::ensure_capture;
 
 mod capture;
+mod carry;
+
+pub use carry::{carry_in, carry_out, Carried, CARRIED};
 
 /// One pending write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

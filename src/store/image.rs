@@ -23,6 +23,8 @@ pub struct ImageInfo {
     pub at: i64,
     /// Its size in bytes.
     pub bytes: u64,
+    /// The rows it holds (entities, edges, notes, events and vectors): for a progress bar.
+    pub rows: u64,
 }
 
 /// The tables whose rows belong to a namespace.
@@ -54,9 +56,10 @@ pub fn build_image(db: &Path, dest: &Path, namespaces: Option<&[String]>) -> Res
             conn.execute_batch("VACUUM")?;
         }
         conn.pragma_update(None, "journal_mode", "DELETE")?;
+        let rows = count_rows(&conn)?;
         drop(conn);
         let bytes = std::fs::metadata(dest)?.len();
-        Ok(ImageInfo { at, bytes })
+        Ok(ImageInfo { at, bytes, rows })
     })();
     if made.is_err() {
         // A build that failed (a full disk, say) leaves no half file behind.
@@ -65,6 +68,15 @@ pub fn build_image(db: &Path, dest: &Path, namespaces: Option<&[String]>) -> Res
         }
     }
     made
+}
+
+fn count_rows(conn: &Connection) -> Result<u64> {
+    let mut n = 0u64;
+    for t in ROW_TABLES {
+        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+        n += c.max(0) as u64;
+    }
+    Ok(n)
 }
 
 /// Cut the copy to `namespaces` and make it a replica's; returns the seq it is at.

@@ -10,6 +10,7 @@
 #![cfg(target_arch = "wasm32")]
 
 mod args;
+mod image;
 /// The C library's memory functions for SQLite (public for its tests).
 #[doc(hidden)]
 pub mod mem;
@@ -156,18 +157,47 @@ pub struct Replica {
     storage: &'static str,
     /// The sync session, once started.
     sync: Option<sync::Sync>,
+    /// Its file in OPFS (None: in memory).
+    opfs: Option<image::Opfs>,
+    /// A database image being written (`bootstrapBegin`).
+    boot: Option<image::Boot>,
 }
 
-fn setup(conn: Connection, storage: &'static str) -> Result<Replica, JsValue> {
+fn setup(conn: Connection, opfs: Option<image::Opfs>) -> Result<Replica, JsValue> {
     schema::configure(&conn).map_err(js_err)?;
     schema::migrate(&conn, &Default::default()).map_err(js_err)?;
     Ok(Replica {
         conn,
         filter: ChangeFilter::default(),
         snapshot_open: false,
-        storage,
+        storage: if opfs.is_some() { "opfs" } else { "memory" },
         sync: None,
+        opfs,
+        boot: None,
     })
+}
+
+/// How a replica's file in OPFS is opened. One connection owns the file (the pool is this
+/// Worker's alone), so WAL needs no shared memory; a commit appends to the WAL and is not
+/// flushed until a checkpoint. Durable across a tab or browser crash; an OS crash or power loss
+/// may take back the last commits, never corrupt the file (IndexedDB's default, "relaxed", is
+/// the same trade). Measured with a disk-backed profile: one local write 3.5 -> 2.5 ms, a write
+/// through the page API 14 -> 4.6 ms (p50, wasm/bench/local-first.mjs).
+fn persistent_pragmas(conn: &Connection) -> Result<(), JsValue> {
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(js_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(js_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(js_err)?;
+    // Checkpoints belong in idle time: the Worker calls `checkpoint` once the replica has been
+    // quiet a moment. SQLite's own, inside whichever commit crosses the line, is only the
+    // backstop for a replica that never goes quiet. At its default (1,000 pages) it landed in
+    // one local write of every ~77, at 16 ms against 1.5 ms (the p99 of a write;
+    // wasm/bench/local-first.mjs).
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+        .map_err(js_err)?;
+    Ok(())
 }
 
 #[wasm_bindgen]
@@ -176,7 +206,7 @@ impl Replica {
     #[wasm_bindgen(js_name = openMemory)]
     pub fn open_memory() -> Result<Replica, JsValue> {
         schema::register_extensions();
-        setup(Connection::open_in_memory().map_err(js_err)?, "memory")
+        setup(Connection::open_in_memory().map_err(js_err)?, None)
     }
 
     /// A replica persisted in the Origin Private File System under `name`. Works only inside a
@@ -190,6 +220,9 @@ impl Replica {
         let cfg = sqlite_wasm_vfs::sahpool::OpfsSAHPoolCfgBuilder::new()
             .vfs_name(&vfs)
             .directory(&dir)
+            // The replica's file and WAL, an image's file and WAL beside them while a
+            // bootstrap swaps one for the other, and room for SQLite's temporary files.
+            .initial_capacity(8)
             .build();
         let pool = sqlite_wasm_vfs::sahpool::install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, false)
             .await
@@ -198,10 +231,16 @@ impl Replica {
         pool.resume()
             .await
             .map_err(|e| opfs_unavailable(&name, &e))?;
-        let file = format!("{name}.db");
+        // Held for the Worker's lifetime (a bootstrap writes through it; see `image`): one
+        // handle per replica opened, never freed.
+        let pool: &'static _ = Box::leak(Box::new(pool));
+        let base = format!("{name}.db");
+        let gen = image::current_gen(pool, &vfs, &base)?;
+        let file = image::gen_file(&base, gen);
         let existing = OpenFlags::SQLITE_OPEN_READ_WRITE;
         let conn = match Connection::open_with_flags_and_vfs(&file, existing, vfs.as_str()) {
             Ok(c) => c,
+            Err(e) if gen > 0 => return Err(js_err(e)),
             Err(_) => {
                 let mut c = Connection::open_with_flags_and_vfs(
                     &file,
@@ -214,8 +253,8 @@ impl Replica {
                         // No half copy stays behind to be taken for the replica next time:
                         // the old pool still holds it whole, for the next open to move.
                         drop(c);
-                        for f in files_of(&pool, &file) {
-                            let _ = rsqlite_vfs::VfsFilesManager::remove(&pool, &f);
+                        for f in files_of(pool, &file) {
+                            let _ = rsqlite_vfs::VfsFilesManager::remove(pool, &f);
                         }
                         return Err(e);
                     }
@@ -223,26 +262,14 @@ impl Replica {
                 c
             }
         };
-        // One connection owns the file (the pool is this Worker's alone), so WAL needs no
-        // shared memory; a commit appends to the WAL and is not flushed until a checkpoint.
-        // Durable across a tab or browser crash; an OS crash or power loss may take back the
-        // last commits, never corrupt the file (IndexedDB's default, "relaxed", is the same
-        // trade). Measured with a disk-backed profile: one local write 3.5 -> 2.5 ms, a write
-        // through the page API 14 -> 4.6 ms (p50, wasm/bench/local-first.mjs).
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .map_err(js_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(js_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(js_err)?;
-        // Checkpoints belong in idle time: the Worker calls `checkpoint` once the replica has
-        // been quiet a moment. SQLite's own, inside whichever commit crosses the line, is only
-        // the backstop for a replica that never goes quiet. At its default (1,000 pages) it
-        // landed in one local write of every ~77, at 16 ms against 1.5 ms (the p99 of a
-        // write; wasm/bench/local-first.mjs).
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
-            .map_err(js_err)?;
-        setup(conn, "opfs")
+        persistent_pragmas(&conn)?;
+        let opfs = image::Opfs {
+            pool,
+            vfs,
+            base,
+            gen,
+        };
+        setup(conn, Some(opfs))
     }
 
     /// Copy the WAL into the database file and empty it (a truncating checkpoint), so that no

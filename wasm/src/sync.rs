@@ -306,9 +306,13 @@ impl Replica {
                 }
             }
             ClientAction::Welcome {
-                node, head, from, ..
+                node,
+                head,
+                from,
+                snapshot,
+                ..
             } => {
-                events.push(json!({"type": "welcome", "node": node, "head": head, "from": from}));
+                events.push(json!({"type": "welcome", "node": node, "head": head, "from": from, "snapshot": snapshot}));
                 vec![]
             }
             // An error that answered no write and stopped nothing is the page's to see (a

@@ -77,6 +77,17 @@ export interface WrittenEvent { type: 'written'; n: number; seq: number }
 /** The node refused local write `n`: it was taken back in this replica. */
 export interface RejectedEvent { type: 'rejected'; n: number; ops: WriteOp[]; code: ErrorCode; message: string }
 
+/**
+ * A start from the node's database image (a new replica, or one whose cursor fell behind the
+ * node's log): `download` as it comes (`bytes` of `totalBytes`; the image holds `rows` rows at
+ * seq `seq`), then `done` (`pending`: local writes carried over, still on top), or `fallback`
+ * (why the image was not used: the row snapshot follows).
+ */
+export type BootstrapEvent =
+  | { type: 'bootstrap'; phase: 'download'; bytes: number; totalBytes: number; rows: number; seq: number }
+  | { type: 'bootstrap'; phase: 'done'; bytes: number; rows: number; seq: number; pending: number; ms: number }
+  | { type: 'bootstrap'; phase: 'fallback'; message: string };
+
 /** Every event a replica emits, by type. */
 export interface ReplicaEventMap {
   status: Status;
@@ -88,6 +99,7 @@ export interface ReplicaEventMap {
   rejected: RejectedEvent;
   error: ReplicaError;
   token_needed: TokenNeededEvent;
+  bootstrap: BootstrapEvent;
 }
 
 /** The node refused the token (expired, or no longer accepted): `getToken` is asked for a fresh one. */
@@ -136,6 +148,12 @@ export interface OpenOptions {
    * replica stays readable, local writes stay pending, and `status().signedOut` says why.
    */
   getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /**
+   * Start from the node's database image (`GET /v1/image`: its rows in a ready SQLite file,
+   * streamed into storage) when the replica holds nothing yet or fell behind the node's log
+   * (default true). `false`: the row snapshot of the feed.
+   */
+  image?: boolean;
 }
 
 /** Every method rejects with a `TypeError` naming its signature when its arguments do not match it (a wrong type, a missing or extra argument, an unknown option). */

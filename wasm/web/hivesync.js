@@ -67,7 +67,7 @@ const SIGNATURES = {
 /** @satisfies {Fields} */
 const OPEN = {
   url: 'string?', token: 'string?', name: 'name?', persist: 'boolean?', protocol: 'protocol?',
-  namespaces: 'strings?', shareTabs: 'boolean?', getToken: 'tokenSource?',
+  namespaces: 'strings?', shareTabs: 'boolean?', getToken: 'tokenSource?', image: 'boolean?',
 };
 // Each type: [check, what the message says it must be, how the signature writes it].
 /** @typedef {[check: (v: unknown) => boolean, must: string, spelling: string]} TypeInfo */

@@ -26,9 +26,12 @@
  * @property {string | null} [signedOut]  why there is no token yet (getToken failed): no
  *   connection until setToken
  * @property {new (url: string, protocol: string) => WebSocket} [WebSocket]  default: the global one
+ * @property {boolean} [image]  start from the node's database image (GET /v1/image) when there
+ *   is no copy yet or the cursor fell behind the node's log (default true); else the row snapshot
+ * @property {typeof fetch} [fetch]  default: the global one
  *
  * What the Rust session reports (wasm/src/sync.rs, as JSON): the events this client acts on.
- * @typedef {{ type: 'welcome', node: string, head: number, from: number | null }
+ * @typedef {{ type: 'welcome', node: string, head: number, from: number | null, snapshot: boolean }
  *   | { type: 'applied', seq: number, count: number, snapshot?: undefined }
  *   | { type: 'applied', seq: number, snapshot: true, count?: undefined }
  *   | { type: 'live', seq: number }
@@ -76,6 +79,13 @@ export class SyncClient {
     /** @type {string | null} */
     this.signedOut = opts.signedOut ?? null;
     this.WS = opts.WebSocket ?? globalThis.WebSocket;
+    this.fetch = opts.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.image = opts.image !== false;
+    // The image was tried since the replica was last live (a failure falls back to the row
+    // snapshot, and is not tried again until then).
+    this.imageTried = false;
+    /** @type {Promise<void> | null} */
+    this.booting = null;
     /** @type {WebSocket | null} */
     this.ws = null;
     this.stopped = true;
@@ -173,7 +183,8 @@ export class SyncClient {
   }
 
   connect() {
-    if (this.stopped || this.fatal || this.signedOut || this.ws) return;
+    if (this.stopped || this.fatal || this.signedOut || this.ws || this.booting) return;
+    if (this.image && !this.imageTried && this.replica.appliedSeq() === 0) return this.bootstrap();
     const sub = this.protocol === 'bin' ? 'hivesync.v1.bin' : 'hivesync.v1.json';
     let ws;
     try {
@@ -229,6 +240,86 @@ export class SyncClient {
   }
 
   /**
+   * Start from the node's database image: download it into the replica's storage as it comes
+   * (progress in `bootstrap` events), take the replica's pending writes over into it, then
+   * subscribe from its seq. Whatever fails on the way (no endpoint, a refusal, a cut download)
+   * leaves the replica as it was and the feed's row snapshot does the job instead.
+   * @returns {void}
+   */
+  bootstrap() {
+    this.imageTried = true;
+    this.booting = this.loadImage().then((done) => {
+      if (done) this.emit({ type: 'bootstrap', phase: 'done', ...done });
+    }, (e) => {
+      try { this.replica.bootstrapAbort(); } catch { /* nothing was begun */ }
+      // Stopped midway: the next start tries again.
+      if (this.stopped) { this.imageTried = false; return; }
+      this.emit({ type: 'bootstrap', phase: 'fallback', message: String(/** @type {{ message?: unknown }} */ (e)?.message ?? e) });
+    }).finally(() => {
+      this.booting = null;
+      // A session of its own from the replica's seq now (the image's, or as it was).
+      this.replica.syncStart(this.token ?? undefined, this.protocol === 'json', Math.random());
+      this.emit(this.status());
+      this.connect();
+    });
+  }
+
+  /**
+   * The download itself; null when the node has nothing to send (an empty log).
+   * @returns {Promise<{ seq: number, bytes: number, rows: number, pending: number, ms: number } | null>}
+   */
+  async loadImage() {
+    const t0 = performance.now();
+    if (!this.fetch) throw new Error('no fetch in this context');
+    const url = new URL('image', this.url.replace(/^ws(s?):/, 'http$1:'));
+    if (this.namespaces) url.searchParams.set('ns', this.namespaces.join(','));
+    /** @type {Record<string, string>} */
+    const headers = {};
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const res = await this.fetch(url, { headers, cache: 'no-store' });
+    if (!res.ok || !res.body) {
+      const why = (await res.text().catch(() => '')).trim();
+      throw new Error(`the node gave no image (${res.status}${why ? `: ${why}` : ''})`);
+    }
+    const totalBytes = Number(res.headers.get('Hivesync-Image-Bytes'));
+    const seq = Number(res.headers.get('Hivesync-At'));
+    const rows = Number(res.headers.get('Hivesync-Image-Rows') ?? 0);
+    if (!Number.isSafeInteger(totalBytes) || !Number.isSafeInteger(seq)) {
+      throw new Error('the image came without its Hivesync-Image-Bytes and Hivesync-At headers');
+    }
+    if (seq === 0) { await res.body.cancel(); return null; }
+    this.replica.bootstrapBegin(totalBytes, seq);
+    const progress = (/** @type {number} */ bytes) => this.emit({ type: 'bootstrap', phase: 'download', bytes, totalBytes, rows, seq });
+    progress(0);
+    const reader = res.body.getReader();
+    // Chunks go to the replica a MiB at a time (fewer crossings into the wasm).
+    const buf = new Uint8Array(1 << 20);
+    let held = 0;
+    let bytes = 0;
+    let shown = performance.now();
+    for (;;) {
+      if (this.stopped) { await reader.cancel(); throw new Error('the sync client was stopped'); }
+      const { done, value } = await reader.read();
+      if (done) break;
+      let at = 0;
+      while (at < value.length) {
+        const n = Math.min(buf.length - held, value.length - at);
+        buf.set(value.subarray(at, at + n), held);
+        held += n;
+        at += n;
+        if (held === buf.length) { this.replica.bootstrapWrite(buf); held = 0; }
+      }
+      bytes += value.length;
+      if (performance.now() - shown > 100) { shown = performance.now(); progress(bytes); }
+    }
+    if (held > 0) this.replica.bootstrapWrite(buf.subarray(0, held));
+    progress(bytes);
+    const done = JSON.parse(this.replica.bootstrapFinish());
+    this.onWork();
+    return { seq, bytes, rows, pending: done.pending, ms: Math.round(performance.now() - t0) };
+  }
+
+  /**
    * Send what the session queued, then act on its events.
    * @param {string} eventsJson  a JSON array of SessionEvent
    */
@@ -245,9 +336,19 @@ export class SyncClient {
   onSessionEvent(ev) {
     switch (ev.type) {
       case 'welcome':
+        if (ev.snapshot && ev.from != null && this.image && !this.imageTried && this.ws) {
+          // The cursor fell behind the node's log: a snapshot comes. The image is the faster
+          // way to it (pending writes are carried over either way).
+          const ws = this.ws;
+          this.ws = null;
+          ws.close(4000, 'starting from an image');
+          this.bootstrap();
+          return;
+        }
         this.head = ev.head;
-        this.resumedFrom = ev.from ?? null;
-        this.emit({ type: 'welcome', node: ev.node, head: ev.head, from: ev.from ?? null });
+        // (A cursor the node's log no longer covers resumes with a snapshot.)
+        this.resumedFrom = ev.snapshot ? null : ev.from ?? null;
+        this.emit({ type: 'welcome', node: ev.node, head: ev.head, from: this.resumedFrom });
         break;
       case 'applied':
         this.head = Math.max(this.head, ev.seq);
@@ -257,6 +358,7 @@ export class SyncClient {
         break;
       case 'live':
         this.live = true;
+        this.imageTried = false;
         this.head = Math.max(this.head, ev.seq);
         this.emit({ type: 'live', seq: ev.seq });
         this.statusSoon();

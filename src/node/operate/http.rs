@@ -39,7 +39,10 @@ pub(crate) fn routes(node: Arc<NodeState>, web_files: web::WebFiles) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sync", get(accept::ws_upgrade))
-        .route("/v1/image", get(crate::node::serve::image::image))
+        .route(
+            "/v1/image",
+            get(crate::node::serve::image::image).options(crate::node::serve::image::preflight),
+        )
         .with_state(node)
         .merge(web_routes)
 }

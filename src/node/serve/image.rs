@@ -74,19 +74,59 @@ fn answer(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
-/// `GET /v1/image`.
+/// `GET /v1/image`, readable by pages of any origin (CORS): what it returns is decided by the
+/// token alone (no cookie is ever read), and a page of a foreign origin without a token is
+/// refused as on the feed.
 pub(crate) async fn image(
     State(node): State<Arc<NodeState>>,
     Query(q): Query<ImageQuery>,
     headers: HeaderMap,
 ) -> Response {
+    let mut res = image_for(node, q, &headers).await;
+    cors(&headers, res.headers_mut());
+    res
+}
+
+/// The preflight of a page of another origin that sends `Authorization`.
+pub(crate) async fn preflight(headers: HeaderMap) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    cors(&headers, h);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, If-None-Match"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    res
+}
+
+fn cors(req: &HeaderMap, h: &mut HeaderMap) {
+    let Some(origin) = req.get(header::ORIGIN) else {
+        return;
+    };
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Hivesync-At, Hivesync-Image-Bytes, Hivesync-Image-Rows, ETag"),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+async fn image_for(node: Arc<NodeState>, q: ImageQuery, headers: &HeaderMap) -> Response {
     let Some(db) = node.store.pool().path().map(PathBuf::from) else {
         return answer(
             StatusCode::NOT_FOUND,
             "this node keeps its database in memory: no image; use the feed's snapshot\n".into(),
         );
     };
-    let read = match rights(&node, &headers).await {
+    let read = match rights(&node, headers).await {
         Ok(r) => r,
         Err(why) => return answer(StatusCode::UNAUTHORIZED, format!("{why}\n")),
     };
@@ -120,6 +160,7 @@ pub(crate) async fn image(
     // The file's size however it is sent: what a client reserves before it streams the image
     // into storage that wants the size up front (OPFS's import).
     common.insert("hivesync-image-bytes", HeaderValue::from(built.info.bytes));
+    common.insert("hivesync-image-rows", HeaderValue::from(built.info.rows));
     common.insert(
         header::ETAG,
         HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),

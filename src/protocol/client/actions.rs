@@ -101,6 +101,9 @@ pub enum ClientAction {
         head: i64,
         /// Where this client resumes (None: it asks for a snapshot).
         from: Option<i64>,
+        /// A snapshot follows: the client has no cursor, or the node's log no longer holds
+        /// every change after it (it fell behind the node's retention).
+        snapshot: bool,
         /// The key the node signs its NATS messages with (binary `welcome` only).
         publish_key: Option<String>,
     },

@@ -431,10 +431,11 @@ impl ClientSession {
         match m {
             ServerMsg::Welcome {
                 head,
+                horizon,
                 node,
                 publish_key,
                 ..
-            } => self.welcomed(node, head, publish_key, now_ms),
+            } => self.welcomed(node, (head, horizon), publish_key, now_ms),
             // What the node sent for a subscription this session has ended (before it saw the
             // `unsubscribe`): the other feed carries those changes.
             ServerMsg::Snapshot { .. } | ServerMsg::Changes { .. } | ServerMsg::Live { .. }
@@ -512,7 +513,7 @@ impl ClientSession {
     fn welcomed(
         &mut self,
         node: String,
-        head: i64,
+        (head, horizon): (i64, i64),
         publish_key: Option<String>,
         now_ms: u64,
     ) -> Vec<ClientAction> {
@@ -525,6 +526,9 @@ impl ClientSession {
             node,
             head,
             from: self.cursor,
+            snapshot: self
+                .cursor
+                .is_none_or(|c| !super::feed::covered(c, horizon)),
             publish_key,
         }];
         if !self.ext.as_ref().is_some_and(ExternalFeed::opening) {

@@ -618,7 +618,7 @@ fn the_shell_is_told_of_the_welcome_and_of_a_node_error_it_would_not_see_otherwi
     s.connected();
     let a = s.frame(welcome(9), 0);
     assert!(
-        matches!(&a[0], ClientAction::Welcome { node, head: 9, from: Some(4), publish_key: None } if node == "n"),
+        matches!(&a[0], ClientAction::Welcome { node, head: 9, from: Some(4), snapshot: false, publish_key: None } if node == "n"),
         "{a:?}"
     );
     // An error that answers no write and is not fatal: said, then a reconnect.

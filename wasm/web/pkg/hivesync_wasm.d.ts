@@ -17,6 +17,27 @@ export class Replica {
      */
     appliedSeq(): number;
     /**
+     * Give up the image being written (the replica stays as it was).
+     */
+    bootstrapAbort(): void;
+    /**
+     * Start writing a database image of `size` bytes (the `Hivesync-Image-Bytes` header) at
+     * seq `at` (`Hivesync-At`): chunks follow with `bootstrapWrite`, then `bootstrapFinish`
+     * (or `bootstrapAbort`). The replica stays readable and writable meanwhile.
+     */
+    bootstrapBegin(size: number, at: number): void;
+    /**
+     * The whole image is in: open it, carry the replica's own state over (pending writes
+     * redone on top), and make it the replica. Returns `{"at", "pending"}` (the
+     * pending writes carried over). On an
+     * error the replica stays as it was.
+     */
+    bootstrapFinish(): string;
+    /**
+     * The next chunk of the image.
+     */
+    bootstrapWrite(chunk: any): void;
+    /**
      * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
      * later write or query pays for it; the Worker calls it when the replica has been idle a
      * moment. Returns the pages the WAL held (0 for a replica in memory).
@@ -166,6 +187,10 @@ export interface InitOutput {
     readonly memset: (a: number, b: number, c: number) => number;
     readonly replica___trap: (a: number) => void;
     readonly replica_appliedSeq: (a: number) => [number, number, number];
+    readonly replica_bootstrapAbort: (a: number) => void;
+    readonly replica_bootstrapBegin: (a: number, b: number, c: number) => [number, number];
+    readonly replica_bootstrapFinish: (a: number) => [number, number, number, number];
+    readonly replica_bootstrapWrite: (a: number, b: any) => [number, number];
     readonly replica_checkpoint: (a: number) => [number, number, number];
     readonly replica_digest: (a: number, b: any) => [number, number, number, number];
     readonly replica_exportBytes: (a: number) => [number, number, number, number];

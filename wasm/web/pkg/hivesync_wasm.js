@@ -38,6 +38,60 @@ export class Replica {
         return ret[0];
     }
     /**
+     * Give up the image being written (the replica stays as it was).
+     */
+    bootstrapAbort() {
+        wasm.replica_bootstrapAbort(this.__wbg_ptr);
+    }
+    /**
+     * Start writing a database image of `size` bytes (the `Hivesync-Image-Bytes` header) at
+     * seq `at` (`Hivesync-At`): chunks follow with `bootstrapWrite`, then `bootstrapFinish`
+     * (or `bootstrapAbort`). The replica stays readable and writable meanwhile.
+     * @param {number} size
+     * @param {number} at
+     */
+    bootstrapBegin(size, at) {
+        const ret = wasm.replica_bootstrapBegin(this.__wbg_ptr, size, at);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * The whole image is in: open it, carry the replica's own state over (pending writes
+     * redone on top), and make it the replica. Returns `{"at", "pending"}` (the
+     * pending writes carried over). On an
+     * error the replica stays as it was.
+     * @returns {string}
+     */
+    bootstrapFinish() {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_bootstrapFinish(this.__wbg_ptr);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
+     * The next chunk of the image.
+     * @param {any} chunk
+     */
+    bootstrapWrite(chunk) {
+        const ret = wasm.replica_bootstrapWrite(this.__wbg_ptr, chunk);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
      * Copy the WAL into the database file and empty it (a truncating checkpoint), so that no
      * later write or query pays for it; the Worker calls it when the replica has been idle a
      * moment. Returns the pages the WAL held (0 for a replica in memory).
@@ -981,7 +1035,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 887, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 890, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423);
             return ret;
         },

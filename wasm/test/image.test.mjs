@@ -1,0 +1,145 @@
+// First sync from a database image (issue 28), in Chromium against the real node: a fresh OPFS
+// replica over 100,000 rows starts from GET /v1/image (not the row snapshot), holds exactly the
+// node's rows (same digest) with its full-text, vector and graph reads answering as the node's
+// do, goes live and keeps syncing. Then, with writes pending while it is offline, the node's
+// log is trimmed past its cursor: it starts again from a fresh image, and the pending writes are
+// carried over and land at the node exactly once.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { appContext, until } from './app-origin.mjs';
+import { webDir, freePort, waitHealthy, startNode, stopNode, cli, launch } from './harness.mjs';
+
+const TOKEN = 'image-test-secret-0123456789';
+const words = ['sailing', 'knots', 'harbour', 'tide', 'compass', 'anchor', 'rigging', 'chart', 'keel', 'mast', 'ébène', 'galley'];
+const vec = (i) => Array.from({ length: 8 }, (_, k) => Math.sin(i * 0.7 + k * 1.3));
+
+/** 70,000 entities, 20,000 notes, 5,000 edges and 5,000 vectors: 100,000 rows. */
+function rows(file) {
+  const w = (i, k) => words[(i * k + k) % words.length];
+  const lines = [];
+  for (let i = 0; i < 70000; i++) {
+    lines.push({ op: 'upsert', kind: 'entity', ns: 'default', data: { id: `e${i}`, kind: 'doc', name: `${w(i, 3)} ${w(i, 5)} ${i}`, description: `about ${w(i, 7)} and ${w(i, 11)}, number ${i}`, tags: [w(i, 2)] } });
+  }
+  for (let i = 0; i < 20000; i++) lines.push({ op: 'upsert', kind: 'note', ns: 'default', data: { id: `n${i}`, name: `log ${i}`, content: `the ${w(i, 13)} by the ${w(i, 17)}` } });
+  for (let i = 0; i < 5000; i++) lines.push({ op: 'upsert', kind: 'edge', ns: 'default', data: { id: `x${i}`, source: `e${i}`, target: `e${i + 1}`, relation: 'next' } });
+  for (let i = 0; i < 5000; i++) lines.push({ op: 'upsert', kind: 'vector', ns: 'default', data: { subject: `e${i}`, model: 'm8', kind: 'doc', embedding: vec(i) } });
+  fs.writeFileSync(file, lines.map((l) => JSON.stringify(l)).join('\n'));
+}
+
+const digestAt = (db) => JSON.parse(cli(db, '--json', 'digest')).sha256;
+const jsonLines = (s) => s.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
+test('a fresh replica over 100,000 rows starts from an image; pending writes survive a forced re-bootstrap and land once', { timeout: 600000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-image-'));
+  const db = path.join(dir, 'image.db');
+  const config = path.join(dir, 'node.toml');
+  const sha256 = (await import('node:crypto')).createHash('sha256').update(TOKEN).digest('hex');
+  // The log keeps 500 changes, trimmed every second: a replica offline for more falls behind.
+  fs.writeFileSync(config, `name = "image-e2e"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ["*"]\n[retention]\nmax_changes = 500\ninterval_secs = 1\n`);
+  rows(path.join(dir, 'rows.jsonl'));
+  cli(db, 'import', path.join(dir, 'rows.jsonl'));
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  let node = startNode(db, port, '--config', config);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  try {
+    await waitHealthy(port);
+    const ctx = await appContext(browser, webDir);
+    const page = await ctx.newPage();
+    await page.goto('http://localhost:9/');
+    await page.evaluate(async ({ url, token }) => {
+      const { openReplica } = await import('/hivesync.js');
+      window.events = [];
+      window.db = await openReplica({ url, token, name: 'img', shareTabs: false });
+      window.db.on('*', (e) => { if (e.type === 'bootstrap' || e.type === 'welcome') window.events.push(e); });
+    }, { url, token: TOKEN });
+    await until(page, async () => (await window.db.status()).live, undefined, 300000);
+
+    // It started from the image: downloaded with progress, then subscribed from the image's seq.
+    const events = await page.evaluate(() => window.events);
+    const done = events.find((e) => e.type === 'bootstrap' && e.phase === 'done');
+    assert.ok(done, `a bootstrap from the image: ${JSON.stringify(events.slice(0, 5))}`);
+    assert.equal(done.rows, 100000);
+    assert.ok(events.some((e) => e.phase === 'download' && e.bytes > 0 && e.totalBytes >= e.bytes), 'download progress');
+    assert.ok(!events.some((e) => e.phase === 'fallback'), 'no fallback to the row snapshot');
+    const welcome = events.find((e) => e.type === 'welcome');
+    assert.equal(welcome.from, done.seq, 'the subscription resumed after the image, no row snapshot');
+    const st = await page.evaluate(() => window.db.status());
+    assert.equal(st.storage, 'opfs');
+
+    // The same rows as the node, and its reads answer as the node's do.
+    assert.equal(await page.evaluate(() => window.db.digest().then((d) => d.sha256)), digestAt(db));
+    const ids = (hits, key = 'id') => hits.map((h) => h[key]);
+    const search = jsonLines(cli(db, '--json', 'search', 'harbour tide', '--limit', '10'));
+    assert.equal(search.length, 10);
+    assert.deepEqual(ids(await page.evaluate(() => window.db.search({ text: 'harbour tide', limit: 10 }))), ids(search));
+    const q = vec(4321).map((x) => x + 0.01);
+    const knn = jsonLines(cli(db, '--json', 'knn', '--model', 'm8', '--vector', JSON.stringify(q), '-k', '5'));
+    assert.equal(knn.length, 5);
+    assert.deepEqual(ids(await page.evaluate((q) => window.db.knn({ model: 'm8', embedding: q, k: 5 }), q), 'subject'), ids(knn, 'subject'));
+    const hops = await page.evaluate(() => window.db.traverse('default', 'e10', { depth: 3 }));
+    assert.deepEqual(hops.map((h) => h.node), ['e11', 'e12', 'e13']);
+
+    // It keeps syncing.
+    cli(db, 'put', 'entity', JSON.stringify({ id: 'after', kind: 'doc', name: 'written after the image' }));
+    await until(page, async () => (await window.db.get('entity', 'default', 'after')) !== null);
+
+    // Offline, it writes; meanwhile the node moves on and trims its log past the replica's seq.
+    await page.evaluate(() => window.db.disconnect());
+    const before = await page.evaluate(() => window.db.status().then((s) => s.seq));
+    await page.evaluate(async () => {
+      await window.db.write([{ op: 'upsert', kind: 'entity', ns: 'default', data: { id: 'offline-1', kind: 'doc', name: 'made offline' } }]);
+      await window.db.patch('entity', 'e5', { name: 'renamed offline' });
+      await window.db.write([{ op: 'upsert', kind: 'edge', ns: 'default', data: { id: 'offline-edge', source: 'offline-1', target: 'e5', relation: 'about' } }]);
+    });
+    assert.equal((await page.evaluate(() => window.db.status())).pending, 3);
+    const more = [];
+    for (let i = 0; i < 1200; i++) more.push(JSON.stringify({ op: 'upsert', kind: 'note', ns: 'default', data: { id: `later${i}`, content: `written while the replica was away ${i}` } }));
+    fs.writeFileSync(path.join(dir, 'more.jsonl'), more.join('\n'));
+    cli(db, 'import', path.join(dir, 'more.jsonl'), '--batch', '1');
+    // Trimmed past the replica's cursor: the oldest change left is above it.
+    for (let t = 0; ; t++) {
+      const first = jsonLines(cli(db, '--json', 'changes', '--from', '0', '--limit', '1'))[0];
+      if (first && first.seq > before + 1) break;
+      if (t > 100) throw new Error('the node did not trim its log');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const headBefore = jsonLines(cli(db, '--json', 'changes', '--from', '0', '--limit', '100000')).at(-1).seq;
+    await page.evaluate(() => { window.events = []; return window.db.reconnect(); });
+    await until(page, async () => { const s = await window.db.status(); return s.live && s.pending === 0; }, undefined, 120000);
+    const again = await page.evaluate(() => window.events);
+    const redone = again.find((e) => e.type === 'bootstrap' && e.phase === 'done');
+    assert.ok(redone, `fell behind: a fresh image: ${JSON.stringify(again.slice(0, 6))}`);
+    assert.equal(redone.pending, 3, 'the pending writes were carried over');
+
+    // Each pending write landed once: one change each in the log since.
+    const since = jsonLines(cli(db, '--json', 'changes', '--from', String(headBefore), '--limit', '100000'));
+    const count = (kind, id) => since.filter((c) => c.kind === kind && c.id === id).length;
+    assert.equal(count('entity', 'offline-1'), 1);
+    assert.equal(count('entity', 'e5'), 1);
+    assert.equal(count('edge', 'offline-edge'), 1);
+    assert.equal(JSON.parse(cli(db, '--json', 'get', 'entity', 'e5')).name, 'renamed offline');
+    await until(page, async () => (await window.db.get('note', 'default', 'later1199')) !== null);
+    assert.equal(await page.evaluate(() => window.db.digest().then((d) => d.sha256)), digestAt(db));
+
+    // Reopened (a reload), it is the image's copy that opens, with nothing to fetch again.
+    await page.evaluate(() => window.db.close());
+    await page.reload();
+    await page.evaluate(async ({ url, token }) => {
+      const { openReplica } = await import('/hivesync.js');
+      window.events = [];
+      window.db = await openReplica({ url, token, name: 'img', shareTabs: false });
+      window.db.on('*', (e) => { if (e.type === 'bootstrap') window.events.push(e); });
+    }, { url, token: TOKEN });
+    await until(page, async () => (await window.db.status()).live);
+    assert.deepEqual(await page.evaluate(() => window.events), []);
+    assert.equal(await page.evaluate(() => window.db.digest().then((d) => d.sha256)), digestAt(db));
+  } finally {
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
