@@ -179,6 +179,23 @@ async fn an_image_holds_exactly_the_readable_namespaces_at_one_seq() {
     // Full-text search and KNN answer from it as built.
     let s = cli(&img, &["--json", "search", "sailing"]);
     assert!(String::from_utf8_lossy(&s.stdout).lines().count() >= 10);
+    let k = cli(
+        &img,
+        &["--json", "knn", "--model", "m", "--vector", "[0.1,0.2,0.3]"],
+    );
+    let hits = String::from_utf8_lossy(&k.stdout).to_string();
+    assert_eq!(
+        hits.lines().count(),
+        2,
+        "one vector of each namespace kept: {hits}"
+    );
+    assert!(!hits.contains("user:bob"));
+    let check = cli(&img, &["check"]);
+    assert!(
+        check.status.success(),
+        "the image passes the integrity check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     // Gzipped on the wire where accepted, the same bytes unpacked; smaller.
     let (status, h, gz) = get(
         node.port,

@@ -1,17 +1,25 @@
 //! Database images: a copy of the store cut to a set of namespaces, in a replica's layout, that
 //! a new replica opens instead of applying a snapshot row by row.
 //!
-//! An image is taken with `VACUUM INTO` on a read-only connection (one read transaction, so it
-//! is consistent at one seq `at`, and it neither blocks the writer nor holds the pool's
-//! readers), then trimmed: rows of other namespaces deleted (the triggers keep the full-text
-//! and vector indexes in step), the node's change log, its write ledger and its private state
-//! (`meta` keys such as the NATS signing seed) dropped, the applied seq set to `at` and the
-//! log's sequence left at `at`, so the file is what a replica holds after a snapshot at `at`.
-//! Space the trim freed is given back (`VACUUM`) when it is more than a tenth of the file.
+//! An image is built in one pass, the way SQLite's own `VACUUM INTO` copies a file: a new file
+//! gets the source's tables and indexes (created from the source's own `sqlite_schema`), and
+//! each table's rows are copied with `INSERT INTO t SELECT * FROM src.t`, which SQLite carries
+//! out as a raw copy of the b-tree records (its transfer optimisation: no row is decoded, no
+//! index rebuilt) because the new table is empty, alike, and has no triggers yet; the triggers
+//! and views come last. All of it reads the source in one read transaction (consistent at one
+//! seq `at`; the writer is never blocked) on a connection of its own (the pool's readers are not
+//! held). Unlike `VACUUM INTO`, what a replica does not hold is never copied: the node's change
+//! log, its ledger of client writes, any outbox, its private `meta` (such as the NATS signing
+//! seed); the applied seq is `at` and the log's sequence stays at `at`, so the file is what a
+//! replica holds after a snapshot at `at`.
+//!
+//! For a subset of namespaces, the rows are copied with a filter, and the full-text indexes
+//! (FTS5, external content) are rebuilt from them and the vector indexes (vec0) filled from the
+//! source's, partition by partition: only the wanted rows are ever written.
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::schema;
@@ -37,25 +45,9 @@ pub fn build_image(db: &Path, dest: &Path, namespaces: Option<&[String]>) -> Res
     if dest.exists() {
         return Err(Error::invalid(format!("{} exists already", dest.display())));
     }
-    let src = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    let dest_str = dest
-        .to_str()
-        .ok_or_else(|| Error::invalid("the image's path is not UTF-8"))?;
     let made = (|| {
-        src.execute("VACUUM INTO ?1", params![dest_str])?;
-        drop(src);
         let conn = Connection::open(dest)?;
-        schema::configure(&conn)?;
-        let at = trim(&conn, namespaces)?;
-        let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        if free * 10 > pages {
-            conn.execute_batch("VACUUM")?;
-        }
-        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        let at = copy(&conn, db, namespaces)?;
         let rows = count_rows(&conn)?;
         drop(conn);
         let bytes = std::fs::metadata(dest)?.len();
@@ -70,61 +62,143 @@ pub fn build_image(db: &Path, dest: &Path, namespaces: Option<&[String]>) -> Res
     made
 }
 
-fn count_rows(conn: &Connection) -> Result<u64> {
-    let mut n = 0u64;
-    for t in ROW_TABLES {
-        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
-        n += c.max(0) as u64;
-    }
-    Ok(n)
+/// Tables whose rows an image leaves out (the node's own), besides `meta` (cut to what a replica
+/// needs) and `sqlite_sequence` (set for `at`).
+const NOT_COPIED: [&str; 5] = [
+    "changes",
+    "client_writes",
+    "outbox",
+    "outbox_shadow",
+    "outbox_keys",
+];
+
+/// One object of the source's schema.
+struct Object {
+    kind: String,
+    name: String,
+    sql: Option<String>,
+    virtual_table: bool,
 }
 
-/// Cut the copy to `namespaces` and make it a replica's; returns the seq it is at.
-fn trim(conn: &Connection, namespaces: Option<&[String]>) -> Result<i64> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+/// Copy the source into `conn` (an empty file) as the module describes; returns `at`.
+fn copy(conn: &Connection, db: &Path, namespaces: Option<&[String]>) -> Result<i64> {
+    let src = db
+        .to_str()
+        .ok_or_else(|| Error::invalid("the database's path is not UTF-8"))?;
+    let page: i64 = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?.query_row(
+        "PRAGMA page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    // Nothing here needs to survive a crash: a build cut off is removed and made again.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {page}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+    ))?;
+    conn.execute(
+        "ATTACH ?1 AS src",
+        [format!("file:{}?mode=ro", uri_path(src))],
+    )?;
+    conn.execute_batch("BEGIN")?;
     let r = (|| {
         let at: i64 = conn.query_row(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+            "SELECT coalesce((SELECT seq FROM src.sqlite_sequence WHERE name = 'changes'), 0)",
             [],
             |r| r.get(0),
         )?;
-        if let Some(keep) = namespaces {
-            // As a replica applies: the triggers keep the indexes in step and log nothing.
-            schema::enter(conn, schema::Mode::Applying)?;
-            let list = serde_json::to_string(keep)?;
-            for t in ROW_TABLES {
-                conn.execute(
-                    &format!("DELETE FROM {t} WHERE ns NOT IN (SELECT value FROM json_each(?1))"),
-                    [&list],
-                )?;
+        let objects = conn
+            .prepare(
+                "SELECT type, name, sql, sql LIKE 'CREATE VIRTUAL TABLE%' FROM src.sqlite_schema
+                 WHERE substr(name, 1, 7) <> 'sqlite_' ORDER BY rowid",
+            )?
+            .query_map([], |r| {
+                Ok(Object {
+                    kind: r.get(0)?,
+                    name: r.get(1)?,
+                    sql: r.get(2)?,
+                    virtual_table: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let virtuals: Vec<&str> = objects
+            .iter()
+            .filter(|o| o.virtual_table)
+            .map(|o| o.name.as_str())
+            .collect();
+        let shadow = |name: &str| {
+            virtuals.iter().any(|v| {
+                name.len() > v.len() + 1 && name.starts_with(v) && name[v.len()..].starts_with('_')
+            })
+        };
+        // Tables (a virtual table makes its own shadow tables) and indexes, then the rows.
+        for o in &objects {
+            let Some(sql) = &o.sql else { continue };
+            if (o.kind == "table" && !shadow(&o.name)) || o.kind == "index" {
+                conn.execute_batch(sql)?;
             }
-            conn.execute(
-                "DELETE FROM vector_models WHERE ns NOT IN (SELECT value FROM json_each(?1))",
-                [&list],
-            )?;
-            schema::drain_fts_queue(conn)?;
-            schema::leave(conn)?;
         }
-        // What a replica does not hold: the node's log (a replica's starts at `at`), its
-        // ledger of client writes, any outbox, and the node's private state.
+        let keep = namespaces.map(serde_json::to_string).transpose()?;
+        for o in objects
+            .iter()
+            .filter(|o| o.kind == "table" && !o.virtual_table)
+        {
+            let t = o.name.as_str();
+            if NOT_COPIED.contains(&t) || t == "meta" {
+                continue;
+            }
+            let q = quote(t);
+            if shadow(t) {
+                // Indexes of the rows: copied as they are for every namespace, rebuilt from the
+                // rows copied for a subset (below).
+                if keep.is_none() {
+                    conn.execute_batch(&format!(
+                        "DELETE FROM main.{q}; INSERT INTO main.{q} SELECT * FROM src.{q};"
+                    ))?;
+                }
+            } else if let (Some(list), true) =
+                (&keep, ROW_TABLES.contains(&t) || t == "vector_models")
+            {
+                // With their rowids: the vector indexes are keyed by them.
+                let cols = columns(conn, t)?;
+                conn.execute(
+                    &format!(
+                        "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
+                         WHERE ns IN (SELECT value FROM json_each(?1))"
+                    ),
+                    [list],
+                )?;
+            } else {
+                conn.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM src.{q};"))?;
+            }
+        }
+        if let Some(list) = &keep {
+            reindex(conn, &virtuals, list)?;
+        }
         conn.execute_batch(
-            "DELETE FROM changes; DELETE FROM client_writes; DELETE FROM outbox_keys;
-             DELETE FROM outbox_shadow; DELETE FROM outbox;
-             DELETE FROM meta WHERE key <> 'fts_tokenizer';",
+            "DELETE FROM main.sqlite_sequence;
+             INSERT INTO main.sqlite_sequence SELECT * FROM src.sqlite_sequence;
+             INSERT INTO main.meta SELECT * FROM src.meta WHERE key = 'fts_tokenizer';",
         )?;
         conn.execute(
-            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'changes'",
+            "INSERT OR REPLACE INTO main.sqlite_sequence(name, seq) VALUES ('changes', ?1)",
             [at],
         )?;
         conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('applied_seq', ?1)",
+            "INSERT INTO main.meta(key, value) VALUES ('applied_seq', ?1)",
             [at.to_string()],
         )?;
+        for o in objects
+            .iter()
+            .filter(|o| o.kind == "trigger" || o.kind == "view")
+        {
+            if let Some(sql) = &o.sql {
+                conn.execute_batch(sql)?;
+            }
+        }
         Ok(at)
     })();
     match r {
         Ok(at) => {
-            conn.execute_batch("COMMIT")?;
+            conn.execute_batch("COMMIT; DETACH src; PRAGMA journal_mode = DELETE;")?;
             Ok(at)
         }
         Err(e) => {
@@ -132,4 +206,74 @@ fn trim(conn: &Connection, namespaces: Option<&[String]>) -> Result<i64> {
             Err(e)
         }
     }
+}
+
+/// The indexes of a subset, made from its rows: FTS5 rebuilt from its external content, and
+/// each vec0 table given the source's vectors of the namespaces kept (its partitions).
+fn reindex(conn: &Connection, virtuals: &[&str], keep: &str) -> Result<()> {
+    for v in virtuals {
+        let q = quote(v);
+        let module: String = conn.query_row(
+            "SELECT sql FROM main.sqlite_schema WHERE name = ?1",
+            [v],
+            |r| r.get(0),
+        )?;
+        if module.contains("USING fts5") {
+            conn.execute(&format!("INSERT INTO main.{q}({q}) VALUES ('rebuild')"), [])?;
+        } else if module.contains("USING vec0") {
+            let cols = columns(conn, v)?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
+                     WHERE ns IN (SELECT value FROM json_each(?1))"
+                ),
+                [keep],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A table's columns, quoted, for a column list.
+fn columns(conn: &Connection, table: &str) -> Result<String> {
+    Ok(conn
+        .prepare(&format!(
+            "SELECT name FROM pragma_table_info({})",
+            sql_text(table)
+        ))?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A path as the path part of a `file:` URI.
+fn uri_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for b in p.bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(b as char),
+        }
+    }
+    out
+}
+
+fn count_rows(conn: &Connection) -> Result<u64> {
+    let mut n = 0u64;
+    for t in ROW_TABLES {
+        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+        n += c.max(0) as u64;
+    }
+    Ok(n)
 }

@@ -143,3 +143,108 @@ test('a fresh replica over 100,000 rows starts from an image; pending writes sur
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a cut download falls back to the row snapshot; a page closed mid-download leaves the replica and its pending writes whole', { timeout: 300000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-image-cut-'));
+  const db = path.join(dir, 'cut.db');
+  const lines = [];
+  for (let i = 0; i < 3000; i++) lines.push(JSON.stringify({ op: 'upsert', kind: 'entity', ns: 'default', data: { id: `e${i}`, kind: 'doc', name: `${words[i % words.length]} ${i}` } }));
+  fs.writeFileSync(path.join(dir, 'rows.jsonl'), lines.join('\n'));
+  cli(db, 'import', path.join(dir, 'rows.jsonl'));
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}/v1/sync`;
+  const node = startNode(db, port);
+  const browser = await launch('--disable-features=LocalNetworkAccessChecks');
+  let stall = null;
+  const open = async (page, opts) => {
+    await page.goto('http://localhost:9/');
+    await page.evaluate(async (opts) => {
+      const { openReplica } = await import('/hivesync.js');
+      window.events = [];
+      window.db = await openReplica({ shareTabs: false, ...opts });
+      window.db.on('*', (e) => { if (e.type === 'bootstrap') window.events.push(e); });
+    }, opts);
+  };
+  try {
+    await waitHealthy(port);
+    // 1. The image arrives cut short (the headers promise more than comes): the replica says
+    // so, starts from the row snapshot instead, in OPFS and in memory alike.
+    for (const persist of [true, false]) {
+      const ctx = await appContext(browser, webDir);
+      await ctx.route(`http://127.0.0.1:${port}/v1/image**`, async (r) => {
+        const res = await r.fetch();
+        const body = await res.body();
+        r.fulfill({ status: 200, headers: { ...res.headers(), 'content-encoding': 'identity', 'access-control-allow-origin': '*' }, body: body.subarray(0, body.length >> 1) });
+      });
+      const page = await ctx.newPage();
+      await open(page, { url, name: 'cut', persist });
+      await until(page, async () => (await window.db.status()).live, undefined, 120000);
+      const events = await page.evaluate(() => window.events);
+      const fallback = events.find((e) => e.phase === 'fallback');
+      assert.ok(fallback, `persist ${persist}: ${JSON.stringify(events)}`);
+      assert.match(fallback.message, /incomplete|bytes/);
+      assert.ok(!events.some((e) => e.phase === 'done'));
+      assert.equal((await page.evaluate(() => window.db.status())).resumedFrom, null, 'the row snapshot');
+      assert.equal(await page.evaluate(() => window.db.digest().then((d) => d.sha256)), digestAt(db));
+      await ctx.close();
+    }
+
+    // 2. A page closed while the image downloads: its pending write and its old copy stay; the
+    // next open starts again and finishes.
+    const ctx = await appContext(browser, webDir);
+    const page = await ctx.newPage();
+    // Written against a node that is not there yet (nothing listens at that port).
+    const dead = `ws://127.0.0.1:${await freePort()}/v1/sync`;
+    await open(page, { url: dead, name: 'closed' });
+    await page.evaluate(() => window.db.write([{ op: 'upsert', kind: 'entity', ns: 'default', data: { id: 'mine', kind: 'doc', name: 'written before any sync' } }]));
+    // An image server that sends the headers and the first 64 KiB of the node's image, then
+    // nothing more: the page is closed while its replica is writing the image.
+    const http = await import('node:http');
+    let started;
+    const streaming = new Promise((r) => { started = r; });
+    stall = http.createServer(async (req, res) => {
+      const r = await fetch(`http://127.0.0.1:${port}/v1/image`);
+      const body = new Uint8Array(await r.arrayBuffer());
+      res.writeHead(200, {
+        'access-control-allow-origin': '*', 'access-control-expose-headers': 'Hivesync-At, Hivesync-Image-Bytes, Hivesync-Image-Rows',
+        'hivesync-at': r.headers.get('hivesync-at'), 'hivesync-image-bytes': r.headers.get('hivesync-image-bytes'),
+        'content-length': String(body.length),
+      });
+      res.write(body.subarray(0, 65536), () => started());
+    }).listen(0, '127.0.0.1');
+    await new Promise((r) => stall.once('listening', r));
+    const stalled = `ws://127.0.0.1:${stall.address().port}/v1/sync`;
+    await page.evaluate(async (url) => {
+      const { openReplica } = await import('/hivesync.js');
+      await window.db.close();
+      window.events = [];
+      window.db = await openReplica({ url, name: 'closed', shareTabs: false });
+      window.db.on('*', (e) => { if (e.type === 'bootstrap') window.events.push(e); });
+    }, stalled);
+    await streaming;
+    await until(page, () => window.events.some((e) => e.phase === 'download' && e.bytes > 0));
+    await page.close();
+    stall.closeAllConnections();
+    stall.close();
+    const again = await ctx.newPage();
+    await open(again, { url: dead, name: 'closed' });
+    assert.equal((await again.evaluate(() => window.db.pending())).length, 1, 'the pending write is still there');
+    assert.equal((await again.evaluate(() => window.db.get('entity', 'default', 'mine'))).name, 'written before any sync');
+    await again.evaluate(async (url) => {
+      const { openReplica } = await import('/hivesync.js');
+      await window.db.close();
+      window.events = [];
+      window.db = await openReplica({ url, name: 'closed', shareTabs: false });
+      window.db.on('*', (e) => { if (e.type === 'bootstrap') window.events.push(e); });
+    }, url);
+    await until(again, async () => { const s = await window.db.status(); return s.live && s.pending === 0; }, undefined, 120000);
+    assert.equal(JSON.parse(cli(db, '--json', 'get', 'entity', 'mine')).name, 'written before any sync');
+    assert.equal(await again.evaluate(() => window.db.digest().then((d) => d.sha256)), digestAt(db));
+  } finally {
+    stall?.closeAllConnections();
+    stall?.close();
+    await browser.close();
+    await stopNode(node);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -144,6 +144,23 @@ db.on('applied', () => {
   requestAnimationFrame(async () => { pending = false; await renderRecent(); if ($('q').value) await renderSearch(); });
 });
 db.on('status', showStatus);
+// The first copy comes as a database image: a progress bar while it downloads.
+const mib = (/** @type {number} */ n) => (n / 1048576).toFixed(1);
+db.on('bootstrap', (b) => {
+  const bar = /** @type {HTMLProgressElement} */ (/** @type {unknown} */ ($('boot-bar')));
+  $('boot').hidden = false;
+  if (b.phase === 'download') {
+    bar.hidden = false;
+    bar.max = b.totalBytes;
+    bar.value = b.bytes;
+    $('boot-text').textContent = `first copy: ${mib(b.bytes)} of ${mib(b.totalBytes)} MiB (${b.rows.toLocaleString()} rows, seq ${b.seq})`;
+  } else {
+    bar.hidden = true;
+    $('boot-text').textContent = b.phase === 'done'
+      ? `started from an image of ${b.rows.toLocaleString()} rows in ${b.ms} ms${b.pending ? `, ${b.pending} pending writes kept on top` : ''}`
+      : `no image (${b.message}): syncing row by row`;
+  }
+});
 db.on('written', () => renderRecent());
 db.on('rejected', (r) => {
   $('error').textContent = `The node refused a write made here (${r.code}: ${r.message}); it was taken back.`;

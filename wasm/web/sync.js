@@ -296,7 +296,7 @@ export class SyncClient {
     const buf = new Uint8Array(1 << 20);
     let held = 0;
     let bytes = 0;
-    let shown = performance.now();
+    let shown = 0; // (the first chunk is shown at once)
     for (;;) {
       if (this.stopped) { await reader.cancel(); throw new Error('the sync client was stopped'); }
       const { done, value } = await reader.read();

@@ -116,7 +116,6 @@ fn cors(req: &HeaderMap, h: &mut HeaderMap) {
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Hivesync-At, Hivesync-Image-Bytes, Hivesync-Image-Rows, ETag"),
     );
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 async fn image_for(node: Arc<NodeState>, q: ImageQuery, headers: &HeaderMap) -> Response {
@@ -171,7 +170,7 @@ async fn image_for(node: Arc<NodeState>, q: ImageQuery, headers: &HeaderMap) -> 
     );
     common.insert(
         header::VARY,
-        HeaderValue::from_static("Authorization, Accept-Encoding"),
+        HeaderValue::from_static("Authorization, Accept-Encoding, Origin"),
     );
     let matches = headers
         .get(header::IF_NONE_MATCH)
