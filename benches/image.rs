@@ -2,8 +2,18 @@
 //! the same database, in the same run; and the image's bytes (as stored and gzipped on the
 //! wire) against a replica's file made by applying the row snapshot.
 //! Goals: a build <= 2x `VACUUM INTO`; the image on the wire <= the replica's file.
+//! Parts (HIVESYNC_IMAGE_PARTS, default `build,storm`):
+//! - `build`: the build against `VACUUM INTO`, the image's bytes against the row snapshot's
+//!   replica file, and the native row-snapshot apply;
+//! - `storm`: 100 fresh replicas (HIVESYNC_STORM_REPLICAS) bootstrapping at once beside a
+//!   writer and a live subscriber (`image_parts/storm.rs`);
+//! - `browser`: a fresh OPFS replica in headless Chromium, live at the head from the image
+//!   against the row snapshot (`wasm/bench/first-sync.mjs`; needs `npm ci` in wasm/). Goals:
+//!   <= 5 s at 1,000,000 rows and 100,000 vectors (HIVESYNC_IMAGE_ROWS=800000), >= 10x faster
+//!   than the row snapshot.
+//!
 //! Run: `cargo bench --bench image` (HIVESYNC_IMAGE_ROWS entities, default 100,000, with a
-//! quarter as many notes and a tenth as many 384-dimension vectors; HIVESYNC_IMAGE_ROUNDS,
+//! quarter as many notes and an eighth as many 384-dimension vectors; HIVESYNC_IMAGE_ROUNDS,
 //! default 3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +27,8 @@ use serde_json::json;
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "image_parts/storm.rs"]
+mod storm;
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -46,7 +58,7 @@ fn fill(store: &Store, rows: usize) {
         if i % 4 == 0 {
             ops.push(WriteOp::upsert(Kind::Note, format!("ns{}", i % 4), json!({"id": format!("n{i}"), "content": format!("a note on {} for row {i}", words[i % 8])})));
         }
-        if i % 10 == 0 {
+        if i % 8 == 0 {
             let e: Vec<f32> = (0..384)
                 .map(|d| ((i * 31 + d * 7) % 97) as f32 / 97.0 + 0.01)
                 .collect();
@@ -80,34 +92,59 @@ fn main() {
     println!(
         "{rows} entities, {} notes, {} vectors (384 dims) in 4 namespaces, written in {:.1} s; node file {} MiB",
         rows / 4,
-        rows / 10,
+        rows / 8,
         t0.elapsed().as_secs_f64(),
         std::fs::metadata(&db).unwrap().len() >> 20
     );
+    let parts = std::env::var("HIVESYNC_IMAGE_PARTS").unwrap_or_else(|_| "build,storm".into());
+    if parts.split(',').any(|p| p == "build") {
+        build_part(&store, &db, dir.path(), rounds);
+    }
+    drop(store);
+    if parts.split(',').any(|p| p == "browser") {
+        browser_part(&db);
+    }
+    if parts.split(',').any(|p| p == "storm") {
+        storm::run(
+            env!("CARGO_BIN_EXE_hivesync"),
+            &db,
+            env_num("HIVESYNC_STORM_REPLICAS", 100),
+            10,
+        );
+    }
+    println!(
+        "\nload avg: {} (1/5/15 min, at end)",
+        common::load_average()
+    );
+}
+
+/// The build against `VACUUM INTO`, the image's bytes against a replica's file, and the row
+/// snapshot's apply.
+fn build_part(store: &Store, db: &std::path::Path, dir: &std::path::Path, rounds: usize) {
     let mut vacuum = Vec::new();
     let mut all = Vec::new();
     let mut one = Vec::new();
     let mut sizes = (0, 0);
     for r in 0..rounds {
-        let v = dir.path().join(format!("vacuum{r}.db"));
+        let v = dir.join(format!("vacuum{r}.db"));
         let t = Instant::now();
-        rusqlite::Connection::open(&db)
+        rusqlite::Connection::open(db)
             .unwrap()
             .execute("VACUUM INTO ?1", [v.to_str().unwrap()])
             .unwrap();
         vacuum.push(t.elapsed());
         std::fs::remove_file(&v).unwrap();
-        let p = dir.path().join(format!("all{r}.db"));
+        let p = dir.join(format!("all{r}.db"));
         let t = Instant::now();
-        let info = build_image(&db, &p, None).unwrap();
+        let info = build_image(db, &p, None).unwrap();
         all.push(t.elapsed());
         sizes.0 = info.bytes;
         if r + 1 < rounds {
             std::fs::remove_file(&p).unwrap();
         }
-        let q = dir.path().join(format!("one{r}.db"));
+        let q = dir.join(format!("one{r}.db"));
         let t = Instant::now();
-        build_image(&db, &q, Some(&["ns1".to_string()])).unwrap();
+        build_image(db, &q, Some(&["ns1".to_string()])).unwrap();
         one.push(t.elapsed());
         std::fs::remove_file(&q).unwrap();
     }
@@ -128,7 +165,7 @@ fn main() {
         om / vm
     );
     // The wire: the image gzipped, against a replica's file made by the row snapshot.
-    let img = dir.path().join(format!("all{}.db", rounds - 1));
+    let img = dir.join(format!("all{}.db", rounds - 1));
     let bytes = std::fs::read(&img).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&bytes).unwrap();
@@ -154,8 +191,49 @@ fn main() {
         if gz <= sizes.1 { "goal wire <= replica file met" } else { "goal wire <= replica file NOT met" },
         format_args!("{:.2}x", gz as f64 / sizes.1 as f64));
     println!("native row-snapshot apply of the same rows (the path the image replaces): {applied:.0} ms, {:.1}x the image build", applied / am);
+}
+
+/// A fresh browser replica live at the head: from the image, and from the row snapshot.
+fn browser_part(db: &std::path::Path) {
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm");
+    if !wasm.join("node_modules/playwright-core").is_dir() {
+        println!("\nbrowser part skipped: run `npm ci` in wasm/ first");
+        return;
+    }
+    let out = std::process::Command::new("node")
+        .arg(wasm.join("bench/first-sync.mjs"))
+        .args([env!("CARGO_BIN_EXE_hivesync"), db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(v) = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    else {
+        println!(
+            "\nbrowser part failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    };
+    let (img, rows) = (
+        v["fromImage"]["ms"].as_f64().unwrap_or(f64::NAN),
+        v["fromRows"]["ms"].as_f64().unwrap_or(f64::NAN),
+    );
     println!(
-        "\nload avg: {} (1/5/15 min, at end)",
-        common::load_average()
+        "\nfresh browser replica (headless Chromium, OPFS), live at the head (seq {}), {} rows: image {} MiB ({} MiB gzipped on the wire), built and cached at the node in {} ms",
+        v["head"], v["rows"], v["imageBytes"].as_u64().unwrap_or(0) >> 20, v["wireBytes"].as_u64().unwrap_or(0) >> 20, v["buildMs"]
+    );
+    println!(
+        "  from the image        {img:>8.0} ms (goal <= 5000 ms: {}) {}",
+        if img <= 5000.0 { "met" } else { "NOT met" },
+        v["fromImage"]["events"]
+    );
+    println!("  from the row snapshot {rows:>8.0} ms");
+    println!(
+        "  the image path {:.1}x faster (goal >= 10x: {})",
+        rows / img,
+        if rows / img >= 10.0 { "met" } else { "NOT met" }
     );
 }

@@ -105,20 +105,7 @@ fn copy(conn: &Connection, db: &Path, namespaces: Option<&[String]>) -> Result<i
             [],
             |r| r.get(0),
         )?;
-        let objects = conn
-            .prepare(
-                "SELECT type, name, sql, sql LIKE 'CREATE VIRTUAL TABLE%' FROM src.sqlite_schema
-                 WHERE substr(name, 1, 7) <> 'sqlite_' ORDER BY rowid",
-            )?
-            .query_map([], |r| {
-                Ok(Object {
-                    kind: r.get(0)?,
-                    name: r.get(1)?,
-                    sql: r.get(2)?,
-                    virtual_table: r.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let objects = schema_objects(conn)?;
         let virtuals: Vec<&str> = objects
             .iter()
             .filter(|o| o.virtual_table)
@@ -137,39 +124,7 @@ fn copy(conn: &Connection, db: &Path, namespaces: Option<&[String]>) -> Result<i
             }
         }
         let keep = namespaces.map(serde_json::to_string).transpose()?;
-        for o in objects
-            .iter()
-            .filter(|o| o.kind == "table" && !o.virtual_table)
-        {
-            let t = o.name.as_str();
-            if NOT_COPIED.contains(&t) || t == "meta" {
-                continue;
-            }
-            let q = quote(t);
-            if shadow(t) {
-                // Indexes of the rows: copied as they are for every namespace, rebuilt from the
-                // rows copied for a subset (below).
-                if keep.is_none() {
-                    conn.execute_batch(&format!(
-                        "DELETE FROM main.{q}; INSERT INTO main.{q} SELECT * FROM src.{q};"
-                    ))?;
-                }
-            } else if let (Some(list), true) =
-                (&keep, ROW_TABLES.contains(&t) || t == "vector_models")
-            {
-                // With their rowids: the vector indexes are keyed by them.
-                let cols = columns(conn, t)?;
-                conn.execute(
-                    &format!(
-                        "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
-                         WHERE ns IN (SELECT value FROM json_each(?1))"
-                    ),
-                    [list],
-                )?;
-            } else {
-                conn.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM src.{q};"))?;
-            }
-        }
+        copy_rows(conn, &objects, &shadow, keep.as_deref())?;
         if let Some(list) = &keep {
             reindex(conn, &virtuals, list)?;
         }
@@ -206,6 +161,65 @@ fn copy(conn: &Connection, db: &Path, namespaces: Option<&[String]>) -> Result<i
             Err(e)
         }
     }
+}
+
+/// The source's schema objects, in the order they were made.
+fn schema_objects(conn: &Connection) -> Result<Vec<Object>> {
+    Ok(conn
+        .prepare(
+            "SELECT type, name, sql, sql LIKE 'CREATE VIRTUAL TABLE%' FROM src.sqlite_schema
+             WHERE substr(name, 1, 7) <> 'sqlite_' ORDER BY rowid",
+        )?
+        .query_map([], |r| {
+            Ok(Object {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                sql: r.get(2)?,
+                virtual_table: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Every table's rows a replica holds (`keep`: the namespaces, as a JSON array; None: all).
+fn copy_rows(
+    conn: &Connection,
+    objects: &[Object],
+    shadow: &dyn Fn(&str) -> bool,
+    keep: Option<&str>,
+) -> Result<()> {
+    for o in objects
+        .iter()
+        .filter(|o| o.kind == "table" && !o.virtual_table)
+    {
+        let t = o.name.as_str();
+        if NOT_COPIED.contains(&t) || t == "meta" {
+            continue;
+        }
+        let q = quote(t);
+        if shadow(t) {
+            // Indexes of the rows: copied as they are for every namespace, rebuilt from the
+            // rows copied for a subset (below).
+            if keep.is_none() {
+                conn.execute_batch(&format!(
+                    "DELETE FROM main.{q}; INSERT INTO main.{q} SELECT * FROM src.{q};"
+                ))?;
+            }
+        } else if let (Some(list), true) = (keep, ROW_TABLES.contains(&t) || t == "vector_models") {
+            // With their rowids: the vector indexes are keyed by them.
+            let cols = columns(conn, t)?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
+                     WHERE ns IN (SELECT value FROM json_each(?1))"
+                ),
+                [list],
+            )?;
+        } else {
+            conn.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM src.{q};"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The indexes of a subset, made from its rows: FTS5 rebuilt from its external content, and

@@ -17,7 +17,7 @@
 
 use hivesync::rusqlite::{self, Connection, OpenFlags};
 use hivesync::{apply, outbox, schema};
-use rsqlite_vfs::transfer::{DbImport, DbTransfer};
+use rsqlite_vfs::transfer::{DbTransfer, ImportTarget};
 use rsqlite_vfs::VfsFilesManager;
 use serde_json::json;
 use sqlite_wasm_vfs::sahpool::{OpfsSAHImportTarget, OpfsSAHPoolUtil};
@@ -108,7 +108,11 @@ pub(crate) fn current_gen(pool: &OpfsSAHPoolUtil, vfs: &str, base: &str) -> Resu
 /// An image being written.
 pub(crate) enum Boot {
     Opfs {
-        import: DbImport<OpfsSAHImportTarget<'static>>,
+        /// Where the bytes go (published under the generation's name by its commit).
+        target: OpfsSAHImportTarget<'static>,
+        /// Bytes written, of `size`.
+        written: u64,
+        size: u64,
         gen: u32,
         at: i64,
     },
@@ -146,11 +150,17 @@ impl Replica {
                 let gen = o.gen + 1;
                 // A leftover of an earlier try under this name goes first.
                 remove_gen(o.pool, &o.base, gen);
-                let import = o
+                let target = o
                     .pool
-                    .begin_import(&gen_file(&o.base, gen), size)
-                    .map_err(|e| js_err(format!("cannot store the image in OPFS: {e}")))?;
-                Boot::Opfs { import, gen, at }
+                    .create_import(&gen_file(&o.base, gen), size)
+                    .map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))?;
+                Boot::Opfs {
+                    target,
+                    written: 0,
+                    size,
+                    gen,
+                    at,
+                }
             }
             None => {
                 if size > MAX_MEMORY_IMAGE {
@@ -181,9 +191,25 @@ impl Replica {
                     "bootstrapWrite: no image is being written (bootstrapBegin first)",
                 ))
             }
-            Some(Boot::Opfs { import, .. }) => import
-                .write(&chunk)
-                .map_err(|e| js_err(format!("cannot store the image in OPFS: {e}"))),
+            Some(Boot::Opfs {
+                target,
+                written,
+                size,
+                ..
+            }) => {
+                let end = *written + chunk.len() as u64;
+                if end > *size {
+                    Err(js_err(format!(
+                        "the image is longer than the {size} bytes announced"
+                    )))
+                } else if *written == 0 && !chunk.starts_with(b"SQLite format 3\0") {
+                    Err(js_err("the image is not an SQLite database file"))
+                } else {
+                    let r = target.write_at(*written, &chunk);
+                    *written = end;
+                    r.map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))
+                }
+            }
             Some(Boot::Memory { buf, size, .. }) => {
                 if buf.len() + chunk.len() > *size {
                     Err(js_err(format!(
@@ -204,8 +230,8 @@ impl Replica {
     /// Give up the image being written (the replica stays as it was).
     #[wasm_bindgen(js_name = bootstrapAbort)]
     pub fn bootstrap_abort(&mut self) {
-        if let Some(Boot::Opfs { import, .. }) = self.boot.take() {
-            let _ = import.abort();
+        if let Some(Boot::Opfs { target, .. }) = self.boot.take() {
+            let _ = target.abort();
         }
     }
 
@@ -221,11 +247,30 @@ impl Replica {
             .ok_or_else(|| js_err("bootstrapFinish: no image is being written"))?;
         self.drop_snapshot();
         let (conn, gen, at) = match boot {
-            Boot::Opfs { import, gen, at } => {
+            Boot::Opfs {
+                mut target,
+                written,
+                size,
+                gen,
+                at,
+            } => {
                 let o = self.opfs.as_ref().ok_or_else(|| js_err("no OPFS pool"))?;
-                import
-                    .finish()
-                    .map_err(|e| js_err(format!("the image is incomplete: {e}")))?;
+                if written != size {
+                    let _ = target.abort();
+                    return Err(js_err(format!(
+                        "the image is incomplete: {written} of {size} bytes"
+                    )));
+                }
+                // Read as a rollback-journal file (its WAL, if it had one, is not part of it).
+                if let Err(e) = target.write_at(18, &[1, 1]) {
+                    return Err(js_err(format!(
+                        "cannot store the image in OPFS: {:?}",
+                        target.abort_with_error(e)
+                    )));
+                }
+                target
+                    .commit()
+                    .map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))?;
                 let file = gen_file(&o.base, gen);
                 let opened = Connection::open_with_flags_and_vfs(
                     &file,

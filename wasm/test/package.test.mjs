@@ -118,11 +118,14 @@ test("the sync client's events and status carry exactly what hivesync.d.ts decla
     close() { this.readyState = 3; this.onclose?.({}); }
   }
   const events = [];
+  // A node without images: the first copy falls back to the row snapshot (a `bootstrap` event).
+  const fetch = async () => new Response('no image here', { status: 404 });
   const client = new SyncClient(Replica.openMemory(), {
-    url: 'ws://node.invalid/v1/sync', token: 'secret', protocol: 'json', WebSocket: Socket, onEvent: (ev) => events.push(ev),
+    url: 'ws://node.invalid/v1/sync', token: 'secret', protocol: 'json', WebSocket: Socket, fetch, onEvent: (ev) => events.push(ev),
   });
   const statuses = [client.status()];
   client.start();
+  for (let i = 0; i < 100 && sockets.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
   const ws = sockets[0];
   ws.onopen();
   assert.deepEqual(JSON.parse(ws.sent[0]), { type: 'hello', token: 'secret', client: 'hivesync-web' });
@@ -144,7 +147,7 @@ test("the sync client's events and status carry exactly what hivesync.d.ts decla
   assert.equal(statuses.at(-1).error, 'unauthorized: the token was revoked');
 
   const seen = new Set(events.map((ev) => ev.type));
-  for (const t of ['status', 'welcome', 'applied', 'live', 'offline', 'error']) assert.ok(seen.has(t), `no ${t} event was emitted`);
+  for (const t of ['status', 'welcome', 'applied', 'live', 'offline', 'error', 'bootstrap']) assert.ok(seen.has(t), `no ${t} event was emitted`);
   const problems = checkAgainstDts(path.join(installed, 'hivesync.d.ts'), [
     ...statuses.map((value) => ({ what: 'status()', type: 'H.Status', value })),
     ...events.map((value) => ({ what: `the ${value.type} event`, type: `Extract<H.ReplicaEvent, { type: '${value.type}' }>`, value })),

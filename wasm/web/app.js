@@ -149,15 +149,16 @@ const mib = (/** @type {number} */ n) => (n / 1048576).toFixed(1);
 db.on('bootstrap', (b) => {
   const bar = /** @type {HTMLProgressElement} */ (/** @type {unknown} */ ($('boot-bar')));
   $('boot').hidden = false;
+  const [bytes, total, rows] = [b.bytes ?? 0, b.totalBytes ?? 0, (b.rows ?? 0).toLocaleString()];
   if (b.phase === 'download') {
     bar.hidden = false;
-    bar.max = b.totalBytes;
-    bar.value = b.bytes;
-    $('boot-text').textContent = `first copy: ${mib(b.bytes)} of ${mib(b.totalBytes)} MiB (${b.rows.toLocaleString()} rows, seq ${b.seq})`;
+    bar.max = total || 1;
+    bar.value = bytes;
+    $('boot-text').textContent = `first copy: ${mib(bytes)} of ${mib(total)} MiB (${rows} rows, seq ${b.seq})`;
   } else {
     bar.hidden = true;
     $('boot-text').textContent = b.phase === 'done'
-      ? `started from an image of ${b.rows.toLocaleString()} rows in ${b.ms} ms${b.pending ? `, ${b.pending} pending writes kept on top` : ''}`
+      ? `started from an image of ${rows} rows in ${b.ms} ms${b.pending ? `, ${b.pending} pending writes kept on top` : ''}`
       : `no image (${b.message}): syncing row by row`;
   }
 });

@@ -58,7 +58,7 @@ export interface WelcomeEvent {
   /** The node's name. */
   node: string;
   head: number;
-  /** The seq this replica resumes after; null when it asks for a snapshot. */
+  /** The seq this replica resumes after; null when a snapshot follows (no copy yet, or the node's log no longer holds the changes after its seq). */
   from: number | null;
 }
 /** Rows applied: `count` changes, or a whole snapshot (`snapshot: true`) up to `seq`. */
@@ -83,10 +83,24 @@ export interface RejectedEvent { type: 'rejected'; n: number; ops: WriteOp[]; co
  * seq `seq`), then `done` (`pending`: local writes carried over, still on top), or `fallback`
  * (why the image was not used: the row snapshot follows).
  */
-export type BootstrapEvent =
-  | { type: 'bootstrap'; phase: 'download'; bytes: number; totalBytes: number; rows: number; seq: number }
-  | { type: 'bootstrap'; phase: 'done'; bytes: number; rows: number; seq: number; pending: number; ms: number }
-  | { type: 'bootstrap'; phase: 'fallback'; message: string };
+export interface BootstrapEvent {
+  type: 'bootstrap';
+  phase: 'download' | 'done' | 'fallback';
+  /** `download`, `done`: bytes received so far (all of them once `done`). */
+  bytes?: number;
+  /** `download`: the image's size. */
+  totalBytes?: number;
+  /** `download`, `done`: the rows the image holds. */
+  rows?: number;
+  /** `download`, `done`: the seq the image is at (the replica's seq once `done`). */
+  seq?: number;
+  /** `done`: local writes carried over into the new copy, still pending and on top. */
+  pending?: number;
+  /** `done`: ms from the request to the replica opened on the image. */
+  ms?: number;
+  /** `fallback`: why the image was not used. */
+  message?: string;
+}
 
 /** Every event a replica emits, by type. */
 export interface ReplicaEventMap {

@@ -7,7 +7,6 @@
 //! whole in memory), gzipped when the client accepts it, with an `ETag` a cache can revalidate.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -35,6 +34,10 @@ const CHUNK: usize = 256 * 1024;
 /// One image on disk; the file goes when the last response streaming it is done.
 struct Built {
     path: PathBuf,
+    /// The same, gzipped once when it was built: what most clients download (compressed once
+    /// for every download, and off the runtime's threads).
+    gz: PathBuf,
+    gz_bytes: u64,
     info: ImageInfo,
     made: Instant,
     etag: String,
@@ -43,6 +46,7 @@ struct Built {
 impl Drop for Built {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.gz);
     }
 }
 
@@ -179,7 +183,7 @@ async fn image_for(node: Arc<NodeState>, q: ImageQuery, headers: &HeaderMap) -> 
     if matches {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
-    let file = match tokio::fs::File::open(&built.path).await {
+    let file = match tokio::fs::File::open(if gzip { &built.gz } else { &built.path }).await {
         Ok(f) => f,
         Err(e) => {
             return answer(
@@ -194,10 +198,11 @@ async fn image_for(node: Arc<NodeState>, q: ImageQuery, headers: &HeaderMap) -> 
     );
     if gzip {
         common.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        common.insert(header::CONTENT_LENGTH, HeaderValue::from(built.gz_bytes));
     } else {
         common.insert(header::CONTENT_LENGTH, HeaderValue::from(built.info.bytes));
     }
-    let body = Body::from_stream(stream(file, gzip, built, node.clone()));
+    let body = Body::from_stream(stream(file, built, node.clone()));
     (StatusCode::OK, common, body).into_response()
 }
 
@@ -295,24 +300,8 @@ async fn get_or_build(
         images.hits.fetch_add(1, Relaxed);
         return Ok(b.clone());
     }
-    let dir = PathBuf::from(format!("{}.images", db.display()));
-    std::fs::create_dir_all(&dir)?;
-    if !images.swept.swap(true, Relaxed) {
-        // Images an earlier run of the node left (it stopped while serving them) go.
-        let ours = format!("image-{}-", std::process::id());
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&ours) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let n = images.next.fetch_add(1, Relaxed);
-    let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
-    let (db, p, ns) = (db.to_path_buf(), path.clone(), only);
     let t0 = Instant::now();
-    let info = tokio::task::spawn_blocking(move || build_image(&db, &p, ns.as_deref()))
-        .await
-        .map_err(|e| crate::Error::invalid(format!("the image build stopped: {e}")))??;
+    let (path, gz, info, gz_bytes) = build(images, db, only).await?;
     images.builds.fetch_add(1, Relaxed);
     tracing::info!(
         at = info.at,
@@ -323,7 +312,9 @@ async fn get_or_build(
     );
     let etag = {
         use sha2::Digest;
-        let h = sha2::Sha256::digest(format!("{}|{}|{}", info.at, n, set.join(",")).as_bytes());
+        let h = sha2::Sha256::digest(
+            format!("{}|{}|{}", info.at, path.display(), set.join(",")).as_bytes(),
+        );
         h.iter()
             .take(12)
             .map(|b| format!("{b:02x}"))
@@ -331,6 +322,8 @@ async fn get_or_build(
     };
     let built = Arc::new(Built {
         path,
+        gz,
+        gz_bytes,
         info,
         made: Instant::now(),
         etag,
@@ -361,41 +354,75 @@ async fn get_or_build(
     Ok(built)
 }
 
-/// The file as body chunks, gzipped or not, counted as they go.
+/// Build an image of `only` (None: the whole file) and its gzipped copy, off the runtime's
+/// threads, in the directory beside the database.
+async fn build(
+    images: &Images,
+    db: &std::path::Path,
+    ns: Option<Vec<String>>,
+) -> crate::Result<(PathBuf, PathBuf, ImageInfo, u64)> {
+    let dir = PathBuf::from(format!("{}.images", db.display()));
+    std::fs::create_dir_all(&dir)?;
+    if !images.swept.swap(true, Relaxed) {
+        // Images an earlier run of the node left (it stopped while serving them) go.
+        let ours = format!("image-{}-", std::process::id());
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&ours) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let n = images.next.fetch_add(1, Relaxed);
+    let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
+    let gz = path.with_extension("db.gz");
+    let (db, p, g) = (db.to_path_buf(), path.clone(), gz.clone());
+    let (info, gz_bytes) = tokio::task::spawn_blocking(move || {
+        let info = build_image(&db, &p, ns.as_deref())?;
+        match gzip_file(&p, &g) {
+            Ok(n) => Ok((info, n)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&p);
+                let _ = std::fs::remove_file(&g);
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| crate::Error::invalid(format!("the image build stopped: {e}")))??;
+    Ok((path, gz, info, gz_bytes))
+}
+
+/// Gzip `src` into `dest` (fast level: images are mostly text, and the time goes to the link);
+/// returns its size.
+fn gzip_file(src: &std::path::Path, dest: &std::path::Path) -> crate::Result<u64> {
+    let mut input = std::io::BufReader::with_capacity(CHUNK, std::fs::File::open(src)?);
+    let mut enc = flate2::write::GzEncoder::new(
+        std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(dest)?),
+        flate2::Compression::fast(),
+    );
+    std::io::copy(&mut input, &mut enc)?;
+    enc.finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(std::fs::metadata(dest)?.len())
+}
+
+/// The file (the image, or its gzipped copy) as body chunks, counted as they go.
 fn stream(
     file: tokio::fs::File,
-    gzip: bool,
     built: Arc<Built>,
     node: Arc<NodeState>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
-    let enc = gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    futures_util::stream::unfold(Some((file, enc, built, node)), |state| async move {
-        let (mut file, mut enc, built, node) = state?;
+    futures_util::stream::unfold(Some((file, built, node)), |state| async move {
+        let (mut file, built, node) = state?;
         let mut buf = vec![0u8; CHUNK];
         match file.read(&mut buf).await {
-            Ok(0) => {
-                let tail = match enc.take() {
-                    Some(e) => e.finish().map(Bytes::from),
-                    None => return None,
-                };
-                if let Ok(t) = &tail {
-                    node.images.bytes_served.fetch_add(t.len() as u64, Relaxed);
-                }
-                Some((tail, None))
-            }
+            Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                let out = match enc.as_mut() {
-                    Some(e) => e.write_all(&buf).map(|()| std::mem::take(e.get_mut())),
-                    None => Ok(buf),
-                };
-                match out {
-                    Ok(o) => {
-                        node.images.bytes_served.fetch_add(o.len() as u64, Relaxed);
-                        Some((Ok(Bytes::from(o)), Some((file, enc, built, node))))
-                    }
-                    Err(e) => Some((Err(e), None)),
-                }
+                node.images.bytes_served.fetch_add(n as u64, Relaxed);
+                Some((Ok(Bytes::from(buf)), Some((file, built, node))))
             }
             Err(e) => Some((Err(e), None)),
         }
