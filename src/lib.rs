@@ -10,6 +10,7 @@
 //! - [`query`]: reads: rows, text search, KNN, hybrid search, graph traversal, the change log.
 //! - [`apply`]: idempotent, gap-checked application of upstream changes (replica side), on
 //!   `applying` (the applying transaction, one row at a time), which [`outbox`] uses too.
+//! - [`live`]: live queries: reads kept current, re-run only when a row they depend on changed.
 //! - [`protocol`]: wire protocol v1, sans I/O: messages, JSON and postcard codecs, the server
 //!   session, the feed's plan and frames ([`protocol::feed`]), the one client session
 //!   ([`protocol::client`]) every hivesync client runs, and a replica's upload policy
@@ -57,6 +58,7 @@ mod applying;
 #[cfg(test)]
 mod conformance;
 pub mod error;
+pub mod live;
 pub mod model;
 #[cfg(feature = "node")]
 pub mod node;

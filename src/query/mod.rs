@@ -6,6 +6,7 @@ mod changes;
 mod digest;
 mod graph;
 mod search;
+mod sql;
 mod vector;
 
 pub use changes::{
@@ -15,6 +16,7 @@ pub use changes::{
 pub use digest::{digest, StateDigest};
 pub use graph::{neighbors, traverse, Direction, Hop, Neighbor};
 pub use search::{fts_query, search, SearchHit, SearchQuery};
+pub use sql::sql_json;
 pub use vector::{hybrid, knn, HybridHit, KnnHit, KnnQuery};
 
 use rusqlite::{params, Connection, OptionalExtension};

@@ -343,6 +343,8 @@ impl Replica {
         let carried = outbox::carry_out(&self.conn).map_err(js_err)?;
         outbox::carry_in(&conn, &carried).map_err(js_err)?;
         self.conn = conn;
+        // A new copy of everything: every live query runs again.
+        self.live.mark_all();
         Ok(json!({"at": at, "pending": carried.pending()}).to_string())
     }
 }

@@ -11,6 +11,7 @@
 
 mod args;
 mod image;
+mod live;
 /// The C library's memory functions for SQLite (public for its tests).
 #[doc(hidden)]
 pub mod mem;
@@ -161,6 +162,8 @@ pub struct Replica {
     opfs: Option<image::Opfs>,
     /// A database image being written (`bootstrapBegin`).
     boot: Option<image::Boot>,
+    /// Its live queries.
+    live: hivesync::live::LiveSet,
 }
 
 fn setup(conn: Connection, opfs: Option<image::Opfs>) -> Result<Replica, JsValue> {
@@ -174,6 +177,7 @@ fn setup(conn: Connection, opfs: Option<image::Opfs>) -> Result<Replica, JsValue
         sync: None,
         opfs,
         boot: None,
+        live: Default::default(),
     })
 }
 
@@ -328,6 +332,7 @@ impl Replica {
         if self.snapshot_open {
             apply::snapshot_abort(&self.conn);
             self.snapshot_open = false;
+            let _ = self.live.snapshot(&self.conn, false);
         }
     }
 
@@ -481,48 +486,7 @@ impl Replica {
             .map(|p| parse("params", &p))
             .transpose()?
             .unwrap_or_default();
-        let mut stmt = self.conn.prepare(&sql).map_err(js_err)?;
-        if !stmt.readonly() {
-            return Err(JsError::new(
-                "only read-only statements run on a replica: its state comes from the node",
-            )
-            .into());
-        }
-        let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-        let sql_params: Vec<rusqlite::types::Value> = params
-            .iter()
-            .map(|v| match v {
-                Value::Null => rusqlite::types::Value::Null,
-                Value::Bool(b) => rusqlite::types::Value::Integer(*b as i64),
-                Value::Number(n) => n
-                    .as_i64()
-                    .map(rusqlite::types::Value::Integer)
-                    .unwrap_or_else(|| rusqlite::types::Value::Real(n.as_f64().unwrap_or(0.0))),
-                Value::String(s) => rusqlite::types::Value::Text(s.clone()),
-                other => rusqlite::types::Value::Text(other.to_string()),
-            })
-            .collect();
-        let n = columns.len();
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(sql_params))
-            .map_err(js_err)?;
-        let mut out: Vec<Vec<Value>> = Vec::new();
-        while let Some(r) = rows.next().map_err(js_err)? {
-            let mut row = Vec::with_capacity(n);
-            for i in 0..n {
-                row.push(match r.get_ref(i).map_err(js_err)? {
-                    rusqlite::types::ValueRef::Null => Value::Null,
-                    rusqlite::types::ValueRef::Integer(i) => json!(i),
-                    rusqlite::types::ValueRef::Real(f) => json!(f),
-                    rusqlite::types::ValueRef::Text(t) => {
-                        Value::String(String::from_utf8_lossy(t).into_owned())
-                    }
-                    rusqlite::types::ValueRef::Blob(b) => json!({"blob_bytes": b.len()}),
-                });
-            }
-            out.push(row);
-        }
-        to_json(&json!({"columns": columns, "rows": out}))
+        to_json(&query::sql_json(&self.conn, &sql, &params).map_err(js_err)?)
     }
 
     /// The whole database as SQLite file bytes (opens in the native node: `hivesync serve --db`).
@@ -591,6 +555,8 @@ impl Replica {
                 .map_err(js_err)?;
         }
         schema::migrate(&self.conn, &Default::default()).map_err(js_err)?;
+        // Everything may differ now.
+        self.live.mark_all();
         Ok(())
     }
 }

@@ -356,6 +356,8 @@ impl Replica {
         match a {
             ClientAction::SnapshotBegin { .. } => {
                 self.drop_snapshot();
+                // Rows replaced wholesale: not logged one by one; every live query runs after.
+                let _ = self.live.snapshot(&self.conn, true);
                 match apply::snapshot_begin(&self.conn, &self.filter) {
                     Ok(()) => {
                         self.snapshot_open = true;
@@ -373,7 +375,9 @@ impl Replica {
             },
             ClientAction::SnapshotFinish { at } => {
                 self.snapshot_open = false;
-                match apply::snapshot_finish(&self.conn, at) {
+                let done = apply::snapshot_finish(&self.conn, at);
+                let _ = self.live.snapshot(&self.conn, false);
+                match done {
                     Ok(()) => {
                         events.push(json!({"type": "applied", "seq": at, "snapshot": true}));
                         self.sync_session().map_or(vec![], |s| s.applied(at))

@@ -18,7 +18,7 @@ const web = process.env.HIVESYNC_WEB ?? path.join(root, 'wasm/web');
 
 // Declared methods the tables do not hold: they take a function or answer at once, and check
 // nothing against a table.
-const UNCHECKED = new Set(['on', 'close']);
+const UNCHECKED = new Set(['on', 'close', 'live']);
 // String literals the table's type allows and hivesync.d.ts leaves out on purpose, by
 // `method(parameter)`: the wasm refuses to list vectors (query::list_json: "vectors are not
 // listed"), so no `list` overload takes `'vector'`.

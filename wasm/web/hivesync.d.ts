@@ -171,6 +171,24 @@ export interface OpenOptions {
 }
 
 /** Every method rejects with a `TypeError` naming its signature when its arguments do not match it (a wrong type, a missing or extra argument, an unknown option). */
+/** What changed between two answers of a live query, by row key: a row's `id` (`get`, `list`), `record/ns/id` (`search`), `ns/subject` (`knn`), `ns/id` (`hybrid`), the edge's id (`neighbors`), the node (`traverse`), the row itself as JSON (`sql`). */
+export interface LiveDiff { added: string[]; removed: string[]; changed: string[]; moved: boolean }
+/** A live query's answer: the whole of it, what changed since the last one, and how often it ran (the first run included). */
+export interface LiveResult<T> { result: T; diff: LiveDiff; runs: number }
+/** An open live query. */
+export interface LiveHandle { readonly runs: number; readonly closed: boolean; close(): void }
+/** What each read answers, kept live. */
+export interface LiveReads {
+  get: Entity | Edge | Note | Event | Vector | null;
+  list: (Entity | Edge | Note | Event)[];
+  search: SearchHit[];
+  knn: KnnHit[];
+  hybrid: HybridHit[];
+  neighbors: Neighbor[];
+  traverse: Hop[];
+  sql: { columns: string[]; rows: unknown[][] };
+}
+
 export declare class HivesyncReplica {
   opened: Opened;
   /** Listen to one type of event, or to all (`*`); returns a function that stops listening. */
@@ -211,6 +229,15 @@ export declare class HivesyncReplica {
   /** The same, resolving with the seq the node committed it at. */
   patch(kind: 'entity' | 'edge' | 'note', id: string, fields: Record<string, unknown>, opts: { ns?: string; wait: 'node' }): Promise<number>;
   pending(): Promise<PendingWrite[]>;
+  /**
+   * Keep a read live: `read` names one of the reads above and `args` are the arguments it takes
+   * (`db.live('search', [{ text: 'sailing', ns: 'default' }], f)`). `onResult` gets the answer at
+   * once and again whenever a write to the replica (the node's feed, a local write, a refused
+   * write taken back) changed it; a write that cannot affect it does not run it again. At most
+   * one answer per frame under a burst. Wrong arguments throw a TypeError; a read that fails
+   * later (a model not there yet) calls `onError` (or emits `error`) and stays open.
+   */
+  live<K extends keyof LiveReads>(read: K, args: unknown[], onResult: (r: LiveResult<LiveReads[K]>) => void, onError?: (e: Error) => void): LiveHandle;
   disconnect(): Promise<void>;
   reconnect(): Promise<void>;
   close(): void;

@@ -23,9 +23,13 @@ const ROLE_ALONE = 'alone';
  * @typedef {{ resolve: (result: unknown) => void, reject: (e: Error) => void, method: string, args: unknown[] }} Call
  *   a call waiting for its answer
  * @typedef {{ id?: unknown, result?: unknown, error?: string }} Answer  the answer to call `id`
- * @typedef {{ id?: number | string, result?: unknown, error?: string, event?: ReplicaEvent, trap?: boolean }} FromWorker
+ * @typedef {import('./hivesync.js').LiveDiff} LiveDiff
+ * @typedef {{ id: number, result: unknown, diff: LiveDiff, runs: number, error?: string }} LiveMessage
+ *   a live query's answer, from the Worker (to every tab: each delivers its own)
+ * @typedef {{ onResult: (r: { result: unknown, diff: LiveDiff, runs: number }) => void, onError: ((e: Error) => void) | null, handle: { runs: number } }} LiveEntry
+ * @typedef {{ id?: number | string, result?: unknown, error?: string, event?: ReplicaEvent, trap?: boolean, live?: LiveMessage }} FromWorker
  *   what the Worker posts: an answer (`id` is `tab:id` for a call another tab sent), an event, or a trap
- * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string } | { kind: 'event', event: ReplicaEvent }
+ * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string } | { kind: 'event', event: ReplicaEvent } | { kind: 'live', live: LiveMessage }
  *   | { kind: 'answer', to: string, id: number, result?: unknown, error?: string }
  *   | { kind: 'call', from: string, id: number, method: string, args: unknown[] }} TabMessage
  *   what tabs send each other over the BroadcastChannel
@@ -95,6 +99,8 @@ const TYPES = {
   tokenSource: [(v) => typeof v === 'function', 'a function that returns a token (or a promise of one)', '() => string | null | undefined | Promise<string | null | undefined>'],
   ops: [(v) => Array.isArray(v) && v.every((o) => o !== null && typeof o === 'object' && !Array.isArray(o)), 'an array of write ops (objects)', 'WriteOp[]'],
 };
+// The reads `live` keeps current.
+const LIVE_READS = ['get', 'list', 'search', 'knn', 'hybrid', 'neighbors', 'traverse', 'sql'];
 /** @type {(t: string) => string} */
 const bare = (t) => t.replace(/\?$/, '');
 /** @type {(n: string, t: TypeSpec | Fields) => boolean} */
@@ -180,6 +186,24 @@ export class HivesyncReplica {
     this.renewFailures = 0;
     /** What opening found (set by openReplica before it returns this replica). @type {Opened} */
     this.opened; // (a declaration, for the type checker: it assigns nothing)
+    /** This tab's live queries, by the Worker's id. @type {Map<number, LiveEntry>} */
+    this.lives = new Map();
+  }
+
+  /**
+   * A live query's answer: to its callback, if it is this tab's.
+   * @param {LiveMessage} m
+   */
+  deliverLive(m) {
+    const l = this.lives.get(m.id);
+    if (!l) return;
+    l.handle.runs = m.runs;
+    if (m.error !== undefined) {
+      if (l.onError) l.onError(new Error(m.error));
+      else this.emitLocal({ type: 'error', message: `live query: ${m.error}` });
+    } else {
+      l.onResult({ result: m.result, diff: m.diff, runs: m.runs });
+    }
   }
 
   /** @param {ReplicaEvent} event */
@@ -260,7 +284,10 @@ export class HivesyncReplica {
         this.recover(worker, m);
         return;
       }
-      if (m.event) {
+      if (m.live) {
+        this.deliverLive(m.live);
+        this.channel?.postMessage({ kind: 'live', live: m.live });
+      } else if (m.event) {
         if (m.event.type === 'token_needed') this.renewNow();
         this.emitLocal(m.event);
         this.channel?.postMessage({ kind: 'event', event: m.event });
@@ -383,6 +410,7 @@ export class HivesyncReplica {
     /** @type {BroadcastChannel} */ (this.channel).onmessage = (e) => {
       const m = /** @type {TabMessage} */ (e.data);
       if (m.kind === 'event') this.emitLocal(m.event);
+      else if (m.kind === 'live') this.deliverLive(m.live);
       else if (m.kind === 'answer' && m.to === this.tab) this.settle(m);
       else if (m.kind === 'leader') this.resend();
     };
@@ -457,6 +485,45 @@ export class HivesyncReplica {
     const [kind, id, fields, opts] = /** @type {[string, string, object, { ns?: string, wait?: 'local' | 'node' } | undefined]} */ (a);
     const op = { op: 'patch', kind, ns: opts?.ns ?? 'default', id, data: fields };
     return this.call('write', [op], opts?.wait ? { wait: opts.wait } : undefined);
+  }
+  /**
+   * Keep a read live: `read` is the name of one of this replica's reads (`get`, `list`,
+   * `search`, `knn`, `hybrid`, `neighbors`, `traverse`, `sql`) and `args` the arguments it
+   * takes. `onResult` gets its answer at once, then again whenever a write to the replica (the
+   * node's feed, a local write, a refused write taken back) changed it, with what changed
+   * (`diff`: keys `added`, `removed`, `changed`, and whether the order `moved`). A write that
+   * cannot affect it does not run it again (`runs` counts its runs). `close()` ends it.
+   * @param {string} read
+   * @param {unknown[]} args
+   * @param {(r: { result: unknown, diff: LiveDiff, runs: number }) => void} onResult
+   * @param {(e: Error) => void} [onError]
+   */
+  live(read, args, onResult, onError) {
+    const sig = 'live(read: string, args: unknown[], onResult: (r) => void, onError?: (e: Error) => void)';
+    if (!LIVE_READS.includes(read)) throw new TypeError(`${sig}: \`read\` must be one of ${LIVE_READS.join(', ')}, got ${what(read)}`);
+    if (!Array.isArray(args)) throw new TypeError(`${sig}: \`args\` must be an array (the arguments of ${read}), got ${what(args)}`);
+    if (typeof onResult !== 'function') throw new TypeError(`${sig}: \`onResult\` must be a function, got ${what(onResult)}`);
+    if (onError !== undefined && typeof onError !== 'function') throw new TypeError(`${sig}: \`onError\` must be a function, got ${what(onError)}`);
+    checkArgs(/** @type {keyof typeof SIGNATURES} */ (read), args);
+    /** @type {number | null} */
+    let id = null;
+    const handle = {
+      runs: 0,
+      closed: false,
+      close: () => {
+        handle.closed = true;
+        if (id !== null) { this.lives.delete(id); this.call('liveClose', id).catch(() => {}); }
+      },
+    };
+    const fail = (/** @type {Error} */ e) => (onError ? onError(e) : this.emitLocal({ type: 'error', message: `live ${read}: ${e.message}` }));
+    this.call('liveOpen', read, args).then((r) => {
+      const m = /** @type {LiveMessage} */ (r);
+      if (handle.closed) { this.call('liveClose', m.id).catch(() => {}); return; }
+      id = m.id;
+      this.lives.set(m.id, { onResult, onError: onError ?? null, handle });
+      this.deliverLive(m);
+    }, fail);
+    return handle;
   }
   /**
    * The writes not yet confirmed by the node, oldest first.

@@ -47,11 +47,27 @@ const IDLE_MS = 100;
 /** @type {ReturnType<typeof setTimeout> | null} */
 let idleTimer = null;
 const worked = () => {
+  liveSoon();
   clearTimeout(/** @type {ReturnType<typeof setTimeout>} */ (idleTimer)); // (null clears nothing)
   idleTimer = setTimeout(() => {
     idleTimer = null;
     try { replica?.checkpoint(); } catch (e) { emit({ type: 'error', message: `checkpoint: ${/** @type {Thrown} */ (e).message ?? e}` }); }
   }, IDLE_MS);
+};
+
+// Live queries: after work (frames applied, a write, a refusal taken back), the answers that
+// changed go to the page, at most once per LIVE_MS however much work comes (never delaying it).
+const LIVE_MS = 16;
+/** @type {ReturnType<typeof setTimeout> | null} */
+let liveTimer = null;
+const liveSoon = () => {
+  if (liveTimer || !replica?.liveAny()) return;
+  liveTimer = setTimeout(() => {
+    liveTimer = null;
+    try {
+      for (const r of JSON.parse(replica.liveTick())) postMessage({ live: r });
+    } catch (e) { emit({ type: 'error', message: `live queries: ${/** @type {Thrown} */ (e).message ?? e}` }); }
+  }, LIVE_MS);
 };
 
 /** @type {Omit<Opened, 'tab'> | null} */
@@ -134,6 +150,8 @@ const methods = {
     return client.write(ops, opts ?? {});
   },
   pending: () => json(replica.outboxPending()),
+  liveOpen: (/** @type {string} */ read, /** @type {unknown[]} */ args) => json(replica.liveOpen(read, JSON.stringify(args))),
+  liveClose: (/** @type {number} */ id) => replica.liveClose(id),
   // Tokens from the page's getToken (sign-in with the app's identity provider).
   setToken: (/** @type {string} */ token) => client?.setToken(token),
   tokenFailed: (/** @type {string} */ why) => client?.tokenFailed(why),
@@ -172,6 +190,7 @@ onmessage = async (e) => {
     const result = await /** @type {(...args: unknown[]) => unknown} */ (methods[/** @type {keyof typeof methods} */ (method)])(...(args ?? []));
     postMessage({ id, result });
     if (method === 'write' || method === 'importBytes') worked();
+    else liveSoon();
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
     if (isTrap(err)) reportTrap(err, id);

@@ -74,6 +74,26 @@ export class Replica {
      */
     list(kind: any, ns: any, kind_filter: any, after: any, limit: number): string;
     /**
+     * Whether any live query is open.
+     */
+    liveAny(): boolean;
+    /**
+     * Close live query `id` (false: it was not open).
+     */
+    liveClose(id: number): boolean;
+    /**
+     * Open a live query: `read` one of `get`, `list`, `search`, `knn`, `hybrid`, `neighbors`,
+     * `traverse`, `sql`, `argsJson` the JSON array of the arguments that read takes. Returns
+     * its first answer, `{"id", "result", "diff", "runs"}`.
+     */
+    liveOpen(read: any, args_json: any): string;
+    /**
+     * The answers that changed since the last call: the rows written since are matched against
+     * each live query's dependencies, and only those they can affect run again. A JSON array
+     * of `{"id", "result", "diff", "runs", "error"?}`.
+     */
+    liveTick(): string;
+    /**
      * The vector models this replica holds, as JSON.
      */
     models(): string;
@@ -199,6 +219,10 @@ export interface InitOutput {
     readonly replica_importBytes: (a: number, b: any) => [number, number];
     readonly replica_knn: (a: number, b: any) => [number, number, number, number];
     readonly replica_list: (a: number, b: any, c: any, d: any, e: any, f: number) => [number, number, number, number];
+    readonly replica_liveAny: (a: number) => number;
+    readonly replica_liveClose: (a: number, b: number) => number;
+    readonly replica_liveOpen: (a: number, b: any, c: any) => [number, number, number, number];
+    readonly replica_liveTick: (a: number) => [number, number, number, number];
     readonly replica_models: (a: number) => [number, number, number, number];
     readonly replica_neighbors: (a: number, b: any, c: any, d: any, e: any, f: number) => [number, number, number, number];
     readonly replica_openMemory: () => [number, number, number];

@@ -254,6 +254,73 @@ export class Replica {
         }
     }
     /**
+     * Whether any live query is open.
+     * @returns {boolean}
+     */
+    liveAny() {
+        const ret = wasm.replica_liveAny(this.__wbg_ptr);
+        return ret !== 0;
+    }
+    /**
+     * Close live query `id` (false: it was not open).
+     * @param {number} id
+     * @returns {boolean}
+     */
+    liveClose(id) {
+        const ret = wasm.replica_liveClose(this.__wbg_ptr, id);
+        return ret !== 0;
+    }
+    /**
+     * Open a live query: `read` one of `get`, `list`, `search`, `knn`, `hybrid`, `neighbors`,
+     * `traverse`, `sql`, `argsJson` the JSON array of the arguments that read takes. Returns
+     * its first answer, `{"id", "result", "diff", "runs"}`.
+     * @param {any} read
+     * @param {any} args_json
+     * @returns {string}
+     */
+    liveOpen(read, args_json) {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_liveOpen(this.__wbg_ptr, read, args_json);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
+     * The answers that changed since the last call: the rows written since are matched against
+     * each live query's dependencies, and only those they can affect run again. A JSON array
+     * of `{"id", "result", "diff", "runs", "error"?}`.
+     * @returns {string}
+     */
+    liveTick() {
+        let deferred2_0;
+        let deferred2_1;
+        try {
+            const ret = wasm.replica_liveTick(this.__wbg_ptr);
+            var ptr1 = ret[0];
+            var len1 = ret[1];
+            if (ret[3]) {
+                ptr1 = 0; len1 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred2_0 = ptr1;
+            deferred2_1 = len1;
+            return getStringFromWasm0(ptr1, len1);
+        } finally {
+            wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+        }
+    }
+    /**
      * The vector models this replica holds, as JSON.
      * @returns {string}
      */
@@ -1035,7 +1102,7 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 890, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 899, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hd14f6b040d9d0423);
             return ret;
         },
