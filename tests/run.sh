@@ -43,7 +43,8 @@ else
   echo "wasm-bindgen-cli $WB_VERSION: present"
 fi
 if [ ! -x wasm/node_modules/.bin/wasm-opt ] || [ ! -d wasm/node_modules/playwright-core ] \
-  || [ ! -d wasm/node_modules/typescript ]; then
+  || [ ! -d wasm/node_modules/typescript ] || [ ! -d wasm/node_modules/react-dom ] \
+  || [ ! -d wasm/node_modules/esbuild ]; then
   (cd wasm && npm ci --no-audit --no-fund)
 else
   echo "wasm/node_modules: present"

@@ -2,25 +2,29 @@
 // snapshot, in the same run (issue 28): the node (the real binary) serves DB; headless Chromium
 // opens a fresh OPFS replica and the clock runs from openReplica until it is live at the
 // node's head. First the image is asked for once, so it is built and cached (its build time is
-// reported apart: the node builds it once for many replicas). Prints one JSON line.
+// reported apart: the node builds it once for many replicas). The browser keeps its profile on
+// disk (as a user's does: OPFS in a file system, not in memory). Prints one JSON line.
 // Usage: node first-sync.mjs BIN DB
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { appContext } from '../test/app-origin.mjs';
+import { serveApp } from '../test/app-origin.mjs';
 
 const [bin, db] = process.argv.slice(2);
 const here = path.dirname(new URL(import.meta.url).pathname);
 const webDir = path.join(here, '../web');
 const port = await new Promise((r) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => r(p)); }); });
 const node = spawn(bin, ['--db', db, 'serve', '--listen', `127.0.0.1:${port}`, '--allow-origin', 'http://localhost:9'], { stdio: 'ignore' });
-const browser = await chromium.launch({
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-first-sync-profile-'));
+const ctx = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-features=LocalNetworkAccessChecks'],
 });
+await serveApp(ctx, webDir);
 try {
   for (let t = 0; t < 200; t++) { try { await fetch(`http://127.0.0.1:${port}/healthz`); break; } catch { await new Promise((r) => setTimeout(r, 100)); } }
   // The image, built once and cached at the node (what the replicas below are served).
@@ -35,7 +39,6 @@ try {
 
   /** Open a fresh replica `name`; ms from openReplica to live at `head`, and its events. */
   const firstSync = async (name, image) => {
-    const ctx = await appContext(browser, webDir);
     const page = await ctx.newPage();
     await page.goto('http://localhost:9/');
     const out = await page.evaluate(async ({ url, name, image, head }) => {
@@ -53,13 +56,14 @@ try {
       const s = await db.status();
       return { ms, seq: s.seq, storage: s.storage, resumedFrom: s.resumedFrom, events };
     }, { url: `ws://127.0.0.1:${port}/v1/sync`, name, image, head });
-    await ctx.close();
+    await page.close();
     return out;
   };
   const fromImage = await firstSync('from-image', true);
   const fromRows = await firstSync('from-rows', false);
   console.log(JSON.stringify({ where: 'chromium', rows, head, imageBytes, wireBytes, buildMs, fromImage, fromRows }));
 } finally {
-  await browser.close();
+  await ctx.close();
   node.kill('SIGTERM');
+  fs.rmSync(profile, { recursive: true, force: true });
 }

@@ -150,10 +150,19 @@ impl Replica {
                 let gen = o.gen + 1;
                 // A leftover of an earlier try under this name goes first.
                 remove_gen(o.pool, &o.base, gen);
-                let target = o
+                let mut target = o
                     .pool
                     .create_import(&gen_file(&o.base, gen), size)
                     .map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))?;
+                // The file takes its whole size at once (its last page written first, the
+                // rest in place as it comes): grown chunk by chunk, an in-memory OPFS (a private
+                // window's) copied the whole file at every chunk, minutes for 700 MiB.
+                if let Err(e) = target.write_at(size - 512, &[0u8; 512]) {
+                    return Err(js_err(format!(
+                        "cannot store the image in OPFS (no room for {size} bytes?): {:?}",
+                        target.abort_with_error(e)
+                    )));
+                }
                 Boot::Opfs {
                     target,
                     written: 0,

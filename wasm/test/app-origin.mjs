@@ -11,6 +11,12 @@ const types = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'a
  */
 export async function appContext(browser, webDir) {
   const ctx = await browser.newContext();
+  await serveApp(ctx, webDir);
+  return ctx;
+}
+
+/** The same origin on a context made elsewhere (a persistent one, say). */
+export async function serveApp(ctx, webDir) {
   await ctx.route('http://localhost:9/**', (r) => {
     const p = new URL(r.request().url()).pathname;
     if (p === '/') return r.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>app</title>' });

@@ -156,7 +156,7 @@ test("the sync client's events and status carry exactly what hivesync.d.ts decla
 });
 
 test("the package's JavaScript type-checks (tsc --strict --checkJs, each file // @ts-check)", () => {
-  const files = ['hivesync.js', 'sync.js', 'worker.js', 'token.js', 'app.js'];
+  const files = ['hivesync.js', 'sync.js', 'worker.js', 'token.js', 'app.js', 'react.js'];
   for (const f of files) {
     assert.match(fs.readFileSync(path.join(web, f), 'utf8'), /^\/\/ @ts-check\n/, `${f} opts in to checking`);
   }

@@ -136,13 +136,20 @@ $('results').addEventListener('click', (e) => {
   const s = /** @type {HTMLElement} */ (e.target).dataset?.similar;
   if (s) { const [ns, id] = s.split('|'); similar(ns, id); }
 });
-$('q').addEventListener('input', () => renderSearch().catch((e) => { $('error').textContent = e.message; }));
-let pending = false;
-db.on('applied', () => {
-  if (pending) return;
-  pending = true;
-  requestAnimationFrame(async () => { pending = false; await renderRecent(); if ($('q').value) await renderSearch(); });
-});
+// Live queries keep both lists current: each runs again only when a row it reads changed (a
+// change from the node, a write here, a refused write taken back), at most once a frame.
+const showError = (/** @type {Error} */ e) => { $('error').textContent = e.message; };
+db.live('sql', ['SELECT ns, id, kind, name, updated_at FROM entities ORDER BY updated_at DESC, rowid DESC LIMIT 20'],
+  () => renderRecent().catch(showError), showError);
+/** @type {{ close(): void } | null} */
+let liveSearch = null;
+const watchSearch = () => {
+  liveSearch?.close();
+  const text = $('q').value.trim();
+  liveSearch = text ? db.live('search', [{ text, limit: 20 }], () => renderSearch().catch(showError), showError) : null;
+  if (!text) renderSearch().catch(showError);
+};
+$('q').addEventListener('input', watchSearch);
 db.on('status', showStatus);
 // The first copy comes as a database image: a progress bar while it downloads.
 const mib = (/** @type {number} */ n) => (n / 1048576).toFixed(1);
@@ -184,5 +191,6 @@ if (q) {
   performance.mark('first-search');
   // The frame after next has painted the answer (measured by wasm/bench/page-open.mjs).
   requestAnimationFrame(() => requestAnimationFrame(() => performance.mark('first-search-painted')));
+  watchSearch();
 }
 await renderRecent();
