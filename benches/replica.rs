@@ -8,7 +8,7 @@
 //! wasm/; without them only the native part runs. Run: `cargo bench --bench replica`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -173,20 +173,6 @@ fn floor_once(rows: &[Vec<FloorRow>]) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-fn node_script(wasm_dir: &Path, script: &str, args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new("node")
-        .arg(wasm_dir.join("bench").join(script))
-        .args(args)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last()?).ok()
-}
-
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let wasm_dir = root.join("wasm");
@@ -232,7 +218,7 @@ fn main() {
     let p = path.to_str().unwrap();
     let rounds = ROUNDS.to_string();
     for script in ["apply-node.mjs", "apply-chromium.mjs"] {
-        if let Some(v) = node_script(&wasm_dir, script, &[p, &rounds]) {
+        if let Some(v) = common::node_script(script, &[p, &rounds]) {
             let ms = median(
                 v["ms"]
                     .as_array()
@@ -267,8 +253,7 @@ fn main() {
         })
         .unwrap_or(0);
     println!("wasm size: {raw} bytes raw, {gz} bytes gzipped (goal <= 700 KB = 716800 bytes)");
-    if let Some(v) = node_script(
-        &wasm_dir,
+    if let Some(v) = common::node_script(
         "page-open.mjs",
         &[env!("CARGO_BIN_EXE_hivesync"), "10000", "7"],
     ) {

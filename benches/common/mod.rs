@@ -36,3 +36,23 @@ CREATE VIRTUAL TABLE entities_fts USING fts5(
   name, description, tags, content='entities', content_rowid='rowid',
   tokenize='unicode61 remove_diacritics 2');
 ";
+
+/// Run `node wasm/bench/SCRIPT ARGS...` and parse its last line of output as JSON (None, with
+/// the script's stderr printed, when it failed).
+pub fn node_script(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm");
+    let out = std::process::Command::new("node")
+        .arg(wasm.join("bench").join(script))
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    if v.is_none() || !out.status.success() {
+        eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    v
+}

@@ -47,9 +47,13 @@ export async function stopNode(child) {
 
 export const cli = (db, ...args) => execFileSync(bin, ['--db', db, ...args], { encoding: 'utf8' });
 
-export const launch = (...args) => chromium.launch({
-  executablePath: chromePath,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', ...args],
+const chromeArgs = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+
+export const launch = (...args) => chromium.launch({ executablePath: chromePath, args: [...chromeArgs, ...args] });
+
+/** Chromium with its profile (OPFS included) on disk in `dir`, as a user's is. */
+export const launchPersistent = (dir, ...args) => chromium.launchPersistentContext(dir, {
+  executablePath: chromePath, args: [...chromeArgs, ...args],
 });
 

@@ -103,6 +103,16 @@ test('live search, knn, neighbors and list follow the node, local writes and ref
     cli(db, 'put', 'entity', JSON.stringify({ id: 'e', kind: 'doc', name: 'sailing again' }));
     await until(tab2, () => window.seen.at(-1).result.length === 4);
     assert.equal(await page.evaluate(() => window.got.search.length), n);
+
+    // The leader tab goes: the second tab leads now, its live query opened again in its own
+    // Worker (one extra answer at most), and it goes on following.
+    const before2 = await tab2.evaluate(() => window.seen.length);
+    await page.close();
+    await until(tab2, () => window.db.opened.tab === 'leader', undefined, 60000);
+    await until(tab2, async () => (await window.db.status()).live, undefined, 60000);
+    cli(db, 'put', 'entity', JSON.stringify({ id: 'f', kind: 'doc', name: 'sailing after the hand-over' }));
+    await until(tab2, () => window.seen.at(-1).result.length === 5, undefined, 60000);
+    assert.ok((await tab2.evaluate(() => window.seen.length)) - before2 <= 3, 'one extra answer at most, then the new row');
   } finally {
     await browser.close();
     await stopNode(node);

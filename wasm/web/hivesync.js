@@ -26,7 +26,7 @@ const ROLE_ALONE = 'alone';
  * @typedef {import('./hivesync.js').LiveDiff} LiveDiff
  * @typedef {{ id: number, result: unknown, diff: LiveDiff, runs: number, error?: string }} LiveMessage
  *   a live query's answer, from the Worker (to every tab: each delivers its own)
- * @typedef {{ onResult: (r: { result: unknown, diff: LiveDiff, runs: number }) => void, onError: ((e: Error) => void) | null, handle: { runs: number } }} LiveEntry
+ * @typedef {{ read: string, args: unknown[], onResult: (r: { result: unknown, diff: LiveDiff, runs: number }) => void, onError: ((e: Error) => void) | null, handle: { runs: number, closed: boolean }, id: number | null }} LiveEntry
  * @typedef {{ id?: number | string, result?: unknown, error?: string, event?: ReplicaEvent, trap?: boolean, live?: LiveMessage }} FromWorker
  *   what the Worker posts: an answer (`id` is `tab:id` for a call another tab sent), an event, or a trap
  * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string } | { kind: 'event', event: ReplicaEvent } | { kind: 'live', live: LiveMessage }
@@ -188,6 +188,8 @@ export class HivesyncReplica {
     this.opened; // (a declaration, for the type checker: it assigns nothing)
     /** This tab's live queries, by the Worker's id. @type {Map<number, LiveEntry>} */
     this.lives = new Map();
+    /** The tab that leads, as a follower last heard. @type {string | null} */
+    this.leaderTab = null;
   }
 
   /**
@@ -346,7 +348,7 @@ export class HivesyncReplica {
     const lost = this.opened?.storage === 'memory' ? ' Its copy was in memory only: it starts empty and syncs again from the node.' : '';
     this.emitLocal({ type: 'error', message: `the replica failed in WebAssembly (${m.error}); it was reopened.${lost}` });
     // (this.opts is set: the Worker that trapped was started by lead.)
-    this.lead(/** @type {OpenOptions} */ (this.opts), true).then((o) => { this.opened = { ...o, tab: this.opened?.tab ?? ROLE_ALONE }; }, (err) => {
+    this.lead(/** @type {OpenOptions} */ (this.opts), true).then((o) => { this.opened = { ...o, tab: this.opened?.tab ?? ROLE_ALONE }; this.reopenLives(); }, (err) => {
       this.emitLocal({ type: 'error', message: `the replica could not be reopened: ${/** @type {Thrown} */ (err)?.message ?? err}` });
     });
   }
@@ -412,7 +414,12 @@ export class HivesyncReplica {
       if (m.kind === 'event') this.emitLocal(m.event);
       else if (m.kind === 'live') this.deliverLive(m.live);
       else if (m.kind === 'answer' && m.to === this.tab) this.settle(m);
-      else if (m.kind === 'leader') this.resend();
+      else if (m.kind === 'leader') {
+        this.resend();
+        // Another tab leads now: its Worker has none of this tab's live queries.
+        if (this.leaderTab !== null && m.tab !== this.leaderTab) this.reopenLives();
+        this.leaderTab = m.tab;
+      }
     };
     /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'hello', tab: this.tab });
   }
@@ -505,26 +512,39 @@ export class HivesyncReplica {
     if (typeof onResult !== 'function') throw new TypeError(`${sig}: \`onResult\` must be a function, got ${what(onResult)}`);
     if (onError !== undefined && typeof onError !== 'function') throw new TypeError(`${sig}: \`onError\` must be a function, got ${what(onError)}`);
     checkArgs(/** @type {keyof typeof SIGNATURES} */ (read), args);
-    /** @type {number | null} */
-    let id = null;
-    const handle = {
-      runs: 0,
-      closed: false,
+    /** @type {LiveEntry} */
+    const entry = { read, args, onResult, onError: onError ?? null, handle: { runs: 0, closed: false }, id: null };
+    const handle = Object.assign(entry.handle, {
       close: () => {
         handle.closed = true;
-        if (id !== null) { this.lives.delete(id); this.call('liveClose', id).catch(() => {}); }
+        if (entry.id !== null) { this.lives.delete(entry.id); this.call('liveClose', entry.id).catch(() => {}); }
       },
-    };
-    const fail = (/** @type {Error} */ e) => (onError ? onError(e) : this.emitLocal({ type: 'error', message: `live ${read}: ${e.message}` }));
-    this.call('liveOpen', read, args).then((r) => {
-      const m = /** @type {LiveMessage} */ (r);
-      if (handle.closed) { this.call('liveClose', m.id).catch(() => {}); return; }
-      id = m.id;
-      this.lives.set(m.id, { onResult, onError: onError ?? null, handle });
-      this.deliverLive(m);
-    }, fail);
+    });
+    this.openLive(entry);
     return handle;
   }
+  /**
+   * Open `entry` in the Worker (again, after a new leader or a reopened Worker: it answers once
+   * more).
+   * @param {LiveEntry} entry
+   */
+  openLive(entry) {
+    this.call('liveOpen', entry.read, entry.args).then((r) => {
+      const m = /** @type {LiveMessage} */ (r);
+      if (entry.handle.closed) { this.call('liveClose', m.id).catch(() => {}); return; }
+      entry.id = m.id;
+      this.lives.set(m.id, entry);
+      this.deliverLive(m);
+    }, (e) => (entry.onError ? entry.onError(e) : this.emitLocal({ type: 'error', message: `live ${entry.read}: ${e.message}` })));
+  }
+
+  /** This tab's live queries, opened again in the Worker that serves it now. */
+  reopenLives() {
+    const open = [...this.lives.values()];
+    this.lives.clear();
+    for (const entry of open) this.openLive(entry);
+  }
+
   /**
    * The writes not yet confirmed by the node, oldest first.
    * @param {unknown[]} a
@@ -615,6 +635,7 @@ export async function openReplica(...args) {
     const wait = hold();
     await r.lead(opts, true);
     r.opened = { ...r.opened, tab: 'leader' };
+    r.reopenLives();
     await wait;
   });
   r.opened = { .../** @type {Omit<Opened, 'tab'>} */ (await r.call('opened')), tab: 'follower' };

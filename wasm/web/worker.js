@@ -56,18 +56,27 @@ const worked = () => {
 };
 
 // Live queries: after work (frames applied, a write, a refusal taken back), the answers that
-// changed go to the page, at most once per LIVE_MS however much work comes (never delaying it).
+// changed go to the page, at most once per LIVE_MS however much work comes, and never taking
+// more than a share of the Worker's time from applying: after a run of them that took T ms, the
+// next waits at least LIVE_YIELD x T (so under a long catch-up, live queries take at most
+// 1 / (1 + LIVE_YIELD) of the time; with work only now and then, they answer at once).
 const LIVE_MS = 16;
+const LIVE_YIELD = 4;
 /** @type {ReturnType<typeof setTimeout> | null} */
 let liveTimer = null;
-const liveSoon = () => {
+let liveNotBefore = 0;
+/** @param {number} [ms]  0 after a write of the page's own: its live queries answer at once */
+const liveSoon = (ms = LIVE_MS) => {
   if (liveTimer || !replica?.liveAny()) return;
   liveTimer = setTimeout(() => {
     liveTimer = null;
+    const t0 = performance.now();
     try {
       for (const r of JSON.parse(replica.liveTick())) postMessage({ live: r });
     } catch (e) { emit({ type: 'error', message: `live queries: ${/** @type {Thrown} */ (e).message ?? e}` }); }
-  }, LIVE_MS);
+    const t1 = performance.now();
+    liveNotBefore = t1 + LIVE_YIELD * (t1 - t0);
+  }, Math.max(ms, liveNotBefore - performance.now()));
 };
 
 /** @type {Omit<Opened, 'tab'> | null} */
@@ -189,8 +198,7 @@ onmessage = async (e) => {
     // (`method` is one of `methods`, as checked above; its arguments are as the page checked them.)
     const result = await /** @type {(...args: unknown[]) => unknown} */ (methods[/** @type {keyof typeof methods} */ (method)])(...(args ?? []));
     postMessage({ id, result });
-    if (method === 'write' || method === 'importBytes') worked();
-    else liveSoon();
+    if (method === 'write' || method === 'importBytes') { liveSoon(0); worked(); } else liveSoon();
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
     if (isTrap(err)) reportTrap(err, id);
