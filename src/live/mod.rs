@@ -66,6 +66,8 @@ struct Query {
     read: Read,
     last: Value,
     nodes: HashSet<String>,
+    /// Its answer's row keys.
+    keys: HashSet<String>,
     runs: u64,
     dirty: bool,
     failed: bool,
@@ -151,6 +153,7 @@ impl LiveSet {
         let id = self.next;
         let d = diff(&read, &Value::Null, &answer);
         let nodes = read.nodes(&answer);
+        let keys = read.keys(&answer).into_iter().collect();
         let failed = error.is_some();
         self.queries.insert(
             id,
@@ -158,6 +161,7 @@ impl LiveSet {
                 read,
                 last: answer.clone(),
                 nodes,
+                keys,
                 runs: 1,
                 dirty: false,
                 failed,
@@ -186,10 +190,20 @@ impl LiveSet {
         }
         touch::ensure(conn)?;
         let touched = touch::take(conn)?;
-        for t in &touched {
-            for q in self.queries.values_mut().filter(|q| !q.dirty) {
-                q.dirty = q.read.touched_by(t, &q.nodes);
-            }
+        if touched.is_empty() {
+            return Ok(self.queries.values().filter(|q| q.dirty).count());
+        }
+        for q in self.queries.values_mut().filter(|q| !q.dirty) {
+            let hits: Vec<&TouchRow> = touched
+                .iter()
+                .filter(|t| q.read.touched_by(t, &q.nodes))
+                .collect();
+            q.dirty = match &q.read {
+                _ if hits.is_empty() => false,
+                // A search runs again only for rows it holds or finds now.
+                Read::Search(s) => read::search_affected(conn, s, &q.keys, &hits)?,
+                _ => true,
+            };
         }
         Ok(self.queries.values().filter(|q| q.dirty).count())
     }
@@ -229,6 +243,7 @@ impl LiveSet {
                     }
                     q.failed = false;
                     q.nodes = q.read.nodes(&answer);
+                    q.keys = q.read.keys(&answer).into_iter().collect();
                     q.last = answer.clone();
                     out.push(LiveResult {
                         id,

@@ -322,6 +322,45 @@ impl Read {
     }
 }
 
+/// For a search that [`Read::touched_by`] matched: whether any of `rows` can come or go from
+/// its hits, that is, is among them (`keys`: its hits' keys) or matches its text now. A row of
+/// its namespace that neither holds nor finds moves only the scores (bm25 weighs terms by all
+/// the text), which the next run that must happen brings up to date, as for a write in another
+/// namespace.
+pub(super) fn search_affected(
+    conn: &Connection,
+    q: &SearchQuery,
+    keys: &HashSet<String>,
+    rows: &[&TouchRow],
+) -> Result<bool> {
+    if rows
+        .iter()
+        .any(|t| keys.contains(&format!("{}/{}/{}", t.kind.as_str(), t.ns, t.id)))
+    {
+        return Ok(true);
+    }
+    let Some(fts) = query::fts_query(&q.text) else {
+        return Ok(false);
+    };
+    for t in rows {
+        let (table, index) = match t.kind {
+            Kind::Entity => ("entities", "entities_fts"),
+            Kind::Note => ("notes", "notes_fts"),
+            _ => continue,
+        };
+        let found: bool = conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {index} WHERE {index} MATCH ?1
+                   AND rowid = (SELECT rowid FROM {table} WHERE ns = ?2 AND id = ?3))"
+            ))?
+            .query_row(rusqlite::params![fts, t.ns, t.id], |r| r.get(0))?;
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn search_touched(q: &SearchQuery, t: &TouchRow, ns_ok: bool) -> bool {
     matches!(t.kind, Kind::Entity | Kind::Note)
         && q.records.as_ref().is_none_or(|r| r.contains(&t.kind))

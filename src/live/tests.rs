@@ -63,24 +63,37 @@ fn a_search_reruns_for_its_namespace_only_and_reports_what_changed() {
             .run(&c)
             .unwrap()
     );
-    // A row of its namespace that does not match: it runs (no row comes or goes; only the
-    // scores, which depend on the whole namespace's text, may move).
+    // A row of its namespace that it neither holds nor finds: nothing runs (only scores could
+    // move: bm25 weighs terms by all the text).
     write(&c, vec![entity("a", "e4", "nothing to find")]);
+    assert_eq!(live.note(&c).unwrap(), 0);
+    assert_eq!(live.runs(first.id), Some(2));
+    // A row it holds, written the same again: it runs (the scores e4 moved come up to date),
+    // and no row comes or goes.
+    c.execute(
+        "UPDATE entities SET updated_at = updated_at WHERE id = 'e3'",
+        [],
+    )
+    .unwrap();
     assert_eq!(live.note(&c).unwrap(), 1);
     let r = live.rerun(&c);
     assert!(r
         .iter()
         .all(|r| r.diff.added.is_empty() && r.diff.removed.is_empty()));
     assert_eq!(live.runs(first.id), Some(3));
-    // The same answer again: run, not delivered.
+    // Again: now the answer is equal, and not delivered.
     c.execute(
-        "UPDATE entities SET updated_at = updated_at WHERE id = 'e4'",
+        "UPDATE entities SET updated_at = updated_at WHERE id = 'e3'",
         [],
     )
     .unwrap();
     assert_eq!(live.note(&c).unwrap(), 1);
     assert!(live.rerun(&c).is_empty());
     assert_eq!(live.runs(first.id), Some(4));
+    // A row it held that no longer matches: it runs, and the row goes.
+    write(&c, vec![entity("a", "e3", "renamed away")]);
+    assert_eq!(live.note(&c).unwrap(), 1);
+    assert_eq!(live.rerun(&c)[0].diff.removed, vec!["entity/a/e3"]);
 }
 
 #[test]
