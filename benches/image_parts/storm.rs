@@ -139,19 +139,7 @@ async fn subscriber(port: u16, head: i64, on: Arc<AtomicBool>, lat: Arc<Mutex<Ve
 /// its seq until live. Returns ms from its start to live.
 async fn replica(port: u16, dir: &Path, k: usize) -> f64 {
     let t0 = Instant::now();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (mut h, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/v1/image")
-        .header("host", format!("127.0.0.1:{port}"))
-        .header("accept-encoding", "gzip")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = h.send_request(req).await.unwrap();
+    let resp = http_get(port, "/v1/image", &[("accept-encoding", "gzip")]).await;
     assert_eq!(resp.status(), 200);
     let at: i64 = resp.headers()["hivesync-at"]
         .to_str()
@@ -204,7 +192,7 @@ fn pct(v: &mut [u32], p: f64) -> f64 {
 }
 
 async fn metric(port: u16, name: &str) -> i64 {
-    let text = reqwest_get(port, "/metrics").await;
+    let text = get_text(port, "/metrics").await;
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
@@ -212,7 +200,12 @@ async fn metric(port: u16, name: &str) -> i64 {
         .map_or(-1, |v| v as i64)
 }
 
-async fn reqwest_get(port: u16, path: &str) -> String {
+/// GET `path` from the node, with `headers`.
+async fn http_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> hyper::Response<hyper::body::Incoming> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -220,14 +213,18 @@ async fn reqwest_get(port: u16, path: &str) -> String {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", format!("127.0.0.1:{port}"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let body = h
-        .send_request(req)
+    let mut req = hyper::Request::get(path).header("host", format!("127.0.0.1:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    h.send_request(req.body(Empty::<Bytes>::new()).unwrap())
         .await
         .unwrap()
+}
+
+async fn get_text(port: u16, path: &str) -> String {
+    let body = http_get(port, path, &[])
+        .await
         .into_body()
         .collect()
         .await

@@ -66,8 +66,8 @@ struct Query {
     read: Read,
     last: Value,
     nodes: HashSet<String>,
-    /// Its answer's row keys.
-    keys: HashSet<String>,
+    /// Its answer's row keys, in order.
+    keys: Vec<String>,
     runs: u64,
     dirty: bool,
     failed: bool,
@@ -83,52 +83,43 @@ pub struct LiveSet {
     queries: BTreeMap<u64, Query>,
 }
 
-/// Rows by key, in order, for [`diff`].
-fn rows_by_key(read: &Read, answer: &Value) -> Vec<(String, Value)> {
-    let keys = read.keys(answer);
-    let rows: Vec<Value> = match (read, answer) {
-        (Read::Get { .. }, Value::Null) => vec![],
-        (Read::Get { .. }, v) => vec![v.clone()],
-        (Read::Sql { .. }, v) => v
-            .get("rows")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        (_, Value::Array(a)) => a.clone(),
-        _ => vec![],
-    };
-    keys.into_iter().zip(rows).collect()
-}
-
 /// What changed from `old` to `new`, answers of `read`.
 pub fn diff(read: &Read, old: &Value, new: &Value) -> Diff {
-    let (a, b) = (rows_by_key(read, old), rows_by_key(read, new));
-    let in_a: HashMap<&str, &Value> = a.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let in_b: HashMap<&str, &Value> = b.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    diff_keyed(read, (&read.keys(old), old), (&read.keys(new), new))
+}
+
+/// [`diff`] with each answer's keys ([`Read::keys`]) at hand.
+fn diff_keyed(read: &Read, old: (&[String], &Value), new: (&[String], &Value)) -> Diff {
+    let a: Vec<(&str, &Value)> = old
+        .0
+        .iter()
+        .map(String::as_str)
+        .zip(read.rows(old.1))
+        .collect();
+    let b: Vec<(&str, &Value)> = new
+        .0
+        .iter()
+        .map(String::as_str)
+        .zip(read.rows(new.1))
+        .collect();
+    let in_a: HashMap<&str, &Value> = a.iter().copied().collect();
+    let in_b: HashMap<&str, &Value> = b.iter().copied().collect();
     let mut d = Diff::default();
-    for (k, v) in &b {
-        match in_a.get(k.as_str()) {
-            None => d.added.push(k.clone()),
-            Some(old) if *old != v => d.changed.push(k.clone()),
+    for &(k, v) in &b {
+        match in_a.get(k) {
+            None => d.added.push(k.to_string()),
+            Some(old) if *old != v => d.changed.push(k.to_string()),
             Some(_) => {}
         }
     }
     d.removed = a
         .iter()
-        .filter(|(k, _)| !in_b.contains_key(k.as_str()))
-        .map(|(k, _)| k.clone())
+        .filter(|(k, _)| !in_b.contains_key(k))
+        .map(|(k, _)| k.to_string())
         .collect();
-    let order_a: Vec<&str> = a
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| in_b.contains_key(k))
-        .collect();
-    let order_b: Vec<&str> = b
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| in_a.contains_key(k))
-        .collect();
-    d.moved = order_a != order_b;
+    let order_a = a.iter().map(|(k, _)| *k).filter(|k| in_b.contains_key(k));
+    let order_b = b.iter().map(|(k, _)| *k).filter(|k| in_a.contains_key(k));
+    d.moved = !order_a.eq(order_b);
     d
 }
 
@@ -151,9 +142,9 @@ impl LiveSet {
         };
         self.next += 1;
         let id = self.next;
-        let d = diff(&read, &Value::Null, &answer);
+        let keys = read.keys(&answer);
+        let d = diff_keyed(&read, (&[], &Value::Null), (&keys, &answer));
         let nodes = read.nodes(&answer);
-        let keys = read.keys(&answer).into_iter().collect();
         let failed = error.is_some();
         self.queries.insert(
             id,
@@ -176,9 +167,15 @@ impl LiveSet {
         })
     }
 
-    /// Close live query `id`; false if it was not open.
-    pub fn close(&mut self, id: u64) -> bool {
-        self.queries.remove(&id).is_some()
+    /// Close live query `id`; false if it was not open. With the last one closed, the log of
+    /// touched rows leaves `conn` too (no write pays for it while nothing listens).
+    pub fn close(&mut self, conn: &Connection, id: u64) -> Result<bool> {
+        let was = self.queries.remove(&id).is_some();
+        if self.queries.is_empty() && self.installed {
+            touch::remove(conn)?;
+            self.installed = false;
+        }
+        Ok(was)
     }
 
     /// Read the log of touched rows and mark the live queries they can affect; returns how
@@ -237,13 +234,14 @@ impl LiveSet {
             q.runs += 1;
             match q.read.run(conn) {
                 Ok(answer) => {
-                    let d = diff(&q.read, &q.last, &answer);
+                    let keys = q.read.keys(&answer);
+                    let d = diff_keyed(&q.read, (&q.keys, &q.last), (&keys, &answer));
                     if d.is_empty() && !q.failed {
                         continue;
                     }
                     q.failed = false;
                     q.nodes = q.read.nodes(&answer);
-                    q.keys = q.read.keys(&answer).into_iter().collect();
+                    q.keys = keys;
                     q.last = answer.clone();
                     out.push(LiveResult {
                         id,

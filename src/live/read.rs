@@ -224,10 +224,10 @@ impl Read {
         }
     }
 
-    /// The key of each row of an answer, in order (a diff matches rows by it).
-    pub(super) fn keys(&self, answer: &Value) -> Vec<String> {
-        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let rows: Vec<&Value> = match (self, answer) {
+    /// The rows of an answer, in order: a list's, a search's, ..., an SQL answer's `rows`, a
+    /// `get`'s one row (none when absent).
+    pub(super) fn rows<'a>(&self, answer: &'a Value) -> Vec<&'a Value> {
+        match (self, answer) {
             (Read::Get { .. }, Value::Null) => vec![],
             (Read::Get { .. }, v) => vec![v],
             (Read::Sql { .. }, v) => v
@@ -237,7 +237,13 @@ impl Read {
                 .unwrap_or_default(),
             (_, Value::Array(a)) => a.iter().collect(),
             _ => vec![],
-        };
+        }
+    }
+
+    /// The key of each row of an answer, in order (a diff matches rows by it).
+    pub(super) fn keys(&self, answer: &Value) -> Vec<String> {
+        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let rows = self.rows(answer);
         rows.into_iter()
             .map(|r| match self {
                 Read::Get { id, .. } => id.clone(),
@@ -330,7 +336,7 @@ impl Read {
 pub(super) fn search_affected(
     conn: &Connection,
     q: &SearchQuery,
-    keys: &HashSet<String>,
+    keys: &[String],
     rows: &[&TouchRow],
 ) -> Result<bool> {
     if rows

@@ -227,3 +227,34 @@ fn sql_and_knn_depend_on_what_they_read() {
         vec!["a/e1"]
     );
 }
+
+#[test]
+fn closing_the_last_query_takes_the_log_of_touched_rows_away() {
+    let c = conn();
+    let mut live = LiveSet::default();
+    let a = live.open(&c, read("list", json!(["entity", "a"]))).unwrap();
+    let b = live
+        .open(&c, read("get", json!(["entity", "a", "e1"])))
+        .unwrap();
+    let logged = |c: &Connection| -> bool {
+        c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'live_touched')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(live.close(&c, a.id).unwrap());
+    assert!(logged(&c), "one query still open");
+    assert!(live.close(&c, b.id).unwrap());
+    assert!(!logged(&c), "nothing listens: no write logs its rows");
+    assert!(!live.close(&c, b.id).unwrap());
+    write(&c, vec![entity("a", "e1", "written with nothing open")]);
+    // Opened again, it is back, and answers.
+    let again = live
+        .open(&c, read("get", json!(["entity", "a", "e1"])))
+        .unwrap();
+    assert_eq!(again.result["name"], "written with nothing open");
+    write(&c, vec![entity("a", "e1", "renamed")]);
+    assert_eq!(live.note(&c).unwrap(), 1);
+}

@@ -77,6 +77,22 @@ pub(super) fn ensure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Take the log off `conn`: its triggers and tables.
+pub(super) fn remove(conn: &Connection) -> Result<()> {
+    let mut sql = String::new();
+    for kind in Kind::ALL {
+        for op in ["i", "u", "d"] {
+            sql.push_str(&format!(
+                "DROP TRIGGER IF EXISTS temp.live_{}_{op};\n",
+                kind.table()
+            ));
+        }
+    }
+    sql.push_str("DROP TABLE IF EXISTS temp.live_touched; DROP TABLE IF EXISTS temp.live_ctl;");
+    conn.execute_batch(&sql)?;
+    Ok(())
+}
+
 /// Turn the log off (a snapshot replaces everything: every live query runs again after it) or
 /// on again.
 pub(super) fn set_quiet(conn: &Connection, quiet: bool) -> Result<()> {

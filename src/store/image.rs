@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::schema;
@@ -85,19 +85,16 @@ fn copy(conn: &Connection, db: &Path, namespaces: Option<&[String]>) -> Result<i
     let src = db
         .to_str()
         .ok_or_else(|| Error::invalid("the database's path is not UTF-8"))?;
-    let page: i64 = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?.query_row(
-        "PRAGMA page_size",
-        [],
-        |r| r.get(0),
-    )?;
-    // Nothing here needs to survive a crash: a build cut off is removed and made again.
-    conn.execute_batch(&format!(
-        "PRAGMA page_size = {page}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-    ))?;
     conn.execute(
         "ATTACH ?1 AS src",
         [format!("file:{}?mode=ro", uri_path(src))],
     )?;
+    // The source's page size (the new file has no page yet), and nothing here needs to survive
+    // a crash: a build cut off is removed and made again.
+    let page: i64 = conn.query_row("PRAGMA src.page_size", [], |r| r.get(0))?;
+    conn.execute_batch(&format!(
+        "PRAGMA main.page_size = {page}; PRAGMA main.journal_mode = OFF; PRAGMA synchronous = OFF;"
+    ))?;
     conn.execute_batch("BEGIN")?;
     let r = (|| {
         let at: i64 = conn.query_row(
@@ -206,15 +203,7 @@ fn copy_rows(
                 ))?;
             }
         } else if let (Some(list), true) = (keep, ROW_TABLES.contains(&t) || t == "vector_models") {
-            // With their rowids: the vector indexes are keyed by them.
-            let cols = columns(conn, t)?;
-            conn.execute(
-                &format!(
-                    "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
-                     WHERE ns IN (SELECT value FROM json_each(?1))"
-                ),
-                [list],
-            )?;
+            copy_namespaces(conn, t, list)?;
         } else {
             conn.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM src.{q};"))?;
         }
@@ -235,22 +224,16 @@ fn reindex(conn: &Connection, virtuals: &[&str], keep: &str) -> Result<()> {
         if module.contains("USING fts5") {
             conn.execute(&format!("INSERT INTO main.{q}({q}) VALUES ('rebuild')"), [])?;
         } else if module.contains("USING vec0") {
-            let cols = columns(conn, v)?;
-            conn.execute(
-                &format!(
-                    "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
-                     WHERE ns IN (SELECT value FROM json_each(?1))"
-                ),
-                [keep],
-            )?;
+            copy_namespaces(conn, v, keep)?;
         }
     }
     Ok(())
 }
 
-/// A table's columns, quoted, for a column list.
-fn columns(conn: &Connection, table: &str) -> Result<String> {
-    Ok(conn
+/// Copy the rows of `table` (a table or a vec0 index, keyed by the same rowids) whose `ns` is
+/// in `keep` (a JSON array), rowids kept: the vector indexes are keyed by them.
+fn copy_namespaces(conn: &Connection, table: &str, keep: &str) -> Result<()> {
+    let cols = conn
         .prepare(&format!(
             "SELECT name FROM pragma_table_info({})",
             sql_text(table)
@@ -260,7 +243,16 @@ fn columns(conn: &Connection, table: &str) -> Result<String> {
         .iter()
         .map(|c| quote(c))
         .collect::<Vec<_>>()
-        .join(", "))
+        .join(", ");
+    let q = quote(table);
+    conn.execute(
+        &format!(
+            "INSERT INTO main.{q}(rowid, {cols}) SELECT rowid, {cols} FROM src.{q}
+             WHERE ns IN (SELECT value FROM json_each(?1))"
+        ),
+        [keep],
+    )?;
+    Ok(())
 }
 
 fn quote(name: &str) -> String {
@@ -271,12 +263,13 @@ fn sql_text(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A path as the path part of a `file:` URI.
+/// A path as the path part of a `file:` URI: `%`, `?`, `#` and every byte outside ASCII
+/// percent-encoded (SQLite decodes them back to the path's bytes).
 fn uri_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
     for b in p.bytes() {
         match b {
-            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            b'%' | b'?' | b'#' | 0x80.. => out.push_str(&format!("%{b:02X}")),
             _ => out.push(b as char),
         }
     }
@@ -290,4 +283,28 @@ fn count_rows(conn: &Connection) -> Result<u64> {
         n += c.max(0) as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{Kind, WriteOp};
+    use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn a_database_whose_path_is_not_plain_ascii_gives_its_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("bäume ?#% 1.db");
+        let store = Store::open(&db, StoreOptions::default()).unwrap();
+        store
+            .write(&[WriteOp::upsert(
+                Kind::Entity,
+                "default",
+                serde_json::json!({"id": "a", "name": "eiche"}),
+            )])
+            .unwrap();
+        let info = build_image(&db, &dir.path().join("image.db"), None).unwrap();
+        assert_eq!((info.at, info.rows), (1, 1));
+    }
 }

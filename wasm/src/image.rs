@@ -123,6 +123,33 @@ pub(crate) enum Boot {
     },
 }
 
+impl Boot {
+    /// Bytes written, of how many.
+    fn progress(&self) -> (u64, u64) {
+        match self {
+            Boot::Opfs { written, size, .. } => (*written, *size),
+            Boot::Memory { buf, size, .. } => (buf.len() as u64, *size as u64),
+        }
+    }
+
+    /// The next chunk (its length checked by the caller).
+    fn write(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
+        match self {
+            Boot::Opfs {
+                target, written, ..
+            } => {
+                let r = target.write_at(*written, chunk);
+                *written += chunk.len() as u64;
+                r.map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))
+            }
+            Boot::Memory { buf, .. } => {
+                buf.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl Replica {
     /// Start writing a database image of `size` bytes (the `Hivesync-Image-Bytes` header) at
@@ -194,41 +221,20 @@ impl Replica {
     #[wasm_bindgen(js_name = bootstrapWrite)]
     pub fn bootstrap_write(&mut self, chunk: JsValue) -> Result<(), JsValue> {
         let chunk = bytes("Replica.bootstrapWrite(chunk: Uint8Array)", "chunk", &chunk)?;
-        let r = match self.boot.as_mut() {
-            None => {
-                return Err(js_err(
-                    "bootstrapWrite: no image is being written (bootstrapBegin first)",
-                ))
-            }
-            Some(Boot::Opfs {
-                target,
-                written,
-                size,
-                ..
-            }) => {
-                let end = *written + chunk.len() as u64;
-                if end > *size {
-                    Err(js_err(format!(
-                        "the image is longer than the {size} bytes announced"
-                    )))
-                } else if *written == 0 && !chunk.starts_with(b"SQLite format 3\0") {
-                    Err(js_err("the image is not an SQLite database file"))
-                } else {
-                    let r = target.write_at(*written, &chunk);
-                    *written = end;
-                    r.map_err(|e| js_err(format!("cannot store the image in OPFS: {e:?}")))
-                }
-            }
-            Some(Boot::Memory { buf, size, .. }) => {
-                if buf.len() + chunk.len() > *size {
-                    Err(js_err(format!(
-                        "the image is longer than the {size} bytes announced"
-                    )))
-                } else {
-                    buf.extend_from_slice(&chunk);
-                    Ok(())
-                }
-            }
+        let Some(boot) = self.boot.as_mut() else {
+            return Err(js_err(
+                "bootstrapWrite: no image is being written (bootstrapBegin first)",
+            ));
+        };
+        let (written, size) = boot.progress();
+        let r = if written + chunk.len() as u64 > size {
+            Err(js_err(format!(
+                "the image is longer than the {size} bytes announced"
+            )))
+        } else if written == 0 && !chunk.starts_with(b"SQLite format 3\0") {
+            Err(js_err("the image is not an SQLite database file"))
+        } else {
+            boot.write(&chunk)
         };
         if r.is_err() {
             self.bootstrap_abort();

@@ -24,8 +24,11 @@ impl Replica {
 
     /// Close live query `id` (false: it was not open).
     #[wasm_bindgen(js_name = liveClose)]
-    pub fn live_close(&mut self, id: f64) -> bool {
-        id.is_finite() && id >= 0.0 && self.live.close(id as u64)
+    pub fn live_close(&mut self, id: f64) -> Result<bool, JsValue> {
+        if !(id.is_finite() && id >= 0.0) {
+            return Ok(false);
+        }
+        self.live.close(&self.conn, id as u64).map_err(js_err)
     }
 
     /// Whether any live query is open.

@@ -1,6 +1,8 @@
 // The browser tests' harness: the node binary, free ports, starting and stopping a node, the
 // CLI, and Chromium.
 import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -57,3 +59,14 @@ export const launchPersistent = (dir, ...args) => chromium.launchPersistentConte
   executablePath: chromePath, args: [...chromeArgs, ...args],
 });
 
+
+/**
+ * A node config in `dir` (its path returned): node `name`, no anonymous clients, one token
+ * `secret` that reads every namespace and writes `write`; `extra` TOML appended.
+ */
+export function tokenConfig(dir, name, secret, { write = ['*'], extra = '' } = {}) {
+  const sha256 = crypto.createHash('sha256').update(secret).digest('hex');
+  const file = path.join(dir, 'node.toml');
+  fs.writeFileSync(file, `name = "${name}"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ${JSON.stringify(write)}\n${extra}`);
+  return file;
+}

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { appContext, until } from './app-origin.mjs';
-import { webDir, freePort, waitHealthy, startNode, stopNode, cli, launch } from './harness.mjs';
+import { webDir, freePort, waitHealthy, startNode, stopNode, cli, launch, tokenConfig } from './harness.mjs';
 
 const TOKEN = 'image-test-secret-0123456789';
 const words = ['sailing', 'knots', 'harbour', 'tide', 'compass', 'anchor', 'rigging', 'chart', 'keel', 'mast', 'ébène', 'galley'];
@@ -35,10 +35,8 @@ const jsonLines = (s) => s.trim().split('\n').filter(Boolean).map((l) => JSON.pa
 test('a fresh replica over 100,000 rows starts from an image; pending writes survive a forced re-bootstrap and land once', { timeout: 600000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-image-'));
   const db = path.join(dir, 'image.db');
-  const config = path.join(dir, 'node.toml');
-  const sha256 = (await import('node:crypto')).createHash('sha256').update(TOKEN).digest('hex');
   // The log keeps 500 changes, trimmed every second: a replica offline for more falls behind.
-  fs.writeFileSync(config, `name = "image-e2e"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ["*"]\n[retention]\nmax_changes = 500\ninterval_secs = 1\n`);
+  const config = tokenConfig(dir, 'image-e2e', TOKEN, { extra: '[retention]\nmax_changes = 500\ninterval_secs = 1\n' });
   rows(path.join(dir, 'rows.jsonl'));
   cli(db, 'import', path.join(dir, 'rows.jsonl'));
   const port = await freePort();

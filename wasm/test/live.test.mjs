@@ -4,22 +4,19 @@
 // query follows too.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { appContext, until } from './app-origin.mjs';
-import { webDir, freePort, waitHealthy, startNode, stopNode, cli, launch } from './harness.mjs';
+import { webDir, freePort, waitHealthy, startNode, stopNode, cli, launch, tokenConfig } from './harness.mjs';
 
 const TOKEN = 'live-test-secret-0123456789';
 
 test('live search, knn, neighbors and list follow the node, local writes and refusals; other writes run none of them', { timeout: 240000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hivesync-live-'));
   const db = path.join(dir, 'live.db');
-  const config = path.join(dir, 'node.toml');
-  const sha256 = crypto.createHash('sha256').update(TOKEN).digest('hex');
   // The page may write `default` only: a write to `ro` is refused by the node.
-  fs.writeFileSync(config, `name = "live"\nanonymous = "never"\n[[token]]\nname = "page"\nsha256 = "${sha256}"\nread = ["*"]\nwrite = ["default"]\n`);
+  const config = tokenConfig(dir, 'live', TOKEN, { write: ['default'] });
   cli(db, 'put', 'entity', JSON.stringify({ id: 'a', kind: 'doc', name: 'sailing knots' }));
   cli(db, 'put', 'entity', JSON.stringify({ id: 'b', kind: 'doc', name: 'harbour' }));
   cli(db, 'put', 'vector', JSON.stringify({ subject: 'a', model: 'm', embedding: [1, 0, 0] }));

@@ -29,7 +29,7 @@ const ROLE_ALONE = 'alone';
  * @typedef {{ read: string, args: unknown[], onResult: (r: { result: unknown, diff: LiveDiff, runs: number }) => void, onError: ((e: Error) => void) | null, handle: { runs: number, closed: boolean }, id: number | null }} LiveEntry
  * @typedef {{ id?: number | string, result?: unknown, error?: string, event?: ReplicaEvent, trap?: boolean, live?: LiveMessage }} FromWorker
  *   what the Worker posts: an answer (`id` is `tab:id` for a call another tab sent), an event, or a trap
- * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string } | { kind: 'event', event: ReplicaEvent } | { kind: 'live', live: LiveMessage }
+ * @typedef {{ kind: 'hello', tab: string } | { kind: 'leader', tab: string, worker: string } | { kind: 'event', event: ReplicaEvent } | { kind: 'live', live: LiveMessage }
  *   | { kind: 'answer', to: string, id: number, result?: unknown, error?: string }
  *   | { kind: 'call', from: string, id: number, method: string, args: unknown[] }} TabMessage
  *   what tabs send each other over the BroadcastChannel
@@ -188,8 +188,8 @@ export class HivesyncReplica {
     this.opened; // (a declaration, for the type checker: it assigns nothing)
     /** This tab's live queries, by the Worker's id. @type {Map<number, LiveEntry>} */
     this.lives = new Map();
-    /** The tab that leads, as a follower last heard. @type {string | null} */
-    this.leaderTab = null;
+    /** The Worker that serves this tab, as a follower last heard. @type {string | null} */
+    this.leaderWorker = null;
   }
 
   /**
@@ -278,6 +278,9 @@ export class HivesyncReplica {
     }
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.worker = worker;
+    // Which Worker serves the tabs now (a new one after a hand-over or a trap): followers open
+    // their live queries again in a new one.
+    const workerId = globalThis.crypto?.randomUUID?.() ?? String(Math.random());
     /** @type {Map<string, unknown>} */
     const served = new Map(); // `${tab}:${id}` -> answer, for calls another tab sends twice
     worker.onmessage = (e) => {
@@ -315,7 +318,7 @@ export class HivesyncReplica {
       // (this.channel is not null here, nor later: a tab's channel is set once, before it leads.)
       this.channel.onmessage = (e) => {
         const m = /** @type {TabMessage} */ (e.data);
-        if (m.kind === 'hello') /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'leader', tab: this.tab });
+        if (m.kind === 'hello') /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'leader', tab: this.tab, worker: workerId });
         if (m.kind !== 'call') return;
         const key = `${m.from}:${m.id}`;
         if (served.has(key)) { /** @type {BroadcastChannel} */ (this.channel).postMessage(served.get(key)); return; }
@@ -323,7 +326,7 @@ export class HivesyncReplica {
         served.set(`pending ${key}`, true);
         worker.postMessage({ id: key, method: m.method, args: m.args });
       };
-      this.channel.postMessage({ kind: 'leader', tab: this.tab });
+      this.channel.postMessage({ kind: 'leader', tab: this.tab, worker: workerId });
     }
     return opened;
   }
@@ -416,9 +419,10 @@ export class HivesyncReplica {
       else if (m.kind === 'answer' && m.to === this.tab) this.settle(m);
       else if (m.kind === 'leader') {
         this.resend();
-        // Another tab leads now: its Worker has none of this tab's live queries.
-        if (this.leaderTab !== null && m.tab !== this.leaderTab) this.reopenLives();
-        this.leaderTab = m.tab;
+        // Another Worker serves the tabs now (another tab leads, or the leader's Worker was
+        // reopened after a trap): it has none of this tab's live queries.
+        if (this.leaderWorker !== null && m.worker !== this.leaderWorker) this.reopenLives();
+        this.leaderWorker = m.worker;
       }
     };
     /** @type {BroadcastChannel} */ (this.channel).postMessage({ kind: 'hello', tab: this.tab });

@@ -297,20 +297,26 @@ export class SyncClient {
     let held = 0;
     let bytes = 0;
     let shown = 0; // (the first chunk is shown at once)
-    for (;;) {
-      if (this.stopped) { await reader.cancel(); throw new Error('the sync client was stopped'); }
-      const { done, value } = await reader.read();
-      if (done) break;
-      let at = 0;
-      while (at < value.length) {
-        const n = Math.min(buf.length - held, value.length - at);
-        buf.set(value.subarray(at, at + n), held);
-        held += n;
-        at += n;
-        if (held === buf.length) { this.replica.bootstrapWrite(buf); held = 0; }
+    try {
+      for (;;) {
+        if (this.stopped) throw new Error('the sync client was stopped');
+        const { done, value } = await reader.read();
+        if (done) break;
+        let at = 0;
+        while (at < value.length) {
+          const n = Math.min(buf.length - held, value.length - at);
+          buf.set(value.subarray(at, at + n), held);
+          held += n;
+          at += n;
+          if (held === buf.length) { this.replica.bootstrapWrite(buf); held = 0; }
+        }
+        bytes += value.length;
+        if (performance.now() - shown > 100) { shown = performance.now(); progress(bytes); }
       }
-      bytes += value.length;
-      if (performance.now() - shown > 100) { shown = performance.now(); progress(bytes); }
+    } catch (e) {
+      // (Stopped, or the replica refused a chunk: the rest of the download is not wanted.)
+      reader.cancel().catch(() => {});
+      throw e;
     }
     if (held > 0) this.replica.bootstrapWrite(buf.subarray(0, held));
     progress(bytes);

@@ -198,7 +198,7 @@ onmessage = async (e) => {
     // (`method` is one of `methods`, as checked above; its arguments are as the page checked them.)
     const result = await /** @type {(...args: unknown[]) => unknown} */ (methods[/** @type {keyof typeof methods} */ (method)])(...(args ?? []));
     postMessage({ id, result });
-    if (method === 'write' || method === 'importBytes') { liveSoon(0); worked(); } else liveSoon();
+    if (method === 'write' || method === 'importBytes') { liveSoon(0); worked(); }
     if (pendingStart && method !== 'open' && method !== 'status') setTimeout(startSync, 0);
   } catch (err) {
     if (isTrap(err)) reportTrap(err, id);

@@ -354,29 +354,30 @@ async fn get_or_build(
     Ok(built)
 }
 
-/// Build an image of `only` (None: the whole file) and its gzipped copy, off the runtime's
-/// threads, in the directory beside the database.
+/// Build an image of `ns` (None: the whole file) and its gzipped copy in the directory beside
+/// the database, all of it (the file system included) off the runtime's threads.
 async fn build(
     images: &Images,
     db: &std::path::Path,
     ns: Option<Vec<String>>,
 ) -> crate::Result<(PathBuf, PathBuf, ImageInfo, u64)> {
     let dir = PathBuf::from(format!("{}.images", db.display()));
-    std::fs::create_dir_all(&dir)?;
-    if !images.swept.swap(true, Relaxed) {
-        // Images an earlier run of the node left (it stopped while serving them) go.
-        let ours = format!("image-{}-", std::process::id());
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&ours) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    let sweep = !images.swept.swap(true, Relaxed);
     let n = images.next.fetch_add(1, Relaxed);
     let path = dir.join(format!("image-{}-{n}.db", std::process::id()));
     let gz = path.with_extension("db.gz");
     let (db, p, g) = (db.to_path_buf(), path.clone(), gz.clone());
     let (info, gz_bytes) = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        if sweep {
+            // Images an earlier run of the node left (it stopped while serving them) go.
+            let ours = format!("image-{}-", std::process::id());
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                if !e.file_name().to_string_lossy().starts_with(&ours) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let info = build_image(&db, &p, ns.as_deref())?;
         match gzip_file(&p, &g) {
             Ok(n) => Ok((info, n)),

@@ -220,7 +220,7 @@ export interface InitOutput {
     readonly replica_knn: (a: number, b: any) => [number, number, number, number];
     readonly replica_list: (a: number, b: any, c: any, d: any, e: any, f: number) => [number, number, number, number];
     readonly replica_liveAny: (a: number) => number;
-    readonly replica_liveClose: (a: number, b: number) => number;
+    readonly replica_liveClose: (a: number, b: number) => [number, number, number];
     readonly replica_liveOpen: (a: number, b: any, c: any) => [number, number, number, number];
     readonly replica_liveTick: (a: number) => [number, number, number, number];
     readonly replica_models: (a: number) => [number, number, number, number];
